@@ -1,0 +1,433 @@
+"""Pure model of the four-tier GPU fat-tree: names, tiers, directed links, paths, capacities.
+
+One source of truth for the simulator, the network cost oracle, the Mininet topology and the
+Ryu routing app. No Mininet import here: everything is checkable without root.
+
+Shape (default 64 GPUs): ``pods`` x ``tors_per_pod`` x ``servers_per_tor`` x ``gpus_per_server``,
+``aggs_per_pod`` aggregation switches per pod, ``cores`` core switches split into
+``aggs_per_pod`` groups (aggregation switch k of every pod connects to every core of group k).
+
+Every GPU has two interfaces: one to its server's NVLink switch (reaches GPUs of the same server,
+tier 0) and one scale-out NIC to its ToR (everything else).
+
+Names map to roles and positions (``p1t0s1g3`` = pod 1, ToR 0, server 1, GPU 3):
+
+====================  =================  ===================================
+node                  name               example
+====================  =================  ===================================
+GPU host              ``p{P}t{T}s{S}g{G}``   ``p0t1s0g3``
+server NVLink switch  ``p{P}t{T}s{S}``       ``p0t1s0``
+ToR switch            ``p{P}t{T}``           ``p0t1``
+aggregation switch    ``p{P}a{K}``           ``p0a1``
+core switch           ``c{C}``               ``c3``
+====================  =================  ===================================
+
+Tiers: 0 same server (NVLink), 1 same ToR, 2 same pod, 3 cross-pod.
+
+Routing is destination-based and deterministic by default (``routing="dst"``), so the path of a
+transfer is knowable from (src, dst) alone and the oracle prices the path the bytes really take:
+upward hops pick aggregation switch ``dst % aggs_per_pod`` and core ``(dst // aggs_per_pod) %
+cores_per_agg`` inside that aggregation switch's group; downward hops are unique in a fat-tree.
+``routing="ecmp"`` hashes (src, dst, flow key) instead, like a switch's ECMP select group.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property
+from typing import Iterator
+
+import numpy as np
+
+TIER_NAMES = ("same-server", "same-rack", "same-pod", "cross-pod")
+MAX_HOPS = 6  # longest path: gpu->tor->agg->core->agg->tor->gpu
+GBIT = 1e9 / 8  # bytes per second in one Gbit/s
+GBYTE = 1e9
+
+
+class TopologyError(ValueError):
+    """A fat-tree parameter is invalid; the message names the parameter."""
+
+
+@dataclass(frozen=True)
+class FatTreeConfig:
+    """Shape and real-unit capacities of the fat-tree. All fields are overridable from the CLI."""
+
+    pods: int = 4
+    """Number of pods."""
+    tors_per_pod: int = 2
+    """ToR (rack) switches per pod."""
+    servers_per_tor: int = 2
+    """GPU servers under each ToR."""
+    gpus_per_server: int = 4
+    """GPUs per server, joined by the server's NVLink switch."""
+    aggs_per_pod: int = 2
+    """Aggregation switches per pod; each ToR has one uplink to each of them."""
+    cores: int = 4
+    """Core switches; must be a multiple of aggs_per_pod (one group per aggregation index)."""
+    nvlink_gbyte_s: float = 450.0
+    """NVLink 4 bandwidth per direction per GPU, GB/s (H100 SXM: ~900 GB/s bidirectional)."""
+    nic_gbit_s: float = 400.0
+    """Scale-out NIC per GPU, Gbit/s (ConnectX-7 class; Mooncake pairs H800 with 200-400 Gb/s)."""
+    tor_oversubscription: float = 2.0
+    """ToR downlink (GPU NICs) : uplink capacity ratio. 2:1 is a common cost-optimised choice
+    for inference clusters that are not rail-optimised training fabrics; 1.0 = non-blocking."""
+    agg_oversubscription: float = 2.0
+    """Aggregation downlink : core uplink ratio. With the ToR ratio, the default makes cross-pod
+    bisection 4:1, which is where live congestion bites and where the paper's claims live."""
+    hop_latency_us: float = 2.0
+    """Per switch hop latency, microseconds (reference: ~1-3 us per hop)."""
+    nvlink_latency_us: float = 1.0
+    """Latency of the NVLink switch hop inside a server, microseconds."""
+    routing: str = "dst"
+    """``dst``: deterministic destination-based paths (default); ``ecmp``: hash of the flow."""
+
+    def __post_init__(self) -> None:
+        for f in ("pods", "tors_per_pod", "servers_per_tor", "gpus_per_server", "aggs_per_pod", "cores"):
+            if int(getattr(self, f)) < 1:
+                raise TopologyError(f"topology parameter '{f}' must be >= 1, got {getattr(self, f)}")
+        for f in ("nvlink_gbyte_s", "nic_gbit_s", "tor_oversubscription", "agg_oversubscription"):
+            if not float(getattr(self, f)) > 0:
+                raise TopologyError(f"topology parameter '{f}' must be > 0, got {getattr(self, f)}")
+        for f in ("hop_latency_us", "nvlink_latency_us"):
+            if float(getattr(self, f)) < 0:
+                raise TopologyError(f"topology parameter '{f}' must be >= 0, got {getattr(self, f)}")
+        if self.cores % self.aggs_per_pod:
+            raise TopologyError(
+                f"topology parameter 'cores' ({self.cores}) must be a multiple of 'aggs_per_pod' ({self.aggs_per_pod})"
+            )
+        if self.routing not in ("dst", "ecmp"):
+            raise TopologyError(f"topology parameter 'routing' must be 'dst' or 'ecmp', got {self.routing!r}")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FatTree:
+    """Index arithmetic over a :class:`FatTreeConfig`: GPUs are numbered 0..n_gpus-1 in
+    (pod, tor, server, gpu) order; directed links are numbered 0..n_links-1 in blocks."""
+
+    def __init__(self, config: FatTreeConfig | None = None) -> None:
+        self.config = c = config or FatTreeConfig()
+        self.gps = c.gpus_per_server
+        self.gpt = c.gpus_per_server * c.servers_per_tor  # GPUs per ToR
+        self.gpp = self.gpt * c.tors_per_pod  # GPUs per pod
+        self.n_gpus = self.gpp * c.pods
+        self.n_tors = c.pods * c.tors_per_pod
+        self.cores_per_agg = c.cores // c.aggs_per_pod
+        n, a = self.n_gpus, c.aggs_per_pod
+        # Directed link blocks.
+        self.b_nv_up = 0  # gpu -> its server switch
+        self.b_nv_down = n  # server switch -> gpu
+        self.b_nic_up = 2 * n  # gpu -> tor
+        self.b_nic_down = 3 * n  # tor -> gpu
+        self.n_tor_agg = self.n_tors * a
+        self.b_tor_agg = 4 * n  # tor -> agg, index tor*a + k
+        self.b_agg_tor = self.b_tor_agg + self.n_tor_agg
+        self.n_agg_core = c.pods * a * self.cores_per_agg
+        self.b_agg_core = self.b_agg_tor + self.n_tor_agg  # index (pod*a + k)*cpa + j
+        self.b_core_agg = self.b_agg_core + self.n_agg_core
+        self.n_links = self.b_core_agg + self.n_agg_core
+        self.pad = self.n_links  # padding link index in path arrays (infinite capacity)
+
+    # ----------------------------------------------------------------- capacities
+    @cached_property
+    def link_capacity_gbit_s(self) -> dict[str, float]:
+        c = self.config
+        tor_down = self.gpt * c.nic_gbit_s
+        tor_agg = tor_down / (c.aggs_per_pod * c.tor_oversubscription)
+        agg_core = c.tors_per_pod * tor_agg / (self.cores_per_agg * c.agg_oversubscription)
+        return {"nvlink": c.nvlink_gbyte_s * 8, "nic": c.nic_gbit_s, "tor_agg": tor_agg, "agg_core": agg_core}
+
+    @cached_property
+    def capacity(self) -> np.ndarray:
+        """Directed link capacity in bytes/s, length n_links + 1 (last entry: padding, +inf)."""
+        cap = np.empty(self.n_links + 1)
+        g = self.link_capacity_gbit_s
+        n = self.n_gpus
+        cap[0 : 2 * n] = g["nvlink"] * GBIT
+        cap[2 * n : 4 * n] = g["nic"] * GBIT
+        cap[self.b_tor_agg : self.b_agg_core] = g["tor_agg"] * GBIT
+        cap[self.b_agg_core : self.n_links] = g["agg_core"] * GBIT
+        cap[self.n_links] = np.inf
+        return cap
+
+    @cached_property
+    def latency_s(self) -> np.ndarray:
+        """Per directed link latency in seconds (padding entry 0)."""
+        lat = np.full(self.n_links + 1, self.config.hop_latency_us * 1e-6)
+        lat[0 : 2 * self.n_gpus] = self.config.nvlink_latency_us * 1e-6
+        lat[self.n_links] = 0.0
+        return lat
+
+    # ----------------------------------------------------------------- positions and names
+    def position(self, g: int) -> tuple[int, int, int, int]:
+        """(pod, tor-in-pod, server-in-tor, gpu-in-server) of GPU ``g``."""
+        c = self.config
+        self._check_gpu(g)
+        return (g // self.gpp, (g % self.gpp) // self.gpt, (g % self.gpt) // self.gps, g % self.gps)
+
+    def _check_gpu(self, g: int) -> None:
+        if not 0 <= g < self.n_gpus:
+            raise TopologyError(f"GPU index {g} out of range 0..{self.n_gpus - 1}")
+
+    def gpu_name(self, g: int) -> str:
+        p, t, s, i = self.position(g)
+        return f"p{p}t{t}s{s}g{i}"
+
+    def server_name(self, g: int) -> str:
+        p, t, s, _ = self.position(g)
+        return f"p{p}t{t}s{s}"
+
+    def tor_name(self, tor: int) -> str:
+        return f"p{tor // self.config.tors_per_pod}t{tor % self.config.tors_per_pod}"
+
+    def agg_name(self, pod: int, k: int) -> str:
+        return f"p{pod}a{k}"
+
+    def core_name(self, k: int, j: int) -> str:
+        return f"c{k * self.cores_per_agg + j}"
+
+    @cached_property
+    def gpu_names(self) -> list[str]:
+        return [self.gpu_name(g) for g in range(self.n_gpus)]
+
+    @cached_property
+    def _gpu_index(self) -> dict[str, int]:
+        return {name: g for g, name in enumerate(self.gpu_names)}
+
+    def gpu_index(self, name: str) -> int:
+        try:
+            return self._gpu_index[name]
+        except KeyError:
+            raise TopologyError(
+                f"unknown GPU host {name!r} (names look like p0t1s0g3; this fabric has {self.n_gpus} GPUs: "
+                f"{self.gpu_names[0]}..{self.gpu_names[-1]})"
+            ) from None
+
+    def switch_names(self) -> dict[str, str]:
+        """Every switch name -> role ('server', 'tor', 'agg', 'core')."""
+        c = self.config
+        out: dict[str, str] = {}
+        for srv in range(self.n_gpus // self.gps):
+            out[self.server_name(srv * self.gps)] = "server"
+        for t in range(self.n_tors):
+            out[self.tor_name(t)] = "tor"
+        for p in range(c.pods):
+            for k in range(c.aggs_per_pod):
+                out[self.agg_name(p, k)] = "agg"
+        for k in range(c.aggs_per_pod):
+            for j in range(self.cores_per_agg):
+                out[self.core_name(k, j)] = "core"
+        return out
+
+    def link_endpoints(self, link: int) -> tuple[str, str]:
+        """(from-node, to-node) names of directed link ``link``."""
+        n, a, cpa = self.n_gpus, self.config.aggs_per_pod, self.cores_per_agg
+        if not 0 <= link < self.n_links:
+            raise TopologyError(f"link index {link} out of range 0..{self.n_links - 1}")
+        if link < n:
+            return self.gpu_name(link), self.server_name(link)
+        if link < 2 * n:
+            return self.server_name(link - n), self.gpu_name(link - n)
+        if link < 3 * n:
+            g = link - 2 * n
+            return self.gpu_name(g), self.tor_name(g // self.gpt)
+        if link < 4 * n:
+            g = link - 3 * n
+            return self.tor_name(g // self.gpt), self.gpu_name(g)
+        if link < self.b_agg_core:
+            up = link < self.b_agg_tor
+            i = link - (self.b_tor_agg if up else self.b_agg_tor)
+            tor, k = divmod(i, a)
+            ends = (self.tor_name(tor), self.agg_name(tor // self.config.tors_per_pod, k))
+            return ends if up else (ends[1], ends[0])
+        up = link < self.b_core_agg
+        i = link - (self.b_agg_core if up else self.b_core_agg)
+        pk, j = divmod(i, cpa)
+        pod, k = divmod(pk, a)
+        ends = (self.agg_name(pod, k), self.core_name(k, j))
+        return ends if up else (ends[1], ends[0])
+
+    def link_name(self, link: int) -> str:
+        u, v = self.link_endpoints(link)
+        return f"{u}->{v}"
+
+    @cached_property
+    def link_index(self) -> dict[tuple[str, str], int]:
+        return {self.link_endpoints(i): i for i in range(self.n_links)}
+
+    def link_kind(self, link: int) -> str:
+        if link < 2 * self.n_gpus:
+            return "nvlink"
+        if link < 4 * self.n_gpus:
+            return "nic"
+        return "tor_agg" if link < self.b_agg_core else "agg_core"
+
+    def undirected_links(self) -> Iterator[tuple[str, str, str]]:
+        """(node-a, node-b, kind) for every physical link, a = the lower-tier end."""
+        for i in range(self.n_links):
+            kind = self.link_kind(i)
+            up = (i < self.n_gpus) or (2 * self.n_gpus <= i < 3 * self.n_gpus) or (
+                self.b_tor_agg <= i < self.b_agg_tor) or (self.b_agg_core <= i < self.b_core_agg)
+            if up:
+                u, v = self.link_endpoints(i)
+                yield u, v, kind
+
+    # ----------------------------------------------------------------- tiers and paths
+    def tier(self, a: int, b: int) -> int:
+        return int(self.tiers(a, np.array([b]))[0])
+
+    def tiers(self, src: int, dsts: np.ndarray) -> np.ndarray:
+        """Tier (0..3) from ``src`` to each of ``dsts``; vectorised."""
+        dsts = np.asarray(dsts)
+        t = np.full(dsts.shape, 3, dtype=np.int8)
+        t[dsts // self.gpp == src // self.gpp] = 2
+        t[dsts // self.gpt == src // self.gpt] = 1
+        t[dsts // self.gps == src // self.gps] = 0
+        return t
+
+    def _up_choice(self, src: int | np.ndarray, dsts: np.ndarray, flow_key: int | None) -> tuple[np.ndarray, np.ndarray]:
+        a, cpa = self.config.aggs_per_pod, self.cores_per_agg
+        if self.config.routing == "dst" or flow_key is None:
+            h = np.asarray(dsts)
+        else:
+            h = np.array([zlib.crc32(f"{src}:{d}:{flow_key}".encode()) for d in np.atleast_1d(dsts)])
+        return h % a, (h // a) % cpa
+
+    def paths(self, src: int, dsts: np.ndarray, flow_key: int | None = None) -> np.ndarray:
+        """Directed link indices of the path from ``src`` to each of ``dsts``.
+
+        Returns an int array of shape (len(dsts), MAX_HOPS) padded with ``self.pad`` (whose
+        capacity is +inf and latency 0), so ``capacity[paths].min(axis=1)`` is the bottleneck.
+        ``src == dst`` gives an empty (all padding) path."""
+        self._check_gpu(src)
+        d = np.asarray(dsts, dtype=np.int64).reshape(-1)
+        if d.size and (d.min() < 0 or d.max() >= self.n_gpus):
+            raise TopologyError(f"destination GPU index out of range 0..{self.n_gpus - 1}")
+        a, cpa = self.config.aggs_per_pod, self.cores_per_agg
+        out = np.full((d.size, MAX_HOPS), self.pad, dtype=np.int64)
+        tier = self.tiers(src, d)
+        same = d == src
+        k, j = self._up_choice(src, d, flow_key)
+        src_tor, dst_tor = src // self.gpt, d // self.gpt
+        src_pod, dst_pod = src // self.gpp, d // self.gpp
+        # tier 0: nvlink up, nvlink down
+        m = (tier == 0) & ~same
+        out[m, 0] = self.b_nv_up + src
+        out[m, 1] = self.b_nv_down + d[m]
+        # tier >= 1 all start with the NIC uplink and end with the NIC downlink
+        m1 = tier == 1
+        out[m1, 0] = self.b_nic_up + src
+        out[m1, 1] = self.b_nic_down + d[m1]
+        m2 = tier == 2
+        out[m2, 0] = self.b_nic_up + src
+        out[m2, 1] = self.b_tor_agg + src_tor * a + k[m2]
+        out[m2, 2] = self.b_agg_tor + dst_tor[m2] * a + k[m2]
+        out[m2, 3] = self.b_nic_down + d[m2]
+        m3 = tier == 3
+        out[m3, 0] = self.b_nic_up + src
+        out[m3, 1] = self.b_tor_agg + src_tor * a + k[m3]
+        out[m3, 2] = self.b_agg_core + (src_pod * a + k[m3]) * cpa + j[m3]
+        out[m3, 3] = self.b_core_agg + (dst_pod[m3] * a + k[m3]) * cpa + j[m3]
+        out[m3, 4] = self.b_agg_tor + dst_tor[m3] * a + k[m3]
+        out[m3, 5] = self.b_nic_down + d[m3]
+        return out
+
+    def path(self, src: int, dst: int, flow_key: int | None = None) -> list[int]:
+        row = self.paths(src, np.array([dst]), flow_key)[0]
+        return [int(x) for x in row if x != self.pad]
+
+    def path_nodes(self, src: int, dst: int, flow_key: int | None = None) -> list[str]:
+        """Node names along the path, both end hosts included."""
+        links = self.path(src, dst, flow_key)
+        if not links:
+            return [self.gpu_name(src)]
+        return [self.link_endpoints(links[0])[0]] + [self.link_endpoints(i)[1] for i in links]
+
+    def describe(self) -> dict:
+        """Summary for summary.json and the CLI."""
+        return {
+            **self.config.to_dict(),
+            "gpus": self.n_gpus,
+            "switches": len(self.switch_names()),
+            "directed_links": self.n_links,
+            "link_capacity_gbit_s": self.link_capacity_gbit_s,
+        }
+
+
+# --------------------------------------------------------------------------- wiring conventions
+# Shared by the Mininet topology (topology/mininet_topo.py) and the Ryu routing app, so OpenFlow
+# port numbers and addresses never have to be discovered at run time.
+#
+# Ports (OpenFlow port numbers, 1-based):
+#   server switch p.t.s : port i+1            -> GPU i of the server (its NVLink interface)
+#   ToR p.t             : port i+1            -> i-th GPU under the ToR (its NIC), i < gpus per ToR
+#                         port gpt+1+k        -> aggregation switch k of the pod
+#   agg p.k             : port t+1            -> ToR t of the pod
+#                         port tors_per_pod+1+j -> core j of group k
+#   core (group k, j)   : port p+1            -> aggregation switch k of pod p
+# Host interfaces: eth0 = scale-out NIC (to its ToR), eth1 = NVLink (to its server switch).
+# Addresses: NIC 10.{pod}.{tor}.{n}/8 and NVLink 192.168.{global tor}.{n}/16 with n = index of
+# the GPU under its ToR + 1; MACs 02:00:00:00:{hi}:{lo} (NIC) / 02:00:00:01:{hi}:{lo} (NVLink).
+
+
+def nic_ip(tree: FatTree, g: int) -> str:
+    p, t, _, _ = tree.position(g)
+    return f"10.{p}.{t}.{g % tree.gpt + 1}"
+
+
+def nvlink_ip(tree: FatTree, g: int) -> str:
+    return f"192.168.{g // tree.gpt}.{g % tree.gpt + 1}"
+
+
+def gpu_mac(g: int, nvlink: bool = False) -> str:
+    return f"02:00:00:0{1 if nvlink else 0}:{(g >> 8) & 0xff:02x}:{g & 0xff:02x}"
+
+
+def peer_ip(tree: FatTree, src: int, dst: int) -> str:
+    """Address ``src`` uses to reach ``dst``: NVLink inside a server, the NIC otherwise."""
+    return nvlink_ip(tree, dst) if tree.tier(src, dst) == 0 else nic_ip(tree, dst)
+
+
+def switch_ports(tree: FatTree, switch: str) -> dict[int, str]:
+    """OpenFlow port number -> neighbour node name for ``switch`` (see conventions above)."""
+    c = tree.config
+    role = tree.switch_names().get(switch)
+    if role is None:
+        raise TopologyError(f"unknown switch {switch!r}")
+    ports: dict[int, str] = {}
+    if role == "server":
+        first = next(g for g in range(0, tree.n_gpus, tree.gps) if tree.server_name(g) == switch)
+        for i in range(tree.gps):
+            ports[i + 1] = tree.gpu_name(first + i)
+    elif role == "tor":
+        tor = next(t for t in range(tree.n_tors) if tree.tor_name(t) == switch)
+        for i in range(tree.gpt):
+            ports[i + 1] = tree.gpu_name(tor * tree.gpt + i)
+        for k in range(c.aggs_per_pod):
+            ports[tree.gpt + 1 + k] = tree.agg_name(tor // c.tors_per_pod, k)
+    elif role == "agg":
+        pod, k = (int(x) for x in switch[1:].split("a"))
+        for t in range(c.tors_per_pod):
+            ports[t + 1] = tree.tor_name(pod * c.tors_per_pod + t)
+        for j in range(tree.cores_per_agg):
+            ports[c.tors_per_pod + 1 + j] = tree.core_name(k, j)
+    else:
+        k, j = divmod(int(switch[1:]), tree.cores_per_agg)
+        for p in range(c.pods):
+            ports[p + 1] = tree.agg_name(p, k)
+    return ports
+
+
+def switch_dpid(tree: FatTree, switch: str) -> int:
+    """Deterministic datapath id: role in the high byte, ordinal in the rest."""
+    names = list(tree.switch_names())
+    if switch not in names:
+        raise TopologyError(f"unknown switch {switch!r}")
+    role = tree.switch_names()[switch]
+    return ({"server": 1, "tor": 2, "agg": 3, "core": 4}[role] << 40) | names.index(switch)
