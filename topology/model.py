@@ -33,7 +33,7 @@ cores_per_agg`` inside that aggregation switch's group; downward hops are unique
 from __future__ import annotations
 
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from typing import Iterator
 
@@ -53,34 +53,19 @@ class TopologyError(ValueError):
 class FatTreeConfig:
     """Shape and real-unit capacities of the fat-tree. All fields are overridable from the CLI."""
 
-    pods: int = 4
-    """Number of pods."""
-    tors_per_pod: int = 2
-    """ToR (rack) switches per pod."""
-    servers_per_tor: int = 2
-    """GPU servers under each ToR."""
-    gpus_per_server: int = 4
-    """GPUs per server, joined by the server's NVLink switch."""
-    aggs_per_pod: int = 2
-    """Aggregation switches per pod; each ToR has one uplink to each of them."""
-    cores: int = 4
-    """Core switches; must be a multiple of aggs_per_pod (one group per aggregation index)."""
-    nvlink_gbyte_s: float = 450.0
-    """NVLink 4 bandwidth per direction per GPU, GB/s (H100 SXM: ~900 GB/s bidirectional)."""
-    nic_gbit_s: float = 400.0
-    """Scale-out NIC per GPU, Gbit/s (ConnectX-7 class; Mooncake pairs H800 with 200-400 Gb/s)."""
-    tor_oversubscription: float = 2.0
-    """ToR downlink (GPU NICs) : uplink capacity ratio. 2:1 is a common cost-optimised choice
-    for inference clusters that are not rail-optimised training fabrics; 1.0 = non-blocking."""
-    agg_oversubscription: float = 2.0
-    """Aggregation downlink : core uplink ratio. With the ToR ratio, the default makes cross-pod
-    bisection 4:1, which is where live congestion bites and where the paper's claims live."""
-    hop_latency_us: float = 2.0
-    """Per switch hop latency, microseconds (reference: ~1-3 us per hop)."""
-    nvlink_latency_us: float = 1.0
-    """Latency of the NVLink switch hop inside a server, microseconds."""
-    routing: str = "dst"
-    """``dst``: deterministic destination-based paths (default); ``ecmp``: hash of the flow."""
+    pods: int = field(default=4, metadata={"help": "Number of pods."})
+    tors_per_pod: int = field(default=2, metadata={"help": "ToR (rack) switches per pod."})
+    servers_per_tor: int = field(default=2, metadata={"help": "GPU servers under each ToR."})
+    gpus_per_server: int = field(default=4, metadata={"help": "GPUs per server, joined by the server's NVLink switch."})
+    aggs_per_pod: int = field(default=2, metadata={"help": "Aggregation switches per pod; each ToR has one uplink to each of them."})
+    cores: int = field(default=4, metadata={"help": "Core switches; must be a multiple of aggs_per_pod (one group per aggregation index)."})
+    nvlink_gbyte_s: float = field(default=450.0, metadata={"help": "NVLink 4 bandwidth per direction per GPU, GB/s (H100 SXM: ~900 GB/s bidirectional)."})
+    nic_gbit_s: float = field(default=400.0, metadata={"help": "Scale-out NIC per GPU, Gbit/s (ConnectX-7 class; Mooncake pairs H800 with 200-400 Gb/s)."})
+    tor_oversubscription: float = field(default=2.0, metadata={"help": "ToR downlink (GPU NICs) : uplink capacity ratio. 2:1 is a common cost-optimised choice for inference clusters that are not rail-optimised training fabrics; 1.0 = non-blocking."})
+    agg_oversubscription: float = field(default=2.0, metadata={"help": "Aggregation downlink : core uplink ratio. With the ToR ratio, the default makes cross-pod bisection 4:1, which is where live congestion bites and where the paper's claims live."})
+    hop_latency_us: float = field(default=2.0, metadata={"help": "Per switch hop latency, microseconds (reference: ~1-3 us per hop)."})
+    nvlink_latency_us: float = field(default=1.0, metadata={"help": "Latency of the NVLink switch hop inside a server, microseconds."})
+    routing: str = field(default="dst", metadata={"help": "``dst``: deterministic destination-based paths (default); ``ecmp``: hash of the flow."})
 
     def __post_init__(self) -> None:
         for f in ("pods", "tors_per_pod", "servers_per_tor", "gpus_per_server", "aggs_per_pod", "cores"):

@@ -1,0 +1,66 @@
+"""Ryu app: the controller's REST API on Ryu's WSGI server (one concern: serving JSON).
+
+``GET /netkv/telemetry`` -> the DESIGN.md telemetry snapshot (from :class:`TelemetryApp`).
+``GET /netkv/status``    -> switches expected / connected / with routes installed, poll count.
+
+Bind it to loopback: ``ryu-manager --wsapi-host 127.0.0.1 --wsapi-port <port>`` (controller.run
+does). The other apps are found with ``app_manager.lookup_service_brick`` by class name.
+"""
+from __future__ import annotations
+
+import json
+
+from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route
+from ryu.base import app_manager
+
+REST_APP_KEY = "netkv_rest_app"
+
+
+def _json(payload: dict, status: int = 200) -> Response:
+    return Response(status=status, content_type="application/json", charset="utf-8",
+                    body=json.dumps(payload).encode("utf-8"))
+
+
+class RestApp(app_manager.RyuApp):
+    """Registers :class:`NetkvRestController` with Ryu's WSGI application."""
+
+    _CONTEXTS = {"wsgi": WSGIApplication}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        kwargs["wsgi"].register(NetkvRestController, {REST_APP_KEY: self})
+
+    def telemetry_snapshot(self) -> dict | None:
+        app = app_manager.lookup_service_brick("TelemetryApp")
+        return None if app is None else app.telemetry.snapshot()
+
+    def status(self) -> dict:
+        routing = app_manager.lookup_service_brick("RoutingApp")
+        telemetry = app_manager.lookup_service_brick("TelemetryApp")
+        switches = dict(routing.switches) if routing is not None else {}
+        expected = sorted(routing.tree.switch_names()) if routing is not None else []
+        return {
+            "switches_expected": len(expected),
+            "switches_connected": sorted(n for n, s in switches.items() if s["connected"]),
+            "switches_ready": sorted(n for n, s in switches.items() if s["ready"]),
+            "flows_installed": sum(s["flows"] for s in switches.values() if s["ready"]),
+            "polls": telemetry.polls if telemetry is not None else 0,
+            "poll_interval_s": telemetry.config.poll_interval_s if telemetry is not None else None,
+        }
+
+
+class NetkvRestController(ControllerBase):
+    def __init__(self, req, link, data, **config) -> None:
+        super().__init__(req, link, data, **config)
+        self.rest_app: RestApp = data[REST_APP_KEY]
+
+    @route("netkv", "/netkv/telemetry", methods=["GET"])
+    def get_telemetry(self, req, **kwargs) -> Response:
+        snap = self.rest_app.telemetry_snapshot()
+        if snap is None:
+            return _json({"error": "telemetry app not loaded"}, status=503)
+        return _json(snap)
+
+    @route("netkv", "/netkv/status", methods=["GET"])
+    def get_status(self, req, **kwargs) -> Response:
+        return _json(self.rest_app.status())

@@ -1,0 +1,248 @@
+"""Background traffic for congestion scenarios: a TCP sender (greedy or paced) and a sink.
+
+::
+
+    python -m hosts.background --listen 10.0.0.2:5201 [--duration 30]        # sink
+    python -m hosts.background --dst 10.0.0.2:5201 --rate-mbit 40 --duration 10  # paced sender
+    python -m hosts.background --dst 10.0.0.2:5201 --duration 10              # greedy sender
+
+The paced sender is a token bucket refilled continuously at the target rate; it writes chunks of
+about one millisecond of traffic (1-64 KiB) and holds at most two chunks of burst, so rates from a
+few to hundreds of Mbit/s are followed closely. A greedy sender writes as fast as TCP allows.
+Both stop at ``--duration`` or on SIGTERM/SIGINT and print one JSON summary line on stdout
+(``{"mode", "bytes", "seconds", "mbit_s", ...}``). The sink accepts any number of connections
+(one thread each), discards the bytes and prints a summary per connection and a total at exit.
+Exit status: 0 on success, 1 when the connection cannot be made or breaks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from types import FrameType
+from typing import Callable, Sequence
+
+POLL_S = 0.2  # how often blocked calls look at the stop flag
+
+
+class BackgroundError(RuntimeError):
+    """The background flow could not be established or broke."""
+
+
+@dataclass
+class FlowStats:
+    mode: str
+    bytes: int
+    seconds: float
+    peer: str
+    rate_mbit_target: float | None = None
+
+    @property
+    def mbit_s(self) -> float:
+        return self.bytes * 8 / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, object]:
+        return {**asdict(self), "mbit_s": round(self.mbit_s, 3)}
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``"10.0.0.2:5201"`` or ``"[::1]:5201"`` -> (host, port); port 0 = any (sink only)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def pace_chunk(rate_bps: float) -> int:
+    """Chunk size for a paced sender: about 1 ms of traffic, clamped to 1..64 KiB."""
+    return int(min(64 << 10, max(1 << 10, rate_bps / 8 / 1000)))
+
+
+def _send_some(sock: socket.socket, view: memoryview, stop: threading.Event) -> int:
+    """Write all of ``view`` unless ``stop`` is set; returns bytes written."""
+    done = 0
+    while done < len(view) and not stop.is_set():
+        try:
+            done += sock.send(view[done:])
+        except TimeoutError:
+            continue
+    return done
+
+
+def run_sender(host: str, port: int, duration: float, rate_mbit: float | None = None,
+               stop: threading.Event | None = None, connect_timeout: float = 10.0) -> FlowStats:
+    """Send to ``host:port`` for ``duration`` seconds, greedy or paced at ``rate_mbit``."""
+    if rate_mbit is not None and rate_mbit <= 0:
+        raise ValueError(f"rate_mbit must be > 0, got {rate_mbit}")
+    stop = stop or threading.Event()
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.settimeout(connect_timeout)
+        try:
+            sock.connect((host, port))
+        except OSError as exc:
+            raise BackgroundError(f"connect to {host}:{port} failed: {exc}") from exc
+        sock.settimeout(POLL_S)
+        rate_bps = rate_mbit * 1e6 if rate_mbit is not None else None
+        chunk = pace_chunk(rate_bps) if rate_bps else 64 << 10
+        view = memoryview(bytes(chunk))
+        sent = 0
+        t0 = time.monotonic()
+        deadline = t0 + duration
+        try:
+            if rate_bps is None:
+                while not stop.is_set() and time.monotonic() < deadline:
+                    sent += _send_some(sock, view, stop)
+            else:
+                sent = _paced(sock, view, rate_bps / 8, deadline, stop)
+        except OSError as exc:
+            raise BackgroundError(f"sending to {host}:{port} failed after {sent} bytes: {exc}"
+                                  ) from exc
+        seconds = time.monotonic() - t0
+        return FlowStats("send", sent, seconds, f"{host}:{port}", rate_mbit)
+    finally:
+        sock.close()
+
+
+def _paced(sock: socket.socket, view: memoryview, rate_Bps: float, deadline: float,
+           stop: threading.Event) -> int:
+    chunk = len(view)
+    burst = 2 * chunk
+    tokens = float(chunk)
+    last = time.monotonic()
+    sent = 0
+    while not stop.is_set():
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        tokens = min(burst, tokens + (now - last) * rate_Bps)
+        last = now
+        if tokens >= chunk:
+            sent += _send_some(sock, view, stop)
+            tokens -= chunk
+        else:
+            time.sleep(min((chunk - tokens) / rate_Bps, deadline - now))
+    return sent
+
+
+def run_sink(host: str, port: int, duration: float | None = None,
+             stop: threading.Event | None = None,
+             on_ready: Callable[[int], None] | None = None,
+             on_flow: Callable[[FlowStats], None] | None = None) -> FlowStats:
+    """Accept connections on ``host:port`` and discard their bytes until ``duration`` passes or
+    ``stop`` is set. ``on_ready(port)`` runs once listening (``port`` 0 picks one)."""
+    stop = stop or threading.Event()
+    lst = socket.socket(_family(host), socket.SOCK_STREAM)
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    total = [0]
+    lock = threading.Lock()
+    threads: list[threading.Thread] = []
+
+    def drain(conn: socket.socket, peer: str) -> None:
+        buf = bytearray(1 << 20)
+        got = 0
+        t0 = time.monotonic()
+        conn.settimeout(POLL_S)
+        try:
+            while not stop.is_set():
+                try:
+                    n = conn.recv_into(buf)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if n == 0:
+                    break
+                got += n
+                with lock:
+                    total[0] += n
+        finally:
+            conn.close()
+        if on_flow is not None:
+            on_flow(FlowStats("sink-flow", got, time.monotonic() - t0, peer))
+
+    try:
+        lst.bind((host, port))
+        lst.listen(64)
+        lst.settimeout(POLL_S)
+        bound = lst.getsockname()[1]
+        if on_ready is not None:
+            on_ready(bound)
+        t0 = time.monotonic()
+        while not stop.is_set() and (duration is None or time.monotonic() - t0 < duration):
+            try:
+                conn, addr = lst.accept()
+            except TimeoutError:
+                continue
+            th = threading.Thread(target=drain, args=(conn, f"{addr[0]}:{addr[1]}"), daemon=True)
+            th.start()
+            threads.append(th)
+        stop.set()
+        for th in threads:
+            th.join(timeout=2)
+        return FlowStats("sink", total[0], time.monotonic() - t0, f"{host}:{bound}")
+    finally:
+        lst.close()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m hosts.background",
+                                 description="background TCP sender (greedy/paced) or sink")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--dst", type=parse_endpoint, help="send to HOST:PORT")
+    mode.add_argument("--listen", type=parse_endpoint, help="sink on HOST:PORT")
+    ap.add_argument("--rate-mbit", type=float, default=None,
+                    help="paced rate in Mbit/s (omit for a greedy sender)")
+    ap.add_argument("--duration", type=float, default=None,
+                    help="seconds (required for --dst; sink runs until SIGTERM when omitted)")
+    ap.add_argument("--connect-timeout", type=float, default=10.0)
+    args = ap.parse_args(argv)
+    if args.dst is not None and (args.duration is None or args.duration <= 0):
+        ap.error("--dst needs --duration > 0")
+    if args.dst is not None and args.dst[1] == 0:
+        ap.error("--dst needs a non-zero port")
+    if args.rate_mbit is not None and args.rate_mbit <= 0:
+        ap.error("--rate-mbit must be > 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        if args.dst is not None:
+            stats = run_sender(*args.dst, args.duration, args.rate_mbit, stop,
+                               args.connect_timeout)
+        else:
+            def ready(port: int) -> None:
+                print(json.dumps({"mode": "sink", "listening": f"{args.listen[0]}:{port}"}),
+                      flush=True)
+
+            def flow(st: FlowStats) -> None:
+                print(json.dumps(st.summary()), flush=True)
+
+            stats = run_sink(*args.listen, args.duration, stop, ready, flow)
+    except (BackgroundError, OSError) as exc:
+        print(f"background: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(stats.summary()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

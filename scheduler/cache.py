@@ -1,0 +1,92 @@
+"""Prefix caches of a group of instances: LRU over 512-token blocks keyed by trace hash_ids.
+
+A hash id names a block *and everything before it*, so an instance's cached prefix for a request
+is the number of leading hash ids it holds. A group-wide index (hash id -> bitmask of instances
+holding it) answers "prefix length on every instance" in one pass over the request's blocks.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+
+class PrefixCacheGroup:
+    """LRU block caches of ``n`` instances, ``capacity_blocks`` each."""
+
+    def __init__(self, n: int, capacity_blocks: int) -> None:
+        if capacity_blocks < 0:
+            raise ValueError(f"capacity_blocks must be >= 0, got {capacity_blocks}")
+        self.n = n
+        self.capacity = int(capacity_blocks)
+        self._lru: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(n)]
+        self._holders: dict[int, int] = {}  # hash id -> bitmask of instances
+
+    def prefix_blocks(self, hash_ids: tuple[int, ...] | list[int]) -> np.ndarray:
+        """Leading blocks of ``hash_ids`` cached on each instance (array of length n).
+
+        Because :meth:`insert` keeps every instance's content prefix-closed (holding a block
+        implies holding its predecessors), the holder sets along a request's chain are nested and
+        shrink with depth. So it suffices to binary-search the depths where the holder set
+        changes: O(changes x log(blocks)) dictionary lookups instead of one per block."""
+        get = self._holders.get
+        end = len(hash_ids)
+        runs: list[tuple[int, int]] = []  # (holder mask, number of consecutive depths with it)
+        lo = 0
+        mask = get(hash_ids[0], 0) if end else 0
+        while mask:
+            a, b = lo, end - 1
+            while a < b:
+                mid = (a + b + 1) // 2
+                if get(hash_ids[mid], 0) == mask:
+                    a = mid
+                else:
+                    b = mid - 1
+            runs.append((mask, a - lo + 1))
+            lo = a + 1
+            mask = get(hash_ids[lo], 0) if lo < end else 0
+        if not runs:
+            return np.zeros(self.n, dtype=np.int64)
+        width = (self.n + 7) // 8
+        raw = b"".join(m.to_bytes(width, "little") for m, _ in runs)
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8).reshape(len(runs), width), axis=1,
+                             bitorder="little")[:, : self.n]
+        return np.array([c for _, c in runs], dtype=np.int64) @ bits.astype(np.int64)
+
+    def prefix_blocks_of(self, i: int, hash_ids: tuple[int, ...] | list[int]) -> int:
+        lru = self._lru[i]
+        k = 0
+        for h in hash_ids:
+            if h not in lru:
+                break
+            k += 1
+        return k
+
+    def insert(self, i: int, hash_ids: tuple[int, ...] | list[int]) -> None:
+        """Mark the request's blocks most recently used on instance ``i``, evicting LRU blocks.
+
+        Blocks are touched from the last to the first, so a prefix's root blocks are the most
+        recently used and eviction removes a chain's tail before its head (as vLLM's prefix
+        cache does): what an instance holds of a conversation stays a prefix."""
+        if self.capacity == 0:
+            return
+        lru = self._lru[i]
+        bit = 1 << i
+        holders = self._holders
+        ids = hash_ids[: self.capacity]
+        for h in reversed(ids):
+            if h in lru:
+                lru.move_to_end(h)
+            else:
+                lru[h] = None
+                holders[h] = holders.get(h, 0) | bit
+        while len(lru) > self.capacity:
+            old, _ = lru.popitem(last=False)
+            m = holders[old] & ~bit
+            if m:
+                holders[old] = m
+            else:
+                del holders[old]
+
+    def blocks_held(self, i: int) -> int:
+        return len(self._lru[i])

@@ -1,0 +1,248 @@
+"""Every constant of the model, named, documented and overridable (``--set section.field=value``).
+
+Each config is a dataclass whose fields carry their help text in ``metadata["help"]`` (the
+Vidur style), so ``netkv constants`` can list them and ``summary.json`` can record them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from topology.model import FatTreeConfig, TopologyError
+
+
+class ConfigError(ValueError):
+    """A configuration value or override is invalid; the message names the parameter."""
+
+
+def param(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's keyword
+    return field(default=default, metadata={"help": help})
+
+
+# ----------------------------------------------------------------------------- model presets
+@dataclass(frozen=True)
+class ModelPreset:
+    """Transformer shape: decides KV bytes per token, prefill FLOPs and decode memory traffic."""
+
+    name: str = param("llama-3-8b", "preset name")
+    layers: int = param(32, "transformer layers")
+    q_heads: int = param(32, "attention (query) heads")
+    kv_heads: int = param(8, "KV heads (GQA)")
+    head_dim: int = param(128, "head dimension")
+    params_b: float = param(8.03, "parameters, billions (FLOPs per token = 2 x params)")
+    weight_bytes_per_param: float = param(2.0, "bytes per weight (bf16 = 2, fp8 = 1)")
+    kv_bytes_per_element: float = param(2.0, "bytes per KV element (bf16 = 2)")
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """2 (K and V) x layers x kv_heads x head_dim x bytes/element (reference section 2)."""
+        return int(2 * self.layers * self.kv_heads * self.head_dim * self.kv_bytes_per_element)
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.params_b * 1e9 * self.weight_bytes_per_param
+
+
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    "llama-3-8b": ModelPreset(),
+    # 70B: fp8 weights (70 GB) so one instance fits one H200; KV stays bf16 = 320 KiB/token.
+    "llama-3-70b": ModelPreset("llama-3-70b", 80, 64, 8, 128, 70.6, 1.0, 2.0),
+    "llama-2-7b": ModelPreset("llama-2-7b", 32, 32, 32, 128, 6.74, 2.0, 2.0),
+    "qwen2.5-7b": ModelPreset("qwen2.5-7b", 28, 28, 4, 128, 7.62, 2.0, 2.0),
+}
+
+# ----------------------------------------------------------------------------- hardware
+@dataclass(frozen=True)
+class GpuConfig:
+    """One GPU instance's compute and memory (reference section 3)."""
+
+    name: str = param("h100-sxm", "GPU preset name")
+    peak_tflops: float = param(989.0, "dense bf16 peak, TFLOP/s (H100 SXM ~989)")
+    hbm_tb_s: float = param(3.35, "HBM bandwidth, TB/s (H100 HBM3 3.35, H200 4.8)")
+    memory_gb: float = param(80.0, "HBM capacity, GB")
+    memory_utilisation: float = param(0.9, "fraction of HBM the engine may use (vLLM's default 0.9)")
+
+
+GPU_PRESETS: dict[str, GpuConfig] = {
+    "h100-sxm": GpuConfig(),
+    "h200": GpuConfig("h200", 989.0, 4.8, 141.0, 0.9),
+}
+
+DEFAULT_GPU_FOR_MODEL = {"llama-3-70b": "h200"}
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """Roofline-style prefill and memory-bound decode timing."""
+
+    prefill_mfu: float = param(0.5, "model FLOPs utilisation of prefill (large-batch prefill reaches 40-60%)")
+    prefill_overhead_s: float = param(0.005, "fixed per-prefill overhead: scheduling, kernel launches, s")
+    decode_hbm_efficiency: float = param(0.8, "achieved fraction of HBM bandwidth in decode steps")
+    decode_step_overhead_s: float = param(0.001, "fixed per-decode-step overhead (sampling, launch), s")
+    transfer_setup_s: float = param(30e-6, "KV transfer setup (RDMA registration/handshake: tens of us)")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Instance roles and caches."""
+
+    placement: str = param("mixed", "GPU roles: 'mixed' (alternate prefill/decode inside every server), "
+                           "'by-server' (whole servers), 'by-rack' (whole ToRs)")
+    prefill_fraction: float = param(0.5, "fraction of GPUs that are prefill instances")
+    decode_cache_fraction: float = param(0.5, "fraction of a decode GPU's KV memory kept as prefix cache "
+                                         "(the rest holds running requests)")
+    prefill_cache_fraction: float = param(1.0, "fraction of a prefill GPU's KV memory used as prefix cache")
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """Telemetry the network cost oracle sees (same cadence as the Ryu controller's polling)."""
+
+    poll_interval_s: float = param(0.5, "port-statistics polling interval, s (controller default)")
+    staleness_s: float = param(0.0, "age of the telemetry snapshot the oracle answers from, s")
+    min_available_fraction: float = param(0.1, "a new flow on a saturated link still gets at least this "
+                                          "fraction of its capacity (TCP/RDMA fair share against a few flows)")
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """Grid search of the load weights of cache-load and netkv on a held-out slice."""
+
+    tune_requests: int = param(500, "requests in the held-out tuning slice (taken from the trace's end)")
+    cache_load_weights: tuple = param((0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
+                                      "cache-load: load weight per unit of cache-miss fraction")
+    netkv_weights_s: tuple = param((0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+                                   "netkv: seconds of cost per unit of decode load fraction")
+
+
+@dataclass(frozen=True)
+class SloConfigParams:
+    ttft_s: float = param(2.0, "TTFT SLO, s (interactive chat on an 8B-class model with ~12k-token prompts)")
+    tbt_ms: float = param(100.0, "TBT SLO, ms (Mooncake's tightest; DistServe's TPOT 0.1 s)")
+
+
+SECTIONS: dict[str, type] = {
+    "topology": FatTreeConfig,
+    "model": ModelPreset,
+    "gpu": GpuConfig,
+    "timing": TimingConfig,
+    "cluster": ClusterConfig,
+    "oracle": OracleConfig,
+    "tuning": TuningConfig,
+    "slo": SloConfigParams,
+}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    topology: FatTreeConfig = field(default_factory=FatTreeConfig)
+    model: ModelPreset = field(default_factory=ModelPreset)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    slo: SloConfigParams = field(default_factory=SloConfigParams)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for name in SECTIONS:
+            out[name] = dataclasses.asdict(getattr(self, name))
+        out["model"]["kv_bytes_per_token"] = self.model.kv_bytes_per_token
+        return out
+
+
+def _coerce(cls: type, fname: str, raw: str) -> Any:
+    f = next((f for f in dataclasses.fields(cls) if f.name == fname), None)
+    if f is None:
+        names = ", ".join(x.name for x in dataclasses.fields(cls))
+        raise ConfigError(f"unknown parameter '{fname}' (known: {names})")
+    default = f.default
+    try:
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(float(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"parameter '{fname}': cannot parse {raw!r} as {type(default).__name__}") from None
+    return raw
+
+
+def build_config(model: str = "llama-3-8b", gpu: str | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Presets plus ``section.field=value`` overrides; errors name the parameter."""
+    if model not in MODEL_PRESETS:
+        raise ConfigError(f"unknown --model {model!r} (presets: {', '.join(MODEL_PRESETS)})")
+    gpu = gpu or DEFAULT_GPU_FOR_MODEL.get(model, "h100-sxm")
+    if gpu not in GPU_PRESETS:
+        raise ConfigError(f"unknown GPU preset {gpu!r} (presets: {', '.join(GPU_PRESETS)})")
+    parts: dict[str, Any] = {name: cls() for name, cls in SECTIONS.items()}
+    parts["model"] = MODEL_PRESETS[model]
+    parts["gpu"] = GPU_PRESETS[gpu]
+    changes: dict[str, dict[str, Any]] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        section, dot, fname = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: expected section.field=value (e.g. topology.nic_gbit_s=200)")
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section '{section}' (known: {', '.join(SECTIONS)})")
+        try:
+            changes.setdefault(section, {})[fname] = _coerce(SECTIONS[section], fname, raw.strip())
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item!r}: {exc}") from None
+    for section, kv in changes.items():
+        try:
+            parts[section] = dataclasses.replace(parts[section], **kv)
+        except TopologyError as exc:
+            raise ConfigError(f"--set {section}: {exc}") from None
+    cfg = ExperimentConfig(**parts)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    positive = [
+        ("model.layers", cfg.model.layers), ("model.kv_heads", cfg.model.kv_heads),
+        ("model.head_dim", cfg.model.head_dim), ("model.params_b", cfg.model.params_b),
+        ("gpu.peak_tflops", cfg.gpu.peak_tflops), ("gpu.hbm_tb_s", cfg.gpu.hbm_tb_s),
+        ("gpu.memory_gb", cfg.gpu.memory_gb), ("timing.prefill_mfu", cfg.timing.prefill_mfu),
+        ("timing.decode_hbm_efficiency", cfg.timing.decode_hbm_efficiency),
+        ("oracle.poll_interval_s", cfg.oracle.poll_interval_s),
+        ("slo.ttft_s", cfg.slo.ttft_s), ("slo.tbt_ms", cfg.slo.tbt_ms),
+    ]
+    for name, value in positive:
+        if not value > 0:
+            raise ConfigError(f"parameter '{name}' must be > 0, got {value}")
+    fractions = [
+        ("timing.prefill_mfu", cfg.timing.prefill_mfu), ("cluster.prefill_fraction", cfg.cluster.prefill_fraction),
+        ("cluster.decode_cache_fraction", cfg.cluster.decode_cache_fraction),
+        ("cluster.prefill_cache_fraction", cfg.cluster.prefill_cache_fraction),
+        ("oracle.min_available_fraction", cfg.oracle.min_available_fraction),
+        ("gpu.memory_utilisation", cfg.gpu.memory_utilisation),
+    ]
+    for name, value in fractions:
+        if not 0 <= value <= 1:
+            raise ConfigError(f"parameter '{name}' must be within 0..1, got {value}")
+    if cfg.oracle.staleness_s < 0:
+        raise ConfigError(f"parameter 'oracle.staleness_s' must be >= 0, got {cfg.oracle.staleness_s}")
+    if cfg.cluster.placement not in ("mixed", "by-server", "by-rack"):
+        raise ConfigError(f"parameter 'cluster.placement' must be mixed, by-server or by-rack, got {cfg.cluster.placement!r}")
+    if cfg.model.weight_bytes >= cfg.gpu.memory_gb * 1e9 * cfg.gpu.memory_utilisation:
+        raise ConfigError(
+            f"model '{cfg.model.name}' weights ({cfg.model.weight_bytes / 1e9:.0f} GB) do not fit GPU "
+            f"'{cfg.gpu.name}' ({cfg.gpu.memory_gb} GB x {cfg.gpu.memory_utilisation})"
+        )
+
+
+def describe_constants() -> list[tuple[str, str, str]]:
+    """(section.field, default, help) for every overridable constant."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            rows.append((f"{section}.{f.name}", repr(f.default), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,155 @@
+"""One experiment definition, independent of the backend: trace, scenario, policies, tuning.
+
+:func:`prepare` validates everything (trace, scenario, policies, constants) before anything runs,
+so bad input stops the run with a clear error and no result folder. :func:`run_simulation` is the
+``simulate`` backend; the emulator reuses :func:`prepare`, :func:`split_trace` and
+:func:`tune_policy` so both backends run the same experiment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scheduler.config import ExperimentConfig
+from scheduler.metrics import SloConfig, summarize_policy
+from scheduler.policies import REGISTRY, resolve
+from scheduler.policies.base import Policy
+from scheduler.records import RequestRecord
+from scheduler.scenario import Scenario, load_scenario
+from scheduler.simulator import Simulator
+from scheduler.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.trace import Request, load_trace, trace_stats
+from topology.model import FatTree
+
+SCENARIO_SLACK_S = 300.0
+"""Scenario events are expanded until this long after the last arrival (requests still finishing)."""
+
+
+@dataclass
+class Experiment:
+    cfg: ExperimentConfig
+    tree: FatTree
+    trace_source: str
+    requests: list[Request]  # evaluated window
+    tune_requests: list[Request]  # held-out tuning slice, rebased to t=0
+    scenario: Scenario
+    policies: list[type[Policy]]
+    seed: int = 0
+    tune: bool = True
+    weights: dict[str, float] = field(default_factory=dict)  # fixed weights (skip tuning)
+
+    @property
+    def horizon_s(self) -> float:
+        last = self.requests[-1].arrival_s if self.requests else 0.0
+        return last + SCENARIO_SLACK_S
+
+    def slo(self) -> SloConfig:
+        return SloConfig(ttft_s=self.cfg.slo.ttft_s, tbt_ms=self.cfg.slo.tbt_ms)
+
+
+def split_trace(requests: list[Request], max_requests: int | None, tune_requests: int) -> tuple[list[Request], list[Request], bool]:
+    """(evaluated window, tuning slice, disjoint?). The tuning slice is the trace's last
+    ``tune_requests`` requests (rebased to t=0); the window is the first ``max_requests`` of the
+    rest. A trace too short to hold both out gives an overlapping slice, reported as such."""
+    n = len(requests)
+    k = min(tune_requests, n)
+    disjoint = n - k >= 1 and k > 0
+    if disjoint:
+        head, tail = requests[: n - k], requests[n - k:]
+    else:
+        head, tail = requests, requests[:k]
+    window = head[:max_requests] if max_requests else head
+    t0 = tail[0].arrival_s if tail else 0.0
+    tune = [dataclasses.replace(r, arrival_s=r.arrival_s - t0) for r in tail]
+    return window, tune, disjoint
+
+
+def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: str, max_requests: int | None,
+            seed: int, scenario_params: dict[str, float] | None = None, tune: bool = True,
+            weights: dict[str, float] | None = None) -> tuple[Experiment, dict]:
+    """Validate and load every input; raises TraceError / ScenarioError / ValueError subclasses."""
+    tree = FatTree(cfg.topology)
+    classes = resolve(policies)
+    if max_requests is not None and max_requests < 1:
+        raise ValueError(f"--max-requests must be >= 1, got {max_requests}")
+    if trace:
+        reqs = load_trace(trace)
+        source = str(Path(trace).resolve())
+    else:
+        reqs = synthetic_trace(SyntheticConfig(), seed=seed)
+        source = f"synthetic(seed={seed})"
+    sc = load_scenario(scenario, tree, scenario_params)
+    window, tune_slice, disjoint = split_trace(reqs, max_requests, cfg.tuning.tune_requests)
+    for name in (weights or {}):
+        if name not in REGISTRY or REGISTRY[name].tuned_param is None:
+            raise ValueError(f"--weight {name}=...: policy {name!r} has no tunable weight "
+                             f"(tunable: {', '.join(n for n, c in REGISTRY.items() if c.tuned_param)})")
+    exp = Experiment(cfg, tree, source, window, tune_slice, sc, classes, seed, tune, dict(weights or {}))
+    info = {
+        "source": source,
+        "evaluated": trace_stats(window),
+        "tuning_slice": {"requests": len(tune_slice), "disjoint_from_evaluation": disjoint},
+    }
+    return exp, info
+
+
+def make_policy(cls: type[Policy], weight: float | None, seed: int) -> Policy:
+    return cls(weight=weight, seed=seed)
+
+
+def objective(records: list[RequestRecord]) -> float:
+    """Tuning objective, the same for every tuned policy: mean end-to-end latency (TTFT plus the
+    time to emit the remaining tokens), so a weight that buys TTFT by overloading decode pays."""
+    return float(np.mean([r.ttft_s + (r.output_tokens - 1) * r.tbt_mean_ms / 1e3 for r in records]))
+
+
+def tune_policy(exp: Experiment, cls: type[Policy], run=None) -> tuple[float | None, list[dict]]:
+    """Grid search of ``cls``'s load weight on the tuning slice under the same scenario.
+    ``run(policy, requests) -> records`` is the backend (default: the simulator)."""
+    if cls.tuned_param is None:
+        return None, []
+    if cls.name in exp.weights:
+        return exp.weights[cls.name], []
+    grid = exp.cfg.tuning.netkv_weights_s if cls.name == "netkv" else exp.cfg.tuning.cache_load_weights
+    if not exp.tune or not exp.tune_requests:
+        return None, []
+    run = run or (lambda pol, reqs: Simulator(exp.cfg, reqs, pol, exp.scenario.actions(
+        exp.tree, (reqs[-1].arrival_s if reqs else 0.0) + SCENARIO_SLACK_S)).run())
+    table = []
+    for w in grid:
+        recs = run(make_policy(cls, float(w), exp.seed), exp.tune_requests)
+        table.append({"weight": float(w), "objective_s": objective(recs)})
+    best = min(table, key=lambda row: (row["objective_s"], row["weight"]))
+    return best["weight"], table
+
+
+def run_simulation(exp: Experiment, progress: bool = True, log=print) -> tuple[dict, dict[str, list[RequestRecord]]]:
+    """Run every policy on the simulator; returns (policies section of summary, records)."""
+    actions = exp.scenario.actions(exp.tree, exp.horizon_s)
+    slo = exp.slo()
+    out: dict[str, dict] = {}
+    records: dict[str, list[RequestRecord]] = {}
+    for cls in exp.policies:
+        t0 = time.perf_counter()
+        weight, table = tune_policy(exp, cls)
+        tune_s = time.perf_counter() - t0
+        if table:
+            log(f"tuned {cls.name}: {cls.tuned_param}={weight:g} ({len(table)} grid points on "
+                f"{len(exp.tune_requests)} held-out requests, {tune_s:.1f} s)")
+        policy = make_policy(cls, weight, exp.seed)
+        t1 = time.perf_counter()
+        sim = Simulator(exp.cfg, exp.requests, policy, actions, progress=progress)
+        recs = sim.run()
+        wall = time.perf_counter() - t1
+        summary = summarize_policy(recs, slo)
+        summary["params"] = policy.params()
+        summary["tuning"] = table
+        summary["wall_s"] = round(wall, 3)
+        summary["events"] = sim.events
+        out[cls.name] = summary
+        records[cls.name] = recs
+    return out, records

@@ -1,0 +1,25 @@
+"""NetKV: network-aware decode selection, an O(|D|) greedy over decode candidates.
+
+Prefill exactly as cache-load. Decode: argmin over D of the oracle's cost (seconds) of moving the
+bytes that candidate needs (its own cached prefix is not moved) from the chosen prefill instance,
+plus ``load_weight_s`` x the candidate's load fraction (tuned on the same grid budget)."""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.cluster import Decision, DecisionContext
+from scheduler.policies.base import Policy
+from scheduler.policies.cache_load import best_prefill
+
+
+class NetKV(Policy):
+    name = "netkv"
+    description = "cache-load's prefill; decode = argmin(oracle transfer cost of missing KV + load term)"
+    tuned_param = "load_weight_s"
+    needs_oracle = True
+
+    def choose(self, ctx: DecisionContext) -> Decision:
+        p = best_prefill(ctx)
+        w = 0.1 if self.weight is None else self.weight
+        score = ctx.transfer_cost_s(p) + w * ctx.decode_load
+        return Decision(p, int(np.argmin(score)))

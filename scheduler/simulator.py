@@ -1,0 +1,291 @@
+"""Flow-level discrete-event simulator: the ``simulate`` backend.
+
+A ``heapq`` event loop with total ordering (time, sequence number). Requests arrive, a policy picks
+(prefill, decode), the prefill instance's FIFO computes, the KV bytes the decode instance lacks
+cross the fabric as a flow sharing links max-min fairly with other transfers and with the
+scenario's background flows, and the decode instance's continuous batch emits tokens. Telemetry is
+sampled every ``poll_interval_s`` from per-link byte counters exactly as the controller computes it,
+and the oracle answers from the snapshot the staleness setting allows. No randomness: identical
+inputs give identical results.
+"""
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from scheduler.cluster import Cluster, DecodeBatch
+from scheduler.config import ExperimentConfig
+from scheduler.network import FlowNetwork
+from scheduler.oracle import NetworkOracle, make_oracle
+from scheduler.policies.base import Policy
+from scheduler.progress import Progress
+from scheduler.records import RequestRecord
+from scheduler.scenario import Action
+from scheduler.telemetry import TelemetryHistory, TelemetrySnapshot
+from scheduler.trace import Request
+from topology.model import GBIT, FatTree
+
+# Event kinds; the order only matters for ties at the same instant (after time, before sequence).
+_SCENARIO, _POLL, _NET, _PREFILL_DONE, _KV_ARRIVED, _DECODE_DONE, _ARRIVAL = range(7)
+
+
+@dataclass
+class _ReqState:
+    req: Request
+    p: int = -1
+    d: int = -1
+    prefill_cached: int = 0
+    decode_cached: int = 0
+    nbytes: float = 0.0
+    decision_us: float = 0.0
+    prefill_start: float = 0.0
+    prefill_end: float = 0.0
+    kv_arrived: float = 0.0
+    joined: float = 0.0
+    first_token: float = 0.0
+    finish: float = 0.0
+
+
+class SimTelemetry:
+    """Telemetry sampler of the simulated fabric: one snapshot per poll interval, from counters."""
+
+    def __init__(self, tree: FatTree, net: FlowNetwork, interval_s: float, keep_s: float) -> None:
+        self.tree = tree
+        self.net = net
+        self.interval = interval_s
+        self.history = TelemetryHistory(max_age_s=keep_s)
+        self.next_poll = interval_s
+        self._prev_bytes = net.link_bytes.copy()
+        self.samples: list[tuple[float, np.ndarray]] = []
+        self.record_samples = False
+
+    def catch_up(self, t: float) -> None:
+        """Take every poll due at or before ``t``; rates are constant since the last network change,
+        so counters at a past poll instant are exact."""
+        net = self.net
+        while self.next_poll <= t:
+            tp = self.next_poll
+            counters = net.link_bytes + net.link_rate * (tp - net.now)
+            delta = counters - self._prev_bytes
+            self._prev_bytes = counters
+            cap = net.capacity
+            with np.errstate(divide="ignore", invalid="ignore"):
+                util = np.where(cap > 0, delta / (self.interval * cap), np.where(delta > 0, 1.0, 0.0))
+            util[-1] = 0.0
+            util = np.clip(np.nan_to_num(util), 0.0, 1.0)
+            self.history.add(TelemetrySnapshot(tp, util, net.capacity_factor()))
+            if self.record_samples:
+                self.samples.append((tp, util[:-1].astype(np.float32)))
+            self.next_poll += self.interval
+
+    def at(self, time_s: float) -> TelemetrySnapshot | None:
+        return self.history.at(time_s)
+
+
+class Simulator:
+    """Replays ``requests`` under one policy and one list of scenario actions."""
+
+    def __init__(self, cfg: ExperimentConfig, requests: list[Request], policy: Policy,
+                 actions: list[Action] | None = None, oracle_kind: str = "telemetry",
+                 progress: bool = False, record_telemetry: bool = False, shadow_fresh: bool = False) -> None:
+        self.cfg = cfg
+        self.tree = FatTree(cfg.topology)
+        self.cluster = Cluster(cfg, self.tree)
+        self.requests = requests
+        self.policy = policy
+        self.actions = actions or []
+        self.net = FlowNetwork(self.tree.capacity, self.tree.pad)
+        self.telemetry: SimTelemetry | None = None
+        self.oracle: NetworkOracle | None = None
+        needs_telemetry = (policy.needs_oracle and oracle_kind == "telemetry") or record_telemetry
+        if needs_telemetry:
+            keep = cfg.oracle.staleness_s + 4 * cfg.oracle.poll_interval_s + 1.0
+            self.telemetry = SimTelemetry(self.tree, self.net, cfg.oracle.poll_interval_s, keep)
+            self.telemetry.record_samples = record_telemetry
+        if policy.needs_oracle:
+            self.oracle = make_oracle(oracle_kind, self.tree, self.telemetry, cfg.oracle.staleness_s,
+                                      cfg.oracle.min_available_fraction, cfg.timing.transfer_setup_s)
+        # Staleness studies: also ask a fresh-telemetry oracle and record whether its choice's tier
+        # (and exact instance) agree with the stale one's.
+        self.shadow = None
+        self.agreement = {"decisions": 0, "same_tier": 0, "same_instance": 0}
+        if shadow_fresh and policy.needs_oracle and self.telemetry is not None:
+            self.shadow = make_oracle("telemetry", self.tree, self.telemetry, 0.0,
+                                      cfg.oracle.min_available_fraction, cfg.timing.transfer_setup_s)
+        self.batches = [DecodeBatch(self.cluster.timing, self.cluster.decode_capacity_tokens)
+                        for _ in range(self.cluster.decode_ids.size)]
+        self.show_progress = progress
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self._net_version = 0
+        self._flow_owner: dict[int, int] = {}  # network flow id -> request index
+        self._bg_flows: dict[str, int] = {}  # scenario flow id -> network flow id
+        self.events = 0
+
+    # ------------------------------------------------------------------ event plumbing
+    def _push(self, t: float, kind: int, payload: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, kind, self._seq, payload))
+
+    def _sync(self, t: float) -> None:
+        if self.telemetry is not None:
+            self.telemetry.catch_up(t)
+        self.net.advance(t)
+
+    def _schedule_net(self) -> None:
+        self._net_version += 1
+        nxt = self.net.next_completion()
+        if nxt is not None:
+            self._push(nxt[0], _NET, self._net_version)
+
+    def _schedule_decode(self, d: int) -> None:
+        nxt = self.batches[d].next_finish()
+        if nxt is not None:
+            self._push(nxt[0], _DECODE_DONE, (d, self.batches[d].version))
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> list[RequestRecord]:
+        states = [_ReqState(r) for r in self.requests]
+        self.states = states
+        for i, r in enumerate(self.requests):
+            self._push(r.arrival_s, _ARRIVAL, i)
+        for a in self.actions:
+            self._push(a.time_s, _SCENARIO, a)
+        remaining = len(states)
+        with Progress(total=len(states), label=f"simulate {self.policy.name}", enabled=self.show_progress) as bar:
+            while self._heap and remaining:
+                t, kind, _, payload = heapq.heappop(self._heap)
+                self.events += 1
+                if kind == _ARRIVAL:
+                    self._sync(t)
+                    self._arrive(states[payload], payload, t)
+                elif kind == _PREFILL_DONE:
+                    self._sync(t)
+                    self._prefill_done(states[payload], payload, t)
+                elif kind == _NET:
+                    if payload != self._net_version:
+                        continue
+                    self._sync(t)
+                    nxt = self.net.next_completion()
+                    if nxt is None:
+                        continue
+                    fid = nxt[1]
+                    flow = self.net.remove(fid)
+                    i = self._flow_owner.pop(fid)
+                    latency = float(self.tree.latency_s[flow.path].sum()) + self.cfg.timing.transfer_setup_s
+                    self._push(t + latency, _KV_ARRIVED, i)
+                    self._schedule_net()
+                elif kind == _KV_ARRIVED:
+                    s = states[payload]
+                    s.kv_arrived = t
+                    batch = self.batches[s.d]
+                    if not batch.waiting and batch.fits(s.req.input_tokens, s.req.output_tokens):
+                        self._join(s, payload, t)
+                    else:
+                        batch.waiting.append((payload, s.req.input_tokens, s.req.output_tokens))
+                elif kind == _DECODE_DONE:
+                    d, version = payload
+                    batch = self.batches[d]
+                    if version != batch.version:
+                        continue
+                    nxt = batch.next_finish()
+                    if nxt is None:
+                        continue
+                    i = nxt[1]
+                    s = states[i]
+                    batch.leave(t, i)
+                    s.finish = t
+                    self.cluster.decode_assigned_tokens[d] -= s.req.input_tokens + s.req.output_tokens
+                    self.cluster.decode_cache.insert(d, s.req.hash_ids)
+                    remaining -= 1
+                    bar.update()
+                    while batch.waiting and batch.fits(batch.waiting[0][1], batch.waiting[0][2]):
+                        j = batch.waiting.pop(0)[0]
+                        self._join(states[j], j, t, reschedule=False)
+                    self._schedule_decode(d)
+                elif kind == _SCENARIO:
+                    self._sync(t)
+                    self._apply(payload)
+                    self._schedule_net()
+        if remaining:
+            raise RuntimeError(f"{remaining} requests never finished (a link they need stayed down?)")
+        return [self._record(s) for s in states]
+
+    # ------------------------------------------------------------------ steps
+    def _arrive(self, s: _ReqState, i: int, t: float) -> None:
+        cl = self.cluster
+        t0 = time.perf_counter_ns()
+        ctx = cl.context(s.req, t, self.oracle)
+        dec = self.policy.choose(ctx)
+        s.decision_us = (time.perf_counter_ns() - t0) / 1e3
+        s.p, s.d = dec.prefill, dec.decode
+        if self.shadow is not None:
+            fresh = self.policy.choose(cl.context(s.req, t, self.shadow)).decode
+            src = int(cl.prefill_ids[s.p])
+            a = self.agreement
+            a["decisions"] += 1
+            a["same_instance"] += fresh == s.d
+            a["same_tier"] += self.tree.tier(src, int(cl.decode_ids[fresh])) == self.tree.tier(src, int(cl.decode_ids[s.d]))
+        s.prefill_cached = int(ctx.prefill_cached_tokens[s.p])
+        s.decode_cached = int(ctx.decode_cached_tokens[s.d])
+        s.nbytes = float(cl.timing.kv_bytes(s.req.input_tokens - s.decode_cached))
+        s.prefill_start = max(t, float(cl.prefill_busy_until[s.p]))
+        s.prefill_end = s.prefill_start + cl.timing.prefill_s(s.req.input_tokens, s.prefill_cached)
+        cl.prefill_busy_until[s.p] = s.prefill_end
+        cl.decode_assigned_tokens[s.d] += s.req.input_tokens + s.req.output_tokens
+        self._push(s.prefill_end, _PREFILL_DONE, i)
+
+    def _prefill_done(self, s: _ReqState, i: int, t: float) -> None:
+        self.cluster.prefill_cache.insert(s.p, s.req.hash_ids)
+        if s.nbytes <= 0:
+            self._push(t, _KV_ARRIVED, i)
+            return
+        src = int(self.cluster.prefill_ids[s.p])
+        dst = int(self.cluster.decode_ids[s.d])
+        path = self.tree.paths(src, np.array([dst]), flow_key=s.req.req_id)[0]
+        fid = self.net.add(path, s.nbytes)
+        self._flow_owner[fid] = i
+        self._schedule_net()
+
+    def _join(self, s: _ReqState, i: int, t: float, reschedule: bool = True) -> None:
+        s.joined = t
+        s.first_token = self.batches[s.d].join(t, i, s.req.input_tokens, s.req.output_tokens)
+        if reschedule:
+            self._schedule_decode(s.d)
+
+    def _apply(self, a: Action) -> None:
+        if a.kind == "flow_start":
+            if a.src == a.dst:
+                return
+            path = self.tree.paths(a.src, np.array([a.dst]), flow_key=hash(a.flow_id) & 0xffff)[0]
+            cap = np.inf if a.rate_gbit_s is None else a.rate_gbit_s * GBIT
+            self._bg_flows[a.flow_id] = self.net.add(path, np.inf, cap=cap, tag=a.flow_id)
+        elif a.kind == "flow_stop":
+            fid = self._bg_flows.pop(a.flow_id, None)
+            if fid is not None:
+                self.net.remove(fid)
+        elif a.kind == "link_capacity":
+            self.net.set_capacity(list(a.links), float(a.factor))
+        else:
+            raise ValueError(f"unknown scenario action kind {a.kind!r}")
+
+    def _record(self, s: _ReqState) -> RequestRecord:
+        tree = self.tree
+        p_gpu = int(self.cluster.prefill_ids[s.p])
+        d_gpu = int(self.cluster.decode_ids[s.d])
+        out = s.req.output_tokens
+        step = s.first_token - s.joined
+        tbt = (s.finish - s.first_token) / (out - 1) if out > 1 else step
+        return RequestRecord(
+            policy=self.policy.name, req_id=s.req.req_id, arrival_s=s.req.arrival_s,
+            input_tokens=s.req.input_tokens, output_tokens=out,
+            prefill=tree.gpu_name(p_gpu), decode=tree.gpu_name(d_gpu), tier=tree.tier(p_gpu, d_gpu),
+            prefill_cached_tokens=s.prefill_cached, decode_cached_tokens=s.decode_cached,
+            kv_bytes=int(s.nbytes), queue_s=s.prefill_start - s.req.arrival_s,
+            prefill_s=s.prefill_end - s.prefill_start, transfer_s=s.kv_arrived - s.prefill_end,
+            decode_wait_s=s.joined - s.kv_arrived, first_token_s=s.first_token,
+            ttft_s=s.first_token - s.req.arrival_s, tbt_mean_ms=tbt * 1e3, decision_us=s.decision_us,
+        )

@@ -1,0 +1,50 @@
+"""Instance timing: roofline prefill, memory-bound decode steps, KV sizes. Pure functions."""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.config import ExperimentConfig
+
+
+class TimingModel:
+    """Prefill and decode times of one GPU instance for the configured model and GPU."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        m, g, t = cfg.model, cfg.gpu, cfg.timing
+        self.kv_bytes_per_token = m.kv_bytes_per_token
+        self._flops_per_token = 2.0 * m.params_b * 1e9
+        # Attention score + value FLOPs per (query token, context token) pair: 2 matmuls x 2 FLOPs/MAC
+        # x layers x (q_heads x head_dim).
+        self._attn_flops_per_pair = 4.0 * m.layers * m.q_heads * m.head_dim
+        self._flop_rate = g.peak_tflops * 1e12 * t.prefill_mfu
+        self._hbm_rate = g.hbm_tb_s * 1e12 * t.decode_hbm_efficiency
+        self._weight_bytes = m.weight_bytes
+        self._prefill_overhead = t.prefill_overhead_s
+        self._step_overhead = t.decode_step_overhead_s
+        kv_memory = g.memory_gb * 1e9 * g.memory_utilisation - m.weight_bytes
+        self.kv_capacity_tokens = int(kv_memory // m.kv_bytes_per_token)
+
+    def kv_bytes(self, tokens: int) -> int:
+        return int(tokens) * self.kv_bytes_per_token
+
+    def prefill_s(self, input_tokens: int, cached_tokens: int = 0) -> float:
+        """Compute of the ``input_tokens - cached_tokens`` new tokens attending to the whole prefix:
+        max(FLOPs / (peak x MFU), weights read once / HBM) + fixed overhead."""
+        new = max(int(input_tokens) - int(cached_tokens), 0)
+        if new == 0:
+            return self._prefill_overhead
+        cached = input_tokens - new
+        flops = self._flops_per_token * new + self._attn_flops_per_pair * new * (cached + new / 2.0)
+        return max(flops / self._flop_rate, self._weight_bytes / self._hbm_rate) + self._prefill_overhead
+
+    def prefill_s_array(self, input_tokens: int, cached_tokens: np.ndarray) -> np.ndarray:
+        """:meth:`prefill_s` for one prompt over an array of cached-prefix lengths (vectorised)."""
+        cached = np.minimum(np.asarray(cached_tokens, dtype=float), float(input_tokens))
+        new = input_tokens - cached
+        flops = self._flops_per_token * new + self._attn_flops_per_pair * new * (cached + new / 2.0)
+        t = np.maximum(flops / self._flop_rate, self._weight_bytes / self._hbm_rate)
+        return np.where(new > 0, t, 0.0) + self._prefill_overhead
+
+    def decode_step_s(self, context_tokens_in_batch: float) -> float:
+        """One decode step of a batch: weights plus every running request's KV read from HBM."""
+        return (self._weight_bytes + context_tokens_in_batch * self.kv_bytes_per_token) / self._hbm_rate + self._step_overhead

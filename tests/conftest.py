@@ -1,0 +1,53 @@
+"""Shared pytest set-up: repository root on sys.path, the ``emulation`` marker and its skip rules.
+
+Tests marked ``emulation`` build the Mininet/Open vSwitch fabric: they are skipped, with the
+reason, unless running as root on a machine with Mininet and a running Open vSwitch
+(``sudo scripts/setup.sh --emulation`` provides both).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "emulation: builds the Mininet + Open vSwitch fabric (root, Mininet, running OVS)")
+
+
+@functools.lru_cache(maxsize=1)
+def emulation_unavailable() -> str | None:
+    """Why emulation tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "emulation tests need root (network namespaces, veth pairs, tc, OVS bridges)"
+    missing = [c for c in ("ovs-vsctl", "mnexec", "iperf3", "ethtool", "tc", "ping") if shutil.which(c) is None]
+    if missing:
+        return f"emulation tools missing ({', '.join(missing)}): run sudo scripts/setup.sh --emulation"
+    try:
+        import mininet.net  # noqa: F401
+    except ImportError:
+        return "Mininet is not importable (Debian package 'mininet'): run sudo scripts/setup.sh --emulation"
+    done = subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True, check=False)
+    if done.returncode:
+        return "Open vSwitch is not running: run sudo scripts/setup.sh --emulation"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = None
+    for item in items:
+        if item.get_closest_marker("emulation") is None:
+            continue
+        reason = reason if reason is not None else (emulation_unavailable() or "")
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))

@@ -1,0 +1,395 @@
+"""Agents end to end on loopback (and across two network namespaces when root), the control
+channel, and the background sender. Agents run as real subprocesses."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import psutil
+import pytest
+
+from hosts.agent import bench
+from hosts.background import run_sink
+from hosts.control import ControlError, ControlServer, ControlTimeout, Message
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 1_000_000
+NETNS = ("nkvtest-a", "nkvtest-b")
+
+
+def _wait_event(server: ControlServer, pred: Callable[[Message], bool],
+                timeout: float = 10.0) -> Message:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        try:
+            ev = server.events.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if pred(ev):
+            return ev
+        seen.append(ev)
+    raise AssertionError(f"no matching event within {timeout} s; saw {seen}")
+
+
+class Fleet:
+    """A ControlServer plus agent subprocesses; everything is torn down in ``close``."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="nkvtest-"))  # short: AF_UNIX paths <= 107
+        self.server = ControlServer(self.dir / "ctl.sock")
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, gpu: int, host: str = "127.0.0.1", netns: str | None = None,
+              extra: list[str] | None = None) -> Message:
+        cmd = [sys.executable, "-m", "hosts.agent", "--name", name, "--gpu", str(gpu),
+               "--listen-host", host, "--port", "0", "--control", str(self.server.path),
+               "--io-timeout", "30", "--connect-timeout", "3", *(extra or [])]
+        if netns is not None:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        self.procs[name] = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        return self.server.wait_hello([name], timeout=15)[name]
+
+    def send(self, src: str, dst: str, tid: int, nbytes: int, dst_gpu: int | None = None,
+             dst_ip: str | None = None) -> None:
+        hello = self.server.agents()[dst]
+        self.server.send(src, {"op": "send", "transfer_id": tid, "request_id": tid * 10,
+                               "dst_ip": dst_ip or hello["listen_ip"],
+                               "dst_port": hello["listen_port"], "bytes": nbytes,
+                               "dst_gpu": hello["gpu"] if dst_gpu is None else dst_gpu})
+
+    def close(self) -> None:
+        try:
+            self.server.close()
+            for proc in self.procs.values():
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                if proc.stderr is not None:
+                    proc.stderr.close()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def fleet() -> Iterator[Fleet]:
+    f = Fleet()
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+@pytest.fixture
+def pair(fleet: Fleet) -> Fleet:
+    fleet.start("p0t0s0g0", 0)
+    fleet.start("p0t0s0g1", 1)
+    return fleet
+
+
+def _check_pair(sent: Message, recv: Message, tid: int, nbytes: int) -> None:
+    assert sent["ev"] == "sent" and recv["ev"] == "received"
+    for ev in (sent, recv):
+        assert ev["transfer_id"] == tid and ev["request_id"] == tid * 10
+        assert ev["bytes"] == nbytes
+        assert ev["t_end"] >= ev["t_start"]
+    assert sent["role"] == "send" and recv["role"] == "recv"
+    # Same clock: the receiver sees its first byte after the sender connected, and the sender
+    # hears DONE after the receiver read the last byte.
+    assert recv["t_start"] >= sent["t_connect"]
+    assert sent["t_end"] >= recv["t_end"]
+    assert sent["t_local_end"] <= sent["t_end"]
+
+
+def test_hello_reports_identity(pair: Fleet) -> None:
+    hellos = pair.server.agents()
+    assert set(hellos) == {"p0t0s0g0", "p0t0s0g1"}
+    for name, proc in pair.procs.items():
+        h = hellos[name]
+        assert h["pid"] == proc.pid
+        assert h["listen_ip"] == "127.0.0.1" and 0 < h["listen_port"] < 65536
+    assert hellos["p0t0s0g1"]["gpu"] == 1
+    assert hellos["p0t0s0g0"]["listen_port"] != hellos["p0t0s0g1"]["listen_port"]
+
+
+def test_50mb_transfer_reports_both_sides(pair: Fleet) -> None:
+    pair.send("p0t0s0g0", "p0t0s0g1", 7, 50 * MB)
+    res = pair.server.wait_transfers([7], timeout=60)[7]
+    assert "error" not in res, res
+    sent, recv = res["sent"], res["received"]
+    _check_pair(sent, recv, 7, 50 * MB)
+    assert sent["agent"] == "p0t0s0g0" and recv["agent"] == "p0t0s0g1"
+    assert (sent["src_gpu"], sent["dst_gpu"]) == (0, 1) == (recv["src_gpu"], recv["dst_gpu"])
+    port = pair.server.agents()["p0t0s0g1"]["listen_port"]
+    assert sent["peer"] == f"127.0.0.1:{port}"
+    assert recv["peer"].startswith("127.0.0.1:")
+
+
+def test_concurrent_transfers_both_directions(pair: Fleet) -> None:
+    plan = {1: ("p0t0s0g0", "p0t0s0g1"), 2: ("p0t0s0g0", "p0t0s0g1"),
+            3: ("p0t0s0g1", "p0t0s0g0"), 4: ("p0t0s0g1", "p0t0s0g0")}
+    for tid, (src, dst) in plan.items():
+        pair.send(src, dst, tid, 20 * MB + tid)
+    res = pair.server.wait_transfers(plan, timeout=60)
+    for tid, (src, dst) in plan.items():
+        assert "error" not in res[tid], res[tid]
+        _check_pair(res[tid]["sent"], res[tid]["received"], tid, 20 * MB + tid)
+        assert res[tid]["sent"]["agent"] == src and res[tid]["received"]["agent"] == dst
+    # The transfers overlapped in time rather than running one after another.
+    assert max(r["sent"]["t_start"] for r in res.values()) < min(
+        r["received"]["t_end"] for r in res.values())
+
+
+def test_zero_byte_transfer(pair: Fleet) -> None:
+    pair.send("p0t0s0g0", "p0t0s0g1", 11, 0)
+    res = pair.server.wait_transfers([11], timeout=10)[11]
+    assert res["sent"]["bytes"] == 0 == res["received"]["bytes"]
+
+
+def test_closed_port_yields_error_event(fleet: Fleet) -> None:
+    fleet.start("p0t0s0g0", 0)
+    port = _free_port()
+    t0 = time.monotonic()
+    fleet.server.send("p0t0s0g0", {"op": "send", "transfer_id": 5, "request_id": 6,
+                                    "dst_ip": "127.0.0.1", "dst_port": port,
+                                    "bytes": MB, "dst_gpu": 1})
+    res = fleet.server.wait_transfers([5], timeout=10)[5]
+    assert time.monotonic() - t0 < 5
+    err = res["error"]
+    assert err["transfer_id"] == 5 and err["request_id"] == 6 and err["role"] == "send"
+    assert "refused" in err["reason"].lower()
+    # The agent survives and still works.
+    fleet.server.send("p0t0s0g0", {"op": "ping", "seq": 1})
+    assert _wait_event(fleet.server, lambda e: e.get("ev") == "pong")["seq"] == 1
+
+
+def test_misdelivered_stream_is_refused(pair: Fleet) -> None:
+    pair.send("p0t0s0g0", "p0t0s0g1", 9, MB, dst_gpu=42)
+    errors: dict[str, Message] = {}
+    deadline = time.monotonic() + 10
+    while len(errors) < 2 and time.monotonic() < deadline:
+        ev = _wait_event(pair.server, lambda e: e.get("ev") in ("error", "sent", "received"))
+        assert ev["ev"] == "error", ev
+        errors[ev["role"]] = ev
+    assert set(errors) == {"send", "recv"}
+    assert errors["recv"]["transfer_id"] == 9 == errors["send"]["transfer_id"]
+    assert "misdelivered" in errors["recv"]["reason"] and "GPU 42" in errors["recv"]["reason"]
+    assert errors["send"]["agent"] == "p0t0s0g0" and errors["recv"]["agent"] == "p0t0s0g1"
+
+
+def test_invalid_commands_yield_errors(pair: Fleet) -> None:
+    pair.server.send("p0t0s0g0", {"op": "send", "transfer_id": 3, "bytes": "lots"})
+    ev = _wait_event(pair.server, lambda e: e.get("ev") == "error")
+    assert ev["transfer_id"] == 3 and "request_id" in ev["reason"]
+    pair.server.send("p0t0s0g0", {"op": "dance"})
+    ev = _wait_event(pair.server, lambda e: e.get("ev") == "error")
+    assert "unknown op" in ev["reason"]
+
+
+def test_ping_pong(pair: Fleet) -> None:
+    before = time.time()
+    pair.server.send("p0t0s0g1", {"op": "ping", "seq": "abc"})
+    ev = _wait_event(pair.server, lambda e: e.get("ev") == "pong")
+    assert ev["seq"] == "abc" and ev["agent"] == "p0t0s0g1" and ev["t"] >= before
+
+
+@pytest.mark.parametrize("how", ["stop", "sigterm", "sigint", "control-close"])
+def test_agent_exits_cleanly(fleet: Fleet, how: str) -> None:
+    fleet.start("p0t0s0g0", 0)
+    proc = fleet.procs["p0t0s0g0"]
+    if how == "stop":
+        fleet.server.send("p0t0s0g0", {"op": "stop"})
+    elif how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    elif how == "sigint":
+        proc.send_signal(signal.SIGINT)
+    else:
+        fleet.server.close()
+    assert proc.wait(timeout=5) == 0
+    assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == "zombie"
+    if how != "control-close":
+        fleet.server.wait_disconnect("p0t0s0g0", timeout=5)
+        assert "p0t0s0g0" not in fleet.server.agents()
+
+
+def test_stop_during_transfer_exits(pair: Fleet) -> None:
+    """An agent told to stop mid-transfer does not hang on its open sockets."""
+    pair.send("p0t0s0g0", "p0t0s0g1", 21, 4_000 * MB)
+    time.sleep(0.3)
+    for name in pair.procs:
+        pair.server.send(name, {"op": "stop"})
+    for proc in pair.procs.values():
+        assert proc.wait(timeout=10) == 0
+
+
+def test_server_rejects_duplicate_names_and_unknown_agents(fleet: Fleet) -> None:
+    fleet.start("p0t0s0g0", 0)
+    with pytest.raises(ControlError, match="not connected"):
+        fleet.server.send("nobody", {"op": "ping"})
+    with pytest.raises(ControlTimeout, match="nobody"):
+        fleet.server.wait_hello(["p0t0s0g0", "nobody"], timeout=0.3)
+    dup = subprocess.Popen([sys.executable, "-m", "hosts.agent", "--name", "p0t0s0g0", "--gpu",
+                            "0", "--port", "0", "--control", str(fleet.server.path)], cwd=ROOT)
+    try:
+        ev = _wait_event(fleet.server, lambda e: e.get("ev") == "error")
+        assert "duplicate" in ev["reason"]
+        assert dup.wait(timeout=5) == 0
+    finally:
+        if dup.poll() is None:
+            dup.kill()
+            dup.wait()
+    assert fleet.server.agents()["p0t0s0g0"]["pid"] == fleet.procs["p0t0s0g0"].pid
+
+
+def test_agent_without_orchestrator_fails_fast(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "hosts.agent", "--name", "x", "--gpu", "0",
+                           "--port", "0", "--control", str(tmp_path / "none.sock"),
+                           "--control-timeout", "0.5"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and "control socket" in proc.stderr
+
+
+def test_agent_does_not_load_scapy() -> None:
+    """64 agents share 2 cores: importing Scapy would cost each 0.3-2 s of CPU at start-up."""
+    code = "import sys, hosts.agent; print(sorted(m for m in sys.modules if 'scapy' in m))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_loopback_throughput_1gb() -> None:
+    res = bench(1 << 30)
+    print(f"\nloopback 1 GiB transfer: {res['seconds']:.3f} s, {res['gbit_s']:.2f} Gbit/s")
+    assert res["bytes"] == 1 << 30
+
+
+# --------------------------------------------------------------------------- background traffic
+def _free_port() -> int:
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[int, threading.Event, dict]]:
+    stop = threading.Event()
+    ports: list[int] = []
+    out: dict = {}
+    th = threading.Thread(target=lambda: out.update(
+        total=run_sink("127.0.0.1", 0, None, stop, ports.append)), daemon=True)
+    th.start()
+    deadline = time.monotonic() + 5
+    while not ports and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield ports[0], stop, out
+    finally:
+        stop.set()
+        th.join(timeout=5)
+
+
+def _background(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hosts.background", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_paced_background_sender_holds_rate(sink: tuple[int, threading.Event, dict]) -> None:
+    port, stop, out = sink
+    proc = _background("--dst", f"127.0.0.1:{port}", "--rate-mbit", "80", "--duration", "2")
+    stdout, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert 1.9 <= summary["seconds"] <= 2.5
+    assert 80 * 0.85 <= summary["mbit_s"] <= 80 * 1.15, summary
+    time.sleep(0.3)
+    stop.set()
+    time.sleep(0.5)
+    received = out["total"].bytes
+    assert received == summary["bytes"]
+    assert 0.85 * 20 * MB <= received <= 1.15 * 20 * MB
+
+
+def test_greedy_background_sender_stops_on_sigterm(sink: tuple[int, threading.Event, dict]
+                                                   ) -> None:
+    port, _, _ = sink
+    proc = _background("--dst", f"127.0.0.1:{port}", "--duration", "60")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=5)
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["seconds"] < 5 and summary["bytes"] > 10 * MB
+    assert summary["rate_mbit_target"] is None
+
+
+def test_background_sender_reports_unreachable_sink() -> None:
+    proc = _background("--dst", f"127.0.0.1:{_free_port()}", "--duration", "1")
+    _, stderr = proc.communicate(timeout=15)
+    assert proc.returncode == 1 and "refused" in stderr.lower()
+
+
+# --------------------------------------------------------------------------- network namespaces
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def _delete_test_namespaces() -> None:
+    existing = _ip("netns", "list", check=False).stdout.split()
+    for ns in NETNS:
+        if ns in existing:
+            _ip("netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def namespaces() -> Iterator[tuple[str, str]]:
+    if os.geteuid() != 0:
+        pytest.skip("creating network namespaces needs root")
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 'ip' is not installed")
+    _delete_test_namespaces()  # leftovers of an interrupted earlier run (our names only)
+    try:
+        for ns in NETNS:
+            _ip("netns", "add", ns)
+        _ip("link", "add", "nkvtest-va", "netns", NETNS[0], "type", "veth",
+            "peer", "name", "nkvtest-vb", "netns", NETNS[1])
+        for ns, dev, addr in ((NETNS[0], "nkvtest-va", "10.250.0.1/30"),
+                              (NETNS[1], "nkvtest-vb", "10.250.0.2/30")):
+            _ip("-n", ns, "addr", "add", addr, "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        yield NETNS
+    finally:
+        _delete_test_namespaces()
+
+
+def test_agents_in_two_namespaces(namespaces: tuple[str, str], fleet: Fleet) -> None:
+    ha = fleet.start("p0t0s0g0", 0, host="10.250.0.1", netns=namespaces[0])
+    hb = fleet.start("p1t0s0g0", 16, host="10.250.0.2", netns=namespaces[1])
+    assert ha["listen_ip"] == "10.250.0.1" and hb["listen_ip"] == "10.250.0.2"
+    fleet.send("p0t0s0g0", "p1t0s0g0", 1, 10 * MB)
+    fleet.send("p1t0s0g0", "p0t0s0g0", 2, 10 * MB)
+    res = fleet.server.wait_transfers([1, 2], timeout=60)
+    for tid, src_ip in ((1, "10.250.0.1"), (2, "10.250.0.2")):
+        assert "error" not in res[tid], res[tid]
+        _check_pair(res[tid]["sent"], res[tid]["received"], tid, 10 * MB)
+        assert res[tid]["received"]["peer"].startswith(f"{src_ip}:")
+    # The data port is bound to the namespace's address, not reachable on the root loopback.
+    fleet.server.send("p0t0s0g0", {"op": "send", "transfer_id": 3, "request_id": 30,
+                                    "dst_ip": "127.0.0.1", "dst_port": hb["listen_port"],
+                                    "bytes": MB, "dst_gpu": 16})
+    assert "error" in fleet.server.wait_transfers([3], timeout=10)[3]
