@@ -8,7 +8,7 @@ from functools import cached_property
 import numpy as np
 
 from scheduler.cache import PrefixCacheGroup
-from scheduler.config import ExperimentConfig
+from scheduler.config import ConfigError, ExperimentConfig
 from scheduler.oracle import NetworkOracle, OracleQuery
 from scheduler.timing import TimingModel
 from scheduler.trace import BLOCK_TOKENS, Request
@@ -36,7 +36,7 @@ def assign_roles(tree: FatTree, placement: str, prefill_fraction: float) -> tupl
     prefill = np.flatnonzero(is_prefill)
     decode = np.flatnonzero(~is_prefill)
     if prefill.size == 0 or decode.size == 0:
-        raise ValueError(
+        raise ConfigError(
             f"placement '{placement}' with prefill_fraction {prefill_fraction} leaves no "
             f"{'prefill' if prefill.size == 0 else 'decode'} instance"
         )

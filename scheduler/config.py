@@ -228,6 +228,18 @@ def validate(cfg: ExperimentConfig) -> None:
     for name, value in fractions:
         if not 0 <= value <= 1:
             raise ConfigError(f"parameter '{name}' must be within 0..1, got {value}")
+    non_negative = [
+        ("timing.prefill_overhead_s", cfg.timing.prefill_overhead_s),
+        ("timing.decode_step_overhead_s", cfg.timing.decode_step_overhead_s),
+        ("timing.transfer_setup_s", cfg.timing.transfer_setup_s),
+        ("tuning.tune_requests", cfg.tuning.tune_requests),
+    ]
+    for name, value in non_negative:
+        if not value >= 0:
+            raise ConfigError(f"parameter '{name}' must be >= 0, got {value}")
+    if not 0 < cfg.cluster.prefill_fraction < 1:
+        raise ConfigError(f"parameter 'cluster.prefill_fraction' must be strictly between 0 and 1 "
+                          f"(both roles are needed), got {cfg.cluster.prefill_fraction}")
     if cfg.oracle.staleness_s < 0:
         raise ConfigError(f"parameter 'oracle.staleness_s' must be >= 0, got {cfg.oracle.staleness_s}")
     if cfg.cluster.placement not in ("mixed", "by-server", "by-rack"):

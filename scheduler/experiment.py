@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scheduler.config import ExperimentConfig
+from scheduler.cluster import assign_roles
+from scheduler.config import ConfigError, ExperimentConfig
 from scheduler.metrics import SloConfig, summarize_policy
 from scheduler.policies import REGISTRY, resolve
 from scheduler.policies.base import Policy
@@ -75,7 +76,7 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
     tree = FatTree(cfg.topology)
     classes = resolve(policies)
     if max_requests is not None and max_requests < 1:
-        raise ValueError(f"--max-requests must be >= 1, got {max_requests}")
+        raise ConfigError(f"--max-requests must be >= 1, got {max_requests}")
     if trace:
         reqs = load_trace(trace)
         source = str(Path(trace).resolve())
@@ -86,8 +87,9 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
     window, tune_slice, disjoint = split_trace(reqs, max_requests, cfg.tuning.tune_requests)
     for name in (weights or {}):
         if name not in REGISTRY or REGISTRY[name].tuned_param is None:
-            raise ValueError(f"--weight {name}=...: policy {name!r} has no tunable weight "
+            raise ConfigError(f"--weight {name}=...: policy {name!r} has no tunable weight "
                              f"(tunable: {', '.join(n for n, c in REGISTRY.items() if c.tuned_param)})")
+    assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction)  # both roles present?
     exp = Experiment(cfg, tree, source, window, tune_slice, sc, classes, seed, tune, dict(weights or {}))
     info = {
         "source": source,

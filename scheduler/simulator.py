@@ -11,6 +11,7 @@ inputs give identical results.
 from __future__ import annotations
 
 import heapq
+import zlib
 import time
 from dataclasses import dataclass
 
@@ -260,7 +261,7 @@ class Simulator:
         if a.kind == "flow_start":
             if a.src == a.dst:
                 return
-            path = self.tree.paths(a.src, np.array([a.dst]), flow_key=hash(a.flow_id) & 0xffff)[0]
+            path = self.tree.paths(a.src, np.array([a.dst]), flow_key=zlib.crc32(a.flow_id.encode()))[0]
             cap = np.inf if a.rate_gbit_s is None else a.rate_gbit_s * GBIT
             self._bg_flows[a.flow_id] = self.net.add(path, np.inf, cap=cap, tag=a.flow_id)
         elif a.kind == "flow_stop":

@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     up.add_argument("--topology", default="{}", metavar="JSON",
                     help='FatTreeConfig overrides, e.g. \'{"pods": 2}\' (default: 64-GPU tree)')
     up.add_argument("--scale", type=float, default=None,
-                    help="emulated Mbit/s per real Mbit/s (default 5e-5: NIC 20, NVLink 180 Mbit/s)")
+                    help="emulated Mbit/s per real Mbit/s (default 2.5e-5: NIC 10, NVLink 90 Mbit/s)")
     up.add_argument("--nvlink-cap-mbit", type=float, default=None, help="cap the NVLink link rate (Mbit/s)")
     up.add_argument("--ofp-port", type=int, default=6653, help="controller OpenFlow port (default 6653)")
     up.add_argument("--rest-port", type=int, default=8080, help="controller REST port on 127.0.0.1 (default 8080)")

@@ -99,13 +99,13 @@ def build_summary(backend: str, exp, info: dict, policies: dict, extra: dict | N
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else default_out("simulate", args.scenario)
+    check_out(out)
+    exp, info = prepare_from_args(args)
     from scheduler.experiment import run_simulation
     from scheduler.metrics import compare
     from scheduler.report import format_table, write_results
 
-    out = Path(args.out) if args.out else default_out("simulate", args.scenario)
-    check_out(out)
-    exp, info = prepare_from_args(args)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     log(f"simulate: {len(exp.requests)} requests from {info['source']}, scenario '{exp.scenario.name}', "
         f"{exp.tree.n_gpus} GPUs, policies {', '.join(c.name for c in exp.policies)}")

@@ -23,6 +23,8 @@ if str(ROOT) not in sys.path:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "emulation: builds the Mininet + Open vSwitch fabric (root, Mininet, running OVS)")
+    # Debian's Mininet 2.3.0 compares OVS versions with distutils (deprecated, harmless here).
+    config.addinivalue_line("filterwarnings", "ignore:distutils Version classes are deprecated:DeprecationWarning")
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,6 +1,6 @@
 """The emulated fat-tree: Mininet hosts/switches/links + our Ryu controller, as a context manager.
 
-    with Fabric(FatTree(), scale=5e-5) as fab:          # root only
+    with Fabric(FatTree(), scale=2.5e-5) as fab:          # root only
         fab.host("p0t0s0g0").cmd("ping -c1", fab.peer_ip(0, 17))
         snapshot = fab.telemetry()
 
@@ -13,8 +13,8 @@ unless the kernel has the openvswitch module) -> per-host IPv6 off, subnet route
 eth0, NVLink 192.168/16 on eth1) and static ARP -> start the switches -> wait until the
 controller reports every switch connected with its routes installed -> ping one pair of every
 tier. Teardown (``stop``/``__exit__``, also on SIGINT/SIGTERM while running and on any exception
-during start) stops Mininet, the controller, then removes whatever of ours is still there and
-deletes the state file. ``python -m topology.fabric serve ...`` is the background owner process
+during start) stops the hosts, bridges and links in bulk (see ``Fabric._stop_network``), the
+controller, then removes whatever of ours is still there and deletes the state file. ``python -m topology.fabric serve ...`` is the background owner process
 ``netkv fabric up`` starts (see :mod:`scripts.cmd_fabric`).
 """
 from __future__ import annotations
@@ -440,9 +440,9 @@ class Fabric:
                     pass
             if self.net is not None:
                 try:
-                    self.net.stop()
+                    self._stop_network()
                 except Exception as exc:  # noqa: BLE001 -- keep tearing down, report at the end
-                    errors.append(f"mininet stop: {type(exc).__name__}: {exc}")
+                    errors.append(f"network stop: {type(exc).__name__}: {exc}")
                 self.net = None
             if self.controller_proc is not None:
                 cleanup.kill_pids([self.controller_proc.pid], grace_s=3.0)
@@ -469,6 +469,23 @@ class Fabric:
             self._stopping = False
         if errors:
             raise FabricError("teardown incomplete: " + "; ".join(errors))
+
+    def _stop_network(self) -> None:
+        """Mininet's ``net.stop()`` in bulk (8 s -> ~2 s for 64 GPUs): it deletes 320 interfaces
+        one shell command at a time (~14 ms each) and the bridges with their ports afterwards.
+        Here every process in the hosts' namespaces goes first, so the kernel destroys the
+        namespaces -- and the host veth pairs in them -- in one batch; then all bridges in one
+        ovs-vsctl call, the remaining switch-to-switch veths in one ``ip -batch``, and the
+        switch shells."""
+        net = self.net
+        hosts = cleanup.host_processes(self.state) if self.state.get("host_pids") else []
+        cleanup.kill_pids(hosts, grace_s=1.0)
+        for host in net.hosts:
+            host.terminate()
+        cleanup.delete_bridges(cleanup.present_bridges(cleanup.bridge_names(self.tree)))
+        cleanup.delete_links(cleanup.present_links(cleanup.switch_intf_names(self.tree)))
+        for switch in net.switches:
+            switch.terminate()
 
     # ----------------------------------------------------------------- signals
     def _install_signal_handlers(self) -> None:

@@ -6,25 +6,27 @@ when :class:`topology.fabric.Fabric` builds and starts it.
 Emulated link rates
 -------------------
 Every link is a veth pair shaped with HTB on both ends (``ShapedLink``) at
-``real capacity x scale`` Mbit/s. ``DEFAULT_SCALE = 5e-5`` (1 real Gbit/s -> 0.05 emulated
+``real capacity x scale`` Mbit/s. ``DEFAULT_SCALE = 2.5e-5`` (1 real Gbit/s -> 0.025 emulated
 Mbit/s) gives, for the default 64-GPU tree:
 
 =============  ==========  =============
 link           real        emulated
 =============  ==========  =============
-NVLink         3600 Gb/s   180 Mbit/s
-GPU NIC        400 Gb/s    20 Mbit/s
-ToR-agg        800 Gb/s    40 Mbit/s
-agg-core       400 Gb/s    20 Mbit/s
+NVLink         3600 Gb/s   90 Mbit/s
+GPU NIC        400 Gb/s    10 Mbit/s
+ToR-agg        800 Gb/s    20 Mbit/s
+agg-core       400 Gb/s    10 Mbit/s
 =============  ==========  =============
 
 Why this scale: Mininet's HTB shaping stops at 1000 Mbit/s, so the fattest link (NVLink) must stay
 below that; and the Open vSwitch userspace datapath (no openvswitch kernel module on this machine
 kind) forwards with about one core for the whole fabric, ~600-700 Mbit/s x switch-hops in total
 (measured: one TCP flow through 1 switch ~525 Mbit/s, through 5 switches ~145 Mbit/s). A
-cross-pod transfer at 20 Mbit/s crosses 5 switches (100 Mbit/s x hops), so ~6 concurrent cross-pod
-transfers, or the NVLink of 3 servers at line rate, fit inside the budget before the datapath
-(rather than the shaped links) becomes the bottleneck. Byte counts scaled by the same factor keep
+cross-pod transfer at 10 Mbit/s crosses 5 switches (50 Mbit/s x hops), so ~12 concurrent cross-pod
+transfers, or the NVLink of ~6 servers at line rate, fit inside the budget before the datapath
+(rather than the shaped links) becomes the bottleneck. Measured with scale 5e-5 (NVLink 180
+Mbit/s, 2 ms HTB burst): a single same-server transfer reached only 61-92% of 180 Mbit/s while the controller
+polled (one core is shared by everything), hence 2.5e-5 and a 10 ms burst (tier 0: 94%). Byte counts scaled by the same factor keep
 transfer *times* equal to the real ones. NVLink links are shaped like the others (the scaled
 rate fits under 1000 Mbit/s); a larger ``scale`` that would push any link past 1000 Mbit/s is
 rejected with :class:`EmulationScaleError` (pass ``nvlink_cap_mbit`` to cap NVLink instead).
@@ -34,7 +36,7 @@ off: with the userspace datapath TCP through veth stalls otherwise (ping still w
 ``TCIntf`` would turn tx/rx checksum offload *on*, so :class:`ShapedIntf` replaces it (same HTB
 idea, one shell round trip per interface). HTB gets an explicit ``quantum`` (and a matching
 ``r2q``) so rates of hundreds of Mbit/s do not trigger the kernel's "quantum of class is big"
-complaint, and a burst of at least 2 ms of traffic. Open vSwitch 3.x leaves root qdiscs of its
+complaint, and a burst of at least 10 ms of traffic. Open vSwitch 3.x leaves root qdiscs of its
 ports alone unless QoS is configured (we configure none); :class:`topology.fabric.Fabric` checks
 after start-up that every shaped interface still has its HTB qdisc.
 """
@@ -50,7 +52,7 @@ from mininet.topo import Topo
 from topology.cleanup import switch_intf_names
 from topology.model import FatTree, gpu_mac, nic_ip, nvlink_ip, switch_dpid, switch_ports
 
-DEFAULT_SCALE = 5e-5
+DEFAULT_SCALE = 2.5e-5
 """Emulated Mbit/s per real Mbit/s (see the module docstring for the reasoning)."""
 MAX_SHAPED_MBIT = 1000.0
 """Mininet's HTB parameters are only valid up to 1000 Mbit/s (``TCIntf.bwParamMax``)."""
@@ -119,13 +121,13 @@ def htb_commands(intf: str, bw_mbit: float) -> list[str]:
     """tc commands that shape ``intf``'s egress to ``bw_mbit`` with one HTB class.
 
     ``quantum`` ~1 ms of traffic (1514..200000 bytes) and ``r2q`` to match, so the kernel never
-    complains that the quantum is big; burst and cburst at least 2 ms of traffic."""
+    complains that the quantum is big; burst and cburst at least 10 ms of traffic."""
     if not 0 < bw_mbit <= MAX_SHAPED_MBIT:
         raise EmulationScaleError(f"{intf}: rate {bw_mbit} Mbit/s outside 0..{MAX_SHAPED_MBIT:.0f}")
     rate_bytes = bw_mbit * 1e6 / 8
     quantum = int(min(200_000, max(1514, rate_bytes / 1000)))
     r2q = max(1, math.ceil(rate_bytes / quantum))
-    burst = int(max(15_000, rate_bytes * 0.002))
+    burst = int(max(15_000, rate_bytes * 0.01))
     return [
         f"tc qdisc replace dev {intf} root handle 5: htb default 1 r2q {r2q}",
         f"tc class replace dev {intf} parent 5: classid 5:1 htb rate {bw_mbit:f}Mbit "
@@ -146,8 +148,11 @@ class ShapedIntf(Intf):
 
     def config(self, bw: float | None = None, **params):
         self.bw = bw
-        result = super().config(**params)
+        up = params.pop("up", True)
+        result = super().config(up=None, **params)  # None: Mininet skips its own `ifconfig up`
         cmds = [offload_command(self.name)] + (htb_commands(self.name, bw) if bw is not None else [])
+        if up:
+            cmds.append(f"ip link set dev {self.name} up")
         out = self.cmd(" && ".join(f"{c} >/dev/null" for c in cmds) + " && echo netkv-ok")
         if "netkv-ok" not in out:
             raise EmulationScaleError(f"configuring {self.name} failed: {out.strip()}")

@@ -72,10 +72,10 @@ class FatTreeConfig:
             if int(getattr(self, f)) < 1:
                 raise TopologyError(f"topology parameter '{f}' must be >= 1, got {getattr(self, f)}")
         for f in ("nvlink_gbyte_s", "nic_gbit_s", "tor_oversubscription", "agg_oversubscription"):
-            if not float(getattr(self, f)) > 0:
+            if not float(getattr(self, f)) > 0:  # also rejects NaN
                 raise TopologyError(f"topology parameter '{f}' must be > 0, got {getattr(self, f)}")
         for f in ("hop_latency_us", "nvlink_latency_us"):
-            if float(getattr(self, f)) < 0:
+            if not float(getattr(self, f)) >= 0:  # also rejects NaN
                 raise TopologyError(f"topology parameter '{f}' must be >= 0, got {getattr(self, f)}")
         if self.cores % self.aggs_per_pod:
             raise TopologyError(

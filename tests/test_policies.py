@@ -1,0 +1,226 @@
+"""Scheduling policies (scheduler/policies/*.py) on a small cluster."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from scheduler.cluster import Cluster, assign_roles
+from scheduler.config import build_config
+from scheduler.oracle import TelemetryOracle
+from scheduler.policies import DEFAULT_POLICIES, REGISTRY, UnknownPolicyError, resolve
+from scheduler.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.telemetry import TelemetrySnapshot
+from scheduler.trace import BLOCK_TOKENS, Request, n_blocks
+from topology.model import FatTree
+
+# 16 GPUs: 2 pods x 2 ToRs x 2 servers x 2 GPUs (all four tiers); mixed placement -> each
+# server holds one prefill (even GPU) and one decode (odd GPU): 8 prefill, 8 decode
+SMALL = ["topology.pods=2", "topology.tors_per_pod=2", "topology.servers_per_tor=2",
+         "topology.gpus_per_server=2", "topology.aggs_per_pod=2", "topology.cores=2"]
+
+
+class Fixed:
+    def __init__(self, snap):
+        self.snap = snap
+
+    def at(self, time_s):
+        return self.snap
+
+
+def make(overrides=()):
+    cfg = build_config(overrides=SMALL + list(overrides))
+    tree = FatTree(cfg.topology)
+    return cfg, tree, Cluster(cfg, tree)
+
+
+def request(i: int, tokens: int, first_id: int = 1000, prefix: tuple[int, ...] = ()) -> Request:
+    blocks = n_blocks(tokens)
+    ids = prefix[:blocks] + tuple(range(first_id, first_id + blocks - len(prefix[:blocks])))
+    return Request(i, 0.0, tokens, 100, ids)
+
+
+def idle_oracle(tree):
+    return TelemetryOracle(tree, Fixed(TelemetrySnapshot.idle(tree)))
+
+
+def test_small_cluster_roles():
+    _, tree, cl = make()
+    assert tree.n_gpus == 16
+    assert cl.prefill_ids.tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert cl.decode_ids.tolist() == [1, 3, 5, 7, 9, 11, 13, 15]
+    for placement in ("mixed", "by-server", "by-rack"):
+        p, d = assign_roles(FatTree(), placement, 0.5)
+        assert len(p) == len(d) == 32 and not set(p) & set(d)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_policy_returns_valid_indices(name):
+    cfg, tree, cl = make()
+    oracle = idle_oracle(tree)
+    policy = REGISTRY[name](weight=None, seed=0)
+    reqs = synthetic_trace(dataclasses.replace(SyntheticConfig(), n_requests=120), seed=1)
+    rng = np.random.default_rng(0)
+    chosen_p, chosen_d = set(), set()
+    for r in reqs:
+        dec = policy.choose(cl.context(r, r.arrival_s, oracle))
+        assert isinstance(dec.prefill, int) and isinstance(dec.decode, int)
+        assert 0 <= dec.prefill < cl.prefill_ids.size
+        assert 0 <= dec.decode < cl.decode_ids.size
+        chosen_p.add(dec.prefill)
+        chosen_d.add(dec.decode)
+        # evolve the cluster like the simulator does
+        cl.prefill_cache.insert(dec.prefill, r.hash_ids)
+        cl.decode_cache.insert(dec.decode, r.hash_ids)
+        cl.prefill_busy_until[dec.prefill] = max(cl.prefill_busy_until[dec.prefill], r.arrival_s) + rng.uniform(0, 1)
+        cl.decode_assigned_tokens[dec.decode] += r.input_tokens + r.output_tokens
+    assert len(chosen_p) > 1 and len(chosen_d) > 1  # no policy is stuck on one instance
+    assert policy.name == name and policy.description
+
+
+def test_round_robin_cycles_through_all_instances():
+    _, tree, cl = make()
+    rr = REGISTRY["round-robin"](seed=3)
+    r = request(0, 2000)
+    decs = [rr.choose(cl.context(r, 0.0, None)) for _ in range(24)]
+    ps = [d.prefill for d in decs]
+    ds = [d.decode for d in decs]
+    assert sorted(ps[:8]) == list(range(8))
+    assert sorted(ds[:8]) == list(range(8))
+    assert ps[8:16] == ps[:8] and ds[16:24] == ds[:8]  # periodic
+    # the same seed replays the same cycle
+    rr2 = REGISTRY["round-robin"](seed=3)
+    assert [rr2.choose(cl.context(r, 0.0, None)).decode for _ in range(8)] == ds[:8]
+
+
+def test_least_loaded_picks_minimum():
+    _, tree, cl = make()
+    rng = np.random.default_rng(5)
+    ll = REGISTRY["least-loaded"]()
+    for _ in range(20):
+        cl.prefill_busy_until[:] = rng.uniform(0, 5, 8)
+        cl.decode_assigned_tokens[:] = rng.uniform(0, 1e5, 8)
+        now = float(rng.uniform(0, 2))
+        dec = ll.choose(cl.context(request(0, 3000), now, None))
+        queue = np.maximum(cl.prefill_busy_until - now, 0)
+        assert queue[dec.prefill] == queue.min()
+        assert cl.decode_assigned_tokens[dec.decode] == cl.decode_assigned_tokens.min()
+
+
+def test_cache_load_prefers_prefill_with_cached_prefix():
+    _, tree, cl = make()
+    shared = tuple(range(1, 41))  # 40 blocks = 20480 tokens
+    cl.prefill_cache.insert(5, shared)
+    r = request(0, 40 * BLOCK_TOKENS + 300, prefix=shared)
+    cl_policy = REGISTRY["cache-load"](weight=1.0)
+    ctx = cl.context(r, 0.0, None)
+    assert ctx.prefill_cached_tokens[5] == 40 * BLOCK_TOKENS
+    assert cl_policy.choose(ctx).prefill == 5
+    # netkv uses the same prefill rule
+    assert REGISTRY["netkv"]().choose(cl.context(r, 0.0, idle_oracle(tree))).prefill == 5
+    # a long enough queue in front of the cached instance outweighs the hit
+    cl.prefill_busy_until[5] = 100.0
+    assert cl_policy.choose(cl.context(r, 0.0, None)).prefill != 5
+
+
+def test_cache_load_decode_prefers_cached_decode_when_loads_equal():
+    _, tree, cl = make()
+    shared = tuple(range(1, 21))
+    cl.decode_cache.insert(6, shared)
+    r = request(0, 20 * BLOCK_TOKENS + 100, prefix=shared)
+    assert REGISTRY["cache-load"](weight=1.0).choose(cl.context(r, 0.0, None)).decode == 6
+
+
+def test_netkv_picks_same_server_decode_on_idle_fabric():
+    _, tree, cl = make()
+    oracle = idle_oracle(tree)
+    nk = REGISTRY["netkv"](weight=0.1)
+    for p_busy in range(8):
+        # steer the prefill choice to instance p_busy by making every other one busy
+        cl.prefill_busy_until[:] = 10.0
+        cl.prefill_busy_until[p_busy] = 0.0
+        dec = nk.choose(cl.context(request(p_busy, 8000), 0.0, oracle))
+        assert dec.prefill == p_busy
+        p_gpu, d_gpu = int(cl.prefill_ids[dec.prefill]), int(cl.decode_ids[dec.decode])
+        assert tree.tier(p_gpu, d_gpu) == 0
+
+
+def test_netkv_avoids_decode_behind_congested_link_when_near_one_is_free():
+    _, tree, cl = make()
+    p_gpu = int(cl.prefill_ids[0])  # GPU 0; its same-server decode is GPU 1
+    util = np.zeros(tree.n_links + 1)
+    # saturate the NVLink into the same-server decode: only 10% of 3600 Gbit/s left, less
+    # than a free 400 Gbit/s NIC path to the same-rack decode (GPU 3)
+    same_server = [d for d in cl.decode_ids if tree.tier(p_gpu, int(d)) == 0]
+    assert len(same_server) == 1
+    for d in same_server:
+        util[tree.path(p_gpu, int(d))[-1]] = 1.0
+    oracle = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, util, np.ones(tree.n_links + 1))))
+    nk = REGISTRY["netkv"](weight=0.0)
+    dec = nk.choose(cl.context(request(0, 16000), 0.0, oracle))
+    d_gpu = int(cl.decode_ids[dec.decode])
+    assert d_gpu not in same_server
+    assert tree.tier(p_gpu, d_gpu) == 1  # the nearest free candidate
+    assert d_gpu == 3
+    # the same fabric without the congestion: back to the same-server decode
+    dec = nk.choose(cl.context(request(0, 16000), 0.0, idle_oracle(tree)))
+    assert int(cl.decode_ids[dec.decode]) == 1
+
+
+def test_netkv_weighs_bytes_against_path_unlike_cache_load():
+    """Claim 1: a far decode holding half the prefix behind a congested core loses to a near
+    one under netkv, while cache-load (network-blind) takes the far one."""
+    _, tree, cl = make()
+    p_gpu = 0
+    far = [i for i, d in enumerate(cl.decode_ids) if tree.tier(p_gpu, int(d)) == 3][0]
+    far_gpu = int(cl.decode_ids[far])
+    prompt = tuple(range(1, 65))  # 64 blocks
+    cl.decode_cache.insert(far, prompt[:32])
+    util = np.zeros(tree.n_links + 1)
+    for link in tree.path(p_gpu, far_gpu):
+        if tree.link_kind(link) == "agg_core":
+            util[link] = 1.0
+    oracle = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, util, np.ones(tree.n_links + 1))))
+    cl.prefill_busy_until[1:] = 10.0  # prefill on GPU 0
+    r = request(0, 64 * BLOCK_TOKENS, prefix=prompt)
+    assert REGISTRY["cache-load"](weight=1.0).choose(cl.context(r, 0.0, None)).decode == far
+    dec = REGISTRY["netkv"](weight=0.1).choose(cl.context(r, 0.0, oracle))
+    assert dec.decode != far
+    assert tree.tier(p_gpu, int(cl.decode_ids[dec.decode])) == 0
+
+
+def test_netkv_load_term_moves_away_from_loaded_near_decode():
+    _, tree, cl = make()
+    oracle = idle_oracle(tree)
+    cl.prefill_busy_until[1:] = 10.0
+    same = [i for i, d in enumerate(cl.decode_ids) if tree.tier(0, int(d)) == 0]
+    cl.decode_assigned_tokens[same] = cl.decode_capacity_tokens  # full
+    dec = REGISTRY["netkv"](weight=10.0).choose(cl.context(request(0, 4000), 0.0, oracle))
+    assert dec.decode not in same
+
+
+def test_netkv_without_oracle_fails_clearly():
+    _, tree, cl = make()
+    with pytest.raises(RuntimeError, match="oracle"):
+        REGISTRY["netkv"]().choose(cl.context(request(0, 1000), 0.0, None))
+
+
+def test_registry_contents_and_resolution():
+    assert set(DEFAULT_POLICIES) == set(REGISTRY) == {"round-robin", "least-loaded", "cache-load", "netkv"}
+    assert [c.name for c in resolve("netkv, round-robin,netkv")] == ["netkv", "round-robin"]
+    assert [c.name for c in resolve(["cache-load"])] == ["cache-load"]
+    assert REGISTRY["netkv"].needs_oracle and not REGISTRY["cache-load"].needs_oracle
+    assert REGISTRY["netkv"].tuned_param and REGISTRY["cache-load"].tuned_param
+    assert REGISTRY["round-robin"].tuned_param is None
+
+
+@pytest.mark.parametrize("names", ["bogus", "netkv,bogus", "", " , "])
+def test_registry_errors_list_known_names(names):
+    with pytest.raises(UnknownPolicyError) as exc:
+        resolve(names)
+    msg = str(exc.value)
+    for known in REGISTRY:
+        assert known in msg
+    if "bogus" in names:
+        assert "bogus" in msg
