@@ -116,10 +116,10 @@ def run_bench(trace: str | None = None, quick: bool = False, log=print) -> dict:
 
 def format_bench(f: dict) -> str:
     lines = [f"trace: {f['trace']}", "", "decision latency (us)       " +
-             "".join(f"{'|D|=' + n:>22}" for n in f["decision_latency"])]
+             "".join(f"{'|D|=' + n:>25}" for n in f["decision_latency"])]
     names = list(next(iter(f["decision_latency"].values())))
     for name in names:
-        cells = "".join(f"{'p50 %.1f / p99 %.1f' % (v[name]['p50_us'], v[name]['p99_us']):>22}"
+        cells = "".join(f"{'p50 %.1f / p99 %.1f' % (v[name]['p50_us'], v[name]['p99_us']):>25}"
                         for v in f["decision_latency"].values())
         lines.append(f"  {name:<26}{cells}")
     lines += ["", "simulator speed", f"  {'policy':<12}{'requests':>9}{'GPUs':>6}{'wall s':>8}{'req/s':>9}{'events':>9}"]

@@ -149,71 +149,93 @@ class Simulator:
 
     # ------------------------------------------------------------------ run
     def run(self) -> list[RequestRecord]:
-        states = [_ReqState(r) for r in self.requests]
-        self.states = states
+        self._seed_events()
+        with Progress(total=len(self.states), label=f"{self.label} {self.policy.name}",
+                      enabled=self.show_progress) as bar:
+            while self.remaining:
+                ev = self._next_event()
+                if ev is None:
+                    break
+                done_before = self.remaining
+                self._handle(*ev)
+                if self.remaining != done_before:
+                    bar.update(done_before - self.remaining)
+        if self.remaining:
+            raise RuntimeError(f"{self.remaining} requests never finished (a link they need stayed down?)")
+        return [self._record(s) for s in self.states]
+
+    label = "simulate"
+
+    def _seed_events(self) -> None:
+        self.states = [_ReqState(r) for r in self.requests]
+        self.remaining = len(self.states)
         for i, r in enumerate(self.requests):
             self._push(r.arrival_s, _ARRIVAL, i)
         for a in self.actions:
             self._push(a.time_s, _SCENARIO, a)
-        remaining = len(states)
-        with Progress(total=len(states), label=f"simulate {self.policy.name}", enabled=self.show_progress) as bar:
-            while self._heap and remaining:
-                t, kind, _, payload = heapq.heappop(self._heap)
-                self.events += 1
-                if kind == _ARRIVAL:
-                    self._sync(t)
-                    self._arrive(states[payload], payload, t)
-                elif kind == _PREFILL_DONE:
-                    self._sync(t)
-                    self._prefill_done(states[payload], payload, t)
-                elif kind == _NET:
-                    if payload != self._net_version:
-                        continue
-                    self._sync(t)
-                    nxt = self.net.next_completion()
-                    if nxt is None:
-                        continue
-                    fid = nxt[1]
-                    flow = self.net.remove(fid)
-                    i = self._flow_owner.pop(fid)
-                    latency = float(self.tree.latency_s[flow.path].sum()) + self.cfg.timing.transfer_setup_s
-                    self._push(t + latency, _KV_ARRIVED, i)
-                    self._schedule_net()
-                elif kind == _KV_ARRIVED:
-                    s = states[payload]
-                    s.kv_arrived = t
-                    batch = self.batches[s.d]
-                    if not batch.waiting and batch.fits(s.req.input_tokens, s.req.output_tokens):
-                        self._join(s, payload, t)
-                    else:
-                        batch.waiting.append((payload, s.req.input_tokens, s.req.output_tokens))
-                elif kind == _DECODE_DONE:
-                    d, version = payload
-                    batch = self.batches[d]
-                    if version != batch.version:
-                        continue
-                    nxt = batch.next_finish()
-                    if nxt is None:
-                        continue
-                    i = nxt[1]
-                    s = states[i]
-                    batch.leave(t, i)
-                    s.finish = t
-                    self.cluster.decode_assigned_tokens[d] -= s.req.input_tokens + s.req.output_tokens
-                    self.cluster.decode_cache.insert(d, s.req.hash_ids)
-                    remaining -= 1
-                    bar.update()
-                    while batch.waiting and batch.fits(batch.waiting[0][1], batch.waiting[0][2]):
-                        j = batch.waiting.pop(0)[0]
-                        self._join(states[j], j, t, reschedule=False)
-                    self._schedule_decode(d)
-                elif kind == _SCENARIO:
-                    self._sync(t)
-                    self._apply(payload)
-                    self._schedule_net()
-        if remaining:
-            raise RuntimeError(f"{remaining} requests never finished (a link they need stayed down?)")
-        return [self._record(s) for s in states]
+
+    def _next_event(self) -> tuple[float, int, object] | None:
+        """The next event in time order (a real-time backend overrides this to wait for it)."""
+        if not self._heap:
+            return None
+        t, kind, _, payload = heapq.heappop(self._heap)
+        return t, kind, payload
+
+    def _handle(self, t: float, kind: int, payload: object) -> None:
+        states = self.states
+        self.events += 1
+        if kind == _ARRIVAL:
+            self._sync(t)
+            self._arrive(states[payload], payload, t)
+        elif kind == _PREFILL_DONE:
+            self._sync(t)
+            self._prefill_done(states[payload], payload, t)
+        elif kind == _NET:
+            if payload != self._net_version:
+                return
+            self._sync(t)
+            nxt = self.net.next_completion()
+            if nxt is None:
+                return
+            fid = nxt[1]
+            flow = self.net.remove(fid)
+            i = self._flow_owner.pop(fid)
+            latency = float(self.tree.latency_s[flow.path].sum()) + self.cfg.timing.transfer_setup_s
+            self._push(t + latency, _KV_ARRIVED, i)
+            self._schedule_net()
+        elif kind == _KV_ARRIVED:
+            self._kv_arrived(states[payload], payload, t)
+        elif kind == _DECODE_DONE:
+            d, version = payload
+            batch = self.batches[d]
+            if version != batch.version:
+                return
+            nxt = batch.next_finish()
+            if nxt is None:
+                return
+            i = nxt[1]
+            s = states[i]
+            batch.leave(t, i)
+            s.finish = t
+            self.cluster.decode_assigned_tokens[d] -= s.req.input_tokens + s.req.output_tokens
+            self.cluster.decode_cache.insert(d, s.req.hash_ids)
+            self.remaining -= 1
+            while batch.waiting and batch.fits(batch.waiting[0][1], batch.waiting[0][2]):
+                j = batch.waiting.pop(0)[0]
+                self._join(states[j], j, t, reschedule=False)
+            self._schedule_decode(d)
+        elif kind == _SCENARIO:
+            self._sync(t)
+            self._apply(payload)
+            self._schedule_net()
+
+    def _kv_arrived(self, s: _ReqState, i: int, t: float) -> None:
+        s.kv_arrived = t
+        batch = self.batches[s.d]
+        if not batch.waiting and batch.fits(s.req.input_tokens, s.req.output_tokens):
+            self._join(s, i, t)
+        else:
+            batch.waiting.append((i, s.req.input_tokens, s.req.output_tokens))
 
     # ------------------------------------------------------------------ steps
     def _arrive(self, s: _ReqState, i: int, t: float) -> None:
