@@ -91,7 +91,8 @@ class Simulator:
 
     def __init__(self, cfg: ExperimentConfig, requests: list[Request], policy: Policy,
                  actions: list[Action] | None = None, oracle_kind: str = "telemetry",
-                 progress: bool = False, record_telemetry: bool = False, shadow_fresh: bool = False) -> None:
+                 progress: bool = False, record_telemetry: bool = False, shadow_fresh: bool = False,
+                 telemetry_source=None) -> None:
         self.cfg = cfg
         self.tree = FatTree(cfg.topology)
         self.cluster = Cluster(cfg, self.tree)
@@ -101,13 +102,18 @@ class Simulator:
         self.net = FlowNetwork(self.tree.capacity, self.tree.pad)
         self.telemetry: SimTelemetry | None = None
         self.oracle: NetworkOracle | None = None
-        needs_telemetry = (policy.needs_oracle and oracle_kind == "telemetry") or record_telemetry
+        needs_telemetry = telemetry_source is None and (
+            (policy.needs_oracle and oracle_kind == "telemetry") or record_telemetry)
         if needs_telemetry:
             keep = cfg.oracle.staleness_s + 4 * cfg.oracle.poll_interval_s + 1.0
             self.telemetry = SimTelemetry(self.tree, self.net, cfg.oracle.poll_interval_s, keep)
             self.telemetry.record_samples = record_telemetry
+        source = self.telemetry
+        if telemetry_source is not None:  # a live backend supplies its own telemetry
+            self.telemetry = None
+            source = telemetry_source
         if policy.needs_oracle:
-            self.oracle = make_oracle(oracle_kind, self.tree, self.telemetry, cfg.oracle.staleness_s,
+            self.oracle = make_oracle(oracle_kind, self.tree, source, cfg.oracle.staleness_s,
                                       cfg.oracle.min_available_fraction, cfg.timing.transfer_setup_s)
         # Staleness studies: also ask a fresh-telemetry oracle and record whether its choice's tier
         # (and exact instance) agree with the stale one's.

@@ -1,0 +1,264 @@
+"""The ``emulate`` backend: the experiment replayed on the packet-level Mininet fabric.
+
+Order of a run: build the fabric (controller connected, routes installed, every tier pinged),
+start a KV agent in every GPU host, calibrate (per-tier goodput and idle transfer time against the
+simulator's prediction), then for each policy replay the trace window in (optionally dilated) real
+time with the scenario's events executed on the fabric, the oracle reading the controller's
+telemetry over REST; then the same window on the simulator for the agreement check. Teardown (in
+``finally`` and on signals, by :class:`topology.fabric.Fabric`) removes every bridge, veth,
+namespace and process the run created.
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hosts.calibration import calibrate
+from hosts.control import ControlServer
+from hosts.fidelity import CpuMonitor
+from hosts.framing import KV_PORT
+from hosts.scenario_exec import ScenarioExecutor
+from scheduler.experiment import Experiment, make_policy, run_simulation, tune_policy
+from scheduler.metrics import compare, summarize_policy
+from scheduler.realtime import Clock, EmulationError, RealtimeReplay, TransferDone
+from scheduler.records import RequestRecord
+from scheduler.scenario import Action
+from scheduler.telemetry import TelemetryHistory, snapshot_from_json
+from topology.fabric import Fabric
+from topology.mininet_topo import DEFAULT_SCALE, link_capacity_bps
+from topology.model import FatTree, peer_ip
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENT_START_TIMEOUT_S = 60.0
+DRAIN_S = 1.0
+"""Pause between policies so queues and background flows of one replay do not leak into the next."""
+
+
+class AgentTransport:
+    """KV transfers through the fabric: the source host's agent streams the bytes to the
+    destination host's agent; the receiver's report completes the transfer."""
+
+    def __init__(self, control: ControlServer, tree: FatTree, port: int = KV_PORT) -> None:
+        self.control = control
+        self.tree = tree
+        self.port = port
+        self.done: queue.Queue[TransferDone] = queue.Queue()
+        self._reported: set[int] = set()
+        self._lock = threading.Lock()
+
+    def start(self, transfer_id: int, request_id: int, src: int, dst: int, nbytes: int) -> None:
+        self.control.send(self.tree.gpu_name(src), {
+            "op": "send", "transfer_id": transfer_id, "request_id": request_id,
+            "dst_ip": peer_ip(self.tree, src, dst), "dst_port": self.port, "bytes": nbytes, "dst_gpu": dst})
+
+    def on_event(self, msg: dict) -> None:
+        ev, tid = msg.get("ev"), msg.get("transfer_id")
+        if ev not in ("received", "error") or tid is None:
+            return
+        with self._lock:  # sender and receiver may both report an error: first one wins
+            if tid in self._reported:
+                return
+            self._reported.add(tid)
+        if ev == "received":
+            self.done.put(TransferDone(int(tid), float(msg["t_start"]), float(msg["t_end"]), int(msg["bytes"])))
+        else:
+            self.done.put(TransferDone(int(tid), 0.0, 0.0, 0, f"{msg.get('agent', '?')}: {msg.get('reason', 'error')}"))
+
+
+class TelemetryPoller:
+    """Polls the controller's REST telemetry every poll interval into the current replay's
+    history (virtual time), overlaying the capacity factors the scenario executor set, and keeps
+    every sample for telemetry.csv."""
+
+    def __init__(self, fab: Fabric, tree: FatTree, nominal_bps: dict[str, float], interval_s: float) -> None:
+        self.fab = fab
+        self.tree = tree
+        self.nominal = nominal_bps
+        self.interval = interval_s
+        self.rows: list[tuple] = []  # (policy, virtual time s, wall time, utilisation array)
+        self.errors = 0
+        self._target: tuple[str, Clock, TelemetryHistory, ScenarioExecutor] | None = None
+        self._stop = threading.Event()
+        self._last_time: float | None = None
+        self._thread = threading.Thread(target=self._loop, name="telemetry-poller", daemon=True)
+
+    def attach(self, policy: str, clock: Clock, history: TelemetryHistory, executor: ScenarioExecutor) -> None:
+        self._target = (policy, clock, history, executor)
+
+    def detach(self) -> None:
+        self._target = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval / 2):
+            target = self._target
+            if target is None:
+                continue
+            try:
+                payload = self.fab.telemetry(timeout_s=1.0)
+            except Exception:  # noqa: BLE001 - a missed poll is counted, the replay goes on
+                self.errors += 1
+                continue
+            if payload.get("time") is None or payload["time"] == self._last_time:
+                continue
+            self._last_time = payload["time"]
+            policy, clock, history, executor = target
+            snap = snapshot_from_json(self.tree, payload, self.nominal)
+            snap.capacity_factor = executor.capacity_factor()
+            snap.time_s = clock.virtual(float(payload["time"]))
+            history.add(snap)
+            self.rows.append((policy, snap.time_s, float(payload["time"]), snap.utilisation[:-1].copy()))
+
+    def csv_bytes(self) -> bytes:
+        lines = ["policy,time_s,link,utilisation"]
+        for policy, t, _, util in self.rows:
+            for i in np.flatnonzero(util > 0.001):
+                lines.append(f"{policy},{t:.3f},{self.tree.link_name(int(i))},{util[i]:.4f}")
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _start_agents(fab: Fabric, tree: FatTree, sock: Path, run_dir: Path) -> list:
+    procs = []
+    for g in range(tree.n_gpus):
+        name = tree.gpu_name(g)
+        log = open(run_dir / f"agent-{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        # 0.0.0.0 inside the host's own network namespace: reachable only from the emulated
+        # fabric, on both the NIC and the NVLink address.
+        procs.append(fab.host(name).popen(
+            [sys.executable, "-m", "hosts.agent", "--name", name, "--gpu", str(g), "--listen-host", "0.0.0.0",
+             "--port", str(KV_PORT), "--control", str(sock)], cwd=str(ROOT), stdout=log, stderr=log))
+        log.close()
+    return procs
+
+
+def _restore_links(executor: ScenarioExecutor) -> None:
+    factors = executor.capacity_factor()[:-1]
+    changed = tuple(int(i) for i in np.flatnonzero(factors != 1.0))
+    if changed:
+        executor.apply(Action(0.0, "link_capacity", links=changed, factor=1.0))
+
+
+def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: float = 1.0,
+                  ofp_port: int = 6653, rest_port: int = 8080, progress: bool = True, log=print
+                  ) -> tuple[dict, dict[str, list[RequestRecord]], dict]:
+    """Returns (policies section, records, evidence) where evidence holds calibration, telemetry
+    rows, fidelity, timings, the simulator's reference figures and the agreement check."""
+    tree = exp.tree
+    cfg = exp.cfg
+    fabric_scale = scale / time_scale
+    nominal = link_capacity_bps(tree, fabric_scale)  # validates the scale before anything starts
+    actions = exp.scenario.actions(tree, exp.horizon_s)
+    run_dir = Path(tempfile.mkdtemp(prefix="netkv-emulate-"))
+    evidence: dict = {"run_dir": str(run_dir), "scale": scale, "time_scale": time_scale}
+    policies: dict[str, dict] = {}
+    records: dict[str, list[RequestRecord]] = {}
+    monitor = CpuMonitor(interval_s=0.5)
+    monitoring = False
+    ok = False
+    try:
+        t0 = time.monotonic()
+        with Fabric(tree, fabric_scale, run_dir / "fabric", ofp_port, rest_port, cfg.oracle.poll_interval_s) as fab:
+            evidence["fabric"] = {"up_s": round(time.monotonic() - t0, 2), "timings": dict(fab.timings),
+                                  "reachability": {str(k): v for k, v in fab.reachability.items()}}
+            log(f"emulate: fabric up in {evidence['fabric']['up_s']} s ({tree.n_gpus} hosts, "
+                f"{len(tree.switch_names())} switches); starting agents")
+            transports: list[AgentTransport] = []
+
+            def dispatch(msg: dict) -> None:
+                if transports:
+                    transports[-1].on_event(msg)
+
+            with ControlServer(run_dir / "control.sock", on_event=dispatch, queue_events=False) as control:
+                _start_agents(fab, tree, run_dir / "control.sock", run_dir)
+                control.wait_hello(tree.gpu_names, timeout=AGENT_START_TIMEOUT_S)
+                log("emulate: calibrating every tier (goodput and idle transfer time vs the simulator)")
+                evidence["calibration"] = calibrate(fab, tree, control, KV_PORT, scale, time_scale,
+                                                    cfg.model.kv_bytes_per_token, cfg.timing.transfer_setup_s)
+                poller = TelemetryPoller(fab, tree, nominal, cfg.oracle.poll_interval_s)
+                poller.start()
+                monitor.start()
+                monitoring = True
+                lags = {}
+                try:
+                    for k, cls in enumerate(exp.policies):
+                        weight, table = tune_policy(exp, cls)  # tuned on the simulator, same scenario
+                        policy = make_policy(cls, weight, exp.seed)
+                        transport = AgentTransport(control, tree)
+                        transports.append(transport)
+                        executor = ScenarioExecutor(fab, tree, scale, time_scale, run_dir)
+                        history = TelemetryHistory(max_age_s=cfg.oracle.staleness_s + 10.0)
+                        clock = Clock(time_scale)
+                        replay = RealtimeReplay(cfg, exp.requests, policy, actions, transport, executor, history,
+                                                clock, byte_scale=scale, transfer_id_base=(k + 1) * 10**9,
+                                                progress=progress)
+                        poller.attach(cls.name, clock, history, executor)
+                        log(f"emulate: replaying {len(exp.requests)} requests with {cls.name} "
+                            f"(~{exp.requests[-1].arrival_s * time_scale:.0f} s of wall time)")
+                        t1 = time.monotonic()
+                        try:
+                            recs = replay.run()
+                        finally:
+                            poller.detach()
+                            executor.close()
+                            _restore_links(executor)
+                        summary = summarize_policy(recs, exp.slo())
+                        summary["params"] = policy.params()
+                        summary["tuning"] = table
+                        summary["wall_s"] = round(time.monotonic() - t1, 2)
+                        summary["replay_lag_s"] = {"p50": float(np.percentile(replay.lag_s, 50)),
+                                                   "p99": float(np.percentile(replay.lag_s, 99)),
+                                                   "max": float(np.max(replay.lag_s))}
+                        lags[cls.name] = summary["replay_lag_s"]
+                        policies[cls.name] = summary
+                        records[cls.name] = recs
+                        time.sleep(DRAIN_S)
+                finally:
+                    evidence["fidelity"] = monitor.stop()
+                    monitoring = False
+                    poller.stop()
+                evidence["fidelity"]["replay_lag_s"] = lags
+                evidence["fidelity"]["telemetry_poll_errors"] = poller.errors
+                evidence["telemetry_csv"] = poller.csv_bytes()
+                evidence["telemetry_rows"] = poller.rows
+            t2 = time.monotonic()
+        evidence["fabric"]["down_s"] = round(time.monotonic() - t2, 2)
+        ok = True
+    finally:
+        if monitoring:
+            monitor.stop()
+        if ok:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            log(f"emulate: logs of the failed run kept in {run_dir}")
+    log("emulate: same window on the simulator for the agreement check")
+    sim_policies, _ = run_simulation(exp, progress=False, log=lambda m: None)
+    evidence["simulate_reference"] = sim_policies
+    evidence["agreement"] = agreement(policies, sim_policies)
+    return policies, records, evidence
+
+
+def agreement(emu: dict, sim: dict, target: str = "netkv") -> dict:
+    """NetKV's mean-TTFT change against each baseline on both backends: same sign, and the ratio
+    of magnitudes (target: within a factor of 1.5)."""
+    out = {}
+    ce, cs = compare(emu, target), compare(sim, target)
+    for base in ce:
+        e, s = ce[base]["ttft_mean_s"], cs.get(base, {}).get("ttft_mean_s", float("nan"))
+        ratio = max(abs(e), abs(s)) / max(min(abs(e), abs(s)), 1e-9)
+        out[base] = {"emulate_pct": e, "simulate_pct": s, "same_sign": bool(np.sign(e) == np.sign(s)),
+                     "magnitude_ratio": ratio, "within_1_5x": bool(ratio <= 1.5)}
+    return out
