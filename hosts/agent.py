@@ -108,59 +108,75 @@ def _peer(sock: socket.socket) -> str:
     return f"{host}:{port}"
 
 
+def connect(dst_ip: str, dst_port: int, *, connect_timeout: float = 10.0, sndbuf: int = 0) -> socket.socket:
+    """A connected TCP socket to a peer agent; raises ``TransferError``."""
+    sock = socket.socket(socket.AF_INET6 if ":" in dst_ip else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if sndbuf > 0:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        sock.settimeout(connect_timeout)
+        sock.connect((dst_ip, dst_port))
+    except OSError as exc:
+        sock.close()
+        raise TransferError(f"connect to {dst_ip}:{dst_port} failed: {exc}") from exc
+    return sock
+
+
+def send_on(sock: socket.socket, dst_ip: str, dst_port: int, transfer_id: int, request_id: int,
+            nbytes: int, src_gpu: int, dst_gpu: int, *, io_timeout: float = 120.0,
+            payload: memoryview | None = None, t_connect: float | None = None) -> TransferResult:
+    """Send one transfer on a connected socket and wait for the receiver's DONE (the socket
+    stays open for the next transfer); raises ``TransferError``."""
+    view = payload if payload is not None else memoryview(_PATTERN)
+    header = encode_header(MSG_DATA, transfer_id, request_id, nbytes, src_gpu, dst_gpu,
+                           FLAG_ACK_REQ | FLAG_SYNTHETIC)
+    sent = 0
+    sock.settimeout(io_timeout)
+    t_start = time.time()
+    try:
+        sock.sendall(header)
+        chunk = len(view)
+        while sent < nbytes:
+            n = min(chunk, nbytes - sent)
+            sock.sendall(view[:n])
+            sent += n
+        t_local_end = time.time()
+        reply, _ = _recv_exact(sock, HEADER_LEN)
+    except OSError as exc:
+        raise TransferError(f"sending to {dst_ip}:{dst_port} failed after {sent} bytes: "
+                            f"{exc}", sent) from exc
+    except TransferError as exc:
+        raise TransferError(f"no DONE from {dst_ip}:{dst_port}: {exc}", sent) from exc
+    t_end = time.time()
+    try:
+        done = decode_header(reply)
+    except FramingError as exc:
+        raise TransferError(f"bad DONE from {dst_ip}:{dst_port}: {exc}", sent) from exc
+    if done.msg_type != MSG_DONE or done.transfer_id != transfer_id or done.total != nbytes:
+        raise TransferError(f"receiver acknowledged {done}, expected DONE for transfer "
+                            f"{transfer_id} with {nbytes} bytes", sent)
+    return TransferResult(transfer_id, request_id, nbytes, t_start, t_end, "send",
+                          f"{dst_ip}:{dst_port}", src_gpu, dst_gpu,
+                          t_start if t_connect is None else t_connect, t_local_end)
+
+
 def send_transfer(dst_ip: str, dst_port: int, transfer_id: int, request_id: int, nbytes: int,
                   src_gpu: int, dst_gpu: int, *, connect_timeout: float = 10.0,
                   io_timeout: float = 120.0, sndbuf: int = 0,
                   payload: memoryview | None = None,
                   register: "set[socket.socket] | None" = None) -> TransferResult:
-    """Send one transfer and wait for the receiver's DONE; raises ``TransferError``.
+    """Connect, send one transfer, wait for the receiver's DONE, close; raises ``TransferError``.
 
     ``sndbuf`` > 0 sets SO_SNDBUF (which disables the kernel's send-buffer autotuning);
     ``register`` is a set the open socket is added to while the transfer runs, so another
     thread can close it to abort."""
-    view = payload if payload is not None else memoryview(_PATTERN)
-    header = encode_header(MSG_DATA, transfer_id, request_id, nbytes, src_gpu, dst_gpu,
-                           FLAG_ACK_REQ | FLAG_SYNTHETIC)
-    sock = socket.socket(socket.AF_INET6 if ":" in dst_ip else socket.AF_INET,
-                         socket.SOCK_STREAM)
+    t_connect = time.time()
+    sock = connect(dst_ip, dst_port, connect_timeout=connect_timeout, sndbuf=sndbuf)
     if register is not None:
         register.add(sock)
-    sent = 0
     try:
-        if sndbuf > 0:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        sock.settimeout(connect_timeout)
-        t_connect = time.time()
-        try:
-            sock.connect((dst_ip, dst_port))
-        except OSError as exc:
-            raise TransferError(f"connect to {dst_ip}:{dst_port} failed: {exc}") from exc
-        sock.settimeout(io_timeout)
-        t_start = time.time()
-        try:
-            sock.sendall(header)
-            chunk = len(view)
-            while sent < nbytes:
-                n = min(chunk, nbytes - sent)
-                sock.sendall(view[:n])
-                sent += n
-            t_local_end = time.time()
-            reply, _ = _recv_exact(sock, HEADER_LEN)
-        except OSError as exc:
-            raise TransferError(f"sending to {dst_ip}:{dst_port} failed after {sent} bytes: "
-                                f"{exc}", sent) from exc
-        except TransferError as exc:
-            raise TransferError(f"no DONE from {dst_ip}:{dst_port}: {exc}", sent) from exc
-        t_end = time.time()
-        try:
-            done = decode_header(reply)
-        except FramingError as exc:
-            raise TransferError(f"bad DONE from {dst_ip}:{dst_port}: {exc}", sent) from exc
-        if done.msg_type != MSG_DONE or done.transfer_id != transfer_id or done.total != nbytes:
-            raise TransferError(f"receiver acknowledged {done}, expected DONE for transfer "
-                                f"{transfer_id} with {nbytes} bytes", sent)
-        return TransferResult(transfer_id, request_id, nbytes, t_start, t_end, "send",
-                              f"{dst_ip}:{dst_port}", src_gpu, dst_gpu, t_connect, t_local_end)
+        return send_on(sock, dst_ip, dst_port, transfer_id, request_id, nbytes, src_gpu, dst_gpu,
+                       io_timeout=io_timeout, payload=payload, t_connect=t_connect)
     finally:
         if register is not None:
             register.discard(sock)
@@ -168,15 +184,26 @@ def send_transfer(dst_ip: str, dst_port: int, transfer_id: int, request_id: int,
 
 
 def receive_transfer(conn: socket.socket, *, my_gpu: int | None = None,
-                     io_timeout: float = 120.0, buf: bytearray | None = None) -> TransferResult:
+                     io_timeout: float | None = 120.0, buf: bytearray | None = None,
+                     eof_ok: bool = False) -> TransferResult | None:
     """Read one transfer from an accepted connection, answer DONE; raises ``TransferError``.
 
     ``my_gpu`` (when given) must match the header's ``dst_gpu``: a mismatch means the
-    orchestrator addressed the wrong host, and the stream is refused."""
+    orchestrator addressed the wrong host, and the stream is refused. With ``eof_ok`` a
+    connection closed cleanly before the next header returns None (persistent connections)."""
     peer = _peer(conn)
-    conn.settimeout(io_timeout)
+    conn.settimeout(None if eof_ok else io_timeout)  # an idle persistent connection may wait
     try:
-        raw, t_start = _recv_exact(conn, HEADER_LEN)
+        if eof_ok:
+            first = conn.recv(1)
+            if not first:
+                return None
+            t_start = time.time()
+            conn.settimeout(io_timeout)
+            rest, _ = _recv_exact(conn, HEADER_LEN - 1)
+            raw = first + rest
+        else:
+            raw, t_start = _recv_exact(conn, HEADER_LEN)
         hdr = decode_header(raw)
     except (OSError, FramingError) as exc:
         raise TransferError(f"bad or missing header from {peer}: {exc}") from exc
@@ -222,6 +249,7 @@ class Agent:
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._payload = memoryview(_PATTERN)
+        self._pool: dict[tuple[str, int], list[socket.socket]] = {}
         family = socket.AF_INET6 if ":" in listen_host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -277,9 +305,13 @@ class Agent:
             self._spawn(self._receive, conn)
 
     def _receive(self, conn: socket.socket) -> None:
+        """Serve transfers on one (persistent) connection until the peer closes it."""
         try:
-            res = receive_transfer(conn, my_gpu=self.gpu, io_timeout=self.io_timeout)
-            self._emit(res.event())
+            while not self._stop.is_set():
+                res = receive_transfer(conn, my_gpu=self.gpu, io_timeout=self.io_timeout, eof_ok=True)
+                if res is None:
+                    return
+                self._emit(res.event())
         except TransferError as exc:
             self._emit({"ev": "error", "role": "recv", "transfer_id": exc.transfer_id,
                         "request_id": exc.request_id, "reason": str(exc), "bytes": exc.nbytes,
@@ -288,14 +320,56 @@ class Agent:
             self._open.discard(conn)
             conn.close()
 
+    def _take(self, peer: tuple[str, int]) -> tuple[socket.socket, float | None]:
+        """An idle pooled connection to ``peer`` (None as connect time) or a new one."""
+        with self._lock:
+            idle = self._pool.get(peer)
+            if idle:
+                return idle.pop(), None
+        t_connect = time.time()
+        sock = connect(peer[0], peer[1], connect_timeout=self.connect_timeout, sndbuf=self.sndbuf)
+        self._open.add(sock)
+        return sock, t_connect
+
+    def _give_back(self, peer: tuple[str, int], sock: socket.socket) -> None:
+        with self._lock:
+            self._pool.setdefault(peer, []).append(sock)
+
+    def _drop(self, sock: socket.socket) -> None:
+        self._open.discard(sock)
+        sock.close()
+
+    def _warm(self, peers: list) -> None:
+        """Open one persistent connection to each peer ahead of time (like the long-lived
+        connections or queue pairs of a KV transfer engine), so no TCP handshake - and no SYN
+        lost behind a congested queue, a one-second timeout - lies on a transfer's path."""
+        for ip, port in peers:
+            try:
+                sock, _ = self._take((str(ip), int(port)))
+                self._give_back((str(ip), int(port)), sock)
+            except TransferError as exc:
+                self._emit({"ev": "error", "transfer_id": None, "reason": f"warm: {exc}"})
+                return
+        self._emit({"ev": "warmed", "peers": len(peers)})
+
     def _send(self, cmd: Message) -> None:
+        peer = (cmd["dst_ip"], cmd["dst_port"])
         try:
-            res = send_transfer(cmd["dst_ip"], cmd["dst_port"], cmd["transfer_id"],
-                                cmd["request_id"], cmd["bytes"], self.gpu, cmd["dst_gpu"],
-                                connect_timeout=self.connect_timeout,
-                                io_timeout=self.io_timeout, sndbuf=self.sndbuf,
-                                payload=self._payload, register=self._open)
-            self._emit(res.event())
+            for attempt in (1, 2):
+                sock, t_connect = self._take(peer)
+                try:
+                    res = send_on(sock, peer[0], peer[1], cmd["transfer_id"], cmd["request_id"],
+                                  cmd["bytes"], self.gpu, cmd["dst_gpu"], io_timeout=self.io_timeout,
+                                  payload=self._payload, t_connect=t_connect)
+                except TransferError as exc:
+                    self._drop(sock)
+                    # a pooled connection the peer closed meanwhile: retry once on a new one
+                    if attempt == 1 and t_connect is None and exc.nbytes == 0:
+                        continue
+                    raise
+                self._give_back(peer, sock)
+                self._emit(res.event())
+                return
         except (TransferError, FramingError, OSError) as exc:
             self._emit({"ev": "error", "role": "send", "transfer_id": cmd["transfer_id"],
                         "request_id": cmd["request_id"], "reason": str(exc),
@@ -314,6 +388,12 @@ class Agent:
                             "reason": str(exc)})
                 return True
             self._spawn(self._send, msg)
+        elif op == "warm":
+            peers = msg.get("peers")
+            if not isinstance(peers, list) or not all(isinstance(p, list) and len(p) == 2 for p in peers):
+                self._emit({"ev": "error", "transfer_id": None, "reason": "warm needs peers: [[ip, port], ...]"})
+                return True
+            self._spawn(self._warm, peers)
         elif op == "ping":
             self._emit({"ev": "pong", "seq": msg.get("seq"), "t": time.time(),
                         "active": len(self._threads)})

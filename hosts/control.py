@@ -13,6 +13,9 @@ Orchestrator -> agent::
 
     {"op": "send", "transfer_id": int, "request_id": int, "dst_ip": str, "dst_port": int,
      "bytes": int, "dst_gpu": int}
+    {"op": "warm", "peers": [[ip, port], ...]} -> agent opens one persistent connection to each
+                                          peer and answers {"ev": "warmed", "peers": n}; sends
+                                          reuse idle connections (no handshake on the path)
     {"op": "ping", "seq": any}            -> agent answers {"ev": "pong", "seq": ..., "t": time}
     {"op": "stop"}                        -> agent finishes cleanly and exits
 

@@ -23,9 +23,10 @@ import numpy as np
 
 from hosts.calibration import calibrate
 from hosts.control import ControlServer
-from hosts.fidelity import CpuMonitor
+from hosts.fidelity import CpuMonitor, RttProbe, rtt_verdict
 from hosts.framing import KV_PORT
 from hosts.scenario_exec import ScenarioExecutor
+from scheduler.cluster import assign_roles
 from scheduler.experiment import Experiment, make_policy, run_simulation, tune_policy
 from scheduler.metrics import compare, summarize_policy
 from scheduler.realtime import Clock, EmulationError, RealtimeReplay, TransferDone
@@ -145,6 +146,37 @@ def _start_agents(fab: Fabric, tree: FatTree, sock: Path, run_dir: Path) -> list
     return procs
 
 
+def _median(xs: list[float]) -> float | None:
+    return float(np.median(xs)) if xs else None
+
+
+def _probe_pair(tree: FatTree, prefill: np.ndarray) -> tuple[int, int]:
+    """Two prefill GPUs of one server: prefill instances never receive KV and send it over NVLink
+    only to decode GPUs, so the NVLink path between two prefill GPUs stays idle."""
+    by_server: dict[int, list[int]] = {}
+    for g in prefill:
+        by_server.setdefault(int(g) // tree.gps, []).append(int(g))
+    for gs in by_server.values():
+        if len(gs) >= 2:
+            return gs[0], gs[1]
+    return int(prefill[0]), int(prefill[1]) if len(prefill) > 1 else int(prefill[0])
+
+
+def _warm_connections(control: ControlServer, tree: FatTree, prefill: np.ndarray, decode: np.ndarray,
+                      done: threading.Event, replies: list[dict], timeout_s: float = 60.0) -> None:
+    """Every prefill agent opens a persistent connection to every decode agent before the clock
+    starts (a KV transfer engine keeps its connections), so transfers never wait for a TCP
+    handshake, whose lost SYN behind a congested queue would cost a one-second timeout."""
+    for p in prefill:
+        peers = [[peer_ip(tree, int(p), int(d)), KV_PORT] for d in decode]
+        control.send(tree.gpu_name(int(p)), {"op": "warm", "peers": peers})
+    if not done.wait(timeout_s):
+        raise EmulationError(f"only {len(replies)}/{len(prefill)} agents opened their connections within {timeout_s:g} s")
+    errors = [r for r in replies if r.get("ev") == "error"]
+    if errors:
+        raise EmulationError(f"opening persistent connections failed: {errors[0].get('agent')}: {errors[0].get('reason')}")
+
+
 def _restore_links(executor: ScenarioExecutor) -> None:
     factors = executor.capacity_factor()[:-1]
     changed = tuple(int(i) for i in np.flatnonzero(factors != 1.0))
@@ -162,6 +194,7 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
     fabric_scale = scale / time_scale
     nominal = link_capacity_bps(tree, fabric_scale)  # validates the scale before anything starts
     actions = exp.scenario.actions(tree, exp.horizon_s)
+    prefill_gpus, decode_gpus = assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction)
     run_dir = Path(tempfile.mkdtemp(prefix="netkv-emulate-"))
     evidence: dict = {"run_dir": str(run_dir), "scale": scale, "time_scale": time_scale}
     policies: dict[str, dict] = {}
@@ -177,14 +210,24 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
             log(f"emulate: fabric up in {evidence['fabric']['up_s']} s ({tree.n_gpus} hosts, "
                 f"{len(tree.switch_names())} switches); starting agents")
             transports: list[AgentTransport] = []
+            warmed: list[dict] = []
+            warm_done = threading.Event()
 
             def dispatch(msg: dict) -> None:
-                if transports:
+                if msg.get("ev") == "warmed" or (msg.get("ev") == "error" and str(msg.get("reason", "")).startswith("warm")):
+                    warmed.append(msg)
+                    if len(warmed) >= len(prefill_gpus):
+                        warm_done.set()
+                elif transports:
                     transports[-1].on_event(msg)
 
             with ControlServer(run_dir / "control.sock", on_event=dispatch, queue_events=False) as control:
                 _start_agents(fab, tree, run_dir / "control.sock", run_dir)
                 control.wait_hello(tree.gpu_names, timeout=AGENT_START_TIMEOUT_S)
+                _warm_connections(control, tree, prefill_gpus, decode_gpus, warm_done, warmed)
+                probe_src, probe_dst = _probe_pair(tree, prefill_gpus)
+                probe = RttProbe(fab.host(tree.gpu_name(probe_src)), peer_ip(tree, probe_src, probe_dst))
+                baseline_rtt = probe.measure(2.0)
                 log("emulate: calibrating every tier (goodput and idle transfer time vs the simulator)")
                 evidence["calibration"] = calibrate(fab, tree, control, KV_PORT, scale, time_scale,
                                                     cfg.model.kv_bytes_per_token, cfg.timing.transfer_setup_s)
@@ -192,6 +235,7 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
                 poller.start()
                 monitor.start()
                 monitoring = True
+                probe.start()
                 lags = {}
                 try:
                     for k, cls in enumerate(exp.policies):
@@ -227,8 +271,16 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
                         records[cls.name] = recs
                         time.sleep(DRAIN_S)
                 finally:
-                    evidence["fidelity"] = monitor.stop()
+                    run_rtt = probe.stop()
+                    evidence["fidelity"] = fid = monitor.stop()
                     monitoring = False
+                    fid["cpu_note"] = fid.pop("warning")
+                    fid.pop("forwarding_saturated")
+                    fid["forwarding_saturated"], fid["warning"] = rtt_verdict(baseline_rtt, run_rtt)
+                    fid["probe"] = {"src": tree.gpu_name(probe_src), "dst": tree.gpu_name(probe_dst),
+                                    "idle_rtt_ms_p50": _median(baseline_rtt), "run_rtt_ms_p50": _median(run_rtt),
+                                    "run_rtt_ms_p99": float(np.percentile(run_rtt, 99)) if run_rtt else None,
+                                    "replies": len(run_rtt)}
                     poller.stop()
                 evidence["fidelity"]["replay_lag_s"] = lags
                 evidence["fidelity"]["telemetry_poll_errors"] = poller.errors

@@ -45,7 +45,7 @@ import numpy as np
 
 from scheduler.scenario import Action
 from topology.cleanup import switch_intf_name
-from topology.mininet_topo import htb_commands, host_intf_name
+from topology.mininet_topo import LEAF_HANDLE, htb_commands, host_intf_name, leaf_command
 from topology.model import FatTree, switch_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ SINK_READY_TIMEOUT_S = 10.0
 STOP_GRACE_S = 3.0
 TC_TIMEOUT_S = 10.0
 HTB_CLASS = "5:1"
-DOWN_HANDLE = "10:"
+DOWN_HANDLE = LEAF_HANDLE
 
 
 class ScenarioExecError(RuntimeError):
@@ -97,9 +97,10 @@ def down_argv(intf: str) -> list[str]:
     return ["tc", "qdisc", "replace", "dev", intf, "parent", HTB_CLASS, "handle", DOWN_HANDLE, "blackhole"]
 
 
-def up_argv(intf: str) -> list[str]:
-    """tc command that undoes :func:`down_argv` (HTB's default FIFO leaf comes back)."""
-    return ["tc", "qdisc", "del", "dev", intf, "parent", HTB_CLASS, "handle", DOWN_HANDLE]
+def up_argv(intf: str, mbit: float) -> list[str]:
+    """tc command that undoes :func:`down_argv` and sizes the shallow FIFO leaf for ``mbit``
+    (the same leaf the fabric installs, see :func:`topology.mininet_topo.leaf_command`)."""
+    return leaf_command(intf, mbit).split()
 
 
 def _safe(name: str) -> str:
@@ -318,8 +319,8 @@ class ScenarioExecutor:
                     self._tc(intf, down_argv(intf.name))
                     self._down.add(link)
             else:
-                self._tc(intf, rate_argv(intf.name, rates[self.tree.link_kind(link)] * action.factor))
-                if link in self._down:
-                    self._tc(intf, up_argv(intf.name))
-                    self._down.discard(link)
+                mbit = rates[self.tree.link_kind(link)] * action.factor
+                self._tc(intf, rate_argv(intf.name, mbit))
+                self._tc(intf, up_argv(intf.name, mbit))  # leaf back (if down) and resized
+                self._down.discard(link)
             self._factor[link] = action.factor

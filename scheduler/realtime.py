@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,7 +21,7 @@ from typing import Protocol
 from scheduler.config import ExperimentConfig
 from scheduler.policies.base import Policy
 from scheduler.scenario import Action
-from scheduler.simulator import _KV_ARRIVED, Simulator, _ReqState
+from scheduler.simulator import _KV_ARRIVED, _SCENARIO, Simulator, _ReqState
 from scheduler.trace import Request
 
 
@@ -81,7 +82,7 @@ class RealtimeReplay(Simulator):
     def __init__(self, cfg: ExperimentConfig, requests: list[Request], policy: Policy, actions: list[Action],
                  transport: Transport, executor: ActionExecutor, telemetry_source, clock: Clock,
                  byte_scale: float, transfer_id_base: int = 0, progress: bool = False,
-                 transfer_timeout_s: float = 120.0) -> None:
+                 transfer_timeout_s: float = 120.0, preroll_s: float = 2.0) -> None:
         super().__init__(cfg, requests, policy, actions, progress=progress, telemetry_source=telemetry_source)
         self.transport = transport
         self.executor = executor
@@ -93,10 +94,42 @@ class RealtimeReplay(Simulator):
         self._last_t = 0.0
         self.lag_s: list[float] = []  # how late (virtual s) each timed event was released
         self.transfers: list[dict] = []
+        self.preroll_s = preroll_s
+        self._actions: queue.Queue[Action | None] = queue.Queue()
+        self._action_error: Exception | None = None
 
     def run(self):
+        self._seed_events()
+        # Pre-roll: scenario actions due at t <= 0 (background flows of a steady scenario) are
+        # applied before the clock starts, and given time to reach steady state and show up in
+        # telemetry, as they are at full rate from t = 0 in the simulator.
+        early = [e for e in self._heap if e[1] == _SCENARIO and e[0] <= 0]
+        if early:
+            self._heap = [e for e in self._heap if not (e[1] == _SCENARIO and e[0] <= 0)]
+            heapq.heapify(self._heap)
+            for e in sorted(early):
+                self.executor.apply(e[3])
+            time.sleep(self.preroll_s)
+        self._worker = threading.Thread(target=self._action_loop, name="scenario-actions", daemon=True)
+        self._worker.start()
         self.clock.start()
-        return super().run()
+        try:
+            return self._run_seeded()
+        finally:
+            self._actions.put(None)
+            self._worker.join(timeout=30)
+
+    def _action_loop(self) -> None:
+        """Scenario actions run here so a slow one (starting processes in hosts) never holds up
+        the replay's clock."""
+        while True:
+            a = self._actions.get()
+            if a is None:
+                return
+            try:
+                self.executor.apply(a)
+            except Exception as exc:  # noqa: BLE001 - surfaced in the replay thread
+                self._action_error = exc
 
     # ------------------------------------------------------------------ real-time event source
     def _next_event(self):
@@ -166,4 +199,6 @@ class RealtimeReplay(Simulator):
         self.transport.start(tid, s.req.req_id, src, dst, nbytes)
 
     def _apply(self, a: Action) -> None:
-        self.executor.apply(a)
+        if self._action_error is not None:
+            raise EmulationError(f"scenario action failed: {self._action_error}")
+        self._actions.put(a)

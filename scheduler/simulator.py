@@ -156,6 +156,9 @@ class Simulator:
     # ------------------------------------------------------------------ run
     def run(self) -> list[RequestRecord]:
         self._seed_events()
+        return self._run_seeded()
+
+    def _run_seeded(self) -> list[RequestRecord]:
         with Progress(total=len(self.states), label=f"{self.label} {self.policy.name}",
                       enabled=self.show_progress) as bar:
             while self.remaining:

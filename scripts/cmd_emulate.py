@@ -74,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "link_utilisation.png"
             import numpy as np
-            times = [r[1] for r in rows]
-            util = np.stack([r[3] for r in rows])
+            # one axis for the whole run: wall seconds since the first sample (policies replay in turn)
+            keep = [r for k, r in enumerate(rows) if k == 0 or r[2] > rows[k - 1][2]]
+            times = [r[2] - keep[0][2] for r in keep]
+            util = np.stack([r[3] for r in keep])
             plot_link_heatmap(png, times, [exp.tree.link_name(i) for i in range(exp.tree.n_links)], util)
             extra["link_utilisation.png"] = png.read_bytes()
     path = write_results(out, summary, records, exp.slo(), extra_files=extra)
@@ -88,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"agreement, netkv vs {base}: emulate {a['emulate_pct']:+.1f}%, simulate {a['simulate_pct']:+.1f}% "
               f"({'same sign' if a['same_sign'] else 'DIFFERENT SIGN'}, magnitudes x{a['magnitude_ratio']:.2f})")
     fid = ev.get("fidelity") or {}
+    probe = fid.get("probe") or {}
+    if probe.get("idle_rtt_ms_p50") is not None and probe.get("run_rtt_ms_p50") is not None:
+        print(f"fidelity: idle-path probe RTT {probe['idle_rtt_ms_p50']:.2f} ms idle, {probe['run_rtt_ms_p50']:.2f} ms "
+              f"during the run; ovs-vswitchd CPU mean {fid['ovs_vswitchd_cpu_percent']['mean']:.0f}% of a core")
     if fid.get("warning"):
         print(f"WARNING: {fid['warning']}")
     print(f"\nresults: {path}")

@@ -152,6 +152,43 @@ def test_concurrent_transfers_both_directions(pair: Fleet) -> None:
         r["received"]["t_end"] for r in res.values())
 
 
+def test_warm_connections_are_reused_by_later_transfers(pair: Fleet) -> None:
+    """After `warm`, transfers ride the pre-opened connection: no new handshake on their path
+    (the receiver sees every transfer arrive from the same peer port)."""
+    hello = pair.server.agents()["p0t0s0g1"]
+    pair.server.send("p0t0s0g0", {"op": "warm", "peers": [[hello["listen_ip"], hello["listen_port"]]]})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(e.get("ev") == "warmed" for e in list(pair.server.events.queue)):
+        time.sleep(0.05)
+    assert any(e.get("ev") == "warmed" and e.get("peers") == 1 for e in list(pair.server.events.queue))
+    peers = set()
+    for tid in (21, 22, 23):  # sequential: each finds the connection idle again
+        pair.send("p0t0s0g0", "p0t0s0g1", tid, 2 * MB)
+        res = pair.server.wait_transfers([tid], timeout=30)[tid]
+        assert "error" not in res, res
+        _check_pair(res["sent"], res["received"], tid, 2 * MB)
+        peers.add(res["received"]["peer"])
+        # a pooled connection has no connect phase: t_connect == t_start
+        assert res["sent"]["t_connect"] == res["sent"]["t_start"]
+    assert len(peers) == 1
+
+
+def test_pooled_connection_closed_by_peer_is_replaced(fleet: Fleet) -> None:
+    """A pooled connection whose receiver went away is retried once on a fresh connection."""
+    port = _free_port()
+    fleet.start("p0t0s0g0", 0)
+    fleet.start("p0t0s0g1", 1, extra=["--port", str(port)])
+    fleet.send("p0t0s0g0", "p0t0s0g1", 31, 1 * MB)
+    assert "error" not in fleet.server.wait_transfers([31], timeout=30)[31]
+    fleet.server.send("p0t0s0g1", {"op": "stop"})
+    fleet.procs["p0t0s0g1"].wait(timeout=10)
+    fleet.server.wait_disconnect("p0t0s0g1", timeout=10)
+    fleet.start("p0t0s0g1", 1, extra=["--port", str(port)])  # same address: the pooled one is stale
+    fleet.send("p0t0s0g0", "p0t0s0g1", 32, 1 * MB)
+    res = fleet.server.wait_transfers([32], timeout=30)[32]
+    assert "error" not in res, res
+
+
 def test_zero_byte_transfer(pair: Fleet) -> None:
     pair.send("p0t0s0g0", "p0t0s0g1", 11, 0)
     res = pair.server.wait_transfers([11], timeout=10)[11]

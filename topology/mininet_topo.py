@@ -117,8 +117,28 @@ def host_intf_name(host: str, nvlink: bool) -> str:
     return f"{host}-{NVLINK_INTF if nvlink else NIC_INTF}"
 
 
+QUEUE_MS = 100.0
+"""Egress buffer of every shaped link, in milliseconds of traffic at the link's rate (a byte-limited
+FIFO leaf under the HTB class). Datacenter switches have shallow buffers; without this limit the
+HTB leaf would queue txqueuelen (1000) packets, 1.2 s at 10 Mbit/s, and a KV transfer behind a
+greedy background flow would wait seconds (bufferbloat) instead of taking its fair share. Packets
+are 1500 bytes whatever the scale, so the buffer cannot be made as short in time as a real
+switch's: 100 ms (about 80 packets at 10 Mbit/s) lets TCP fill the link and share it, and
+keeps drops (each one a TCP timeout for a short transfer) rare."""
+QUEUE_MIN_PACKETS = 10
+"""Never fewer than this many full-size packets of buffer (TCP's initial window)."""
+LEAF_HANDLE = "10:"
+
+
+def leaf_command(intf: str, bw_mbit: float) -> str:
+    """The byte-limited FIFO leaf of the HTB class (see :data:`QUEUE_MS`)."""
+    limit = int(max(QUEUE_MIN_PACKETS * 1514, bw_mbit * 1e6 / 8 * QUEUE_MS / 1000))
+    return f"tc qdisc replace dev {intf} parent 5:1 handle {LEAF_HANDLE} bfifo limit {limit}"
+
+
 def htb_commands(intf: str, bw_mbit: float) -> list[str]:
-    """tc commands that shape ``intf``'s egress to ``bw_mbit`` with one HTB class.
+    """tc commands that shape ``intf``'s egress to ``bw_mbit`` with one HTB class and a shallow
+    FIFO leaf.
 
     ``quantum`` ~1 ms of traffic (1514..200000 bytes) and ``r2q`` to match, so the kernel never
     complains that the quantum is big; burst and cburst at least 10 ms of traffic."""
@@ -132,6 +152,7 @@ def htb_commands(intf: str, bw_mbit: float) -> list[str]:
         f"tc qdisc replace dev {intf} root handle 5: htb default 1 r2q {r2q}",
         f"tc class replace dev {intf} parent 5: classid 5:1 htb rate {bw_mbit:f}Mbit "
         f"burst {burst} cburst {burst} quantum {quantum}",
+        leaf_command(intf, bw_mbit),
     ]
 
 

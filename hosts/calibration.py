@@ -1,0 +1,144 @@
+"""Calibrate the emulated fabric against the simulator, one (src, dst) pair per tier.
+
+For each tier (:func:`topology.fabric.tier_samples`), sequentially on the idle fabric, through the
+host agents already connected to ``control``:
+
+(a) **goodput**: one transfer of ``configured bottleneck x goodput_seconds`` bytes; achieved =
+    bytes x 8 / (receiver ``t_end - t_start``), compared with the configured emulated bottleneck
+    (``real capacity x scale / time_scale`` along ``tree.path``); ok when >= 90%.
+(b) **reference KV transfer**: ``reference_tokens x kv_bytes_per_token x scale`` bytes; measured
+    = (receiver ``t_end`` - sender ``t_connect``) / ``time_scale`` (virtual seconds), compared
+    with ``StaticTierOracle(tree, setup_s)`` for the real bytes on an idle fabric; ok within 15%.
+    The transfer runs ``reference_repeats`` times (default 3) and the median counts.
+
+Transfer and request ids start at 10**12, so they never collide with the orchestrator's.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from hosts.control import ControlServer
+from scheduler.oracle import OracleQuery, StaticTierOracle
+from topology.fabric import tier_samples
+from topology.model import FatTree
+
+CALIBRATION_ID_BASE = 10**12
+GOODPUT_MIN_RATIO = 0.9
+TIME_TOLERANCE = 0.15
+_IDS = itertools.count(CALIBRATION_ID_BASE)
+
+
+class CalibrationError(RuntimeError):
+    """A calibration transfer failed (agent error or timeout); the message names the pair."""
+
+
+# --------------------------------------------------------------------------- pure parts
+def emulated_rates_mbit(tree: FatTree, scale: float, time_scale: float,
+                        nvlink_cap_mbit: float | None = None) -> dict[str, float]:
+    """Configured emulated rate per link kind: real Gbit/s x 1000 x scale / time_scale."""
+    if not scale > 0 or not time_scale > 0:
+        raise ValueError(f"scale and time_scale must be > 0, got {scale}, {time_scale}")
+    rates = {k: g * 1000.0 * scale / time_scale for k, g in tree.link_capacity_gbit_s.items()}
+    if nvlink_cap_mbit is not None:
+        rates["nvlink"] = min(rates["nvlink"], nvlink_cap_mbit / time_scale)
+    return rates
+
+
+def bottleneck_mbit(tree: FatTree, rates: dict[str, float], src: int, dst: int) -> float:
+    return min(rates[tree.link_kind(i)] for i in tree.path(src, dst))
+
+
+def _rate_mismatch(expected: dict[str, float], fabric: dict[str, float] | None) -> str | None:
+    """Warn when the fabric was not built with ``scale / time_scale`` (its HTB rates differ)."""
+    if not fabric:
+        return None
+    off = {k: (fabric[k], v) for k, v in expected.items() if k in fabric and abs(fabric[k] / v - 1) > 0.01}
+    if not off:
+        return None
+    return ("fabric link rates differ from scale / time_scale: " + ", ".join(
+        f"{k} {f:g} Mbit/s shaped vs {e:g} expected" for k, (f, e) in sorted(off.items())))
+
+
+def goodput_bytes(mbit_s: float, seconds: float) -> int:
+    return int(mbit_s * 1e6 / 8 * seconds)
+
+
+def reference_bytes(tokens: int, kv_bytes_per_token: int, scale: float) -> tuple[int, int]:
+    """(real, emulated) bytes of the reference KV transfer (emulated at least 1 byte)."""
+    real = int(tokens) * int(kv_bytes_per_token)
+    return real, max(1, round(real * scale))
+
+
+def predicted_seconds(tree: FatTree, setup_s: float, src: int, dst: int, nbytes_real: int) -> float:
+    """The simulator's idle-fabric cost of moving ``nbytes_real`` real bytes src -> dst."""
+    query = OracleQuery(src=src, dsts=np.array([dst]), nbytes=np.array([float(nbytes_real)]), now=0.0)
+    return float(StaticTierOracle(tree, setup_s).cost(query)[0])
+
+
+def within(ratio: float, tolerance: float = TIME_TOLERANCE) -> bool:
+    return abs(ratio - 1.0) <= tolerance + 1e-9  # 0.85 and 1.15 count as inside
+
+
+# --------------------------------------------------------------------------- transfers
+def _transfer(control: ControlServer, tree: FatTree, fab: Any, src: int, dst: int, port: int,
+              nbytes: int, timeout_s: float) -> tuple[dict, dict]:
+    """One agent transfer src -> dst; returns (sent, received) events."""
+    tid = next(_IDS)
+    src_name = tree.gpu_name(src)
+    control.send(src_name, {"op": "send", "transfer_id": tid, "request_id": tid,
+                            "dst_ip": fab.peer_ip(src, dst), "dst_port": port,
+                            "bytes": int(nbytes), "dst_gpu": dst})
+    evs = control.wait_transfers([tid], timeout_s)[tid]
+    if "error" in evs:
+        raise CalibrationError(f"calibration transfer {src_name} -> {tree.gpu_name(dst)} "
+                               f"({nbytes} bytes) failed: {evs['error'].get('reason')}")
+    return evs["sent"], evs["received"]
+
+
+def calibrate(fab: Any, tree: FatTree, control: ControlServer, agent_port: int, scale: float,
+              time_scale: float, kv_bytes_per_token: int, setup_s: float,
+              reference_tokens: int = 8192, goodput_seconds: float = 2.0,
+              timeout_s: float = 60.0, reference_repeats: int = 3) -> dict:
+    """Goodput and reference-transfer time per tier on the idle fabric (see the module doc)."""
+    rates = emulated_rates_mbit(tree, scale, time_scale, getattr(fab, "nvlink_cap_mbit", None))
+    warning = _rate_mismatch(rates, getattr(getattr(fab, "topo", None), "rates_mbit", None))
+    real, emulated = reference_bytes(reference_tokens, kv_bytes_per_token, scale)
+    tiers: dict[str, dict] = {}
+    for tier, (src, dst) in tier_samples(tree).items():
+        configured = bottleneck_mbit(tree, rates, src, dst)
+        nbytes = goodput_bytes(configured, goodput_seconds)
+        _, recv = _transfer(control, tree, fab, src, dst, agent_port, nbytes, timeout_s)
+        wire_s = recv["t_end"] - recv["t_start"]
+        achieved = nbytes * 8 / wire_s / 1e6 if wire_s > 0 else float("inf")
+        samples = []
+        for _ in range(max(1, reference_repeats)):
+            sent, recv = _transfer(control, tree, fab, src, dst, agent_port, emulated, timeout_s)
+            samples.append((recv["t_end"] - sent["t_connect"]) / time_scale)
+        measured = float(np.median(samples))
+        predicted = predicted_seconds(tree, setup_s, src, dst, real)
+        ratio = measured / predicted if predicted > 0 else float("inf")
+        tiers[str(tier)] = {
+            "src": tree.gpu_name(src), "dst": tree.gpu_name(dst),
+            "path": [tree.link_name(i) for i in tree.path(src, dst)],
+            "configured_mbit_s": round(configured, 4),
+            "achieved_mbit_s": round(achieved, 4),
+            "goodput_ratio": round(achieved / configured, 4),
+            "goodput_ok": achieved / configured >= GOODPUT_MIN_RATIO,
+            "reference_bytes_real": real,
+            "reference_bytes_emulated": emulated,
+            "measured_s": measured,
+            "measured_samples_s": samples,
+            "predicted_s": predicted,
+            "time_ratio": round(ratio, 4),
+            "time_ok": within(ratio),
+        }
+    return {
+        "scale": scale,
+        "time_scale": time_scale,
+        "tiers": tiers,
+        "all_ok": all(t["goodput_ok"] and t["time_ok"] for t in tiers.values()),
+        "warning": warning,
+    }

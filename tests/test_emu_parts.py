@@ -1,0 +1,327 @@
+"""Scenario executor, calibration and fidelity monitor: pure arithmetic (no root) and, marked
+``emulation``, the same parts on one running 64-GPU fabric (~1.5 minutes on a 2-core VM).
+
+Measured figures are printed with ``[measured]`` (run with ``-s`` to see them).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from hosts.calibration import (
+    CALIBRATION_ID_BASE,
+    bottleneck_mbit,
+    emulated_rates_mbit,
+    goodput_bytes,
+    predicted_seconds,
+    reference_bytes,
+    within,
+)
+from hosts.fidelity import CpuMonitor, CpuMonitorError, saturation_warning
+from hosts.scenario_exec import (
+    ScenarioExecError,
+    ScenarioExecutor,
+    background_rate_mbit,
+    down_argv,
+    egress_intf_name,
+    rate_argv,
+    up_argv,
+)
+from scheduler.scenario import Action
+from topology.fabric import tier_samples
+from topology.model import FatTree
+
+ROOT = Path(__file__).resolve().parents[1]
+TREE = FatTree()
+SCALE = 2.5e-5
+
+
+# =========================================================================== pure parts
+@pytest.mark.parametrize("rate,scale,ts,want", [
+    (100.0, 2.5e-5, 1.0, 2.5), (100.0, 2.5e-5, 4.0, 0.625), (400.0, 1e-4, 2.0, 20.0), (None, 2.5e-5, 1.0, None),
+])
+def test_background_rate_mbit(rate, scale, ts, want):
+    got = background_rate_mbit(rate, scale, ts)
+    assert got == (None if want is None else pytest.approx(want))
+
+
+@pytest.mark.parametrize("args", [(0.0, 1e-5, 1.0), (-1.0, 1e-5, 1.0), (1.0, 0.0, 1.0), (1.0, 1e-5, 0.0)])
+def test_background_rate_mbit_rejects_bad_values(args):
+    with pytest.raises(ValueError):
+        background_rate_mbit(*args)
+
+
+def test_egress_interface_mapping_default_tree():
+    n = TREE.n_gpus
+    assert egress_intf_name(TREE, 0) == ("p0t0s0g0", "p0t0s0g0-eth1")  # GPU -> its NVLink switch
+    assert egress_intf_name(TREE, n) == ("p0t0s0", "p0t0s0-eth1")  # NVLink switch -> GPU 0
+    assert egress_intf_name(TREE, 2 * n + 5) == ("p0t0s1g1", "p0t0s1g1-eth0")  # NIC up
+    assert egress_intf_name(TREE, 3 * n + 5) == ("p0t0", "p0t0-eth6")  # ToR port 6 -> 6th GPU
+    up = TREE.link_index[("p0t0", "p0a1")]
+    assert egress_intf_name(TREE, up) == ("p0t0", f"p0t0-eth{TREE.gpt + 2}")
+    core = TREE.link_index[("c3", "p2a1")]
+    assert egress_intf_name(TREE, core) == ("c3", "c3-eth3")
+    agg = TREE.link_index[("p1a0", "c1")]
+    assert egress_intf_name(TREE, agg) == ("p1a0", f"p1a0-eth{TREE.config.tors_per_pod + 2}")
+    # every directed link leaves through its own interface, and every name fits IFNAMSIZ
+    names = [egress_intf_name(TREE, i)[1] for i in range(TREE.n_links)]
+    assert len(set(names)) == TREE.n_links
+    assert max(len(x) for x in names) <= 15
+
+
+def test_tc_commands():
+    assert rate_argv("p0t0-eth1", 5.0)[:8] == ["tc", "class", "replace", "dev", "p0t0-eth1", "parent", "5:", "classid"]
+    assert "5.000000Mbit" in rate_argv("p0t0-eth1", 5.0)
+    assert down_argv("x")[-1] == "blackhole"
+    up = up_argv("x", 10.0)
+    # the same leaf handle, replaced by a shallow byte FIFO sized for the new rate (100 ms of 10 Mbit/s)
+    assert up[:3] == ["tc", "qdisc", "replace"] and up[up.index("handle") + 1] == down_argv("x")[down_argv("x").index("handle") + 1]
+    assert up[-3:] == ["bfifo", "limit", str(int(10e6 / 8 * 0.1))]
+
+
+def test_executor_factor_bookkeeping_without_fabric(tmp_path):
+    exe = ScenarioExecutor(None, TREE, SCALE, 1.0, tmp_path)
+    f = exe.capacity_factor()
+    assert f.shape == (TREE.n_links + 1,) and np.all(f == 1.0)
+    f[0] = 0.0
+    assert exe.capacity_factor()[0] == 1.0  # a copy
+    with pytest.raises(ScenarioExecError, match="unknown action kind"):
+        exe.apply(Action(0.0, "teleport"))
+    with pytest.raises(ScenarioExecError, match="factor"):
+        exe.apply(Action(0.0, "link_capacity", links=(1,), factor=-0.5))
+    exe.apply(Action(0.0, "flow_stop", flow_id="never-started"))  # no-op
+    exe.close()
+    exe.close()
+    with pytest.raises(ScenarioExecError, match="closed"):
+        exe.apply(Action(0.0, "flow_stop", flow_id="x"))
+
+
+def test_calibration_arithmetic():
+    rates = emulated_rates_mbit(TREE, SCALE, 1.0)
+    assert rates == pytest.approx({"nvlink": 90.0, "nic": 10.0, "tor_agg": 20.0, "agg_core": 10.0})
+    slow = emulated_rates_mbit(TREE, 1e-4, 4.0, nvlink_cap_mbit=200.0)
+    assert slow["nic"] == pytest.approx(10.0) and slow["nvlink"] == pytest.approx(50.0)
+    pairs = tier_samples(TREE)
+    assert {t: bottleneck_mbit(TREE, rates, *p) for t, p in pairs.items()} == pytest.approx(
+        {0: 90.0, 1: 10.0, 2: 10.0, 3: 10.0})
+    assert goodput_bytes(10.0, 2.0) == 2_500_000
+    assert reference_bytes(8192, 131072, SCALE) == (1 << 30, round((1 << 30) * SCALE))
+    src, dst = pairs[3]
+    links = TREE.path(src, dst)
+    want = (1 << 30) / TREE.capacity[links].min() + TREE.latency_s[links].sum() + 30e-6
+    assert predicted_seconds(TREE, 30e-6, src, dst, 1 << 30) == pytest.approx(want)
+    assert within(1.15) and within(0.85) and not within(1.16) and not within(0.8)
+    assert CALIBRATION_ID_BASE == 10**12
+
+
+def test_saturation_thresholds():
+    assert saturation_warning(10.0, 20.0, 5) == (False, None)
+    sat, msg = saturation_warning(90.0, 20.0, 5)
+    assert sat and "ovs-vswitchd" in msg and "emulator" in msg
+    sat, msg = saturation_warning(10.0, 96.0, 5)
+    assert sat and "machine CPU" in msg
+    assert saturation_warning(0.0, 0.0, 0)[0] is False
+
+
+def test_cpu_monitor_local_machine():
+    mon = CpuMonitor(interval_s=0.1)
+    with pytest.raises(CpuMonitorError):
+        mon.stop()
+    before = {t.name for t in threading.enumerate()}
+    mon.start()
+    end = time.monotonic() + 0.6
+    while time.monotonic() < end:  # keep one core a little busy
+        sum(i * i for i in range(2000))
+    rep = mon.stop()
+    assert rep == mon.stop()  # idempotent
+    assert "cpu-monitor" not in {t.name for t in threading.enumerate()} - before
+    assert rep["samples"] >= 3 and rep["cores"] == psutil.cpu_count()
+    assert 0.0 < rep["total_cpu_percent"]["mean"] <= rep["total_cpu_percent"]["max"] <= 100.0
+    ovs = rep["ovs_vswitchd_cpu_percent"]
+    assert 0.0 <= ovs["mean"] <= ovs["max"] and ovs["p95"] <= ovs["max"]
+    assert isinstance(rep["forwarding_saturated"], bool)
+    print(f"\n[measured] CpuMonitor idle-ish: {rep}")
+
+
+# =========================================================================== emulation
+OFP_PORT, REST_PORT = 16663, 18090
+AGENT_PORT = 9470
+AGENT_GPUS = sorted({g for pair in tier_samples(TREE).values() for g in pair})  # 0, 1, 4, 8, 16
+BUSY_WAIT_S, BUSY_POLL_S = 300.0, 20.0
+
+
+@pytest.fixture(scope="module")
+def fabric(tmp_path_factory):
+    from topology.fabric import Fabric, FabricBusyError
+
+    deadline = time.monotonic() + BUSY_WAIT_S
+    while True:
+        fab = Fabric(TREE, scale=SCALE, run_dir=tmp_path_factory.mktemp("fabric"), ofp_port=OFP_PORT,
+                     rest_port=REST_PORT)
+        try:
+            fab.start()
+            break
+        except FabricBusyError as exc:
+            if time.monotonic() > deadline:
+                pytest.skip(f"fabric busy for {BUSY_WAIT_S:g} s: {exc}")
+            time.sleep(BUSY_POLL_S)
+    print(f"\n[measured] 64-GPU fabric up in {fab.timings['up_s']:.1f} s")
+    try:
+        yield fab
+    finally:
+        fab.stop()
+
+
+@pytest.fixture(scope="module")
+def agents(fabric, tmp_path_factory):
+    """ControlServer + agents on the hosts the tests use; yields the ControlServer."""
+    from hosts.control import ControlServer
+
+    run = tmp_path_factory.mktemp("agents")
+    control = ControlServer(run / "control.sock")
+    procs = []
+    try:
+        for g in AGENT_GPUS:
+            name = TREE.gpu_name(g)
+            log = open(run / f"{name}.log", "wb")
+            procs.append(fabric.host(name).popen(
+                [sys.executable, "-m", "hosts.agent", "--name", name, "--gpu", str(g), "--listen-host", "0.0.0.0",
+                 "--port", str(AGENT_PORT), "--control", str(run / "control.sock")],
+                cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        control.wait_hello([TREE.gpu_name(g) for g in AGENT_GPUS], timeout=20)
+        yield control
+    finally:
+        control.close()  # agents exit when their control connection closes
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+
+@pytest.fixture
+def executor(fabric, tmp_path):
+    exe = ScenarioExecutor(fabric, TREE, SCALE, 1.0, tmp_path)
+    try:
+        yield exe
+    finally:
+        exe.close()
+
+
+def _transfer_mbit(control, fabric, src: int, dst: int, nbytes: int, timeout: float = 30.0) -> float:
+    from hosts.calibration import _transfer
+
+    _, recv = _transfer(control, TREE, fabric, src, dst, AGENT_PORT, nbytes, timeout)
+    return nbytes * 8 / (recv["t_end"] - recv["t_start"]) / 1e6
+
+
+def _utilisation(fabric, link_name: str) -> float:
+    return fabric.telemetry()["links"][link_name]["utilisation"]
+
+
+@pytest.mark.emulation
+def test_executor_interfaces_match_model(fabric, executor):
+    for i in range(TREE.n_links):
+        intf = executor.egress_intf(i)
+        assert (intf.node.name, intf.name) == egress_intf_name(TREE, i)
+
+
+@pytest.mark.emulation
+def test_greedy_background_flow_loads_core_link(fabric, executor):
+    src, dst = 9, 30  # cross-pod
+    core = next(i for i in TREE.path(src, dst) if TREE.link_kind(i) == "agg_core")
+    name = TREE.link_name(core)
+    poll = fabric.poll_interval_s
+    assert _utilisation(fabric, name) < 0.1
+    t0 = time.monotonic()
+    executor.apply(Action(0.0, "flow_start", "bg", src, dst, None))
+    started = time.monotonic() - t0
+    t1, util = time.monotonic(), 0.0
+    while time.monotonic() - t1 < 2 * poll + 1.0 and util <= 0.8:
+        time.sleep(0.05)
+        util = _utilisation(fabric, name)
+    up_s = time.monotonic() - t1
+    time.sleep(1.0)
+    steady = _utilisation(fabric, name)
+    executor.apply(Action(1.0, "flow_stop", "bg", src, dst))
+    t2, low = time.monotonic(), 1.0
+    while time.monotonic() - t2 < 2 * poll + 1.0 and low >= 0.1:
+        time.sleep(0.05)
+        low = _utilisation(fabric, name)
+    down_s = time.monotonic() - t2
+    res = executor.flow_results["bg"]
+    print(f"\n[measured] greedy background flow {TREE.gpu_name(src)}->{TREE.gpu_name(dst)}: flow_start "
+          f"{started * 1000:.0f} ms (sink+sender spawn), {name} utilisation > 80% after {up_s:.2f} s "
+          f"(poll {poll} s), steady {steady:.2f}; after flow_stop < 10% in {down_s:.2f} s; sender {res}")
+    assert util > 0.8 and steady > 0.8
+    assert up_s <= 2 * poll + 0.5, "utilisation rose later than 2 poll intervals after the sender started"
+    assert low < 0.1 and down_s <= 2 * poll + 0.5
+    assert res is not None and res["mbit_s"] > 0.8 * fabric.topo.rates_mbit["nic"]
+
+
+@pytest.mark.emulation
+def test_link_capacity_half_down_and_restore(fabric, agents, executor):
+    src, dst = 0, 4  # same ToR: NIC up (host namespace) then ToR port to GPU 4 (root namespace)
+    nic_up, tor_down = TREE.path(src, dst)
+    nominal = fabric.topo.rates_mbit["nic"]
+    nbytes = goodput_bytes(nominal, 1.0)
+    base = _transfer_mbit(agents, fabric, src, dst, nbytes)
+    executor.apply(Action(0.0, "link_capacity", links=(tor_down,), factor=0.5))
+    assert executor.capacity_factor()[tor_down] == 0.5
+    half = _transfer_mbit(agents, fabric, src, dst, nbytes)
+    executor.apply(Action(0.0, "link_capacity", links=(tor_down,), factor=1.0))
+    print(f"\n[measured] transfer goodput {base:.2f} Mbit/s nominal, {half:.2f} Mbit/s at factor 0.5 "
+          f"(ratio {half / base:.3f})")
+    assert half / base == pytest.approx(0.5, abs=0.07)
+
+    from hosts.calibration import _IDS
+    from hosts.control import ControlTimeout
+
+    executor.apply(Action(0.0, "link_capacity", links=(nic_up,), factor=0.0))
+    assert executor.capacity_factor()[nic_up] == 0.0
+    tid = next(_IDS)
+    agents.send(TREE.gpu_name(src), {"op": "send", "transfer_id": tid, "request_id": tid,
+                                     "dst_ip": fabric.peer_ip(src, dst), "dst_port": AGENT_PORT,
+                                     "bytes": 100_000, "dst_gpu": dst})
+    with pytest.raises(ControlTimeout):
+        agents.wait_transfers([tid], timeout=2.0)
+    t0 = time.monotonic()
+    executor.apply(Action(0.0, "link_capacity", links=(nic_up,), factor=1.0))
+    evs = agents.wait_transfers([tid], timeout=20.0)[tid]
+    resumed = time.monotonic() - t0
+    assert "error" not in evs, evs
+    after = _transfer_mbit(agents, fabric, src, dst, nbytes)
+    print(f"[measured] factor 0 on {TREE.link_name(nic_up)}: transfer blocked for 2 s; completed "
+          f"{resumed:.2f} s after factor 1 (TCP retransmission back-off); then {after:.2f} Mbit/s")
+    assert after >= 0.9 * base
+    assert np.all(executor.capacity_factor() == 1.0)
+
+
+@pytest.mark.emulation
+def test_calibration_all_tiers(fabric, agents):
+    from hosts.calibration import calibrate
+    from hosts.fidelity import CpuMonitor
+
+    with CpuMonitor(0.5) as mon:
+        rep = calibrate(fabric, TREE, agents, AGENT_PORT, SCALE, 1.0, kv_bytes_per_token=131072,
+                        setup_s=30e-6, goodput_seconds=2.0)
+        cpu = mon.stop()
+    print("\n[measured] calibration (scale 2.5e-5, time_scale 1, 8192 tokens x 128 KiB):")
+    for tier, t in rep["tiers"].items():
+        print(f"  tier {tier} {t['src']}->{t['dst']}: goodput {t['achieved_mbit_s']:.2f}/"
+              f"{t['configured_mbit_s']:.1f} Mbit/s = {t['goodput_ratio']:.3f}; reference "
+              f"{t['reference_bytes_emulated']} B: measured {t['measured_s'] * 1000:.2f} ms vs predicted "
+              f"{t['predicted_s'] * 1000:.2f} ms (ratio {t['time_ratio']:.3f}, ok={t['time_ok']})")
+    print(f"[measured] CPU during calibration: {cpu}")
+    assert sorted(rep["tiers"]) == ["0", "1", "2", "3"]
+    assert all(t["goodput_ok"] for t in rep["tiers"].values()), rep
+    assert rep["warning"] is None
