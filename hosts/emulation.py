@@ -185,15 +185,23 @@ def _restore_links(executor: ScenarioExecutor) -> None:
 
 
 def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: float = 1.0,
-                  ofp_port: int = 6653, rest_port: int = 8080, progress: bool = True, log=print
-                  ) -> tuple[dict, dict[str, list[RequestRecord]], dict]:
+                  ofp_port: int = 6653, rest_port: int = 8080, progress: bool = True, log=print,
+                  keep_failed_logs: bool = True) -> tuple[dict, dict[str, list[RequestRecord]], dict]:
     """Returns (policies section, records, evidence) where evidence holds calibration, telemetry
-    rows, fidelity, timings, the simulator's reference figures and the agreement check."""
+    rows, fidelity, timings, the simulator's reference figures and the agreement check. The run's
+    logs (controller, agents, background flows) live in a temporary folder that is removed, or
+    kept for diagnosis when the run fails and ``keep_failed_logs``."""
     tree = exp.tree
     cfg = exp.cfg
     fabric_scale = scale / time_scale
     nominal = link_capacity_bps(tree, fabric_scale)  # validates the scale before anything starts
     actions = exp.scenario.actions(tree, exp.horizon_s)
+    # The simulator's run of the same window comes first: cheap, it fails fast on bad input, and its
+    # tuned weights (grid search on the held-out slice, same scenario) are the emulated policies' too.
+    log("emulate: simulating the same window first (reference figures and tuned weights)")
+    sim_policies, _ = run_simulation(exp, progress=False, log=lambda m: None)
+    tuned = {name: next(iter(p["params"].values())) for name, p in sim_policies.items() if p.get("params")}
+    exp = dataclasses.replace(exp, weights={**tuned, **exp.weights})
     prefill_gpus, decode_gpus = assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction)
     run_dir = Path(tempfile.mkdtemp(prefix="netkv-emulate-"))
     evidence: dict = {"run_dir": str(run_dir), "scale": scale, "time_scale": time_scale}
@@ -239,7 +247,8 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
                 lags = {}
                 try:
                     for k, cls in enumerate(exp.policies):
-                        weight, table = tune_policy(exp, cls)  # tuned on the simulator, same scenario
+                        weight, table = tune_policy(exp, cls)  # the simulator's tuned weight (above)
+                        table = sim_policies[cls.name].get("tuning", table)
                         policy = make_policy(cls, weight, exp.seed)
                         transport = AgentTransport(control, tree)
                         transports.append(transport)
@@ -292,12 +301,10 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
     finally:
         if monitoring:
             monitor.stop()
-        if ok:
+        if ok or not keep_failed_logs:
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
             log(f"emulate: logs of the failed run kept in {run_dir}")
-    log("emulate: same window on the simulator for the agreement check")
-    sim_policies, _ = run_simulation(exp, progress=False, log=lambda m: None)
     evidence["simulate_reference"] = sim_policies
     evidence["agreement"] = agreement(policies, sim_policies)
     return policies, records, evidence

@@ -114,6 +114,8 @@ class TuningConfig:
                                       "cache-load: load weight per unit of cache-miss fraction")
     netkv_weights_s: tuple = param((0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
                                    "netkv: seconds of cost per unit of decode load fraction")
+    tbt_tolerance_ms: float = param(0.5, "tuning picks the lowest mean TTFT among weights whose mean TBT is "
+                                    "within this of the best (the paper's TBT-overhead bound)")
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-EMULATE_DEFAULT_REQUESTS = 150
-"""Default trace window of `emulate` (replayed in real time per policy: ~45 s each at 3.4 req/s),
-so a default run of all four policies stays within about five minutes."""
+EMULATE_DEFAULT_REQUESTS = 120
+"""Default trace window of `emulate` (replayed in real time per policy: ~35 s each at 3.4 req/s),
+so a default run of all four policies stays within five minutes."""
 
 
 def register(sub) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -92,13 +93,15 @@ def _arrive(self, s, i, t):
 realtime.RealtimeReplay._arrive = _arrive
 exp, _ = prepare(build_config(), None, "background", "cache-load", 10, 0, tune=False)
 try:
-    run_emulation(exp, ofp_port=16683, rest_port=18092, progress=False, log=lambda m: None)
+    run_emulation(exp, ofp_port=16683, rest_port=18092, progress=False, log=lambda m: None, keep_failed_logs=False)
 except Boom as exc:
     print("raised:", exc)
     sys.exit(0)
 sys.exit("no exception")
 """
+    before = set(Path(tempfile.gettempdir()).glob("netkv-emulate-*"))
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-1000:] + res.stderr[-3000:]
     assert "injected failure" in res.stdout
     _assert_nothing_left(FatTree())
+    assert set(Path(tempfile.gettempdir()).glob("netkv-emulate-*")) <= before, "run folder left in the temp dir"

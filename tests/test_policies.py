@@ -132,6 +132,13 @@ def test_cache_load_decode_prefers_cached_decode_when_loads_equal():
     assert REGISTRY["cache-load"](weight=1.0).choose(cl.context(r, 0.0, None)).decode == 6
 
 
+def test_prefill_ties_rotate_instead_of_piling_onto_one_instance():
+    _, tree, cl = make()
+    pol = REGISTRY["cache-load"](weight=1.0)
+    picks = [pol.choose(cl.context(request(i, 4000), 0.0, None)).prefill for i in range(cl.prefill_ids.size)]
+    assert sorted(picks) == list(range(cl.prefill_ids.size))  # idle and uncached: every instance once
+
+
 def test_netkv_picks_same_server_decode_on_idle_fabric():
     _, tree, cl = make()
     oracle = idle_oracle(tree)
@@ -157,6 +164,8 @@ def test_netkv_avoids_decode_behind_congested_link_when_near_one_is_free():
     for d in same_server:
         util[tree.path(p_gpu, int(d))[-1]] = 1.0
     oracle = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, util, np.ones(tree.n_links + 1))))
+    cl.prefill_busy_until[:] = 10.0  # steer the prefill choice to instance 0
+    cl.prefill_busy_until[0] = 0.0
     nk = REGISTRY["netkv"](weight=0.0)
     dec = nk.choose(cl.context(request(0, 16000), 0.0, oracle))
     d_gpu = int(cl.decode_ids[dec.decode])

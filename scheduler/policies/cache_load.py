@@ -11,8 +11,17 @@ from scheduler.cluster import Decision, DecisionContext
 from scheduler.policies.base import Policy
 
 
-def best_prefill(ctx: DecisionContext) -> int:
-    return int(np.argmin(ctx.prefill_estimate_s))
+TIE_TOLERANCE_S = 1e-6
+"""Estimates closer than this are ties (idle instances with no cache hit all estimate the same)."""
+
+
+def best_prefill(ctx: DecisionContext, turn: int) -> int:
+    """Minimum estimated TTFT (queue + prefill given the instance's cache hit); ties rotate with
+    ``turn`` (like a router breaking ties round-robin), so an idle cluster does not pile every
+    request onto the lowest-numbered instance and its links."""
+    est = ctx.prefill_estimate_s
+    ties = np.flatnonzero(est <= est.min() + TIE_TOLERANCE_S)
+    return int(ties[turn % ties.size])
 
 
 class CacheLoad(Policy):
@@ -21,7 +30,8 @@ class CacheLoad(Policy):
     tuned_param = "load_weight"
 
     def choose(self, ctx: DecisionContext) -> Decision:
-        p = best_prefill(ctx)
+        self.turn += 1
+        p = best_prefill(ctx, self.turn)
         miss = 1.0 - ctx.decode_cached_tokens / max(ctx.request.input_tokens, 1)
         w = 1.0 if self.weight is None else self.weight
         return Decision(p, int(np.argmin(miss + w * ctx.decode_load)))

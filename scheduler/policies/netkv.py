@@ -19,7 +19,8 @@ class NetKV(Policy):
     needs_oracle = True
 
     def choose(self, ctx: DecisionContext) -> Decision:
-        p = best_prefill(ctx)
+        self.turn += 1
+        p = best_prefill(ctx, self.turn)
         w = 0.1 if self.weight is None else self.weight
         score = ctx.transfer_cost_s(p) + w * ctx.decode_load
         return Decision(p, int(np.argmin(score)))
