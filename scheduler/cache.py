@@ -21,6 +21,7 @@ class PrefixCacheGroup:
         self.capacity = int(capacity_blocks)
         self._lru: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(n)]
         self._holders: dict[int, int] = {}  # hash id -> bitmask of instances
+        self._bits_cache: dict[int, np.ndarray] = {}
 
     def prefix_blocks(self, hash_ids: tuple[int, ...] | list[int]) -> np.ndarray:
         """Leading blocks of ``hash_ids`` cached on each instance (array of length n).
@@ -47,11 +48,24 @@ class PrefixCacheGroup:
             mask = get(hash_ids[lo], 0) if lo < end else 0
         if not runs:
             return np.zeros(self.n, dtype=np.int64)
-        width = (self.n + 7) // 8
-        raw = b"".join(m.to_bytes(width, "little") for m, _ in runs)
-        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8).reshape(len(runs), width), axis=1,
-                             bitorder="little")[:, : self.n]
-        return np.array([c for _, c in runs], dtype=np.int64) @ bits.astype(np.int64)
+        mask, count = runs[0]
+        out = self._bits(mask) * count
+        for mask, count in runs[1:]:
+            out += self._bits(mask) * count
+        return out
+
+    def _bits(self, mask: int) -> np.ndarray:
+        """0/1 int64 array of the instances in ``mask``; the same masks recur request after
+        request (the holders of a popular prefix), so they are memoised until the next insert."""
+        bits = self._bits_cache.get(mask)
+        if bits is None:
+            width = (self.n + 7) // 8
+            raw = np.frombuffer(mask.to_bytes(width, "little"), dtype=np.uint8)
+            bits = np.unpackbits(raw, bitorder="little")[: self.n].astype(np.int64)
+            if len(self._bits_cache) > 4096:
+                self._bits_cache.clear()
+            self._bits_cache[mask] = bits
+        return bits
 
     def prefix_blocks_of(self, i: int, hash_ids: tuple[int, ...] | list[int]) -> int:
         lru = self._lru[i]

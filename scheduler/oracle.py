@@ -42,6 +42,7 @@ class NetworkOracle(ABC):
         self.setup_s = setup_s
         self._latency = tree.latency_s
         self._paths: dict[tuple[int, bytes], tuple[np.ndarray, np.ndarray]] = {}
+        self._inv_static: np.ndarray | None = None
 
     def paths(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
         """(paths, latency + setup per candidate). Deterministic routing makes both static per
@@ -61,11 +62,18 @@ class NetworkOracle(ABC):
         """Seconds to move ``query.nbytes[i]`` from ``query.src`` to ``query.dsts[i]`` now."""
 
     @staticmethod
-    def _finish(latency: np.ndarray, nbytes: np.ndarray, bottleneck: np.ndarray) -> np.ndarray:
-        t = np.divide(nbytes, bottleneck, out=np.full(nbytes.shape, np.inf), where=bottleneck > 0)
-        t += latency
-        t[nbytes <= 0] = 0.0
-        return t
+    def _finish(latency: np.ndarray, nbytes: np.ndarray, inv_bottleneck: np.ndarray) -> np.ndarray:
+        """latency + bytes x (1 / bottleneck bandwidth); zero bytes cost 0 even on a dead path."""
+        with np.errstate(invalid="ignore"):
+            t = latency + nbytes * inv_bottleneck
+        return np.where(nbytes > 0, t, 0.0)
+
+    @staticmethod
+    def _inverse(avail: np.ndarray) -> np.ndarray:
+        """Seconds per byte of each link (+inf where nothing gets through)."""
+        inv = np.full(avail.shape, np.inf)
+        np.divide(1.0, avail, out=inv, where=avail > 0)
+        return inv
 
 
 class StaticTierOracle(NetworkOracle):
@@ -75,8 +83,9 @@ class StaticTierOracle(NetworkOracle):
 
     def cost(self, query: OracleQuery) -> np.ndarray:
         paths, latency = self.paths(query)
-        bottleneck = self.tree.capacity[paths].min(axis=1)
-        return self._finish(latency, np.asarray(query.nbytes, dtype=float), bottleneck)
+        if self._inv_static is None:
+            self._inv_static = self._inverse(self.tree.capacity)
+        return self._finish(latency, np.asarray(query.nbytes, dtype=float), self._inv_static[paths].max(axis=1))
 
 
 class TelemetryOracle(NetworkOracle):
@@ -92,26 +101,30 @@ class TelemetryOracle(NetworkOracle):
         super().__init__(tree, setup_s)
         self.source = source
         self.floor = min_available_fraction
-        self._avail_for = None
-        self._avail = tree.capacity
+        self._inv_for = None
+        self._inv: np.ndarray | None = None
 
     def snapshot_time(self, now: float) -> float:
         return now
 
     def available(self, snap) -> np.ndarray:
-        """Available bytes/s per link under ``snap`` (computed once per snapshot)."""
+        """Available bytes/s per link under ``snap``."""
         if snap is None:
             return self.tree.capacity
-        if self._avail_for is not snap:
-            free = np.maximum(1.0 - np.clip(snap.utilisation, 0.0, 1.0), self.floor)
-            self._avail = self.tree.capacity * snap.capacity_factor * free
-            self._avail_for = snap
-        return self._avail
+        free = np.maximum(1.0 - np.clip(snap.utilisation, 0.0, 1.0), self.floor)
+        return self.tree.capacity * snap.capacity_factor * free
+
+    def seconds_per_byte(self, snap) -> np.ndarray:
+        """1 / available bandwidth per link, computed once per snapshot."""
+        if self._inv_for is not snap or self._inv is None:
+            self._inv = self._inverse(self.available(snap))
+            self._inv_for = snap
+        return self._inv
 
     def cost(self, query: OracleQuery) -> np.ndarray:
         paths, latency = self.paths(query)
-        avail = self.available(self.source.at(self.snapshot_time(query.now)))
-        return self._finish(latency, np.asarray(query.nbytes, dtype=float), avail[paths].min(axis=1))
+        inv = self.seconds_per_byte(self.source.at(self.snapshot_time(query.now)))
+        return self._finish(latency, np.asarray(query.nbytes, dtype=float), inv[paths].max(axis=1))
 
 
 class StaleTelemetryOracle(TelemetryOracle):

@@ -38,12 +38,19 @@ class TimingModel:
         return max(flops / self._flop_rate, self._weight_bytes / self._hbm_rate) + self._prefill_overhead
 
     def prefill_s_array(self, input_tokens: int, cached_tokens: np.ndarray) -> np.ndarray:
-        """:meth:`prefill_s` for one prompt over an array of cached-prefix lengths (vectorised)."""
-        cached = np.minimum(np.asarray(cached_tokens, dtype=float), float(input_tokens))
+        """:meth:`prefill_s` for one prompt over an array of cached-prefix lengths. Instances share
+        a handful of distinct hit lengths (none, the system prompt, a conversation), so each
+        distinct length is computed once."""
+        if len(cached_tokens) <= 128:  # a memo beats numpy's per-call overhead on small clusters
+            memo: dict[int, float] = {}
+            return np.array([memo[c] if c in memo else memo.setdefault(c, self.prefill_s(input_tokens, c))
+                             for c in cached_tokens.tolist()])
+        cached = np.minimum(cached_tokens, input_tokens).astype(float)
         new = input_tokens - cached
-        flops = self._flops_per_token * new + self._attn_flops_per_pair * new * (cached + new / 2.0)
+        flops = new * (self._flops_per_token + self._attn_flops_per_pair * (cached + 0.5 * new))
         t = np.maximum(flops / self._flop_rate, self._weight_bytes / self._hbm_rate)
-        return np.where(new > 0, t, 0.0) + self._prefill_overhead
+        t[new <= 0] = 0.0
+        return t + self._prefill_overhead
 
     def decode_step_s(self, context_tokens_in_batch: float) -> float:
         """One decode step of a batch: weights plus every running request's KV read from HBM."""
