@@ -92,15 +92,24 @@ def rate_argv(intf: str, mbit: float) -> list[str]:
     return htb_commands(intf, mbit)[1].split()
 
 
-def down_argv(intf: str) -> list[str]:
-    """tc command that drops everything leaving ``intf`` (blackhole leaf under the HTB class)."""
-    return ["tc", "qdisc", "replace", "dev", intf, "parent", HTB_CLASS, "handle", DOWN_HANDLE, "blackhole"]
+def _del_leaf_argv(intf: str) -> list[str]:
+    return ["tc", "qdisc", "del", "dev", intf, "parent", HTB_CLASS, "handle", DOWN_HANDLE]
 
 
-def up_argv(intf: str, mbit: float) -> list[str]:
-    """tc command that undoes :func:`down_argv` and sizes the shallow FIFO leaf for ``mbit``
-    (the same leaf the fabric installs, see :func:`topology.mininet_topo.leaf_command`)."""
-    return leaf_command(intf, mbit).split()
+def down_argvs(intf: str) -> list[list[str]]:
+    """tc commands that drop everything leaving ``intf``: the HTB class's leaf becomes a
+    blackhole (a leaf cannot change kind in place, hence delete then add)."""
+    return [_del_leaf_argv(intf),
+            ["tc", "qdisc", "add", "dev", intf, "parent", HTB_CLASS, "handle", DOWN_HANDLE, "blackhole"]]
+
+
+def up_argvs(intf: str, mbit: float) -> list[list[str]]:
+    """tc commands that put back the shallow FIFO leaf sized for ``mbit`` (the leaf the fabric
+    installs, see :func:`topology.mininet_topo.leaf_command`), replacing a blackhole or an
+    older FIFO."""
+    add = leaf_command(intf, mbit).split()
+    add[2] = "add"
+    return [_del_leaf_argv(intf), add]
 
 
 def _safe(name: str) -> str:
@@ -316,11 +325,13 @@ class ScenarioExecutor:
             intf = self.egress_intf(link)
             if action.factor == 0:
                 if link not in self._down:
-                    self._tc(intf, down_argv(intf.name))
+                    for argv in down_argvs(intf.name):
+                        self._tc(intf, argv)
                     self._down.add(link)
             else:
                 mbit = rates[self.tree.link_kind(link)] * action.factor
                 self._tc(intf, rate_argv(intf.name, mbit))
-                self._tc(intf, up_argv(intf.name, mbit))  # leaf back (if down) and resized
+                for argv in up_argvs(intf.name, mbit):  # leaf back (if down) and resized
+                    self._tc(intf, argv)
                 self._down.discard(link)
             self._factor[link] = action.factor

@@ -7,8 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-EMULATE_DEFAULT_REQUESTS = 120
-"""Default trace window of `emulate` (replayed in real time per policy: ~35 s each at 3.4 req/s),
+EMULATE_DEFAULT_REQUESTS = 100
+"""Default trace window of `emulate` (replayed in real time per policy: ~30 s each at 3.4 req/s),
 so a default run of all four policies stays within five minutes."""
 
 

@@ -29,10 +29,10 @@ from hosts.scenario_exec import (
     ScenarioExecError,
     ScenarioExecutor,
     background_rate_mbit,
-    down_argv,
+    down_argvs,
     egress_intf_name,
     rate_argv,
-    up_argv,
+    up_argvs,
 )
 from scheduler.scenario import Action
 from topology.fabric import tier_samples
@@ -79,11 +79,13 @@ def test_egress_interface_mapping_default_tree():
 def test_tc_commands():
     assert rate_argv("p0t0-eth1", 5.0)[:8] == ["tc", "class", "replace", "dev", "p0t0-eth1", "parent", "5:", "classid"]
     assert "5.000000Mbit" in rate_argv("p0t0-eth1", 5.0)
-    assert down_argv("x")[-1] == "blackhole"
-    up = up_argv("x", 10.0)
-    # the same leaf handle, replaced by a shallow byte FIFO sized for the new rate (100 ms of 10 Mbit/s)
-    assert up[:3] == ["tc", "qdisc", "replace"] and up[up.index("handle") + 1] == down_argv("x")[down_argv("x").index("handle") + 1]
-    assert up[-3:] == ["bfifo", "limit", str(int(10e6 / 8 * 0.1))]
+    down, up = down_argvs("x"), up_argvs("x", 10.0)
+    # a leaf cannot change kind in place: delete, then add the blackhole / the shallow FIFO
+    assert [a[:3] for a in down] == [["tc", "qdisc", "del"], ["tc", "qdisc", "add"]] and down[1][-1] == "blackhole"
+    assert [a[:3] for a in up] == [["tc", "qdisc", "del"], ["tc", "qdisc", "add"]]
+    handle = lambda a: a[a.index("handle") + 1]  # noqa: E731
+    assert handle(down[0]) == handle(down[1]) == handle(up[0]) == handle(up[1])
+    assert up[1][-3:] == ["bfifo", "limit", str(int(10e6 / 8 * 0.1))]  # 100 ms of 10 Mbit/s
 
 
 def test_executor_factor_bookkeeping_without_fabric(tmp_path):
