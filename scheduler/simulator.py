@@ -255,6 +255,7 @@ class Simulator:
         s.decision_us = (time.perf_counter_ns() - t0) / 1e3
         s.p, s.d = dec.prefill, dec.decode
         if self.shadow is not None:
+            self.policy.turn -= 1  # replay the same decision (same tie-breaking turn) with fresh telemetry
             fresh = self.policy.choose(cl.context(s.req, t, self.shadow)).decode
             src = int(cl.prefill_ids[s.p])
             a = self.agreement
