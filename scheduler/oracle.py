@@ -10,16 +10,16 @@ Implementations are vectorised over candidates with numpy: O(|D|) per query.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from topology.model import FatTree
 
 
-@dataclass(frozen=True)
-class OracleQuery:
+class OracleQuery(NamedTuple):
+    """One question to the oracle (a NamedTuple: built on every decision, so it must be cheap)."""
+
     src: int  # prefill GPU index
     dsts: np.ndarray  # candidate decode GPU indices
     nbytes: np.ndarray  # bytes each candidate needs moved (depends on its cached prefix)
@@ -41,7 +41,7 @@ class NetworkOracle(ABC):
         self.tree = tree
         self.setup_s = setup_s
         self._latency = tree.latency_s
-        self._paths: dict[tuple[int, bytes], tuple[np.ndarray, np.ndarray]] = {}
+        self._paths: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._inv_static: np.ndarray | None = None
 
     def paths(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
@@ -50,12 +50,13 @@ class NetworkOracle(ABC):
         if self.tree.config.routing != "dst":
             paths = self.tree.paths(query.src, query.dsts, query.flow_key)
             return paths, self._latency[paths].sum(axis=1) + self.setup_s
-        key = (query.src, query.dsts.tobytes())
-        hit = self._paths.get(key)
-        if hit is None:
+        hit = self._paths.get(query.src)
+        # the candidate array is the cluster's decode list, the same object decision after
+        # decision: identity is checked first, contents only when a caller passes another array
+        if hit is None or (hit[0] is not query.dsts and not np.array_equal(hit[0], query.dsts)):
             paths = self.tree.paths(query.src, query.dsts)
-            hit = self._paths[key] = (paths, self._latency[paths].sum(axis=1) + self.setup_s)
-        return hit
+            hit = self._paths[query.src] = (query.dsts, paths, self._latency[paths].sum(axis=1) + self.setup_s)
+        return hit[1], hit[2]
 
     @abstractmethod
     def cost(self, query: OracleQuery) -> np.ndarray:
@@ -64,9 +65,11 @@ class NetworkOracle(ABC):
     @staticmethod
     def _finish(latency: np.ndarray, nbytes: np.ndarray, inv_bottleneck: np.ndarray) -> np.ndarray:
         """latency + bytes x (1 / bottleneck bandwidth); zero bytes cost 0 even on a dead path."""
-        with np.errstate(invalid="ignore"):
-            t = latency + nbytes * inv_bottleneck
-        return np.where(nbytes > 0, t, 0.0)
+        moving = nbytes > 0
+        t = np.zeros(nbytes.shape)
+        np.multiply(nbytes, inv_bottleneck, out=t, where=moving)  # skips 0 x inf on dead paths
+        np.add(t, latency, out=t, where=moving)
+        return t
 
     @staticmethod
     def _inverse(avail: np.ndarray) -> np.ndarray:
