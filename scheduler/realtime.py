@@ -186,13 +186,7 @@ class RealtimeReplay(Simulator):
     def _schedule_net(self) -> None:
         """No simulated flows."""
 
-    def _prefill_done(self, s: _ReqState, i: int, t: float) -> None:
-        self.cluster.prefill_cache.insert(s.p, s.req.hash_ids)
-        if s.nbytes <= 0:
-            self._push(t, _KV_ARRIVED, i)
-            return
-        src = int(self.cluster.prefill_ids[s.p])
-        dst = int(self.cluster.decode_ids[s.d])
+    def _start_transfer(self, s: _ReqState, i: int, src: int, dst: int) -> None:
         nbytes = max(int(round(s.nbytes * self.byte_scale)), 1)
         tid = self.tid_base + i
         self._in_flight[tid] = time.monotonic()

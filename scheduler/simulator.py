@@ -276,8 +276,10 @@ class Simulator:
         if s.nbytes <= 0:
             self._push(t, _KV_ARRIVED, i)
             return
-        src = int(self.cluster.prefill_ids[s.p])
-        dst = int(self.cluster.decode_ids[s.d])
+        self._start_transfer(s, i, int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d]))
+
+    def _start_transfer(self, s: _ReqState, i: int, src: int, dst: int) -> None:
+        """Move the request's KV bytes from GPU ``src`` to ``dst`` (a live backend overrides this)."""
         path = self.tree.paths(src, np.array([dst]), flow_key=s.req.req_id)[0]
         fid = self.net.add(path, s.nbytes)
         self._flow_owner[fid] = i
