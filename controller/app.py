@@ -51,7 +51,7 @@ class RoutingApp(app_manager.RyuApp):
         except RoutingError as exc:
             self.logger.error("no routes for %s: %s", name, exc)
             return
-        ofp, parser = dp.ofproto, dp.ofproto_parser
+        parser = dp.ofproto_parser
         for e in entries:
             actions = [parser.OFPActionOutput(e.out_port)]
             self._add_flow(dp, e.priority, parser.OFPMatch(**e.match), actions)

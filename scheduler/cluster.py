@@ -66,10 +66,13 @@ class DecisionContext:
     def n_decode(self) -> int:
         return self.cluster.decode_ids.size
 
+    def _cached_tokens(self, group: PrefixCacheGroup) -> np.ndarray:
+        blocks = group.prefix_blocks(self.request.hash_ids)
+        return np.minimum(blocks * BLOCK_TOKENS, self.request.input_tokens)
+
     @cached_property
     def prefill_cached_tokens(self) -> np.ndarray:
-        blocks = self.cluster.prefill_cache.prefix_blocks(self.request.hash_ids)
-        return np.minimum(blocks * BLOCK_TOKENS, self.request.input_tokens)
+        return self._cached_tokens(self.cluster.prefill_cache)
 
     @cached_property
     def prefill_queue_s(self) -> np.ndarray:
@@ -83,8 +86,7 @@ class DecisionContext:
 
     @cached_property
     def decode_cached_tokens(self) -> np.ndarray:
-        blocks = self.cluster.decode_cache.prefix_blocks(self.request.hash_ids)
-        return np.minimum(blocks * BLOCK_TOKENS, self.request.input_tokens)
+        return self._cached_tokens(self.cluster.decode_cache)
 
     @cached_property
     def decode_bytes(self) -> np.ndarray:

@@ -122,8 +122,10 @@ def tune_policy(exp: Experiment, cls: type[Policy], run=None) -> tuple[float | N
     grid = exp.cfg.tuning.netkv_weights_s if cls.name == "netkv" else exp.cfg.tuning.cache_load_weights
     if not exp.tune or not exp.tune_requests:
         return None, []
-    run = run or (lambda pol, reqs: Simulator(exp.cfg, reqs, pol, exp.scenario.actions(
-        exp.tree, (reqs[-1].arrival_s if reqs else 0.0) + SCENARIO_SLACK_S)).run())
+    if run is None:
+        last = exp.tune_requests[-1].arrival_s
+        actions = exp.scenario.actions(exp.tree, last + SCENARIO_SLACK_S)
+        run = lambda pol, reqs: Simulator(exp.cfg, reqs, pol, actions).run()  # noqa: E731
     table = []
     for w in grid:
         recs = run(make_policy(cls, float(w), exp.seed), exp.tune_requests)

@@ -93,7 +93,6 @@ class RealtimeReplay(Simulator):
         self._in_flight: dict[int, float] = {}  # transfer id -> wall time started
         self._last_t = 0.0
         self.lag_s: list[float] = []  # how late (virtual s) each timed event was released
-        self.transfers: list[dict] = []
         self.preroll_s = preroll_s
         self._actions: queue.Queue[Action | None] = queue.Queue()
         self._action_error: Exception | None = None
@@ -167,8 +166,6 @@ class RealtimeReplay(Simulator):
                                  f" -> {self.tree.gpu_name(int(self.cluster.decode_ids[s.d]))}) failed: {done.error}")
         t = max(self.clock.virtual(done.t_end_wall), self._last_t)
         self._last_t = t
-        self.transfers.append({"transfer_id": done.transfer_id, "request": i, "bytes": done.nbytes,
-                               "t_start_s": self.clock.virtual(done.t_start_wall), "t_end_s": t})
         return t, _KV_ARRIVED, i
 
     def _check_stuck(self) -> None:

@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     check_out(out)
     exp, info = prepare_from_args(args)
 
+    import json
+
+    import numpy as np
+
     from hosts.emulation import run_emulation
     from scheduler.metrics import compare
     from scheduler.realtime import EmulationError
@@ -67,13 +71,10 @@ def run(args: argparse.Namespace) -> int:
         "comparison": compare(policies), "fidelity": ev.get("fidelity"), "calibration": ev.get("calibration"),
         "emulation": {"scale": scale, "time_scale": args.time_scale, "fabric": ev.get("fabric")},
         "simulate_reference": ev.get("simulate_reference"), "agreement": ev.get("agreement")})
-    import json
-
     extra["calibration.json"] = (json.dumps(ev.get("calibration"), indent=2, default=float) + "\n").encode()
     if rows:
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "link_utilisation.png"
-            import numpy as np
             # one axis for the whole run: wall seconds since the first sample (policies replay in turn)
             keep = [r for k, r in enumerate(rows) if k == 0 or r[2] > rows[k - 1][2]]
             times = [r[2] - keep[0][2] for r in keep]

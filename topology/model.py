@@ -152,7 +152,6 @@ class FatTree:
     # ----------------------------------------------------------------- positions and names
     def position(self, g: int) -> tuple[int, int, int, int]:
         """(pod, tor-in-pod, server-in-tor, gpu-in-server) of GPU ``g``."""
-        c = self.config
         self._check_gpu(g)
         return (g // self.gpp, (g % self.gpp) // self.gpt, (g % self.gpt) // self.gps, g % self.gps)
 
