@@ -79,13 +79,20 @@ def _send_some(sock: socket.socket, view: memoryview, stop: threading.Event) -> 
 
 
 def run_sender(host: str, port: int, duration: float, rate_mbit: float | None = None,
-               stop: threading.Event | None = None, connect_timeout: float = 10.0) -> FlowStats:
-    """Send to ``host:port`` for ``duration`` seconds, greedy or paced at ``rate_mbit``."""
+               stop: threading.Event | None = None, connect_timeout: float = 10.0,
+               congestion: str | None = None) -> FlowStats:
+    """Send to ``host:port`` for ``duration`` seconds, greedy or paced at ``rate_mbit``, with
+    the kernel's congestion control ``congestion`` (e.g. "bbr"; None = the system default)."""
     if rate_mbit is not None and rate_mbit <= 0:
         raise ValueError(f"rate_mbit must be > 0, got {rate_mbit}")
     stop = stop or threading.Event()
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
+        if congestion:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
+            except OSError as exc:
+                raise BackgroundError(f"congestion control {congestion!r} unavailable: {exc}") from exc
         sock.settimeout(connect_timeout)
         try:
             sock.connect((host, port))
@@ -137,12 +144,17 @@ def _paced(sock: socket.socket, view: memoryview, rate_Bps: float, deadline: flo
 def run_sink(host: str, port: int, duration: float | None = None,
              stop: threading.Event | None = None,
              on_ready: Callable[[int], None] | None = None,
-             on_flow: Callable[[FlowStats], None] | None = None) -> FlowStats:
+             on_flow: Callable[[FlowStats], None] | None = None,
+             window_clamp: int | None = None) -> FlowStats:
     """Accept connections on ``host:port`` and discard their bytes until ``duration`` passes or
-    ``stop`` is set. ``on_ready(port)`` runs once listening (``port`` 0 picks one)."""
+    ``stop`` is set. ``on_ready(port)`` runs once listening (``port`` 0 picks one).
+    ``window_clamp`` (bytes) caps the receive window every connection advertises, hence the
+    bytes each sender keeps in flight."""
     stop = stop or threading.Event()
     lst = socket.socket(_family(host), socket.SOCK_STREAM)
     lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if window_clamp:
+        lst.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, int(window_clamp))
     total = [0]
     lock = threading.Lock()
     threads: list[threading.Thread] = []
@@ -152,6 +164,8 @@ def run_sink(host: str, port: int, duration: float | None = None,
         got = 0
         t0 = time.monotonic()
         conn.settimeout(POLL_S)
+        if window_clamp:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, int(window_clamp))
         try:
             while not stop.is_set():
                 try:
@@ -205,6 +219,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=None,
                     help="seconds (required for --dst; sink runs until SIGTERM when omitted)")
     ap.add_argument("--connect-timeout", type=float, default=10.0)
+    ap.add_argument("--congestion", default=None,
+                    help="sender: TCP congestion control (e.g. bbr, cubic; default: the system's)")
+    ap.add_argument("--window-clamp", type=int, default=None,
+                    help="sink: cap every connection's receive window at this many bytes")
     args = ap.parse_args(argv)
     if args.dst is not None and (args.duration is None or args.duration <= 0):
         ap.error("--dst needs --duration > 0")
@@ -227,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.dst is not None:
             stats = run_sender(*args.dst, args.duration, args.rate_mbit, stop,
-                               args.connect_timeout)
+                               args.connect_timeout, args.congestion)
         else:
             def ready(port: int) -> None:
                 print(json.dumps({"mode": "sink", "listening": f"{args.listen[0]}:{port}"}),
@@ -236,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             def flow(st: FlowStats) -> None:
                 print(json.dumps(st.summary()), flush=True)
 
-            stats = run_sink(*args.listen, args.duration, stop, ready, flow)
+            stats = run_sink(*args.listen, args.duration, stop, ready, flow, args.window_clamp)
     except (BackgroundError, OSError) as exc:
         print(f"background: {exc}", file=sys.stderr)
         return 1
