@@ -37,9 +37,9 @@ from hosts.fidelity import CpuMonitor, RttProbe, rtt_verdict
 from hosts.framing import KV_PORT
 from hosts.scenario_exec import ScenarioExecutor
 from scheduler.cluster import assign_roles
+from scheduler.config import ExperimentConfig
 from scheduler.experiment import Experiment, make_policy, run_simulation, tune_policy
 from scheduler.metrics import compare, summarize_policy
-from scheduler.config import ExperimentConfig
 from scheduler.realtime import AgentEvent, AgentFailure, Clock, EmulationError, RealtimeReplay
 from scheduler.records import RequestRecord
 from scheduler.scenario import Action

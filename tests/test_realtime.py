@@ -243,6 +243,74 @@ def test_event_parsing_of_agent_messages():
         assert event_from_message({"ev": ignored, "transfer_id": 1}) is None
 
 
+class FakeControl:
+    """A ControlServer stand-in: records commands; ``answer`` decides each reset's reply."""
+
+    def __init__(self, answer) -> None:
+        self.sent: list[tuple[str, Message]] = []
+        self.answer = answer
+        self.transport = None
+
+    def send(self, name: str, msg: Message) -> None:
+        from hosts.control import ControlError
+
+        if name == "p3t1s1g3":
+            raise ControlError(f"agent {name!r} is not connected")
+        self.sent.append((name, msg))
+        reply = self.answer(name, msg) if msg["op"] == "reset" else None
+        if reply is not None:
+            threading.Timer(0.01, self.transport.on_event, args=({**reply, "agent": name},)).start()
+
+
+def test_agent_transport_resets_every_agent_and_formats_commands():
+    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
+    from hosts.emulation import AgentTransport
+
+    cfg = build_config()
+    tree = FatTree(cfg.topology)
+    control = FakeControl(lambda name, msg: {"ev": "reset", "role": msg["role"]})
+    tr = control.transport = AgentTransport(control, tree, port=9470, reset_timeout_s=2.0)
+    tr.reset(cfg, [0, 2], [1, 3], 4.0)
+    resets = {name: msg for name, msg in control.sent}
+    assert {n: m["role"] for n, m in resets.items()} == {
+        "p0t0s0g0": "prefill", "p0t0s0g2": "prefill", "p0t0s0g1": "decode", "p0t0s0g3": "decode"}
+    assert all(m["time_scale"] == 4.0 and m["config"] == cfg.to_dict() for m in resets.values())
+    tr.expect(7, 70, 5, 1000, 20)
+    tr.prefill(7, 70, 0, 5, 1000, 512, 4096)
+    (n1, expect), (n2, prefill) = control.sent[-2:]
+    assert n1 == "p0t0s1g1" and n2 == "p0t0s0g0"
+    validate_expect(expect)
+    validate_prefill(prefill)
+    assert prefill["dst_gpu"] == 5 and prefill["dst_port"] == 9470 and prefill["bytes"] == 4096
+    with pytest.raises(EmulationError, match="prefill to p3t1s1g3: agent 'p3t1s1g3' is not connected"):
+        tr.prefill(8, 80, 63, 5, 10, 0, 1)
+    # a failed stream is reported by both ends: the replay hears of it once
+    tr.on_event({"ev": "error", "transfer_id": 7, "role": "send", "reason": "reset by peer", "agent": "a"})
+    tr.on_event({"ev": "error", "transfer_id": 7, "role": "recv", "reason": "closed", "agent": "b"})
+    tr.on_event({"ev": "sent", "transfer_id": 7, "agent": "a"})
+    tr.on_event({"ev": "finished", "transfer_id": 9, "t_finish": 1.0, "agent": "b"})
+    assert [tr.events.get_nowait() for _ in range(2)] == [
+        AgentFailure(7, "a", "reset by peer", "send"), Finished(9, 1.0)]
+    assert tr.events.empty()
+
+
+def test_agent_transport_reset_failures_name_the_agents():
+    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
+    from hosts.emulation import AgentTransport
+
+    cfg = build_config()
+    tree = FatTree(cfg.topology)
+    silent = FakeControl(lambda name, msg: None if name == "p0t0s0g3" else {"ev": "reset"})
+    tr = silent.transport = AgentTransport(silent, tree, reset_timeout_s=0.3)
+    with pytest.raises(EmulationError, match=r"1 agent\(s\) did not answer reset within 0.3 s: p0t0s0g3"):
+        tr.reset(cfg, [0, 2], [1, 3], 1.0)
+    refusing = FakeControl(lambda name, msg: {"ev": "error", "transfer_id": None,
+                                              "reason": "reset: bad config: boom"} if name == "p0t0s0g1" else {"ev": "reset"})
+    tr = refusing.transport = AgentTransport(refusing, tree, reset_timeout_s=2.0)
+    with pytest.raises(EmulationError, match="reset failed: p0t0s0g1: reset: bad config: boom"):
+        tr.reset(cfg, [0, 2], [1, 3], 1.0)
+
+
 def test_clock_dilation():
     c = Clock(4.0)
     c.start()
