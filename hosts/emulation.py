@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -65,10 +65,14 @@ class AgentTransport:
     only the first report is queued."""
 
     def __init__(self, control: ControlServer, tree: FatTree, port: int = KV_PORT,
-                 reset_timeout_s: float = RESET_TIMEOUT_S) -> None:
+                 reset_timeout_s: float = RESET_TIMEOUT_S,
+                 address: Callable[[int, int], tuple[str, int]] | None = None) -> None:
+        """``address(src, dst)`` is where GPU ``src``'s agent reaches GPU ``dst``'s data port;
+        by default the fabric address of the pair (NVLink inside a server) and ``port``."""
         self.control = control
         self.tree = tree
         self.port = port
+        self.address = address or (lambda src, dst: (peer_ip(tree, src, dst), port))
         self.reset_timeout_s = reset_timeout_s
         self.events: queue.Queue[AgentEvent] = queue.Queue()
         self._failed: set[int] = set()
@@ -106,9 +110,10 @@ class AgentTransport:
 
     def prefill(self, transfer_id: int, request_id: int, src: int, dst: int, input_tokens: int,
                 cached_tokens: int, nbytes: int) -> None:
+        ip, port = self.address(src, dst)
         self._send(src, {"op": "prefill", "transfer_id": transfer_id, "request_id": request_id,
                          "input_tokens": input_tokens, "cached_tokens": cached_tokens, "bytes": nbytes,
-                         "dst_ip": peer_ip(self.tree, src, dst), "dst_port": self.port, "dst_gpu": dst})
+                         "dst_ip": ip, "dst_port": port, "dst_gpu": dst})
 
     def expect(self, transfer_id: int, request_id: int, dst: int, input_tokens: int,
                output_tokens: int) -> None:

@@ -362,6 +362,69 @@ def test_kv_received_before_expect_is_held_until_expect(pair: Fleet) -> None:
     assert first["t_first"] - first["t_join"] == pytest.approx(step, abs=1e-6)
 
 
+def test_realtime_replay_through_real_agents_matches_the_simulator() -> None:
+    """The whole chain without root: RealtimeReplay + AgentTransport driving four agent
+    processes on loopback (2 prefill, 2 decode), against the simulator on the same requests."""
+    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
+    import numpy as np
+
+    from hosts.emulation import AgentTransport
+    from scheduler.config import build_config
+    from scheduler.policies import REGISTRY
+    from scheduler.realtime import Clock, RealtimeReplay
+    from scheduler.simulator import Simulator
+    from scheduler.telemetry import TelemetryHistory
+    from scheduler.trace import Request
+    from topology.model import FatTree
+
+    cfg = build_config(overrides=["topology.pods=1", "topology.tors_per_pod=1", "topology.servers_per_tor=1"])
+    tree = FatTree(cfg.topology)
+    rng = np.random.default_rng(5)
+    reqs = [Request(i, 0.15 * i, int(rng.integers(800, 4000)), 16, tuple(range(i * 100, i * 100 + 8)))
+            for i in range(8)]
+    holder: list[AgentTransport] = []
+    tmp = Path(tempfile.mkdtemp(prefix="nkvtest-"))
+    procs: list[subprocess.Popen] = []
+    server = ControlServer(tmp / "ctl.sock", on_event=lambda m: holder and holder[0].on_event(m),
+                           queue_events=False)
+    try:
+        for g in range(tree.n_gpus):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "hosts.agent", "--name", tree.gpu_name(g), "--gpu", str(g),
+                 "--listen-host", "127.0.0.1", "--port", "0", "--control", str(server.path)], cwd=ROOT))
+        hellos = server.wait_hello(tree.gpu_names, timeout=15)
+        ports = {h["gpu"]: h["listen_port"] for h in hellos.values()}
+        transport = AgentTransport(server, tree, address=lambda src, dst: ("127.0.0.1", ports[dst]),
+                                   reset_timeout_s=20)
+        holder.append(transport)
+
+        class NoActions:
+            def apply(self, action) -> None:
+                raise AssertionError("no scenario here")
+
+        replay = RealtimeReplay(cfg, reqs, REGISTRY["round-robin"](), [], transport, NoActions(),
+                                TelemetryHistory(), Clock(1.0), byte_scale=1e-4)
+        recs = replay.run()
+    finally:
+        server.close()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    sim = Simulator(cfg, reqs, REGISTRY["round-robin"](), oracle_kind="static").run()
+    assert [(r.prefill, r.decode) for r in recs] == [(r.prefill, r.decode) for r in sim]
+    for r, s in zip(recs, sim):
+        assert r.kv_bytes == s.kv_bytes
+        assert r.prefill_s == pytest.approx(s.prefill_s, abs=1e-6)  # the agents' own compute model
+        assert r.queue_s == pytest.approx(s.queue_s, abs=0.03)
+        assert 0 <= r.transfer_s < 0.05  # loopback, not the fabric: only its order of magnitude
+        assert r.tbt_mean_ms == pytest.approx(s.tbt_mean_ms, abs=0.05)
+        assert r.ttft_s == pytest.approx(s.ttft_s, abs=0.06)
+
+
 @pytest.mark.parametrize("target,msg,needle", [
     ("p0t0s0g0", {"op": "prefill", "request_id": 1, "transfer_id": 1, "input_tokens": 10,
                   "cached_tokens": 0, "bytes": 1, "dst_ip": "127.0.0.1", "dst_port": 1,
