@@ -415,14 +415,17 @@ def test_realtime_replay_through_real_agents_matches_the_simulator() -> None:
                 proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
     sim = Simulator(cfg, reqs, REGISTRY["round-robin"](), oracle_kind="static").run()
+    print("\n[measured] queue delta ms", [round((r.queue_s - s.queue_s) * 1e3, 1) for r, s in zip(recs, sim)],
+          "ttft delta ms", [round((r.ttft_s - s.ttft_s) * 1e3, 1) for r, s in zip(recs, sim)])
     assert [(r.prefill, r.decode) for r in recs] == [(r.prefill, r.decode) for r in sim]
     for r, s in zip(recs, sim):
         assert r.kv_bytes == s.kv_bytes
         assert r.prefill_s == pytest.approx(s.prefill_s, abs=1e-6)  # the agents' own compute model
-        assert r.queue_s == pytest.approx(s.queue_s, abs=0.03)
-        assert 0 <= r.transfer_s < 0.05  # loopback, not the fabric: only its order of magnitude
+        # control-channel and scheduling jitter of a shared 2-core machine: tens of ms at worst
+        assert r.queue_s == pytest.approx(s.queue_s, abs=0.05)
+        assert 0 <= r.transfer_s < 0.03  # loopback, not the fabric (and no Nagle stall: 40 ms)
         assert r.tbt_mean_ms == pytest.approx(s.tbt_mean_ms, abs=0.05)
-        assert r.ttft_s == pytest.approx(s.ttft_s, abs=0.06)
+        assert r.ttft_s == pytest.approx(s.ttft_s, abs=0.08)
 
 
 @pytest.mark.parametrize("target,msg,needle", [
