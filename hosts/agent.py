@@ -1,19 +1,26 @@
-"""Host agent: moves synthetic KV-cache bytes over real TCP and reports timings.
+"""Host agent: models its GPU instance's compute, moves synthetic KV-cache bytes over real TCP
+and reports timings.
 
 Run one per emulated GPU host (inside its network namespace)::
 
     python -m hosts.agent --name p0t0s0g0 --gpu 0 --listen-host 10.0.0.1 --port 9470 \\
         --control RUN/control.sock
 
-It connects to the orchestrator's ``ControlServer`` (see ``hosts.control``), says hello, then
-serves two kinds of work, one thread per transfer:
+It connects to the orchestrator's ``ControlServer`` (see ``hosts.control`` for every message),
+says hello, then serves (the work of one instance: the orchestrator only decides and records):
 
+* compute (``reset``, ``prefill``, ``expect``): the instance's prefill FIFO or decode batch,
+  modelled by ``hosts.compute.ComputeEngine`` with the simulator's timing model
+  (``scheduler.instance.InstanceModel``) on the agent's own clock. A prefill agent streams the
+  KV bytes when a prompt's prefill ends; a decode agent admits a request when its KV has been
+  received and reports ``first_token`` and ``finished``;
 * incoming: a TCP connection carries one DATA header (``hosts.framing``) then ``total`` payload
   bytes; the receiver counts them with ``recv_into`` on a large buffer, answers with a DONE
   header when asked (``FLAG_ACK_REQ``) and reports ``received``;
-* outgoing: on ``{"op": "send"}`` it connects to ``dst_ip:dst_port``, writes the header and the
-  payload from one preallocated buffer (``sendall`` of memoryview slices), waits for the DONE
-  and reports ``sent``.
+* outgoing: on ``{"op": "send"}``, and when a prefill ends, it connects to ``dst_ip:dst_port``
+  (or reuses a pooled connection), writes the header and the payload from one preallocated
+  buffer (``sendall`` of memoryview slices), waits for the DONE and reports ``sent``; one
+  thread per transfer.
 
 Times are ``time.time()``. Receiver: ``t_start`` = first header byte arrived, ``t_end`` = last
 payload byte read. Sender: ``t_start`` = just before the first header byte is written (after
@@ -39,7 +46,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Sequence
 
-from hosts.control import AgentClient, ControlError, Message, ProtocolError, validate_send
+from hosts.compute import ComputeEngine
+from hosts.control import (
+    AgentClient,
+    ControlError,
+    Message,
+    ProtocolError,
+    validate_expect,
+    validate_prefill,
+    validate_reset,
+    validate_send,
+)
 from hosts.framing import (
     FLAG_ACK_REQ,
     FLAG_SYNTHETIC,
@@ -109,9 +126,14 @@ def _peer(sock: socket.socket) -> str:
 
 
 def connect(dst_ip: str, dst_port: int, *, connect_timeout: float = 10.0, sndbuf: int = 0) -> socket.socket:
-    """A connected TCP socket to a peer agent; raises ``TransferError``."""
+    """A connected TCP socket to a peer agent; raises ``TransferError``.
+
+    Nagle's algorithm is off (``TCP_NODELAY``): a transfer whose payload ends in a segment shorter
+    than the MSS (every transfer below 64 KiB on loopback) would otherwise hold that tail until
+    the header's delayed ACK, 40 ms later. Payload is written in large chunks, so nothing is lost."""
     sock = socket.socket(socket.AF_INET6 if ":" in dst_ip else socket.AF_INET, socket.SOCK_STREAM)
     try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if sndbuf > 0:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         sock.settimeout(connect_timeout)
@@ -250,6 +272,7 @@ class Agent:
         self._lock = threading.Lock()
         self._payload = memoryview(_PATTERN)
         self._pool: dict[tuple[str, int], list[socket.socket]] = {}
+        self.compute = ComputeEngine(self._emit, lambda cmd: self._spawn(self._send, cmd))
         family = socket.AF_INET6 if ":" in listen_host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -311,7 +334,8 @@ class Agent:
                 res = receive_transfer(conn, my_gpu=self.gpu, io_timeout=self.io_timeout, eof_ok=True)
                 if res is None:
                     return
-                self._emit(res.event())
+                self._emit(res.event())  # before the compute hears of it: received < first_token
+                self.compute.kv_received(res.transfer_id, res.t_end)
         except TransferError as exc:
             self._emit({"ev": "error", "role": "recv", "transfer_id": exc.transfer_id,
                         "request_id": exc.request_id, "reason": str(exc), "bytes": exc.nbytes,
@@ -376,6 +400,29 @@ class Agent:
                         "bytes": getattr(exc, "nbytes", 0),
                         "peer": f"{cmd['dst_ip']}:{cmd['dst_port']}"})
 
+    def _refuse(self, msg: Message, exc: ProtocolError) -> None:
+        tid, rid = msg.get("transfer_id"), msg.get("request_id")
+        ev: Message = {"ev": "error", "transfer_id": tid if isinstance(tid, int) else None,
+                       "reason": str(exc)}
+        if isinstance(rid, int):
+            ev["request_id"] = rid
+        self._emit(ev)
+
+    def _compute_op(self, op: str, msg: Message) -> None:
+        """``reset``, ``prefill`` or ``expect``: validated, then handed to the compute engine."""
+        try:
+            if op == "reset":
+                validate_reset(msg)
+                self._emit(self.compute.reset(msg["config"], msg["role"], float(msg["time_scale"])))
+            elif op == "prefill":
+                validate_prefill(msg)
+                self.compute.prefill(msg)
+            else:
+                validate_expect(msg)
+                self.compute.expect(msg)
+        except ProtocolError as exc:
+            self._refuse(msg, exc)
+
     def handle(self, msg: Message) -> bool:
         """Act on one control message; False means stop."""
         op = msg.get("op")
@@ -383,11 +430,11 @@ class Agent:
             try:
                 validate_send(msg)
             except ProtocolError as exc:
-                tid = msg.get("transfer_id")
-                self._emit({"ev": "error", "transfer_id": tid if isinstance(tid, int) else None,
-                            "reason": str(exc)})
+                self._refuse(msg, exc)
                 return True
             self._spawn(self._send, msg)
+        elif op in ("reset", "prefill", "expect"):
+            self._compute_op(op, msg)
         elif op == "warm":
             peers = msg.get("peers")
             if not isinstance(peers, list) or not all(isinstance(p, list) and len(p) == 2 for p in peers):
@@ -417,6 +464,7 @@ class Agent:
                     break
         finally:
             self._stop.set()
+            self.compute.close()
             self.listener.close()
             for sock in list(self._open):
                 try:

@@ -19,12 +19,38 @@ Orchestrator -> agent::
     {"op": "ping", "seq": any}            -> agent answers {"ev": "pong", "seq": ..., "t": time}
     {"op": "stop"}                        -> agent finishes cleanly and exits
 
+Compute (the agent models its instance with ``scheduler.instance.InstanceModel``, the simulator's
+timing; virtual seconds = (time.time() - t_reset) / time_scale, reported as wall stamps)::
+
+    {"op": "reset", "config": ExperimentConfig.to_dict(), "role": "prefill" | "decode",
+     "time_scale": float > 0}             -> fresh instance, clock restarted; answers
+                                             {"ev": "reset", "role": ..., "t_reset": time}
+    {"op": "prefill", "request_id": int, "transfer_id": int, "input_tokens": int,
+     "cached_tokens": int, "bytes": int, "dst_ip": str, "dst_port": int, "dst_gpu": int}
+                                          -> (prefill role) queued on the instance's FIFO; at its
+                                             end {"ev": "prefilled", "request_id", "transfer_id",
+                                             "t_start", "t_end"}, then the KV bytes are streamed
+                                             to the decode agent exactly as by "send"
+    {"op": "expect", "request_id": int, "transfer_id": int, "input_tokens": int,
+     "output_tokens": int}                -> (decode role) once transfer ``transfer_id`` has been
+                                             received (before or after this message) the request
+                                             joins the decode batch or waits FIFO;
+                                             {"ev": "first_token", "request_id", "transfer_id",
+                                             "t_join", "t_first"} and {"ev": "finished",
+                                             "request_id", "transfer_id", "t_finish"} follow when
+                                             those times come
+
 Agent -> orchestrator::
 
     {"ev": "hello", "name": str, "gpu": int, "pid": int, "listen_ip": str, "listen_port": int}
     {"ev": "sent" | "received", "transfer_id", "request_id", "bytes", "t_start", "t_end",
      "role": "send" | "recv", "peer": "ip:port", "src_gpu", "dst_gpu", ...}
+    {"ev": "reset" | "prefilled" | "first_token" | "finished", ...} (above)
     {"ev": "error", "transfer_id": int | null, "reason": str, ...}
+
+An invalid command is answered with an ``error`` whose reason starts with the op's name
+(``"prefill: field 'bytes' must be int, got 'lots'"``) and carries its ``transfer_id`` when it
+has one.
 
 The server adds ``"agent": <name>`` to every event it queues, and queues
 ``{"ev": "disconnected", "agent": name}`` when an agent's connection closes.
@@ -46,6 +72,11 @@ SEND_FIELDS: dict[str, type] = {
     "transfer_id": int, "request_id": int, "dst_ip": str, "dst_port": int, "bytes": int,
     "dst_gpu": int,
 }
+PREFILL_FIELDS: dict[str, type] = {**SEND_FIELDS, "input_tokens": int, "cached_tokens": int}
+EXPECT_FIELDS: dict[str, type] = {
+    "transfer_id": int, "request_id": int, "input_tokens": int, "output_tokens": int,
+}
+ROLES = ("prefill", "decode")
 Message = dict[str, Any]
 
 
@@ -78,16 +109,53 @@ def decode_line(line: bytes) -> Message:
     return msg
 
 
-def validate_send(msg: Message) -> None:
-    """Raise ``ProtocolError`` unless ``msg`` is a well-formed ``send`` command."""
-    for key, typ in SEND_FIELDS.items():
+def _check_fields(op: str, msg: Message, fields: dict[str, type]) -> None:
+    """Every field present with its type (bools are not ints) and every int >= 0."""
+    for key, typ in fields.items():
         value = msg.get(key)
         if not isinstance(value, typ) or isinstance(value, bool):
-            raise ProtocolError(f"send: field {key!r} must be {typ.__name__}, got {value!r}")
-    if msg["bytes"] < 0 or msg["transfer_id"] < 0 or msg["request_id"] < 0:
-        raise ProtocolError("send: bytes, transfer_id and request_id must be >= 0")
+            raise ProtocolError(f"{op}: field {key!r} must be {typ.__name__}, got {value!r}")
+    negative = [k for k, typ in fields.items() if typ is int and msg[k] < 0]
+    if negative:
+        raise ProtocolError(f"{op}: {', '.join(negative)} must be >= 0")
+
+
+def _check_port(op: str, msg: Message) -> None:
     if not 0 < msg["dst_port"] < 65536:
-        raise ProtocolError(f"send: dst_port {msg['dst_port']} out of range")
+        raise ProtocolError(f"{op}: dst_port {msg['dst_port']} out of range")
+
+
+def validate_send(msg: Message) -> None:
+    """Raise ``ProtocolError`` unless ``msg`` is a well-formed ``send`` command."""
+    _check_fields("send", msg, SEND_FIELDS)
+    _check_port("send", msg)
+
+
+def validate_reset(msg: Message) -> None:
+    """Raise ``ProtocolError`` unless ``msg`` is a well-formed ``reset`` command (the config's
+    contents are checked when it is built, by ``scheduler.config.config_from_dict``)."""
+    if not isinstance(msg.get("config"), dict):
+        raise ProtocolError(f"reset: field 'config' must be an object (ExperimentConfig.to_dict()), "
+                            f"got {msg.get('config')!r}")
+    if msg.get("role") not in ROLES:
+        raise ProtocolError(f"reset: field 'role' must be one of {', '.join(ROLES)}, got {msg.get('role')!r}")
+    ts = msg.get("time_scale")
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not 0 < ts < float("inf"):
+        raise ProtocolError(f"reset: field 'time_scale' must be a number > 0, got {ts!r}")
+
+
+def validate_prefill(msg: Message) -> None:
+    """Raise ``ProtocolError`` unless ``msg`` is a well-formed ``prefill`` command."""
+    _check_fields("prefill", msg, PREFILL_FIELDS)
+    _check_port("prefill", msg)
+    if msg["cached_tokens"] > msg["input_tokens"]:
+        raise ProtocolError(f"prefill: cached_tokens {msg['cached_tokens']} exceed input_tokens "
+                            f"{msg['input_tokens']}")
+
+
+def validate_expect(msg: Message) -> None:
+    """Raise ``ProtocolError`` unless ``msg`` is a well-formed ``expect`` command."""
+    _check_fields("expect", msg, EXPECT_FIELDS)
 
 
 def read_lines(sock: socket.socket) -> Iterator[bytes]:

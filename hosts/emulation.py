@@ -1,10 +1,18 @@
 """The ``emulate`` backend: the experiment replayed on the packet-level Mininet fabric.
 
 Order of a run: build the fabric (controller connected, routes installed, every tier pinged),
-start a KV agent in every GPU host, calibrate (per-tier goodput and idle transfer time against the
+start an agent in every GPU host, calibrate (per-tier goodput and idle transfer time against the
 simulator's prediction), then for each policy replay the trace window in (optionally dilated) real
 time with the scenario's events executed on the fabric, the oracle reading the controller's
-telemetry over REST; then the same window on the simulator for the agreement check. Teardown (in
+telemetry over REST; then the same window on the simulator for the agreement check.
+
+Where the work happens: the orchestrator (``RealtimeReplay``) only decides and records. Before
+each policy's replay :class:`AgentTransport` resets every agent (a fresh instance of its role, the
+run's config and time scale; all must answer), and per request it sends ``expect`` to the decode
+agent and ``prefill`` to the prefill agent. The agents model their instance's compute with the
+simulator's timing (``hosts.compute``), stream the KV bytes through the fabric and report
+``prefilled`` / ``received`` / ``first_token`` / ``finished``, parsed into the replay's events
+(``hosts.events``). Teardown (in
 ``finally`` and on signals, by :class:`topology.fabric.Fabric`) removes every bridge, veth,
 namespace and process the run created.
 """
@@ -18,18 +26,21 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from hosts.calibration import calibrate
-from hosts.control import ControlServer
+from hosts.control import ControlError, ControlServer
+from hosts.events import event_from_message
 from hosts.fidelity import CpuMonitor, RttProbe, rtt_verdict
 from hosts.framing import KV_PORT
 from hosts.scenario_exec import ScenarioExecutor
 from scheduler.cluster import assign_roles
+from scheduler.config import ExperimentConfig
 from scheduler.experiment import Experiment, make_policy, run_simulation, tune_policy
 from scheduler.metrics import compare, summarize_policy
-from scheduler.realtime import Clock, EmulationError, RealtimeReplay, TransferDone
+from scheduler.realtime import AgentEvent, AgentFailure, Clock, EmulationError, RealtimeReplay
 from scheduler.records import RequestRecord
 from scheduler.scenario import Action
 from scheduler.telemetry import TelemetryHistory, snapshot_from_json
@@ -39,39 +50,97 @@ from topology.model import FatTree, peer_ip
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_START_TIMEOUT_S = 60.0
+RESET_TIMEOUT_S = 60.0
+"""Every agent must answer ``reset`` within this (the first one imports the timing model)."""
 DRAIN_S = 1.0
 """Pause between policies so queues and background flows of one replay do not leak into the next."""
 
 
 class AgentTransport:
-    """KV transfers through the fabric: the source host's agent streams the bytes to the
-    destination host's agent; the receiver's report completes the transfer."""
+    """The host agents as :class:`RealtimeReplay` drives them: commands over the control channel
+    (``reset``, ``expect``, ``prefill``), agent reports parsed into the replay's events.
 
-    def __init__(self, control: ControlServer, tree: FatTree, port: int = KV_PORT) -> None:
+    ``on_event`` must receive every message of the control server (it runs on the server's
+    reader threads). A KV stream that fails is reported by both its sender and its receiver:
+    only the first report is queued."""
+
+    def __init__(self, control: ControlServer, tree: FatTree, port: int = KV_PORT,
+                 reset_timeout_s: float = RESET_TIMEOUT_S,
+                 address: Callable[[int, int], tuple[str, int]] | None = None) -> None:
+        """``address(src, dst)`` is where GPU ``src``'s agent reaches GPU ``dst``'s data port;
+        by default the fabric address of the pair (NVLink inside a server) and ``port``."""
         self.control = control
         self.tree = tree
         self.port = port
-        self.done: queue.Queue[TransferDone] = queue.Queue()
-        self._reported: set[int] = set()
-        self._lock = threading.Lock()
+        self.address = address or (lambda src, dst: (peer_ip(tree, src, dst), port))
+        self.reset_timeout_s = reset_timeout_s
+        self.events: queue.Queue[AgentEvent] = queue.Queue()
+        self._failed: set[int] = set()
+        self._lock = threading.Condition()
+        self._resetting: set[str] = set()
+        self._reset_errors: list[str] = []
 
-    def start(self, transfer_id: int, request_id: int, src: int, dst: int, nbytes: int) -> None:
-        self.control.send(self.tree.gpu_name(src), {
-            "op": "send", "transfer_id": transfer_id, "request_id": request_id,
-            "dst_ip": peer_ip(self.tree, src, dst), "dst_port": self.port, "bytes": nbytes, "dst_gpu": dst})
+    def _send(self, gpu: int, msg: dict) -> None:
+        try:
+            self.control.send(self.tree.gpu_name(gpu), msg)
+        except ControlError as exc:
+            raise EmulationError(f"{msg['op']} to {self.tree.gpu_name(gpu)}: {exc}") from exc
+
+    def reset(self, cfg: ExperimentConfig, prefill_gpus: Sequence[int], decode_gpus: Sequence[int],
+              time_scale: float) -> None:
+        """Give every agent a fresh instance of its role; returns when all have answered."""
+        roles = {**{int(g): "prefill" for g in prefill_gpus}, **{int(g): "decode" for g in decode_gpus}}
+        config = cfg.to_dict()
+        with self._lock:
+            self._resetting = {self.tree.gpu_name(g) for g in roles}
+            self._reset_errors = []
+        for g, role in roles.items():
+            self._send(g, {"op": "reset", "config": config, "role": role, "time_scale": time_scale})
+        deadline = time.monotonic() + self.reset_timeout_s
+        with self._lock:
+            while self._resetting and not self._reset_errors:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = sorted(self._resetting)
+                    raise EmulationError(f"{len(missing)} agent(s) did not answer reset within "
+                                         f"{self.reset_timeout_s:g} s: {', '.join(missing[:10])}")
+                self._lock.wait(left)
+            if self._reset_errors:
+                raise EmulationError(f"reset failed: {self._reset_errors[0]}")
+
+    def prefill(self, transfer_id: int, request_id: int, src: int, dst: int, input_tokens: int,
+                cached_tokens: int, nbytes: int) -> None:
+        ip, port = self.address(src, dst)
+        self._send(src, {"op": "prefill", "transfer_id": transfer_id, "request_id": request_id,
+                         "input_tokens": input_tokens, "cached_tokens": cached_tokens, "bytes": nbytes,
+                         "dst_ip": ip, "dst_port": port, "dst_gpu": dst})
+
+    def expect(self, transfer_id: int, request_id: int, dst: int, input_tokens: int,
+               output_tokens: int) -> None:
+        self._send(dst, {"op": "expect", "transfer_id": transfer_id, "request_id": request_id,
+                         "input_tokens": input_tokens, "output_tokens": output_tokens})
 
     def on_event(self, msg: dict) -> None:
-        ev, tid = msg.get("ev"), msg.get("transfer_id")
-        if ev not in ("received", "error") or tid is None:
+        ev, agent = msg.get("ev"), msg.get("agent")
+        with self._lock:
+            if self._resetting:
+                if ev == "reset" and agent in self._resetting:
+                    self._resetting.discard(agent)
+                    self._lock.notify_all()
+                    return
+                if ev == "error" and str(msg.get("reason", "")).startswith("reset"):
+                    self._reset_errors.append(f"{agent}: {msg.get('reason')}")
+                    self._lock.notify_all()
+                    return
+        parsed = event_from_message(msg)
+        if parsed is None:
             return
-        with self._lock:  # sender and receiver may both report an error: first one wins
-            if tid in self._reported:
-                return
-            self._reported.add(tid)
-        if ev == "received":
-            self.done.put(TransferDone(int(tid), float(msg["t_start"]), float(msg["t_end"]), int(msg["bytes"])))
-        else:
-            self.done.put(TransferDone(int(tid), 0.0, 0.0, 0, f"{msg.get('agent', '?')}: {msg.get('reason', 'error')}"))
+        if isinstance(parsed, AgentFailure) and parsed.transfer_id is not None:
+            with self._lock:  # sender and receiver may both report an error: first one wins
+                if parsed.transfer_id in self._failed:
+                    return
+                self._failed.add(parsed.transfer_id)
+        self.events.put(parsed)
 
 
 class TelemetryPoller:

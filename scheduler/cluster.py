@@ -1,5 +1,8 @@
 """Cluster model shared by both backends: instance roles, prefill FIFOs, prefix caches, decode
-batches, and the per-request decision context handed to policies."""
+batches, and the per-request decision context handed to policies.
+
+``DecodeBatch`` lives in ``scheduler.decode`` (shared with the agents' instance model) and is
+re-exported here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,10 +12,13 @@ import numpy as np
 
 from scheduler.cache import PrefixCacheGroup
 from scheduler.config import ConfigError, ExperimentConfig
+from scheduler.decode import DecodeBatch, decode_capacity_tokens
 from scheduler.oracle import NetworkOracle, OracleQuery
 from scheduler.timing import TimingModel
 from scheduler.trace import BLOCK_TOKENS, Request
 from topology.model import FatTree
+
+__all__ = ["Cluster", "Decision", "DecisionContext", "DecodeBatch", "assign_roles"]
 
 
 def assign_roles(tree: FatTree, placement: str, prefill_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -117,14 +123,12 @@ class Cluster:
         self.timing = TimingModel(cfg)
         self.prefill_ids, self.decode_ids = assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction)
         self.gpu_to_decode = {int(g): i for i, g in enumerate(self.decode_ids)}
+        self.decode_capacity_tokens = decode_capacity_tokens(cfg, self.timing)
         kv_tokens = self.timing.kv_capacity_tokens
-        if kv_tokens <= 0:
-            raise ValueError("no GPU memory left for KV cache after the weights")
         self.prefill_cache = PrefixCacheGroup(self.prefill_ids.size,
                                               int(kv_tokens * cfg.cluster.prefill_cache_fraction) // BLOCK_TOKENS)
         self.decode_cache = PrefixCacheGroup(self.decode_ids.size,
                                              int(kv_tokens * cfg.cluster.decode_cache_fraction) // BLOCK_TOKENS)
-        self.decode_capacity_tokens = max(int(kv_tokens * (1.0 - cfg.cluster.decode_cache_fraction)), 1)
         self.prefill_busy_until = np.zeros(self.prefill_ids.size)
         self.decode_assigned_tokens = np.zeros(self.decode_ids.size)
 
@@ -140,59 +144,3 @@ class Cluster:
             "prefill_cache_blocks": self.prefill_cache.capacity,
             "decode_cache_blocks": self.decode_cache.capacity,
         }
-
-
-class DecodeBatch:
-    """Continuous batching on one decode instance, advanced between membership changes.
-
-    Between joins and departures every running request emits one token per step and the step time
-    is constant (computed from the batch's context at the change; contexts grow by the tokens
-    emitted). This turns millions of token steps into two events per request."""
-
-    def __init__(self, timing: TimingModel, capacity_tokens: int) -> None:
-        self.timing = timing
-        self.capacity_tokens = capacity_tokens
-        self.members: dict[int, list[float]] = {}  # req -> [tokens_left, context_tokens, reserved]
-        self.used_tokens = 0.0
-        self.step_s = timing.decode_step_s(0)
-        self.last_t = 0.0
-        self.version = 0
-        self.waiting: list[tuple[int, int, int]] = []  # FIFO of (req, input_tokens, output_tokens)
-
-    def _advance(self, t: float) -> None:
-        if self.members and t > self.last_t:
-            steps = (t - self.last_t) / self.step_s
-            for m in self.members.values():
-                m[0] -= steps
-                m[1] += steps
-        self.last_t = t
-
-    def _restep(self) -> None:
-        ctx = sum(m[1] for m in self.members.values())
-        self.step_s = self.timing.decode_step_s(ctx)
-        self.version += 1
-
-    def fits(self, input_tokens: int, output_tokens: int) -> bool:
-        need = input_tokens + output_tokens
-        return not self.members or self.used_tokens + need <= self.capacity_tokens
-
-    def join(self, t: float, req: int, input_tokens: int, output_tokens: int) -> float:
-        """Admit a request at ``t``; returns the time of its first token."""
-        self._advance(t)
-        reserved = input_tokens + output_tokens
-        self.members[req] = [float(output_tokens), float(input_tokens), float(reserved)]
-        self.used_tokens += reserved
-        self._restep()
-        return t + self.step_s
-
-    def next_finish(self) -> tuple[float, int] | None:
-        if not self.members:
-            return None
-        req, m = min(self.members.items(), key=lambda kv: (kv[1][0], kv[0]))
-        return self.last_t + max(m[0], 0.0) * self.step_s, req
-
-    def leave(self, t: float, req: int) -> None:
-        self._advance(t)
-        m = self.members.pop(req)
-        self.used_tokens -= m[2]
-        self._restep()

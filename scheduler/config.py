@@ -155,6 +155,66 @@ class ExperimentConfig:
         return out
 
 
+DERIVED_FIELDS = {"model": ("kv_bytes_per_token",)}
+"""Fields ``ExperimentConfig.to_dict`` adds for readers that are computed, not set."""
+
+
+def config_from_dict(data: dict) -> ExperimentConfig:
+    """The :class:`ExperimentConfig` whose ``to_dict()`` (possibly through JSON, which turns tuples
+    into lists) is ``data``: ``config_from_dict(cfg.to_dict()) == cfg``. Missing sections and
+    fields take their defaults; an unknown section or field, a value of the wrong type, or a
+    config ``validate`` rejects raises ``ConfigError`` naming it."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {', '.join(map(repr, unknown))} (known: {', '.join(SECTIONS)})")
+    parts: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        values = data.get(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping, got {type(values).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for fname, value in values.items():
+            if fname in DERIVED_FIELDS.get(section, ()):
+                continue
+            f = known.get(fname)
+            if f is None:
+                raise ConfigError(f"unknown parameter '{section}.{fname}' (known: {', '.join(known)})")
+            kwargs[fname] = _typed(f"{section}.{fname}", f.default, value)
+        try:
+            parts[section] = cls(**kwargs)
+        except TopologyError as exc:
+            raise ConfigError(f"config section '{section}': {exc}") from None
+    cfg = ExperimentConfig(**parts)
+    validate(cfg)
+    return cfg
+
+
+def _typed(name: str, default: Any, value: Any) -> Any:
+    """``value`` as the type of the field's ``default`` (ints may stand for floats, lists for
+    tuples); ``ConfigError`` otherwise."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+        value = tuple(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"parameter '{name}' must be {type(default).__name__}, got {value!r}")
+    return value
+
+
 def _coerce(cls: type, fname: str, raw: str) -> Any:
     f = next((f for f in dataclasses.fields(cls) if f.name == fname), None)
     if f is None:

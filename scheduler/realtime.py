@@ -1,13 +1,20 @@
-"""Real-time replay: the simulator's cluster model driven by a wall clock and a real transport.
+"""Real-time replay: the simulator's decisions driven by a wall clock, with the compute and the KV
+transfers of every request carried out by the host agents.
 
-The ``emulate`` backend runs exactly the simulator's decision and compute model (policies, prefill
-FIFOs, prefix caches, decode batches), but KV transfers are real byte streams through the emulated
-fabric and their completions arrive asynchronously from the host agents. Events are released when
-the (optionally dilated) wall clock reaches their virtual time; completion times are the agents'
-own receive timestamps. Nothing here imports Mininet: a fake transport tests it without root.
+The ``emulate`` backend decides exactly as the simulator does (policies on the orchestrator's
+mirror of the cluster: predicted prefill queues, decode assignments, both prefix caches), but
+times nothing itself. At a request's arrival it tells the chosen decode instance's agent to
+``expect`` the request and the chosen prefill instance's agent to ``prefill`` it; the agents model
+their instance's compute with the simulator's timing (``scheduler.instance.InstanceModel``: the
+prefill FIFO, the continuous decode batch), stream the KV bytes through the emulated fabric, and
+report ``prefilled``, ``received``, ``first_token`` and ``finished`` with wall-clock stamps. The
+records are built from those measured times. Arrivals and scenario actions are released when the
+(optionally dilated) wall clock reaches their virtual time. Nothing here imports Mininet: an
+in-process fake agent cluster tests it without root.
 
 Time: ``virtual = (wall - t0) / time_scale``. Emulated links run at ``real x scale / time_scale``
-and transfers carry ``real bytes x scale``, so a transfer's virtual duration equals the real one.
+and transfers carry ``real bytes x scale``, so a transfer's virtual duration equals the real one;
+agents stretch compute by the same ``time_scale``.
 """
 from __future__ import annotations
 
@@ -16,34 +23,93 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence, Union
 
 from scheduler.config import ExperimentConfig
 from scheduler.policies.base import Policy
 from scheduler.scenario import Action
-from scheduler.simulator import _KV_ARRIVED, _SCENARIO, Simulator, _ReqState
+from scheduler.simulator import _SCENARIO, Simulator, _ReqState
 from scheduler.trace import Request
+
+_AGENT = 100
+"""Event kind of an agent report (after every simulator kind; agent reports never enter the heap)."""
 
 
 class EmulationError(RuntimeError):
-    """A transfer failed or the replay could not keep up; the message says which and why."""
+    """A transfer or an agent failed, or the replay could not keep up; the message says which
+    request, which GPUs and why."""
+
+
+# ---------------------------------------------------------------------------- agent reports
+@dataclass(frozen=True)
+class Prefilled:
+    """The prefill instance computed the prompt from ``t_start`` to ``t_end`` (wall stamps)."""
+
+    transfer_id: int
+    t_start: float
+    t_end: float
 
 
 @dataclass(frozen=True)
-class TransferDone:
+class KvReceived:
+    """The decode instance received the KV bytes: first byte ``t_start``, last ``t_end``."""
+
     transfer_id: int
-    t_start_wall: float  # receiver's first byte (time.time())
-    t_end_wall: float  # receiver's last byte
+    t_start: float
+    t_end: float
     nbytes: int
-    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FirstToken:
+    """The request joined the decode batch at ``t_join``; its first token came at ``t_first``."""
+
+    transfer_id: int
+    t_join: float
+    t_first: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The request emitted its last token at ``t_finish``."""
+
+    transfer_id: int
+    t_finish: float
+
+
+@dataclass(frozen=True)
+class AgentFailure:
+    """An agent reported an error (``role`` "send"/"recv" for a KV stream) or went away."""
+
+    transfer_id: int | None
+    agent: str
+    reason: str
+    role: str | None = None
+
+
+AgentEvent = Union[Prefilled, KvReceived, FirstToken, Finished, AgentFailure]
 
 
 class Transport(Protocol):
-    """Moves ``nbytes`` (already scaled) from GPU ``src`` to GPU ``dst``; reports on ``done``."""
+    """The host agents as the replay drives them; reports arrive on ``events``.
 
-    done: "queue.Queue[TransferDone]"
+    Commands raise :class:`EmulationError` when they cannot be delivered; ``reset`` returns once
+    every agent has a fresh instance of its role (or raises)."""
 
-    def start(self, transfer_id: int, request_id: int, src: int, dst: int, nbytes: int) -> None:
+    events: "queue.Queue[AgentEvent]"
+
+    def reset(self, cfg: ExperimentConfig, prefill_gpus: Sequence[int], decode_gpus: Sequence[int],
+              time_scale: float) -> None:
+        ...
+
+    def prefill(self, transfer_id: int, request_id: int, src: int, dst: int, input_tokens: int,
+                cached_tokens: int, nbytes: int) -> None:
+        """Prefill on GPU ``src``, then stream ``nbytes`` (already scaled) to GPU ``dst``."""
+        ...
+
+    def expect(self, transfer_id: int, request_id: int, dst: int, input_tokens: int,
+               output_tokens: int) -> None:
+        """Decode on GPU ``dst`` once transfer ``transfer_id`` has arrived."""
         ...
 
 
@@ -75,7 +141,7 @@ class Clock:
 
 
 class RealtimeReplay(Simulator):
-    """A :class:`Simulator` whose transfers and scenario actions are executed for real."""
+    """A :class:`Simulator` whose requests are computed and moved by the host agents."""
 
     label = "emulate"
 
@@ -90,8 +156,9 @@ class RealtimeReplay(Simulator):
         self.byte_scale = byte_scale
         self.tid_base = transfer_id_base
         self.timeout_s = transfer_timeout_s
-        self._in_flight: dict[int, float] = {}  # transfer id -> wall time started
-        self._last_t = 0.0
+        self._in_flight: dict[int, float] = {}  # request index -> wall (monotonic) its KV stream began
+        self._active: dict[int, str] = {}  # request index handed to the agents -> last stage reported
+        self._last_report = time.monotonic()
         self.lag_s: list[float] = []  # how late (virtual s) each timed event was released
         self.preroll_s = preroll_s
         self._actions: queue.Queue[Action | None] = queue.Queue()
@@ -109,9 +176,13 @@ class RealtimeReplay(Simulator):
             for e in sorted(early):
                 self.executor.apply(e[3])
             time.sleep(self.preroll_s)
+        # Every agent gets a fresh instance (empty queue and batch) of its role.
+        self.transport.reset(self.cfg, [int(g) for g in self.cluster.prefill_ids],
+                             [int(g) for g in self.cluster.decode_ids], self.clock.time_scale)
         self._worker = threading.Thread(target=self._action_loop, name="scenario-actions", daemon=True)
         self._worker.start()
         self.clock.start()
+        self._last_report = time.monotonic()
         try:
             return self._run_seeded()
         finally:
@@ -132,62 +203,113 @@ class RealtimeReplay(Simulator):
 
     # ------------------------------------------------------------------ real-time event source
     def _next_event(self):
+        events = self.transport.events
         while True:
             try:
-                done = self.transport.done.get_nowait()
+                return self.clock.now(), _AGENT, events.get_nowait()
             except queue.Empty:
-                done = None
-            if done is not None:
-                return self._completion(done)
+                pass
             now = self.clock.now()
             if self._heap and self._heap[0][0] <= now:
                 t, kind, _, payload = heapq.heappop(self._heap)
                 self.lag_s.append(now - t)
-                self._last_t = max(self._last_t, t)
                 return t, kind, payload
-            if not self._heap and not self._in_flight:
+            if not self._heap and not self._active:
                 return None
             wait = (self._heap[0][0] - now) * self.clock.time_scale if self._heap else 1.0
             self._check_stuck()
             try:
-                done = self.transport.done.get(timeout=max(min(wait, 1.0), 0.0))
+                return self.clock.now(), _AGENT, events.get(timeout=max(min(wait, 1.0), 0.0))
             except queue.Empty:
                 continue
-            return self._completion(done)
 
-    def _completion(self, done: TransferDone):
-        i = done.transfer_id - self.tid_base
-        started = self._in_flight.pop(done.transfer_id, None)
-        if started is None or not 0 <= i < len(self.states):
-            raise EmulationError(f"completion of unknown transfer {done.transfer_id}")
-        if done.error:
-            s = self.states[i]
-            raise EmulationError(f"KV transfer of request {s.req.req_id} ({self.tree.gpu_name(int(self.cluster.prefill_ids[s.p]))}"
-                                 f" -> {self.tree.gpu_name(int(self.cluster.decode_ids[s.d]))}) failed: {done.error}")
-        t = max(self.clock.virtual(done.t_end_wall), self._last_t)
-        self._last_t = t
-        return t, _KV_ARRIVED, i
+    def _handle(self, t: float, kind: int, payload: object) -> None:
+        if kind != _AGENT:
+            super()._handle(t, kind, payload)
+            return
+        self.events += 1
+        self._report(payload)
+
+    def _report(self, ev: AgentEvent) -> None:
+        """Record one agent report on its request's state and the cluster mirror."""
+        if isinstance(ev, AgentFailure):
+            raise self._failure(ev)
+        i = ev.transfer_id - self.tid_base
+        if not 0 <= i < len(self.states) or i not in self._active:
+            raise EmulationError(f"agent report for unknown or finished transfer {ev.transfer_id}: {ev}")
+        s = self.states[i]
+        v = self.clock.virtual
+        self._last_report = time.monotonic()
+        if isinstance(ev, Prefilled):
+            s.prefill_start, s.prefill_end = v(ev.t_start), v(ev.t_end)
+            self.cluster.prefill_cache.insert(s.p, s.req.hash_ids)
+            if self._active[i] == "sent":  # (the decode agent's report may overtake this one)
+                self._in_flight[i] = time.monotonic()
+                self._active[i] = "prefilled"
+        elif isinstance(ev, KvReceived):
+            s.kv_arrived = v(ev.t_end)
+            self._in_flight.pop(i, None)
+            self._active[i] = "received"
+        elif isinstance(ev, FirstToken):
+            self._joined(s, v(ev.t_join), v(ev.t_first))
+            self._active[i] = "first_token"
+        elif isinstance(ev, Finished):
+            if self._active[i] != "first_token":
+                raise EmulationError(f"{self._who(i)}: finished before its {self._active[i]} stage was complete")
+            del self._active[i]
+            self._finish(s, v(ev.t_finish))
+        else:
+            raise EmulationError(f"unknown agent report {ev!r}")
+
+    def _who(self, i: int) -> str:
+        s = self.states[i]
+        name = self.tree.gpu_name
+        return (f"request {s.req.req_id} ({name(int(self.cluster.prefill_ids[s.p]))} -> "
+                f"{name(int(self.cluster.decode_ids[s.d]))})")
+
+    def _failure(self, ev: AgentFailure) -> EmulationError:
+        i = None if ev.transfer_id is None else ev.transfer_id - self.tid_base
+        if i is None or not 0 <= i < len(self.states):
+            return EmulationError(f"agent {ev.agent} failed: {ev.reason}")
+        if ev.role in ("send", "recv"):
+            return EmulationError(f"KV transfer of {self._who(i)} failed: {ev.agent}: {ev.reason}")
+        return EmulationError(f"{self._who(i)}: agent {ev.agent} failed: {ev.reason}")
 
     def _check_stuck(self) -> None:
-        if not self._in_flight:
-            return
-        oldest = min(self._in_flight.values())
-        if time.monotonic() - oldest > self.timeout_s * self.clock.time_scale:
-            raise EmulationError(f"{len(self._in_flight)} KV transfers unfinished after "
-                                 f"{self.timeout_s:g} s (a link down for good, or the emulator overloaded)")
+        limit = self.timeout_s * self.clock.time_scale
+        now = time.monotonic()
+        if self._in_flight:
+            i, began = min(self._in_flight.items(), key=lambda kv: kv[1])
+            if now - began > limit:
+                raise EmulationError(f"{len(self._in_flight)} KV transfers unfinished after {self.timeout_s:g} s, "
+                                     f"the oldest of {self._who(i)} (a link down for good, or the emulator "
+                                     f"overloaded)")
+        if self._active and now - self._last_report > limit:
+            i = min(self._active)
+            raise EmulationError(f"no agent reported anything for {self.timeout_s:g} s with "
+                                 f"{len(self._active)} requests unfinished; the first, {self._who(i)}, "
+                                 f"last reported {self._active[i]!r}")
 
-    # ------------------------------------------------------------------ real transfers and actions
+    # ------------------------------------------------------------------ agents do the work
     def _sync(self, t: float) -> None:
         """Nothing to advance: the network is real."""
 
     def _schedule_net(self) -> None:
         """No simulated flows."""
 
-    def _start_transfer(self, s: _ReqState, i: int, src: int, dst: int) -> None:
-        nbytes = max(int(round(s.nbytes * self.byte_scale)), 1)
+    def _start_prefill(self, s: _ReqState, i: int) -> None:
+        """Hand the decided request to its agents: the decode agent expects it, the prefill agent
+        computes it and streams the KV bytes the decode instance lacks (at least one byte, or
+        none when it holds the whole prompt)."""
+        nbytes = max(int(round(s.nbytes * self.byte_scale)), 1) if s.nbytes > 0 else 0
         tid = self.tid_base + i
-        self._in_flight[tid] = time.monotonic()
-        self.transport.start(tid, s.req.req_id, src, dst, nbytes)
+        src, dst = int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d])
+        self._active[i] = "sent"
+        try:
+            self.transport.expect(tid, s.req.req_id, dst, s.req.input_tokens, s.req.output_tokens)
+            self.transport.prefill(tid, s.req.req_id, src, dst, s.req.input_tokens, s.prefill_cached, nbytes)
+        except EmulationError as exc:
+            raise EmulationError(f"{self._who(i)}: {exc}") from exc
 
     def _apply(self, a: Action) -> None:
         if self._action_error is not None:

@@ -223,15 +223,10 @@ class Simulator:
             if nxt is None:
                 return
             i = nxt[1]
-            s = states[i]
-            batch.leave(t, i)
-            s.finish = t
-            self.cluster.decode_assigned_tokens[d] -= s.req.input_tokens + s.req.output_tokens
-            self.cluster.decode_cache.insert(d, s.req.hash_ids)
-            self.remaining -= 1
-            while batch.waiting and batch.fits(batch.waiting[0][1], batch.waiting[0][2]):
-                j = batch.waiting.pop(0)[0]
-                self._join(states[j], j, t, reschedule=False)
+            admitted = batch.depart(t, i)
+            self._finish(states[i], t)
+            for j, first in admitted:
+                self._joined(states[j], t, first)
             self._schedule_decode(d)
         elif kind == _SCENARIO:
             self._sync(t)
@@ -240,14 +235,32 @@ class Simulator:
 
     def _kv_arrived(self, s: _ReqState, i: int, t: float) -> None:
         s.kv_arrived = t
-        batch = self.batches[s.d]
-        if not batch.waiting and batch.fits(s.req.input_tokens, s.req.output_tokens):
-            self._join(s, i, t)
-        else:
-            batch.waiting.append((i, s.req.input_tokens, s.req.output_tokens))
+        first = self.batches[s.d].offer(t, i, s.req.input_tokens, s.req.output_tokens)
+        if first is not None:
+            self._joined(s, t, first)
+            self._schedule_decode(s.d)
+
+    def _joined(self, s: _ReqState, t: float, first_token: float) -> None:
+        s.joined = t
+        s.first_token = first_token
+
+    def _finish(self, s: _ReqState, t: float) -> None:
+        """Request done at ``t``: its decode slot is released and its prompt becomes a cached
+        prefix of its decode instance."""
+        s.finish = t
+        self.cluster.decode_assigned_tokens[s.d] -= s.req.input_tokens + s.req.output_tokens
+        self.cluster.decode_cache.insert(s.d, s.req.hash_ids)
+        self.remaining -= 1
 
     # ------------------------------------------------------------------ steps
     def _arrive(self, s: _ReqState, i: int, t: float) -> None:
+        self._decide(s, i, t)
+        self._start_prefill(s, i)
+
+    def _decide(self, s: _ReqState, i: int, t: float) -> None:
+        """The policy's choice for request ``i`` arriving at ``t``, and the cluster mirror's
+        bookkeeping of it: cached prefixes, bytes to move, the prefill FIFO's predicted window
+        (``prefill_busy_until``) and the decode instance's assigned tokens."""
         cl = self.cluster
         t0 = time.perf_counter_ns()
         ctx = cl.context(s.req, t, self.oracle)
@@ -265,10 +278,14 @@ class Simulator:
         s.prefill_cached = int(ctx.prefill_cached_tokens[s.p])
         s.decode_cached = int(ctx.decode_cached_tokens[s.d])
         s.nbytes = float(cl.timing.kv_bytes(s.req.input_tokens - s.decode_cached))
-        s.prefill_start = max(t, float(cl.prefill_busy_until[s.p]))
-        s.prefill_end = s.prefill_start + cl.timing.prefill_s(s.req.input_tokens, s.prefill_cached)
+        s.prefill_start, s.prefill_end = cl.timing.prefill_fifo(
+            t, float(cl.prefill_busy_until[s.p]), s.req.input_tokens, s.prefill_cached)
         cl.prefill_busy_until[s.p] = s.prefill_end
         cl.decode_assigned_tokens[s.d] += s.req.input_tokens + s.req.output_tokens
+
+    def _start_prefill(self, s: _ReqState, i: int) -> None:
+        """Run the decided request's compute and transfer (a live backend overrides this and
+        hands the request to the host agents)."""
         self._push(s.prefill_end, _PREFILL_DONE, i)
 
     def _prefill_done(self, s: _ReqState, i: int, t: float) -> None:
@@ -279,17 +296,11 @@ class Simulator:
         self._start_transfer(s, i, int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d]))
 
     def _start_transfer(self, s: _ReqState, i: int, src: int, dst: int) -> None:
-        """Move the request's KV bytes from GPU ``src`` to ``dst`` (a live backend overrides this)."""
+        """Move the request's KV bytes from GPU ``src`` to ``dst`` as a simulated flow."""
         path = self.tree.paths(src, np.array([dst]), flow_key=s.req.req_id)[0]
         fid = self.net.add(path, s.nbytes)
         self._flow_owner[fid] = i
         self._schedule_net()
-
-    def _join(self, s: _ReqState, i: int, t: float, reschedule: bool = True) -> None:
-        s.joined = t
-        s.first_token = self.batches[s.d].join(t, i, s.req.input_tokens, s.req.output_tokens)
-        if reschedule:
-            self._schedule_decode(s.d)
 
     def _apply(self, a: Action) -> None:
         if a.kind == "flow_start":

@@ -37,6 +37,13 @@ class TimingModel:
         flops = self._flops_per_token * new + self._attn_flops_per_pair * new * (cached + new / 2.0)
         return max(flops / self._flop_rate, self._weight_bytes / self._hbm_rate) + self._prefill_overhead
 
+    def prefill_fifo(self, t: float, busy_until: float, input_tokens: int,
+                     cached_tokens: int = 0) -> tuple[float, float]:
+        """(start, end) of a prefill submitted at ``t`` to an instance whose FIFO is busy until
+        ``busy_until``: it starts when both have come, and lasts :meth:`prefill_s`."""
+        start = max(t, busy_until)
+        return start, start + self.prefill_s(input_tokens, cached_tokens)
+
     def prefill_s_array(self, input_tokens: int, cached_tokens: np.ndarray) -> np.ndarray:
         """:meth:`prefill_s` for one prompt over an array of cached-prefix lengths. Instances share
         a handful of distinct hit lengths (none, the system prompt, a conversation), so each

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -233,6 +234,242 @@ def test_invalid_commands_yield_errors(pair: Fleet) -> None:
     pair.server.send("p0t0s0g0", {"op": "dance"})
     ev = _wait_event(pair.server, lambda e: e.get("ev") == "error")
     assert "unknown op" in ev["reason"]
+
+
+# --------------------------------------------------------------------------- compute ops
+TS = 2.0  # time scale of the compute tests: every virtual second lasts two wall seconds
+
+
+def _reset(fleet: Fleet, roles: dict[str, str], cfg, time_scale: float = TS) -> dict[str, Message]:
+    for name, role in roles.items():
+        fleet.server.send(name, {"op": "reset", "config": cfg.to_dict(), "role": role,
+                                 "time_scale": time_scale})
+    got = {}
+    while len(got) < len(roles):
+        ev = _wait_event(fleet.server, lambda e: e.get("ev") in ("reset", "error"), timeout=30)
+        assert ev["ev"] == "reset", ev
+        got[ev["agent"]] = ev
+    assert {n: e["role"] for n, e in got.items()} == roles
+    return got
+
+
+def _collect(server: ControlServer, done: Callable[[list[Message]], bool],
+             timeout: float = 20.0) -> list[Message]:
+    """Events (each stamped with its arrival time ``_rx``) until ``done(events)``."""
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while not done(out):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"events incomplete after {timeout} s: {out}")
+        try:
+            ev = server.events.get(timeout=left)
+        except queue.Empty:
+            continue
+        assert ev.get("ev") != "error", ev
+        ev["_rx"] = time.time()
+        out.append(ev)
+    return out
+
+
+def _prefill_cmd(fleet: Fleet, dst: str, tid: int, tokens: int, cached: int, nbytes: int) -> Message:
+    hello = fleet.server.agents()[dst]
+    return {"op": "prefill", "request_id": tid * 10, "transfer_id": tid, "input_tokens": tokens,
+            "cached_tokens": cached, "bytes": nbytes, "dst_ip": hello["listen_ip"],
+            "dst_port": hello["listen_port"], "dst_gpu": hello["gpu"]}
+
+
+def _by(events: list[Message], ev: str, tid: int) -> Message:
+    return next(e for e in events if e["ev"] == ev and e["transfer_id"] == tid)
+
+
+def test_agents_model_prefill_and_decode_with_the_simulators_timing(pair: Fleet) -> None:
+    from scheduler.config import build_config
+    from scheduler.instance import InstanceModel
+    from scheduler.timing import TimingModel
+
+    cfg = build_config()
+    timing = TimingModel(cfg)
+    resets = _reset(pair, {"p0t0s0g0": "prefill", "p0t0s0g1": "decode"}, cfg)
+    t_reset_d = resets["p0t0s0g1"]["t_reset"]
+    reqs = {1: (3000, 0, 12), 2: (2000, 1024, 8)}  # tid -> (input, cached, output tokens)
+    for tid, (tokens, _, out) in reqs.items():
+        pair.server.send("p0t0s0g1", {"op": "expect", "request_id": tid * 10, "transfer_id": tid,
+                                      "input_tokens": tokens, "output_tokens": out})
+    t_sent = time.time()
+    for tid, (tokens, cached, _) in reqs.items():
+        pair.server.send("p0t0s0g0", _prefill_cmd(pair, "p0t0s0g1", tid, tokens, cached, 200_000 * tid))
+    evs = _collect(pair.server, lambda es: sum(e["ev"] == "finished" for e in es) == 2)
+
+    # prefill: a FIFO with the timing model's durations, stretched by the time scale
+    p1, p2 = _by(evs, "prefilled", 1), _by(evs, "prefilled", 2)
+    assert p1["agent"] == p2["agent"] == "p0t0s0g0" and p1["request_id"] == 10
+    assert p1["t_start"] == pytest.approx(t_sent, abs=0.05)
+    assert p1["t_end"] - p1["t_start"] == pytest.approx(timing.prefill_s(3000, 0) * TS, abs=1e-6)
+    assert p2["t_start"] == pytest.approx(p1["t_end"], abs=1e-6)  # queued behind request 1
+    assert p2["t_end"] - p2["t_start"] == pytest.approx(timing.prefill_s(2000, 1024) * TS, abs=1e-6)
+    for p in (p1, p2):  # reported when the prefill ends, not before
+        assert p["t_end"] - 0.005 <= p["_rx"] <= p["t_end"] + 0.1
+    # then the KV bytes crossed to the decode agent
+    for tid, p in ((1, p1), (2, p2)):
+        sent, recv = _by(evs, "sent", tid), _by(evs, "received", tid)
+        assert recv["agent"] == "p0t0s0g1" and recv["bytes"] == 200_000 * tid
+        assert p["t_end"] <= sent["t_start"] <= recv["t_end"] <= p["t_end"] + 0.1
+    # decode: the same batch the simulator's DecodeBatch runs, fed the measured KV arrivals
+    model = InstanceModel(cfg, "decode")
+    for tid in (1, 2):
+        t_kv = (_by(evs, "received", tid)["t_end"] - t_reset_d) / TS
+        model.kv_arrived(t_kv, tid, reqs[tid][0], reqs[tid][2])
+    want = {(e.kind, e.key): e for e in model.due(float("inf"))}
+    for tid in (1, 2):
+        first, fin = _by(evs, "first_token", tid), _by(evs, "finished", tid)
+        assert first["agent"] == fin["agent"] == "p0t0s0g1" and first["request_id"] == tid * 10
+        assert first["t_join"] == pytest.approx(_by(evs, "received", tid)["t_end"], abs=1e-6)
+        assert first["t_join"] == pytest.approx(t_reset_d + want["first_token", tid].t_join * TS, abs=1e-6)
+        assert first["t_first"] == pytest.approx(t_reset_d + want["first_token", tid].time * TS, abs=1e-6)
+        assert fin["t_finish"] == pytest.approx(t_reset_d + want["finished", tid].time * TS, abs=1e-6)
+        for ev, stamp in ((first, "t_first"), (fin, "t_finish")):
+            assert ev[stamp] - 0.005 <= ev["_rx"] <= ev[stamp] + 0.1
+    first1 = _by(evs, "first_token", 1)
+    assert first1["t_first"] - first1["t_join"] == pytest.approx(timing.decode_step_s(3000) * TS, abs=1e-6)
+    # every request's events arrive in causal order
+    for tid in (1, 2):
+        order = [e["ev"] for e in evs if e.get("transfer_id") == tid and e["ev"] != "sent"]
+        assert order == ["prefilled", "received", "first_token", "finished"]
+
+
+def test_kv_received_before_expect_is_held_until_expect(pair: Fleet) -> None:
+    from scheduler.config import build_config
+    from scheduler.timing import TimingModel
+
+    cfg = build_config()
+    _reset(pair, {"p0t0s0g0": "prefill", "p0t0s0g1": "decode"}, cfg, time_scale=1.0)
+    pair.server.send("p0t0s0g0", _prefill_cmd(pair, "p0t0s0g1", 5, 1000, 0, 1000))
+    evs = _collect(pair.server, lambda es: any(e["ev"] == "received" for e in es))
+    time.sleep(0.2)
+    while not pair.server.events.empty():
+        evs.append(pair.server.events.get())
+    assert [e["ev"] for e in evs] == ["prefilled", "received", "sent"] or \
+        [e["ev"] for e in evs] == ["prefilled", "sent", "received"]  # nothing joins without expect
+    t_expect = time.time()
+    pair.server.send("p0t0s0g1", {"op": "expect", "request_id": 50, "transfer_id": 5,
+                                  "input_tokens": 1000, "output_tokens": 3})
+    evs += _collect(pair.server, lambda es: any(e["ev"] == "finished" for e in es))
+    first = _by(evs, "first_token", 5)
+    assert first["t_join"] == pytest.approx(t_expect, abs=0.05)
+    assert first["t_join"] > _by(evs, "received", 5)["t_end"] + 0.15
+    step = TimingModel(cfg).decode_step_s(1000)
+    assert first["t_first"] - first["t_join"] == pytest.approx(step, abs=1e-6)
+
+
+def test_realtime_replay_through_real_agents_matches_the_simulator() -> None:
+    """The whole chain without root: RealtimeReplay + AgentTransport driving four agent
+    processes on loopback (2 prefill, 2 decode), against the simulator on the same requests."""
+    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
+    import numpy as np
+
+    from hosts.emulation import AgentTransport
+    from scheduler.config import build_config
+    from scheduler.policies import REGISTRY
+    from scheduler.realtime import Clock, RealtimeReplay
+    from scheduler.simulator import Simulator
+    from scheduler.telemetry import TelemetryHistory
+    from scheduler.trace import Request
+    from topology.model import FatTree
+
+    cfg = build_config(overrides=["topology.pods=1", "topology.tors_per_pod=1", "topology.servers_per_tor=1"])
+    tree = FatTree(cfg.topology)
+    rng = np.random.default_rng(5)
+    reqs = [Request(i, 0.15 * i, int(rng.integers(800, 4000)), 16, tuple(range(i * 100, i * 100 + 8)))
+            for i in range(8)]
+    holder: list[AgentTransport] = []
+    tmp = Path(tempfile.mkdtemp(prefix="nkvtest-"))
+    procs: list[subprocess.Popen] = []
+    server = ControlServer(tmp / "ctl.sock", on_event=lambda m: holder and holder[0].on_event(m),
+                           queue_events=False)
+    try:
+        for g in range(tree.n_gpus):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "hosts.agent", "--name", tree.gpu_name(g), "--gpu", str(g),
+                 "--listen-host", "127.0.0.1", "--port", "0", "--control", str(server.path)], cwd=ROOT))
+        hellos = server.wait_hello(tree.gpu_names, timeout=15)
+        ports = {h["gpu"]: h["listen_port"] for h in hellos.values()}
+        transport = AgentTransport(server, tree, address=lambda src, dst: ("127.0.0.1", ports[dst]),
+                                   reset_timeout_s=20)
+        holder.append(transport)
+
+        class NoActions:
+            def apply(self, action) -> None:
+                raise AssertionError("no scenario here")
+
+        replay = RealtimeReplay(cfg, reqs, REGISTRY["round-robin"](), [], transport, NoActions(),
+                                TelemetryHistory(), Clock(1.0), byte_scale=1e-4)
+        recs = replay.run()
+    finally:
+        server.close()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    sim = Simulator(cfg, reqs, REGISTRY["round-robin"](), oracle_kind="static").run()
+    print("\n[measured] queue delta ms", [round((r.queue_s - s.queue_s) * 1e3, 1) for r, s in zip(recs, sim)],
+          "ttft delta ms", [round((r.ttft_s - s.ttft_s) * 1e3, 1) for r, s in zip(recs, sim)])
+    assert [(r.prefill, r.decode) for r in recs] == [(r.prefill, r.decode) for r in sim]
+    for r, s in zip(recs, sim):
+        assert r.kv_bytes == s.kv_bytes
+        assert r.prefill_s == pytest.approx(s.prefill_s, abs=1e-6)  # the agents' own compute model
+        # control-channel and scheduling jitter of a shared 2-core machine: tens of ms at worst
+        assert r.queue_s == pytest.approx(s.queue_s, abs=0.05)
+        assert 0 <= r.transfer_s < 0.03  # loopback, not the fabric (and no Nagle stall: 40 ms)
+        assert r.tbt_mean_ms == pytest.approx(s.tbt_mean_ms, abs=0.05)
+        assert r.ttft_s == pytest.approx(s.ttft_s, abs=0.08)
+
+
+@pytest.mark.parametrize("target,msg,needle", [
+    ("p0t0s0g0", {"op": "prefill", "request_id": 1, "transfer_id": 1, "input_tokens": 10,
+                  "cached_tokens": 0, "bytes": 1, "dst_ip": "127.0.0.1", "dst_port": 1,
+                  "dst_gpu": 1}, "prefill: this agent has no instance yet"),
+    ("p0t0s0g0", {"op": "reset", "config": {}, "role": "both", "time_scale": 1.0}, "reset: field 'role'"),
+    ("p0t0s0g0", {"op": "reset", "config": {}, "role": "decode", "time_scale": 0}, "time_scale"),
+    ("p0t0s0g0", {"op": "reset", "config": "default", "role": "decode", "time_scale": 1}, "reset: field 'config'"),
+    ("p0t0s0g0", {"op": "reset", "config": {"topology": {"pods": 0}}, "role": "decode", "time_scale": 1},
+     "reset: bad config: .*pods"),
+    ("p0t0s0g1", {"op": "expect", "request_id": 1, "transfer_id": 4, "input_tokens": 10,
+                  "output_tokens": -1}, "expect: output_tokens must be >= 0"),
+])
+def test_invalid_compute_commands_yield_errors(pair: Fleet, target: str, msg: Message, needle: str) -> None:
+    pair.server.send(target, msg)
+    ev = _wait_event(pair.server, lambda e: e.get("ev") in ("error", "reset"))
+    assert ev["ev"] == "error" and re.search(needle, ev["reason"]), ev
+    if isinstance(msg.get("transfer_id"), int):
+        assert ev["transfer_id"] == msg["transfer_id"] and ev["request_id"] == msg["request_id"]
+
+
+def test_compute_commands_for_the_wrong_role_or_twice_are_refused(pair: Fleet) -> None:
+    from scheduler.config import build_config
+
+    _reset(pair, {"p0t0s0g0": "prefill", "p0t0s0g1": "decode"}, build_config())
+    expect = {"op": "expect", "request_id": 7, "transfer_id": 70, "input_tokens": 10, "output_tokens": 2}
+    pair.server.send("p0t0s0g0", expect)
+    ev = _wait_event(pair.server, lambda e: e.get("ev") == "error")
+    assert ev["reason"] == "expect: this agent is a prefill instance" and ev["transfer_id"] == 70
+    pair.server.send("p0t0s0g1", expect)
+    pair.server.send("p0t0s0g1", expect)
+    ev = _wait_event(pair.server, lambda e: e.get("ev") == "error")
+    assert "already expected" in ev["reason"]
+    bad = _prefill_cmd(pair, "p0t0s0g1", 71, 100, 200, 1)
+    pair.server.send("p0t0s0g0", bad)
+    ev = _wait_event(pair.server, lambda e: e.get("ev") == "error")
+    assert "cached_tokens 200 exceed input_tokens 100" in ev["reason"]
+    pair.server.send("p0t0s0g1", _prefill_cmd(pair, "p0t0s0g1", 72, 100, 0, 1))
+    ev = _wait_event(pair.server, lambda e: e.get("ev") == "error")
+    assert ev["reason"] == "prefill: this agent is a decode instance"
+    pair.server.send("p0t0s0g0", {**_prefill_cmd(pair, "p0t0s0g1", 73, 100, 0, 1), "bytes": "lots"})
+    ev = _wait_event(pair.server, lambda e: e.get("ev") == "error")
+    assert ev["reason"].startswith("prefill: field 'bytes' must be int")
 
 
 def test_ping_pong(pair: Fleet) -> None:

@@ -1,4 +1,6 @@
-"""The real-time replay engine (the emulate backend's core) with a fake transport, no root."""
+"""The real-time replay engine (the emulate backend's core) against an in-process fake agent
+cluster, no root: every GPU runs the agents' own compute engine (``hosts.compute`` on
+``InstanceModel``), and a fake network delivers each KV stream after bytes / idle bottleneck."""
 from __future__ import annotations
 
 import queue
@@ -8,37 +10,94 @@ import time
 import numpy as np
 import pytest
 
-from scheduler.config import build_config
-from scheduler.oracle import StaticTierOracle, OracleQuery
+from hosts.compute import ComputeEngine
+from hosts.control import Message, validate_expect, validate_prefill
+from hosts.events import event_from_message
+from scheduler.config import ExperimentConfig, build_config
+from scheduler.oracle import OracleQuery, StaticTierOracle
 from scheduler.policies import REGISTRY
-from scheduler.realtime import Clock, EmulationError, RealtimeReplay, TransferDone
+from scheduler.realtime import (
+    AgentFailure,
+    Clock,
+    EmulationError,
+    FirstToken,
+    Finished,
+    KvReceived,
+    Prefilled,
+    RealtimeReplay,
+)
 from scheduler.simulator import Simulator
 from scheduler.telemetry import TelemetryHistory
 from scheduler.trace import Request
 from topology.model import FatTree
 
 
-class FakeTransport:
-    """Completes each transfer after bytes / idle bottleneck capacity (wall time, scaled back)."""
+class FakeAgents:
+    """The agents of every GPU in-process. Compute: one ``ComputeEngine`` per GPU, exactly as in
+    an agent. Network: a KV stream of ``nbytes`` (scaled) is received after the idle-fabric cost
+    of ``nbytes / byte_scale`` real bytes (wall time stretched by the time scale), on a timer."""
 
-    def __init__(self, tree: FatTree, byte_scale: float, time_scale: float, fail: bool = False) -> None:
-        self.done: queue.Queue = queue.Queue()
+    def __init__(self, tree: FatTree, byte_scale: float, fail: bool = False) -> None:
+        self.events: queue.Queue = queue.Queue()
         self.oracle = StaticTierOracle(tree, setup_s=30e-6)
         self.byte_scale = byte_scale
-        self.time_scale = time_scale
         self.fail = fail
-        self.started: list[tuple[int, int, int, int]] = []
+        self.time_scale = 1.0
+        self.engines: dict[int, ComputeEngine] = {}
+        self.commands: list[Message] = []
+        self.resets = 0
 
-    def start(self, transfer_id: int, request_id: int, src: int, dst: int, nbytes: int) -> None:
-        self.started.append((transfer_id, src, dst, nbytes))
+    def _emit(self, gpu: int, msg: Message) -> None:
+        ev = event_from_message({**msg, "agent": f"gpu{gpu}"})
+        if ev is not None:
+            self.events.put(ev)
+
+    def reset(self, cfg: ExperimentConfig, prefill_gpus, decode_gpus, time_scale: float) -> None:
+        self.close()
+        self.resets += 1
+        self.time_scale = time_scale
+        for role, gpus in (("prefill", prefill_gpus), ("decode", decode_gpus)):
+            for g in gpus:
+                eng = ComputeEngine(lambda m, g=g: self._emit(g, m), lambda cmd, g=g: self._stream(g, cmd))
+                eng.reset(cfg.to_dict(), role, time_scale)
+                self.engines[g] = eng
+
+    def prefill(self, transfer_id, request_id, src, dst, input_tokens, cached_tokens, nbytes) -> None:
+        cmd = {"op": "prefill", "transfer_id": transfer_id, "request_id": request_id,
+               "input_tokens": input_tokens, "cached_tokens": cached_tokens, "bytes": nbytes,
+               "dst_ip": "10.0.0.1", "dst_port": 9470, "dst_gpu": dst}
+        validate_prefill(cmd)
+        self.commands.append(cmd)
+        self.engines[src].prefill(cmd)
+
+    def expect(self, transfer_id, request_id, dst, input_tokens, output_tokens) -> None:
+        cmd = {"op": "expect", "transfer_id": transfer_id, "request_id": request_id,
+               "input_tokens": input_tokens, "output_tokens": output_tokens}
+        validate_expect(cmd)
+        self.commands.append(cmd)
+        self.engines[dst].expect(cmd)
+
+    def _stream(self, src: int, cmd: Message) -> None:
+        dst, nbytes = cmd["dst_gpu"], cmd["bytes"]
         real = nbytes / self.byte_scale
         dur = float(self.oracle.cost(OracleQuery(src, np.array([dst]), np.array([real]), 0.0))[0])
         t0 = time.time()
 
-        def finish() -> None:
-            self.done.put(TransferDone(transfer_id, t0, time.time(), nbytes, "connection refused" if self.fail else None))
+        def arrive() -> None:
+            base = {"transfer_id": cmd["transfer_id"], "request_id": cmd["request_id"], "bytes": nbytes}
+            if self.fail:
+                self._emit(src, {"ev": "error", "role": "send", **base, "reason": "connection refused"})
+                return
+            t1 = time.time()
+            self._emit(dst, {"ev": "received", **base, "t_start": t0, "t_end": t1, "role": "recv"})
+            self.engines[dst].kv_received(cmd["transfer_id"], t1)
 
-        threading.Timer(dur * self.time_scale, finish).start()
+        threading.Timer(dur * self.time_scale, arrive).start()
+
+    def close(self) -> None:
+        for eng in self.engines.values():
+            eng.close()
+        self.engines.clear()
 
 
 class NoActions:
@@ -49,45 +108,207 @@ class NoActions:
         self.applied.append(action)
 
 
-def _requests(n: int = 8) -> list[Request]:
+def _requests(n: int = 8, out: int = 12, gap: float = 0.3) -> list[Request]:
     rng = np.random.default_rng(3)
-    out = []
+    reqs = []
     for i in range(n):
         tokens = int(rng.integers(600, 3000))
-        out.append(Request(i, 0.3 * i, tokens, 12, tuple(range(i * 100, i * 100 + -(-tokens // 512)))))
-    return out
+        reqs.append(Request(i, gap * i, tokens, out, tuple(range(i * 100, i * 100 + -(-tokens // 512)))))
+    return reqs
+
+
+def _replay(cfg, reqs, policy, agents, byte_scale, time_scale=1.0, **kw) -> RealtimeReplay:
+    return RealtimeReplay(cfg, reqs, REGISTRY[policy](), [], agents, NoActions(), TelemetryHistory(),
+                          Clock(time_scale), byte_scale=byte_scale, **kw)
 
 
 @pytest.mark.parametrize("policy", ["round-robin", "netkv"])
 def test_realtime_replay_matches_the_simulator_on_an_idle_fabric(policy):
     cfg = build_config(overrides=["topology.nic_gbit_s=20"])  # transfers of tens of ms, never overlapping
     reqs = _requests()
-    tree = FatTree(cfg.topology)
-    transport = FakeTransport(tree, byte_scale=1e-3, time_scale=1.0)
-    replay = RealtimeReplay(cfg, reqs, REGISTRY[policy](), [], transport, NoActions(), TelemetryHistory(),
-                            Clock(1.0), byte_scale=1e-3)
-    recs = replay.run()
+    agents = FakeAgents(FatTree(cfg.topology), byte_scale=1e-3)
+    replay = _replay(cfg, reqs, policy, agents, 1e-3)
+    try:
+        recs = replay.run()
+    finally:
+        agents.close()
     # no telemetry reaches this replay (empty history): compare with the simulator's static oracle
     sim = Simulator(cfg, reqs, REGISTRY[policy](), oracle_kind="static").run()
     assert [r.decode for r in recs] == [r.decode for r in sim]
-    assert len(transport.started) == sum(r.kv_bytes > 0 for r in recs)
-    for r, s in zip(recs, sim):
-        # the same bytes, scaled, were handed to the transport
+    assert [r.prefill for r in recs] == [r.prefill for r in sim]
+    assert agents.resets == 1
+    prefills = [c for c in agents.commands if c["op"] == "prefill"]
+    assert [c["op"] for c in agents.commands] == ["expect", "prefill"] * len(reqs)
+    for r, s, c in zip(recs, sim, prefills):
+        # the same bytes, scaled, were handed to the prefill agent
         assert r.kv_bytes == s.kv_bytes
-        # transfer and TTFT agree within timer/scheduling jitter of a shared machine
+        assert c["bytes"] == max(round(s.kv_bytes * 1e-3), 1) and c["cached_tokens"] == s.prefill_cached_tokens
+        # the agents' compute is the simulator's: equal prefill durations, decode steps alike
+        assert r.prefill_s == pytest.approx(s.prefill_s, abs=1e-6)
+        assert r.tbt_mean_ms == pytest.approx(s.tbt_mean_ms, abs=1e-3)  # wall stamps carry ~0.2 us
+        # queue, transfer and TTFT agree within timer/scheduling jitter of a shared machine
+        assert r.queue_s == pytest.approx(s.queue_s, abs=0.03)
         assert r.transfer_s == pytest.approx(s.transfer_s, abs=0.03)
         assert r.ttft_s == pytest.approx(s.ttft_s, abs=0.05)
     assert max(replay.lag_s) < 0.2
 
 
+def test_busy_instances_queue_and_batch_like_the_simulator():
+    """Arrivals faster than prefill on a 4-GPU cluster: prefill queues build up and decode
+    batches hold several requests; the agents' times still follow the simulator's."""
+    cfg = build_config(overrides=["topology.pods=1", "topology.tors_per_pod=1", "topology.servers_per_tor=1"])
+    reqs = _requests(n=6, out=40, gap=0.02)
+    agents = FakeAgents(FatTree(cfg.topology), byte_scale=1e-4)
+    replay = _replay(cfg, reqs, "round-robin", agents, 1e-4)
+    try:
+        recs = replay.run()
+    finally:
+        agents.close()
+    sim = Simulator(cfg, reqs, REGISTRY["round-robin"](), oracle_kind="static").run()
+    assert sum(r.queue_s > 0.05 for r in sim) >= 2  # the scenario does queue
+    for r, s in zip(recs, sim):
+        assert r.queue_s == pytest.approx(s.queue_s, abs=0.03)
+        assert r.ttft_s == pytest.approx(s.ttft_s, abs=0.05)
+        assert r.tbt_mean_ms == pytest.approx(s.tbt_mean_ms, rel=0.05)
+
+
 def test_a_failed_transfer_stops_the_replay_with_the_reason():
     cfg = build_config()
     reqs = _requests(3)
-    transport = FakeTransport(FatTree(cfg.topology), byte_scale=1e-6, time_scale=1.0, fail=True)
-    replay = RealtimeReplay(cfg, reqs, REGISTRY["round-robin"](), [], transport, NoActions(), TelemetryHistory(),
-                            Clock(1.0), byte_scale=1e-6)
-    with pytest.raises(EmulationError, match="connection refused"):
+    agents = FakeAgents(FatTree(cfg.topology), byte_scale=1e-6, fail=True)
+    replay = _replay(cfg, reqs, "round-robin", agents, 1e-6)
+    try:
+        with pytest.raises(EmulationError, match=r"KV transfer of request 0 \(p0t0s1g0 -> p0t1s1g3\) failed: gpu4: connection refused"):
+            replay.run()
+    finally:
+        agents.close()
+
+
+class ScriptedAgents:
+    """Answers each request with a fixed script of reports (for the replay's error paths)."""
+
+    def __init__(self, script) -> None:
+        self.events: queue.Queue = queue.Queue()
+        self.script = script
+
+    def reset(self, cfg, prefill_gpus, decode_gpus, time_scale) -> None:
+        pass
+
+    def expect(self, transfer_id, request_id, dst, input_tokens, output_tokens) -> None:
+        pass
+
+    def prefill(self, transfer_id, request_id, src, dst, input_tokens, cached_tokens, nbytes) -> None:
+        for ev in self.script(transfer_id, time.time()):
+            self.events.put(ev)
+
+
+def test_reports_out_of_order_or_unknown_are_errors():
+    cfg = build_config()
+    early_finish = ScriptedAgents(lambda tid, t: [Prefilled(tid, t, t), KvReceived(tid, t, t, 1), Finished(tid, t)])
+    with pytest.raises(EmulationError, match=r"request 0 \(p0t0s1g0 -> p0t1s1g3\): finished before its received stage"):
+        _replay(cfg, _requests(1), "round-robin", early_finish, 1e-6).run()
+    stranger = ScriptedAgents(lambda tid, t: [Prefilled(tid + 99, t, t)])
+    with pytest.raises(EmulationError, match="unknown or finished transfer 99"):
+        _replay(cfg, _requests(1), "round-robin", stranger, 1e-6).run()
+    gone = ScriptedAgents(lambda tid, t: [AgentFailure(None, "p0t0s0g0", "control connection closed")])
+    with pytest.raises(EmulationError, match="agent p0t0s0g0 failed: control connection closed"):
+        _replay(cfg, _requests(1), "round-robin", gone, 1e-6).run()
+
+
+def test_silent_agents_time_out_naming_the_request():
+    cfg = build_config()
+    mute = ScriptedAgents(lambda tid, t: [Prefilled(tid, t, t)])  # the KV never arrives
+    replay = _replay(cfg, _requests(1), "round-robin", mute, 1e-6, transfer_timeout_s=0.3)
+    with pytest.raises(EmulationError, match=r"1 KV transfers unfinished after 0.3 s, the oldest of request 0"):
         replay.run()
+    stalled = ScriptedAgents(lambda tid, t: [Prefilled(tid, t, t), KvReceived(tid, t, t, 1),
+                                             FirstToken(tid, t, t)])  # never finishes
+    replay = _replay(cfg, _requests(1), "round-robin", stalled, 1e-6, transfer_timeout_s=0.3)
+    with pytest.raises(EmulationError, match="no agent reported anything for 0.3 s .* last reported 'first_token'"):
+        replay.run()
+
+
+def test_event_parsing_of_agent_messages():
+    assert event_from_message({"ev": "prefilled", "transfer_id": 3, "t_start": 1, "t_end": 2.5}) == Prefilled(3, 1.0, 2.5)
+    assert event_from_message({"ev": "received", "transfer_id": 3, "t_start": 1, "t_end": 2, "bytes": 9}) == \
+        KvReceived(3, 1.0, 2.0, 9)
+    assert event_from_message({"ev": "first_token", "transfer_id": 3, "t_join": 1, "t_first": 2}) == FirstToken(3, 1.0, 2.0)
+    assert event_from_message({"ev": "finished", "transfer_id": 3, "t_finish": 4}) == Finished(3, 4.0)
+    err = event_from_message({"ev": "error", "transfer_id": 3, "agent": "a", "reason": "boom", "role": "recv"})
+    assert err == AgentFailure(3, "a", "boom", "recv")
+    assert event_from_message({"ev": "disconnected", "agent": "a"}).transfer_id is None
+    bad = event_from_message({"ev": "finished", "transfer_id": 3, "agent": "a"})
+    assert isinstance(bad, AgentFailure) and bad.transfer_id == 3 and "malformed" in bad.reason
+    for ignored in ("hello", "sent", "pong", "warmed", "reset"):
+        assert event_from_message({"ev": ignored, "transfer_id": 1}) is None
+
+
+class FakeControl:
+    """A ControlServer stand-in: records commands; ``answer`` decides each reset's reply."""
+
+    def __init__(self, answer) -> None:
+        self.sent: list[tuple[str, Message]] = []
+        self.answer = answer
+        self.transport = None
+
+    def send(self, name: str, msg: Message) -> None:
+        from hosts.control import ControlError
+
+        if name == "p3t1s1g3":
+            raise ControlError(f"agent {name!r} is not connected")
+        self.sent.append((name, msg))
+        reply = self.answer(name, msg) if msg["op"] == "reset" else None
+        if reply is not None:
+            threading.Timer(0.01, self.transport.on_event, args=({**reply, "agent": name},)).start()
+
+
+def test_agent_transport_resets_every_agent_and_formats_commands():
+    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
+    from hosts.emulation import AgentTransport
+
+    cfg = build_config()
+    tree = FatTree(cfg.topology)
+    control = FakeControl(lambda name, msg: {"ev": "reset", "role": msg["role"]})
+    tr = control.transport = AgentTransport(control, tree, port=9470, reset_timeout_s=2.0)
+    tr.reset(cfg, [0, 2], [1, 3], 4.0)
+    resets = {name: msg for name, msg in control.sent}
+    assert {n: m["role"] for n, m in resets.items()} == {
+        "p0t0s0g0": "prefill", "p0t0s0g2": "prefill", "p0t0s0g1": "decode", "p0t0s0g3": "decode"}
+    assert all(m["time_scale"] == 4.0 and m["config"] == cfg.to_dict() for m in resets.values())
+    tr.expect(7, 70, 5, 1000, 20)
+    tr.prefill(7, 70, 0, 5, 1000, 512, 4096)
+    (n1, expect), (n2, prefill) = control.sent[-2:]
+    assert n1 == "p0t0s1g1" and n2 == "p0t0s0g0"
+    validate_expect(expect)
+    validate_prefill(prefill)
+    assert prefill["dst_gpu"] == 5 and prefill["dst_port"] == 9470 and prefill["bytes"] == 4096
+    with pytest.raises(EmulationError, match="prefill to p3t1s1g3: agent 'p3t1s1g3' is not connected"):
+        tr.prefill(8, 80, 63, 5, 10, 0, 1)
+    # a failed stream is reported by both ends: the replay hears of it once
+    tr.on_event({"ev": "error", "transfer_id": 7, "role": "send", "reason": "reset by peer", "agent": "a"})
+    tr.on_event({"ev": "error", "transfer_id": 7, "role": "recv", "reason": "closed", "agent": "b"})
+    tr.on_event({"ev": "sent", "transfer_id": 7, "agent": "a"})
+    tr.on_event({"ev": "finished", "transfer_id": 9, "t_finish": 1.0, "agent": "b"})
+    assert [tr.events.get_nowait() for _ in range(2)] == [
+        AgentFailure(7, "a", "reset by peer", "send"), Finished(9, 1.0)]
+    assert tr.events.empty()
+
+
+def test_agent_transport_reset_failures_name_the_agents():
+    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
+    from hosts.emulation import AgentTransport
+
+    cfg = build_config()
+    tree = FatTree(cfg.topology)
+    silent = FakeControl(lambda name, msg: None if name == "p0t0s0g3" else {"ev": "reset"})
+    tr = silent.transport = AgentTransport(silent, tree, reset_timeout_s=0.3)
+    with pytest.raises(EmulationError, match=r"1 agent\(s\) did not answer reset within 0.3 s: p0t0s0g3"):
+        tr.reset(cfg, [0, 2], [1, 3], 1.0)
+    refusing = FakeControl(lambda name, msg: {"ev": "error", "transfer_id": None,
+                                              "reason": "reset: bad config: boom"} if name == "p0t0s0g1" else {"ev": "reset"})
+    tr = refusing.transport = AgentTransport(refusing, tree, reset_timeout_s=2.0)
+    with pytest.raises(EmulationError, match="reset failed: p0t0s0g1: reset: bad config: boom"):
+        tr.reset(cfg, [0, 2], [1, 3], 1.0)
 
 
 def test_clock_dilation():
