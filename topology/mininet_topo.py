@@ -26,7 +26,8 @@ cross-pod transfer at 10 Mbit/s crosses 5 switches (50 Mbit/s x hops), so ~12 co
 transfers, or the NVLink of ~6 servers at line rate, fit inside the budget before the datapath
 (rather than the shaped links) becomes the bottleneck. Measured with scale 5e-5 (NVLink 180
 Mbit/s, 2 ms HTB burst): a single same-server transfer reached only 61-92% of 180 Mbit/s while the controller
-polled (one core is shared by everything), hence 2.5e-5 and a 10 ms burst (tier 0: 94%). Byte counts scaled by the same factor keep
+polled (one core is shared by everything), hence 2.5e-5 (tier 0 goodput 94-96%, with the short
+burst of :data:`HTB_BURST_S` that keeps small transfers shaped). Byte counts scaled by the same factor keep
 transfer *times* equal to the real ones. NVLink links are shaped like the others (the scaled
 rate fits under 1000 Mbit/s); a larger ``scale`` that would push any link past 1000 Mbit/s is
 rejected with :class:`EmulationScaleError` (pass ``nvlink_cap_mbit`` to cap NVLink instead).
@@ -36,7 +37,7 @@ off: with the userspace datapath TCP through veth stalls otherwise (ping still w
 ``TCIntf`` would turn tx/rx checksum offload *on*, so :class:`ShapedIntf` replaces it (same HTB
 idea, one shell round trip per interface). HTB gets an explicit ``quantum`` (and a matching
 ``r2q``) so rates of hundreds of Mbit/s do not trigger the kernel's "quantum of class is big"
-complaint, and a burst of at least 10 ms of traffic. Open vSwitch 3.x leaves root qdiscs of its
+complaint, and a short burst (:data:`HTB_BURST_S`). Open vSwitch 3.x leaves root qdiscs of its
 ports alone unless QoS is configured (we configure none); :class:`topology.fabric.Fabric` checks
 after start-up that every shaped interface still has its HTB qdisc.
 """
@@ -128,6 +129,17 @@ keeps drops (each one a TCP timeout for a short transfer) rare."""
 QUEUE_MIN_PACKETS = 10
 """Never fewer than this many full-size packets of buffer (TCP's initial window)."""
 LEAF_HANDLE = "10:"
+HTB_BURST_S = 0.0007
+"""HTB burst (and cburst) in seconds of traffic at the class rate: tokens saved while the link idles
+let that much leave at line rate. Too small and HTB cannot hold its rate when the dequeue runs late
+on a busy machine; too large and a transfer shorter than the burst is not shaped at all: with 10 ms
+an idle 8k-token NVLink transfer (27 kB at 90 Mbit/s, 2.4 ms) went through unshaped in 0.7-1.2 ms
+(x0.4-0.7 of the simulator). Measured per-tier calibration (two runs each, default tree at
+200 Gbit/s): 1 ms gave tier 0 x0.83-0.88, 0.5 ms x1.01-1.17, 0.2 ms x1.17-1.23 (the emulator's own
+~0.5 ms forwarding latency no longer hidden by the burst); tiers 1-3 stayed within x0.96-1.04 and
+goodput at 94-96% on every tier for all of them. 0.7 ms sits between."""
+HTB_MIN_BURST_BYTES = 2 * 1514
+"""Floor of the HTB burst: two full-size frames, so a class can always send a packet pair."""
 
 
 def leaf_command(intf: str, bw_mbit: float) -> str:
@@ -141,13 +153,14 @@ def htb_commands(intf: str, bw_mbit: float) -> list[str]:
     FIFO leaf.
 
     ``quantum`` ~1 ms of traffic (1514..200000 bytes) and ``r2q`` to match, so the kernel never
-    complains that the quantum is big; burst and cburst at least 10 ms of traffic."""
+    complains that the quantum is big; burst and cburst :data:`HTB_BURST_S` of traffic, at least
+    :data:`HTB_MIN_BURST_BYTES`."""
     if not 0 < bw_mbit <= MAX_SHAPED_MBIT:
         raise EmulationScaleError(f"{intf}: rate {bw_mbit} Mbit/s outside 0..{MAX_SHAPED_MBIT:.0f}")
     rate_bytes = bw_mbit * 1e6 / 8
     quantum = int(min(200_000, max(1514, rate_bytes / 1000)))
     r2q = max(1, math.ceil(rate_bytes / quantum))
-    burst = int(max(15_000, rate_bytes * 0.01))
+    burst = int(max(HTB_MIN_BURST_BYTES, rate_bytes * HTB_BURST_S))
     return [
         f"tc qdisc replace dev {intf} root handle 5: htb default 1 r2q {r2q}",
         f"tc class replace dev {intf} parent 5: classid 5:1 htb rate {bw_mbit:f}Mbit "
