@@ -10,13 +10,6 @@ host agents already connected to ``control``:
     = (receiver ``t_end`` - sender ``t_connect``) / ``time_scale`` (virtual seconds), compared
     with ``StaticTierOracle(tree, setup_s)`` for the real bytes on an idle fabric; ok within 15%.
     The transfer runs ``reference_repeats`` times (default 5) and the median counts.
-    With ``forwarding_latency_s`` (the emulator's own one-way latency, half the idle RTT of the
-    same-server probe pair: ~0.5-0.75 ms through the userspace datapath and the agents' Python,
-    against the 1-10 us of a real fabric) tier 0 also reports ``time_ratio_net``: the ratio after
-    taking that latency off the measurement. The probe pair is a tier-0 path, and only there does
-    the latency matter: it is a fifth to a third of the 2.4 ms the simulator predicts for the
-    reference over NVLink, so the raw ratio moves with the machine's load while the net one shows
-    whether the shaped rate itself is right (tiers 1-3 take ~40 ms).
 
 Transfer and request ids start at 10**12, so they never collide with the orchestrator's.
 """
@@ -108,8 +101,7 @@ def _transfer(control: ControlServer, tree: FatTree, fab: Any, src: int, dst: in
 def calibrate(fab: Any, tree: FatTree, control: ControlServer, agent_port: int, scale: float,
               time_scale: float, kv_bytes_per_token: int, setup_s: float,
               reference_tokens: int = 8192, goodput_seconds: float = 2.0,
-              timeout_s: float = 60.0, reference_repeats: int = 5,
-              forwarding_latency_s: float | None = None) -> dict:
+              timeout_s: float = 60.0, reference_repeats: int = 5) -> dict:
     """Goodput and reference-transfer time per tier on the idle fabric (see the module doc)."""
     rates = emulated_rates_mbit(tree, scale, time_scale, getattr(fab, "nvlink_cap_mbit", None))
     warning = _rate_mismatch(rates, getattr(getattr(fab, "topo", None), "rates_mbit", None))
@@ -143,14 +135,10 @@ def calibrate(fab: Any, tree: FatTree, control: ControlServer, agent_port: int, 
             "time_ratio": round(ratio, 4),
             "time_ok": within(ratio),
         }
-        if tier == 0 and forwarding_latency_s is not None and predicted > 0:
-            net = (measured - forwarding_latency_s) / predicted
-            tiers[str(tier)].update(time_ratio_net=round(net, 4), time_ok_net=within(net))
     return {
         "scale": scale,
         "time_scale": time_scale,
         "tiers": tiers,
         "all_ok": all(t["goodput_ok"] and t["time_ok"] for t in tiers.values()),
         "warning": warning,
-        "forwarding_latency_s": forwarding_latency_s,
     }

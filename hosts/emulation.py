@@ -306,11 +306,8 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
                 probe = RttProbe(fab.host(tree.gpu_name(probe_src)), peer_ip(tree, probe_src, probe_dst))
                 baseline_rtt = probe.measure(2.0)
                 log("emulate: calibrating every tier (goodput and idle transfer time vs the simulator)")
-                idle_rtt_ms = _median(baseline_rtt)
-                evidence["calibration"] = calibrate(
-                    fab, tree, control, KV_PORT, scale, time_scale, cfg.model.kv_bytes_per_token,
-                    cfg.timing.transfer_setup_s,
-                    forwarding_latency_s=None if idle_rtt_ms is None else idle_rtt_ms / 2000.0 / time_scale)
+                evidence["calibration"] = calibrate(fab, tree, control, KV_PORT, scale, time_scale,
+                                                    cfg.model.kv_bytes_per_token, cfg.timing.transfer_setup_s)
                 poller = TelemetryPoller(fab, tree, nominal, cfg.oracle.poll_interval_s)
                 poller.start()
                 monitor.start()

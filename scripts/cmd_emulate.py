@@ -86,9 +86,7 @@ def run(args: argparse.Namespace) -> int:
     cal = ev.get("calibration") or {}
     print("\ncalibration (idle fabric, per tier): " + "; ".join(
         f"tier {t}: goodput {100 * c['goodput_ratio']:.0f}% of {c['configured_mbit_s']:.1f} Mbit/s, "
-        f"KV time x{c['time_ratio']:.2f} of simulator"
-        + (f" (x{c['time_ratio_net']:.2f} net of forwarding latency)" if "time_ratio_net" in c else "")
-        for t, c in sorted(cal.get("tiers", {}).items())))
+        f"KV time x{c['time_ratio']:.2f} of simulator" for t, c in sorted(cal.get("tiers", {}).items())))
     for base, a in (ev.get("agreement") or {}).items():
         print(f"agreement, netkv vs {base}: emulate {a['emulate_pct']:+.1f}%, simulate {a['simulate_pct']:+.1f}% "
               f"({'same sign' if a['same_sign'] else 'DIFFERENT SIGN'}, magnitudes x{a['magnitude_ratio']:.2f})")
