@@ -15,9 +15,10 @@
 * ``flow_start``: one ``python -m hosts.background`` sink per destination host (fixed port, many
   connections, started on first use) and one sender per flow in the source host, to
   ``fab.peer_ip(src, dst)``; paced at ``rate_gbit_s x 1000 x scale / time_scale`` Mbit/s, greedy
-  when the rate is None; it runs until ``flow_stop``. Every sink clamps its receive window at
-  :func:`background_window_bytes`, so a greedy background flow keeps only a few packets in flight
-  instead of filling the drop-tail buffer (see there).
+  when the rate is None; it runs until ``flow_stop``. Sinks clamp their receive window at the
+  flow's :func:`background_window_bytes` (one sink port per distinct clamp), so a greedy
+  background flow keeps about one bandwidth-delay product in flight instead of filling the
+  drop-tail buffers it crosses (see :data:`BACKGROUND_WINDOW_SEGMENTS`).
 * ``flow_stop``: SIGTERM the flow's sender, wait, SIGKILL if needed; its JSON summary (bytes,
   seconds, Mbit/s) is kept in :attr:`ScenarioExecutor.flow_results`.
 * ``link_capacity``: a directed link ``u -> v`` is shaped by the HTB root qdisc (handle ``5:``,
@@ -52,29 +53,35 @@ from topology.model import FatTree, switch_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKGROUND_PORT = 5399
-BACKGROUND_WINDOW_SEGMENTS = 3
-"""Receive-window clamp of background sinks, in full segments (never less; see
+BACKGROUND_WINDOW_SEGMENTS = 2
+"""Segments a background flow may keep in flight beyond its path's bandwidth-delay product (see
 :func:`background_window_bytes`).
 
 Datacenter transports (DCTCP, DCQCN, Swift) hold switch queues near empty and converge to fair
 shares, which is what the simulator's max-min model assumes. Loss-based TCP against the emulator's
 drop-tail buffers instead keeps every link a greedy flow crosses at a full queue (100 ms), so any
 KV transfer crossing it waits behind that queue and loses packets (each loss a timeout for a
-transfer of a few dozen packets). Measured on the hotspot scenario at 200 Gbit/s, 30 cross-pod
-transfers of 2k-16k tokens one at a time: mean emulated/fluid time x4.6 on the saturated links
-without the clamp, x1.5 with three segments, x1.9 with six. ``window_clamp=None`` turns it off."""
-BACKGROUND_RTT_S = 0.002
-"""Round trip the clamp must still fill a link over: the emulated fabric's idle RTT is 1-1.5 ms."""
+transfer of a few dozen packets). A receive window of one bandwidth-delay product plus a couple of
+segments lets a lone greedy flow fill its bottleneck while k flows sharing a link queue only about
+k x (BDP + 2 segments) there, and a KV transfer starting with TCP's initial window of 10 segments
+gets roughly its fair share of that FIFO. Measured on the hotspot scenario at 200 Gbit/s, 39
+cross-pod transfers of 2k-16k tokens one at a time: mean emulated/fluid time x4.6 without a
+clamp (BBR hosts), x0.94 (median x0.78) with it (reno hosts). ``window_clamp=None`` turns it off."""
+BACKGROUND_BASE_RTT_S = 0.0015
+"""The emulated fabric's round trip without serialisation (idle probe: 1.0-1.5 ms)."""
 MSS = 1460
+FRAME_BYTES = 1514
 
 
-def background_window_bytes(tree: FatTree, scale: float, time_scale: float) -> int:
-    """The sinks' window clamp: the larger of :data:`BACKGROUND_WINDOW_SEGMENTS` segments and one
-    round trip (:data:`BACKGROUND_RTT_S`) at the fastest switch-to-switch emulated rate, so a
-    greedy flow still fills its bottleneck but queues at most a few packets."""
-    fastest = max(g for kind, g in tree.link_capacity_gbit_s.items() if kind != "nvlink")
-    bytes_per_s = fastest * 1e9 * scale / time_scale / 8
-    return int(max(BACKGROUND_WINDOW_SEGMENTS * MSS, bytes_per_s * BACKGROUND_RTT_S))
+def background_window_bytes(tree: FatTree, scale: float, time_scale: float, src: int, dst: int) -> int:
+    """Receive-window clamp for a background flow ``src -> dst``: its path's bandwidth-delay product
+    plus :data:`BACKGROUND_WINDOW_SEGMENTS` segments. The round trip is
+    :data:`BACKGROUND_BASE_RTT_S` plus one full frame's store-and-forward time on every shaped hop
+    (at 5 Mbit/s a frame takes 2.4 ms per hop, 14.5 ms across the six hops between pods), the
+    bottleneck the slowest hop, both at the emulated rates (real x scale / time_scale)."""
+    bps = np.array([tree.link_capacity_gbit_s[tree.link_kind(int(i))] for i in tree.path(src, dst)]) * 1e9 * scale / time_scale
+    rtt = BACKGROUND_BASE_RTT_S + float(np.sum(FRAME_BYTES * 8 / bps))
+    return int(bps.min() / 8 * rtt + BACKGROUND_WINDOW_SEGMENTS * MSS)
 """TCP port of the background sinks (agents use 9470, tests' iperf3 servers 5301..5303)."""
 FOREVER_S = 10_000_000.0
 """Sender duration: effectively until stopped."""
@@ -197,9 +204,10 @@ class ScenarioExecutor:
                  python: str = sys.executable, port: int = BACKGROUND_PORT,
                  congestion: str | None = None, window_clamp: int | str | None = "auto") -> None:
         background_rate_mbit(None, scale, time_scale)  # validates scale and time_scale
-        if window_clamp == "auto":
-            window_clamp = background_window_bytes(tree, scale, time_scale)
+        if not (window_clamp in ("auto", None) or (isinstance(window_clamp, int) and window_clamp > 0)):
+            raise ScenarioExecError(f"window_clamp must be 'auto', None or bytes > 0, got {window_clamp!r}")
         self.congestion, self.window_clamp = congestion, window_clamp
+        self._clamp_ports: dict[int | None, int] = {}  # one sink port per distinct window clamp
         self.fab, self.tree = fab, tree
         self.scale, self.time_scale = scale, time_scale
         self.run_dir = Path(run_dir) / "background"
@@ -209,7 +217,7 @@ class ScenarioExecutor:
         self._factor = np.ones(tree.n_links + 1)
         self._down: set[int] = set()
         self._intf: dict[int, Any] = {}
-        self._sinks: dict[str, _Proc] = {}
+        self._sinks: dict[tuple[str, int], _Proc] = {}
         self._flows: dict[str, _Proc] = {}
         self._seq = 0
         self._closed = False
@@ -267,16 +275,24 @@ class ScenarioExecutor:
             raise ScenarioExecError(f"starting {tag} in {host_name} failed: {exc}") from exc
         return _Proc(popen, host_name, out, err, [fout, ferr])
 
-    def _sink(self, host_name: str) -> None:
-        proc = self._sinks.get(host_name)
+    def _clamp(self, src: int, dst: int) -> int | None:
+        if self.window_clamp == "auto":
+            return background_window_bytes(self.tree, self.scale, self.time_scale, src, dst)
+        return self.window_clamp
+
+    def _sink(self, host_name: str, clamp: int | None) -> int:
+        """A sink in ``host_name`` whose connections advertise at most ``clamp`` bytes of window
+        (None: unclamped); one port per distinct clamp. Returns the port."""
+        port = self._clamp_ports.setdefault(clamp, self.port + len(self._clamp_ports))
+        proc = self._sinks.get((host_name, port))
         if proc is not None and proc.popen.poll() is None:
-            return
+            return port
         if proc is not None:
             proc.stop()
-        proc = self._spawn(host_name, f"sink-{host_name}",
-                           [self.python, "-m", "hosts.background", "--listen", f"0.0.0.0:{self.port}"]
-                           + (["--window-clamp", str(self.window_clamp)] if self.window_clamp else []))
-        self._sinks[host_name] = proc
+        proc = self._spawn(host_name, f"sink-{host_name}-{port}",
+                           [self.python, "-m", "hosts.background", "--listen", f"0.0.0.0:{port}"]
+                           + (["--window-clamp", str(clamp)] if clamp else []))
+        self._sinks[(host_name, port)] = proc
         deadline = time.monotonic() + SINK_READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if proc.popen.poll() is not None:
@@ -284,7 +300,7 @@ class ScenarioExecutor:
                                         f"{proc.popen.returncode}: {proc.err_tail()}")
             try:
                 if "listening" in proc.out.read_text(errors="replace"):
-                    return
+                    return port
             except OSError:
                 pass
             time.sleep(0.05)
@@ -298,9 +314,9 @@ class ScenarioExecutor:
             raise ScenarioExecError(f"flow {action.flow_id!r} already started")
         src, dst = self.tree.gpu_name(action.src), self.tree.gpu_name(action.dst)
         mbit = background_rate_mbit(action.rate_gbit_s, self.scale, self.time_scale)
-        self._sink(dst)
+        port = self._sink(dst, self._clamp(action.src, action.dst))
         argv = [self.python, "-m", "hosts.background",
-                "--dst", f"{self.fab.peer_ip(action.src, action.dst)}:{self.port}",
+                "--dst", f"{self.fab.peer_ip(action.src, action.dst)}:{port}",
                 "--duration", f"{FOREVER_S:g}"]
         if mbit is not None:
             argv += ["--rate-mbit", f"{mbit:.6g}"]

@@ -78,12 +78,14 @@ def test_sender_congestion_control_is_selectable_and_errors_name_it():
         t.join(timeout=3)
 
 
-@pytest.mark.parametrize("nic, time_scale, want", [
-    (200, 1.0, BACKGROUND_WINDOW_SEGMENTS * MSS),  # 10 Mbit/s tor-agg: 2.5 kB per RTT < 3 segments
-    (400, 1.0, 5000),  # 20 Mbit/s x 2 ms
-    (800, 1.0, 10000),
-    (800, 2.0, 5000),  # dilated time: half the emulated rate, half the window
-])
-def test_background_window_fills_the_fastest_switch_link_for_one_rtt(nic, time_scale, want):
-    tree = FatTree(build_config(overrides=[f"topology.nic_gbit_s={nic}"]).topology)
-    assert background_window_bytes(tree, 2.5e-5, time_scale) == want
+def test_background_window_is_the_paths_bdp_plus_two_segments():
+    tree = FatTree(build_config(overrides=["topology.nic_gbit_s=200"]).topology)
+    # cross-pod at scale 2.5e-5: NIC and core hops 5 Mbit/s, ToR-agg 10 Mbit/s. One 1514-byte
+    # frame's store-and-forward: 4 x 2.4224 ms + 2 x 1.2112 ms = 12.112 ms, + 1.5 ms base RTT;
+    # 5 Mbit/s x 13.612 ms = 8507 bytes, + 2 x 1460
+    assert tree.tier(0, 20) == 3
+    assert background_window_bytes(tree, 2.5e-5, 1.0, 0, 20) == 8507 + BACKGROUND_WINDOW_SEGMENTS * MSS
+    # dilated time: every hop twice as slow, the base RTT unchanged
+    assert background_window_bytes(tree, 2.5e-5, 2.0, 0, 20) == int(2.5e6 / 8 * (0.0015 + 2 * 0.012112)) + 2 * MSS
+    # a shorter path (same ToR) needs less window than a cross-pod one
+    assert background_window_bytes(tree, 2.5e-5, 1.0, 0, 4) < background_window_bytes(tree, 2.5e-5, 1.0, 0, 20)
