@@ -12,8 +12,8 @@
         finally:
             exe.close()
 
-* ``flow_start``: one ``python -m hosts.background`` sink per destination host (fixed port, many
-  connections, started on first use) and one sender per flow in the source host, to
+* ``flow_start``: one ``python -m hosts.background`` sink per destination host and window clamp
+  (many connections, started on first use) and one sender per flow in the source host, to
   ``fab.peer_ip(src, dst)``; paced at ``rate_gbit_s x 1000 x scale / time_scale`` Mbit/s, greedy
   when the rate is None; it runs until ``flow_stop``. Sinks clamp their receive window at the
   flow's :func:`background_window_bytes` (one sink port per distinct clamp), so a greedy
@@ -53,6 +53,16 @@ from topology.model import FatTree, switch_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKGROUND_PORT = 5399
+"""First TCP port of the background sinks, one port per distinct window clamp from there up (agents
+use 9470, tests' iperf3 servers 5301..5303)."""
+FOREVER_S = 10_000_000.0
+"""Sender duration: effectively until stopped."""
+SINK_READY_TIMEOUT_S = 10.0
+STOP_GRACE_S = 3.0
+TC_TIMEOUT_S = 10.0
+HTB_CLASS = "5:1"
+DOWN_HANDLE = LEAF_HANDLE
+
 BACKGROUND_WINDOW_SEGMENTS = 2
 """Segments a background flow may keep in flight beyond its path's bandwidth-delay product (see
 :func:`background_window_bytes`).
@@ -77,19 +87,11 @@ def background_window_bytes(tree: FatTree, scale: float, time_scale: float, src:
     """Receive-window clamp for a background flow ``src -> dst``: its path's bandwidth-delay product
     plus :data:`BACKGROUND_WINDOW_SEGMENTS` segments. The round trip is
     :data:`BACKGROUND_BASE_RTT_S` plus one full frame's store-and-forward time on every shaped hop
-    (at 5 Mbit/s a frame takes 2.4 ms per hop, 14.5 ms across the six hops between pods), the
+    (2.4 ms per hop at 5 Mbit/s; a cross-pod path has six shaped hops), the
     bottleneck the slowest hop, both at the emulated rates (real x scale / time_scale)."""
     bps = np.array([tree.link_capacity_gbit_s[tree.link_kind(int(i))] for i in tree.path(src, dst)]) * 1e9 * scale / time_scale
     rtt = BACKGROUND_BASE_RTT_S + float(np.sum(FRAME_BYTES * 8 / bps))
     return int(bps.min() / 8 * rtt + BACKGROUND_WINDOW_SEGMENTS * MSS)
-"""TCP port of the background sinks (agents use 9470, tests' iperf3 servers 5301..5303)."""
-FOREVER_S = 10_000_000.0
-"""Sender duration: effectively until stopped."""
-SINK_READY_TIMEOUT_S = 10.0
-STOP_GRACE_S = 3.0
-TC_TIMEOUT_S = 10.0
-HTB_CLASS = "5:1"
-DOWN_HANDLE = LEAF_HANDLE
 
 
 class ScenarioExecError(RuntimeError):
