@@ -48,7 +48,14 @@ import numpy as np
 
 from scheduler.scenario import Action
 from topology.cleanup import switch_intf_name
-from topology.mininet_topo import LEAF_HANDLE, htb_commands, host_intf_name, leaf_command
+from topology.mininet_topo import (
+    HTB_BURST_S,
+    LEAF_HANDLE,
+    NVLINK_HTB_BURST_S,
+    host_intf_name,
+    htb_commands,
+    leaf_command,
+)
 from topology.model import FatTree, switch_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,9 +128,9 @@ def egress_intf_name(tree: FatTree, link: int) -> tuple[str, str]:
     return u, switch_intf_name(u, port)
 
 
-def rate_argv(intf: str, mbit: float) -> list[str]:
+def rate_argv(intf: str, mbit: float, burst_s: float = HTB_BURST_S) -> list[str]:
     """tc command that sets the HTB class of ``intf`` to ``mbit`` (burst/quantum to match)."""
-    return htb_commands(intf, mbit)[1].split()
+    return htb_commands(intf, mbit, burst_s)[1].split()
 
 
 def _del_leaf_argv(intf: str) -> list[str]:
@@ -379,8 +386,9 @@ class ScenarioExecutor:
                         self._tc(intf, argv)
                     self._down.add(link)
             else:
-                mbit = rates[self.tree.link_kind(link)] * action.factor
-                self._tc(intf, rate_argv(intf.name, mbit))
+                kind = self.tree.link_kind(link)
+                mbit = rates[kind] * action.factor
+                self._tc(intf, rate_argv(intf.name, mbit, NVLINK_HTB_BURST_S if kind == "nvlink" else HTB_BURST_S))
                 for argv in up_argvs(intf.name, mbit):  # leaf back (if down) and resized
                     self._tc(intf, argv)
                 self._down.discard(link)

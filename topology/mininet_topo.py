@@ -130,14 +130,17 @@ QUEUE_MIN_PACKETS = 10
 """Never fewer than this many full-size packets of buffer (TCP's initial window)."""
 LEAF_HANDLE = "10:"
 HTB_BURST_S = 0.0007
-"""HTB burst (and cburst) in seconds of traffic at the class rate: tokens saved while the link idles
-let that much leave at line rate. Too small and HTB cannot hold its rate when the dequeue runs late
-on a busy machine; too large and a transfer shorter than the burst is not shaped at all: with 10 ms
-an idle 8k-token NVLink transfer (27 kB at 90 Mbit/s, 2.4 ms) went through unshaped in 0.7-1.2 ms
-(x0.4-0.7 of the simulator). Measured per-tier calibration (two runs each, default tree at
-200 Gbit/s): 1 ms gave tier 0 x0.83-0.88, 0.5 ms x1.01-1.17, 0.2 ms x1.17-1.23 (the emulator's own
-~0.5 ms forwarding latency no longer hidden by the burst); tiers 1-3 stayed within x0.96-1.04 and
-goodput at 94-96% on every tier for all of them. 0.7 ms sits between."""
+"""HTB burst (and cburst) of switch links (NIC, ToR-aggregation, aggregation-core), in seconds of
+traffic at the class rate: tokens saved while the link idles let that much leave at line rate.
+With 10 ms an idle link let the first 15 kB (the floor then) of every transfer through unshaped:
+sporadic cross-pod KV transfers ran at x0.66 of the fluid time. With 0.7 ms (floored at two
+frames: 3 kB at 5-20 Mbit/s) tiers 1-3 calibrate at x0.95-1.04 (200 Gbit/s), goodput 94-96%."""
+NVLINK_HTB_BURST_S = 0.01
+"""HTB burst of NVLink links (90 Mbit/s by default). A short burst would shape the 27 kB of an
+idle 8k-token transfer too (0.7 ms: x0.94-1.07 of the simulator), but at 90 Mbit/s HTB then loses
+the tokens of every late dequeue: single-transfer goodput fell to 75-86% in CI runs on this shared
+VM (iperf3 and calibration), against 94-96% with 10 ms. Goodput wins; the price is that an NVLink
+transfer shorter than 10 ms of traffic (112 kB) leaves unshaped (see the README's calibration)."""
 HTB_MIN_BURST_BYTES = 2 * 1514
 """Floor of the HTB burst: two full-size frames, so a class can always send a packet pair."""
 
@@ -148,19 +151,19 @@ def leaf_command(intf: str, bw_mbit: float) -> str:
     return f"tc qdisc replace dev {intf} parent 5:1 handle {LEAF_HANDLE} bfifo limit {limit}"
 
 
-def htb_commands(intf: str, bw_mbit: float) -> list[str]:
+def htb_commands(intf: str, bw_mbit: float, burst_s: float = HTB_BURST_S) -> list[str]:
     """tc commands that shape ``intf``'s egress to ``bw_mbit`` with one HTB class and a shallow
     FIFO leaf.
 
     ``quantum`` ~1 ms of traffic (1514..200000 bytes) and ``r2q`` to match, so the kernel never
-    complains that the quantum is big; burst and cburst :data:`HTB_BURST_S` of traffic, at least
-    :data:`HTB_MIN_BURST_BYTES`."""
+    complains that the quantum is big; burst and cburst ``burst_s`` of traffic (default
+    :data:`HTB_BURST_S`; :data:`NVLINK_HTB_BURST_S` for NVLink), at least :data:`HTB_MIN_BURST_BYTES`."""
     if not 0 < bw_mbit <= MAX_SHAPED_MBIT:
         raise EmulationScaleError(f"{intf}: rate {bw_mbit} Mbit/s outside 0..{MAX_SHAPED_MBIT:.0f}")
     rate_bytes = bw_mbit * 1e6 / 8
     quantum = int(min(200_000, max(1514, rate_bytes / 1000)))
     r2q = max(1, math.ceil(rate_bytes / quantum))
-    burst = int(max(HTB_MIN_BURST_BYTES, rate_bytes * HTB_BURST_S))
+    burst = int(max(HTB_MIN_BURST_BYTES, rate_bytes * burst_s))
     return [
         f"tc qdisc replace dev {intf} root handle 5: htb default 1 r2q {r2q}",
         f"tc class replace dev {intf} parent 5: classid 5:1 htb rate {bw_mbit:f}Mbit "
@@ -180,11 +183,11 @@ class ShapedIntf(Intf):
     One shell round trip per interface (Mininet's ``TCIntf`` needs ~7, and turns tx/rx checksum
     offload on by default), so building the 64-GPU fabric stays fast."""
 
-    def config(self, bw: float | None = None, **params):
+    def config(self, bw: float | None = None, burst_s: float = HTB_BURST_S, **params):
         self.bw = bw
         up = params.pop("up", True)
         result = super().config(up=None, **params)  # None: Mininet skips its own `ifconfig up`
-        cmds = [offload_command(self.name)] + (htb_commands(self.name, bw) if bw is not None else [])
+        cmds = [offload_command(self.name)] + (htb_commands(self.name, bw, burst_s) if bw is not None else [])
         if up:
             cmds.append(f"ip link set dev {self.name} up")
         out = self.cmd(" && ".join(f"{c} >/dev/null" for c in cmds) + " && echo netkv-ok")
@@ -231,7 +234,8 @@ class FatTreeTopo(Topo):
                 if nb in tree._gpu_index:
                     g = tree.gpu_index(nb)
                     nvlink = tree.switch_names()[sw] == "server"
-                    opts = {"bw": rates["nvlink" if nvlink else "nic"], "cls": ShapedLink}
+                    opts = {"bw": rates["nvlink" if nvlink else "nic"], "cls": ShapedLink,
+                            "burst_s": NVLINK_HTB_BURST_S if nvlink else HTB_BURST_S}
                     if nvlink:
                         opts["params1"] = {"ip": f"{nvlink_ip(tree, g)}/{NVLINK_PREFIX}"}
                         opts["addr1"] = gpu_mac(g, nvlink=True)
