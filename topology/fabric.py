@@ -352,7 +352,14 @@ class Fabric:
         self._configure_hosts()
         self.timings["build_s"] = time.monotonic() - t0
         self._wait_controller_listening()
-        self.net.addController(RemoteController(CONTROLLER_NAME, ip="127.0.0.1", port=self.ofp_port))
+        class _ListeningController(RemoteController):
+            def checkListening(self) -> None:
+                """Already checked by ``_wait_controller_listening``. Mininet's own probe telnets
+                to the port and decodes what comes back as UTF-8; when Ryu's binary OpenFlow
+                HELLO (a random xid) arrives before telnet hangs up, that raises
+                UnicodeDecodeError (seen once in CI on a loaded machine)."""
+
+        self.net.addController(_ListeningController(CONTROLLER_NAME, ip="127.0.0.1", port=self.ofp_port))
         t1 = time.monotonic()
         self.net.start()
         self._check_shaping()
