@@ -10,7 +10,7 @@ import time
 import pytest
 
 from hosts.background import BackgroundError, run_sender, run_sink
-from hosts.scenario_exec import BACKGROUND_WINDOW_SEGMENTS, MSS, background_window_bytes
+from hosts.scenario_exec import BACKGROUND_BASE_RTT_S, BACKGROUND_WINDOW_SEGMENTS, MSS, background_window_bytes
 from scheduler.config import build_config
 from topology.model import FatTree
 
@@ -88,11 +88,12 @@ def test_sender_congestion_control_is_selectable_and_errors_name_it():
 def test_background_window_is_the_paths_bdp_plus_two_segments():
     tree = FatTree(build_config(overrides=["topology.nic_gbit_s=200"]).topology)
     # cross-pod at scale 2.5e-5: NIC and core hops 5 Mbit/s, ToR-agg 10 Mbit/s. One 1514-byte
-    # frame's store-and-forward: 4 x 2.4224 ms + 2 x 1.2112 ms = 12.112 ms, + 1.5 ms base RTT;
-    # 5 Mbit/s x 13.612 ms = 8507 bytes, + 2 x 1460
+    # frame's store-and-forward: 4 x 2.4224 ms + 2 x 1.2112 ms = 12.112 ms, + the base RTT
+    base = BACKGROUND_BASE_RTT_S
+    extra = BACKGROUND_WINDOW_SEGMENTS * MSS
     assert tree.tier(0, 20) == 3
-    assert background_window_bytes(tree, 2.5e-5, 1.0, 0, 20) == 8507 + BACKGROUND_WINDOW_SEGMENTS * MSS
+    assert background_window_bytes(tree, 2.5e-5, 1.0, 0, 20) == int(5e6 / 8 * (base + 0.012112) + extra)
     # dilated time: every hop twice as slow, the base RTT unchanged
-    assert background_window_bytes(tree, 2.5e-5, 2.0, 0, 20) == int(2.5e6 / 8 * (0.0015 + 2 * 0.012112)) + 2 * MSS
+    assert background_window_bytes(tree, 2.5e-5, 2.0, 0, 20) == int(2.5e6 / 8 * (base + 2 * 0.012112) + extra)
     # a shorter path (same ToR) needs less window than a cross-pod one
     assert background_window_bytes(tree, 2.5e-5, 1.0, 0, 4) < background_window_bytes(tree, 2.5e-5, 1.0, 0, 20)
