@@ -51,10 +51,11 @@ from topology.cleanup import switch_intf_name
 from topology.mininet_topo import (
     HTB_BURST_S,
     LEAF_HANDLE,
-    NVLINK_HTB_BURST_S,
     host_intf_name,
+    htb_burst_s,
     htb_commands,
     leaf_command,
+    link_rates_mbit,
 )
 from topology.model import FatTree, switch_ports
 
@@ -98,7 +99,8 @@ def background_window_bytes(tree: FatTree, scale: float, time_scale: float, src:
     :data:`BACKGROUND_BASE_RTT_S` plus one full frame's store-and-forward time on every shaped hop
     (2.4 ms per hop at 5 Mbit/s; a cross-pod path has six shaped hops), the
     bottleneck the slowest hop, both at the emulated rates (real x scale / time_scale)."""
-    bps = np.array([tree.link_capacity_gbit_s[tree.link_kind(int(i))] for i in tree.path(src, dst)]) * 1e9 * scale / time_scale
+    rates = link_rates_mbit(tree, scale / time_scale)
+    bps = np.array([rates[tree.link_kind(int(i))] for i in tree.path(src, dst)]) * 1e6
     rtt = BACKGROUND_BASE_RTT_S + float(np.sum(FRAME_BYTES * 8 / bps))
     return int(bps.min() / 8 * rtt + BACKGROUND_WINDOW_SEGMENTS * MSS)
 
@@ -390,7 +392,7 @@ class ScenarioExecutor:
             else:
                 kind = self.tree.link_kind(link)
                 mbit = rates[kind] * action.factor
-                self._tc(intf, rate_argv(intf.name, mbit, NVLINK_HTB_BURST_S if kind == "nvlink" else HTB_BURST_S))
+                self._tc(intf, rate_argv(intf.name, mbit, htb_burst_s(kind)))
                 for argv in up_argvs(intf.name, mbit):  # leaf back (if down) and resized
                     self._tc(intf, argv)
                 self._down.discard(link)

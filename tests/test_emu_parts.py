@@ -5,6 +5,7 @@ Measured figures are printed with ``[measured]`` (run with ``-s`` to see them).
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from hosts.scenario_exec import (
     ScenarioExecError,
     ScenarioExecutor,
     background_rate_mbit,
+    background_window_bytes,
     down_argvs,
     egress_intf_name,
     rate_argv,
@@ -254,6 +256,10 @@ def test_greedy_background_flow_loads_core_link(fabric, executor):
     up_s = time.monotonic() - t1
     time.sleep(1.0)
     steady = _utilisation(fabric, name)
+    # the sink's window clamp holds the sender's window (ss reports the peer's advertised window)
+    ss = fabric.host(TREE.gpu_name(src)).cmd(f"ss -tin dst {fabric.peer_ip(src, dst)}")
+    windows = [int(w) for w in re.findall(r"snd_wnd:(\d+)", ss)]
+    clamp = background_window_bytes(TREE, SCALE, 1.0, src, dst)
     executor.apply(Action(1.0, "flow_stop", "bg", src, dst))
     t2, low = time.monotonic(), 1.0
     while time.monotonic() - t2 < 2 * poll + 1.0 and low >= 0.1:
@@ -264,6 +270,7 @@ def test_greedy_background_flow_loads_core_link(fabric, executor):
     print(f"\n[measured] greedy background flow {TREE.gpu_name(src)}->{TREE.gpu_name(dst)}: flow_start "
           f"{started * 1000:.0f} ms (sink+sender spawn), {name} utilisation > 80% after {up_s:.2f} s "
           f"(poll {poll} s), steady {steady:.2f}; after flow_stop < 10% in {down_s:.2f} s; sender {res}")
+    assert windows and max(windows) <= clamp + 1460, (clamp, ss)
     assert util > 0.8 and steady > 0.8
     assert up_s <= 2 * poll + 0.5, "utilisation rose later than 2 poll intervals after the sender started"
     assert low < 0.1 and down_s <= 2 * poll + 0.5

@@ -145,6 +145,11 @@ HTB_MIN_BURST_BYTES = 2 * 1514
 """Floor of the HTB burst: two full-size frames, so a class can always send a packet pair."""
 
 
+def htb_burst_s(kind: str) -> float:
+    """HTB burst of a link kind: :data:`NVLINK_HTB_BURST_S` for NVLink, else :data:`HTB_BURST_S`."""
+    return NVLINK_HTB_BURST_S if kind == "nvlink" else HTB_BURST_S
+
+
 def leaf_command(intf: str, bw_mbit: float) -> str:
     """The byte-limited FIFO leaf of the HTB class (see :data:`QUEUE_MS`)."""
     limit = int(max(QUEUE_MIN_PACKETS * 1514, bw_mbit * 1e6 / 8 * QUEUE_MS / 1000))
@@ -235,7 +240,7 @@ class FatTreeTopo(Topo):
                     g = tree.gpu_index(nb)
                     nvlink = tree.switch_names()[sw] == "server"
                     opts = {"bw": rates["nvlink" if nvlink else "nic"], "cls": ShapedLink,
-                            "burst_s": NVLINK_HTB_BURST_S if nvlink else HTB_BURST_S}
+                            "burst_s": htb_burst_s("nvlink" if nvlink else "nic")}
                     if nvlink:
                         opts["params1"] = {"ip": f"{nvlink_ip(tree, g)}/{NVLINK_PREFIX}"}
                         opts["addr1"] = gpu_mac(g, nvlink=True)
