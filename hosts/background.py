@@ -141,6 +141,17 @@ def _paced(sock: socket.socket, view: memoryview, rate_Bps: float, deadline: flo
     return sent
 
 
+CLAMP_RCVBUF_FACTOR = 4
+"""SO_RCVBUF of a clamped sink, as a multiple of its window clamp: large enough that the clamp, not
+the buffer, bounds the advertised window (the kernel doubles SO_RCVBUF and advertises roughly half
+to two thirds of it), small enough to stay a fixed buffer."""
+
+
+def clamp_rcvbuf_bytes(window_clamp: int) -> int:
+    """Receive buffer for a sink whose window is clamped at ``window_clamp`` bytes."""
+    return max(CLAMP_RCVBUF_FACTOR * window_clamp, 1 << 16)
+
+
 def run_sink(host: str, port: int, duration: float | None = None,
              stop: threading.Event | None = None,
              on_ready: Callable[[int], None] | None = None,
@@ -154,6 +165,10 @@ def run_sink(host: str, port: int, duration: float | None = None,
     lst = socket.socket(_family(host), socket.SOCK_STREAM)
     lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if window_clamp:
+        # A fixed receive buffer (SOCK_RCVBUF_LOCK) keeps the kernel's receive-buffer autotuning
+        # off: tcp_rcv_space_adjust() otherwise raises window_clamp along with the buffer
+        # ("make the window clamp follow along") and the clamp silently stops holding.
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, clamp_rcvbuf_bytes(int(window_clamp)))
         lst.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, int(window_clamp))
     total = [0]
     lock = threading.Lock()

@@ -254,11 +254,14 @@ def test_greedy_background_flow_loads_core_link(fabric, executor):
         time.sleep(0.05)
         util = _utilisation(fabric, name)
     up_s = time.monotonic() - t1
-    time.sleep(1.0)
-    steady = _utilisation(fabric, name)
     # the sink's window clamp holds the sender's window (ss reports the peer's advertised window)
-    ss = fabric.host(TREE.gpu_name(src)).cmd(f"ss -tin dst {fabric.peer_ip(src, dst)}")
-    windows = [int(w) for w in re.findall(r"snd_wnd:(\d+)", ss)]
+    # throughout: receive-buffer autotuning used to lift it after a second or so
+    windows, ss = [], ""
+    for _ in range(8):
+        time.sleep(0.25)
+        ss = fabric.host(TREE.gpu_name(src)).cmd(f"ss -tin dst {fabric.peer_ip(src, dst)}")
+        windows += [int(w) for w in re.findall(r"snd_wnd:(\d+)", ss)]
+    steady = _utilisation(fabric, name)
     clamp = background_window_bytes(TREE, SCALE, 1.0, src, dst)
     executor.apply(Action(1.0, "flow_stop", "bg", src, dst))
     t2, low = time.monotonic(), 1.0
