@@ -12,7 +12,11 @@ host agents already connected to ``control``:
 (b) **reference KV transfer**: ``reference_tokens x kv_bytes_per_token x scale`` bytes; measured
     = (receiver ``t_end`` - sender ``t_connect``) / ``time_scale`` (virtual seconds), compared
     with ``StaticTierOracle(tree, setup_s)`` for the real bytes on an idle fabric; ok within 15%.
-    The transfer runs ``reference_repeats`` times (default 5) and the median counts.
+    The transfer runs ``reference_repeats`` times (default 5), or more on a fast tier: as many as
+    fit :data:`REFERENCE_BUDGET_S` of predicted transfer time, at most
+    :data:`REFERENCE_MAX_REPEATS`; the median counts. An NVLink reference lasts 2.4 ms, so one
+    late wake-up of the forwarding thread (~1 ms) moves a single sample by 40%; 41 samples make
+    its median as steady as the 5 of a 21 ms switch-tier reference.
 
 Transfer and request ids start at 10**12, so they never collide with the orchestrator's.
 """
@@ -31,6 +35,10 @@ from topology.model import FatTree
 CALIBRATION_ID_BASE = 10**12
 GOODPUT_MIN_RATIO = 0.9
 TIME_TOLERANCE = 0.15
+REFERENCE_BUDGET_S = 0.1
+"""Predicted transfer time the reference samples of one tier may add up to (emulated seconds)."""
+REFERENCE_MAX_REPEATS = 41
+"""Most reference transfers per tier (an odd count, so the median is one sample)."""
 _IDS = itertools.count(CALIBRATION_ID_BASE)
 
 
@@ -81,6 +89,13 @@ def predicted_seconds(tree: FatTree, setup_s: float, src: int, dst: int, nbytes_
     return float(StaticTierOracle(tree, setup_s).cost(query)[0])
 
 
+def reference_count(repeats: int, predicted_wall_s: float) -> int:
+    """Reference transfers for a tier: ``repeats``, or as many as fit :data:`REFERENCE_BUDGET_S`
+    of ``predicted_wall_s`` each, at most :data:`REFERENCE_MAX_REPEATS` (and at least one)."""
+    fit = int(REFERENCE_BUDGET_S // predicted_wall_s) if predicted_wall_s > 0 else REFERENCE_MAX_REPEATS
+    return max(1, repeats, min(REFERENCE_MAX_REPEATS, fit | 1))
+
+
 def within(ratio: float, tolerance: float = TIME_TOLERANCE) -> bool:
     return abs(ratio - 1.0) <= tolerance + 1e-9  # 0.85 and 1.15 count as inside
 
@@ -119,12 +134,12 @@ def calibrate(fab: Any, tree: FatTree, control: ControlServer, agent_port: int, 
             wire_s = recv["t_end"] - recv["t_start"]
             goodputs.append(nbytes * 8 / wire_s / 1e6 if wire_s > 0 else float("inf"))
         achieved = float(np.median(goodputs))
+        predicted = predicted_seconds(tree, setup_s, src, dst, real)
         samples = []
-        for _ in range(max(1, reference_repeats)):
+        for _ in range(reference_count(reference_repeats, predicted * time_scale)):
             sent, recv = _transfer(control, tree, fab, src, dst, agent_port, emulated, timeout_s)
             samples.append((recv["t_end"] - sent["t_connect"]) / time_scale)
         measured = float(np.median(samples))
-        predicted = predicted_seconds(tree, setup_s, src, dst, real)
         ratio = measured / predicted if predicted > 0 else float("inf")
         tiers[str(tier)] = {
             "src": tree.gpu_name(src), "dst": tree.gpu_name(dst),

@@ -49,11 +49,12 @@ import numpy as np
 from scheduler.scenario import Action
 from topology.cleanup import switch_intf_name
 from topology.mininet_topo import (
-    HTB_BURST_S,
     LEAF_HANDLE,
+    SWITCH_SHAPE,
+    HtbShape,
     host_intf_name,
-    htb_burst_s,
     htb_commands,
+    htb_shape,
     leaf_command,
     link_rates_mbit,
 )
@@ -132,9 +133,10 @@ def egress_intf_name(tree: FatTree, link: int) -> tuple[str, str]:
     return u, switch_intf_name(u, port)
 
 
-def rate_argv(intf: str, mbit: float, burst_s: float = HTB_BURST_S) -> list[str]:
-    """tc command that sets the HTB class of ``intf`` to ``mbit`` (burst/quantum to match)."""
-    return htb_commands(intf, mbit, burst_s)[1].split()
+def rate_argv(intf: str, mbit: float, shape: HtbShape = SWITCH_SHAPE) -> list[str]:
+    """tc command that sets the HTB class of ``intf`` to ``mbit`` (buckets, ceil and quantum to
+    match, as the fabric shapes that link kind)."""
+    return htb_commands(intf, mbit, shape)[1].split()
 
 
 def _del_leaf_argv(intf: str) -> list[str]:
@@ -392,7 +394,7 @@ class ScenarioExecutor:
             else:
                 kind = self.tree.link_kind(link)
                 mbit = rates[kind] * action.factor
-                self._tc(intf, rate_argv(intf.name, mbit, htb_burst_s(kind)))
+                self._tc(intf, rate_argv(intf.name, mbit, htb_shape(kind)))
                 for argv in up_argvs(intf.name, mbit):  # leaf back (if down) and resized
                     self._tc(intf, argv)
                 self._down.discard(link)

@@ -104,6 +104,19 @@ def test_fabric_up_every_tier_reachable(fabric):
             assert " 0% packet loss" in out, f"tier {tier} {tree.gpu_name(src)}->{tree.gpu_name(dst)}: {out}"
 
 
+def test_hosts_transport_settings(fabric):
+    """Every host runs the transport the calibration figures were measured with, in its own
+    namespace (the VM's defaults stay untouched)."""
+    from topology.fabric import HOST_RTO_MIN_MS, HOST_SLOW_START_AFTER_IDLE, HOST_TCP_CONGESTION
+
+    for g in (0, 37, 63):
+        host = fabric.host(fabric.tree.gpu_name(g))
+        out = host.cmd("sysctl -n net.ipv4.tcp_congestion_control net.ipv4.tcp_slow_start_after_idle").split()
+        assert out == [HOST_TCP_CONGESTION, str(HOST_SLOW_START_AFTER_IDLE)], out
+        assert all(re.search(rf"rto_min (lock )?{HOST_RTO_MIN_MS}ms", line) for line in host.cmd("ip route show").splitlines()
+                   if "dev" in line and "scope link" in line), host.cmd("ip route show")
+
+
 def test_routing_no_loops_no_flooding(fabric):
     tree = fabric.tree
     for sw in ("p0t0s0", "p0t0", "p0a0", "c0"):

@@ -38,6 +38,7 @@ from hosts.scenario_exec import (
 )
 from scheduler.scenario import Action
 from topology.fabric import tier_samples
+from topology.mininet_topo import HtbShape
 from topology.model import FatTree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,26 @@ def test_tc_commands():
     assert up[1][-3:] == ["bfifo", "limit", str(int(10e6 / 8 * 0.1))]  # 100 ms of 10 Mbit/s
 
 
+def _class_args(argv: list[str]) -> dict[str, str]:
+    i = argv.index("rate")
+    return dict(zip(argv[i::2], argv[i + 1::2]))
+
+
+def test_htb_shapes_per_link_kind():
+    from topology.mininet_topo import HTB_MIN_BURST_BYTES, NVLINK_CEIL_FACTOR, htb_shape
+
+    # switch links: one shallow bucket, ceil = rate (5 Mbit/s x 0.7 ms is under the 2-frame floor)
+    sw = _class_args(rate_argv("x", 5.0, htb_shape("agg_core")))
+    assert sw["rate"] == sw["ceil"] == "5.000000Mbit" and sw["burst"] == sw["cburst"] == str(HTB_MIN_BURST_BYTES)
+    # NVLink: a deep rate bucket (10 ms = 112500 B at 90 Mbit/s) for the long-run rate and a
+    # floor-sized ceil bucket slightly above the rate, so a transfer from idle is shaped too
+    nv = _class_args(rate_argv("x", 90.0, htb_shape("nvlink")))
+    assert nv["rate"] == "90.000000Mbit" and nv["ceil"] == f"{90.0 * NVLINK_CEIL_FACTOR:f}Mbit"
+    assert nv["burst"] == "112500" and nv["cburst"] == str(HTB_MIN_BURST_BYTES)
+    with pytest.raises(ValueError):
+        HtbShape(0.001, ceil_factor=0.5)
+
+
 def test_executor_factor_bookkeeping_without_fabric(tmp_path):
     exe = ScenarioExecutor(None, TREE, SCALE, 1.0, tmp_path)
     f = exe.capacity_factor()
@@ -123,6 +144,15 @@ def test_calibration_arithmetic():
     assert predicted_seconds(TREE, 30e-6, src, dst, 1 << 30) == pytest.approx(want)
     assert within(1.15) and within(0.85) and not within(1.16) and not within(0.8)
     assert CALIBRATION_ID_BASE == 10**12
+
+
+def test_reference_count_fills_a_time_budget():
+    from hosts.calibration import REFERENCE_MAX_REPEATS, reference_count
+
+    assert reference_count(5, 0.0215) == 5  # a switch tier: the minimum
+    assert reference_count(5, 0.00242) == REFERENCE_MAX_REPEATS  # NVLink: 41 x 2.4 ms fit 0.1 s
+    assert reference_count(5, 0.0107) % 2 == 1 and 5 < reference_count(5, 0.0107) < REFERENCE_MAX_REPEATS
+    assert reference_count(0, 1.0) == 1 and reference_count(7, 0.0) == REFERENCE_MAX_REPEATS
 
 
 def test_saturation_thresholds():

@@ -44,6 +44,7 @@ after start-up that every shaped interface still has its HTB qdisc.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 import os
 import subprocess
 
@@ -136,18 +137,51 @@ With 10 ms an idle link let the first 15 kB (the floor then) of every transfer t
 sporadic cross-pod KV transfers ran at x0.66 of the fluid time. With 0.7 ms (floored at two
 frames: 3 kB at 5-20 Mbit/s) tiers 1-3 calibrate at x0.95-1.04 (200 Gbit/s), goodput 94-96%."""
 NVLINK_HTB_BURST_S = 0.01
-"""HTB burst of NVLink links (90 Mbit/s by default). A short burst would shape the 27 kB of an
-idle 8k-token transfer too (0.7 ms: x0.94-1.07 of the simulator), but at 90 Mbit/s HTB then loses
-the tokens of every late dequeue: single-transfer goodput fell to 75-86% in CI runs on this shared
-VM (iperf3 and calibration), against 94-96% with 10 ms. Goodput wins; the price is that an NVLink
-transfer shorter than 10 ms of traffic (112 kB) leaves unshaped (see the README's calibration)."""
+"""Rate-bucket depth of NVLink links (90 Mbit/s by default), in seconds at the class rate. Deep,
+because at 90 Mbit/s a shallow rate bucket (0.7 ms) loses the tokens of every late dequeue on this
+shared VM: single-transfer goodput fell to 75-86% in CI runs (iperf3 and calibration). A deep rate
+bucket alone lets short transfers out unshaped, hence the ceil bucket below."""
+NVLINK_CEIL_FACTOR = 1.25
+"""NVLink's HTB ``ceil`` as a multiple of its rate: a second token bucket that caps the line-rate
+burst an idle NVLink would otherwise allow (10 ms = 112 kB, more than a whole 8k-token KV cache at
+the default scale: x0.40-0.50 of the simulator's time). HTB sends only while both buckets hold
+tokens, so a transfer from idle runs at 1.25x the rate after a floor-sized burst, while the deep
+rate bucket keeps the long-run rate and absorbs late dequeues (25% headroom for catching up).
+Measured on the calibration pair (2-core VM, median of 7): 1.25 gives x1.00 idle and x1.02 with a
+busy-looping core, goodput 96% both; 1.5 gave x0.63-1.10 and 1.15 x1.03-1.60 (too little headroom
+to catch up under load)."""
+NVLINK_CBURST_S = 0.0
+"""Ceil-bucket depth of NVLink links in seconds at the ceil rate; 0 leaves the floor
+(:data:`HTB_MIN_BURST_BYTES`). 0.7 ms (9.8 kB) gave x0.82-0.86: a third of the 27 kB reference out
+at line rate."""
 HTB_MIN_BURST_BYTES = 2 * 1514
-"""Floor of the HTB burst: two full-size frames, so a class can always send a packet pair."""
+"""Floor of every HTB bucket: two full-size frames, so a class can always send a packet pair."""
 
 
-def htb_burst_s(kind: str) -> float:
-    """HTB burst of a link kind: :data:`NVLINK_HTB_BURST_S` for NVLink, else :data:`HTB_BURST_S`."""
-    return NVLINK_HTB_BURST_S if kind == "nvlink" else HTB_BURST_S
+@dataclass(frozen=True)
+class HtbShape:
+    """How one HTB class shapes a link at its rate R: a rate bucket ``burst_s`` deep (seconds at R)
+    and a ceil bucket at ``ceil_factor`` x R, ``cburst_s`` deep (seconds at the ceil rate; None =
+    same bytes as the rate bucket). Both buckets are floored at :data:`HTB_MIN_BURST_BYTES`."""
+
+    burst_s: float = HTB_BURST_S
+    ceil_factor: float = 1.0
+    cburst_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.burst_s < 0 or self.ceil_factor < 1.0 or (self.cburst_s is not None and self.cburst_s < 0):
+            raise ValueError(f"HTB shape needs burst_s >= 0, ceil_factor >= 1, cburst_s >= 0: {self}")
+
+
+SWITCH_SHAPE = HtbShape(HTB_BURST_S)
+"""Switch links (NIC, ToR-aggregation, aggregation-core): one shallow bucket (ceil = rate)."""
+NVLINK_SHAPE = HtbShape(NVLINK_HTB_BURST_S, NVLINK_CEIL_FACTOR, NVLINK_CBURST_S)
+"""NVLink links: deep rate bucket, shallow ceil bucket slightly above the rate."""
+
+
+def htb_shape(kind: str) -> HtbShape:
+    """HTB shape of a link kind: :data:`NVLINK_SHAPE` for NVLink, else :data:`SWITCH_SHAPE`."""
+    return NVLINK_SHAPE if kind == "nvlink" else SWITCH_SHAPE
 
 
 def leaf_command(intf: str, bw_mbit: float) -> str:
@@ -156,23 +190,25 @@ def leaf_command(intf: str, bw_mbit: float) -> str:
     return f"tc qdisc replace dev {intf} parent 5:1 handle {LEAF_HANDLE} bfifo limit {limit}"
 
 
-def htb_commands(intf: str, bw_mbit: float, burst_s: float = HTB_BURST_S) -> list[str]:
+def htb_commands(intf: str, bw_mbit: float, shape: HtbShape = SWITCH_SHAPE) -> list[str]:
     """tc commands that shape ``intf``'s egress to ``bw_mbit`` with one HTB class and a shallow
     FIFO leaf.
 
     ``quantum`` ~1 ms of traffic (1514..200000 bytes) and ``r2q`` to match, so the kernel never
-    complains that the quantum is big; burst and cburst ``burst_s`` of traffic (default
-    :data:`HTB_BURST_S`; :data:`NVLINK_HTB_BURST_S` for NVLink), at least :data:`HTB_MIN_BURST_BYTES`."""
+    complains that the quantum is big; the buckets as ``shape`` says (:func:`htb_shape`)."""
     if not 0 < bw_mbit <= MAX_SHAPED_MBIT:
         raise EmulationScaleError(f"{intf}: rate {bw_mbit} Mbit/s outside 0..{MAX_SHAPED_MBIT:.0f}")
     rate_bytes = bw_mbit * 1e6 / 8
     quantum = int(min(200_000, max(1514, rate_bytes / 1000)))
     r2q = max(1, math.ceil(rate_bytes / quantum))
-    burst = int(max(HTB_MIN_BURST_BYTES, rate_bytes * burst_s))
+    burst = int(max(HTB_MIN_BURST_BYTES, rate_bytes * shape.burst_s))
+    ceil_mbit = bw_mbit * shape.ceil_factor
+    cburst = burst if shape.cburst_s is None else int(max(HTB_MIN_BURST_BYTES,
+                                                          rate_bytes * shape.ceil_factor * shape.cburst_s))
     return [
         f"tc qdisc replace dev {intf} root handle 5: htb default 1 r2q {r2q}",
-        f"tc class replace dev {intf} parent 5: classid 5:1 htb rate {bw_mbit:f}Mbit "
-        f"burst {burst} cburst {burst} quantum {quantum}",
+        f"tc class replace dev {intf} parent 5: classid 5:1 htb rate {bw_mbit:f}Mbit ceil {ceil_mbit:f}Mbit "
+        f"burst {burst} cburst {cburst} quantum {quantum}",
         leaf_command(intf, bw_mbit),
     ]
 
@@ -188,11 +224,11 @@ class ShapedIntf(Intf):
     One shell round trip per interface (Mininet's ``TCIntf`` needs ~7, and turns tx/rx checksum
     offload on by default), so building the 64-GPU fabric stays fast."""
 
-    def config(self, bw: float | None = None, burst_s: float = HTB_BURST_S, **params):
+    def config(self, bw: float | None = None, shape: HtbShape = SWITCH_SHAPE, **params):
         self.bw = bw
         up = params.pop("up", True)
         result = super().config(up=None, **params)  # None: Mininet skips its own `ifconfig up`
-        cmds = [offload_command(self.name)] + (htb_commands(self.name, bw, burst_s) if bw is not None else [])
+        cmds = [offload_command(self.name)] + (htb_commands(self.name, bw, shape) if bw is not None else [])
         if up:
             cmds.append(f"ip link set dev {self.name} up")
         out = self.cmd(" && ".join(f"{c} >/dev/null" for c in cmds) + " && echo netkv-ok")
@@ -240,7 +276,7 @@ class FatTreeTopo(Topo):
                     g = tree.gpu_index(nb)
                     nvlink = tree.switch_names()[sw] == "server"
                     opts = {"bw": rates["nvlink" if nvlink else "nic"], "cls": ShapedLink,
-                            "burst_s": htb_burst_s("nvlink" if nvlink else "nic")}
+                            "shape": htb_shape("nvlink" if nvlink else "nic")}
                     if nvlink:
                         opts["params1"] = {"ip": f"{nvlink_ip(tree, g)}/{NVLINK_PREFIX}"}
                         opts["addr1"] = gpu_mac(g, nvlink=True)
