@@ -376,6 +376,7 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
             log(f"emulate: logs of the failed run kept in {run_dir}")
     evidence["simulate_reference"] = sim_policies
     evidence["agreement"] = agreement(policies, sim_policies)
+    evidence["transfer_agreement"] = transfer_agreement(policies, sim_policies)
     return policies, records, evidence
 
 
@@ -390,3 +391,38 @@ def agreement(emu: dict, sim: dict, target: str = "netkv") -> dict:
         out[base] = {"emulate_pct": e, "simulate_pct": s, "same_sign": bool(np.sign(e) == np.sign(s)),
                      "magnitude_ratio": ratio, "within_1_5x": bool(ratio <= 1.5)}
     return out
+
+
+def _tier_means(policies: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(transfers, mean seconds) per tier over every policy, weighting each policy's tier mean by
+    its transfer count."""
+    counts, total = np.zeros(0), np.zeros(0)
+    for row in policies.values():
+        hist = np.asarray(row.get("tier_histogram") or [], dtype=float)
+        means = np.asarray([np.nan if m is None else m for m in row.get("transfer_mean_s_by_tier") or []], dtype=float)
+        n = max(len(counts), len(hist))
+        counts, total = np.pad(counts, (0, n - len(counts))), np.pad(total, (0, n - len(total)))
+        k = min(len(hist), len(means))
+        ok = hist[:k] > 0
+        counts[:k][ok] += hist[:k][ok]
+        total[:k][ok] += hist[:k][ok] * means[:k][ok]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return counts, total / counts
+
+
+def transfer_agreement(emu: dict, sim: dict) -> dict:
+    """Mean KV transfer time per tier on both backends, over all policies (each policy's tier mean
+    weighted by its transfers), and their ratio: where the emulated network is slower or faster
+    than the fluid model during the run, not only on the idle fabric. The two backends' transfers
+    are not paired (a policy reading live telemetry may pick other instances), so this is a
+    per-tier indicator; tiers without transfers on either backend are left out."""
+    ce, me = _tier_means(emu)
+    cs, ms = _tier_means(sim)
+    out = {}
+    for tier in range(min(len(ce), len(cs))):
+        if ce[tier] > 0 and cs[tier] > 0 and ms[tier] > 0:
+            out[str(tier)] = {"emulate_ms": float(me[tier] * 1e3), "simulate_ms": float(ms[tier] * 1e3),
+                              "ratio": float(me[tier] / ms[tier]),
+                              "transfers_emulate": int(ce[tier]), "transfers_simulate": int(cs[tier])}
+    return out
+

@@ -63,6 +63,8 @@ def test_short_emulate_run_writes_every_result_file(tmp_path: Path) -> None:
     assert fid["probe"]["replies"] > 0 and "forwarding_saturated" in fid
     assert set(summary["agreement"]) == {"cache-load"}
     assert set(summary["simulate_reference"]) == {"cache-load", "netkv"}
+    for tier, t in summary["transfer_agreement"].items():
+        assert t["transfers_emulate"] > 0 and t["ratio"] == pytest.approx(t["emulate_ms"] / t["simulate_ms"])
     # telemetry saw the hotspot's background load on pod 1's core links
     lines = (out / "telemetry.csv").read_text().splitlines()
     assert lines[0] == "policy,time_s,link,utilisation"

@@ -319,3 +319,25 @@ def test_clock_dilation():
     assert c.virtual(c.t0_wall + 8.0) == pytest.approx(2.0)
     with pytest.raises(ValueError):
         Clock(0)
+
+
+def test_agreement_and_transfer_agreement_arithmetic():
+    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
+    from hosts.emulation import agreement, transfer_agreement
+
+    def row(ttft, hist, means):
+        return {"ttft_mean_s": ttft, "tier_histogram": hist, "transfer_mean_s_by_tier": means}
+
+    emu = {"cache-load": row(0.50, [2, 0, 6, 0], [0.004, None, 0.06, None]),
+           "netkv": row(0.45, [4, 0, 0, 0], [0.010, None, None, None])}
+    sim = {"cache-load": row(0.50, [1, 1, 6, 0], [0.002, 0.02, 0.05, None]),
+           "netkv": row(0.44, [4, 0, 0, 0], [0.004, None, None, None])}
+    a = agreement(emu, sim)["cache-load"]
+    assert a["emulate_pct"] == pytest.approx(-10.0) and a["simulate_pct"] == pytest.approx(-12.0)
+    assert a["same_sign"] and a["magnitude_ratio"] == pytest.approx(1.2) and a["within_1_5x"]
+    t = transfer_agreement(emu, sim)
+    # tier 0: emulate (2 x 4 + 4 x 10) / 6 = 8 ms, simulate (1 x 2 + 4 x 4) / 5 = 3.6 ms
+    assert t["0"]["emulate_ms"] == pytest.approx(8.0) and t["0"]["simulate_ms"] == pytest.approx(3.6)
+    assert t["0"]["ratio"] == pytest.approx(8.0 / 3.6) and t["0"]["transfers_emulate"] == 6
+    assert t["2"]["ratio"] == pytest.approx(60 / 50)
+    assert "1" not in t and "3" not in t  # no transfers on one backend / on both

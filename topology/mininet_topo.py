@@ -37,7 +37,9 @@ off: with the userspace datapath TCP through veth stalls otherwise (ping still w
 ``TCIntf`` would turn tx/rx checksum offload *on*, so :class:`ShapedIntf` replaces it (same HTB
 idea, one shell round trip per interface). HTB gets an explicit ``quantum`` (and a matching
 ``r2q``) so rates of hundreds of Mbit/s do not trigger the kernel's "quantum of class is big"
-complaint, and a short burst (:data:`HTB_BURST_S`). Open vSwitch 3.x leaves root qdiscs of its
+complaint. Switch links have one shallow bucket (:data:`HTB_BURST_S`); NVLink has two
+(:data:`NVLINK_SHAPE`: a deep rate bucket for goodput, a floor-sized ceil bucket at
+:data:`NVLINK_CEIL_FACTOR` x the rate so transfers from idle are shaped too). Open vSwitch 3.x leaves root qdiscs of its
 ports alone unless QoS is configured (we configure none); :class:`topology.fabric.Fabric` checks
 after start-up that every shaped interface still has its HTB qdisc.
 """
