@@ -164,3 +164,19 @@ def calibrate(fab: Any, tree: FatTree, control: ControlServer, agent_port: int, 
         "all_ok": all(t["goodput_ok"] and t["time_ok"] for t in tiers.values()),
         "warning": warning,
     }
+
+
+def calibration_misses(calibration: dict) -> list[str]:
+    """One line per tier outside its targets (goodput below :data:`GOODPUT_MIN_RATIO`, reference
+    time outside +-:data:`TIME_TOLERANCE`), for the run's output; empty when every tier is in."""
+    out = []
+    for tier, t in sorted((calibration or {}).get("tiers", {}).items()):
+        why = []
+        if not t["goodput_ok"]:
+            why.append(f"goodput {100 * t['goodput_ratio']:.0f}% < {100 * GOODPUT_MIN_RATIO:.0f}%")
+        if not t["time_ok"]:
+            why.append(f"idle KV time x{t['time_ratio']:.2f}, outside x{1 - TIME_TOLERANCE:.2f}-{1 + TIME_TOLERANCE:.2f}")
+        if why:
+            out.append(f"tier {tier} ({t['src']} -> {t['dst']}): " + ", ".join(why))
+    return out
+

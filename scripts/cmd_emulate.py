@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from hosts.calibration import calibration_misses
     from hosts.emulation import run_emulation
     from scheduler.metrics import compare
     from scheduler.realtime import EmulationError
@@ -93,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     print("\ncalibration (idle fabric, per tier): " + "; ".join(
         f"tier {t}: goodput {100 * c['goodput_ratio']:.0f}% of {c['configured_mbit_s']:.1f} Mbit/s, "
         f"KV time x{c['time_ratio']:.2f} of simulator" for t, c in sorted(cal.get("tiers", {}).items())))
+    for miss in calibration_misses(cal):
+        print(f"WARNING: calibration {miss}: transfers on that tier are the emulator's as much as the network's "
+              "(see fidelity below; a slow or shared machine shows first on NVLink, the fastest link)")
     for base, a in (ev.get("agreement") or {}).items():
         print(f"agreement, netkv vs {base}: emulate {a['emulate_pct']:+.1f}%, simulate {a['simulate_pct']:+.1f}% "
               f"({'same sign' if a['same_sign'] else 'DIFFERENT SIGN'}, magnitudes x{a['magnitude_ratio']:.2f})")

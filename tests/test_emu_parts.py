@@ -155,6 +155,20 @@ def test_reference_count_fills_a_time_budget():
     assert reference_count(0, 1.0) == 1 and reference_count(7, 0.0) == REFERENCE_MAX_REPEATS
 
 
+def test_calibration_misses_name_tier_and_target():
+    from hosts.calibration import calibration_misses
+
+    def tier(gp, tr):
+        return {"src": "a", "dst": "b", "goodput_ratio": gp, "goodput_ok": gp >= 0.9, "time_ratio": tr,
+                "time_ok": abs(tr - 1) <= 0.15}
+
+    assert calibration_misses({"tiers": {"0": tier(0.96, 1.0), "1": tier(0.95, 1.15)}}) == []
+    misses = calibration_misses({"tiers": {"0": tier(0.89, 1.40), "3": tier(0.95, 0.8)}})
+    assert misses == ["tier 0 (a -> b): goodput 89% < 90%, idle KV time x1.40, outside x0.85-1.15",
+                      "tier 3 (a -> b): idle KV time x0.80, outside x0.85-1.15"]
+    assert calibration_misses({}) == []
+
+
 def test_saturation_thresholds():
     assert saturation_warning(10.0, 20.0, 5) == (False, None)
     sat, msg = saturation_warning(90.0, 20.0, 5)
