@@ -396,16 +396,14 @@ def agreement(emu: dict, sim: dict, target: str = "netkv") -> dict:
 def _tier_means(policies: dict) -> tuple[np.ndarray, np.ndarray]:
     """(transfers, mean seconds) per tier over every policy, weighting each policy's tier mean by
     its transfer count."""
-    counts, total = np.zeros(0), np.zeros(0)
+    n = max((len(row.get("tier_histogram") or []) for row in policies.values()), default=0)
+    counts, total = np.zeros(n), np.zeros(n)
     for row in policies.values():
-        hist = np.asarray(row.get("tier_histogram") or [], dtype=float)
-        means = np.asarray([np.nan if m is None else m for m in row.get("transfer_mean_s_by_tier") or []], dtype=float)
-        n = max(len(counts), len(hist))
-        counts, total = np.pad(counts, (0, n - len(counts))), np.pad(total, (0, n - len(total)))
-        k = min(len(hist), len(means))
-        ok = hist[:k] > 0
-        counts[:k][ok] += hist[:k][ok]
-        total[:k][ok] += hist[:k][ok] * means[:k][ok]
+        for tier, (count, mean) in enumerate(zip(row.get("tier_histogram") or [],
+                                                 row.get("transfer_mean_s_by_tier") or [])):
+            if count and mean is not None:
+                counts[tier] += count
+                total[tier] += count * mean
     with np.errstate(invalid="ignore", divide="ignore"):
         return counts, total / counts
 

@@ -39,16 +39,17 @@ idea, one shell round trip per interface). HTB gets an explicit ``quantum`` (and
 ``r2q``) so rates of hundreds of Mbit/s do not trigger the kernel's "quantum of class is big"
 complaint. Switch links have one shallow bucket (:data:`HTB_BURST_S`); NVLink has two
 (:data:`NVLINK_SHAPE`: a deep rate bucket for goodput, a floor-sized ceil bucket at
-:data:`NVLINK_CEIL_FACTOR` x the rate so transfers from idle are shaped too). Open vSwitch 3.x leaves root qdiscs of its
-ports alone unless QoS is configured (we configure none); :class:`topology.fabric.Fabric` checks
-after start-up that every shaped interface still has its HTB qdisc.
+:data:`NVLINK_CEIL_FACTOR` x the rate so transfers from idle are shaped too). Open vSwitch 3.x
+leaves root qdiscs of its ports alone unless QoS is configured (we configure none);
+:class:`topology.fabric.Fabric` checks after start-up that every shaped interface still has its
+HTB qdisc.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 import os
 import subprocess
+from dataclasses import dataclass
 
 from mininet.link import Intf, Link
 from mininet.topo import Topo
