@@ -76,7 +76,7 @@ PREFILL_FIELDS: dict[str, type] = {**SEND_FIELDS, "input_tokens": int, "cached_t
 EXPECT_FIELDS: dict[str, type] = {
     "transfer_id": int, "request_id": int, "input_tokens": int, "output_tokens": int,
 }
-ROLES = ("prefill", "decode")
+ROLES = ("prefill", "decode")  # = scheduler.instance.ROLES; not imported, so agents start without numpy
 Message = dict[str, Any]
 
 
