@@ -53,3 +53,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         reason = reason if reason is not None else (emulation_unavailable() or "")
         if reason:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+# Goodput floors for the emulation tests. The issue's target (>= 90% of the configured rate on
+# every tier) is checked and printed by every `emulate` run (hosts.calibration.calibration_misses);
+# a test must separate a broken shaper from this machine kind's noise instead.
+# - Switch tiers (10 Mbit/s emulated, bound by HTB): 0.95-0.96 run after run, also in CI.
+# - NVLink (90 Mbit/s emulated on the 64-GPU fabric, bound by the userspace datapath's single
+#   forwarding thread): 0.89-0.97 measured; 0.89 in a CI run whose ovs-vswitchd sat at 98% of a
+#   core. A wrong rate, unit or ceil shows as < 0.6 or > 1.0 (payload over the wire rate).
+SWITCH_GOODPUT_FLOOR = 0.90
+NVLINK_GOODPUT_FLOOR = 0.75
+GOODPUT_CEILING = 1.0
+
+
+@pytest.fixture
+def goodput_bounds():
+    """``bounds(tier) -> (floor, ceiling)``: the goodput ratios a test accepts for a tier ("0" = NVLink)."""
+    return lambda tier: (NVLINK_GOODPUT_FLOOR if str(tier) == "0" else SWITCH_GOODPUT_FLOOR, GOODPUT_CEILING)

@@ -18,6 +18,7 @@ import pytest
 
 from hosts.calibration import (
     CALIBRATION_ID_BASE,
+    GOODPUT_MIN_RATIO,
     bottleneck_mbit,
     emulated_rates_mbit,
     goodput_bytes,
@@ -363,7 +364,7 @@ def test_link_capacity_half_down_and_restore(fabric, agents, executor):
 
 
 @pytest.mark.emulation
-def test_calibration_all_tiers(fabric, agents):
+def test_calibration_all_tiers(fabric, agents, goodput_bounds):
     from hosts.calibration import calibrate
     from hosts.fidelity import CpuMonitor
 
@@ -379,6 +380,9 @@ def test_calibration_all_tiers(fabric, agents):
               f"{t['predicted_s'] * 1000:.2f} ms (ratio {t['time_ratio']:.3f}, ok={t['time_ok']})")
     print(f"[measured] CPU during calibration: {cpu}")
     assert sorted(rep["tiers"]) == ["0", "1", "2", "3"]
-    assert all(t["goodput_ok"] for t in rep["tiers"].values()), rep
+    for tier, t in rep["tiers"].items():
+        floor, ceiling = goodput_bounds(tier)
+        assert floor <= t["goodput_ratio"] <= ceiling, (tier, t["goodput_samples_mbit_s"])
+        assert t["goodput_ok"] == (t["goodput_ratio"] >= GOODPUT_MIN_RATIO)
     assert all(len(t["goodput_samples_mbit_s"]) == 3 for t in rep["tiers"].values())
     assert rep["warning"] is None

@@ -40,7 +40,7 @@ def _no_foreign_fabric() -> None:
         pytest.skip(f"a fabric is already running (owner pid {state['owner_pid']})")
 
 
-def test_short_emulate_run_writes_every_result_file(tmp_path: Path) -> None:
+def test_short_emulate_run_writes_every_result_file(tmp_path: Path, goodput_bounds) -> None:
     _no_foreign_fabric()
     out = tmp_path / "emu"
     res = subprocess.run(
@@ -58,7 +58,9 @@ def test_short_emulate_run_writes_every_result_file(tmp_path: Path) -> None:
         assert p["requests"] == 12 and p["ttft_mean_s"] > 0
     # evidence a user needs to trust the numbers
     assert set(summary["calibration"]["tiers"]) == {"0", "1", "2", "3"}
-    assert all(t["goodput_ratio"] > 0.85 for t in summary["calibration"]["tiers"].values())
+    for tier, t in summary["calibration"]["tiers"].items():
+        floor, ceiling = goodput_bounds(tier)
+        assert floor <= t["goodput_ratio"] <= ceiling, (tier, t["goodput_samples_mbit_s"])
     fid = summary["fidelity"]
     assert fid["probe"]["replies"] > 0 and "forwarding_saturated" in fid
     assert set(summary["agreement"]) == {"cache-load"}
