@@ -259,7 +259,7 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
     """Returns (policies section, records, evidence) where evidence holds calibration, telemetry
     rows, fidelity, timings, the simulator's reference figures and the agreement check. The run's
     logs (controller, agents, background flows) live in a temporary folder that is removed, or
-    kept for diagnosis when the run fails and ``keep_failed_logs``."""
+    kept for diagnosis when the run fails and ``keep_failed_logs`` (not when it is interrupted)."""
     tree = exp.tree
     cfg = exp.cfg
     fabric_scale = scale / time_scale
@@ -367,6 +367,9 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
             t2 = time.monotonic()
         evidence["fabric"]["down_s"] = round(time.monotonic() - t2, 2)
         ok = True
+    except (KeyboardInterrupt, SystemExit):
+        keep_failed_logs = False  # stopped on purpose (Ctrl-C, SIGTERM): nothing to diagnose, nothing left
+        raise
     finally:
         if monitoring:
             monitor.stop()

@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from scheduler.report import ResultsExistError
     from scheduler.scenario import ScenarioError
     from scheduler.trace import TraceError
+    from topology.cleanup import StopSignal
     from topology.model import TopologyError
 
     parser = build_parser()
@@ -226,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nnetkv {args.command}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except StopSignal as exc:
+        print(f"\nnetkv {args.command}: stopped by {exc.signame}; nothing was written", file=sys.stderr)
+        return int(exc.code)
 
 
 if __name__ == "__main__":

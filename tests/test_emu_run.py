@@ -3,9 +3,13 @@ also when the run dies mid-replay."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -107,5 +111,51 @@ sys.exit("no exception")
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-1000:] + res.stderr[-3000:]
     assert "injected failure" in res.stdout
+    _assert_nothing_left(FatTree())
+    assert set(Path(tempfile.gettempdir()).glob("netkv-emulate-*")) <= before, "run folder left in the temp dir"
+
+
+@pytest.mark.parametrize("sig,group,want_rc", [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143),
+                                                (signal.SIGHUP, True, 129)], ids=["ctrl-c", "kill", "hang-up"])
+def test_signal_mid_replay_leaves_nothing_behind(tmp_path: Path, sig: int, group: bool, want_rc: int) -> None:
+    """Ctrl-C in the terminal (SIGINT to the whole foreground process group), `kill` of netkv alone or
+    a dropped SSH session (SIGHUP to the group) during the replay: exit 128 + signal, no result folder, and every bridge, veth, namespace and
+    process gone."""
+
+    _no_foreign_fabric()
+    out = tmp_path / "emu"
+    before = set(Path(tempfile.gettempdir()).glob("netkv-emulate-*"))
+    proc = subprocess.Popen(
+        [str(ROOT / "scripts" / "netkv"), "emulate", "--max-requests", "60", "--policies", "netkv",
+         "--no-tune", "--no-progress", "--out", str(out), "--ofp-port", "16693", "--rest-port", "18093"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    replaying = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "replaying" in line:
+                replaying.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert replaying.wait(300), "".join(lines)[-3000:]
+        time.sleep(2.0)  # a few requests into the replay
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        rc = proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(10)
+    text = "".join(lines)
+    assert rc == want_rc, text[-3000:]
+    assert "nothing was written" in text
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
     _assert_nothing_left(FatTree())
     assert set(Path(tempfile.gettempdir()).glob("netkv-emulate-*")) <= before, "run folder left in the temp dir"

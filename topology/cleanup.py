@@ -34,6 +34,17 @@ OWNER_MARKS = ("python",)
 """A fabric owner is a Python process (the ``fabric up`` daemon, pytest, a user script)."""
 
 
+class StopSignal(SystemExit):
+    """A stop signal (SIGTERM, SIGHUP) arrived while a fabric was up. Raised from the fabric's signal
+    handler so every ``with`` block unwinds and tears down what it made; uncaught, the process exits
+    128 + the signal number, as a shell reports a process killed by it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+
+
 class CleanupError(RuntimeError):
     """A leftover could not be removed; the message names it and the command's error."""
 

@@ -12,7 +12,7 @@ start the controller (``controller/run.py``, log in the run folder) -> build the
 unless the kernel has the openvswitch module) -> per-host IPv6 off, subnet routes (NIC 10/8 on
 eth0, NVLink 192.168/16 on eth1) and static ARP -> start the switches -> wait until the
 controller reports every switch connected with its routes installed -> ping one pair of every
-tier. Teardown (``stop``/``__exit__``, also on SIGINT/SIGTERM while running and on any exception
+tier. Teardown (``stop``/``__exit__``, also on SIGINT/SIGTERM/SIGHUP while running and on any exception
 during start) stops the hosts, bridges and links in bulk (see ``Fabric._stop_network``), the
 controller, then removes whatever of ours is still there and deletes the state file. ``python -m topology.fabric serve ...`` is the background owner process
 ``netkv fabric up`` starts (see :mod:`scripts.cmd_fabric`).
@@ -80,6 +80,11 @@ connections idle between requests, so each transfer paid one extra round trip to
 KV transfer engine over RDMA (and the fluid model) starts at the path's rate. Measured on an idle
 NVLink pair, 27 kB (an 8k-token KV cache) 0.2 s after the previous transfer: median 4.9 ms with
 1, 3.0 ms with 0 (2.4 ms predicted); 225 kB 22.0 vs 18.9 ms (20.0 predicted)."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that tear a running fabric down instead of killing its owner: Ctrl-C, ``kill``, and the
+hang-up a dropped SSH session sends to ``sudo netkv emulate``."""
 
 
 class FabricError(RuntimeError):
@@ -522,13 +527,13 @@ class Fabric:
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._old_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame) -> None:
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
+        raise cleanup.StopSignal(signum)
 
     def _restore_signal_handlers(self) -> None:
         for sig, old in self._old_handlers.items():
@@ -537,16 +542,16 @@ class Fabric:
 
     @staticmethod
     def _mask_signals() -> bool:
-        """Block SIGINT/SIGTERM during teardown so a second Ctrl-C cannot leave half a fabric."""
+        """Block the stop signals during teardown so a second Ctrl-C cannot leave half a fabric."""
         if threading.current_thread() is not threading.main_thread():
             return False
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
         return True
 
     @staticmethod
     def _restore_signals(masked: bool) -> None:
         if masked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
 
 
 # --------------------------------------------------------------------------- background owner
