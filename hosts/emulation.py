@@ -368,7 +368,7 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
         evidence["fabric"]["down_s"] = round(time.monotonic() - t2, 2)
         ok = True
     except (KeyboardInterrupt, SystemExit):
-        keep_failed_logs = False  # stopped on purpose (Ctrl-C, SIGTERM): nothing to diagnose, nothing left
+        keep_failed_logs = False  # stopped on purpose (a stop signal): nothing to diagnose, nothing left
         raise
     finally:
         if monitoring:

@@ -118,10 +118,9 @@ sys.exit("no exception")
 @pytest.mark.parametrize("sig,group,want_rc", [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143),
                                                 (signal.SIGHUP, True, 129)], ids=["ctrl-c", "kill", "hang-up"])
 def test_signal_mid_replay_leaves_nothing_behind(tmp_path: Path, sig: int, group: bool, want_rc: int) -> None:
-    """Ctrl-C in the terminal (SIGINT to the whole foreground process group), `kill` of netkv alone or
-    a dropped SSH session (SIGHUP to the group) during the replay: exit 128 + signal, no result folder, and every bridge, veth, namespace and
-    process gone."""
-
+    """Ctrl-C in the terminal (SIGINT to the whole foreground process group), `kill` of netkv alone
+    or a dropped SSH session (SIGHUP to the group) during the replay: exit 128 + signal, no result
+    folder, no run logs, and every bridge, veth, namespace and process gone."""
     _no_foreign_fabric()
     out = tmp_path / "emu"
     before = set(Path(tempfile.gettempdir()).glob("netkv-emulate-*"))
