@@ -179,4 +179,3 @@ def calibration_misses(calibration: dict) -> list[str]:
         if why:
             out.append(f"tier {tier} ({t['src']} -> {t['dst']}): " + ", ".join(why))
     return out
-

@@ -278,8 +278,8 @@ class FatTreeTopo(Topo):
                 if nb in tree._gpu_index:
                     g = tree.gpu_index(nb)
                     nvlink = tree.switch_names()[sw] == "server"
-                    opts = {"bw": rates["nvlink" if nvlink else "nic"], "cls": ShapedLink,
-                            "shape": htb_shape("nvlink" if nvlink else "nic")}
+                    kind = "nvlink" if nvlink else "nic"
+                    opts = {"bw": rates[kind], "cls": ShapedLink, "shape": htb_shape(kind)}
                     if nvlink:
                         opts["params1"] = {"ip": f"{nvlink_ip(tree, g)}/{NVLINK_PREFIX}"}
                         opts["addr1"] = gpu_mac(g, nvlink=True)
@@ -287,7 +287,8 @@ class FatTreeTopo(Topo):
                 elif switch_ports(tree, nb) and self._is_lower(tree, sw, nb):
                     kind = "tor_agg" if tree.switch_names()[sw] == "tor" else "agg_core"
                     back = next(p for p, n in switch_ports(tree, nb).items() if n == sw)
-                    self.addLink(sw, nb, port1=port, port2=back, bw=rates[kind], cls=ShapedLink)
+                    self.addLink(sw, nb, port1=port, port2=back, bw=rates[kind], cls=ShapedLink,
+                                 shape=htb_shape(kind))
 
     @staticmethod
     def _is_lower(tree: FatTree, a: str, b: str) -> bool:
