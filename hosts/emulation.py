@@ -38,7 +38,7 @@ from hosts.framing import KV_PORT
 from hosts.scenario_exec import ScenarioExecutor
 from scheduler.cluster import assign_roles
 from scheduler.config import ExperimentConfig
-from scheduler.experiment import Experiment, make_policy, run_simulation, tune_policy
+from scheduler.experiment import Experiment, inherited_weights, make_policy, run_simulation, tune_policy
 from scheduler.metrics import compare, summarize_policy
 from scheduler.realtime import AgentEvent, AgentFailure, Clock, EmulationError, RealtimeReplay
 from scheduler.records import RequestRecord
@@ -264,14 +264,15 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
     cfg = exp.cfg
     fabric_scale = scale / time_scale
     nominal = link_capacity_bps(tree, fabric_scale)  # validates the scale before anything starts
-    actions = exp.scenario.actions(tree, exp.horizon_s)
+    actions = exp.actions()
     # The simulator's run of the same window comes first: cheap, it fails fast on bad input, and its
     # tuned weights (grid search on the held-out slice, same scenario) are the emulated policies' too.
     log("emulate: simulating the same window first (reference figures and tuned weights)")
     sim_policies, _ = run_simulation(exp, progress=False, log=lambda m: None)
     tuned = {name: next(iter(p["params"].values())) for name, p in sim_policies.items() if p.get("params")}
     exp = dataclasses.replace(exp, weights={**tuned, **exp.weights})
-    prefill_gpus, decode_gpus = assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction)
+    prefill_gpus, decode_gpus, _ = assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction,
+                                                cfg.cluster.reserved_servers_per_pod)
     run_dir = Path(tempfile.mkdtemp(prefix="netkv-emulate-"))
     evidence: dict = {"run_dir": str(run_dir), "scale": scale, "time_scale": time_scale}
     policies: dict[str, dict] = {}
@@ -318,7 +319,7 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
                     for k, cls in enumerate(exp.policies):
                         weight, table = tune_policy(exp, cls)  # the simulator's tuned weight (above)
                         table = sim_policies[cls.name].get("tuning", table)
-                        policy = make_policy(cls, weight, exp.seed)
+                        policy = make_policy(cls, weight, exp.seed, cfg, inherited_weights(exp, cls))
                         transport = AgentTransport(control, tree)
                         transports.append(transport)
                         executor = ScenarioExecutor(fab, tree, scale, time_scale, run_dir)

@@ -72,6 +72,9 @@ GPU_PRESETS: dict[str, GpuConfig] = {
 DEFAULT_GPU_FOR_MODEL = {"llama-3-70b": "h200"}
 
 
+KV_STREAMING = ("after-prefill", "layer-wise")
+
+
 @dataclass(frozen=True)
 class TimingConfig:
     """Roofline-style prefill and memory-bound decode timing."""
@@ -81,14 +84,23 @@ class TimingConfig:
     decode_hbm_efficiency: float = param(0.8, "achieved fraction of HBM bandwidth in decode steps")
     decode_step_overhead_s: float = param(0.001, "fixed per-decode-step overhead (sampling, launch), s")
     transfer_setup_s: float = param(30e-6, "KV transfer setup (RDMA registration/handshake: tens of us)")
+    kv_streaming: str = param("after-prefill", "when KV leaves the prefill instance: 'after-prefill' (the whole "
+                              "cache once the prefill ends: vLLM's NIXL connector under llm-d and Dynamo, the "
+                              "transfer fully in TTFT) or 'layer-wise' (each layer's KV as soon as it is computed: "
+                              "Mooncake, Splitwise; only the part the network cannot hide stays in TTFT)")
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
     """Instance roles and caches."""
 
-    placement: str = param("mixed", "GPU roles: 'mixed' (alternate prefill/decode inside every server), "
-                           "'by-server' (whole servers), 'by-rack' (whole ToRs)")
+    placement: str = param("by-rack", "GPU roles on the serving servers: 'by-server' (whole servers are prefill "
+                           "or decode, alternating in server order: disaggregated pools as Mooncake, Splitwise, "
+                           "llm-d and Dynamo deploy them), 'mixed' (both roles inside every server), 'by-rack' "
+                           "(whole ToRs)")
+    reserved_servers_per_pod: int = param(1, "servers at the end of every pod that serve nothing (reserved for "
+                                          "other jobs: a shared cluster); scenarios use their GPUs as traffic "
+                                          "endpoints, so congestion can sit on fabric links without a serving NIC")
     prefill_fraction: float = param(0.5, "fraction of GPUs that are prefill instances")
     decode_cache_fraction: float = param(0.5, "fraction of a decode GPU's KV memory kept as prefix cache "
                                          "(the rest holds running requests)")
@@ -99,6 +111,8 @@ class ClusterConfig:
 class OracleConfig:
     """Telemetry the network cost oracle sees (same cadence as the Ryu controller's polling)."""
 
+    kind: str = param("telemetry", "default oracle of oracle-consuming policies (a policy spec such as "
+                      "'netkv:static' picks its own): static, telemetry, inflight, perfect (see scheduler/oracle.py)")
     poll_interval_s: float = param(0.5, "port-statistics polling interval, s (controller default)")
     staleness_s: float = param(0.0, "age of the telemetry snapshot the oracle answers from, s")
     min_available_fraction: float = param(0.1, "a new flow on a saturated link still gets at least this "
@@ -114,6 +128,9 @@ class TuningConfig:
                                       "cache-load: load weight per unit of cache-miss fraction")
     netkv_weights_s: tuple = param((0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
                                    "netkv: seconds of cost per unit of decode load fraction")
+    affinity_weights: tuple = param((0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
+                                    "topology-affinity: weight of llm-d's tier score (1 / 0.2 / 0.05 / 0.02) against "
+                                    "cache-load's score (its load weight is cache-load's tuned one)")
     tbt_tolerance_ms: float = param(0.5, "tuning picks the lowest mean TTFT among weights whose mean TBT is "
                                     "within this of the best (the paper's TBT-overhead bound)")
 
@@ -302,10 +319,17 @@ def validate(cfg: ExperimentConfig) -> None:
     if not 0 < cfg.cluster.prefill_fraction < 1:
         raise ConfigError(f"parameter 'cluster.prefill_fraction' must be strictly between 0 and 1 "
                           f"(both roles are needed), got {cfg.cluster.prefill_fraction}")
+    if cfg.timing.kv_streaming not in KV_STREAMING:
+        raise ConfigError(f"parameter 'timing.kv_streaming' must be one of {', '.join(KV_STREAMING)}, "
+                          f"got {cfg.timing.kv_streaming!r}")
+    if cfg.oracle.kind not in ("static", "telemetry", "inflight", "perfect"):
+        raise ConfigError(f"parameter 'oracle.kind' must be static, telemetry, inflight or perfect, got {cfg.oracle.kind!r}")
     if cfg.oracle.staleness_s < 0:
         raise ConfigError(f"parameter 'oracle.staleness_s' must be >= 0, got {cfg.oracle.staleness_s}")
     if cfg.cluster.placement not in ("mixed", "by-server", "by-rack"):
-        raise ConfigError(f"parameter 'cluster.placement' must be mixed, by-server or by-rack, got {cfg.cluster.placement!r}")
+        raise ConfigError(f"parameter 'cluster.placement' must be by-server, mixed or by-rack, got {cfg.cluster.placement!r}")
+    if cfg.cluster.reserved_servers_per_pod < 0:
+        raise ConfigError(f"parameter 'cluster.reserved_servers_per_pod' must be >= 0, got {cfg.cluster.reserved_servers_per_pod}")
     if cfg.model.weight_bytes >= cfg.gpu.memory_gb * 1e9 * cfg.gpu.memory_utilisation:
         raise ConfigError(
             f"model '{cfg.model.name}' weights ({cfg.model.weight_bytes / 1e9:.0f} GB) do not fit GPU "

@@ -17,7 +17,7 @@ import numpy as np
 from scheduler.cluster import assign_roles
 from scheduler.config import ConfigError, ExperimentConfig
 from scheduler.metrics import SloConfig, summarize_policy
-from scheduler.policies import REGISTRY, resolve
+from scheduler.policies import REGISTRY, PolicySpec, parse_spec, resolve
 from scheduler.policies.base import Policy
 from scheduler.records import RequestRecord
 from scheduler.scenario import Scenario, load_scenario
@@ -38,15 +38,25 @@ class Experiment:
     requests: list[Request]  # evaluated window
     tune_requests: list[Request]  # held-out tuning slice, rebased to t=0
     scenario: Scenario
-    policies: list[type[Policy]]
+    policies: list[PolicySpec]
     seed: int = 0
     tune: bool = True
     weights: dict[str, float] = field(default_factory=dict)  # fixed weights (skip tuning)
+    tuned: dict[str, tuple[float | None, list[dict]]] = field(default_factory=dict)  # memo of tune_policy
+
+    @property
+    def run_s(self) -> float:
+        """The evaluated window's last arrival (what a scenario's ``$run_s`` stands for)."""
+        return self.requests[-1].arrival_s if self.requests else 0.0
 
     @property
     def horizon_s(self) -> float:
-        last = self.requests[-1].arrival_s if self.requests else 0.0
-        return last + SCENARIO_SLACK_S
+        return self.run_s + SCENARIO_SLACK_S
+
+    def actions(self, requests: list[Request] | None = None):
+        """The scenario's actions for a run over ``requests`` (default: the evaluated window)."""
+        last = (requests[-1].arrival_s if requests else 0.0) if requests is not None else self.run_s
+        return self.scenario.actions(self.tree, last + SCENARIO_SLACK_S, last)
 
     def slo(self) -> SloConfig:
         return SloConfig(ttft_s=self.cfg.slo.ttft_s, tbt_ms=self.cfg.slo.tbt_ms)
@@ -86,10 +96,15 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
     sc = load_scenario(scenario, tree, scenario_params)
     window, tune_slice, disjoint = split_trace(reqs, max_requests, cfg.tuning.tune_requests)
     for name in (weights or {}):
-        if name not in REGISTRY or REGISTRY[name].tuned_param is None:
+        try:
+            spec = parse_spec(name)
+        except ValueError:
+            spec = None
+        if spec is None or spec.tuned_param is None:
             raise ConfigError(f"--weight {name}=...: policy {name!r} has no tunable weight "
                              f"(tunable: {', '.join(n for n, c in REGISTRY.items() if c.tuned_param)})")
-    assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction)  # both roles present?
+    assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction,
+                 cfg.cluster.reserved_servers_per_pod)  # both roles present?
     exp = Experiment(cfg, tree, source, window, tune_slice, sc, classes, seed, tune, dict(weights or {}))
     info = {
         "source": source,
@@ -99,8 +114,9 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
     return exp, info
 
 
-def make_policy(cls: type[Policy], weight: float | None, seed: int) -> Policy:
-    return cls(weight=weight, seed=seed)
+def make_policy(spec: PolicySpec, weight: float | None, seed: int, cfg: ExperimentConfig | None = None,
+                inherited: dict[str, float] | None = None) -> Policy:
+    return spec.make(weight, seed, cfg.oracle.kind if cfg is not None else "telemetry", **(inherited or {}))
 
 
 def pick_weight(table: list[dict], tbt_tolerance_ms: float) -> float:
@@ -112,42 +128,56 @@ def pick_weight(table: list[dict], tbt_tolerance_ms: float) -> float:
     return min(ok, key=lambda row: (row["ttft_mean_s"], row["weight"]))["weight"]
 
 
-def tune_policy(exp: Experiment, cls: type[Policy], run=None) -> tuple[float | None, list[dict]]:
-    """Grid search of ``cls``'s load weight on the tuning slice under the same scenario.
-    ``run(policy, requests) -> records`` is the backend (default: the simulator)."""
-    if cls.tuned_param is None:
+def inherited_weights(exp: Experiment, spec: PolicySpec, run=None) -> dict[str, float]:
+    """Parameters ``spec`` takes from other policies' tuned weights (tuning those if needed)."""
+    out = {}
+    for param_name, other in spec.cls.inherits.items():
+        w, _ = tune_policy(exp, PolicySpec(REGISTRY[other]), run)
+        if w is not None:
+            out[param_name] = w
+    return out
+
+
+def tune_policy(exp: Experiment, spec: PolicySpec, run=None) -> tuple[float | None, list[dict]]:
+    """Grid search of ``spec``'s weight on the tuning slice under the same scenario, with the
+    grid its class names (``Policy.grid``) and :func:`pick_weight`'s rule. ``run(policy, requests)
+    -> records`` is the backend (default: the simulator). Memoised per experiment."""
+    if spec.tuned_param is None:
         return None, []
-    if cls.name in exp.weights:
-        return exp.weights[cls.name], []
-    grid = exp.cfg.tuning.netkv_weights_s if cls.name == "netkv" else exp.cfg.tuning.cache_load_weights
+    if spec.name in exp.weights:
+        return exp.weights[spec.name], []
     if not exp.tune or not exp.tune_requests:
         return None, []
+    if spec.name in exp.tuned:
+        return exp.tuned[spec.name]
+    grid = getattr(exp.cfg.tuning, spec.cls.grid)
     if run is None:
-        last = exp.tune_requests[-1].arrival_s
-        actions = exp.scenario.actions(exp.tree, last + SCENARIO_SLACK_S)
+        actions = exp.actions(exp.tune_requests)
         run = lambda pol, reqs: Simulator(exp.cfg, reqs, pol, actions).run()  # noqa: E731
+    inherited = inherited_weights(exp, spec, run)
     table = []
     for w in grid:
-        recs = run(make_policy(cls, float(w), exp.seed), exp.tune_requests)
+        recs = run(make_policy(spec, float(w), exp.seed, exp.cfg, inherited), exp.tune_requests)
         table.append({"weight": float(w), "ttft_mean_s": float(np.mean([r.ttft_s for r in recs])),
                       "tbt_mean_ms": float(np.mean([r.tbt_mean_ms for r in recs]))})
-    return pick_weight(table, exp.cfg.tuning.tbt_tolerance_ms), table
+    exp.tuned[spec.name] = result = (pick_weight(table, exp.cfg.tuning.tbt_tolerance_ms), table)
+    return result
 
 
 def run_simulation(exp: Experiment, progress: bool = True, log=print) -> tuple[dict, dict[str, list[RequestRecord]]]:
     """Run every policy on the simulator; returns (policies section of summary, records)."""
-    actions = exp.scenario.actions(exp.tree, exp.horizon_s)
+    actions = exp.actions()
     slo = exp.slo()
     out: dict[str, dict] = {}
     records: dict[str, list[RequestRecord]] = {}
-    for cls in exp.policies:
+    for spec in exp.policies:
         t0 = time.perf_counter()
-        weight, table = tune_policy(exp, cls)
+        weight, table = tune_policy(exp, spec)
         tune_s = time.perf_counter() - t0
         if table:
-            log(f"tuned {cls.name}: {cls.tuned_param}={weight:g} ({len(table)} grid points on "
+            log(f"tuned {spec.name}: {spec.tuned_param}={weight:g} ({len(table)} grid points on "
                 f"{len(exp.tune_requests)} held-out requests, {tune_s:.1f} s)")
-        policy = make_policy(cls, weight, exp.seed)
+        policy = make_policy(spec, weight, exp.seed, exp.cfg, inherited_weights(exp, spec))
         t1 = time.perf_counter()
         sim = Simulator(exp.cfg, exp.requests, policy, actions, progress=progress)
         recs = sim.run()
@@ -157,6 +187,7 @@ def run_simulation(exp: Experiment, progress: bool = True, log=print) -> tuple[d
         summary["tuning"] = table
         summary["wall_s"] = round(wall, 3)
         summary["events"] = sim.events
-        out[cls.name] = summary
-        records[cls.name] = recs
+        summary["reroutes"] = sim.reroutes
+        out[spec.name] = summary
+        records[spec.name] = recs
     return out, records

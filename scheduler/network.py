@@ -76,6 +76,9 @@ class FlowNetwork:
         self.link_rate = np.zeros_like(self.nominal)
         self._next_id = 0
         self.recomputes = 0
+        self.version = 0  # bumped whenever rates may have changed
+        self._share_version = -1
+        self._share: np.ndarray | None = None
 
     def advance(self, t: float) -> None:
         """Move time to ``t`` at the current rates (no completions may lie before ``t``)."""
@@ -101,6 +104,22 @@ class FlowNetwork:
         self._recompute()
         return f
 
+    def set_cap(self, fid: int, cap: float) -> None:
+        """Change flow ``fid``'s demand limit (bytes/s, inf = greedy)."""
+        self.flows[fid].cap = float(cap)
+        self._recompute()
+
+    def set_path(self, fid: int, path: np.ndarray) -> None:
+        """Move flow ``fid`` to ``path`` (rerouting), its remaining bytes unchanged."""
+        self.flows[fid].path = path
+        self._recompute()
+
+    def set_paths(self, moves: dict[int, np.ndarray]) -> None:
+        """Move several flows at once (one recomputation)."""
+        for fid, path in moves.items():
+            self.flows[fid].path = path
+        self._recompute()
+
     def set_capacity(self, links: np.ndarray | list[int], factor: float) -> None:
         self.capacity[np.asarray(links, dtype=int)] = self.nominal[np.asarray(links, dtype=int)] * factor
         self._recompute()
@@ -110,8 +129,44 @@ class FlowNetwork:
             f = np.where(np.isfinite(self.nominal), self.capacity / self.nominal, 1.0)
         return f
 
+    def entrant_share(self) -> np.ndarray:
+        """Bytes/s a new flow would get on every link now: the level ``x`` at which
+        ``x + sum(min(rate_f, x)) = capacity`` over the link's flows (a flow slower than ``x``
+        keeps its rate, being bottlenecked elsewhere; faster ones would share down to ``x``).
+        Equals ``max_j (capacity - S_j) / (k - j + 1)`` over the link's ``k`` rates sorted
+        ascending with ``S_j`` the sum of the ``j`` smallest. Padding entry +inf; cached until
+        the rates change."""
+        if self._share_version == self.version and self._share is not None:
+            return self._share
+        share = self.capacity.astype(float).copy()
+        flows = list(self.flows.values())
+        if flows:
+            paths = np.stack([f.path for f in flows])
+            rates = np.repeat([f.rate for f in flows], paths.shape[1])
+            links = paths.reshape(-1)
+            keep = links != self.pad
+            links, rates = links[keep], rates[keep]
+            order = np.lexsort((rates, links))
+            links, rates = links[order], rates[order]
+            starts = np.flatnonzero(np.r_[True, links[1:] != links[:-1]])
+            counts = np.diff(np.r_[starts, links.size])
+            group = np.repeat(np.arange(starts.size), counts)
+            pos = np.arange(links.size) - starts[group]  # j: flows slower than this one on the link
+            csum = np.cumsum(rates)
+            before = csum - rates - (csum[starts] - rates[starts])[group]  # S_j
+            cap = self.capacity[links]
+            x = (cap - before) / (counts[group] - pos + 1)
+            best = np.maximum.reduceat(x, starts)
+            total = np.add.reduceat(rates, starts)
+            ulinks = links[starts]
+            share[ulinks] = np.maximum(np.maximum(best, self.capacity[ulinks] - total), 0.0)
+        share[self.pad] = np.inf
+        self._share, self._share_version = share, self.version
+        return share
+
     def _recompute(self) -> None:
         self.recomputes += 1
+        self.version += 1
         flows = list(self.flows.values())
         if not flows:
             self.link_rate[:] = 0.0

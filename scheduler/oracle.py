@@ -6,6 +6,17 @@ Contract (stated once, every implementation keeps it):
 - more bytes or more congestion never cost less; on an idle fabric a higher tier is never cheaper;
 - zero bytes cost nothing (no transfer is started), whatever the path.
 Implementations are vectorised over candidates with numpy: O(|D|) per query.
+
+Kinds (``ORACLES``, resolved by :func:`make_oracle`), from least to most information:
+
+- ``static``: topology only (nominal capacities and routes); what a static topology scorer knows.
+- ``telemetry``: the controller's port-counter snapshot (with ``oracle.staleness_s``): available
+  bandwidth per link, links reported down (priced on the routes the controller moves to).
+- ``inflight``: ``telemetry`` plus the KV transfers this scheduler has committed that the snapshot
+  cannot show yet (decided after it was taken): each shares its links with the new transfer.
+- ``perfect``: the simulator's true state at the decision instant: current routes, capacities, and
+  the max-min rate a new flow would get on every link. No router has it; it bounds what better
+  telemetry could buy (it still cannot see the future: transfers start after the prefill).
 """
 from __future__ import annotations
 
@@ -16,6 +27,12 @@ import numpy as np
 
 from topology.model import FatTree
 
+ORACLES = ("static", "telemetry", "inflight", "perfect")
+
+
+class UnknownOracleError(ValueError):
+    """An oracle kind that does not exist, or one a backend cannot provide; the message says which."""
+
 
 class OracleQuery(NamedTuple):
     """One question to the oracle (a NamedTuple: built on every decision, so it must be cheap)."""
@@ -25,6 +42,7 @@ class OracleQuery(NamedTuple):
     nbytes: np.ndarray  # bytes each candidate needs moved (depends on its cached prefix)
     now: float  # seconds since run start
     flow_key: int | None = None  # the transfer's flow key (only matters with ECMP routing)
+    start: float | None = None  # when the transfer is expected to start (default: now)
 
 
 class SnapshotSource(Protocol):
@@ -34,33 +52,60 @@ class SnapshotSource(Protocol):
         ...
 
 
+class GroundTruth(Protocol):
+    """The simulated network's true state (the ``perfect`` oracle's source)."""
+
+    def routing_down(self) -> frozenset[int]:
+        """Links the routing currently avoids."""
+        ...
+
+    def entrant_share(self) -> np.ndarray:
+        """Bytes/s a new flow would get on every link now (length n_links + 1, padding +inf)."""
+        ...
+
+
 class NetworkOracle(ABC):
     name: str = "oracle"
+    tracks_commitments: bool = False
+    """True when :meth:`commit` matters (the backend then reports every committed transfer)."""
 
     def __init__(self, tree: FatTree, setup_s: float = 30e-6) -> None:
         self.tree = tree
         self.setup_s = setup_s
         self._latency = tree.latency_s
-        self._paths: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._paths: dict[tuple[int, frozenset[int]], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._inv_static: np.ndarray | None = None
 
-    def paths(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
-        """(paths, latency + setup per candidate). Deterministic routing makes both static per
-        (src, candidate set), so they are computed once and cached; ECMP paths depend on the flow."""
+    def paths(self, query: OracleQuery, down: frozenset[int] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+        """(paths, latency + setup per candidate) on the routes that avoid ``down``. Deterministic
+        routing makes both static per (src, candidate set, down links), so they are computed once
+        and cached; ECMP paths depend on the flow."""
         if self.tree.config.routing != "dst":
-            paths = self.tree.paths(query.src, query.dsts, query.flow_key)
+            paths = self.tree.paths(query.src, query.dsts, query.flow_key, down)
             return paths, self._latency[paths].sum(axis=1) + self.setup_s
-        hit = self._paths.get(query.src)
+        key = (query.src, down)
+        hit = self._paths.get(key)
         # the candidate array is the cluster's decode list, the same object decision after
         # decision: identity is checked first, contents only when a caller passes another array
         if hit is None or (hit[0] is not query.dsts and not np.array_equal(hit[0], query.dsts)):
-            paths = self.tree.paths(query.src, query.dsts)
-            hit = self._paths[query.src] = (query.dsts, paths, self._latency[paths].sum(axis=1) + self.setup_s)
+            if len(self._paths) > 4096:  # many failure sets over a long run: keep memory bounded
+                self._paths.clear()
+            paths = self.tree.paths(query.src, query.dsts, down=down)
+            hit = self._paths[key] = (query.dsts, paths, self._latency[paths].sum(axis=1) + self.setup_s)
         return hit[1], hit[2]
 
     @abstractmethod
     def cost(self, query: OracleQuery) -> np.ndarray:
         """Seconds to move ``query.nbytes[i]`` from ``query.src`` to ``query.dsts[i]`` now."""
+
+    def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
+               nbytes: float = 0.0, key: int | None = None) -> None:
+        """The scheduler committed transfer ``key`` of ``nbytes`` from ``src`` to ``dst``, expected
+        over ``[start, end)`` (seconds since run start). Oracles that do not track commitments
+        ignore it (and :meth:`done`)."""
+
+    def done(self, key: int, t: float) -> None:
+        """Transfer ``key`` (see :meth:`commit`) finished at ``t``."""
 
     @staticmethod
     def _finish(latency: np.ndarray, nbytes: np.ndarray, inv_bottleneck: np.ndarray) -> np.ndarray:
@@ -80,7 +125,8 @@ class NetworkOracle(ABC):
 
 
 class StaticTierOracle(NetworkOracle):
-    """Topology only: latency + bytes / nominal bottleneck capacity. No live congestion."""
+    """Topology only: latency + bytes / nominal bottleneck capacity on the nominal routes. No live
+    congestion, no failures."""
 
     name = "static"
 
@@ -91,24 +137,41 @@ class StaticTierOracle(NetworkOracle):
         return self._finish(latency, np.asarray(query.nbytes, dtype=float), self._inv_static[paths].max(axis=1))
 
 
+def down_links(snap) -> frozenset[int]:
+    """Links a telemetry snapshot reports down (capacity factor 0), as the routing avoids them."""
+    if snap is None:
+        return frozenset()
+    factor = snap.capacity_factor[:-1]
+    if factor.min() > 0:
+        return frozenset()
+    return frozenset(int(i) for i in np.flatnonzero(factor <= 0))
+
+
 class TelemetryOracle(NetworkOracle):
     """Latency per hop + bytes / available bandwidth of the path bottleneck from a utilisation
     snapshot. Available = capacity x capacity_factor x max(1 - utilisation, min_available_fraction):
     a new flow on a saturated link still receives a fair share against the flows already there.
-    Without any snapshot yet it answers like :class:`StaticTierOracle`."""
+    Links the snapshot reports down are priced on the routes that avoid them (the controller's
+    rerouting); a candidate with no surviving route costs +inf. Without any snapshot yet it
+    answers like :class:`StaticTierOracle`."""
 
     name = "telemetry"
 
     def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
-                 setup_s: float = 30e-6) -> None:
+                 setup_s: float = 30e-6, staleness_s: float = 0.0) -> None:
         super().__init__(tree, setup_s)
+        if not staleness_s >= 0:
+            raise ValueError(f"staleness_s must be >= 0, got {staleness_s}")
         self.source = source
         self.floor = min_available_fraction
-        self._inv_for = None
+        self.staleness_s = staleness_s
+        self._for = None
         self._inv: np.ndarray | None = None
+        self._down: frozenset[int] = frozenset()
 
     def snapshot_time(self, now: float) -> float:
-        return now
+        """Time of the newest snapshot the oracle may use at ``now``: ``now - staleness_s``."""
+        return now - self.staleness_s
 
     def available(self, snap) -> np.ndarray:
         """Available bytes/s per link under ``snap``."""
@@ -117,42 +180,122 @@ class TelemetryOracle(NetworkOracle):
         free = np.maximum(1.0 - np.clip(snap.utilisation, 0.0, 1.0), self.floor)
         return self.tree.capacity * snap.capacity_factor * free
 
+    def _refresh(self, snap) -> None:
+        """Seconds per byte of every link and the down set, computed once per snapshot."""
+        if self._for is not snap or self._inv is None:
+            self._inv = self._inverse(self.available(snap))
+            self._down = down_links(snap)
+            self._for = snap
+
     def seconds_per_byte(self, snap) -> np.ndarray:
         """1 / available bandwidth per link, computed once per snapshot."""
-        if self._inv_for is not snap or self._inv is None:
-            self._inv = self._inverse(self.available(snap))
-            self._inv_for = snap
+        self._refresh(snap)
         return self._inv
 
     def cost(self, query: OracleQuery) -> np.ndarray:
-        paths, latency = self.paths(query)
-        inv = self.seconds_per_byte(self.source.at(self.snapshot_time(query.now)))
+        self._refresh(self.source.at(self.snapshot_time(query.now)))
+        paths, latency = self.paths(query, self._down)
+        return self._finish(latency, np.asarray(query.nbytes, dtype=float), self._inv[paths].max(axis=1))
+
+
+class InflightOracle(TelemetryOracle):
+    """:class:`TelemetryOracle` corrected by what the scheduler knows of its own transfers.
+
+    Port counters cannot tell one KV transfer from many background flows, and they lag: a link
+    busy with the scheduler's own transfer looks as congested as one shared with four tenant
+    flows, and a transfer committed a moment ago does not show at all. This oracle keeps a ledger
+    of every transfer the scheduler committed (expected start and end, path, bytes) and
+    (1) subtracts from each link's measured load the rate of its own transfers the snapshot saw
+    (moving at the snapshot's time), leaving the background; (2) splits what the background leaves
+    free among the new transfer and its own transfers still expected to move when the new one
+    starts: available = max(capacity - background, floor x capacity) / (1 + own transfers).
+    Finished transfers leave the ledger when the backend reports them (:meth:`done`), or at their
+    expected end."""
+
+    name = "inflight"
+    tracks_commitments = True
+
+    def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
+                 setup_s: float = 30e-6, staleness_s: float = 0.0) -> None:
+        super().__init__(tree, source, min_available_fraction, setup_s, staleness_s)
+        self._ledger: dict[int, list] = {}  # key -> [start, end, path, bytes/s, done at]
+
+    def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
+               nbytes: float = 0.0, key: int | None = None) -> None:
+        path = self.tree.paths(src, np.array([dst]), flow_key, self._down)[0]
+        rate = nbytes / max(end - start, 1e-9)
+        self._ledger[len(self._ledger) if key is None else key] = [start, end, path, rate, np.inf]
+
+    def done(self, key: int, t: float) -> None:
+        """Transfer ``key`` finished at ``t`` (its last byte arrived)."""
+        entry = self._ledger.get(key)
+        if entry is not None:
+            entry[4] = t
+
+    def cost(self, query: OracleQuery) -> np.ndarray:
+        snap = self.source.at(self.snapshot_time(query.now))
+        self._refresh(snap)
+        now = query.now
+        start = now if query.start is None else query.start
+        # transfers done before the oldest snapshot the oracle may still read are of no use
+        horizon = now - self.staleness_s - 2.0
+        for k in [k for k, e in self._ledger.items() if min(e[1], e[4]) < horizon and e[4] <= now]:
+            del self._ledger[k]
+        paths, latency = self.paths(query, self._down)
+        inv = self._inv
+        if self._ledger:
+            n = inv.shape[0]
+            seen_t = snap.time_s if snap is not None else -np.inf
+            seen = [e for e in self._ledger.values() if e[0] <= seen_t < min(e[1], e[4])]
+            later = [e[2] for e in self._ledger.values() if e[0] <= start < e[1] and e[4] > now]
+            if seen or later:
+                cap = self.tree.capacity * (snap.capacity_factor if snap is not None else 1.0)
+                util = np.clip(snap.utilisation, 0.0, 1.0) if snap is not None else np.zeros(n)
+                own = np.zeros(n)
+                for e in seen:
+                    np.add.at(own, e[2], e[3])
+                own[-1] = 0.0
+                background = np.maximum(util * cap - own, 0.0)
+                free = np.maximum(cap - background, self.floor * cap)
+                sharers = np.bincount(np.concatenate(later), minlength=n).astype(float) if later else np.zeros(n)
+                sharers[-1] = 0.0
+                inv = self._inverse(free / (1.0 + sharers))
         return self._finish(latency, np.asarray(query.nbytes, dtype=float), inv[paths].max(axis=1))
 
 
-class StaleTelemetryOracle(TelemetryOracle):
-    """A :class:`TelemetryOracle` that answers from the snapshot of ``now - staleness_s``."""
+class PerfectOracle(NetworkOracle):
+    """The simulator's ground truth at the decision instant: the routes in force, and per link the
+    rate a new flow would get under max-min sharing if no other flow's bottleneck moved
+    (:meth:`scheduler.network.FlowNetwork.entrant_share`). An upper bound on what telemetry can
+    tell, not on performance: it knows the present, not the transfers still to come."""
 
-    name = "stale-telemetry"
+    name = "perfect"
 
-    def __init__(self, tree: FatTree, source: SnapshotSource, staleness_s: float,
-                 min_available_fraction: float = 0.1, setup_s: float = 30e-6) -> None:
-        super().__init__(tree, source, min_available_fraction, setup_s)
-        if staleness_s < 0:
-            raise ValueError(f"staleness_s must be >= 0, got {staleness_s}")
-        self.staleness_s = staleness_s
+    def __init__(self, tree: FatTree, truth: GroundTruth, setup_s: float = 30e-6) -> None:
+        super().__init__(tree, setup_s)
+        self.truth = truth
 
-    def snapshot_time(self, now: float) -> float:
-        return now - self.staleness_s
+    def cost(self, query: OracleQuery) -> np.ndarray:
+        paths, latency = self.paths(query, self.truth.routing_down())
+        inv = self._inverse(self.truth.entrant_share())
+        return self._finish(latency, np.asarray(query.nbytes, dtype=float), inv[paths].max(axis=1))
 
 
 def make_oracle(kind: str, tree: FatTree, source: SnapshotSource | None, staleness_s: float,
-                min_available_fraction: float, setup_s: float) -> NetworkOracle:
-    """Oracle by name: ``static`` or ``telemetry`` (with the staleness wrapper when staleness > 0)."""
-    if kind == "static" or source is None:
+                min_available_fraction: float, setup_s: float, truth: GroundTruth | None = None) -> NetworkOracle:
+    """Oracle by name (one of :data:`ORACLES`). ``telemetry`` and ``inflight`` need a snapshot
+    source, ``perfect`` the simulator's ground truth; a backend without it gets
+    :class:`UnknownOracleError` naming what is missing."""
+    if kind == "static":
         return StaticTierOracle(tree, setup_s)
-    if kind != "telemetry":
-        raise ValueError(f"unknown oracle {kind!r} (known: static, telemetry)")
-    if staleness_s > 0:
-        return StaleTelemetryOracle(tree, source, staleness_s, min_available_fraction, setup_s)
-    return TelemetryOracle(tree, source, min_available_fraction, setup_s)
+    if kind in ("telemetry", "inflight"):
+        if source is None:
+            raise UnknownOracleError(f"oracle {kind!r} needs a telemetry source")
+        cls = TelemetryOracle if kind == "telemetry" else InflightOracle
+        return cls(tree, source, min_available_fraction, setup_s, staleness_s)
+    if kind == "perfect":
+        if truth is None:
+            raise UnknownOracleError("oracle 'perfect' reads the simulator's true network state; "
+                                     "this backend has none (a real fabric shows itself only through telemetry)")
+        return PerfectOracle(tree, truth, setup_s)
+    raise UnknownOracleError(f"unknown oracle {kind!r} (known: {', '.join(ORACLES)})")

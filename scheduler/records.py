@@ -27,6 +27,7 @@ class RequestRecord:
     ttft_s: float  # first_token_s - arrival_s = queue + prefill + transfer + wait + first step
     tbt_mean_ms: float  # mean time between output tokens
     decision_us: float  # scheduler decision latency, microseconds of wall time
+    stalled_s: float = 0.0  # time the KV transfer stood still on a failed link (before rerouting or repair)
 
     @classmethod
     def columns(cls) -> list[str]:

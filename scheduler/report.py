@@ -23,7 +23,7 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from scheduler.metrics import N_TIERS, SloConfig, compare, slo_attainment_curve, summarize_policy
+from scheduler.metrics import N_TIERS, SloConfig, ablation, compare, slo_attainment_curve, summarize_policy
 from scheduler.records import RequestRecord
 
 #: Policy drawn in the highlight colour in every plot and compared against in the table.
@@ -468,4 +468,20 @@ def format_table(summary: dict, target: str = TARGET_POLICY) -> str:
     elif len(policies) > 1:
         out.append("")
         out.append(f"(no {target!r} policy: no comparison lines)")
+    abl = summary.get("ablation") or ablation(policies, target)
+    if abl and abl.get("vs"):
+        out.append("")
+        parts = [f"{_signed(v['ttft_mean_pct'], '.1f', '%')} vs {name}" for name, v in abl["vs"].items()]
+        out.append(f"ablation, {target} (live telemetry) mean TTFT: " + ", ".join(parts))
+        cap = abl.get("captured", float("nan"))
+        if cap is not None and math.isfinite(cap):
+            out.append(f"  live telemetry realises {100 * cap:.0f}% of perfect information's gain over the static oracle")
+        elif "netkv:static" in abl["vs"] and "netkv:perfect" in abl["vs"]:
+            out.append("  perfect information gains nothing over the static oracle here: the network term has nothing to buy")
+    fails = {n: s["failure"] for n, s in policies.items() if (s.get("failure") or {}).get("transfers")}
+    if fails:
+        out.append("")
+        out.append("transfers that met a failed link (count, share, mean / max time stood still): " + "; ".join(
+            f"{n} {f['transfers']} ({100 * f['fraction']:.1f}%) {_f(f['stalled_mean_s'], '.2f')} / "
+            f"{_f(f['stalled_max_s'], '.2f')} s" for n, f in fails.items()))
     return "\n".join(out) + "\n"

@@ -10,7 +10,10 @@ File format::
     name = "hotspot"                  # optional, defaults to the file name without .toml
     description = "one line"          # required: shown by `netkv scenarios`
     [params]                          # optional numeric defaults, overridable from the CLI;
-    period = 2.0                      # referenced as "$period" in any numeric event field
+    period = 2.0                      # referenced as "$period" in any numeric event field,
+                                      #   or in a sum of products ("$offset + 0.5 * $period"); the built-in
+                                      #   "$run_s" is the run's last arrival time, so
+                                      #   at = "0.3 * $run_s" means 30% into whichever window runs
 
     [[event]]
     kind = "flow"                     # background flow(s) between GPU hosts
@@ -36,6 +39,11 @@ File format::
     duty = 0.5                        # in (0, 1]
     rate_gbit_s = 100.0               # optional (greedy if omitted)
     until = 60.0                      # optional, > at
+
+A link event with ``state = "down"`` (or a capacity of 0) is a failure: the routing moves traffic
+off the link ``topology.reroute_delay_s`` later, and back once it is up again (a reduced capacity
+is not a failure and reroutes nothing). Actions that end something (a flow's stop, a link's
+return to nominal capacity) are kept even after the horizon, so an outage always ends.
 
 Every problem is a :class:`ScenarioError` naming the file and the field, e.g.
 ``hotspot.toml: event[3].src: unknown GPU host 'p9t0s0g0' ...``.
@@ -65,6 +73,8 @@ MAX_BURST_FLOWS = 1_000_000
 a guard against a typo such as period = 0.0001 over an hour-long run, which no backend could run."""
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PARAM_REF = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+RUN_PARAM = "run_s"
+"""Built-in parameter: the run's last arrival time, known only when actions are expanded."""
 _KIND_ORDER = {"flow_stop": 0, "link_capacity": 1, "flow_start": 2}
 """Order of actions at the same instant: stopped flows free capacity before capacity changes,
 and both happen before new flows start (so a burst with duty 1 hands over cleanly)."""
@@ -72,6 +82,21 @@ and both happen before new flows start (so a burst with duty 1 hands over cleanl
 
 class ScenarioError(ValueError):
     """A scenario file, name, parameter or event is invalid; the message names file and field."""
+
+
+@dataclass(frozen=True)
+class RunScaled:
+    """A numeric field that is ``offset + coef x run_s``; resolved by :meth:`Scenario.actions`."""
+
+    coef: float
+    offset: float = 0.0
+
+    def at(self, run_s: float) -> float:
+        return self.offset + self.coef * run_s
+
+
+def _resolve(value, run_s: float):
+    return value.at(run_s) if isinstance(value, RunScaled) else value
 
 
 @dataclass
@@ -107,18 +132,23 @@ class Scenario:
         return {"name": self.name, "description": self.description, "params": dict(self.params),
                 "source": self.source, "events": len(self.events)}
 
-    def actions(self, tree: FatTree, horizon_s: float) -> list[Action]:
-        """Expand the events into time-sorted actions before ``horizon_s``.
+    def actions(self, tree: FatTree, horizon_s: float, run_s: float | None = None) -> list[Action]:
+        """Expand the events into time-sorted actions before ``horizon_s``; ``run_s`` (the run's
+        last arrival, default ``horizon_s``) resolves ``$run_s`` references.
 
-        Flows that outlive the horizon are only started; bursts stop repeating at the horizon.
-        The order is deterministic: by time, then stop < capacity change < start, then file order.
+        Starts and capacity changes at or after the horizon are dropped; stops and returns to
+        nominal capacity are kept wherever they fall, so what started always ends; bursts stop
+        repeating at the horizon. The order is deterministic: by time, then stop < capacity
+        change < start, then file order.
         """
         file = Path(self.source).name
         if not horizon_s > 0 or not math.isfinite(horizon_s):
             raise ScenarioError(f"{file}: horizon must be a positive number of seconds, got {horizon_s!r}")
+        run = horizon_s if run_s is None else float(run_s)
         out: list[Action] = []
-        for i, ev in enumerate(self.events):
+        for i, raw in enumerate(self.events):
             where = f"{file}: event[{i}]"
+            ev = {k: _resolve(v, run) for k, v in raw.items()}
             if ev["kind"] in ("flow", "burst"):
                 pairs = _pairs(ev, tree, where)
             if ev["kind"] == "flow":
@@ -150,7 +180,10 @@ class Scenario:
                     out.append(Action(ev["at"], "link_capacity", links=links, factor=factor))
                     if ev["duration"] is not None:
                         out.append(Action(ev["at"] + ev["duration"], "link_capacity", links=links, factor=1.0))
-        kept = [a for a in out if a.time_s < horizon_s]
+        ends = ("flow_stop",)
+        kept = [a for a in out if a.time_s < horizon_s or a.kind in ends
+                or (a.kind == "link_capacity" and a.factor == 1.0 and math.isfinite(a.time_s))]
+        kept = [a for a in kept if math.isfinite(a.time_s)]
         kept.sort(key=lambda a: (a.time_s, _KIND_ORDER[a.kind]))  # stable: file order within ties
         return kept
 
@@ -229,6 +262,8 @@ def _params(table: object, overrides: dict, file: str) -> dict[str, float]:
     for key, value in table.items():
         if not _PARAM_NAME.match(key):
             raise ScenarioError(f"{file}: params.{key}: parameter names are identifiers (letters, digits, _)")
+        if key == RUN_PARAM:
+            raise ScenarioError(f"{file}: params.{key}: '{RUN_PARAM}' is built in (the run's last arrival time)")
         if not _is_number(value) or not math.isfinite(value):
             raise ScenarioError(f"{file}: params.{key}: must be a finite number, got {value!r}")
         params[key] = float(value)
@@ -248,20 +283,51 @@ def _params(table: object, overrides: dict, file: str) -> dict[str, float]:
     return params
 
 
-def _number(ev: dict, key: str, params: dict[str, float], where: str) -> float | None:
-    """Numeric field ``key`` of ``ev`` with "$param" references resolved; None when absent."""
+def _number(ev: dict, key: str, params: dict[str, float], where: str) -> float | RunScaled | None:
+    """Numeric field ``key`` of ``ev`` with parameter references resolved; None when absent. A
+    string is a product of numbers and ``$param`` references (``"$period"``, ``"0.5 * $period"``);
+    one that names ``$run_s`` stays a :class:`RunScaled` until the run's length is known."""
     if key not in ev:
         return None
     value = ev[key]
-    if isinstance(value, str) and value.startswith("$"):
-        ref = value[1:]
-        if ref not in params:
-            known = ", ".join(sorted(params)) or "none"
-            raise ScenarioError(f"{where}.{key}: unknown parameter reference {value!r} (parameters: {known})")
-        return params[ref]
+    if isinstance(value, str) and "$" in value:
+        const, per_run = 0.0, 0.0
+        for product in value.split("+"):
+            coef, scaled = 1.0, False
+            for term in product.split("*"):
+                term = term.strip()
+                if term.startswith("$"):
+                    ref = term[1:]
+                    if ref == RUN_PARAM and not scaled:
+                        scaled = True
+                    elif ref in params:
+                        coef *= params[ref]
+                    else:
+                        known = ", ".join(sorted(params) + [RUN_PARAM])
+                        raise ScenarioError(f"{where}.{key}: unknown parameter reference {term!r} in {value!r} "
+                                            f"(parameters: {known})")
+                else:
+                    try:
+                        coef *= float(term)
+                    except ValueError:
+                        raise ScenarioError(f"{where}.{key}: {value!r} is not a sum of products of numbers and "
+                                            f"\"$param\" references (e.g. \"$offset + 0.5 * $period\")") from None
+            if scaled:
+                per_run += coef
+            else:
+                const += coef
+        if not (math.isfinite(const) and math.isfinite(per_run)):
+            raise ScenarioError(f"{where}.{key}: {value!r} is not finite")
+        return RunScaled(per_run, const) if per_run else const
     if not _is_number(value) or not math.isfinite(value):
         raise ScenarioError(f"{where}.{key}: must be a number or a \"$param\" reference, got {value!r}")
     return float(value)
+
+
+def _value(x: float | RunScaled | None) -> float | None:
+    """The number a sign check compares: a run-scaled value at a one-second run (its sign for any
+    run when both parts share it)."""
+    return x.at(1.0) if isinstance(x, RunScaled) else x
 
 
 def _names(ev: dict, key: str, where: str) -> list[str]:
@@ -288,27 +354,32 @@ def _check_event(ev: dict, params: dict[str, float], tree: FatTree, where: str) 
     out: dict = {"kind": kind}
     at = _number(ev, "at", params, where)
     out["at"] = 0.0 if at is None else at
-    if out["at"] < 0:
-        raise ScenarioError(f"{where}.at: must be >= 0 seconds, got {out['at']:g}")
+    if _value(out["at"]) < 0:
+        raise ScenarioError(f"{where}.at: must be >= 0 seconds, got {_value(out['at']):g}")
     if kind in ("flow", "burst"):
         out["src"], out["dst"] = _names(ev, "src", where), _names(ev, "dst", where)
         rate = _number(ev, "rate_gbit_s", params, where)
+        if isinstance(rate, RunScaled):
+            raise ScenarioError(f"{where}.rate_gbit_s: a rate cannot scale with $run_s")
         if rate is not None and rate <= 0:
             raise ScenarioError(f"{where}.rate_gbit_s: must be > 0 (omit it for a greedy flow), got {rate:g}")
         out["rate_gbit_s"] = rate
     if kind in ("flow", "link"):
         duration = _number(ev, "duration", params, where)
-        if duration is not None and duration <= 0:
-            raise ScenarioError(f"{where}.duration: must be > 0 seconds, got {duration:g}")
+        if duration is not None and _value(duration) <= 0:
+            raise ScenarioError(f"{where}.duration: must be > 0 seconds, got {_value(duration):g}")
         out["duration"] = duration
     if kind == "burst":
         period, duty = _number(ev, "period", params, where), _number(ev, "duty", params, where)
-        if period <= 0:
-            raise ScenarioError(f"{where}.period: must be > 0 seconds, got {period:g}")
+        if isinstance(duty, RunScaled):
+            raise ScenarioError(f"{where}.duty: a duty cycle cannot scale with $run_s")
+        if _value(period) <= 0:
+            raise ScenarioError(f"{where}.period: must be > 0 seconds, got {_value(period):g}")
         if not 0 < duty <= 1:
             raise ScenarioError(f"{where}.duty: must be in (0, 1], got {duty:g}")
         until = _number(ev, "until", params, where)
-        if until is not None and until <= out["at"]:
+        if until is not None and not isinstance(until, RunScaled) and not isinstance(out["at"], RunScaled) \
+                and until <= out["at"]:
             raise ScenarioError(f"{where}.until: must be after at ({out['at']:g} s), got {until:g}")
         out.update(period=period, duty=duty, until=until)
     if kind == "link":
@@ -325,6 +396,9 @@ def _check_event(ev: dict, params: dict[str, float], tree: FatTree, where: str) 
         else:
             out["factor"] = _number(ev, "factor", params, where)
             out["capacity_gbit_s"] = _number(ev, "capacity_gbit_s", params, where)
+            for k in ("factor", "capacity_gbit_s"):
+                if isinstance(out[k], RunScaled):
+                    raise ScenarioError(f"{where}.{k}: a capacity cannot scale with $run_s")
             if out["factor"] is not None and not 0 <= out["factor"] <= 1:
                 raise ScenarioError(
                     f"{where}.factor: must be in [0, 1] of nominal capacity, got {out['factor']:g}"

@@ -7,6 +7,12 @@ scenario's background flows, and the decode instance's continuous batch emits to
 sampled every ``poll_interval_s`` from per-link byte counters exactly as the controller computes it,
 and the oracle answers from the snapshot the staleness setting allows. No randomness: identical
 inputs give identical results.
+
+Failures: a link whose capacity drops to 0 is down. ``topology.reroute_delay_s`` later the routing
+avoids it (:meth:`topology.model.FatTree.paths` with ``down``) and every flow in flight on it moves
+to its new path; the same delay applies when it comes back. Until then flows on it stand still.
+With ``timing.kv_streaming = "layer-wise"`` a transfer starts once the first layer is computed and
+may not run ahead of the prefill (demand limit = KV bytes / prefill time) until the prefill ends.
 """
 from __future__ import annotations
 
@@ -30,7 +36,12 @@ from scheduler.trace import Request
 from topology.model import GBIT, FatTree
 
 # Event kinds; the order only matters for ties at the same instant (after time, before sequence).
-_SCENARIO, _POLL, _NET, _PREFILL_DONE, _KV_ARRIVED, _DECODE_DONE, _ARRIVAL = range(7)
+_SCENARIO, _REROUTE, _POLL, _NET, _KV_START, _PREFILL_DONE, _KV_ARRIVED, _DECODE_DONE, _ARRIVAL = range(9)
+
+
+class UnfinishedRequestsError(RuntimeError):
+    """The run cannot finish: requests wait on something that never comes (a link that stays
+    down, with no other path). The message names them and what they wait for."""
 
 
 @dataclass
@@ -48,6 +59,9 @@ class _ReqState:
     joined: float = 0.0
     first_token: float = 0.0
     finish: float = 0.0
+    fid: int = -1  # network flow of the KV transfer while it runs
+    stalled: float = 0.0  # seconds the transfer stood still on a down link
+    stall_since: float | None = None
 
 
 class SimTelemetry:
@@ -89,8 +103,11 @@ class SimTelemetry:
 class Simulator:
     """Replays ``requests`` under one policy and one list of scenario actions."""
 
+    has_ground_truth = True
+    """The fluid network is the truth the ``perfect`` oracle reads (a live backend has none)."""
+
     def __init__(self, cfg: ExperimentConfig, requests: list[Request], policy: Policy,
-                 actions: list[Action] | None = None, oracle_kind: str = "telemetry",
+                 actions: list[Action] | None = None, oracle_kind: str | None = None,
                  progress: bool = False, record_telemetry: bool = False, shadow_fresh: bool = False,
                  telemetry_source=None) -> None:
         self.cfg = cfg
@@ -102,8 +119,10 @@ class Simulator:
         self.net = FlowNetwork(self.tree.capacity, self.tree.pad)
         self.telemetry: SimTelemetry | None = None
         self.oracle: NetworkOracle | None = None
+        kind = oracle_kind or getattr(policy, "oracle_kind", None) or cfg.oracle.kind
+        self.oracle_kind = kind if policy.needs_oracle else None
         needs_telemetry = telemetry_source is None and (
-            (policy.needs_oracle and oracle_kind == "telemetry") or record_telemetry)
+            (policy.needs_oracle and kind in ("telemetry", "inflight")) or record_telemetry or shadow_fresh)
         if needs_telemetry:
             keep = cfg.oracle.staleness_s + 4 * cfg.oracle.poll_interval_s + 1.0
             self.telemetry = SimTelemetry(self.tree, self.net, cfg.oracle.poll_interval_s, keep)
@@ -113,8 +132,9 @@ class Simulator:
             self.telemetry = None
             source = telemetry_source
         if policy.needs_oracle:
-            self.oracle = make_oracle(oracle_kind, self.tree, source, cfg.oracle.staleness_s,
-                                      cfg.oracle.min_available_fraction, cfg.timing.transfer_setup_s)
+            self.oracle = make_oracle(kind, self.tree, source, cfg.oracle.staleness_s,
+                                      cfg.oracle.min_available_fraction, cfg.timing.transfer_setup_s,
+                                      truth=self if self.has_ground_truth else None)
         # Staleness studies: also ask a fresh-telemetry oracle and record whether its choice's tier
         # (and exact instance) agree with the stale one's.
         self.shadow = None
@@ -125,12 +145,24 @@ class Simulator:
         self.batches = [DecodeBatch(self.cluster.timing, self.cluster.decode_capacity_tokens)
                         for _ in range(self.cluster.decode_ids.size)]
         self.show_progress = progress
+        self.layer_wise = cfg.timing.kv_streaming == "layer-wise"
         self._heap: list[tuple[float, int, int, object]] = []
         self._seq = 0
         self._net_version = 0
         self._flow_owner: dict[int, int] = {}  # network flow id -> request index
+        self._flow_ends: dict[int, tuple[int, int, int]] = {}  # network flow id -> (src, dst, flow key)
         self._bg_flows: dict[str, int] = {}  # scenario flow id -> network flow id
+        self._down: set[int] = set()  # links at capacity 0 now
+        self._routing_down: frozenset[int] = frozenset()  # links the routing avoids now
+        self.reroutes = 0
         self.events = 0
+
+    # ------------------------------------------------------------------ ground truth (perfect oracle)
+    def routing_down(self) -> frozenset[int]:
+        return self._routing_down
+
+    def entrant_share(self) -> np.ndarray:
+        return self.net.entrant_share()
 
     # ------------------------------------------------------------------ event plumbing
     def _push(self, t: float, kind: int, payload: object) -> None:
@@ -170,8 +202,27 @@ class Simulator:
                 if self.remaining != done_before:
                     bar.update(done_before - self.remaining)
         if self.remaining:
-            raise RuntimeError(f"{self.remaining} requests never finished (a link they need stayed down?)")
+            raise UnfinishedRequestsError(self._unfinished_message())
         return [self._record(s) for s in self.states]
+
+    def _unfinished_message(self) -> str:
+        """Which requests cannot finish and what each waits for."""
+        stuck = [(i, s) for i, s in enumerate(self.states) if s.finish == 0.0 and s.p >= 0]
+        lines = []
+        for i, s in stuck[:5]:
+            src, dst = int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d])
+            who = f"request {s.req.req_id} ({self.tree.gpu_name(src)} -> {self.tree.gpu_name(dst)})"
+            flow = self.net.flows.get(s.fid)
+            if flow is not None:
+                dead = [self.tree.link_name(int(x)) for x in flow.path if int(x) in self._down]
+                lines.append(f"{who}: its KV transfer stands still on {', '.join(dead) or 'a saturated path'}"
+                             + (" (down, no other path)" if dead else ""))
+            else:
+                lines.append(f"{who}: waits in stage after {'prefill' if s.prefill_end else 'arrival'}")
+        more = f" (and {len(stuck) - 5} more)" if len(stuck) > 5 else ""
+        return (f"{self.remaining} of {len(self.states)} requests can never finish under {self.policy.name}: "
+                + "; ".join(lines) + more + ". A scenario link that stays down with no other route (a GPU's "
+                "own NIC or NVLink) cuts those GPUs off; give the outage a duration or use another link.")
 
     label = "simulate"
 
@@ -199,6 +250,11 @@ class Simulator:
         elif kind == _PREFILL_DONE:
             self._sync(t)
             self._prefill_done(states[payload], payload, t)
+        elif kind == _KV_START:
+            self._sync(t)
+            s = states[payload]
+            self._start_transfer(s, payload, int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d]),
+                                 cap=s.nbytes / max(s.prefill_end - s.prefill_start, 1e-12))
         elif kind == _NET:
             if payload != self._net_version:
                 return
@@ -209,6 +265,12 @@ class Simulator:
             fid = nxt[1]
             flow = self.net.remove(fid)
             i = self._flow_owner.pop(fid)
+            self._flow_ends.pop(fid, None)
+            st = states[i]
+            st.fid = -1
+            if st.stall_since is not None:
+                st.stalled += t - st.stall_since
+                st.stall_since = None
             latency = float(self.tree.latency_s[flow.path].sum()) + self.cfg.timing.transfer_setup_s
             self._push(t + latency, _KV_ARRIVED, i)
             self._schedule_net()
@@ -232,9 +294,15 @@ class Simulator:
             self._sync(t)
             self._apply(payload)
             self._schedule_net()
+        elif kind == _REROUTE:
+            self._sync(t)
+            self._reroute(t)
+            self._schedule_net()
 
     def _kv_arrived(self, s: _ReqState, i: int, t: float) -> None:
         s.kv_arrived = t
+        if self.oracle is not None and self.oracle.tracks_commitments:
+            self.oracle.done(i, t)
         first = self.batches[s.d].offer(t, i, s.req.input_tokens, s.req.output_tokens)
         if first is not None:
             self._joined(s, t, first)
@@ -282,39 +350,101 @@ class Simulator:
             t, float(cl.prefill_busy_until[s.p]), s.req.input_tokens, s.prefill_cached)
         cl.prefill_busy_until[s.p] = s.prefill_end
         cl.decode_assigned_tokens[s.d] += s.req.input_tokens + s.req.output_tokens
+        if self.oracle is not None and self.oracle.tracks_commitments and s.nbytes > 0:
+            start = self._transfer_start(s)
+            took = float(ctx.raw_transfer_cost_s(s.p)[s.d])
+            self.oracle.commit(int(cl.prefill_ids[s.p]), int(cl.decode_ids[s.d]), start,
+                               max(start + took, s.prefill_end), s.req.req_id, s.nbytes, i)
+
+    def _transfer_start(self, s: _ReqState) -> float:
+        """When the request's KV starts moving: at the prefill's end, or once its first layer is
+        computed when streaming layer by layer."""
+        if self.layer_wise:
+            return s.prefill_start + (s.prefill_end - s.prefill_start) / self.cfg.model.layers
+        return s.prefill_end
 
     def _start_prefill(self, s: _ReqState, i: int) -> None:
         """Run the decided request's compute and transfer (a live backend overrides this and
         hands the request to the host agents)."""
         self._push(s.prefill_end, _PREFILL_DONE, i)
+        if self.layer_wise and s.nbytes > 0:
+            self._push(self._transfer_start(s), _KV_START, i)
 
     def _prefill_done(self, s: _ReqState, i: int, t: float) -> None:
         self.cluster.prefill_cache.insert(s.p, s.req.hash_ids)
         if s.nbytes <= 0:
             self._push(t, _KV_ARRIVED, i)
             return
+        if self.layer_wise:  # the stream runs since the first layer: the rest may go at full speed
+            if s.fid in self.net.flows:
+                self.net.set_cap(s.fid, np.inf)
+                self._schedule_net()
+            return
         self._start_transfer(s, i, int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d]))
 
-    def _start_transfer(self, s: _ReqState, i: int, src: int, dst: int) -> None:
-        """Move the request's KV bytes from GPU ``src`` to ``dst`` as a simulated flow."""
-        path = self.tree.paths(src, np.array([dst]), flow_key=s.req.req_id)[0]
-        fid = self.net.add(path, s.nbytes)
+    def _start_transfer(self, s: _ReqState, i: int, src: int, dst: int, cap: float = np.inf) -> None:
+        """Move the request's KV bytes from GPU ``src`` to ``dst`` as a simulated flow (at most
+        ``cap`` bytes/s)."""
+        path = self.tree.paths(src, np.array([dst]), s.req.req_id, self._routing_down)[0]
+        fid = self.net.add(path, s.nbytes, cap=cap)
+        s.fid = fid
         self._flow_owner[fid] = i
+        self._flow_ends[fid] = (src, dst, s.req.req_id)
+        self._mark_stalls(self.net.now)
         self._schedule_net()
+
+    # ------------------------------------------------------------------ failures and rerouting
+    def _mark_stalls(self, t: float) -> None:
+        """Start or end the stall clock of every KV transfer by whether its path crosses a down link."""
+        for fid, i in self._flow_owner.items():
+            s = self.states[i]
+            dead = bool(self._down) and any(int(x) in self._down for x in self.net.flows[fid].path)
+            if dead and s.stall_since is None:
+                s.stall_since = t
+            elif not dead and s.stall_since is not None:
+                s.stalled += t - s.stall_since
+                s.stall_since = None
+
+    def _reroute(self, t: float) -> None:
+        """The routing learns the current down links: every flow whose path changes moves."""
+        new = frozenset(self._down)
+        if new == self._routing_down:
+            return
+        self._routing_down = new
+        self.reroutes += 1
+        moves = {}
+        for fid, (src, dst, key) in self._flow_ends.items():
+            path = self.tree.paths(src, np.array([dst]), key, new)[0]
+            if not np.array_equal(path, self.net.flows[fid].path):
+                moves[fid] = path
+        if moves:
+            self.net.set_paths(moves)
+        self._mark_stalls(t)
 
     def _apply(self, a: Action) -> None:
         if a.kind == "flow_start":
             if a.src == a.dst:
                 return
-            path = self.tree.paths(a.src, np.array([a.dst]), flow_key=zlib.crc32(a.flow_id.encode()))[0]
+            key = zlib.crc32(a.flow_id.encode())
+            path = self.tree.paths(a.src, np.array([a.dst]), key, self._routing_down)[0]
             cap = np.inf if a.rate_gbit_s is None else a.rate_gbit_s * GBIT
-            self._bg_flows[a.flow_id] = self.net.add(path, np.inf, cap=cap, tag=a.flow_id)
+            fid = self._bg_flows[a.flow_id] = self.net.add(path, np.inf, cap=cap, tag=a.flow_id)
+            self._flow_ends[fid] = (a.src, a.dst, key)
         elif a.kind == "flow_stop":
             fid = self._bg_flows.pop(a.flow_id, None)
             if fid is not None:
                 self.net.remove(fid)
+                self._flow_ends.pop(fid, None)
         elif a.kind == "link_capacity":
             self.net.set_capacity(list(a.links), float(a.factor))
+            before = set(self._down)
+            if a.factor == 0:
+                self._down.update(int(x) for x in a.links)
+            else:
+                self._down.difference_update(int(x) for x in a.links)
+            if self._down != before:  # a failure or a repair: routes follow after the detection delay
+                self._mark_stalls(self.net.now)
+                self._push(self.net.now + self.cfg.topology.reroute_delay_s, _REROUTE, None)
         else:
             raise ValueError(f"unknown scenario action kind {a.kind!r}")
 
@@ -334,4 +464,5 @@ class Simulator:
             prefill_s=s.prefill_end - s.prefill_start, transfer_s=s.kv_arrived - s.prefill_end,
             decode_wait_s=s.joined - s.kv_arrived, first_token_s=s.first_token,
             ttft_s=s.first_token - s.req.arrival_s, tbt_mean_ms=tbt * 1e3, decision_us=s.decision_us,
+            stalled_s=s.stalled,
         )

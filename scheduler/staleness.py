@@ -13,7 +13,7 @@ from pathlib import Path
 
 from scheduler.experiment import Experiment, make_policy, run_simulation, tune_policy
 from scheduler.metrics import summarize_policy
-from scheduler.policies import REGISTRY
+from scheduler.policies import REGISTRY, PolicySpec
 from scheduler.report import write_results
 from scheduler.simulator import Simulator
 
@@ -21,16 +21,17 @@ from scheduler.simulator import Simulator
 def run_staleness(exp: Experiment, info: dict, values: list[float], out: Path, progress: bool = True,
                   log=print) -> tuple[Path, str]:
     slo = exp.slo()
-    actions = exp.scenario.actions(exp.tree, exp.horizon_s)
-    ref_exp = dataclasses.replace(exp, policies=[REGISTRY["cache-load"]])
+    actions = exp.actions()
+    ref_exp = dataclasses.replace(exp, policies=[PolicySpec(REGISTRY["cache-load"])])
     ref, ref_records = run_simulation(ref_exp, progress=progress, log=log)
-    weight, _ = tune_policy(exp, REGISTRY["netkv"])
+    netkv = PolicySpec(REGISTRY["netkv"], "telemetry")
+    weight, _ = tune_policy(exp, netkv)
     rows = []
     records = dict(ref_records)
     policies = dict(ref)
     for v in values:
         cfg = dataclasses.replace(exp.cfg, oracle=dataclasses.replace(exp.cfg.oracle, staleness_s=v))
-        sim = Simulator(cfg, exp.requests, make_policy(REGISTRY["netkv"], weight, exp.seed), actions,
+        sim = Simulator(cfg, exp.requests, make_policy(netkv, weight, exp.seed, cfg), actions,
                         progress=progress, shadow_fresh=v > 0)
         recs = sim.run()
         name = f"netkv@{v:g}s"

@@ -54,6 +54,9 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", default=None, help="GPU preset (default: per model, h100-sxm for 8B)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", dest="overrides",
                    help="override any model constant, e.g. topology.nic_gbit_s=200 (repeatable; list: netkv constants)")
+    p.add_argument("--oracle", choices=("static", "telemetry", "inflight", "perfect"), default=None,
+                   help="network cost oracle of oracle-consuming policies given without one (netkv; "
+                        "netkv:static etc. keep theirs); shorthand for --set oracle.kind=KIND (default: telemetry)")
     p.add_argument("--weight", action="append", metavar="POLICY=W",
                    help="fix a policy's load weight instead of tuning it, e.g. netkv=0.1")
     p.add_argument("--no-tune", action="store_true", help="skip the grid search; use default or --weight values")
@@ -65,7 +68,10 @@ def prepare_from_args(args: argparse.Namespace):
     from scheduler.config import build_config
     from scheduler.experiment import prepare
 
-    cfg = build_config(args.model, args.gpu, args.overrides)
+    overrides = list(args.overrides or [])
+    if getattr(args, "oracle", None):
+        overrides.append(f"oracle.kind={args.oracle}")
+    cfg = build_config(args.model, args.gpu, overrides)
     weights = _parse_params(args.weight, "--weight")
     return prepare(cfg, args.trace, args.scenario, args.policies, args.max_requests, args.seed,
                    _parse_params(args.scenario_param, "--scenario-param"), not args.no_tune, weights)
@@ -103,14 +109,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     check_out(out)
     exp, info = prepare_from_args(args)
     from scheduler.experiment import run_simulation
-    from scheduler.metrics import compare
+    from scheduler.metrics import ablation, compare
     from scheduler.report import format_table, write_results
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     log(f"simulate: {len(exp.requests)} requests from {info['source']}, scenario '{exp.scenario.name}', "
         f"{exp.tree.n_gpus} GPUs, policies {', '.join(c.name for c in exp.policies)}")
     policies, records = run_simulation(exp, progress=not args.no_progress, log=log)
-    summary = build_summary("simulate", exp, info, policies, {"comparison": compare(policies)})
+    summary = build_summary("simulate", exp, info, policies, {"comparison": compare(policies),
+                                                              "ablation": ablation(policies)})
     path = write_results(out, summary, records, exp.slo())
     print(format_table(summary))
     print(f"\nresults: {path}")
@@ -209,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from scheduler.config import ConfigError
+    from scheduler.oracle import UnknownOracleError
     from scheduler.policies import UnknownPolicyError
+    from scheduler.simulator import UnfinishedRequestsError
     from scheduler.report import ResultsExistError
     from scheduler.scenario import ScenarioError
     from scheduler.trace import TraceError
@@ -220,10 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ConfigError, UnknownPolicyError, ScenarioError, TraceError, TopologyError,
-            ResultsExistError) as exc:
+    except (UsageError, ConfigError, UnknownPolicyError, UnknownOracleError, ScenarioError, TraceError,
+            TopologyError, ResultsExistError) as exc:
         print(f"netkv {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except UnfinishedRequestsError as exc:
+        print(f"netkv {args.command}: failed: {exc}; nothing was written", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"\nnetkv {args.command}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED

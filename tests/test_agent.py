@@ -377,7 +377,8 @@ def test_realtime_replay_through_real_agents_matches_the_simulator() -> None:
     from scheduler.trace import Request
     from topology.model import FatTree
 
-    cfg = build_config(overrides=["topology.pods=1", "topology.tors_per_pod=1", "topology.servers_per_tor=1"])
+    cfg = build_config(overrides=["topology.pods=1", "topology.tors_per_pod=1", "topology.servers_per_tor=1",
+                                 "cluster.placement=mixed", "cluster.reserved_servers_per_pod=0"])
     tree = FatTree(cfg.topology)
     rng = np.random.default_rng(5)
     reqs = [Request(i, 0.15 * i, int(rng.integers(800, 4000)), 16, tuple(range(i * 100, i * 100 + 8)))

@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NETKV = ROOT / "scripts" / "netkv"
-POLICIES = ["round-robin", "least-loaded", "cache-load", "netkv"]
+POLICIES = ["round-robin", "least-loaded", "cache-load", "topology-affinity", "netkv:static", "netkv",
+            "netkv:perfect"]
 REQUIRED_KEYS = ["requests", "ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "slo_attainment",
                  "tbt_mean_ms", "tbt_p99_ms", "transfer_mean_s", "kv_bytes_moved", "tier_histogram",
                  "decision_us_p50", "decision_us_p99"]
@@ -77,6 +78,10 @@ BAD_INPUT = {  # id -> (arguments, word the message must contain)
     "max-requests-0": (("--max-requests", "0"), "max-requests"),
     "weight-untunable": (("--weight", "round-robin=1"), "round-robin"),
     "no-prefill-instances": (("--set", "cluster.prefill_fraction=0"), "prefill_fraction"),
+    "oracle-on-blind-policy": (("--policies", "cache-load:perfect"), "does not use the network cost oracle"),
+    "oracle-unknown": (("--policies", "netkv:psychic"), "psychic"),
+    "streaming": (("--set", "timing.kv_streaming=sideways"), "timing.kv_streaming"),
+    "reserved": (("--set", "cluster.reserved_servers_per_pod=4"), "reserved_servers_per_pod"),
 }
 
 
@@ -99,6 +104,11 @@ def runs(tmp_path_factory):
                                for i in range(12)) + "\n")
     extra["trace"] = trace
     add("trace", "--no-tune", "--trace", str(trace), "--policies", "netkv", "--set", "tuning.tune_requests=2")
+    add("oracle", "--no-tune", "--policies", "netkv,netkv:static", "--oracle", "inflight", "--scenario", "decode-flap")
+    cut = base / "cut.toml"  # a decode instance cut off for good: its requests can never finish
+    cut.write_text('description = "cut"\n[[event]]\nkind = "link"\nlink = "p0t1<->p0t1s0g0"\nstate = "down"\n')
+    extra["cut"] = cut
+    add("cut", "--no-tune", "--policies", "round-robin", "--scenario", str(cut))
     for key, (bad_line, _) in MALFORMED.items():
         bad = base / f"{key}.jsonl"
         bad.write_text("\n".join([_line(), _line(timestamp=500, hash_ids=[1, 3]), bad_line,
@@ -166,7 +176,7 @@ def test_simulate_with_tuning(runs):
         tol = summary["config"]["tuning"]["tbt_tolerance_ms"]
         ok = [r for r in table if r["tbt_mean_ms"] <= min(x["tbt_mean_ms"] for x in table) + tol]
         best = min(ok, key=lambda row: (row["ttft_mean_s"], row["weight"]))
-        assert list(pol["params"].values()) == [best["weight"]]
+        assert pol["params"][{"cache-load": "load_weight", "netkv": "load_weight_s"}[name]] == best["weight"]
         assert f"tuned {name}" in res.stderr
     assert summary["config"]["trace"]["tuning_slice"] == {"requests": 30, "disjoint_from_evaluation": True}
 
@@ -177,6 +187,39 @@ def test_simulate_with_trace_file(runs):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["policies"]["netkv"]["requests"] == 10  # 12 minus the 2 held out for tuning
     assert summary["config"]["trace"]["source"] == str(trace.resolve())
+
+
+def test_oracle_option_and_ablation_block(runs):
+    res, out, _ = runs["oracle"]
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["oracle"]["kind"] == "inflight"
+    assert summary["policies"]["netkv"]["params"]["oracle"] == "inflight"  # --oracle: the default oracle
+    assert summary["policies"]["netkv:static"]["params"]["oracle"] == "static"  # a spec keeps its own
+    abl = summary["ablation"]
+    assert abl["target"] == "netkv" and list(abl["vs"]) == ["netkv:static"]
+    assert "ablation, netkv (live telemetry) mean TTFT:" in res.stdout
+
+
+def test_default_run_has_the_ablation(runs):
+    res, out, _ = runs["a"]
+    summary = json.loads((out / "summary.json").read_text())
+    vs = summary["ablation"]["vs"]
+    assert list(vs) == ["netkv:static", "netkv:perfect", "topology-affinity", "cache-load"]
+    for name, row in vs.items():
+        base = summary["policies"][name]["ttft_mean_s"]
+        live = summary["policies"]["netkv"]["ttft_mean_s"]
+        assert row["ttft_mean_pct"] == pytest.approx(100 * (live - base) / base)
+    assert summary["config"]["cluster_derived"]["layout"]["p0t1s1"] == "RRRR"
+
+
+def test_a_request_that_can_never_finish_fails_clearly(runs):
+    res, out, _ = runs["cut"]
+    assert res.returncode == 1, res.stderr
+    assert "can never finish under round-robin" in res.stderr
+    assert "p0t1->p0t1s0g0 (down, no other path)" in res.stderr
+    assert "nothing was written" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -235,7 +278,7 @@ def test_bench_quick_json():
     figures = json.loads(res.stdout)
     assert "decision_latency" in figures and "simulator" in figures
     for size, per_policy in figures["decision_latency"].items():
-        assert set(per_policy) == set(POLICIES)
+        assert set(per_policy) >= {"cache-load", "topology-affinity", "netkv"}
         for v in per_policy.values():
             assert v["p50_us"] <= v["p99_us"] and v["calls"] > 0
     assert figures["simulator"] and all(s["requests_per_s"] > 0 for s in figures["simulator"])

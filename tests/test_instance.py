@@ -16,7 +16,8 @@ from scheduler.simulator import Simulator
 from scheduler.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.timing import TimingModel
 
-SMALL = ["topology.pods=1", "topology.tors_per_pod=1"]  # 2 servers: 4 prefill + 4 decode GPUs
+SMALL = ["topology.pods=1", "topology.tors_per_pod=1", "cluster.placement=mixed",
+         "cluster.reserved_servers_per_pod=0"]  # 2 servers: 4 prefill + 4 decode GPUs
 
 
 # --------------------------------------------------------------------------- prefill

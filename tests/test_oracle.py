@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from scheduler.oracle import (
+    InflightOracle,
+    UnknownOracleError,
     OracleQuery,
-    StaleTelemetryOracle,
     StaticTierOracle,
     TelemetryOracle,
     make_oracle,
@@ -128,10 +129,16 @@ def test_zero_bytes_cost_zero_even_when_down(tree):
     assert np.all(c[nb == 0] == 0) and np.all(c[nb > 0] > 0)
 
 
-def test_down_link_gives_inf(tree):
+def test_down_link_gives_inf_only_where_no_route_survives(tree):
     src = 0
     dsts = others(tree, src)
-    # take down the core uplink that src's route to GPU 63 uses
+    # a GPU's own NIC link has no alternative: unreachable
+    nic = tree.path(src, 63)[-1]
+    factor = np.ones(tree.n_links + 1)
+    factor[nic] = 0.0
+    c = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, np.zeros(tree.n_links + 1), factor))).cost(q(src, dsts, GB))
+    assert np.isinf(c[dsts == 63]).all() and np.isfinite(c[dsts != 63]).all()
+    # a core uplink: the controller reroutes around it, and the oracle prices the new route
     route = tree.path(src, 63)
     core_up = route[2]
     assert tree.link_kind(core_up) == "agg_core"
@@ -139,17 +146,24 @@ def test_down_link_gives_inf(tree):
     factor[core_up] = 0.0
     snap = TelemetrySnapshot(0.0, np.zeros(tree.n_links + 1), factor)
     c = TelemetryOracle(tree, Fixed(snap)).cost(q(src, dsts, GB))
+    c0 = StaticTierOracle(tree).cost(q(src, dsts, GB))
     rows = tree.paths(src, dsts)
     crosses = (rows == core_up).any(axis=1)
     assert crosses.sum() > 0
-    assert np.all(np.isinf(c[crosses]))
-    assert np.all(np.isfinite(c[~crosses]))
-    # a partially degraded link is between nominal and down
+    assert np.allclose(c, c0)  # same capacities and hop counts on the surviving route
+    # ... and congestion on the surviving route is what it pays
+    util = np.zeros(tree.n_links + 1)
+    new_core = tree.path(src, 63, down={core_up})[2]
+    util[new_core] = 1.0
+    c1 = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, util, factor))).cost(q(src, dsts, GB))
+    assert c1[dsts == 63][0] > 5 * c0[dsts == 63][0]
+    # a partially degraded link is between nominal and down (no reroute: it still works)
     factor[core_up] = 0.25
     c2 = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, np.zeros(tree.n_links + 1), factor))).cost(q(src, dsts, GB))
-    c0 = StaticTierOracle(tree).cost(q(src, dsts, GB))
     assert np.all(c2[crosses] > c0[crosses]) and np.all(np.isfinite(c2))
     assert np.allclose(c2[~crosses], c0[~crosses])
+    # the static oracle knows nothing of failures
+    assert np.allclose(StaticTierOracle(tree).cost(q(src, dsts, GB)), c0)
 
 
 def test_idle_cost_is_bytes_over_bottleneck_plus_latency(tree):
@@ -183,9 +197,14 @@ def test_ecmp_oracle_prices_the_flows_own_path():
     k2 = next(k for k, p in paths_by_key.items() if p[2] != paths_by_key[k1][2])
     factor = np.ones(tree.n_links + 1)
     factor[paths_by_key[k1][2]] = 0.0
+    util = np.zeros(tree.n_links + 1)
+    util[paths_by_key[k2][2]] = 1.0  # the other flow's core uplink is busy
+    o = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, util, np.ones(tree.n_links + 1))))
+    assert o.cost(q(src, [dst], GB, flow_key=k2))[0] > 5 * o.cost(q(src, [dst], GB, flow_key=k1))[0]
+    # a flow hashed onto a failed link is priced on the route the controller moves it to
     o = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, np.zeros(tree.n_links + 1), factor)))
-    assert np.isinf(o.cost(q(src, [dst], GB, flow_key=k1))[0])
-    assert np.isfinite(o.cost(q(src, [dst], GB, flow_key=k2))[0])
+    assert np.isfinite(o.cost(q(src, [dst], GB, flow_key=k1))[0])
+    assert paths_by_key[k1][2] not in tree.path(src, dst, flow_key=k1, down={paths_by_key[k1][2]})
 
 
 # ----------------------------------------------------------------------------- staleness
@@ -203,7 +222,7 @@ def test_stale_oracle_answers_from_snapshot_of_now_minus_staleness(tree):
     hist.add(congested_snapshot(tree, 1.0, link))
     hist.add(TelemetrySnapshot.idle(tree, 2.0))
     fresh = TelemetryOracle(tree, hist)
-    stale = StaleTelemetryOracle(tree, hist, staleness_s=1.0)
+    stale = TelemetryOracle(tree, hist, staleness_s=1.0)
     idle_cost = StaticTierOracle(tree).cost(q(src, [dst], GB))[0]
     # fresh: congested during [1, 2)
     assert fresh.cost(q(src, [dst], GB, now=0.5))[0] == pytest.approx(idle_cost)
@@ -228,21 +247,25 @@ def test_no_snapshot_behaves_like_static(tree):
         want = static.cost(q(src, dsts, nb, now=1.0))
         assert np.allclose(TelemetryOracle(tree, empty).cost(q(src, dsts, nb, now=1.0)), want)
         # the only snapshot is newer than now - staleness: nothing is known yet
-        assert np.allclose(StaleTelemetryOracle(tree, late, 5.0).cost(q(src, dsts, nb, now=12.0)), want)
+        assert np.allclose(TelemetryOracle(tree, late, staleness_s=5.0).cost(q(src, dsts, nb, now=12.0)), want)
 
 
 def test_make_oracle_by_name(tree):
     hist = TelemetryHistory()
     assert isinstance(make_oracle("static", tree, hist, 0.0, 0.1, 30e-6), StaticTierOracle)
-    assert isinstance(make_oracle("telemetry", tree, None, 0.0, 0.1, 30e-6), StaticTierOracle)
+    with pytest.raises(UnknownOracleError, match="telemetry source"):
+        make_oracle("telemetry", tree, None, 0.0, 0.1, 30e-6)
     o = make_oracle("telemetry", tree, hist, 0.0, 0.1, 30e-6)
-    assert type(o) is TelemetryOracle
+    assert type(o) is TelemetryOracle and o.staleness_s == 0.0
     s = make_oracle("telemetry", tree, hist, 2.0, 0.1, 30e-6)
-    assert isinstance(s, StaleTelemetryOracle) and s.staleness_s == 2.0
-    with pytest.raises(ValueError, match="bogus"):
+    assert type(s) is TelemetryOracle and s.staleness_s == 2.0
+    assert type(make_oracle("inflight", tree, hist, 0.0, 0.1, 30e-6)) is InflightOracle
+    with pytest.raises(UnknownOracleError, match="true network state"):
+        make_oracle("perfect", tree, hist, 0.0, 0.1, 30e-6)
+    with pytest.raises(UnknownOracleError, match="bogus"):
         make_oracle("bogus", tree, hist, 0.0, 0.1, 30e-6)
     with pytest.raises(ValueError):
-        StaleTelemetryOracle(tree, hist, -1.0)
+        TelemetryOracle(tree, hist, staleness_s=-1.0)
 
 
 def test_path_cache_does_not_mix_sources(tree):

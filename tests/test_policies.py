@@ -6,10 +6,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from scheduler.cluster import Cluster, assign_roles
+from scheduler.cluster import Cluster, assign_roles, role_map
 from scheduler.config import build_config
 from scheduler.oracle import TelemetryOracle
-from scheduler.policies import DEFAULT_POLICIES, REGISTRY, UnknownPolicyError, resolve
+from scheduler.policies import DEFAULT_POLICIES, REGISTRY, PolicySpec, UnknownPolicyError, parse_spec, resolve
+from scheduler.policies.topology_affinity import TIER_SCORES
 from scheduler.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.telemetry import TelemetrySnapshot
 from scheduler.trace import BLOCK_TOKENS, Request, n_blocks
@@ -18,7 +19,8 @@ from topology.model import FatTree
 # 16 GPUs: 2 pods x 2 ToRs x 2 servers x 2 GPUs (all four tiers); mixed placement -> each
 # server holds one prefill (even GPU) and one decode (odd GPU): 8 prefill, 8 decode
 SMALL = ["topology.pods=2", "topology.tors_per_pod=2", "topology.servers_per_tor=2",
-         "topology.gpus_per_server=2", "topology.aggs_per_pod=2", "topology.cores=2"]
+         "topology.gpus_per_server=2", "topology.aggs_per_pod=2", "topology.cores=2",
+         "cluster.placement=mixed", "cluster.reserved_servers_per_pod=0"]
 
 
 class Fixed:
@@ -51,8 +53,55 @@ def test_small_cluster_roles():
     assert cl.prefill_ids.tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
     assert cl.decode_ids.tolist() == [1, 3, 5, 7, 9, 11, 13, 15]
     for placement in ("mixed", "by-server", "by-rack"):
-        p, d = assign_roles(FatTree(), placement, 0.5)
-        assert len(p) == len(d) == 32 and not set(p) & set(d)
+        p, d, r = assign_roles(FatTree(), placement, 0.5)
+        assert len(p) == len(d) == 32 and not set(p) & set(d) and r.size == 0
+
+
+def test_default_placement_is_pools_by_rack_with_a_reserved_server_per_pod():
+    """The default layout the README and the built-in scenarios describe: per pod a prefill rack
+    (t0: 8 GPUs) and a rack with a decode server (t1s0) and a reserved server (t1s1)."""
+    cfg = build_config()
+    tree = FatTree(cfg.topology)
+    cl = Cluster(cfg, tree)
+    layout = role_map(tree, cl.roles)
+    for pod in range(4):
+        assert layout[f"p{pod}t0s0"] == layout[f"p{pod}t0s1"] == "PPPP"
+        assert layout[f"p{pod}t1s0"] == "DDDD" and layout[f"p{pod}t1s1"] == "RRRR"
+    assert (cl.prefill_ids.size, cl.decode_ids.size, cl.roles.reserved.size) == (32, 16, 16)
+    assert cl.describe()["layout"] == layout
+    # every prefill has its nearest decode instances in the same pod, none in its rack
+    for p in range(cl.prefill_ids.size):
+        assert cl.decode_tiers(p).min() == 2
+
+
+@pytest.mark.parametrize("placement,per_pod,want", [
+    ("by-server", 1, {"p0t0s0": "PPPP", "p0t0s1": "DDDD", "p0t1s0": "PPPP", "p0t1s1": "RRRR",
+                      "p1t0s0": "DDDD", "p1t0s1": "PPPP", "p1t1s0": "DDDD", "p1t1s1": "RRRR"}),
+    ("mixed", 1, {"p0t0s0": "PDPD", "p0t1s1": "RRRR"}),
+    ("by-rack", 0, {"p0t0s0": "PPPP", "p0t0s1": "PPPP", "p0t1s0": "DDDD", "p0t1s1": "DDDD"}),
+    ("by-server", 3, {"p0t0s0": "PPPP", "p0t0s1": "RRRR", "p1t0s0": "DDDD", "p1t1s1": "RRRR"}),
+])
+def test_reserved_servers_are_the_last_of_each_pod_and_serve_nothing(placement, per_pod, want):
+    tree = FatTree()
+    roles = assign_roles(tree, placement, 0.5, per_pod)
+    layout = role_map(tree, roles)
+    for server, letters in want.items():
+        assert layout[server] == letters, server
+    assert roles.reserved.size == 4 * per_pod * tree.gps
+    assert not (set(roles.reserved) & (set(roles.prefill) | set(roles.decode)))
+    assert roles.reserved.size + roles.prefill.size + roles.decode.size == tree.n_gpus
+
+
+def test_bad_placements_are_rejected_with_the_parameter():
+    from scheduler.config import ConfigError
+
+    with pytest.raises(ConfigError, match="reserved_servers_per_pod.*0..3"):
+        assign_roles(FatTree(), "by-server", 0.5, 4)  # a pod has 4 servers: one must serve
+    with pytest.raises(ConfigError, match="cluster.placement"):
+        assign_roles(FatTree(), "random", 0.5)
+    with pytest.raises(ConfigError, match="leaves no decode"):
+        # 4 servers, 3 reserved per pod: 1 serving server per pod, by-rack -> 4 racks, 3 prefill
+        assign_roles(FatTree(), "by-rack", 0.9, 3)
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
@@ -216,12 +265,87 @@ def test_netkv_without_oracle_fails_clearly():
 
 
 def test_registry_contents_and_resolution():
-    assert set(DEFAULT_POLICIES) == set(REGISTRY) == {"round-robin", "least-loaded", "cache-load", "netkv"}
+    assert set(REGISTRY) == {"round-robin", "least-loaded", "cache-load", "topology-filter", "topology-affinity",
+                             "netkv"}
+    assert set(DEFAULT_POLICIES) == {"round-robin", "least-loaded", "cache-load", "topology-affinity",
+                                     "netkv:static", "netkv", "netkv:perfect"}
     assert [c.name for c in resolve("netkv, round-robin,netkv")] == ["netkv", "round-robin"]
     assert [c.name for c in resolve(["cache-load"])] == ["cache-load"]
+    specs = resolve("netkv:static,netkv,netkv:perfect,netkv:inflight,netkv:static")
+    assert [s.name for s in specs] == ["netkv:static", "netkv", "netkv:perfect", "netkv:inflight"]
+    assert [s.oracle for s in specs] == ["static", None, "perfect", "inflight"]
+    pol = specs[0].make(0.3, 0, "telemetry")
+    assert pol.name == "netkv:static" and pol.oracle_kind == "static"
+    assert pol.params() == {"load_weight_s": 0.3, "oracle": "static"}
+    assert specs[1].make(None, 0, "inflight").oracle_kind == "inflight"  # the experiment's default oracle
     assert REGISTRY["netkv"].needs_oracle and not REGISTRY["cache-load"].needs_oracle
     assert REGISTRY["netkv"].tuned_param and REGISTRY["cache-load"].tuned_param
     assert REGISTRY["round-robin"].tuned_param is None
+
+
+@pytest.mark.parametrize("item,match", [
+    ("cache-load:static", "does not use the network cost oracle"),
+    ("netkv:psychic", "unknown oracle 'psychic'.*static, telemetry, inflight, perfect"),
+])
+def test_policy_spec_errors_name_the_problem(item, match):
+    with pytest.raises(UnknownPolicyError, match=match):
+        parse_spec(item)
+
+
+def test_defaults_are_recorded_when_untuned():
+    """--no-tune runs with each policy's default weight, and summary.json must say which."""
+    assert REGISTRY["cache-load"]().params() == {"load_weight": 1.0}
+    assert REGISTRY["netkv"]().params() == {"load_weight_s": 0.1}
+    assert REGISTRY["topology-affinity"](load_weight=0.3).params() == {"affinity_weight": 1.0, "load_weight": 0.3}
+
+
+def _steer_prefill(cl, p: int) -> None:
+    cl.prefill_busy_until[:] = 10.0
+    cl.prefill_busy_until[p] = 0.0
+
+
+def test_topology_affinity_scores_tiers_on_llm_d_curve():
+    _, tree, cl = make()
+    _steer_prefill(cl, 0)
+    tiers = cl.decode_tiers(0)
+    assert sorted(set(tiers.tolist())) == [0, 1, 2, 3]
+    r = request(0, 4000)
+    # weight 0: exactly cache-load (ties among idle, uncached decodes go to the lowest index)
+    ta0 = REGISTRY["topology-affinity"](weight=0.0, load_weight=1.0)
+    assert ta0.choose(cl.context(r, 0.0, None)).decode == REGISTRY["cache-load"](weight=1.0).choose(
+        cl.context(r, 0.0, None)).decode
+    # any positive weight on an idle, uncached cluster: the nearest tier (same server here)
+    dec = REGISTRY["topology-affinity"](weight=0.5, load_weight=1.0).choose(cl.context(r, 0.0, None))
+    assert tiers[dec.decode] == 0
+    # the decode-side cache hit of a far decode beats affinity only while the weight is small:
+    # a cross-pod decode holding 90% of the prompt saves 0.9 of cache-load's score against the
+    # same-server one's affinity advantage of weight x (1.0 - 0.02)
+    far = int(np.flatnonzero(tiers == 3)[0])
+    prompt = tuple(range(1, 41))
+    cl.decode_cache.insert(far, prompt[:36])
+    r = request(1, 40 * BLOCK_TOKENS, prefix=prompt)
+    small = REGISTRY["topology-affinity"](weight=0.8, load_weight=1.0).choose(cl.context(r, 0.0, None))
+    large = REGISTRY["topology-affinity"](weight=1.0, load_weight=1.0).choose(cl.context(r, 0.0, None))
+    assert small.decode == far
+    assert large.decode != far and tiers[large.decode] == 0
+    assert TIER_SCORES == (1.0, 0.2, 0.05, 0.02)
+
+
+def test_topology_filter_keeps_the_nearest_tier_holding_a_decode():
+    _, tree, cl = make()
+    _steer_prefill(cl, 0)
+    tiers = cl.decode_tiers(0)
+    near = np.flatnonzero(tiers == 0)
+    # the nearest decode full: the filter still picks it (Dynamo 'preferred' has no load allowance)
+    cl.decode_assigned_tokens[near] = cl.decode_capacity_tokens
+    dec = REGISTRY["topology-filter"](load_weight=1.0).choose(cl.context(request(0, 4000), 0.0, None))
+    assert tiers[dec.decode] == 0
+    # where no decode shares the server (default by-rack layout), the nearest tier is the pod
+    cfg = build_config()
+    tree2 = FatTree(cfg.topology)
+    cl2 = Cluster(cfg, tree2)
+    dec = REGISTRY["topology-filter"]().choose(cl2.context(request(0, 4000), 0.0, None))
+    assert cl2.decode_tiers(dec.prefill)[dec.decode] == 2
 
 
 @pytest.mark.parametrize("names", ["bogus", "netkv,bogus", "", " , "])

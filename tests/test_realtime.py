@@ -31,6 +31,9 @@ from scheduler.telemetry import TelemetryHistory
 from scheduler.trace import Request
 from topology.model import FatTree
 
+MIXED = ["cluster.placement=mixed", "cluster.reserved_servers_per_pod=0"]
+"""The layout whose GPU names the error-message tests below expect (round-robin's first pair)."""
+
 
 class FakeAgents:
     """The agents of every GPU in-process. Compute: one ``ComputeEngine`` per GPU, exactly as in
@@ -156,7 +159,8 @@ def test_realtime_replay_matches_the_simulator_on_an_idle_fabric(policy):
 def test_busy_instances_queue_and_batch_like_the_simulator():
     """Arrivals faster than prefill on a 4-GPU cluster: prefill queues build up and decode
     batches hold several requests; the agents' times still follow the simulator's."""
-    cfg = build_config(overrides=["topology.pods=1", "topology.tors_per_pod=1", "topology.servers_per_tor=1"])
+    cfg = build_config(overrides=["topology.pods=1", "topology.tors_per_pod=1", "topology.servers_per_tor=1",
+                                 "cluster.placement=mixed", "cluster.reserved_servers_per_pod=0"])
     reqs = _requests(n=6, out=40, gap=0.02)
     agents = FakeAgents(FatTree(cfg.topology), byte_scale=1e-4)
     replay = _replay(cfg, reqs, "round-robin", agents, 1e-4)
@@ -173,7 +177,7 @@ def test_busy_instances_queue_and_batch_like_the_simulator():
 
 
 def test_a_failed_transfer_stops_the_replay_with_the_reason():
-    cfg = build_config()
+    cfg = build_config(overrides=MIXED)
     reqs = _requests(3)
     agents = FakeAgents(FatTree(cfg.topology), byte_scale=1e-6, fail=True)
     replay = _replay(cfg, reqs, "round-robin", agents, 1e-6)
@@ -203,7 +207,7 @@ class ScriptedAgents:
 
 
 def test_reports_out_of_order_or_unknown_are_errors():
-    cfg = build_config()
+    cfg = build_config(overrides=MIXED)
     early_finish = ScriptedAgents(lambda tid, t: [Prefilled(tid, t, t), KvReceived(tid, t, t, 1), Finished(tid, t)])
     with pytest.raises(EmulationError, match=r"request 0 \(p0t0s1g0 -> p0t1s1g3\): finished before its received stage"):
         _replay(cfg, _requests(1), "round-robin", early_finish, 1e-6).run()

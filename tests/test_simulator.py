@@ -16,13 +16,16 @@ from scheduler.experiment import prepare, split_trace
 from scheduler.policies import REGISTRY
 from scheduler.policies.base import Policy
 from scheduler.scenario import Action, load_scenario
-from scheduler.simulator import Simulator
+from scheduler.simulator import Simulator, UnfinishedRequestsError
 from scheduler.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.timing import TimingModel
 from scheduler.trace import Request, n_blocks
 from topology.model import FatTree
 
 ROOT = Path(__file__).resolve().parents[1]
+MIXED = ["cluster.placement=mixed", "cluster.reserved_servers_per_pod=0"]
+"""Every GPU serving, roles alternating inside each server (GPU 0 prefill, 1 decode, ...): the
+layout the exact-timing tests below address GPUs by."""
 
 
 class Fixed(Policy):
@@ -51,7 +54,7 @@ def strip(records):
 
 @pytest.fixture(scope="module")
 def cfg():
-    return build_config()
+    return build_config(overrides=MIXED)
 
 
 @pytest.fixture(scope="module")
@@ -148,17 +151,56 @@ def test_saturating_background_flow_slows_a_transfer_crossing_it(cfg):
 def test_down_link_stalls_transfer_until_it_comes_back(cfg):
     tree = FatTree(cfg.topology)
     r = req(0, 0.0, 4000, out=5)
-    links = tree.path(0, 63)
+    nic = tree.path(0, 63)[-1]  # the decode GPU's own NIC downlink: no other path
     (alone,) = Simulator(cfg, [r], Fixed(0, 63)).run()
-    down = [Action(0.0, "link_capacity", links=(links[2],), factor=0.0),
-            Action(5.0, "link_capacity", links=(links[2],), factor=1.0)]
+    down = [Action(0.0, "link_capacity", links=(nic,), factor=0.0),
+            Action(5.0, "link_capacity", links=(nic,), factor=1.0)]
     (rec,) = Simulator(cfg, [r], Fixed(0, 63), down).run()
     # the flow starts when prefill ends, moves nothing until t = 5, then runs at full rate
     assert rec.prefill_s < 5.0
     assert rec.prefill_s + rec.transfer_s == pytest.approx(5.0 + alone.transfer_s, rel=1e-9)
-    # a link that never comes back: the run fails instead of hanging
-    with pytest.raises(RuntimeError, match="never finished"):
+    assert rec.stalled_s == pytest.approx(5.0 - rec.prefill_s, rel=1e-9)
+    # a link that never comes back: the run fails naming the request and the link, instead of hanging
+    with pytest.raises(UnfinishedRequestsError, match=r"request 0 \(p0t0s0g0 -> p3t1s1g3\).*p3t1->p3t1s1g3 \(down"):
         Simulator(cfg, [r], Fixed(0, 63), down[:1]).run()
+
+
+def test_failed_fabric_link_reroutes_after_the_detection_delay(cfg):
+    """A failed core uplink: the transfer stands still for topology.reroute_delay_s, then moves to
+    the surviving path and finishes at full rate; later transfers take the new path at once."""
+    tree = FatTree(cfg.topology)
+    links = tree.path(0, 63)
+    core_up = links[2]
+    first = req(0, 0.0, 4000, out=5)
+    (alone,) = Simulator(cfg, [first], Fixed(0, 63)).run()
+    prefill_end = alone.prefill_s
+    down = [Action(prefill_end, "link_capacity", links=(core_up,), factor=0.0)]
+    sim = Simulator(cfg, [first], Fixed(0, 63), down)
+    (rec,) = sim.run()
+    delay = cfg.topology.reroute_delay_s
+    assert rec.transfer_s == pytest.approx(delay + alone.transfer_s, rel=1e-9)
+    assert rec.stalled_s == pytest.approx(delay, rel=1e-9)
+    assert sim.reroutes == 1
+    new = tree.path(0, 63, down={core_up})
+    assert core_up not in new and tree.link_kind(new[2]) == "agg_core"
+    # a request arriving after the reroute never touches the dead link
+    later = req(1, 10.0, 4000, out=5, first_id=5000)
+    recs = Simulator(cfg, [first, later], Fixed(0, 63), down).run()
+    assert recs[1].stalled_s == 0.0
+    assert recs[1].transfer_s == pytest.approx(alone.transfer_s, rel=1e-9)
+
+
+def test_reroute_uses_the_surviving_downlink_when_an_agg_to_tor_link_fails(cfg):
+    tree = FatTree(cfg.topology)
+    src, dst = 0, 13  # same pod, other rack: NIC up, tor->agg, agg->tor, NIC down
+    links = tree.path(src, dst)
+    downlink = links[2]
+    assert tree.link_kind(downlink) == "tor_agg"
+    rerouted = tree.path(src, dst, down={downlink})
+    assert downlink not in rerouted and len(rerouted) == 4
+    # both aggregation planes failed: nothing survives, the path keeps its dead link
+    other = rerouted[2]
+    assert tree.path(src, dst, down={downlink, other}) == links
 
 
 def test_decode_cache_hit_moves_no_bytes(cfg):
@@ -207,7 +249,7 @@ def test_telemetry_samples_measure_link_utilisation(cfg):
 
 @pytest.mark.parametrize("staleness", [0.0, 2.0])
 def test_netkv_runs_with_stale_telemetry(trace, staleness):
-    cfg = build_config(overrides=[f"oracle.staleness_s={staleness}"])
+    cfg = build_config(overrides=[f"oracle.staleness_s={staleness}", *MIXED])
     tree = FatTree(cfg.topology)
     actions = load_scenario("bursty", tree).actions(tree, trace[-1].arrival_s + 300)
     a = Simulator(cfg, trace, REGISTRY["netkv"](), actions).run()
@@ -221,7 +263,7 @@ sys.path.insert(0, {root!r})
 from scheduler.config import build_config
 from scheduler.policies import REGISTRY
 from scheduler.scenario import load_scenario
-from scheduler.simulator import Simulator
+from scheduler.simulator import Simulator, UnfinishedRequestsError
 from scheduler.synthetic import SyntheticConfig, synthetic_trace
 from topology.model import FatTree
 cfg = build_config(overrides=["topology.routing=ecmp"])
@@ -304,7 +346,7 @@ def test_staleness_shadow_does_not_change_decisions_and_agrees_with_itself():
     from scheduler.config import build_config
     from scheduler.experiment import prepare
     from scheduler.policies import REGISTRY
-    from scheduler.simulator import Simulator
+    from scheduler.simulator import Simulator, UnfinishedRequestsError
 
     cfg = build_config(overrides=["cluster.placement=by-server", "oracle.staleness_s=1e-9"])
     exp, _ = prepare(cfg, None, "hotspot", "netkv", 150, 0, tune=False)

@@ -66,6 +66,7 @@ class FatTreeConfig:
     hop_latency_us: float = field(default=2.0, metadata={"help": "Per switch hop latency, microseconds (reference: ~1-3 us per hop)."})
     nvlink_latency_us: float = field(default=1.0, metadata={"help": "Latency of the NVLink switch hop inside a server, microseconds."})
     routing: str = field(default="dst", metadata={"help": "``dst``: deterministic destination-based paths (default); ``ecmp``: hash of the flow."})
+    reroute_delay_s: float = field(default=0.5, metadata={"help": "Time from a link going down (or back up) to every switch forwarding on the new routes, s: the controller learns it from a port-status message or at the latest from its next port-stats poll (0.5 s, the worst case taken as default), then reinstalls routes avoiding the link."})
 
     def __post_init__(self) -> None:
         for f in ("pods", "tors_per_pod", "servers_per_tor", "gpus_per_server", "aggs_per_pod", "cores"):
@@ -74,7 +75,7 @@ class FatTreeConfig:
         for f in ("nvlink_gbyte_s", "nic_gbit_s", "tor_oversubscription", "agg_oversubscription"):
             if not float(getattr(self, f)) > 0:  # also rejects NaN
                 raise TopologyError(f"topology parameter '{f}' must be > 0, got {getattr(self, f)}")
-        for f in ("hop_latency_us", "nvlink_latency_us"):
+        for f in ("hop_latency_us", "nvlink_latency_us", "reroute_delay_s"):
             if not float(getattr(self, f)) >= 0:  # also rejects NaN
                 raise TopologyError(f"topology parameter '{f}' must be >= 0, got {getattr(self, f)}")
         if self.cores % self.aggs_per_pod:
@@ -283,21 +284,52 @@ class FatTree:
             h = np.array([zlib.crc32(f"{src}:{d}:{flow_key}".encode()) for d in np.atleast_1d(dsts)])
         return h % a, (h // a) % cpa
 
-    def paths(self, src: int, dsts: np.ndarray, flow_key: int | None = None) -> np.ndarray:
+    def paths(self, src: int, dsts: np.ndarray, flow_key: int | None = None,
+              down: frozenset[int] | set[int] | None = None) -> np.ndarray:
         """Directed link indices of the path from ``src`` to each of ``dsts``.
 
         Returns an int array of shape (len(dsts), MAX_HOPS) padded with ``self.pad`` (whose
         capacity is +inf and latency 0), so ``capacity[paths].min(axis=1)`` is the bottleneck.
-        ``src == dst`` gives an empty (all padding) path."""
+        ``src == dst`` gives an empty (all padding) path.
+
+        ``down``: directed links the routing avoids (failed links the controller knows of). A path
+        crossing one moves to the first surviving (aggregation switch, core) choice in the order
+        of :meth:`up_choices`; where none survives (a GPU's own NIC or NVLink link is down) the
+        path is kept as it is, dead link included, so its capacity 0 shows it unreachable."""
         self._check_gpu(src)
         d = np.asarray(dsts, dtype=np.int64).reshape(-1)
         if d.size and (d.min() < 0 or d.max() >= self.n_gpus):
             raise TopologyError(f"destination GPU index out of range 0..{self.n_gpus - 1}")
+        k, j = self._up_choice(src, d, flow_key)
+        out = self._paths_via(src, d, k, j)
+        if down:
+            dead = np.isin(out, np.fromiter(down, dtype=np.int64, count=len(down))).any(axis=1)
+            for row in np.flatnonzero(dead):
+                for kk, jj in self.up_choices(int(k[row]), int(j[row])):
+                    alt = self._paths_via(src, d[row:row + 1], np.array([kk]), np.array([jj]))
+                    if not any(int(x) in down for x in alt[0]):
+                        out[row] = alt[0]
+                        break
+        return out
+
+    def up_choices(self, k: int, j: int) -> Iterator[tuple[int, int]]:
+        """Every (aggregation switch, core in its group) choice, the routing's own ``(k, j)``
+        first, then the other cores of group ``k``, then the other aggregation switches (each
+        with core ``j`` first). A ToR picks the first ``k`` under which a surviving path exists and
+        the aggregation switch the first surviving ``j``: the order a destination-based
+        controller can install, switch by switch (``controller.routing`` follows it)."""
+        a, cpa = self.config.aggs_per_pod, self.cores_per_agg
+        for kk in [k] + [x for x in range(a) if x != k]:
+            for jj in [j] + [x for x in range(cpa) if x != j]:
+                yield kk, jj
+
+    def _paths_via(self, src: int, d: np.ndarray, k: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Paths from ``src`` to ``d`` whose upward hops take aggregation switch ``k`` and core
+        ``j`` of its group (per destination); tiers 0 and 1 ignore both."""
         a, cpa = self.config.aggs_per_pod, self.cores_per_agg
         out = np.full((d.size, MAX_HOPS), self.pad, dtype=np.int64)
         tier = self.tiers(src, d)
         same = d == src
-        k, j = self._up_choice(src, d, flow_key)
         src_tor, dst_tor = src // self.gpt, d // self.gpt
         src_pod, dst_pod = src // self.gpp, d // self.gpp
         # tier 0: nvlink up, nvlink down
@@ -322,8 +354,9 @@ class FatTree:
         out[m3, 5] = self.b_nic_down + d[m3]
         return out
 
-    def path(self, src: int, dst: int, flow_key: int | None = None) -> list[int]:
-        row = self.paths(src, np.array([dst]), flow_key)[0]
+    def path(self, src: int, dst: int, flow_key: int | None = None,
+             down: frozenset[int] | set[int] | None = None) -> list[int]:
+        row = self.paths(src, np.array([dst]), flow_key, down)[0]
         return [int(x) for x in row if x != self.pad]
 
     def path_nodes(self, src: int, dst: int, flow_key: int | None = None) -> list[str]:

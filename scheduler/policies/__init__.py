@@ -1,29 +1,83 @@
-"""Explicit policy registry, resolved by name from the CLI."""
+"""Explicit policy registry, resolved by name from the CLI.
+
+A policy spec is ``NAME`` or, for a policy that consumes the network cost oracle, ``NAME:ORACLE``
+(``netkv:static``, ``netkv:perfect``, ...): the same decision rule with another kind of network
+information, which is how the ablations isolate what live telemetry buys.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from scheduler.oracle import ORACLES
 from scheduler.policies.base import Policy
 from scheduler.policies.cache_load import CacheLoad
 from scheduler.policies.least_loaded import LeastLoaded
 from scheduler.policies.netkv import NetKV
 from scheduler.policies.round_robin import RoundRobin
+from scheduler.policies.topology_affinity import TopologyAffinity
+from scheduler.policies.topology_filter import TopologyFilter
 
-REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (RoundRobin, LeastLoaded, CacheLoad, NetKV)}
-DEFAULT_POLICIES = ("round-robin", "least-loaded", "cache-load", "netkv")
+REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (
+    RoundRobin, LeastLoaded, CacheLoad, TopologyFilter, TopologyAffinity, NetKV)}
+DEFAULT_POLICIES = ("round-robin", "least-loaded", "cache-load", "topology-affinity", "netkv:static", "netkv",
+                    "netkv:perfect")
+"""What ``simulate`` compares by default: the field's baselines, and NetKV with static topology,
+live telemetry and perfect information (the ablation)."""
+TARGET = "netkv"
+"""The policy every other one is compared against."""
 
 
 class UnknownPolicyError(ValueError):
     pass
 
 
-def resolve(names: str | list[str]) -> list[type[Policy]]:
-    """Policy classes for a comma-separated list (or list) of names; errors list the known names."""
+@dataclass(frozen=True)
+class PolicySpec:
+    """One policy of an experiment: its class and, for oracle consumers, the oracle it uses
+    (None: the experiment's ``oracle.kind``)."""
+
+    cls: type[Policy]
+    oracle: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.cls.name}:{self.oracle}" if self.oracle else self.cls.name
+
+    @property
+    def tuned_param(self) -> str | None:
+        return self.cls.tuned_param
+
+    def make(self, weight: float | None = None, seed: int = 0, default_oracle: str = "telemetry",
+             **inherited: float) -> Policy:
+        return self.cls(weight=weight, seed=seed, name=self.name,
+                        oracle_kind=self.oracle or default_oracle, **inherited)
+
+
+def parse_spec(item: str) -> PolicySpec:
+    name, sep, oracle = item.strip().partition(":")
+    if name not in REGISTRY:
+        raise UnknownPolicyError(f"unknown policy {name!r} in --policies (known: {', '.join(REGISTRY)}; "
+                                 f"oracle consumers also as NAME:ORACLE, e.g. netkv:static)")
+    cls = REGISTRY[name]
+    if not sep:
+        return PolicySpec(cls)
+    if not cls.needs_oracle:
+        raise UnknownPolicyError(f"policy {name!r} in --policies {item!r} does not use the network cost oracle, "
+                                 f"so it takes no ':ORACLE' (oracle consumers: "
+                                 f"{', '.join(n for n, c in REGISTRY.items() if c.needs_oracle)})")
+    if oracle not in ORACLES:
+        raise UnknownPolicyError(f"unknown oracle {oracle!r} in --policies {item!r} (known: {', '.join(ORACLES)})")
+    return PolicySpec(cls, oracle)
+
+
+def resolve(names: str | list[str]) -> list[PolicySpec]:
+    """Policy specs for a comma-separated list (or list) of names; errors list the known names."""
     items = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
     if not items:
         raise UnknownPolicyError("--policies is empty (known: " + ", ".join(REGISTRY) + ")")
-    out = []
+    out: list[PolicySpec] = []
     for n in items:
-        if n not in REGISTRY:
-            raise UnknownPolicyError(f"unknown policy {n!r} in --policies (known: {', '.join(REGISTRY)})")
-        if REGISTRY[n] not in out:
-            out.append(REGISTRY[n])
+        spec = parse_spec(n)
+        if spec.name not in [o.name for o in out]:
+            out.append(spec)
     return out

@@ -28,10 +28,17 @@ class CacheLoad(Policy):
     name = "cache-load"
     description = "prefill by min(queue + cached prefill); decode by decode-side cache hit + load (tuned weight)"
     tuned_param = "load_weight"
+    default_weight = 1.0
+    grid = "cache_load_weights"
 
     def choose(self, ctx: DecisionContext) -> Decision:
         self.turn += 1
         p = best_prefill(ctx, self.turn)
-        miss = 1.0 - ctx.decode_cached_tokens / max(ctx.request.input_tokens, 1)
-        w = 1.0 if self.weight is None else self.weight
-        return Decision(p, int(np.argmin(miss + w * ctx.decode_load)))
+        return Decision(p, int(np.argmin(decode_score(ctx, self.weight))))
+
+
+def decode_score(ctx: DecisionContext, load_weight: float) -> np.ndarray:
+    """cache-load's decode score, lower is better: the fraction of the prompt's KV a candidate
+    lacks (0..1) + ``load_weight`` x its load fraction."""
+    miss = 1.0 - ctx.decode_cached_tokens / max(ctx.request.input_tokens, 1)
+    return miss + load_weight * ctx.decode_load

@@ -2,7 +2,9 @@
 
 Prefill exactly as cache-load. Decode: argmin over D of the oracle's cost (seconds) of moving the
 bytes that candidate needs (its own cached prefix is not moved) from the chosen prefill instance,
-plus ``load_weight_s`` x the candidate's load fraction (tuned on the same grid budget)."""
+plus ``load_weight_s`` x the candidate's load fraction (tuned on the same grid budget). The oracle
+is a choice (``netkv:static``, ``netkv:inflight``, ``netkv:perfect``; default ``oracle.kind``), so
+the same greedy isolates what each kind of network information buys."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,11 +18,12 @@ class NetKV(Policy):
     name = "netkv"
     description = "cache-load's prefill; decode = argmin(oracle transfer cost of missing KV + load term)"
     tuned_param = "load_weight_s"
+    default_weight = 0.1
+    grid = "netkv_weights_s"
     needs_oracle = True
 
     def choose(self, ctx: DecisionContext) -> Decision:
         self.turn += 1
         p = best_prefill(ctx, self.turn)
-        w = 0.1 if self.weight is None else self.weight
-        score = ctx.transfer_cost_s(p) + w * ctx.decode_load
+        score = ctx.transfer_cost_s(p) + self.weight * ctx.decode_load
         return Decision(p, int(np.argmin(score)))

@@ -16,8 +16,8 @@ class RoundRobin(Policy):
     name = "round-robin"
     description = "cycle through prefill and decode instances; ignores load, caches and network"
 
-    def __init__(self, weight: float | None = None, seed: int = 0) -> None:
-        super().__init__(weight, seed)
+    def __init__(self, weight: float | None = None, seed: int = 0, **kwargs) -> None:
+        super().__init__(weight, seed, **kwargs)
         self._next = 0
         self._seed = seed
         self._order: tuple[np.ndarray, np.ndarray] | None = None

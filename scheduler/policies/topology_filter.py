@@ -1,0 +1,29 @@
+"""Dynamo's topology-domain constraint in its ``preferred`` mode (and llm-d's topology filter).
+
+NVIDIA Dynamo's experimental topology-aware KV transfer lets workers publish their topology
+domains and restricts the decode choice to the prefill worker's domain when a worker there exists
+(``preferred``; ``required`` fails otherwise); llm-d's router has the equivalent filter. Here the
+domain is the nearest tier holding any decode instance (same server, else same rack, else same
+pod, else everywhere); among those, cache-load's decode score with cache-load's tuned load
+weight decides. No weight of its own to tune."""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.cluster import Decision, DecisionContext
+from scheduler.policies.base import Policy
+from scheduler.policies.cache_load import CacheLoad, best_prefill, decode_score
+
+
+class TopologyFilter(Policy):
+    name = "topology-filter"
+    description = "cache-load restricted to the nearest tier holding a decode instance (Dynamo 'preferred')"
+    inherits = {"load_weight": CacheLoad.name}
+
+    def choose(self, ctx: DecisionContext) -> Decision:
+        self.turn += 1
+        p = best_prefill(ctx, self.turn)
+        tiers = ctx.decode_tiers(p)
+        score = decode_score(ctx, self.inherited.get("load_weight", CacheLoad.default_weight))
+        score = np.where(tiers == tiers.min(), score, np.inf)
+        return Decision(p, int(np.argmin(score)))
