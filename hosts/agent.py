@@ -12,8 +12,9 @@ says hello, then serves (the work of one instance: the orchestrator only decides
 * compute (``reset``, ``prefill``, ``expect``): the instance's prefill FIFO or decode batch,
   modelled by ``hosts.compute.ComputeEngine`` with the simulator's timing model
   (``scheduler.instance.InstanceModel``) on the agent's own clock. A prefill agent streams the
-  KV bytes when a prompt's prefill ends; a decode agent admits a request when its KV has been
-  received and reports ``first_token`` and ``finished``;
+  KV bytes when a prompt's prefill ends (with ``timing.kv_streaming = "layer-wise"``: from its
+  first layer on, each layer's bytes as that layer completes); a decode agent admits a request
+  when its KV has been received and reports ``first_token`` and ``finished``;
 * incoming: a TCP connection carries one DATA header (``hosts.framing``) then ``total`` payload
   bytes; the receiver counts them with ``recv_into`` on a large buffer, answers with a DONE
   header when asked (``FLAG_ACK_REQ``) and reports ``received``;
@@ -144,11 +145,33 @@ def connect(dst_ip: str, dst_port: int, *, connect_timeout: float = 10.0, sndbuf
     return sock
 
 
+def check_schedule(schedule: object, nbytes: int) -> list[tuple[float, int]]:
+    """A layer schedule (``[[wall time, bytes so far], ...]``, see ``hosts.compute``) as a list
+    of (time, bytes): times non-decreasing, bytes non-decreasing within 0..``nbytes``, the last
+    entry ``nbytes``; raises ``TransferError`` otherwise."""
+    try:
+        steps = [(float(t), int(b)) for t, b in schedule]  # type: ignore[union-attr]
+    except (TypeError, ValueError) as exc:
+        raise TransferError(f"layer_schedule must be [[time, bytes], ...]: {exc}") from None
+    ok = bool(steps) and steps[-1][1] == nbytes and all(
+        0 <= b1 <= b2 and t1 <= t2 for (t1, b1), (t2, b2) in zip(steps, steps[1:])) and steps[0][1] >= 0
+    if not ok:
+        raise TransferError(f"layer_schedule must have non-decreasing times and bytes ending at {nbytes}, "
+                            f"got {steps[:3]}{'...' if len(steps) > 3 else ''}")
+    return steps
+
+
 def send_on(sock: socket.socket, dst_ip: str, dst_port: int, transfer_id: int, request_id: int,
             nbytes: int, src_gpu: int, dst_gpu: int, *, io_timeout: float = 120.0,
-            payload: memoryview | None = None, t_connect: float | None = None) -> TransferResult:
+            payload: memoryview | None = None, t_connect: float | None = None,
+            schedule: list[tuple[float, int]] | None = None,
+            stop: threading.Event | None = None) -> TransferResult:
     """Send one transfer on a connected socket and wait for the receiver's DONE (the socket
-    stays open for the next transfer); raises ``TransferError``."""
+    stays open for the next transfer); raises ``TransferError``.
+
+    ``schedule`` (:func:`check_schedule`): the payload is released step by step, never more than
+    ``bytes`` of it before ``time`` (``time.time()`` stamps): layer-wise KV streaming, each layer's
+    bytes written once that layer is computed. ``stop`` aborts a wait for the next step."""
     view = payload if payload is not None else memoryview(_PATTERN)
     header = encode_header(MSG_DATA, transfer_id, request_id, nbytes, src_gpu, dst_gpu,
                            FLAG_ACK_REQ | FLAG_SYNTHETIC)
@@ -158,16 +181,22 @@ def send_on(sock: socket.socket, dst_ip: str, dst_port: int, transfer_id: int, r
     try:
         sock.sendall(header)
         chunk = len(view)
-        while sent < nbytes:
-            n = min(chunk, nbytes - sent)
-            sock.sendall(view[:n])
-            sent += n
+        for t_ready, upto in schedule or [(t_start, nbytes)]:
+            wait = t_ready - time.time()
+            if wait > 0 and (stop.wait(wait) if stop is not None else time.sleep(wait)):
+                raise TransferError(f"stopped after {sent} of {nbytes} bytes (the agent is shutting down)", sent)
+            while sent < upto:
+                n = min(chunk, upto - sent)
+                sock.sendall(view[:n])
+                sent += n
         t_local_end = time.time()
         reply, _ = _recv_exact(sock, HEADER_LEN)
     except OSError as exc:
         raise TransferError(f"sending to {dst_ip}:{dst_port} failed after {sent} bytes: "
                             f"{exc}", sent) from exc
     except TransferError as exc:
+        if sent < nbytes:  # stopped while waiting for a layer
+            raise
         raise TransferError(f"no DONE from {dst_ip}:{dst_port}: {exc}", sent) from exc
     t_end = time.time()
     try:
@@ -379,12 +408,15 @@ class Agent:
     def _send(self, cmd: Message) -> None:
         peer = (cmd["dst_ip"], cmd["dst_port"])
         try:
+            schedule = cmd.get("layer_schedule")
+            steps = check_schedule(schedule, cmd["bytes"]) if schedule is not None else None
             for attempt in (1, 2):
                 sock, t_connect = self._take(peer)
                 try:
                     res = send_on(sock, peer[0], peer[1], cmd["transfer_id"], cmd["request_id"],
                                   cmd["bytes"], self.gpu, cmd["dst_gpu"], io_timeout=self.io_timeout,
-                                  payload=self._payload, t_connect=t_connect)
+                                  payload=self._payload, t_connect=t_connect, schedule=steps,
+                                  stop=self._stop)
                 except TransferError as exc:
                     self._drop(sock)
                     # a pooled connection the peer closed meanwhile: retry once on a new one

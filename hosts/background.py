@@ -6,6 +6,8 @@
     python -m hosts.background --dst 10.0.0.2:5201 --rate-mbit 40 --duration 10  # paced sender
     python -m hosts.background --dst 10.0.0.2:5201 --duration 10              # greedy sender
 
+    python -m hosts.background --dst 10.0.0.2:5201 --standby [--rate-mbit 40]  # flow slot
+
 The paced sender is a token bucket refilled continuously at the target rate; it writes chunks of
 about one millisecond of traffic (1-64 KiB) and holds at most two chunks of burst, so rates from a
 few to hundreds of Mbit/s are followed closely. A greedy sender writes as fast as TCP allows.
@@ -13,13 +15,25 @@ Both stop at ``--duration`` or on SIGTERM/SIGINT and print one JSON summary line
 (``{"mode", "bytes", "seconds", "mbit_s", ...}``). The sink accepts any number of connections
 (one thread each), discards the bytes and prints a summary per connection and a total at exit.
 Exit status: 0 on success, 1 when the connection cannot be made or breaks.
+
+A **standby** sender (``--standby``, see :func:`run_standby`) is a flow slot started ahead of
+time: it prints ``{"mode": "standby", "ready": true}`` once its signal handlers are in place and
+then sends only between SIGUSR1 (start: a new connection) and SIGUSR2 (stop: the connection is
+reset, and ``{"mode": "send", ..., "activation": k}`` printed for it), as often as asked, until
+SIGTERM. The scenario executor starts every flow slot a scenario needs before the clock starts,
+so an on/off scenario switching dozens of flows costs two signals per flow, not the start-up of
+dozens of Python processes while the replay runs (measured: ~1 s of both cores at every switch of
+decode-flap, during which KV transfers on idle paths ran 5-17x their line-rate time).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -117,7 +131,18 @@ def run_sender(host: str, port: int, duration: float, rate_mbit: float | None = 
         seconds = time.monotonic() - t0
         return FlowStats("send", sent, seconds, f"{host}:{port}", rate_mbit)
     finally:
+        if stop.is_set():  # stopped (the scenario's flow_stop): end at once, as the fluid model's flow
+            _abort_on_close(sock)
         sock.close()
+
+
+def _abort_on_close(sock: socket.socket) -> None:
+    """Make ``close`` reset the connection (SO_LINGER 0) instead of the kernel sending on the
+    unsent bytes of the socket buffer after the process is gone."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
 
 
 def _paced(sock: socket.socket, view: memoryview, rate_Bps: float, deadline: float,
@@ -223,6 +248,115 @@ def run_sink(host: str, port: int, duration: float | None = None,
         lst.close()
 
 
+START_SIGNAL, STOP_SIGNAL = signal.SIGUSR1, signal.SIGUSR2
+"""A standby sender starts a flow on SIGUSR1 and ends it on SIGUSR2."""
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _activation(host: str, port: int, rate_mbit: float | None, connect_timeout: float,
+                congestion: str | None, running: Callable[[], bool], wake: int) -> FlowStats:
+    """One flow of a standby sender: connect, send (greedy or paced) while ``running()``, then
+    reset the connection. ``wake`` is a descriptor that turns readable when a signal arrived
+    (``signal.set_wakeup_fd``), so a stop is seen at once, not at the next send."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sent = 0
+    t0 = time.monotonic()
+    try:
+        if congestion:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
+            except OSError as exc:
+                raise BackgroundError(f"congestion control {congestion!r} unavailable: {exc}") from exc
+        sock.settimeout(connect_timeout)
+        try:
+            sock.connect((host, port))
+        except OSError as exc:
+            raise BackgroundError(f"connect to {host}:{port} failed: {exc}") from exc
+        sock.setblocking(False)
+        rate_Bps = rate_mbit * 1e6 / 8 if rate_mbit is not None else None
+        chunk = pace_chunk(rate_Bps * 8) if rate_Bps else 64 << 10
+        view = memoryview(bytes(chunk))
+        tokens, last = float(chunk), time.monotonic()
+        while running():
+            wait = POLL_S
+            if rate_Bps is not None:  # token bucket, as the one-shot paced sender
+                now = time.monotonic()
+                tokens = min(2 * chunk, tokens + (now - last) * rate_Bps)
+                last = now
+                if tokens < chunk:
+                    wait = min(POLL_S, (chunk - tokens) / rate_Bps)
+            readable, writable, _ = select.select([wake], [sock] if rate_Bps is None or tokens >= chunk else [],
+                                                  [], wait)
+            if readable:
+                _drain(wake)
+            if writable:
+                try:
+                    n = sock.send(view)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise BackgroundError(f"sending to {host}:{port} failed after {sent} bytes: {exc}") from exc
+                sent += n
+                tokens -= n
+        return FlowStats("send", sent, time.monotonic() - t0, f"{host}:{port}", rate_mbit)
+    finally:
+        _abort_on_close(sock)
+        sock.close()
+
+
+def run_standby(host: str, port: int, rate_mbit: float | None = None, connect_timeout: float = 10.0,
+                congestion: str | None = None, emit: Callable[[dict], None] = print) -> None:
+    """A flow slot (main thread only: it owns the process's signals): wait; on
+    :data:`START_SIGNAL` open a connection to ``host:port`` and send until
+    :data:`STOP_SIGNAL`, then ``emit`` the flow's summary (with ``activation``: 1, 2, ...); again
+    on every start; return on SIGTERM/SIGINT (a running flow is ended and reported first).
+    Raises :class:`BackgroundError` when a flow cannot connect or breaks."""
+    if rate_mbit is not None and rate_mbit <= 0:
+        raise ValueError(f"rate_mbit must be > 0, got {rate_mbit}")
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    state = {"on": False, "stop": False}
+
+    def on_start(signum: int, frame: FrameType | None) -> None:
+        state["on"] = True
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        state["on"] = False
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        state["stop"] = True
+
+    old_fd = signal.set_wakeup_fd(wake_w)
+    handlers = {START_SIGNAL: on_start, STOP_SIGNAL: on_stop, signal.SIGTERM: on_term, signal.SIGINT: on_term}
+    old = {sig: signal.signal(sig, fn) for sig, fn in handlers.items()}
+    try:
+        emit({"mode": "standby", "ready": True, "peer": f"{host}:{port}", "rate_mbit_target": rate_mbit})
+        k = 0
+        while not state["stop"]:
+            if not state["on"]:
+                select.select([wake_r], [], [])  # until a signal (the wakeup fd is written first)
+                _drain(wake_r)
+                continue
+            k += 1
+            stats = _activation(host, port, rate_mbit, connect_timeout, congestion,
+                                lambda: state["on"] and not state["stop"], wake_r)
+            emit({**stats.summary(), "activation": k})
+    finally:
+        for sig, fn in old.items():
+            signal.signal(sig, fn)
+        signal.set_wakeup_fd(old_fd)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m hosts.background",
                                  description="background TCP sender (greedy/paced) or sink")
@@ -238,9 +372,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="sender: TCP congestion control (e.g. bbr, cubic; default: the system's)")
     ap.add_argument("--window-clamp", type=int, default=None,
                     help="sink: cap every connection's receive window at this many bytes")
+    ap.add_argument("--standby", action="store_true",
+                    help="sender: a flow slot, sending only between SIGUSR1 and SIGUSR2, until SIGTERM")
     args = ap.parse_args(argv)
-    if args.dst is not None and (args.duration is None or args.duration <= 0):
-        ap.error("--dst needs --duration > 0")
+    if args.standby and args.dst is None:
+        ap.error("--standby needs --dst")
+    if args.standby and args.duration is not None:
+        ap.error("--standby runs until SIGTERM: no --duration")
+    if args.dst is not None and not args.standby and (args.duration is None or args.duration <= 0):
+        ap.error("--dst needs --duration > 0 (or --standby)")
     if args.dst is not None and args.dst[1] == 0:
         ap.error("--dst needs a non-zero port")
     if args.rate_mbit is not None and args.rate_mbit <= 0:
@@ -250,6 +390,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.standby:
+        try:
+            run_standby(*args.dst, args.rate_mbit, args.connect_timeout, args.congestion,
+                        lambda d: print(json.dumps(d), flush=True))
+        except (BackgroundError, OSError) as exc:
+            print(f"background: {exc}", file=sys.stderr)
+            return 1
+        return 0
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

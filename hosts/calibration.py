@@ -1,7 +1,7 @@
 """Calibrate the emulated fabric against the simulator, one (src, dst) pair per tier.
 
-For each tier (:func:`topology.fabric.tier_samples`), sequentially on the idle fabric, through the
-host agents already connected to ``control``:
+For each tier (one GPU pair each: :func:`topology.fabric.tier_samples`, or the pairs given),
+sequentially on the idle fabric, through the host agents already connected to ``control``:
 
 (a) **goodput**: ``goodput_repeats`` (default 3) transfers of ``configured bottleneck x
     goodput_seconds`` bytes, the median counting (one transfer that meets a CPU hiccup of the
@@ -119,13 +119,17 @@ def _transfer(control: ControlServer, tree: FatTree, fab: Any, src: int, dst: in
 def calibrate(fab: Any, tree: FatTree, control: ControlServer, agent_port: int, scale: float,
               time_scale: float, kv_bytes_per_token: int, setup_s: float,
               reference_tokens: int = 8192, goodput_seconds: float = 1.5, goodput_repeats: int = 3,
-              timeout_s: float = 60.0, reference_repeats: int = 5) -> dict:
-    """Goodput and reference-transfer time per tier on the idle fabric (see the module doc)."""
+              timeout_s: float = 60.0, reference_repeats: int = 5,
+              pairs: dict[int, tuple[int, int]] | None = None) -> dict:
+    """Goodput and reference-transfer time per tier on the idle fabric (see the module doc), for
+    the (src, dst) GPU pair of each tier in ``pairs`` (default :func:`topology.fabric.tier_samples`:
+    every tier; ``emulate`` passes the prefill -> decode pairs of the tiers its KV transfers take).
+    Both GPUs of every pair need an agent connected to ``control``."""
     rates = emulated_rates_mbit(tree, scale, time_scale, getattr(fab, "nvlink_cap_mbit", None))
     warning = _rate_mismatch(rates, getattr(getattr(fab, "topo", None), "rates_mbit", None))
     real, emulated = reference_bytes(reference_tokens, kv_bytes_per_token, scale)
     tiers: dict[str, dict] = {}
-    for tier, (src, dst) in tier_samples(tree).items():
+    for tier, (src, dst) in (tier_samples(tree) if pairs is None else pairs).items():
         configured = bottleneck_mbit(tree, rates, src, dst)
         nbytes = goodput_bytes(configured, goodput_seconds)
         goodputs = []

@@ -12,7 +12,13 @@ time_scale``), and is emitted once the wall clock has reached it.
 
 * prefill role: ``prefill(cmd)`` queues the prompt at the current virtual time; when its end
   comes, ``prefilled`` is emitted and then ``send(cmd)`` streams the KV bytes (the caller runs it
-  on its own thread, so the next prefill is never delayed by a transfer).
+  on its own thread, so the next prefill is never delayed by a transfer). With the config's
+  ``timing.kv_streaming = "layer-wise"`` the stream starts instead once the prompt's first layer
+  is computed (prefill start + duration / ``model.layers``): ``send`` gets the command with a
+  ``layer_schedule``, one ``[wall time, bytes]`` per layer (the moment that layer's KV exists and
+  the bytes sent up to it), so the sender writes each layer's bytes as it completes and the last
+  layer's at the prefill's end, as Mooncake's and Splitwise's layer-wise transfer do and as the
+  simulator's rate-capped flow models it; ``prefilled`` still comes at the end.
 * decode role: ``expect(cmd)`` announces a request; ``kv_received(transfer_id, t_end)`` (the
   receiver's last-byte stamp) completes its KV. When both are known the request joins the batch
   at the later of the two (KV stamped before ``expect`` waits for it), or queues FIFO;
@@ -50,6 +56,8 @@ class ComputeEngine:
         self.t_reset = 0.0
         self.time_scale = 1.0
         self._prefills: list[tuple[float, int, float, Message]] = []  # (end, seq, start, cmd)
+        self._streams: list[tuple[float, int, float, float, Message]] = []  # (first layer, seq, start, end, cmd)
+        self.layers = 0  # layers of the model when its KV streams layer by layer, else 0
         self._seq = 0
         self._expected: dict[int, Message] = {}  # transfer id -> expect command, KV not yet in
         self._unclaimed: OrderedDict[int, float] = OrderedDict()  # transfer id -> virtual arrival
@@ -75,15 +83,18 @@ class ComputeEngine:
         from scheduler.instance import InstanceModel
 
         try:
-            model = InstanceModel(config_from_dict(config), role)
+            cfg = config_from_dict(config)
+            model = InstanceModel(cfg, role)
         except (ConfigError, ValueError) as exc:
             raise ProtocolError(f"reset: bad config: {exc}") from None
         with self._cond:
             if self._closed:
                 raise ProtocolError("reset: the agent is shutting down")
             self._model, self.role, self.time_scale = model, role, float(time_scale)
+            self.layers = int(cfg.model.layers) if cfg.timing.kv_streaming == "layer-wise" else 0
             self.t_reset = time.time()
             self._prefills.clear()
+            self._streams.clear()
             self._expected.clear()
             self._unclaimed.clear()
             self._requests.clear()
@@ -104,6 +115,8 @@ class ComputeEngine:
                                               cmd["cached_tokens"])
             self._seq += 1
             heapq.heappush(self._prefills, (end, self._seq, start, cmd))
+            if self.layers and cmd["bytes"] > 0:  # the stream starts with the first layer's KV
+                heapq.heappush(self._streams, (start + (end - start) / self.layers, self._seq, start, end, cmd))
             self._cond.notify_all()
 
     def expect(self, cmd: Message) -> None:
@@ -158,8 +171,18 @@ class ComputeEngine:
         self._model.kv_arrived(t, tid, cmd["input_tokens"], cmd["output_tokens"])
         self._cond.notify_all()
 
+    def layer_schedule(self, start: float, end: float, nbytes: int) -> list[list[float]]:
+        """``[wall time, bytes]`` per layer of a prefill over virtual ``[start, end)``: layer k
+        (1-based) is computed at ``start + k x (end - start) / layers``, and with it the first
+        ``round(nbytes x k / layers)`` bytes of the KV may leave (the last entry: all of them, at
+        the prefill's end)."""
+        n = self.layers
+        return [[self._wall(start + k * (end - start) / n), round(nbytes * k / n)] for k in range(1, n + 1)]
+
     def _next_due(self) -> float | None:
         times = [self._prefills[0][0]] if self._prefills else []
+        if self._streams:
+            times.append(self._streams[0][0])
         if self._model is not None:
             nxt = self._model.next_due()
             if nxt is not None:
@@ -170,12 +193,16 @@ class ComputeEngine:
         """Events due at or before virtual ``upto``: (messages, KV streams to start)."""
         msgs: list[Message] = []
         sends: list[Message] = []
+        while self._streams and self._streams[0][0] <= upto:
+            _, _, start, end, cmd = heapq.heappop(self._streams)
+            sends.append({**cmd, "layer_schedule": self.layer_schedule(start, end, cmd["bytes"])})
         while self._prefills and self._prefills[0][0] <= upto:
             end, _, start, cmd = heapq.heappop(self._prefills)
             msgs.append({"ev": "prefilled", "request_id": cmd["request_id"],
                          "transfer_id": cmd["transfer_id"], "t_start": self._wall(start),
                          "t_end": self._wall(end)})
-            sends.append(cmd)
+            if not (self.layers and cmd["bytes"] > 0):  # layer-wise: streaming since the first layer
+                sends.append(cmd)
         if self._model is not None and self.role == "decode":
             for ev in self._model.due(upto):
                 cmd = self._requests[ev.key]

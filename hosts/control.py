@@ -30,7 +30,10 @@ timing; virtual seconds = (time.time() - t_reset) / time_scale, reported as wall
                                           -> (prefill role) queued on the instance's FIFO; at its
                                              end {"ev": "prefilled", "request_id", "transfer_id",
                                              "t_start", "t_end"}, then the KV bytes are streamed
-                                             to the decode agent exactly as by "send"
+                                             to the decode agent exactly as by "send" (with the
+                                             config's timing.kv_streaming = "layer-wise" the
+                                             stream starts at the first layer's end and sends
+                                             each layer's bytes as it completes, hosts.compute)
     {"op": "expect", "request_id": int, "transfer_id": int, "input_tokens": int,
      "output_tokens": int}                -> (decode role) once transfer ``transfer_id`` has been
                                              received (before or after this message) the request

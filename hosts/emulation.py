@@ -1,20 +1,25 @@
 """The ``emulate`` backend: the experiment replayed on the packet-level Mininet fabric.
 
-Order of a run: build the fabric (controller connected, routes installed, every tier pinged),
-start an agent in every GPU host, calibrate (per-tier goodput and idle transfer time against the
-simulator's prediction), then for each policy replay the trace window in (optionally dilated) real
-time with the scenario's events executed on the fabric, the oracle reading the controller's
-telemetry over REST; then the same window on the simulator for the agreement check.
+Order of a run: refuse what the fabric cannot run faithfully (:func:`hosts.emulable.check_emulable`:
+the ``perfect`` oracle, links taken down, layer-wise streaming, background traffic over the
+forwarding budget); run the same window on the simulator (reference figures and the tuned
+weights); build the fabric (controller connected, routes installed, every tier pinged); start an
+agent in every serving GPU host (prefill and decode instances: reserved GPUs serve nothing, their
+hosts only carry the scenario's background senders and sinks); open persistent prefill -> decode
+connections; calibrate the tiers KV transfers take under the placement (per-tier goodput and idle
+transfer time against the simulator's prediction); then for each policy replay the trace window
+in (optionally dilated) real time with the scenario's events executed on the fabric, the oracle
+reading the controller's telemetry over REST.
 
 Where the work happens: the orchestrator (``RealtimeReplay``) only decides and records. Before
 each policy's replay :class:`AgentTransport` resets every agent (a fresh instance of its role, the
 run's config and time scale; all must answer), and per request it sends ``expect`` to the decode
 agent and ``prefill`` to the prefill agent. The agents model their instance's compute with the
-simulator's timing (``hosts.compute``), stream the KV bytes through the fabric and report
-``prefilled`` / ``received`` / ``first_token`` / ``finished``, parsed into the replay's events
-(``hosts.events``). Teardown (in
-``finally`` and on signals, by :class:`topology.fabric.Fabric`) removes every bridge, veth,
-namespace and process the run created.
+simulator's timing (``hosts.compute``), stream the KV bytes through the fabric (after the prefill,
+or layer by layer with ``timing.kv_streaming = "layer-wise"``) and report ``prefilled`` /
+``received`` / ``first_token`` / ``finished``, parsed into the replay's events (``hosts.events``).
+Teardown (in ``finally`` and on signals, by :class:`topology.fabric.Fabric`) removes every bridge,
+veth, namespace and process the run created.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import numpy as np
 
 from hosts.calibration import calibrate
 from hosts.control import ControlError, ControlServer
+from hosts.emulable import background_warning, check_emulable
 from hosts.events import event_from_message
 from hosts.fidelity import CpuMonitor, RttProbe, rtt_verdict
 from hosts.framing import KV_PORT
@@ -156,15 +162,18 @@ class TelemetryPoller:
         self.rows: list[tuple] = []  # (policy, virtual time s, wall time, utilisation array)
         self.errors = 0
         self._target: tuple[str, Clock, TelemetryHistory, ScenarioExecutor] | None = None
+        self._pending: tuple | None = None  # (snapshot, wall time) polled before the replay's clock started
         self._stop = threading.Event()
         self._last_time: float | None = None
         self._thread = threading.Thread(target=self._loop, name="telemetry-poller", daemon=True)
 
     def attach(self, policy: str, clock: Clock, history: TelemetryHistory, executor: ScenarioExecutor) -> None:
+        self._pending = None
         self._target = (policy, clock, history, executor)
 
     def detach(self) -> None:
         self._target = None
+        self._pending = None
 
     def start(self) -> None:
         self._thread.start()
@@ -189,9 +198,17 @@ class TelemetryPoller:
             policy, clock, history, executor = target
             snap = snapshot_from_json(self.tree, payload, self.nominal)
             snap.capacity_factor = executor.capacity_factor()
-            snap.time_s = clock.virtual(float(payload["time"]))
-            history.add(snap)
-            self.rows.append((policy, snap.time_s, float(payload["time"]), snap.utilisation[:-1].copy()))
+            if not clock.started:
+                # the replay is still preparing (flow slots, pre-roll, agent reset): its virtual
+                # times are not known yet; the newest such snapshot enters the history stamped
+                # before 0 once the clock starts (the pre-rolled flows' load, seen at t = 0)
+                self._pending = (snap, float(payload["time"]))
+                continue
+            pending, self._pending = self._pending, None
+            for snap_, wall in ([pending] if pending is not None else []) + [(snap, float(payload["time"]))]:
+                snap_.time_s = clock.virtual(wall)
+                history.add(snap_)
+                self.rows.append((policy, snap_.time_s, wall, snap_.utilisation[:-1].copy()))
 
     def csv_bytes(self) -> bytes:
         lines = ["policy,time_s,link,utilisation"]
@@ -201,9 +218,11 @@ class TelemetryPoller:
         return ("\n".join(lines) + "\n").encode()
 
 
-def _start_agents(fab: Fabric, tree: FatTree, sock: Path, run_dir: Path) -> list:
+def _start_agents(fab: Fabric, tree: FatTree, gpus: Sequence[int], sock: Path, run_dir: Path) -> list:
+    """An agent in the host of every GPU of ``gpus`` (the serving instances: reserved GPUs serve
+    nothing, and the scenario executor starts their background senders and sinks itself)."""
     procs = []
-    for g in range(tree.n_gpus):
+    for g in gpus:
         name = tree.gpu_name(g)
         log = open(run_dir / f"agent-{name}.log", "wb")  # noqa: SIM115 - closed with the process
         # 0.0.0.0 inside the host's own network namespace: reachable only from the emulated
@@ -219,16 +238,32 @@ def _median(xs: list[float]) -> float | None:
     return float(np.median(xs)) if xs else None
 
 
-def _probe_pair(tree: FatTree, prefill: np.ndarray) -> tuple[int, int]:
-    """Two prefill GPUs of one server: prefill instances never receive KV and send it over NVLink
-    only to decode GPUs, so the NVLink path between two prefill GPUs stays idle."""
-    by_server: dict[int, list[int]] = {}
-    for g in prefill:
-        by_server.setdefault(int(g) // tree.gps, []).append(int(g))
-    for gs in by_server.values():
-        if len(gs) >= 2:
-            return gs[0], gs[1]
+def _probe_pair(tree: FatTree, prefill: np.ndarray, reserved: np.ndarray | None = None) -> tuple[int, int]:
+    """Two GPUs of one server whose NVLink path no KV transfer takes: two prefill GPUs (prefill
+    instances never receive KV, and send it over NVLink only to decode GPUs), else two reserved
+    GPUs (they serve nothing; the built-in scenarios' flows between them cross the fabric, not
+    NVLink), else the first two prefill GPUs."""
+    for group in (prefill, reserved if reserved is not None else np.zeros(0, dtype=int)):
+        by_server: dict[int, list[int]] = {}
+        for g in group:
+            by_server.setdefault(int(g) // tree.gps, []).append(int(g))
+        for gs in by_server.values():
+            if len(gs) >= 2:
+                return gs[0], gs[1]
     return int(prefill[0]), int(prefill[1]) if len(prefill) > 1 else int(prefill[0])
+
+
+def kv_tier_pairs(tree: FatTree, prefill: np.ndarray, decode: np.ndarray) -> dict[int, tuple[int, int]]:
+    """One (prefill GPU, decode GPU) pair per tier some KV transfer of this placement can take: the
+    paths calibration measures (``by-rack`` has none on tiers 0 and 1, its prefill racks holding no
+    decode instance). The first prefill GPU that has a decode GPU at that tier, and the first such
+    decode GPU."""
+    out: dict[int, tuple[int, int]] = {}
+    for p in prefill:
+        tiers = tree.tiers(int(p), decode)
+        for tier in np.unique(tiers):
+            out.setdefault(int(tier), (int(p), int(decode[np.flatnonzero(tiers == tier)[0]])))
+    return dict(sorted(out.items()))
 
 
 def _warm_connections(control: ControlServer, tree: FatTree, prefill: np.ndarray, decode: np.ndarray,
@@ -264,17 +299,22 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
     cfg = exp.cfg
     fabric_scale = scale / time_scale
     nominal = link_capacity_bps(tree, fabric_scale)  # validates the scale before anything starts
+    load = check_emulable(exp, scale, time_scale)  # what the fabric cannot run faithfully: refused here
     actions = exp.actions()
     # The simulator's run of the same window comes first: cheap, it fails fast on bad input, and its
     # tuned weights (grid search on the held-out slice, same scenario) are the emulated policies' too.
     log("emulate: simulating the same window first (reference figures and tuned weights)")
     sim_policies, _ = run_simulation(exp, progress=False, log=lambda m: None)
-    tuned = {name: next(iter(p["params"].values())) for name, p in sim_policies.items() if p.get("params")}
+    tuned = {spec.name: sim_policies[spec.name]["params"][spec.tuned_param] for spec in exp.policies
+             if spec.tuned_param and spec.tuned_param in (sim_policies[spec.name].get("params") or {})}
     exp = dataclasses.replace(exp, weights={**tuned, **exp.weights})
-    prefill_gpus, decode_gpus, _ = assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction,
-                                                cfg.cluster.reserved_servers_per_pod)
+    prefill_gpus, decode_gpus, reserved_gpus = assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction,
+                                                            cfg.cluster.reserved_servers_per_pod)
+    serving = sorted(int(g) for g in np.concatenate([prefill_gpus, decode_gpus]))
+    kv_pairs = kv_tier_pairs(tree, prefill_gpus, decode_gpus)
     run_dir = Path(tempfile.mkdtemp(prefix="netkv-emulate-"))
-    evidence: dict = {"run_dir": str(run_dir), "scale": scale, "time_scale": time_scale}
+    evidence: dict = {"run_dir": str(run_dir), "scale": scale, "time_scale": time_scale,
+                      "hosts": {"agents": len(serving), "reserved_without_agent": int(reserved_gpus.size)}}
     policies: dict[str, dict] = {}
     records: dict[str, list[RequestRecord]] = {}
     monitor = CpuMonitor(interval_s=0.5)
@@ -300,15 +340,20 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
                     transports[-1].on_event(msg)
 
             with ControlServer(run_dir / "control.sock", on_event=dispatch, queue_events=False) as control:
-                _start_agents(fab, tree, run_dir / "control.sock", run_dir)
-                control.wait_hello(tree.gpu_names, timeout=AGENT_START_TIMEOUT_S)
+                _start_agents(fab, tree, serving, run_dir / "control.sock", run_dir)
+                control.wait_hello([tree.gpu_name(g) for g in serving], timeout=AGENT_START_TIMEOUT_S)
                 _warm_connections(control, tree, prefill_gpus, decode_gpus, warm_done, warmed)
-                probe_src, probe_dst = _probe_pair(tree, prefill_gpus)
+                probe_src, probe_dst = _probe_pair(tree, prefill_gpus, reserved_gpus)
                 probe = RttProbe(fab.host(tree.gpu_name(probe_src)), peer_ip(tree, probe_src, probe_dst))
                 baseline_rtt = probe.measure(2.0)
-                log("emulate: calibrating every tier (goodput and idle transfer time vs the simulator)")
-                evidence["calibration"] = calibrate(fab, tree, control, KV_PORT, scale, time_scale,
-                                                    cfg.model.kv_bytes_per_token, cfg.timing.transfer_setup_s)
+                log(f"emulate: calibrating tier(s) {', '.join(map(str, kv_pairs))}, the ones KV transfers take "
+                    f"under placement {cfg.cluster.placement} (goodput and idle transfer time vs the simulator)")
+                cal = calibrate(fab, tree, control, KV_PORT, scale, time_scale, cfg.model.kv_bytes_per_token,
+                                cfg.timing.transfer_setup_s, pairs=kv_pairs)
+                cal["skipped_tiers"] = {str(t): f"no prefill -> decode pair on this tier under placement "
+                                                f"{cfg.cluster.placement}: no KV transfer takes it"
+                                        for t in range(4) if t not in kv_pairs}
+                evidence["calibration"] = cal
                 poller = TelemetryPoller(fab, tree, nominal, cfg.oracle.poll_interval_s)
                 poller.start()
                 monitor.start()
@@ -362,6 +407,8 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
                                     "replies": len(run_rtt)}
                     poller.stop()
                 evidence["fidelity"]["replay_lag_s"] = lags
+                evidence["fidelity"]["background_load"] = load.to_dict()
+                evidence["fidelity"]["background_note"] = background_warning(load)
                 evidence["fidelity"]["telemetry_poll_errors"] = poller.errors
                 evidence["telemetry_csv"] = poller.csv_bytes()
                 evidence["telemetry_rows"] = poller.rows

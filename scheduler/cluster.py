@@ -6,12 +6,11 @@ re-exported here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
 
-from scheduler.cache import PrefixCacheGroup
+from scheduler.cache import PrefixCacheGroup, PrefixHits
 from scheduler.config import ConfigError, ExperimentConfig
 from scheduler.decode import DecodeBatch, decode_capacity_tokens
 from scheduler.oracle import NetworkOracle, OracleQuery
@@ -95,8 +94,35 @@ class Decision:
     decode: int  # index into Cluster.decode_ids
 
 
+class _lazy:
+    """``functools.cached_property`` without its per-access lock (Python 3.11 takes one on every
+    first access, which shows at a decision's microsecond scale): computed on first access, then
+    an ordinary instance attribute."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
+
+
 class DecisionContext:
-    """Everything a policy may look at for one request; each view is computed at most once."""
+    """Everything a policy may look at for one request; each view is computed at most once.
+
+    The prefix caches answer with :class:`~scheduler.cache.PrefixHits`, whose instances fall into
+    a few layers of equal hit length; the prefill estimate, the decode miss fraction and the
+    oracle cost are computed once per layer and written over its instances instead of through
+    dense per-instance arrays of hit lengths and bytes. Each entry is computed by the same
+    operations on the same operands as the dense computation, so every view is the same to the
+    last bit."""
 
     def __init__(self, cluster: "Cluster", request: Request, now: float, oracle: NetworkOracle | None) -> None:
         self.cluster = cluster
@@ -113,35 +139,84 @@ class DecisionContext:
     def n_decode(self) -> int:
         return self.cluster.decode_ids.size
 
-    def _cached_tokens(self, group: PrefixCacheGroup) -> np.ndarray:
-        blocks = group.prefix_blocks(self.request.hash_ids)
-        return np.minimum(blocks * BLOCK_TOKENS, self.request.input_tokens)
+    @_lazy
+    def prefill_hits(self) -> PrefixHits:
+        """The prompt's cached prefix on every prefill instance."""
+        return self.cluster.prefill_cache.hits(self.request.hash_ids)
 
-    @cached_property
+    @_lazy
+    def decode_hits(self) -> PrefixHits:
+        """The prompt's cached prefix on every decode instance."""
+        return self.cluster.decode_cache.hits(self.request.hash_ids)
+
+    def _cached_tokens(self, hits: PrefixHits) -> np.ndarray:
+        return np.minimum(hits.dense() * BLOCK_TOKENS, self.request.input_tokens)
+
+    def _cached_at(self, hits: PrefixHits, i: int) -> int:
+        return min(hits.at(i) * BLOCK_TOKENS, self.request.input_tokens)
+
+    @_lazy
     def prefill_cached_tokens(self) -> np.ndarray:
-        return self._cached_tokens(self.cluster.prefill_cache)
+        return self._cached_tokens(self.prefill_hits)
 
-    @cached_property
+    def prefill_cached_at(self, prefill: int) -> int:
+        """``prefill_cached_tokens[prefill]`` without the array."""
+        return self._cached_at(self.prefill_hits, prefill)
+
+    @_lazy
     def prefill_queue_s(self) -> np.ndarray:
         return np.maximum(self.cluster.prefill_busy_until - self.now, 0.0)
 
-    @cached_property
+    @_lazy
     def prefill_estimate_s(self) -> np.ndarray:
         """Queue + prefill compute given each instance's cache hit (Mooncake Conductor's TTFT terms)."""
         t = self.cluster.timing
-        return self.prefill_queue_s + t.prefill_s_array(self.request.input_tokens, self.prefill_cached_tokens)
+        inp = self.request.input_tokens
+        queue = self.prefill_queue_s
+        layers = self.prefill_hits.layers()
+        if layers is None:
+            return queue + t.prefill_s_array(inp, self.prefill_cached_tokens)
+        base, groups = layers
+        compute = t.prefill_s_values(inp, [min(b * BLOCK_TOKENS, inp) for b in [base] + [b for _, b in groups]],
+                                     queue.size)
+        est = queue + compute[0]
+        for (idx, _), c in zip(groups, compute[1:]):
+            if idx.size <= 4:
+                for i in idx.tolist():
+                    est[i] = queue[i] + c
+            else:
+                est[idx] = queue[idx] + c
+        return est
 
-    @cached_property
+    @_lazy
     def decode_cached_tokens(self) -> np.ndarray:
-        return self._cached_tokens(self.cluster.decode_cache)
+        return self._cached_tokens(self.decode_hits)
 
-    @cached_property
+    def decode_cached_at(self, decode: int) -> int:
+        """``decode_cached_tokens[decode]`` without the array."""
+        return self._cached_at(self.decode_hits, decode)
+
+    @_lazy
     def decode_bytes(self) -> np.ndarray:
         """KV bytes each decode candidate needs moved: the prompt blocks it does not already hold."""
         missing = self.request.input_tokens - self.decode_cached_tokens
         return missing.astype(float) * self.cluster.timing.kv_bytes_per_token
 
-    @cached_property
+    @_lazy
+    def decode_miss(self) -> np.ndarray:
+        """Fraction of the prompt's KV each decode candidate lacks (0..1): cache-load's cache term."""
+        inp = self.request.input_tokens
+        denom = max(inp, 1)
+        layers = self.decode_hits.layers()
+        if layers is None:
+            return 1.0 - self.decode_cached_tokens / denom
+        base, groups = layers
+        miss = np.full(self.n_decode, 1.0 - min(base * BLOCK_TOKENS, inp) / denom)
+        for idx, b in groups:
+            miss[idx] = 1.0 - min(b * BLOCK_TOKENS, inp) / denom
+        return miss
+
+    @_lazy
     def decode_load(self) -> np.ndarray:
         """Tokens assigned to each decode instance (running + on their way) / its running capacity."""
         return self.cluster.decode_assigned_tokens / self.cluster.decode_capacity_tokens
@@ -160,15 +235,45 @@ class DecisionContext:
 
     def raw_transfer_cost_s(self, prefill: int) -> np.ndarray:
         """Oracle cost (seconds) of moving each candidate's bytes from prefill instance ``prefill``."""
-        if self.oracle is None:
-            raise RuntimeError("this policy needs a network cost oracle but none was configured")
         hit = self._costs.get(prefill)
         if hit is None:
-            src = int(self.cluster.prefill_ids[prefill])
-            hit = self._costs[prefill] = self.oracle.cost(OracleQuery(
-                src, self.cluster.decode_ids, self.decode_bytes, self.now, self.request.req_id,
-                self.now + self.transfer_delay_s(prefill)))
+            if self.oracle is None:
+                raise RuntimeError("this policy needs a network cost oracle but none was configured")
+            hit = self._costs[prefill] = self._oracle_cost(prefill)
         return hit
+
+    def _oracle_cost(self, prefill: int) -> np.ndarray:
+        """The oracle's cost vector. From its cost table (latency, seconds per byte of the
+        bottleneck) when it has one: the candidates of one cache layer all need the same bytes,
+        so a multiply-add over the table prices a layer, each entry as
+        :meth:`NetworkOracle._finish` prices it."""
+        cl = self.cluster
+        req = self.request
+        query = OracleQuery(int(cl.prefill_ids[prefill]), cl.decode_ids, None, self.now, req.req_id,
+                            self.now + self.transfer_delay_s(prefill))
+        table = self.oracle.table(query)
+        if table is None:
+            return self.oracle.cost(query._replace(nbytes=self.decode_bytes))
+        latency, inv = table
+        layers = self.decode_hits.layers()
+        if layers is None:
+            return NetworkOracle._finish(latency, self.decode_bytes, inv)
+        base, groups = layers
+        inp, kvpt = req.input_tokens, cl.timing.kv_bytes_per_token
+        nbytes = float(inp - min(base * BLOCK_TOKENS, inp)) * kvpt
+        if nbytes > 0:
+            cost = inv * nbytes
+            cost += latency
+        else:
+            cost = np.zeros(inv.shape)
+        for idx, b in groups:
+            nbytes = float(inp - min(b * BLOCK_TOKENS, inp)) * kvpt
+            if idx.size <= 4:
+                for i in idx.tolist():
+                    cost[i] = nbytes * inv[i] + latency[i] if nbytes > 0 else 0.0
+            else:
+                cost[idx] = inv[idx] * nbytes + latency[idx] if nbytes > 0 else 0.0
+        return cost
 
     def transfer_cost_s(self, prefill: int) -> np.ndarray:
         """The part of each candidate's transfer that lands in TTFT: the whole oracle cost after

@@ -8,6 +8,7 @@ so bad input stops the run with a clear error and no result folder. :func:`run_s
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from scheduler.scenario import Scenario, load_scenario
 from scheduler.simulator import Simulator
 from scheduler.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.trace import Request, load_trace, trace_stats
+from scheduler import transform
 from topology.model import FatTree
 
 SCENARIO_SLACK_S = 300.0
@@ -59,13 +61,17 @@ class Experiment:
         return self.scenario.actions(self.tree, last + SCENARIO_SLACK_S, last)
 
     def slo(self) -> SloConfig:
-        return SloConfig(ttft_s=self.cfg.slo.ttft_s, tbt_ms=self.cfg.slo.tbt_ms)
+        c = self.cfg.slo
+        return SloConfig(c.ttft_s, c.tbt_ms, c.definition, c.ttft_fixed_s, c.ttft_per_token_ms)
 
 
-def split_trace(requests: list[Request], max_requests: int | None, tune_requests: int) -> tuple[list[Request], list[Request], bool]:
+def split_trace(requests: list[Request], max_requests: int | None, tune_requests: int,
+                window: int = 0) -> tuple[list[Request], list[Request], bool]:
     """(evaluated window, tuning slice, disjoint?). The tuning slice is the trace's last
     ``tune_requests`` requests (rebased to t=0); the window is the first ``max_requests`` of the
-    rest. A trace too short to hold both out gives an overlapping slice, reported as such."""
+    rest, or with ``window = w`` the w-th block of ``max_requests`` consecutive requests (rebased
+    to t=0: how sweeps resample a fixed trace). A trace too short to hold both out gives an
+    overlapping slice, reported as such."""
     n = len(requests)
     k = min(tune_requests, n)
     disjoint = n - k >= 1 and k > 0
@@ -73,16 +79,30 @@ def split_trace(requests: list[Request], max_requests: int | None, tune_requests
         head, tail = requests[: n - k], requests[n - k:]
     else:
         head, tail = requests, requests[:k]
-    window = head[:max_requests] if max_requests else head
+    if window:
+        if not max_requests:
+            raise ConfigError("a trace window other than the first needs --max-requests (the window's size)")
+        start = window * max_requests
+        if start + max_requests > len(head):
+            raise ConfigError(f"window {window} of {max_requests} requests (requests {start}..{start + max_requests - 1}) "
+                              f"lies beyond the trace's {len(head)} evaluable requests; use fewer seeds or a "
+                              f"smaller --max-requests")
+        first = head[start].arrival_s
+        picked = [dataclasses.replace(r, arrival_s=r.arrival_s - first) for r in head[start:start + max_requests]]
+    else:
+        picked = head[:max_requests] if max_requests else head
     t0 = tail[0].arrival_s if tail else 0.0
     tune = [dataclasses.replace(r, arrival_s=r.arrival_s - t0) for r in tail]
-    return window, tune, disjoint
+    return picked, tune, disjoint
 
 
 def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: str, max_requests: int | None,
             seed: int, scenario_params: dict[str, float] | None = None, tune: bool = True,
-            weights: dict[str, float] | None = None) -> tuple[Experiment, dict]:
-    """Validate and load every input; raises TraceError / ScenarioError / ValueError subclasses."""
+            weights: dict[str, float] | None = None, rate_scale: float = 1.0,
+            context_scale: float = 1.0, window: int = 0) -> tuple[Experiment, dict]:
+    """Validate and load every input; raises TraceError / ScenarioError / ValueError subclasses.
+    ``rate_scale`` and ``context_scale`` transform the whole trace (window and tuning slice alike,
+    see :mod:`scheduler.transform`) before it is split."""
     tree = FatTree(cfg.topology)
     classes = resolve(policies)
     if max_requests is not None and max_requests < 1:
@@ -94,7 +114,10 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
         reqs = synthetic_trace(SyntheticConfig(), seed=seed)
         source = f"synthetic(seed={seed})"
     sc = load_scenario(scenario, tree, scenario_params)
-    window, tune_slice, disjoint = split_trace(reqs, max_requests, cfg.tuning.tune_requests)
+    reqs = transform.rate_scale(reqs, float(rate_scale))
+    scaled = transform.context_scale(reqs, float(context_scale), cfg.model.max_context_tokens)
+    reqs = scaled.requests
+    window_reqs, tune_slice, disjoint = split_trace(reqs, max_requests, cfg.tuning.tune_requests, window)
     for name in (weights or {}):
         try:
             spec = parse_spec(name)
@@ -103,13 +126,24 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
         if spec is None or spec.tuned_param is None:
             raise ConfigError(f"--weight {name}=...: policy {name!r} has no tunable weight "
                              f"(tunable: {', '.join(n for n, c in REGISTRY.items() if c.tuned_param)})")
+        w = weights[name]
+        if not (w >= 0 and math.isfinite(w)):
+            raise ConfigError(f"--weight {name}={w}: a weight must be a finite number >= 0")
+        used = {c.name for c in classes} | {o for c in classes for o in c.cls.inherits.values()}
+        if spec.name not in used:
+            raise ConfigError(f"--weight {name}=...: {name!r} is not among --policies ({', '.join(c.name for c in classes)}) "
+                             f"nor inherited by one of them, so the weight would be ignored")
     assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction,
                  cfg.cluster.reserved_servers_per_pod)  # both roles present?
-    exp = Experiment(cfg, tree, source, window, tune_slice, sc, classes, seed, tune, dict(weights or {}))
+    exp = Experiment(cfg, tree, source, window_reqs, tune_slice, sc, classes, seed, tune, dict(weights or {}))
     info = {
         "source": source,
-        "evaluated": trace_stats(window),
+        "evaluated": trace_stats(window_reqs),
+        "window": window,
         "tuning_slice": {"requests": len(tune_slice), "disjoint_from_evaluation": disjoint},
+        "rate_scale": float(rate_scale),
+        "context_scale": float(context_scale),
+        "prompts_capped_at_context_window": scaled.capped,
     }
     return exp, info
 
@@ -164,8 +198,11 @@ def tune_policy(exp: Experiment, spec: PolicySpec, run=None) -> tuple[float | No
     return result
 
 
-def run_simulation(exp: Experiment, progress: bool = True, log=print) -> tuple[dict, dict[str, list[RequestRecord]]]:
-    """Run every policy on the simulator; returns (policies section of summary, records)."""
+def run_simulation(exp: Experiment, progress: bool = True, log=print,
+                   shadow: bool = False) -> tuple[dict, dict[str, list[RequestRecord]]]:
+    """Run every policy on the simulator; returns (policies section of summary, records).
+    ``shadow``: a policy on a stale telemetry oracle also asks a fresh one at every decision, and
+    its summary gains ``agreement`` (same tier, same instance as the fresh decision)."""
     actions = exp.actions()
     slo = exp.slo()
     out: dict[str, dict] = {}
@@ -179,7 +216,8 @@ def run_simulation(exp: Experiment, progress: bool = True, log=print) -> tuple[d
                 f"{len(exp.tune_requests)} held-out requests, {tune_s:.1f} s)")
         policy = make_policy(spec, weight, exp.seed, exp.cfg, inherited_weights(exp, spec))
         t1 = time.perf_counter()
-        sim = Simulator(exp.cfg, exp.requests, policy, actions, progress=progress)
+        stale = shadow and policy.oracle_kind in ("telemetry", "inflight") and exp.cfg.oracle.staleness_s > 0
+        sim = Simulator(exp.cfg, exp.requests, policy, actions, progress=progress, shadow_fresh=stale)
         recs = sim.run()
         wall = time.perf_counter() - t1
         summary = summarize_policy(recs, slo)
@@ -188,6 +226,11 @@ def run_simulation(exp: Experiment, progress: bool = True, log=print) -> tuple[d
         summary["wall_s"] = round(wall, 3)
         summary["events"] = sim.events
         summary["reroutes"] = sim.reroutes
+        if shadow and policy.needs_oracle:
+            a = sim.agreement
+            n = a["decisions"]
+            summary["agreement"] = {"decisions": n, "same_tier_fraction": a["same_tier"] / n if n else 1.0,
+                                    "same_instance_fraction": a["same_instance"] / n if n else 1.0}
         out[spec.name] = summary
         records[spec.name] = recs
     return out, records

@@ -22,34 +22,53 @@ N_TIERS = 4
 RELATIVE_METRICS = ("ttft_mean_s", "ttft_p99_s", "tbt_mean_ms")
 
 
+SLO_DEFINITIONS = ("fixed", "ttft-only", "per-request")
+"""How a request counts as meeting its SLO (see :class:`SloConfig`)."""
+
+
 @dataclass(frozen=True)
 class SloConfig:
-    """Service-level objectives a request must meet to count as attained.
+    """Service-level objectives a request must meet to count as attained, under three definitions.
 
-    ``ttft_s`` (default 2.0 s): time to first token. Chosen for interactive chat on an 8B-class
-    model with long prompts: DistServe uses 0.2-0.4 s for *short* chat prompts, Mooncake 30 s for
-    long-context 70B serving; the conversation trace's prompts average about 12k tokens, whose
-    prefill alone takes on the order of a second, so 2 s leaves room for queueing and the KV
-    transfer while still being interactive.
+    ``fixed``: TTFT <= ``ttft_s`` and mean TBT <= ``tbt_ms``. ``ttft-only``: TTFT <= ``ttft_s``.
+    ``per-request``: TTFT <= ``ttft_fixed_s + ttft_per_token_ms x prompt tokens`` and mean TBT <=
+    ``tbt_ms`` (DistServe/Splitwise style: a long prompt may take longer). ``definition`` names
+    the one ``slo_attainment`` uses; ``summarize_policy`` reports all three.
 
-    ``tbt_ms`` (default 100.0 ms): mean time between output tokens of a request. This is
-    Mooncake's tightest TBT SLO and DistServe's TPOT SLO of 0.1 s for chat.
+    ``ttft_s`` (default 2.0 s): chosen for interactive chat on an 8B-class model with long prompts:
+    DistServe uses 0.2-0.4 s for *short* chat prompts, Mooncake 30 s for long-context 70B serving;
+    the conversation trace's prompts average about 12k tokens, whose prefill alone takes on the
+    order of a second, so 2 s leaves room for queueing and the KV transfer while still being
+    interactive. ``tbt_ms`` (default 100.0 ms): Mooncake's tightest TBT SLO and DistServe's TPOT
+    SLO of 0.1 s for chat. The per-request constants' sources are in ``scheduler/config.py``.
     """
 
     ttft_s: float = 2.0
     tbt_ms: float = 100.0
+    definition: str = "fixed"
+    ttft_fixed_s: float = 0.2
+    ttft_per_token_ms: float = 0.065
 
     def __post_init__(self) -> None:
-        if not (self.ttft_s > 0 and math.isfinite(self.ttft_s)):
-            raise ValueError(f"SloConfig.ttft_s must be a positive finite number, got {self.ttft_s!r}")
-        if not (self.tbt_ms > 0 and math.isfinite(self.tbt_ms)):
-            raise ValueError(f"SloConfig.tbt_ms must be a positive finite number, got {self.tbt_ms!r}")
+        for name in ("ttft_s", "tbt_ms", "ttft_fixed_s", "ttft_per_token_ms"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"SloConfig.{name} must be a positive finite number, got {v!r}")
+        if self.definition not in SLO_DEFINITIONS:
+            raise ValueError(f"SloConfig.definition must be one of {', '.join(SLO_DEFINITIONS)}, got {self.definition!r}")
 
     def scaled(self, scale: float) -> SloConfig:
-        """Both objectives multiplied by ``scale`` (> 0)."""
+        """Every objective multiplied by ``scale`` (> 0)."""
         if not (scale > 0 and math.isfinite(scale)):
             raise ValueError(f"SLO scale must be a positive finite number, got {scale!r}")
-        return SloConfig(ttft_s=self.ttft_s * scale, tbt_ms=self.tbt_ms * scale)
+        return SloConfig(self.ttft_s * scale, self.tbt_ms * scale, self.definition,
+                         self.ttft_fixed_s * scale, self.ttft_per_token_ms * scale)
+
+    def ttft_limits(self, input_tokens: np.ndarray, definition: str | None = None) -> np.ndarray:
+        """Each request's TTFT objective, seconds, under ``definition`` (default: this one's)."""
+        if (definition or self.definition) == "per-request":
+            return self.ttft_fixed_s + self.ttft_per_token_ms * 1e-3 * np.asarray(input_tokens, dtype=float)
+        return np.full(np.shape(input_tokens), self.ttft_s)
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
@@ -80,21 +99,37 @@ def _none_if_nan(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _meets(ttft: np.ndarray, tbt: np.ndarray, slo: SloConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean arrays (TTFT met, TBT met) per request.
+def _meets(ttft: np.ndarray, tbt: np.ndarray, slo: SloConfig, tokens: np.ndarray | None = None,
+           definition: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean arrays (TTFT met, TBT met) per request under ``definition`` (default: ``slo``'s;
+    ``tokens``, the prompt lengths, are needed for ``per-request``).
 
     A NaN TTFT (request never produced a token) misses the TTFT objective. A NaN mean TBT (a
-    single output token, so there is no gap between tokens) cannot violate the TBT objective.
+    single output token, so there is no gap between tokens) cannot violate the TBT objective;
+    under ``ttft-only`` every TBT passes.
     """
+    definition = definition or slo.definition
+    limits = slo.ttft_limits(tokens if tokens is not None else np.zeros(ttft.shape), definition)
     with np.errstate(invalid="ignore"):
-        ttft_ok = ttft <= slo.ttft_s  # NaN compares False
-        tbt_ok = np.isnan(tbt) | (tbt <= slo.tbt_ms)
+        ttft_ok = ttft <= limits  # NaN compares False
+        tbt_ok = np.isnan(tbt) | (tbt <= slo.tbt_ms) if definition != "ttft-only" else np.ones(tbt.shape, bool)
     return ttft_ok, tbt_ok
 
 
 def _ttft_tbt(records: Sequence[RequestRecord]) -> tuple[np.ndarray, np.ndarray]:
     return (np.array([r.ttft_s for r in records], dtype=float),
             np.array([r.tbt_mean_ms for r in records], dtype=float))
+
+
+def _tokens(records: Sequence[RequestRecord]) -> np.ndarray:
+    return np.array([r.input_tokens for r in records], dtype=float)
+
+
+def attainment(records: Sequence[RequestRecord], slo: SloConfig, definition: str | None = None) -> float:
+    """Fraction 0..1 of ``records`` meeting the SLO under ``definition`` (default: ``slo``'s)."""
+    ttft, tbt = _ttft_tbt(records)
+    ok_t, ok_b = _meets(ttft, tbt, slo, _tokens(records), definition)
+    return _attainment(ok_t & ok_b)
 
 
 def _attainment(ok: np.ndarray) -> float:
@@ -117,10 +152,12 @@ def summarize_policy(records: list[RequestRecord], slo: SloConfig) -> dict:
 
     - ``requests``: number of records.
     - ``ttft_mean_s``, ``ttft_p50_s``, ``ttft_p90_s``, ``ttft_p99_s``: time to first token.
-    - ``slo_attainment``: fraction 0..1 of requests with ``ttft_s <= slo.ttft_s`` AND
-      ``tbt_mean_ms <= slo.tbt_ms``; ``ttft_slo_attainment`` / ``tbt_slo_attainment``: each
-      objective alone. A NaN TTFT misses; a NaN TBT (one output token) meets the TBT objective.
-    - ``slo_ttft_s``, ``slo_tbt_ms``: the objectives used.
+    - ``slo_attainment``: fraction 0..1 of requests meeting the SLO under ``slo.definition``
+      (``slo_definition``); ``slo_attainment_by_definition``: the same under each of
+      :data:`SLO_DEFINITIONS`; ``ttft_slo_attainment`` / ``tbt_slo_attainment``: the fixed TTFT
+      and TBT objectives alone. A NaN TTFT misses; a NaN TBT (one output token) meets the TBT
+      objective.
+    - ``slo_ttft_s``, ``slo_tbt_ms``: the fixed objectives.
     - ``tbt_mean_ms``: mean over requests of each request's mean time between tokens;
       ``tbt_p99_ms``: the 99th percentile *over requests* of their mean TBT (not a percentile of
       individual token gaps, which the records do not hold).
@@ -145,7 +182,8 @@ def summarize_policy(records: list[RequestRecord], slo: SloConfig) -> dict:
     tbt = [r.tbt_mean_ms for r in records]
     transfer = [r.transfer_s for r in records]
     decision = [r.decision_us for r in records]
-    ttft_ok, tbt_ok = _meets(*_ttft_tbt(records), slo)
+    ttft_ok, tbt_ok = _meets(*_ttft_tbt(records), slo, definition="fixed")
+    by_definition = {d: attainment(records, slo, d) for d in SLO_DEFINITIONS}
 
     hist = [0] * N_TIERS
     by_tier: list[list[float]] = [[] for _ in range(N_TIERS)]
@@ -168,7 +206,9 @@ def summarize_policy(records: list[RequestRecord], slo: SloConfig) -> dict:
         "ttft_p50_s": percentile(ttft, 50),
         "ttft_p90_s": percentile(ttft, 90),
         "ttft_p99_s": percentile(ttft, 99),
-        "slo_attainment": _attainment(ttft_ok & tbt_ok),
+        "slo_attainment": by_definition[slo.definition],
+        "slo_definition": slo.definition,
+        "slo_attainment_by_definition": by_definition,
         "ttft_slo_attainment": _attainment(ttft_ok),
         "tbt_slo_attainment": _attainment(tbt_ok),
         "slo_ttft_s": slo.ttft_s,
@@ -190,19 +230,22 @@ def summarize_policy(records: list[RequestRecord], slo: SloConfig) -> dict:
     }
 
 
-def slo_attainment_curve(records: list[RequestRecord], slo: SloConfig, scales: Iterable[float]) -> list[float]:
-    """Joint SLO attainment (0..1) with both objectives multiplied by each of ``scales``.
+def slo_attainment_curve(records: list[RequestRecord], slo: SloConfig, scales: Iterable[float],
+                         definition: str | None = None) -> list[float]:
+    """SLO attainment (0..1) under ``definition`` (default: ``slo``'s) with every objective
+    multiplied by each of ``scales``.
 
     One value per scale, in order; NaN for every scale when ``records`` is empty.
     """
     ttft, tbt = _ttft_tbt(records)
+    tokens = _tokens(records)
     out: list[float] = []
     for s in scales:
         scaled = slo.scaled(float(s))
         if ttft.size == 0:
             out.append(float("nan"))
             continue
-        ttft_ok, tbt_ok = _meets(ttft, tbt, scaled)
+        ttft_ok, tbt_ok = _meets(ttft, tbt, scaled, tokens, definition)
         out.append(_attainment(ttft_ok & tbt_ok))
     return out
 

@@ -17,6 +17,14 @@ Kinds (``ORACLES``, resolved by :func:`make_oracle`), from least to most informa
 - ``perfect``: the simulator's true state at the decision instant: current routes, capacities, and
   the max-min rate a new flow would get on every link. No router has it; it bounds what better
   telemetry could buy (it still cannot see the future: transfers start after the prefill).
+
+Cost tables: every built-in oracle prices a query as ``latency + bytes x inverse bottleneck
+bandwidth`` per candidate; :meth:`NetworkOracle.table` returns those two vectors. Under
+deterministic routing they depend only on the source, the candidate set and the oracle's state
+(the snapshot and its down set, the ground truth's shares and routes), not on the bytes, so each
+source's table is built once per state and reused by every decision until the state changes: a
+decision then costs two vector operations instead of a path gather and a maximum over the hops.
+The cached values are the ones the uncached computation gives, bit for bit.
 """
 from __future__ import annotations
 
@@ -98,6 +106,34 @@ class NetworkOracle(ABC):
     def cost(self, query: OracleQuery) -> np.ndarray:
         """Seconds to move ``query.nbytes[i]`` from ``query.src`` to ``query.dsts[i]`` now."""
 
+    def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray] | None:
+        """(latency + setup, seconds per byte of the bottleneck) per candidate of ``query`` (its
+        ``nbytes`` are not read), such that :meth:`cost` is ``_finish(latency, nbytes, that)``;
+        None when the oracle has no such form (then callers use :meth:`cost`). Asking for a
+        table has the same effects on the oracle's state as asking for a cost. The arrays may be
+        cached and shared: never modify them."""
+        return None
+
+    def _priced(self, query: OracleQuery) -> np.ndarray:
+        latency, inv_bottleneck = self.table(query)
+        return self._finish(latency, np.asarray(query.nbytes, dtype=float), inv_bottleneck)
+
+    def _cached_table(self, cache: dict, query: OracleQuery, down: frozenset[int],
+                      inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The table of ``query`` for seconds per byte ``inv`` per link on the routes avoiding
+        ``down``, memoised in ``cache`` (which the caller empties when ``inv`` or ``down``
+        change) under deterministic routing; ECMP paths depend on the flow, so no memo then."""
+        if self.tree.config.routing != "dst":
+            paths, latency = self.paths(query, down)
+            return latency, inv[paths].max(axis=1)
+        hit = cache.get(query.src)
+        if hit is None or (hit[0] is not query.dsts and not np.array_equal(hit[0], query.dsts)):
+            paths, latency = self.paths(query, down)
+            bottleneck = inv[paths].max(axis=1)
+            bottleneck.flags.writeable = False  # shared by every decision from this source
+            hit = cache[query.src] = (query.dsts, latency, bottleneck)
+        return hit[1], hit[2]
+
     def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
                nbytes: float = 0.0, key: int | None = None) -> None:
         """The scheduler committed transfer ``key`` of ``nbytes`` from ``src`` to ``dst``, expected
@@ -130,11 +166,17 @@ class StaticTierOracle(NetworkOracle):
 
     name = "static"
 
-    def cost(self, query: OracleQuery) -> np.ndarray:
-        paths, latency = self.paths(query)
+    def __init__(self, tree: FatTree, setup_s: float = 30e-6) -> None:
+        super().__init__(tree, setup_s)
+        self._tables: dict = {}
+
+    def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
         if self._inv_static is None:
             self._inv_static = self._inverse(self.tree.capacity)
-        return self._finish(latency, np.asarray(query.nbytes, dtype=float), self._inv_static[paths].max(axis=1))
+        return self._cached_table(self._tables, query, frozenset(), self._inv_static)
+
+    def cost(self, query: OracleQuery) -> np.ndarray:
+        return self._priced(query)
 
 
 def down_links(snap) -> frozenset[int]:
@@ -168,6 +210,7 @@ class TelemetryOracle(NetworkOracle):
         self._for = None
         self._inv: np.ndarray | None = None
         self._down: frozenset[int] = frozenset()
+        self._tables: dict = {}  # source -> (candidates, latency, seconds per byte) under ``_for``
 
     def snapshot_time(self, now: float) -> float:
         """Time of the newest snapshot the oracle may use at ``now``: ``now - staleness_s``."""
@@ -186,16 +229,21 @@ class TelemetryOracle(NetworkOracle):
             self._inv = self._inverse(self.available(snap))
             self._down = down_links(snap)
             self._for = snap
+            self._tables = {}
 
     def seconds_per_byte(self, snap) -> np.ndarray:
         """1 / available bandwidth per link, computed once per snapshot."""
         self._refresh(snap)
         return self._inv
 
-    def cost(self, query: OracleQuery) -> np.ndarray:
+    def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
+        """Cached per source for the snapshot in use (a new snapshot, with its down set, starts
+        new tables)."""
         self._refresh(self.source.at(self.snapshot_time(query.now)))
-        paths, latency = self.paths(query, self._down)
-        return self._finish(latency, np.asarray(query.nbytes, dtype=float), self._inv[paths].max(axis=1))
+        return self._cached_table(self._tables, query, self._down, self._inv)
+
+    def cost(self, query: OracleQuery) -> np.ndarray:
+        return self._priced(query)
 
 
 class InflightOracle(TelemetryOracle):
@@ -219,10 +267,20 @@ class InflightOracle(TelemetryOracle):
                  setup_s: float = 30e-6, staleness_s: float = 0.0) -> None:
         super().__init__(tree, source, min_available_fraction, setup_s, staleness_s)
         self._ledger: dict[int, list] = {}  # key -> [start, end, path, bytes/s, done at]
+        self._routes: dict[tuple, np.ndarray] = {}  # (src, dst, down) -> path of a committed transfer
 
     def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
                nbytes: float = 0.0, key: int | None = None) -> None:
-        path = self.tree.paths(src, np.array([dst]), flow_key, self._down)[0]
+        if self.tree.config.routing == "dst":  # the route does not depend on the flow: memoised
+            route = (src, dst, self._down)
+            path = self._routes.get(route)
+            if path is None:
+                if len(self._routes) > 65536:
+                    self._routes.clear()
+                path = self._routes[route] = self.tree.paths(src, np.array([dst]), flow_key, self._down)[0]
+                path.flags.writeable = False
+        else:
+            path = self.tree.paths(src, np.array([dst]), flow_key, self._down)[0]
         rate = nbytes / max(end - start, 1e-9)
         self._ledger[len(self._ledger) if key is None else key] = [start, end, path, rate, np.inf]
 
@@ -232,7 +290,9 @@ class InflightOracle(TelemetryOracle):
         if entry is not None:
             entry[4] = t
 
-    def cost(self, query: OracleQuery) -> np.ndarray:
+    def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
+        """The snapshot's cached table when none of the scheduler's own transfers counts, else
+        one built for this query."""
         snap = self.source.at(self.snapshot_time(query.now))
         self._refresh(snap)
         now = query.now
@@ -241,7 +301,6 @@ class InflightOracle(TelemetryOracle):
         horizon = now - self.staleness_s - 2.0
         for k in [k for k, e in self._ledger.items() if min(e[1], e[4]) < horizon and e[4] <= now]:
             del self._ledger[k]
-        paths, latency = self.paths(query, self._down)
         inv = self._inv
         if self._ledger:
             n = inv.shape[0]
@@ -255,12 +314,20 @@ class InflightOracle(TelemetryOracle):
                 for e in seen:
                     np.add.at(own, e[2], e[3])
                 own[-1] = 0.0
-                background = np.maximum(util * cap - own, 0.0)
+                with np.errstate(invalid="ignore"):  # the padding link: 0 x inf
+                    background = np.maximum(util * cap - own, 0.0)
+                background[-1] = 0.0  # the padding link carries nothing and costs nothing
                 free = np.maximum(cap - background, self.floor * cap)
                 sharers = np.bincount(np.concatenate(later), minlength=n).astype(float) if later else np.zeros(n)
                 sharers[-1] = 0.0
                 inv = self._inverse(free / (1.0 + sharers))
-        return self._finish(latency, np.asarray(query.nbytes, dtype=float), inv[paths].max(axis=1))
+        if inv is self._inv:
+            return self._cached_table(self._tables, query, self._down, inv)
+        paths, latency = self.paths(query, self._down)
+        return latency, inv[paths].max(axis=1)
+
+    def cost(self, query: OracleQuery) -> np.ndarray:
+        return self._priced(query)
 
 
 class PerfectOracle(NetworkOracle):
@@ -274,11 +341,28 @@ class PerfectOracle(NetworkOracle):
     def __init__(self, tree: FatTree, truth: GroundTruth, setup_s: float = 30e-6) -> None:
         super().__init__(tree, setup_s)
         self.truth = truth
+        self._share_for: np.ndarray | None = None  # the entrant_share() array the tables price
+        self._down_for: frozenset[int] | None = None
+        self._inv: np.ndarray | None = None
+        self._tables: dict = {}
+
+    def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
+        """Cached per source until the truth's routes or shares change (a new ``entrant_share()``
+        array object: :class:`scheduler.network.FlowNetwork` returns the same one until its rates
+        change, and a ground truth must never modify one it has returned)."""
+        down = self.truth.routing_down()
+        share = self.truth.entrant_share()
+        if share is not self._share_for:
+            self._inv = self._inverse(share)
+            self._share_for = share
+            self._tables = {}
+        if down != self._down_for:
+            self._down_for = down
+            self._tables = {}
+        return self._cached_table(self._tables, query, down, self._inv)
 
     def cost(self, query: OracleQuery) -> np.ndarray:
-        paths, latency = self.paths(query, self.truth.routing_down())
-        inv = self._inverse(self.truth.entrant_share())
-        return self._finish(latency, np.asarray(query.nbytes, dtype=float), inv[paths].max(axis=1))
+        return self._priced(query)
 
 
 def make_oracle(kind: str, tree: FatTree, source: SnapshotSource | None, staleness_s: float,

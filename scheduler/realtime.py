@@ -114,6 +114,11 @@ class Transport(Protocol):
 
 
 class ActionExecutor(Protocol):
+    """Runs scenario actions on the fabric. An executor with ``apply_batch(actions)`` gets the
+    actions of one instant together (the fabric's executor stops and starts flows in parallel);
+    otherwise they come one by one through ``apply``. One with ``prepare(actions)`` gets the whole
+    list once before the clock starts (the fabric's starts the background sinks and flow slots then)."""
+
     def apply(self, action: Action) -> None:
         ...
 
@@ -127,10 +132,12 @@ class Clock:
         self.time_scale = time_scale
         self.t0_wall = time.time()
         self.t0_mono = time.monotonic()
+        self.started = False  # before start() virtual times count from construction
 
     def start(self) -> None:
         self.t0_wall = time.time()
         self.t0_mono = time.monotonic()
+        self.started = True
 
     def now(self) -> float:
         return (time.monotonic() - self.t0_mono) / self.time_scale
@@ -144,6 +151,9 @@ class RealtimeReplay(Simulator):
     """A :class:`Simulator` whose requests are computed and moved by the host agents."""
 
     label = "emulate"
+    has_ground_truth = False
+    """A real fabric has no ground truth to read: ``make_oracle("perfect", ...)`` refuses (the
+    emulate command rejects such policies before it builds anything)."""
 
     def __init__(self, cfg: ExperimentConfig, requests: list[Request], policy: Policy, actions: list[Action],
                  transport: Transport, executor: ActionExecutor, telemetry_source, clock: Clock,
@@ -161,7 +171,8 @@ class RealtimeReplay(Simulator):
         self._last_report = time.monotonic()
         self.lag_s: list[float] = []  # how late (virtual s) each timed event was released
         self.preroll_s = preroll_s
-        self._actions: queue.Queue[Action | None] = queue.Queue()
+        self._actions: queue.Queue[list[Action] | None] = queue.Queue()
+        self._pending: list[Action] = []  # scenario actions of the current instant, not yet handed over
         self._action_error: Exception | None = None
 
     def run(self):
@@ -169,12 +180,14 @@ class RealtimeReplay(Simulator):
         # Pre-roll: scenario actions due at t <= 0 (background flows of a steady scenario) are
         # applied before the clock starts, and given time to reach steady state and show up in
         # telemetry, as they are at full rate from t = 0 in the simulator.
+        prepare = getattr(self.executor, "prepare", None)
+        if prepare is not None:  # background sinks and flow slots, before the clock: mid-run starts are signals
+            prepare(list(self.actions))
         early = [e for e in self._heap if e[1] == _SCENARIO and e[0] <= 0]
         if early:
             self._heap = [e for e in self._heap if not (e[1] == _SCENARIO and e[0] <= 0)]
             heapq.heapify(self._heap)
-            for e in sorted(early):
-                self.executor.apply(e[3])
+            self._execute([e[3] for e in sorted(early)])
             time.sleep(self.preroll_s)
         # Every agent gets a fresh instance (empty queue and batch) of its role.
         self.transport.reset(self.cfg, [int(g) for g in self.cluster.prefill_ids],
@@ -193,13 +206,21 @@ class RealtimeReplay(Simulator):
         """Scenario actions run here so a slow one (starting processes in hosts) never holds up
         the replay's clock."""
         while True:
-            a = self._actions.get()
-            if a is None:
+            batch = self._actions.get()
+            if batch is None:
                 return
             try:
-                self.executor.apply(a)
+                self._execute(batch)
             except Exception as exc:  # noqa: BLE001 - surfaced in the replay thread
                 self._action_error = exc
+
+    def _execute(self, actions: list[Action]) -> None:
+        batch = getattr(self.executor, "apply_batch", None)
+        if batch is not None:
+            batch(actions)
+        else:
+            for a in actions:
+                self.executor.apply(a)
 
     # ------------------------------------------------------------------ real-time event source
     def _next_event(self):
@@ -250,6 +271,8 @@ class RealtimeReplay(Simulator):
             s.kv_arrived = v(ev.t_end)
             self._in_flight.pop(i, None)
             self._active[i] = "received"
+            if self.oracle is not None and self.oracle.tracks_commitments:
+                self.oracle.done(i, s.kv_arrived)  # the inflight oracle's ledger (committed in _decide)
         elif isinstance(ev, FirstToken):
             self._joined(s, v(ev.t_join), v(ev.t_first))
             self._active[i] = "first_token"
@@ -312,6 +335,12 @@ class RealtimeReplay(Simulator):
             raise EmulationError(f"{self._who(i)}: {exc}") from exc
 
     def _apply(self, a: Action) -> None:
+        """Hand the action to the worker thread, together with the others of its instant: they
+        leave the heap one after the other, and the last one releases the batch."""
         if self._action_error is not None:
             raise EmulationError(f"scenario action failed: {self._action_error}")
-        self._actions.put(a)
+        self._pending.append(a)
+        nxt = self._heap[0] if self._heap else None
+        if nxt is None or nxt[1] != _SCENARIO or nxt[0] != a.time_s:
+            self._actions.put(self._pending)
+            self._pending = []

@@ -194,22 +194,35 @@ def _plot_ttft_bars(path: Path, summaries: dict[str, dict], colours: dict[str, s
     _save(fig, path)
 
 
+SLO_PANELS = (("fixed", "TTFT {ttft:g} s and mean TBT {tbt:g} ms"), ("ttft-only", "TTFT {ttft:g} s alone"),
+              ("per-request", "TTFT {fixed:g} s + {per:g} ms/token, TBT {tbt:g} ms"))
+"""Panels of ``slo_attainment.png``: one per SLO definition, each with what 1x means."""
+
+
 def _plot_slo_attainment(path: Path, records: dict[str, list[RequestRecord]], slo: SloConfig,
                          colours: dict[str, str]) -> None:
-    fig = _new_figure(7.0, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    for name, recs in records.items():
-        curve = np.array(slo_attainment_curve(recs, slo, SLO_SCALES), dtype=float) * 100.0
-        ax.plot(SLO_SCALES, curve, marker="o", markersize=3, color=colours[name], label=name, **_style(name))
-    ax.axvline(1.0, color="black", linestyle="--", linewidth=1.0)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks([0.25, 0.5, 1, 2, 4], ["0.25x", "0.5x", "1x", "2x", "4x"])
-    ax.set_ylim(-2, 102)
-    ax.set_xlabel(f"SLO scale (1x = TTFT {slo.ttft_s:g} s and mean TBT {slo.tbt_ms:g} ms)")
-    ax.set_ylabel("requests meeting both SLOs (%)")
-    ax.set_title("SLO attainment vs SLO strictness")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    """Attainment against SLO strictness, one panel per SLO definition; the y-axis spans the data
+    (differences live near the top), the default definition's panel is marked."""
+    fig = _new_figure(15.0, 4.6)
+    axes = fig.subplots(1, len(SLO_PANELS), sharey=False)
+    for ax, (definition, what) in zip(axes, SLO_PANELS):
+        lo = 100.0
+        for name, recs in records.items():
+            curve = np.array(slo_attainment_curve(recs, slo, SLO_SCALES, definition), dtype=float) * 100.0
+            if np.isfinite(curve).any():
+                lo = min(lo, float(np.nanmin(curve)))
+            ax.plot(SLO_SCALES, curve, marker="o", markersize=3, color=colours[name], label=name, **_style(name))
+        ax.axvline(1.0, color="black", linestyle="--", linewidth=1.0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([0.25, 0.5, 1, 2, 4], ["0.25x", "0.5x", "1x", "2x", "4x"])
+        ax.set_ylim(max(lo - 0.05 * (100.0 - lo) - 1.0, -2.0), 101.0)
+        label = what.format(ttft=slo.ttft_s, tbt=slo.tbt_ms, fixed=slo.ttft_fixed_s, per=slo.ttft_per_token_ms)
+        ax.set_xlabel(f"SLO scale (1x = {label})", fontsize="small")
+        ax.set_title(f"{definition}" + (" (default)" if definition == slo.definition else ""))
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("requests meeting the SLO (%)")
+    axes[-1].legend(loc="lower right", fontsize="x-small")
+    fig.suptitle("SLO attainment vs SLO strictness, per SLO definition")
     fig.tight_layout()
     _save(fig, path)
 
@@ -387,6 +400,34 @@ def write_results(out_dir: Path, summary: dict, records: dict[str, list[RequestR
             os.rename(tmp, out_dir)
         except OSError as e:
             raise ResultsExistError(f"could not move results into {out_dir}: {e}") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def write_files(out_dir: Path, files: dict[str, bytes]) -> Path:
+    """Write ``files`` (name -> bytes) as a new result folder ``out_dir``, atomically: into a hidden
+    sibling renamed onto ``out_dir`` at the end, removed on any exception or Ctrl-C. Raises
+    ``ResultsExistError`` if ``out_dir`` exists and is not empty."""
+    out_dir = Path(out_dir)
+    for name in files:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"file name {name!r} must be a plain, non-hidden file name")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ResultsExistError(f"{out_dir} exists and is not a folder")
+    if _is_nonempty_dir(out_dir):
+        raise ResultsExistError(f"result folder {out_dir} already exists and is not empty; "
+                                "choose another folder or remove it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        os.chmod(tmp, 0o755)
+        if out_dir.is_dir():
+            out_dir.rmdir()
+        os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

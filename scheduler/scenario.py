@@ -132,6 +132,10 @@ class Scenario:
         return {"name": self.name, "description": self.description, "params": dict(self.params),
                 "source": self.source, "events": len(self.events)}
 
+    def late_events(self, horizon_s: float, run_s: float) -> list[tuple[int, float]]:
+        """(index, start) of the events that start at or after ``horizon_s``: they never run."""
+        return [(i, t) for i, ev in enumerate(self.events) if (t := _resolve(ev["at"], run_s)) >= horizon_s]
+
     def actions(self, tree: FatTree, horizon_s: float, run_s: float | None = None) -> list[Action]:
         """Expand the events into time-sorted actions before ``horizon_s``; ``run_s`` (the run's
         last arrival, default ``horizon_s``) resolves ``$run_s`` references.

@@ -13,6 +13,11 @@ avoids it (:meth:`topology.model.FatTree.paths` with ``down``) and every flow in
 to its new path; the same delay applies when it comes back. Until then flows on it stand still.
 With ``timing.kv_streaming = "layer-wise"`` a transfer starts once the first layer is computed and
 may not run ahead of the prefill (demand limit = KV bytes / prefill time) until the prefill ends.
+
+Speed, with identical results: paths are computed once per (source, destination, down links)
+under destination-based routing; scenario changes at one instant share one rate recomputation
+(:meth:`Simulator._superseded_net`); the network memoises the rates of recurring flow sets
+(:class:`scheduler.network.FlowNetwork`).
 """
 from __future__ import annotations
 
@@ -76,6 +81,8 @@ class SimTelemetry:
         self._prev_bytes = net.link_bytes.copy()
         self.samples: list[tuple[float, np.ndarray]] = []
         self.record_samples = False
+        self._cap_version = -1  # capacities the divisors below are for
+        self._divisor = self._dead = None
 
     def catch_up(self, t: float) -> None:
         """Take every poll due at or before ``t``; rates are constant since the last network change,
@@ -86,11 +93,19 @@ class SimTelemetry:
             counters = net.link_bytes + net.link_rate * (tp - net.now)
             delta = counters - self._prev_bytes
             self._prev_bytes = counters
-            cap = net.capacity
-            with np.errstate(divide="ignore", invalid="ignore"):
-                util = np.where(cap > 0, delta / (self.interval * cap), np.where(delta > 0, 1.0, 0.0))
+            if self._cap_version != net.capacity_version:
+                cap = net.capacity
+                self._divisor = np.where(cap > 0, self.interval * cap, 1.0)
+                self._dead = np.flatnonzero(~(cap > 0))
+                self._cap_version = net.capacity_version
+            # bytes / (interval x capacity); a link at capacity 0 is 1 if anything crossed it, else 0
+            util = delta / self._divisor
+            if self._dead.size:
+                util[self._dead] = np.where(delta[self._dead] > 0, 1.0, 0.0)
             util[-1] = 0.0
-            util = np.clip(np.nan_to_num(util), 0.0, 1.0)
+            if not np.isfinite(util).all():
+                util = np.nan_to_num(util)
+            util = np.clip(util, 0.0, 1.0)
             self.history.add(TelemetrySnapshot(tp, util, net.capacity_factor()))
             if self.record_samples:
                 self.samples.append((tp, util[:-1].astype(np.float32)))
@@ -156,6 +171,13 @@ class Simulator:
         self._routing_down: frozenset[int] = frozenset()  # links the routing avoids now
         self.reroutes = 0
         self.events = 0
+        self._routes: dict[tuple[int, int, frozenset[int]], np.ndarray] = {}  # see _route
+        self._dst_routing = cfg.topology.routing == "dst"
+        # scenario changes at one instant share one rate recomputation (see _superseded_net); a
+        # backend that replaces how actions apply or the network is scheduled keeps the plain path
+        cls = type(self)
+        self._batch_scenario = cls._apply is Simulator._apply and cls._schedule_net is Simulator._schedule_net
+        self._last_arrival = max((r.arrival_s for r in requests), default=0.0)
 
     # ------------------------------------------------------------------ ground truth (perfect oracle)
     def routing_down(self) -> frozenset[int]:
@@ -163,6 +185,22 @@ class Simulator:
 
     def entrant_share(self) -> np.ndarray:
         return self.net.entrant_share()
+
+    def _route(self, src: int, dst: int, flow_key: int | None, down: frozenset[int]) -> np.ndarray:
+        """Path of a flow from GPU ``src`` to ``dst`` avoiding ``down``; with destination-based
+        routing it does not depend on the flow, so it is computed once per (src, dst, down) and
+        shared (read-only)."""
+        if not self._dst_routing:
+            return self.tree.paths(src, np.array([dst]), flow_key, down)[0]
+        key = (src, dst, down)
+        hit = self._routes.get(key)
+        if hit is None:
+            if len(self._routes) > 65536:  # many failure sets over a long run: keep memory bounded
+                self._routes.clear()
+            hit = self.tree.paths(src, np.array([dst]), flow_key, down)[0]
+            hit.flags.writeable = False
+            self._routes[key] = hit
+        return hit
 
     # ------------------------------------------------------------------ event plumbing
     def _push(self, t: float, kind: int, payload: object) -> None:
@@ -179,6 +217,25 @@ class Simulator:
         nxt = self.net.next_completion()
         if nxt is not None:
             self._push(nxt[0], _NET, self._net_version)
+
+    def _superseded_net(self) -> None:
+        """:meth:`_schedule_net` after a network change that the next event, another scenario
+        change at the same instant, supersedes. The ``_NET`` event it would push is stale before
+        it can fire (the next change schedules anew first), so it changes nothing but the count
+        of handled events, by one if it would fire before the run ends. Its time needs the rates
+        of this intermediate state; a bound on it (:meth:`FlowNetwork.completion_bound`) that lies
+        before the last arrival settles it without them (the run ends after the last arrival).
+        Otherwise the rates are computed and the event pushed as usual."""
+        bound = self.net.completion_bound()
+        if bound is None:  # no sized flow: _schedule_net would push nothing
+            self._net_version += 1
+        elif bound <= self._last_arrival:
+            self._net_version += 1
+            self._seq += 1  # the sequence number it would have taken
+            self.events += 1  # handled (and ignored as stale) before the run ends
+        else:
+            self.net.release()
+            self._schedule_net()
 
     def _schedule_decode(self, d: int) -> None:
         nxt = self.batches[d].next_finish()
@@ -292,8 +349,15 @@ class Simulator:
             self._schedule_decode(d)
         elif kind == _SCENARIO:
             self._sync(t)
-            self._apply(payload)
-            self._schedule_net()
+            heap = self._heap
+            if self._batch_scenario and heap and heap[0][0] == t and heap[0][1] == _SCENARIO:
+                self.net.hold()  # more changes at this instant follow: rates once, after the last
+                self._apply(payload)
+                self._superseded_net()
+            else:
+                self._apply(payload)
+                self.net.release()
+                self._schedule_net()
         elif kind == _REROUTE:
             self._sync(t)
             self._reroute(t)
@@ -343,8 +407,8 @@ class Simulator:
             a["decisions"] += 1
             a["same_instance"] += fresh == s.d
             a["same_tier"] += self.tree.tier(src, int(cl.decode_ids[fresh])) == self.tree.tier(src, int(cl.decode_ids[s.d]))
-        s.prefill_cached = int(ctx.prefill_cached_tokens[s.p])
-        s.decode_cached = int(ctx.decode_cached_tokens[s.d])
+        s.prefill_cached = ctx.prefill_cached_at(s.p)
+        s.decode_cached = ctx.decode_cached_at(s.d)
         s.nbytes = float(cl.timing.kv_bytes(s.req.input_tokens - s.decode_cached))
         s.prefill_start, s.prefill_end = cl.timing.prefill_fifo(
             t, float(cl.prefill_busy_until[s.p]), s.req.input_tokens, s.prefill_cached)
@@ -385,7 +449,7 @@ class Simulator:
     def _start_transfer(self, s: _ReqState, i: int, src: int, dst: int, cap: float = np.inf) -> None:
         """Move the request's KV bytes from GPU ``src`` to ``dst`` as a simulated flow (at most
         ``cap`` bytes/s)."""
-        path = self.tree.paths(src, np.array([dst]), s.req.req_id, self._routing_down)[0]
+        path = self._route(src, dst, s.req.req_id, self._routing_down)
         fid = self.net.add(path, s.nbytes, cap=cap)
         s.fid = fid
         self._flow_owner[fid] = i
@@ -414,7 +478,7 @@ class Simulator:
         self.reroutes += 1
         moves = {}
         for fid, (src, dst, key) in self._flow_ends.items():
-            path = self.tree.paths(src, np.array([dst]), key, new)[0]
+            path = self._route(src, dst, key, new)
             if not np.array_equal(path, self.net.flows[fid].path):
                 moves[fid] = path
         if moves:
@@ -426,7 +490,7 @@ class Simulator:
             if a.src == a.dst:
                 return
             key = zlib.crc32(a.flow_id.encode())
-            path = self.tree.paths(a.src, np.array([a.dst]), key, self._routing_down)[0]
+            path = self._route(a.src, a.dst, key, self._routing_down)
             cap = np.inf if a.rate_gbit_s is None else a.rate_gbit_s * GBIT
             fid = self._bg_flows[a.flow_id] = self.net.add(path, np.inf, cap=cap, tag=a.flow_id)
             self._flow_ends[fid] = (a.src, a.dst, key)
@@ -458,7 +522,7 @@ class Simulator:
         return RequestRecord(
             policy=self.policy.name, req_id=s.req.req_id, arrival_s=s.req.arrival_s,
             input_tokens=s.req.input_tokens, output_tokens=out,
-            prefill=tree.gpu_name(p_gpu), decode=tree.gpu_name(d_gpu), tier=tree.tier(p_gpu, d_gpu),
+            prefill=tree.gpu_name(p_gpu), decode=tree.gpu_name(d_gpu), tier=int(self.cluster.decode_tiers(s.p)[s.d]),
             prefill_cached_tokens=s.prefill_cached, decode_cached_tokens=s.decode_cached,
             kv_bytes=int(s.nbytes), queue_s=s.prefill_start - s.req.arrival_s,
             prefill_s=s.prefill_end - s.prefill_start, transfer_s=s.kv_arrived - s.prefill_end,

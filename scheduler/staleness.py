@@ -1,85 +1,121 @@
-"""Telemetry staleness sweep: how old may the oracle's snapshot be before NetKV stops gaining?
+"""Telemetry staleness study: how old may the oracle's snapshot be before NetKV stops gaining?
 
-For each staleness value netkv replays the same window with the oracle answering from the
-snapshot of ``now - staleness``, while a shadow oracle with fresh telemetry records whether the
-stale decision picked the same tier (Claim 3: tier rankings survive staleness) and the same
-instance (rankings within a tier may not). cache-load, which ignores the network, is the reference.
+One use of the sweep engine (:mod:`scheduler.sweep`) over ``oracle.staleness_s``: at every value
+the studied policy (netkv on live telemetry, or netkv:inflight) replays the same window with its
+oracle answering from the snapshot of ``now - staleness``, while a shadow oracle on fresh
+telemetry records whether each stale decision picked the same tier (Claim 3: tier rankings
+survive staleness) and the same instance (rankings within a tier may not). Two references run at
+every point: ``netkv:perfect`` (the regret: extra mean TTFT against perfect information) and
+``cache-load`` (network-blind: what is left of the gain).
 """
 from __future__ import annotations
 
-import dataclasses
 import io
+import math
 from pathlib import Path
 
-from scheduler.experiment import Experiment, make_policy, run_simulation, tune_policy
-from scheduler.metrics import summarize_policy
-from scheduler.policies import REGISTRY, PolicySpec
-from scheduler.report import write_results
-from scheduler.simulator import Simulator
+from scheduler import sweep as sw
+from scheduler.policies import resolve
+
+REFERENCES = ("netkv:perfect", "cache-load")
+PARAM = "oracle.staleness_s"
 
 
-def run_staleness(exp: Experiment, info: dict, values: list[float], out: Path, progress: bool = True,
-                  log=print) -> tuple[Path, str]:
-    slo = exp.slo()
-    actions = exp.actions()
-    ref_exp = dataclasses.replace(exp, policies=[PolicySpec(REGISTRY["cache-load"])])
-    ref, ref_records = run_simulation(ref_exp, progress=progress, log=log)
-    netkv = PolicySpec(REGISTRY["netkv"], "telemetry")
-    weight, _ = tune_policy(exp, netkv)
-    rows = []
-    records = dict(ref_records)
-    policies = dict(ref)
-    for v in values:
-        cfg = dataclasses.replace(exp.cfg, oracle=dataclasses.replace(exp.cfg.oracle, staleness_s=v))
-        sim = Simulator(cfg, exp.requests, make_policy(netkv, weight, exp.seed, cfg), actions,
-                        progress=progress, shadow_fresh=v > 0)
-        recs = sim.run()
-        name = f"netkv@{v:g}s"
-        for r in recs:
-            r.policy = name
-        s = summarize_policy(recs, slo)
-        a = sim.agreement
-        n = max(a["decisions"], 1)
-        s["staleness_s"] = v
-        s["same_tier_fraction"] = a["same_tier"] / n if a["decisions"] else 1.0
-        s["same_instance_fraction"] = a["same_instance"] / n if a["decisions"] else 1.0
-        policies[name] = s
-        records[name] = recs
-        rows.append(s)
-        log(f"staleness {v:g} s: mean TTFT {s['ttft_mean_s']:.3f} s")
-    base = ref["cache-load"]["ttft_mean_s"]
+class StalenessError(ValueError):
+    """The staleness study was asked for something it cannot study; the message names the option."""
+
+
+def studied_policy(policies: str) -> str:
+    """The one policy of ``--policies`` the study varies: it must read live telemetry."""
+    specs = resolve(policies)
+    if len(specs) != 1 or not specs[0].cls.needs_oracle or specs[0].oracle not in (None, "telemetry", "inflight"):
+        raise StalenessError(f"--policies {policies!r}: the staleness study varies one policy that reads telemetry "
+                             f"(netkv or netkv:inflight); {', '.join(REFERENCES)} run beside it as references")
+    return specs[0].name
+
+
+def run_staleness(base: sw.Base, values: list[float], seeds: list[int], out: Path, jobs: int | None = None,
+                  progress: bool = True, log=print, command: str = "netkv staleness") -> tuple[Path, str]:
+    from scheduler.report import dumps_json, write_files
+
+    if not values or any(not isinstance(v, float) or v < 0 for v in values):
+        raise StalenessError(f"--values {values!r}: expected non-negative seconds, e.g. 0,1,5")
+    target = studied_policy(base.policies)
+    sweep = sw.Sweep(PARAM, values, seeds, sw.Base(**{**base.__dict__, "policies": ",".join((target, *REFERENCES))}),
+                     shadow=True)
+    sw.validate(sweep)
+    results = sw.run(sweep, jobs, progress=progress, log=log)
+    table = sw.rows(sweep, results)
+    agg = sw.aggregate(sweep, table, target)
+    text = _table(agg, target, base.scenario)
+    summary = {"kind": "staleness", "backend": "simulate", "command": command, "param": PARAM, "policy": target,
+               "values": values, "seeds": seeds, "base": base.__dict__, "aggregate": agg,
+               "points": [{"value": v, "seed": s, "policies": results[(v, s)]} for v in values for s in seeds]}
+    files = {"summary.json": dumps_json(summary).encode(), "sweep.csv": sw.csv_bytes(table),
+             "staleness.txt": (text + "\n").encode(), "staleness.png": _plot(values, agg, target, command),
+             "sweep.png": sw.plot(sweep, agg, command, target)}
+    return write_files(out, files), text
+
+
+def _fmt(pair: tuple[float, float], fmt: str, scale: float = 1.0) -> str:
+    mean, hw = pair
+    if not math.isfinite(mean):
+        return "-"
+    return format(mean * scale, fmt) + (f" +-{hw * scale:{fmt.lstrip('+')}}" if math.isfinite(hw) else "")
+
+
+def _table(agg: dict, target: str, scenario: str) -> str:
+    pol = agg["policies"]
     buf = io.StringIO()
-    print(f"scenario '{exp.scenario.name}', {len(exp.requests)} requests, poll interval "
-          f"{exp.cfg.oracle.poll_interval_s} s; cache-load mean TTFT {base:.3f} s", file=buf)
-    print(f"{'staleness s':>12} {'mean TTFT s':>12} {'vs cache-load':>14} {'same tier':>10} {'same inst.':>11}", file=buf)
-    for s in rows:
-        print(f"{s['staleness_s']:>12g} {s['ttft_mean_s']:>12.3f} {100 * (s['ttft_mean_s'] / base - 1):>+13.1f}% "
-              f"{100 * s['same_tier_fraction']:>9.1f}% {100 * s['same_instance_fraction']:>10.1f}%", file=buf)
-    summary = {"backend": "simulate", "kind": "staleness-sweep", "config": exp.cfg.to_dict() | {
-        "scenario": exp.scenario.describe(), "trace": info, "netkv_load_weight_s": weight},
-        "policies": policies, "sweep": [{k: s[k] for k in ("staleness_s", "ttft_mean_s", "slo_attainment",
-                                                             "same_tier_fraction", "same_instance_fraction")}
-                                         for s in rows]}
-    extra = {"staleness.txt": buf.getvalue().encode(), "staleness.png": _plot(rows, base)}
-    path = write_results(out, summary, records, slo, extra_files=extra)
-    return path, buf.getvalue()
+    print(f"scenario '{scenario}': {target} with its telemetry {PARAM} old; references {', '.join(REFERENCES)}", file=buf)
+    print(f"{'staleness s':>12} {'mean TTFT s':>16} {'vs cache-load':>16} {'regret ms':>14} {'same tier':>14} "
+          f"{'same inst.':>14}", file=buf)
+    for i, v in enumerate(agg["values"]):
+        vs = agg["vs"].get("cache-load", {}).get("ttft_mean_pct", [(math.nan, math.nan)] * len(agg["values"]))[i]
+        print(f"{v:>12g} {_fmt(pol[target]['ttft_mean_s'][i], '.3f'):>16} {_fmt(vs, '+.1f') + '%':>16} "
+              f"{_fmt(pol[target]['regret_ms'][i], '.1f'):>14} "
+              f"{_fmt(pol[target]['same_tier_fraction'][i], '.1f', 100) + '%':>14} "
+              f"{_fmt(pol[target]['same_instance_fraction'][i], '.1f', 100) + '%':>14}", file=buf)
+    return buf.getvalue().rstrip()
 
 
-def _plot(rows: list[dict], base: float) -> bytes:
+def _plot(values: list[float], agg: dict, target: str, command: str) -> bytes:
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 3.6))
-    ax1, ax2 = fig.subplots(1, 2)
-    xs = [max(r["staleness_s"], 0.05) for r in rows]
-    ax1.plot(xs, [r["ttft_mean_s"] for r in rows], "o-", color="#d62728", label="netkv")
-    ax1.axhline(base, color="#555", ls="--", label="cache-load (network-blind)")
-    ax1.set_xscale("log"); ax1.set_xlabel("telemetry staleness (s; 0 drawn at 0.05)"); ax1.set_ylabel("mean TTFT (s)")
-    ax1.legend(); ax1.set_title("TTFT vs staleness")
-    ax2.plot(xs, [100 * r["same_tier_fraction"] for r in rows], "o-", label="same tier as fresh")
-    ax2.plot(xs, [100 * r["same_instance_fraction"] for r in rows], "s--", label="same instance as fresh")
-    ax2.set_xscale("log"); ax2.set_ylim(0, 105); ax2.set_xlabel("telemetry staleness (s)"); ax2.set_ylabel("% of decisions")
-    ax2.legend(); ax2.set_title("decision agreement with fresh telemetry")
+    fig = Figure(figsize=(13, 3.8), dpi=110)
+    FigureCanvasAgg(fig)
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    xs = [max(v, 0.05) for v in values]
+    pol = agg["policies"]
+
+    def line(ax, series, label, scale=1.0, **kw):
+        m = np.array([p[0] for p in series]) * scale
+        e = np.array([p[1] for p in series]) * scale
+        ax.errorbar(xs, m, yerr=np.where(np.isfinite(e), e, 0.0), label=label, marker="o", capsize=3, **kw)
+
+    line(ax1, pol[target]["ttft_mean_s"], target, color="#d62728")
+    line(ax1, pol["netkv:perfect"]["ttft_mean_s"], "netkv:perfect", color="#17becf", linestyle=":")
+    line(ax1, pol["cache-load"]["ttft_mean_s"], "cache-load (network-blind)", color="#555555", linestyle="--")
+    ax1.set_ylabel("mean TTFT (s)")
+    ax1.set_title("TTFT vs staleness")
+    line(ax2, pol[target]["same_tier_fraction"], "same tier as fresh", 100.0)
+    line(ax2, pol[target]["same_instance_fraction"], "same instance as fresh", 100.0, linestyle="--")
+    ax2.set_ylim(0, 105)
+    ax2.set_ylabel("% of decisions")
+    ax2.set_title("agreement with fresh telemetry")
+    line(ax3, pol[target]["regret_ms"], f"{target} - netkv:perfect", color="#d62728")
+    ax3.axhline(0.0, color="black", linewidth=0.8)
+    ax3.set_ylabel("regret: extra mean TTFT (ms)")
+    ax3.set_title("regret against perfect information")
+    for ax in (ax1, ax2, ax3):
+        ax.set_xscale("log")
+        ax.set_xlabel("telemetry staleness (s; 0 drawn at 0.05)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.suptitle(command, fontsize="small")
     fig.tight_layout()
     png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=110)
+    fig.savefig(png, format="png")
     return png.getvalue()

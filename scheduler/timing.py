@@ -44,14 +44,40 @@ class TimingModel:
         start = max(t, busy_until)
         return start, start + self.prefill_s(input_tokens, cached_tokens)
 
+    SCALAR_MAX_INSTANCES = 128
+    """Up to this many instances :meth:`prefill_s_array` evaluates :meth:`prefill_s` per distinct
+    length (a memo beats numpy's per-call overhead on small clusters); beyond, the vectorised
+    formula (the same model; its last bits may differ, so every caller goes through here)."""
+
     def prefill_s_array(self, input_tokens: int, cached_tokens: np.ndarray) -> np.ndarray:
         """:meth:`prefill_s` for one prompt over an array of cached-prefix lengths. Instances share
         a handful of distinct hit lengths (none, the system prompt, a conversation), so each
         distinct length is computed once."""
-        if len(cached_tokens) <= 128:  # a memo beats numpy's per-call overhead on small clusters
+        if len(cached_tokens) <= self.SCALAR_MAX_INSTANCES:
             memo: dict[int, float] = {}
             return np.array([memo[c] if c in memo else memo.setdefault(c, self.prefill_s(input_tokens, c))
                              for c in cached_tokens.tolist()])
+        return self._prefill_s_vector(input_tokens, cached_tokens)
+
+    def prefill_s_values(self, input_tokens: int, cached_tokens: list[int], n_instances: int) -> list[float]:
+        """The entries :meth:`prefill_s_array` gives these cached lengths in an array over
+        ``n_instances`` instances, bit for bit, without building that array (a decision asks
+        for one value per group of instances with the same hit)."""
+        if n_instances <= self.SCALAR_MAX_INSTANCES:  # prefill_s inlined (ints given), same operations
+            out = []
+            fpt, attn, rate = self._flops_per_token, self._attn_flops_per_pair, self._flop_rate
+            floor, overhead = self._weight_bytes / self._hbm_rate, self._prefill_overhead
+            for c in cached_tokens:
+                new = input_tokens - c
+                if new <= 0:
+                    out.append(overhead)
+                    continue
+                cached = input_tokens - new
+                out.append(max((fpt * new + attn * new * (cached + new / 2.0)) / rate, floor) + overhead)
+            return out
+        return self._prefill_s_vector(input_tokens, np.array(cached_tokens, dtype=np.int64)).tolist()
+
+    def _prefill_s_vector(self, input_tokens: int, cached_tokens: np.ndarray) -> np.ndarray:
         cached = np.minimum(cached_tokens, input_tokens).astype(float)
         new = input_tokens - cached
         flops = new * (self._flops_per_token + self._attn_flops_per_pair * (cached + 0.5 * new))

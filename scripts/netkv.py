@@ -7,10 +7,13 @@ and exit codes: 0 ok, 1 run failed, 2 bad input, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import importlib
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +52,12 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario-param", action="append", metavar="NAME=VALUE",
                    help="override a scenario parameter, e.g. period=1.0 (repeatable)")
     p.add_argument("--max-requests", type=int, metavar="N", help="evaluate the first N requests of the trace")
+    p.add_argument("--rate-scale", type=float, default=1.0, metavar="K",
+                   help="arrival rate x K: the trace's timestamps divided by K, order and prefix sharing kept "
+                        "(default: %(default)s)")
+    p.add_argument("--context-scale", type=float, default=1.0, metavar="K",
+                   help="prompt lengths x K with the prefix-sharing structure kept, capped at the model's "
+                        "context window (model.max_context_tokens; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="one seed for all randomness (default: %(default)s)")
     p.add_argument("--model", default="llama-3-8b", help="model preset (default: %(default)s; see `netkv constants`)")
     p.add_argument("--gpu", default=None, help="GPU preset (default: per model, h100-sxm for 8B)")
@@ -60,6 +69,9 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight", action="append", metavar="POLICY=W",
                    help="fix a policy's load weight instead of tuning it, e.g. netkv=0.1")
     p.add_argument("--no-tune", action="store_true", help="skip the grid search; use default or --weight values")
+    p.add_argument("--allow-overlapping-tuning", action="store_true",
+                   help="accept a trace too short to hold a tuning slice apart from the evaluated window (the "
+                        "weights are then tuned on requests that are also evaluated; the results say so)")
     p.add_argument("--out", metavar="DIR", help="result folder (default: results/<timestamp>-<backend>-<scenario>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -73,8 +85,27 @@ def prepare_from_args(args: argparse.Namespace):
         overrides.append(f"oracle.kind={args.oracle}")
     cfg = build_config(args.model, args.gpu, overrides)
     weights = _parse_params(args.weight, "--weight")
-    return prepare(cfg, args.trace, args.scenario, args.policies, args.max_requests, args.seed,
-                   _parse_params(args.scenario_param, "--scenario-param"), not args.no_tune, weights)
+    exp, info = prepare(cfg, args.trace, args.scenario, args.policies, args.max_requests, args.seed,
+                        _parse_params(args.scenario_param, "--scenario-param"), not args.no_tune, weights,
+                        args.rate_scale, args.context_scale)
+    tuning = info["tuning_slice"]
+    if not tuning["disjoint_from_evaluation"] and exp.tune and any(c.tuned_param for c in exp.policies):
+        if not getattr(args, "allow_overlapping_tuning", False):
+            raise UsageError(f"the trace ({info['source']}) is too short to hold its last "
+                             f"{exp.cfg.tuning.tune_requests} requests out for tuning: the weights would be tuned on "
+                             f"the requests that are evaluated. Use a longer trace, fewer tuning requests "
+                             f"(--set tuning.tune_requests=N), --no-tune or --weight, or accept it with "
+                             f"--allow-overlapping-tuning")
+        print("WARNING: weights tuned on requests that are also evaluated (--allow-overlapping-tuning)", file=sys.stderr)
+    if args.max_requests and info["evaluated"]["count"] < args.max_requests:
+        print(f"note: --max-requests {args.max_requests}: the trace has {info['evaluated']['count']} requests to "
+              f"evaluate (after {tuning['requests']} held out for tuning)", file=sys.stderr)
+    late = exp.scenario.late_events(exp.horizon_s, exp.run_s)
+    if late:
+        print(f"WARNING: scenario '{exp.scenario.name}': event(s) {', '.join(f'[{i}] at {t:g} s' for i, t in late)} "
+              f"start at or after {exp.horizon_s:.0f} s, when the run's last request has long arrived: they never run",
+              file=sys.stderr)
+    return exp, info
 
 
 def default_out(backend: str, scenario: str) -> Path:
@@ -84,8 +115,21 @@ def default_out(backend: str, scenario: str) -> Path:
 
 
 def check_out(path: Path) -> None:
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UsageError(f"--out {path}: exists and is not empty; choose a new folder")
+    """The result folder must be new (or empty) and creatable: checked before any work."""
+    try:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UsageError(f"--out {path}: exists and is not empty; choose a new folder")
+        parent = path.resolve().parent
+        existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    except OSError as exc:
+        raise UsageError(f"--out {path}: cannot look at it: {exc.strerror or exc}") from None
+    if existing is None or not existing.is_dir():
+        raise UsageError(f"--out {path}: {existing} is not a folder")
+    try:  # what the result writer will do: a hidden sibling folder, renamed at the end
+        probe = tempfile.mkdtemp(prefix=".netkv-write-check-", dir=existing)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise UsageError(f"--out {path}: cannot create a folder in {existing}: {exc.strerror or exc}") from None
 
 
 def build_summary(backend: str, exp, info: dict, policies: dict, extra: dict | None = None) -> dict:
@@ -115,6 +159,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     log(f"simulate: {len(exp.requests)} requests from {info['source']}, scenario '{exp.scenario.name}', "
         f"{exp.tree.n_gpus} GPUs, policies {', '.join(c.name for c in exp.policies)}")
+    if info.get("prompts_capped_at_context_window"):
+        log(f"note: --context-scale {info['context_scale']:g}: {info['prompts_capped_at_context_window']} prompts "
+            f"capped at the model's {exp.cfg.model.max_context_tokens}-token context window")
     policies, records = run_simulation(exp, progress=not args.no_progress, log=log)
     summary = build_summary("simulate", exp, info, policies, {"comparison": compare(policies),
                                                               "ablation": ablation(policies)})
@@ -153,6 +200,8 @@ def cmd_constants(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from scheduler.bench import run_bench
 
+    if args.trace and not Path(args.trace).is_file():
+        raise UsageError(f"--trace {args.trace}: no such file")
     figures = run_bench(trace=args.trace, quick=args.quick, log=lambda m: print(m, file=sys.stderr))
     if args.json:
         print(json.dumps(figures, indent=2))
@@ -163,18 +212,75 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_staleness(args: argparse.Namespace) -> int:
+    from scheduler import sweep as sw
     from scheduler.staleness import run_staleness
 
     out = Path(args.out) if args.out else default_out("staleness", args.scenario)
     check_out(out)
-    exp, info = prepare_from_args(args)
-    values = [float(x) for x in args.values.split(",") if x.strip()]
-    if not values or any(v < 0 for v in values):
+    values = sw.parse_values(args.values)
+    if not all(isinstance(v, float) and v >= 0 for v in values):
         raise UsageError(f"--values {args.values!r}: expected non-negative seconds, e.g. 0,1,5")
-    path, text = run_staleness(exp, info, values, out, progress=not args.no_progress,
-                               log=lambda m: print(m, file=sys.stderr))
+    path, text = run_staleness(_sweep_base(args), values, sw.parse_seeds(args.seeds), out, args.jobs,
+                               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+                               command="netkv " + " ".join(sys.argv[1:]))
     print(text)
     print(f"\nresults: {path}")
+    return EXIT_OK
+
+
+def _sweep_base(args: argparse.Namespace, policies: str | None = None):
+    from scheduler.sweep import Base
+
+    overrides = list(args.overrides or [])
+    if getattr(args, "oracle", None):
+        overrides.append(f"oracle.kind={args.oracle}")
+    return Base(model=args.model, gpu=args.gpu, overrides=tuple(overrides), trace=args.trace, scenario=args.scenario,
+                scenario_params=tuple(_parse_params(args.scenario_param, "--scenario-param").items()),
+                policies=policies or args.policies, max_requests=args.max_requests, tune=not args.no_tune,
+                weights=tuple(_parse_params(args.weight, "--weight").items()), rate_scale=args.rate_scale,
+                context_scale=args.context_scale)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from scheduler import sweep as sw
+    from scheduler.report import dumps_json, write_files
+
+    out = Path(args.out) if args.out else default_out(f"sweep-{args.param}", args.scenario)
+    check_out(out)
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    sweep = sw.Sweep(args.param, sw.parse_values(args.values), sw.parse_seeds(args.seeds), _sweep_base(args))
+    sw.validate(sweep)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    log(f"sweep: {args.param} over {len(sweep.values)} values x {len(sweep.seeds)} seeds, policies {args.policies}, "
+        f"scenario '{args.scenario}'")
+    results = sw.run(sweep, args.jobs, progress=not args.no_progress, log=log)
+    table = sw.rows(sweep, results)
+    agg = sw.aggregate(sweep, table)
+    text = sw.format_table(sweep, agg)
+    command = "netkv " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["sweep"] else f"netkv sweep --param {args.param}"
+    summary = {"kind": "sweep", "backend": "simulate", "command": command, "param": args.param,
+               "values": sweep.values, "seeds": sweep.seeds, "base": dataclasses.asdict(sweep.base),
+               "aggregate": agg, "points": [{"value": v, "seed": s, "policies": results[(v, s)]}
+                                            for v in sweep.values for s in sweep.seeds]}
+    files = {"summary.json": dumps_json(summary).encode(), "sweep.csv": sw.csv_bytes(table),
+             "sweep.txt": (text + "\n").encode(),
+             "sweep.png": sw.plot(sweep, agg, f"{command}")}
+    path = write_files(out, files)
+    print(text)
+    print(f"\nresults: {path}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from scheduler.results import generate
+
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()] if args.scenarios else None
+    path = generate(Path(args.out), args.quick, args.jobs, args.max_requests, scenarios, not args.no_progress,
+                    lambda m: print(m, file=sys.stderr), command="netkv " + " ".join(sys.argv[1:]))
+    print(f"report: {path} (figures in {path.parent / path.stem})")
     return EXIT_OK
 
 
@@ -200,10 +306,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "Mooncake conversation trace when present, else a synthetic one of the same size)")
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("sweep", help="sweep one parameter over values and seeds (95% intervals), points in parallel")
+    add_experiment_options(p)
+    p.add_argument("--param", required=True, metavar="NAME",
+                   help="rate-scale, context-scale, SECTION.FIELD (any constant) or scenario.NAME")
+    p.add_argument("--values", required=True, metavar="A,B,C", help="values of the parameter")
+    p.add_argument("--seeds", default="0", metavar="S,T",
+                   help="seeds: synthetic traces, or for --trace disjoint windows of --max-requests (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per core)")
+    p.set_defaults(func=cmd_sweep, policies="cache-load,topology-affinity,netkv:static,netkv")
+    p = sub.add_parser("report", help="regenerate docs/results.md and its figures from fresh simulator runs")
+    p.add_argument("--quick", action="store_true", help="a few-minute version (shorter windows, fewer scenarios)")
+    p.add_argument("--out", default=str(ROOT / "docs" / "results.md"), help="markdown file (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per core)")
+    p.add_argument("--max-requests", type=int, default=None, help="cap every window (a smoke run)")
+    p.add_argument("--scenarios", default=None, metavar="A,B", help="restrict the headline matrix")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("staleness", help="sweep telemetry staleness for netkv: TTFT and tier-ranking robustness")
     add_experiment_options(p)
-    p.set_defaults(policies="netkv", scenario="bursty")
+    p.set_defaults(policies="netkv", scenario="decode-flap")
     p.add_argument("--values", default="0,0.5,1,2,5,10,30", help="staleness values, s (default: %(default)s)")
+    p.add_argument("--seeds", default="0", metavar="S,T", help="seeds, as for sweep (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per core)")
     p.set_defaults(func=cmd_staleness)
     for mod in OPTIONAL_COMMANDS:
         try:
@@ -219,9 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     from scheduler.oracle import UnknownOracleError
     from scheduler.policies import UnknownPolicyError
     from scheduler.simulator import UnfinishedRequestsError
+    from scheduler.results import ReportError
+    from scheduler.staleness import StalenessError
+    from scheduler.sweep import SweepError
     from scheduler.report import ResultsExistError
     from scheduler.scenario import ScenarioError
     from scheduler.trace import TraceError
+    from scheduler.transform import TransformError
     from topology.cleanup import StopSignal
     from topology.model import TopologyError
 
@@ -229,8 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `netkv constants | head`: the reader left; leave quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (UsageError, ConfigError, UnknownPolicyError, UnknownOracleError, ScenarioError, TraceError,
-            TopologyError, ResultsExistError) as exc:
+            TopologyError, ResultsExistError, TransformError, SweepError, StalenessError,
+            ReportError) as exc:
         print(f"netkv {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except UnfinishedRequestsError as exc:

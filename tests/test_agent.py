@@ -8,6 +8,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import pytest
 from hosts.agent import bench
 from hosts.background import run_sink
 from hosts.control import ControlError, ControlServer, ControlTimeout, Message
+from hosts.framing import MSG_DONE, encode_header
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1_000_000
@@ -360,6 +362,68 @@ def test_kv_received_before_expect_is_held_until_expect(pair: Fleet) -> None:
     assert first["t_join"] > _by(evs, "received", 5)["t_end"] + 0.15
     step = TimingModel(cfg).decode_step_s(1000)
     assert first["t_first"] - first["t_join"] == pytest.approx(step, abs=1e-6)
+
+
+def test_layer_wise_prefill_streams_each_layer_as_it_is_computed(pair: Fleet) -> None:
+    """timing.kv_streaming = layer-wise: the prefill agent opens the stream once the first layer
+    is computed and the last bytes leave at the prefill's end (after-prefill: the stream starts
+    at the end, as the test above checks)."""
+    from scheduler.config import build_config
+
+    cfg = build_config(overrides=["timing.kv_streaming=layer-wise"])
+    layers = cfg.model.layers
+    _reset(pair, {"p0t0s0g0": "prefill", "p0t0s0g1": "decode"}, cfg)
+    pair.server.send("p0t0s0g1", {"op": "expect", "request_id": 30, "transfer_id": 3,
+                                  "input_tokens": 6000, "output_tokens": 4})
+    pair.server.send("p0t0s0g0", _prefill_cmd(pair, "p0t0s0g1", 3, 6000, 0, 3_200_000))
+    evs = _collect(pair.server, lambda es: any(e["ev"] == "finished" for e in es))
+    p, sent, recv = _by(evs, "prefilled", 3), _by(evs, "sent", 3), _by(evs, "received", 3)
+    first_layer = p["t_start"] + (p["t_end"] - p["t_start"]) / layers
+    assert p["t_end"] - p["t_start"] > 0.3  # long enough to tell the first layer from the end
+    assert sent["t_start"] == pytest.approx(first_layer, abs=0.02)
+    assert recv["t_start"] == pytest.approx(first_layer, abs=0.03)
+    assert p["t_end"] <= recv["t_end"] <= p["t_end"] + 0.05  # the last layer left at the end
+    assert recv["bytes"] == 3_200_000
+
+
+def test_send_on_follows_a_layer_schedule() -> None:
+    """``send_on`` with a schedule writes no byte before its step's time; the receiver's count
+    at every instant stays within the schedule (plus the header)."""
+    from hosts.agent import check_schedule, send_on
+    from hosts.framing import HEADER_LEN
+
+    a, b = socket.socketpair()
+    seen: list[tuple[float, int]] = []
+
+    def read() -> None:
+        got = 0
+        while got < HEADER_LEN + 40_000:
+            chunk = b.recv(1 << 16)
+            if not chunk:
+                return
+            got += len(chunk)
+            seen.append((time.time(), got))
+        b.sendall(encode_header(MSG_DONE, 9, 9, 40_000, 0, 1))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    t0 = time.time() + 0.05
+    steps = check_schedule([[t0 + 0.06 * k, 10_000 * (k + 1)] for k in range(4)], 40_000)
+    try:
+        res = send_on(a, "socketpair", 0, 9, 9, 40_000, 0, 1, schedule=steps)
+    finally:
+        reader.join(5)
+        a.close()
+        b.close()
+    assert res.bytes == 40_000 and res.t_start < t0
+    for t, got in seen:
+        allowed = max((upto for ts, upto in steps if ts <= t), default=0) + HEADER_LEN
+        assert got <= allowed, (t - t0, got, allowed)
+    assert seen[-1][0] >= steps[-1][0]
+    with pytest.raises(Exception, match="non-decreasing"):
+        check_schedule([[2.0, 10], [1.0, 20]], 20)
+    with pytest.raises(Exception, match="ending at 30"):
+        check_schedule([[1.0, 10], [2.0, 20]], 30)
 
 
 def test_realtime_replay_through_real_agents_matches_the_simulator() -> None:

@@ -1,18 +1,26 @@
 """Background traffic knobs that keep the emulator's queues short: the sender's congestion control
-choice and the window clamp's sizing (loopback, no root). That the clamp bounds a flow's window on
-the fabric is checked in tests/test_emu_parts.py (loopback's 64 kB segments make it unobservable
-here: the kernel advertises a whole segment or nothing)."""
+choice and the window clamp's sizing, and the standby senders (flow slots) on/off scenarios
+switch by signal (loopback, no root). That the clamp bounds a flow's window on the fabric is
+checked in tests/test_emu_parts.py (loopback's 64 kB segments make it unobservable here: the
+kernel advertises a whole segment or nothing)."""
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from hosts.background import BackgroundError, run_sender, run_sink
+from hosts.background import START_SIGNAL, STOP_SIGNAL, BackgroundError, run_sender, run_sink
 from hosts.scenario_exec import BACKGROUND_BASE_RTT_S, BACKGROUND_WINDOW_SEGMENTS, MSS, background_window_bytes
 from scheduler.config import build_config
 from topology.model import FatTree
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 
@@ -53,3 +61,69 @@ def test_background_window_is_the_paths_bdp_plus_two_segments():
     assert background_window_bytes(tree, 2.5e-5, 2.0, 0, 20) == int(2.5e6 / 8 * (base + 2 * 0.012112) + extra)
     # a shorter path (same ToR) needs less window than a cross-pod one
     assert background_window_bytes(tree, 2.5e-5, 1.0, 0, 4) < background_window_bytes(tree, 2.5e-5, 1.0, 0, 20)
+
+
+def _standby(port: int, *extra: str):
+    """A standby sender subprocess; returns it once it printed its ready line."""
+    proc = subprocess.Popen([sys.executable, "-m", "hosts.background", "--dst", f"127.0.0.1:{port}", "--standby",
+                             *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ready = json.loads(proc.stdout.readline())
+    assert ready == {"mode": "standby", "ready": True, "peer": f"127.0.0.1:{port}",
+                     "rate_mbit_target": float(extra[1]) if extra else None}
+    return proc
+
+
+def test_standby_sender_sends_only_between_start_and_stop_signals():
+    """A flow slot: a new connection per start signal, reset at the stop signal (the sink sees
+    the flow end at once), one summary per flow, exit 0 on SIGTERM."""
+    flows: list = []
+    stop = threading.Event()
+    ports: list[int] = []
+    t = threading.Thread(target=run_sink, args=("127.0.0.1", 0, None, stop, ports.append, flows.append), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 5
+    while not ports and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc = _standby(ports[0], "--rate-mbit", "40")
+    try:
+        time.sleep(0.3)
+        assert flows == []  # standby: no connection yet
+        reports = []
+        for _ in range(2):
+            proc.send_signal(START_SIGNAL)
+            time.sleep(0.5)
+            t_stop = time.monotonic()
+            proc.send_signal(STOP_SIGNAL)
+            reports.append(json.loads(proc.stdout.readline()))
+            assert time.monotonic() - t_stop < 0.2  # reported at once, not at the next send
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop.set()
+        t.join(3)
+    assert [r["activation"] for r in reports] == [1, 2]
+    for r in reports:  # paced at 40 Mbit/s for ~0.5 s
+        assert r["mode"] == "send" and r["rate_mbit_target"] == 40.0
+        assert r["mbit_s"] == pytest.approx(40.0, rel=0.2), r
+    assert len([f for f in flows if f.mode == "sink-flow"]) == 2  # one connection per activation
+
+
+def test_standby_sender_ends_a_running_flow_on_sigterm_and_rejects_bad_options():
+    port, stop, t = _sink(None)
+    try:
+        proc = _standby(port)
+        proc.send_signal(START_SIGNAL)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+        last = json.loads(proc.stdout.readline())
+        assert last["activation"] == 1 and last["bytes"] > 0 and last["rate_mbit_target"] is None
+    finally:
+        stop.set()
+        t.join(3)
+    bad = subprocess.run([sys.executable, "-m", "hosts.background", "--dst", "127.0.0.1:1", "--standby",
+                          "--duration", "3"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--standby runs until SIGTERM" in bad.stderr

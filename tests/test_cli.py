@@ -82,6 +82,11 @@ BAD_INPUT = {  # id -> (arguments, word the message must contain)
     "oracle-unknown": (("--policies", "netkv:psychic"), "psychic"),
     "streaming": (("--set", "timing.kv_streaming=sideways"), "timing.kv_streaming"),
     "reserved": (("--set", "cluster.reserved_servers_per_pod=4"), "reserved_servers_per_pod"),
+    "weight-negative": (("--weight", "netkv=-1"), "finite number >= 0"),
+    "weight-ignored": (("--policies", "cache-load", "--weight", "netkv=0.1"), "would be ignored"),
+    "rate-scale": (("--rate-scale", "0"), "--rate-scale"),
+    "context-scale": (("--context-scale", "-2"), "--context-scale"),
+    "slo-definition": (("--set", "slo.definition=vibes"), "slo.definition"),
 }
 
 
@@ -109,6 +114,17 @@ def runs(tmp_path_factory):
     cut.write_text('description = "cut"\n[[event]]\nkind = "link"\nlink = "p0t1<->p0t1s0g0"\nstate = "down"\n')
     extra["cut"] = cut
     add("cut", "--no-tune", "--policies", "round-robin", "--scenario", str(cut))
+    short = base / "short.jsonl"  # 12 requests: too short to hold 500 out for tuning
+    short.write_text(trace.read_text())
+    extra["short"] = short
+    add("short", "--trace", str(short), "--policies", "cache-load")
+    add("short-ok", "--trace", str(short), "--policies", "cache-load", "--allow-overlapping-tuning",
+        "--max-requests", "100")
+    late = base / "late.toml"
+    late.write_text('description = "late"\n[[event]]\nkind = "flow"\nat = 1e9\nsrc = "p0t1s1g0"\ndst = "p1t1s1g0"\n')
+    add("late", "--no-tune", "--policies", "cache-load", "--scenario", str(late))
+    jobs["unwritable"] = simulate_args(Path("/proc/netkv-nope"), "--no-tune")
+    outs["unwritable"] = Path("/proc/netkv-nope")
     for key, (bad_line, _) in MALFORMED.items():
         bad = base / f"{key}.jsonl"
         bad.write_text("\n".join([_line(), _line(timestamp=500, hash_ids=[1, 3]), bad_line,
@@ -220,6 +236,37 @@ def test_a_request_that_can_never_finish_fails_clearly(runs):
     assert "p0t1->p0t1s0g0 (down, no other path)" in res.stderr
     assert "nothing was written" in res.stderr and "Traceback" not in res.stderr
     assert not out.exists()
+
+
+def test_short_trace_tuning_needs_consent(runs):
+    res, out, _ = runs["short"]
+    assert res.returncode == 2 and "too short to hold its last 500" in res.stderr and not out.exists()
+    res, out, _ = runs["short-ok"]
+    assert res.returncode == 0, res.stderr
+    assert "WARNING: weights tuned on requests that are also evaluated" in res.stderr
+    assert "--max-requests 100: the trace has 12 requests to evaluate" in res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["trace"]["tuning_slice"]["disjoint_from_evaluation"] is False
+
+
+def test_events_after_the_horizon_are_warned(runs):
+    res, out, _ = runs["late"]
+    assert res.returncode == 0, res.stderr
+    assert "WARNING: scenario 'late': event(s) [0] at 1e+09 s" in res.stderr and "never run" in res.stderr
+
+
+def test_unwritable_out_fails_before_any_work(runs):
+    res, _, _ = runs["unwritable"]
+    assert res.returncode == 2 and "--out /proc/netkv-nope: cannot create a folder" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("netkv simulate: error:")  # nothing ran before it
+
+
+def test_broken_pipe_and_bench_trace_errors():
+    res = subprocess.run(f"{NETKV} constants --json | head -1", shell=True, capture_output=True, text=True, cwd=ROOT)
+    assert res.stdout.strip() == "[" and "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr
+    res = netkv("bench", "--quick", "--trace", "/nonexistent/nope.jsonl")
+    assert res.returncode == 2 and "nope.jsonl: no such file" in res.stderr
 
 
 # ----------------------------------------------------------------------------- bad input

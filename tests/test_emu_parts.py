@@ -199,6 +199,153 @@ def test_cpu_monitor_local_machine():
     print(f"\n[measured] CpuMonitor idle-ish: {rep}")
 
 
+# ------------------------------------------------------------ what emulate refuses (hosts.emulable)
+def _exp(scenario: str = "idle", policies: str = "cache-load,netkv", overrides=(), params=None, n: int = 60):
+    from scheduler.config import build_config
+    from scheduler.experiment import prepare
+
+    exp, _ = prepare(build_config(overrides=list(overrides)), None, scenario, policies, n, 0, params, tune=False)
+    return exp
+
+
+def test_emulable_refuses_the_perfect_oracle_naming_the_policy():
+    from hosts.emulable import EmulationUnsupportedError, check_emulable
+
+    with pytest.raises(EmulationUnsupportedError, match=r"policy 'netkv:perfect': the 'perfect' oracle reads the "
+                                                       r"simulator's ground truth .* a real fabric has none"):
+        check_emulable(_exp(policies="cache-load,netkv:perfect"), SCALE, 1.0)
+    # --oracle perfect: every oracle consumer given without its own oracle; netkv:static keeps its own
+    with pytest.raises(EmulationUnsupportedError, match=r"policy 'netkv' under --oracle perfect \(oracle.kind=perfect\)"):
+        check_emulable(_exp(policies="netkv", overrides=["oracle.kind=perfect"]), SCALE, 1.0)
+    check_emulable(_exp(policies="cache-load,netkv:static", overrides=["oracle.kind=perfect"]), SCALE, 1.0)
+    check_emulable(_exp(policies="cache-load,topology-affinity,netkv:static,netkv,netkv:inflight"), SCALE, 1.0)
+
+
+@pytest.mark.parametrize("scenario,links", [("link-failure", "p1a0->p1t1, p1t1->p1a0"),
+                                            ("nic-failure", "p1t1->p1t1s0g0, p1t1s0g0->p1t1")])
+def test_emulable_refuses_scenarios_that_take_a_link_down(scenario, links):
+    from hosts.emulable import EmulationUnsupportedError, check_emulable
+
+    with pytest.raises(EmulationUnsupportedError) as err:
+        check_emulable(_exp(scenario, overrides=["topology.nic_gbit_s=200"]), SCALE, 1.0)
+    msg = str(err.value)
+    assert f"scenario '{scenario}'" in msg and f"takes link(s) {links} down" in msg
+    assert "HTB blackhole that the Ryu controller does not see or reroute around" in msg
+    assert "topology.reroute_delay_s=0.5 s" in msg
+
+
+def test_emulable_user_scenarios_down_or_reduced(tmp_path):
+    from hosts.emulable import EmulationUnsupportedError, check_emulable
+
+    down = tmp_path / "cut.toml"
+    down.write_text('description = "x"\n[[event]]\nkind = "link"\nat = 5.0\nlink = "p0t0->p0a0"\n'
+                    'capacity_gbit_s = 0\nduration = 2.0\n')
+    with pytest.raises(EmulationUnsupportedError, match=r"scenario 'cut' .* takes link\(s\) p0t0->p0a0 down \(first at 5 s\)"):
+        check_emulable(_exp(str(down)), SCALE, 1.0)
+    half = tmp_path / "half.toml"
+    half.write_text('description = "x"\n[[event]]\nkind = "link"\nat = 5.0\nlink = "p0t0->p0a0"\nfactor = 0.5\n')
+    check_emulable(_exp(str(half)), SCALE, 1.0)  # a reduced capacity means the same on both backends
+    late = tmp_path / "late.toml"  # a failure after the window's horizon never runs: nothing to refuse
+    late.write_text('description = "x"\n[[event]]\nkind = "link"\nat = 5000.0\nlink = "p0t0->p0a0"\nstate = "down"\n')
+    check_emulable(_exp(str(late)), SCALE, 1.0)
+
+
+def test_emulable_refuses_layer_wise_streaming_with_the_fabrics_packet_floor():
+    from hosts.emulable import EmulationUnsupportedError, check_emulable, packet_floor_s
+
+    exp = _exp("decode-flap", overrides=["timing.kv_streaming=layer-wise", "topology.nic_gbit_s=200"])
+    # cross-pod: 4 hops at 5 Mbit/s (NICs, core) and 2 at 10 (ToR-aggregation), 1514-byte frames
+    assert packet_floor_s(exp, SCALE) == pytest.approx(4 * 1514 * 8 / 5e6 + 2 * 1514 * 8 / 10e6)
+    assert packet_floor_s(exp, 2 * SCALE) == pytest.approx(packet_floor_s(exp, SCALE) / 2)
+    with pytest.raises(EmulationUnsupportedError, match=r"timing.kv_streaming=layer-wise: .*\(at --scale 2.5e-05 one "
+                                                       r"frame's store-and-forward across the slowest KV path takes 12.1 ms"):
+        check_emulable(exp, SCALE, 1.0)
+    check_emulable(_exp("decode-flap", overrides=["topology.nic_gbit_s=200"]), SCALE, 1.0)  # after-prefill runs
+
+
+def test_background_load_estimate():
+    """Peak emulated background traffic x bridges crossed, from the flows' max-min rates."""
+    from hosts.emulable import (FORWARDING_BUDGET_MBIT_BRIDGES, EmulationUnsupportedError, background_load,
+                                background_warning, check_emulable)
+
+    def load(scenario, nic=200, ts=1.0, params=None):
+        exp = _exp(scenario, overrides=[f"topology.nic_gbit_s={nic}"], params=params)
+        return background_load(exp, exp.actions(), SCALE, ts)
+
+    assert load("idle").peak_mbit_bridges == 0.0 and load("idle").peak_flows == 0
+    # decode-flap: 8 decode NICs of 5 Mbit/s filled by 4 greedy flows each, one bridge (the ToR)
+    flap = load("decode-flap")
+    assert flap.peak_flows == 32 and flap.peak_mbit_bridges == pytest.approx(8 * 5.0 * 1)
+    assert flap.peak_at_s == pytest.approx(0.7)
+    # hotspot: 24 greedy flows across the 5 bridges between pods; pod 1's 4 core uplinks and 4
+    # downlinks (5 Mbit/s at 200 Gbit/s NICs) are the bottlenecks: 8 x 5 Mbit/s of traffic x 5
+    assert load("hotspot").peak_mbit_bridges == pytest.approx(200.0)
+    assert load("hotspot", nic=400).peak_mbit_bridges == pytest.approx(400.0)
+    assert load("hotspot", nic=400, ts=2.0).peak_mbit_bridges == pytest.approx(200.0)
+    # paced flows count their rate: background's 32 flows of 120 Gbit/s -> 3 Mbit/s each, 5 bridges
+    assert load("background", nic=400).peak_mbit_bridges == pytest.approx(32 * 3.0 * 5)
+    assert background_warning(load("decode-flap")) is None
+    assert "forwarding budget" in background_warning(load("background", nic=400))
+    # tenant at 400 Gbit/s NICs: 800 Mbit/s x bridges, over the budget: refused, with the fix
+    assert load("tenant", nic=400).fraction == pytest.approx(800 / FORWARDING_BUDGET_MBIT_BRIDGES)
+    with pytest.raises(EmulationUnsupportedError, match=r"scenario 'tenant': its background flows \(16 at 0 s\) would "
+                                                       r"carry 800 Mbit/s x bridges .* raise --time-scale"):
+        check_emulable(_exp("tenant", overrides=["topology.nic_gbit_s=400"]), SCALE, 1.0)
+    check_emulable(_exp("tenant", overrides=["topology.nic_gbit_s=400"]), SCALE, 2.0)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--policies", "cache-load,netkv:perfect"], "policy 'netkv:perfect': the 'perfect' oracle"),
+    (["--oracle", "perfect", "--policies", "netkv"], "under --oracle perfect"),
+    (["--scenario", "link-failure", "--set", "topology.nic_gbit_s=200"], "takes link(s) p1a0->p1t1, p1t1->p1a0 down"),
+    (["--scenario", "nic-failure"], "takes link(s) p1t1->p1t1s0g0, p1t1s0g0->p1t1 down"),
+    (["--set", "timing.kv_streaming=layer-wise"], "timing.kv_streaming=layer-wise: streamed layer by layer"),
+], ids=["perfect", "oracle-perfect", "link-failure", "nic-failure", "layer-wise"])
+def test_emulate_cli_refuses_before_building_anything(tmp_path, args, needle):
+    """Exit 2 with the reason, before the root check (so for every user) and before any fabric,
+    agent or result folder exists."""
+    from topology import cleanup
+
+    pytest.importorskip("mininet", reason="emulate's default scale lives in the Mininet topology module")
+    out = tmp_path / "emu"
+    before = cleanup.read_state()
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "netkv.py"), "emulate", "--max-requests", "20",
+                          "--no-tune", "--no-progress", "--out", str(out), *args],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "netkv emulate: error: the emulator cannot run this experiment faithfully" in res.stderr
+    assert needle in res.stderr and "needs root" not in res.stderr
+    assert not out.exists() and cleanup.read_state() == before
+    assert "emulate: simulating" not in res.stderr and "[fabric]" not in res.stderr  # refused before any step
+
+
+def test_emulate_default_policies_are_the_emulable_ablation():
+    from scripts.cmd_emulate import EMULATE_DEFAULT_POLICIES
+    from scripts.netkv import build_parser
+
+    args = build_parser().parse_args(["emulate"])
+    assert args.policies == ",".join(EMULATE_DEFAULT_POLICIES) == "cache-load,topology-affinity,netkv:static,netkv"
+    assert build_parser().parse_args(["simulate"]).policies.endswith("netkv:perfect")  # simulate keeps its own
+
+
+def test_kv_tier_pairs_and_probe_pair_follow_the_placement():
+    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
+    from hosts.emulation import _probe_pair, kv_tier_pairs
+    from scheduler.cluster import assign_roles
+
+    roles = assign_roles(TREE, "by-rack", 0.5, 1)
+    assert kv_tier_pairs(TREE, roles.prefill, roles.decode) == {
+        2: (TREE.gpu_index("p0t0s0g0"), TREE.gpu_index("p0t1s0g0")),
+        3: (TREE.gpu_index("p0t0s0g0"), TREE.gpu_index("p1t1s0g0"))}
+    assert _probe_pair(TREE, roles.prefill, roles.reserved) == (0, 1)  # two prefill GPUs: an idle NVLink
+    mixed = assign_roles(TREE, "mixed", 0.5, 0)
+    assert sorted(kv_tier_pairs(TREE, mixed.prefill, mixed.decode)) == [0, 1, 2, 3]
+    assert _probe_pair(TREE, mixed.prefill, mixed.reserved) == (0, 2)
+    # one prefill GPU per server: the reserved server's NVLink is the idle path
+    sparse = np.array([0, 4, 8]), np.array([12, 13, 14, 15])
+    assert _probe_pair(TREE, *sparse) == (12, 13)
+
+
 # =========================================================================== emulation
 OFP_PORT, REST_PORT = 16663, 18090
 AGENT_PORT = 9470
@@ -323,6 +470,36 @@ def test_greedy_background_flow_loads_core_link(fabric, executor):
     assert up_s <= 2 * poll + 0.5, "utilisation rose later than 2 poll intervals after the sender started"
     assert low < 0.1 and down_s <= 2 * poll + 0.5
     assert res is not None and res["mbit_s"] > 0.8 * fabric.topo.rates_mbit["nic"]
+
+
+@pytest.mark.emulation
+def test_flow_slots_switch_decode_flap_at_once(fabric, executor):
+    """decode-flap on the fabric: prepare spawns its 64 flow slots before the clock; each switch
+    (32 stops, 32 starts) is signals only, and telemetry shows the congested half move."""
+    exp = _exp("decode-flap", params={"period": 8.0}, n=30)
+    acts = [a for a in exp.actions() if a.time_s < 8.0]
+    t0 = time.monotonic()
+    executor.prepare(exp.actions())
+    prepare_s = time.monotonic() - t0
+    first, switch = [[a for a in acts if a.time_s == t] for t in sorted({a.time_s for a in acts})[:2]]
+    assert len(first) == 32 and len(switch) == 64
+    timings = []
+    for batch in (first, switch):
+        t1 = time.monotonic()
+        executor.apply_batch(batch)
+        timings.append(time.monotonic() - t1)
+        time.sleep(2 * fabric.poll_interval_s + 0.3)
+        util = {k: v["utilisation"] for k, v in fabric.telemetry()["links"].items()
+                      if k.startswith("p") and k[2:5] == "t1-" and k.endswith(("s0g0", "s0g1", "s0g2", "s0g3"))}
+        hot = {k[:2] for k, u in util.items() if u > 0.8}
+        cold = {k[:2] for k, u in util.items() if u < 0.1}
+        assert hot == ({"p0", "p2"} if batch is first else {"p1", "p3"}), util
+        assert cold == {"p0", "p1", "p2", "p3"} - hot, util
+    stopped = [a.flow_id for a in switch if a.kind == "flow_stop"]
+    assert all((executor.flow_results[f] or {}).get("mbit_s", 0) > 0 for f in stopped)
+    print(f"\n[measured] decode-flap flow slots: prepare {prepare_s:.2f} s ({len(executor._slots)} slots); "
+          f"first 32 starts {timings[0] * 1e3:.0f} ms; switch (32 stops + 32 starts) {timings[1] * 1e3:.0f} ms")
+    assert len(executor._slots) == 64 and max(timings) < 0.5
 
 
 @pytest.mark.emulation

@@ -45,37 +45,56 @@ def _no_foreign_fabric() -> None:
 
 
 def test_short_emulate_run_writes_every_result_file(tmp_path: Path, goodput_bounds) -> None:
+    """The default layout (prefill racks, decode servers, reserved servers as traffic sources),
+    decode-flap switching halves mid-replay (flow slots started by signal) and the inflight
+    oracle, on the fabric."""
     _no_foreign_fabric()
     out = tmp_path / "emu"
     res = subprocess.run(
-        [str(ROOT / "scripts" / "netkv"), "emulate", "--max-requests", "12", "--policies", "cache-load,netkv",
-         "--scenario", "hotspot", "--no-tune", "--no-progress", "--out", str(out), "--ofp-port", "16673",
-         "--rest-port", "18091"], capture_output=True, text=True, timeout=600)
+        [str(ROOT / "scripts" / "netkv"), "emulate", "--max-requests", "12", "--policies",
+         "cache-load,netkv:inflight,netkv", "--scenario", "decode-flap", "--scenario-param", "period=3",
+         "--set", "topology.nic_gbit_s=200", "--no-tune",
+         "--no-progress", "--out", str(out), "--ofp-port", "16673", "--rest-port", "18091"],
+        capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     for name in ("summary.json", "requests.csv", "calibration.json", "telemetry.csv", "link_utilisation.png",
                  "ttft_cdf.png", "ttft_bars.png", "slo_attainment.png", "transfer_by_tier.png"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"] == "emulate"
-    for name in ("cache-load", "netkv"):
+    assert summary["config"]["cluster_derived"]["reserved_gpus"] == 16
+    assert summary["emulation"]["hosts"] == {"agents": 48, "reserved_without_agent": 16}
+    for name in ("cache-load", "netkv:inflight", "netkv"):
         p = summary["policies"][name]
         assert p["requests"] == 12 and p["ttft_mean_s"] > 0
-    # evidence a user needs to trust the numbers
-    assert set(summary["calibration"]["tiers"]) == {"0", "1", "2", "3"}
-    for tier, t in summary["calibration"]["tiers"].items():
+        assert p["tier_histogram"][:2] == [0, 0]  # by-rack: prefill racks hold no decode instance
+    assert summary["policies"]["netkv:inflight"]["params"]["oracle"] == "inflight"
+    # evidence a user needs to trust the numbers: the tiers KV transfers take, calibrated
+    cal = summary["calibration"]
+    assert set(cal["tiers"]) == {"2", "3"} and set(cal["skipped_tiers"]) == {"0", "1"}
+    assert cal["tiers"]["2"]["src"] == "p0t0s0g0" and cal["tiers"]["2"]["dst"] == "p0t1s0g0"
+    for tier, t in cal["tiers"].items():
         floor, ceiling = goodput_bounds(tier)
         assert floor <= t["goodput_ratio"] <= ceiling, (tier, t["goodput_samples_mbit_s"])
     fid = summary["fidelity"]
     assert fid["probe"]["replies"] > 0 and "forwarding_saturated" in fid
-    assert set(summary["agreement"]) == {"cache-load"}
-    assert set(summary["simulate_reference"]) == {"cache-load", "netkv"}
+    assert fid["probe"]["src"] == "p0t0s0g0" and fid["probe"]["dst"] == "p0t0s0g1"  # an idle NVLink
+    assert fid["background_load"]["peak_flows"] == 32 and fid["background_load"]["peak_mbit_x_bridges"] == 40.0
+    assert set(summary["agreement"]) == {"cache-load", "netkv:inflight"}
+    assert set(summary["simulate_reference"]) == {"cache-load", "netkv:inflight", "netkv"}
+    assert set(summary["ablation"]["vs"]) == {"cache-load", "netkv:inflight"}
     for tier, t in summary["transfer_agreement"].items():
         assert t["transfers_emulate"] > 0 and t["ratio"] == pytest.approx(t["emulate_ms"] / t["simulate_ms"])
-    # telemetry saw the hotspot's background load on pod 1's core links
+    # telemetry saw decode-flap's halves in turn: the decode NICs of pods 0 and 2, then 1 and 3
     lines = (out / "telemetry.csv").read_text().splitlines()
     assert lines[0] == "policy,time_s,link,utilisation"
-    busy = [float(l.split(",")[3]) for l in lines[1:] if l.split(",")[2].startswith("c") and "->p1a" in l.split(",")[2]]
-    assert busy and max(busy) > 0.8
+    hot: dict[str, list[float]] = {}
+    for line in lines[1:]:
+        _, t, link, util = line.split(",")  # (t < 0: the fabric before the replay's clock started)
+        if float(t) >= 0 and float(util) > 0.8 and "t1->p" in link and link.split("->")[1][4:6] == "s0":
+            hot.setdefault(link[:2], []).append(float(t))
+    assert set(hot) == {"p0", "p1", "p2", "p3"}, sorted(hot)
+    assert min(hot["p1"]) > min(hot["p0"]) + 1.0  # pods 1 and 3 a half period later
     _assert_nothing_left(FatTree())
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from scheduler.metrics import SloConfig, compare, percentile, slo_attainment_curve, summarize_policy
@@ -39,13 +40,39 @@ def four_records() -> list[RequestRecord]:
 # -- SloConfig / percentile ----------------------------------------------------------------------
 def test_slo_defaults_and_validation() -> None:
     assert SloConfig() == SloConfig(ttft_s=2.0, tbt_ms=100.0)
-    assert SloConfig(1.0, 50.0).scaled(2.0) == SloConfig(2.0, 100.0)
+    assert SloConfig(1.0, 50.0).scaled(2.0) == SloConfig(2.0, 100.0, "fixed", 0.4, 0.13)
+    with pytest.raises(ValueError, match="definition"):
+        SloConfig(definition="vibes")
     with pytest.raises(ValueError):
         SloConfig(ttft_s=0.0)
     with pytest.raises(ValueError):
         SloConfig(tbt_ms=-1.0)
     with pytest.raises(ValueError):
         SloConfig().scaled(0.0)
+
+
+def test_slo_definitions_on_a_hand_case() -> None:
+    """fixed: TTFT <= 2 s and TBT <= 100 ms; ttft-only: TTFT alone; per-request: TTFT <= 0.2 s +
+    0.065 ms x prompt tokens (a 10k-token prompt: 0.85 s) and TBT."""
+    from scheduler.metrics import attainment, summarize_policy
+
+    def r(i, tokens, ttft, tbt):
+        return rec(req_id=i, input_tokens=tokens, ttft_s=ttft, tbt_mean_ms=tbt)
+
+    recs = [r(0, 10_000, 0.8, 50.0),    # meets all three
+            r(1, 10_000, 0.9, 50.0),    # misses only per-request (limit 0.85 s)
+            r(2, 40_000, 1.5, 50.0),    # per-request limit 2.8 s: meets all
+            r(3, 1_000, 1.0, 150.0),    # TBT too slow: only ttft-only
+            r(4, 60_000, 3.0, 50.0)]    # misses fixed (> 2 s), meets per-request (4.1 s)
+    slo = SloConfig()
+    assert attainment(recs, slo, "fixed") == pytest.approx(3 / 5)
+    assert attainment(recs, slo, "ttft-only") == pytest.approx(4 / 5)
+    assert attainment(recs, slo, "per-request") == pytest.approx(3 / 5)
+    assert slo.ttft_limits(np.array([10_000]), "per-request")[0] == pytest.approx(0.85)
+    s = summarize_policy(recs, SloConfig(definition="per-request"))
+    assert s["slo_definition"] == "per-request" and s["slo_attainment"] == pytest.approx(3 / 5)
+    assert s["slo_attainment_by_definition"] == {"fixed": pytest.approx(0.6), "ttft-only": pytest.approx(0.8),
+                                                 "per-request": pytest.approx(0.6)}
 
 
 def test_percentile_hand_values() -> None:

@@ -48,6 +48,7 @@ class FakeAgents:
         self.time_scale = 1.0
         self.engines: dict[int, ComputeEngine] = {}
         self.commands: list[Message] = []
+        self.schedules: list[tuple[int, list]] = []  # layer-wise streams: (transfer id, layer schedule)
         self.resets = 0
 
     def _emit(self, gpu: int, msg: Message) -> None:
@@ -80,11 +81,23 @@ class FakeAgents:
         self.commands.append(cmd)
         self.engines[dst].expect(cmd)
 
-    def _stream(self, src: int, cmd: Message) -> None:
-        dst, nbytes = cmd["dst_gpu"], cmd["bytes"]
+    def _cost(self, src: int, dst: int, nbytes: float) -> float:
         real = nbytes / self.byte_scale
-        dur = float(self.oracle.cost(OracleQuery(src, np.array([dst]), np.array([real]), 0.0))[0])
+        return float(self.oracle.cost(OracleQuery(src, np.array([dst]), np.array([real]), 0.0))[0])
+
+    def _stream(self, src: int, cmd: Message) -> None:
+        """Deliver after the idle cost of the bytes; a layer-wise stream (``layer_schedule``) on
+        one bottleneck ends at max over its steps of (release time + cost of the bytes not yet
+        released before it), the fluid model of a link fed step by step."""
+        dst, nbytes, ts = cmd["dst_gpu"], cmd["bytes"], self.time_scale
         t0 = time.time()
+        wall = ts * self._cost(src, dst, nbytes)  # wall seconds: the fabric runs time_scale x slower
+        schedule = cmd.get("layer_schedule")
+        if schedule is not None:
+            released = [0] + [b for _, b in schedule[:-1]]
+            wall = max(t + ts * self._cost(src, dst, nbytes - before)
+                       for (t, _), before in zip(schedule, released)) - t0
+            self.schedules.append((cmd["transfer_id"], schedule))
 
         def arrive() -> None:
             base = {"transfer_id": cmd["transfer_id"], "request_id": cmd["request_id"], "bytes": nbytes}
@@ -95,7 +108,7 @@ class FakeAgents:
             self._emit(dst, {"ev": "received", **base, "t_start": t0, "t_end": t1, "role": "recv"})
             self.engines[dst].kv_received(cmd["transfer_id"], t1)
 
-        threading.Timer(dur * self.time_scale, arrive).start()
+        threading.Timer(max(wall, 0.0), arrive).start()
 
     def close(self) -> None:
         for eng in self.engines.values():
@@ -154,6 +167,79 @@ def test_realtime_replay_matches_the_simulator_on_an_idle_fabric(policy):
         assert r.transfer_s == pytest.approx(s.transfer_s, abs=0.03)
         assert r.ttft_s == pytest.approx(s.ttft_s, abs=0.05)
     assert max(replay.lag_s) < 0.2
+
+
+@pytest.mark.parametrize("nic_gbit_s", [400, 20])
+def test_layer_wise_streaming_replay_matches_the_simulator(nic_gbit_s):
+    """timing.kv_streaming = layer-wise: the prefill agents stream each layer's KV as it is
+    computed (a schedule of model.layers steps from the first layer's end to the prefill's end),
+    and the replay's records follow the simulator's rate-capped flows, with a fast network
+    (only the last layer's bytes move after the prefill: well under a ms) and with a slow one (the
+    network, not the prefill, is the bottleneck: the transfer ends tens of ms after the prefill)."""
+    cfg = build_config(overrides=[f"topology.nic_gbit_s={nic_gbit_s}", "timing.kv_streaming=layer-wise"])
+    reqs = _requests(n=5, gap=0.5)
+    agents = FakeAgents(FatTree(cfg.topology), byte_scale=1e-3)
+    replay = _replay(cfg, reqs, "round-robin", agents, 1e-3)
+    try:
+        recs = replay.run()
+    finally:
+        agents.close()
+    sim = Simulator(cfg, reqs, REGISTRY["round-robin"](), oracle_kind="static").run()
+    after = Simulator(build_config(overrides=[f"topology.nic_gbit_s={nic_gbit_s}"]), reqs,
+                      REGISTRY["round-robin"](), oracle_kind="static").run()
+    layers = cfg.model.layers
+    assert [tid for tid, _ in agents.schedules] == [replay.tid_base + i for i in range(len(reqs))]
+    for (_, sched), r in zip(agents.schedules, recs):
+        assert len(sched) == layers and sched[-1][1] == max(round(r.kv_bytes * 1e-3), 1)
+        steps = np.diff([t for t, _ in sched])
+        assert steps == pytest.approx(np.full(layers - 1, r.prefill_s / layers), abs=1e-6)
+    for r, s, a in zip(recs, sim, after):
+        assert r.prefill_s == pytest.approx(s.prefill_s, abs=1e-6)
+        assert r.transfer_s == pytest.approx(s.transfer_s, abs=0.03)
+        assert r.ttft_s == pytest.approx(s.ttft_s, abs=0.05)
+        assert s.transfer_s < a.transfer_s  # the streaming hid part of the transfer
+    if nic_gbit_s < 100:  # network-bound: streaming from the first layer on hides a third of it
+        assert min(s.transfer_s for s in sim) > 0.01
+    else:  # only the last layer's bytes are left after the prefill (after-prefill: 2-7 ms)
+        assert max(s.transfer_s for s in sim) < 0.001
+
+
+class BatchActions:
+    """An executor that takes one instant's actions together (as the fabric's does)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, list]] = []
+
+    def apply(self, action) -> None:
+        raise AssertionError("apply_batch is there: actions must come in batches")
+
+    def apply_batch(self, actions) -> None:
+        self.batches.append((time.monotonic(), list(actions)))
+
+
+def test_scenario_actions_of_one_instant_reach_the_executor_together():
+    """The replay hands each instant's actions to the executor in one batch, in the scenario's
+    order (stops before starts), both the pre-roll (t <= 0) and the ones released mid-run."""
+    from scheduler.scenario import Action
+
+    cfg = build_config(overrides=MIXED)
+    acts = [Action(0.0, "flow_start", "a", 0, 5), Action(0.0, "flow_start", "b", 1, 6),
+            Action(0.3, "flow_stop", "a", 0, 5), Action(0.3, "flow_stop", "b", 1, 6),
+            Action(0.3, "flow_start", "c", 2, 7), Action(0.6, "link_capacity", links=(3,), factor=0.5)]
+    agents = FakeAgents(FatTree(cfg.topology), byte_scale=1e-6)
+    executor = BatchActions()
+    replay = RealtimeReplay(cfg, _requests(4), REGISTRY["round-robin"](), acts, agents, executor,
+                            TelemetryHistory(), Clock(1.0), byte_scale=1e-6, preroll_s=0.05)
+    try:
+        replay.run()
+    finally:
+        agents.close()
+    got = [[(a.time_s, a.kind, a.flow_id) for a in batch] for _, batch in executor.batches]
+    assert got == [[(0.0, "flow_start", "a"), (0.0, "flow_start", "b")],
+                   [(0.3, "flow_stop", "a"), (0.3, "flow_stop", "b"), (0.3, "flow_start", "c")],
+                   [(0.6, "link_capacity", None)]]
+    (t0, _), (t1, _), (t2, _) = executor.batches
+    assert t2 - t1 == pytest.approx(0.3, abs=0.05)  # each batch when its instant comes
 
 
 def test_busy_instances_queue_and_batch_like_the_simulator():

@@ -284,3 +284,39 @@ def test_fetch_snapshot_connection_refused() -> None:
     url = f"http://127.0.0.1:{port}/netkv/telemetry"
     with pytest.raises(TelemetryUnavailable, match=f"127.0.0.1:{port}"):
         fetch_snapshot(url, timeout_s=0.5)
+
+
+def test_poller_stamps_snapshots_taken_before_the_replay_clock_started(tree: FatTree) -> None:
+    """The emulate poller (hosts.emulation.TelemetryPoller): while a replay prepares (flow slots,
+    pre-roll, agent reset) its clock has not started; the newest snapshot of that time enters the
+    history stamped before 0 once it starts, the later ones at their virtual times."""
+    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
+    from hosts.emulation import TelemetryPoller
+    from scheduler.realtime import Clock
+    from scheduler.telemetry import TelemetryHistory
+
+    lt = LinkTelemetry(tree)
+
+    class Fab:
+        def telemetry(self, timeout_s: float = 1.0) -> dict:
+            return {**lt.snapshot(), "time": time.time()}  # a fresh controller poll every call
+
+    class Exe:
+        def capacity_factor(self) -> np.ndarray:
+            return np.ones(tree.n_links + 1)
+
+    nominal = {tree.link_name(i): float(tree.capacity[i] * 8) for i in range(tree.n_links)}
+    poller = TelemetryPoller(Fab(), tree, nominal, interval_s=0.05)
+    clock, history = Clock(1.0), TelemetryHistory()
+    poller.attach("p", clock, history, Exe())
+    poller.start()
+    try:
+        time.sleep(0.4)  # polls while the clock has not started: held back
+        assert len(history) == 0 and poller.rows == []
+        clock.start()
+        time.sleep(0.3)
+    finally:
+        poller.stop()
+    times = [r[1] for r in poller.rows]
+    assert times[0] < 0 <= times[1] and times == sorted(times), times
+    assert -0.1 < times[0] and len(history) == len(times)

@@ -20,7 +20,11 @@ def best_prefill(ctx: DecisionContext, turn: int) -> int:
     ``turn`` (like a router breaking ties round-robin), so an idle cluster does not pile every
     request onto the lowest-numbered instance and its links."""
     est = ctx.prefill_estimate_s
-    ties = np.flatnonzero(est <= est.min() + TIE_TOLERANCE_S)
+    best = int(est.argmin())
+    near = est <= est[best] + TIE_TOLERANCE_S
+    if np.count_nonzero(near) == 1:  # the usual case: no tie, the minimum alone
+        return best
+    ties = near.nonzero()[0]
     return int(ties[turn % ties.size])
 
 
@@ -34,11 +38,10 @@ class CacheLoad(Policy):
     def choose(self, ctx: DecisionContext) -> Decision:
         self.turn += 1
         p = best_prefill(ctx, self.turn)
-        return Decision(p, int(np.argmin(decode_score(ctx, self.weight))))
+        return Decision(p, int(decode_score(ctx, self.weight).argmin()))
 
 
 def decode_score(ctx: DecisionContext, load_weight: float) -> np.ndarray:
     """cache-load's decode score, lower is better: the fraction of the prompt's KV a candidate
     lacks (0..1) + ``load_weight`` x its load fraction."""
-    miss = 1.0 - ctx.decode_cached_tokens / max(ctx.request.input_tokens, 1)
-    return miss + load_weight * ctx.decode_load
+    return ctx.decode_miss + load_weight * ctx.decode_load

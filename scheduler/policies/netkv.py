@@ -7,8 +7,6 @@ is a choice (``netkv:static``, ``netkv:inflight``, ``netkv:perfect``; default ``
 the same greedy isolates what each kind of network information buys."""
 from __future__ import annotations
 
-import numpy as np
-
 from scheduler.cluster import Decision, DecisionContext
 from scheduler.policies.base import Policy
 from scheduler.policies.cache_load import best_prefill
@@ -26,4 +24,4 @@ class NetKV(Policy):
         self.turn += 1
         p = best_prefill(ctx, self.turn)
         score = ctx.transfer_cost_s(p) + self.weight * ctx.decode_load
-        return Decision(p, int(np.argmin(score)))
+        return Decision(p, int(score.argmin()))

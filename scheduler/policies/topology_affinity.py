@@ -30,10 +30,19 @@ class TopologyAffinity(Policy):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._scores = np.array(TIER_SCORES)
+        self._bonus: dict[int, tuple[np.ndarray, float, np.ndarray]] = {}  # p -> (tiers, weight, bonus)
+
+    def affinity_bonus(self, ctx: DecisionContext, p: int) -> np.ndarray:
+        """weight x llm-d's tier score of every decode candidate from prefill instance ``p``;
+        static per cluster, so memoised (against the cluster's tier array and the weight)."""
+        tiers = ctx.decode_tiers(p)
+        hit = self._bonus.get(p)
+        if hit is None or hit[0] is not tiers or hit[1] != self.weight:
+            hit = self._bonus[p] = (tiers, self.weight, self.weight * self._scores[tiers])
+        return hit[2]
 
     def choose(self, ctx: DecisionContext) -> Decision:
         self.turn += 1
         p = best_prefill(ctx, self.turn)
         load_weight = self.inherited.get("load_weight", CacheLoad.default_weight)
-        affinity = self._scores[ctx.decode_tiers(p)]
-        return Decision(p, int(np.argmin(decode_score(ctx, load_weight) - self.weight * affinity)))
+        return Decision(p, int((decode_score(ctx, load_weight) - self.affinity_bonus(ctx, p)).argmin()))
