@@ -251,7 +251,7 @@ def _matrix_table(plan: Plan, results: dict, section: str) -> list[str]:
         return []
     names = [n for n in HEADLINE_POLICIES.split(",") if any(n in results["cells"][i]["policies"] for i, _ in rows)]
     head = ["scenario", *names, "live vs static", "live vs topology-affinity", "live vs perfect",
-            "vs cache-load", "vs round-robin", "SLO pp vs cache-load", "TBT ms vs cache-load", "netkv tiers 2/3"]
+            "vs cache-load", "vs round-robin", "SLO pp vs cache-load", "TBT ms vs cache-load", "netkv tiers 0/1/2/3"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for i, c in rows:
         p = results["cells"][i]["policies"]
@@ -266,7 +266,7 @@ def _matrix_table(plan: Plan, results: dict, section: str) -> list[str]:
                  _f(_pct(live, _ttft(p, "round-robin")), "+.1f") + "%",
                  _f(100 * (p["netkv"]["slo_attainment"] - cl.get("slo_attainment", math.nan)), "+.1f"),
                  _f(p["netkv"]["tbt_mean_ms"] - cl.get("tbt_mean_ms", math.nan), "+.2f"),
-                 f"{hist[2]}/{hist[3]}"]
+                 "/".join(str(h) for h in hist)]
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -276,6 +276,7 @@ def _sweep_section(plan: Plan, spec: SweepSpec, results: dict, fig_dir: Path) ->
     table = sw.rows(s, results["sweeps"][spec.key])
     target = "netkv"
     agg = sw.aggregate(s, table, target)
+    results.setdefault("_agg", {})[spec.key] = agg["vs"]
     cmd = spec.command(plan.trace, plan.sweep_requests, plan.seeds)
     png = fig_dir / f"{spec.key}.png"
     png.write_bytes(sw.plot(s, agg, cmd, target))
@@ -393,7 +394,14 @@ def _no_help(plan: Plan, results: dict) -> list[str]:
         gain = _pct(live, best)
         if math.isfinite(gain) and gain > -1.0:
             out.append(f"- {c.scenario} ({c.label}): netkv {_f(live, '.3f')} s against the best static scheduler's "
-                       f"{_f(best, '.3f')} s ({gain:+.1f}%)")
+                       f"{_f(best, '.3f')} s ({gain:+.1f}%)" + (": **netkv is slower**" if gain > 0.5 else ""))
+    for spec in plan.sweeps:  # sweep points where netkv loses to a static scheduler
+        agg_vs = results.get("_agg", {}).get(spec.key, {})
+        for base, d in agg_vs.items():
+            for v, (m, hw) in zip(spec.values, d["ttft_mean_pct"]):
+                if math.isfinite(m) and m > 0.5 and base in ("cache-load", "topology-affinity", "netkv:static"):
+                    out.append(f"- sweep {spec.key}, {spec.param} = {v:g}: netkv {m:+.1f}% (+-{hw:.1f}) against {base}: "
+                               f"**netkv is slower**")
     return out or ["- (every run gained at least 1%)"]
 
 
