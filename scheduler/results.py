@@ -14,6 +14,7 @@ sweeps).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -122,9 +123,9 @@ class Plan:
 
 
 def make_plan(quick: bool = False, max_requests: int | None = None, scenarios: list[str] | None = None,
-              trace: str | None = None) -> Plan:
+              trace: str | None = None, overrides: tuple[str, ...] = ()) -> Plan:
     """What the report runs. ``max_requests`` caps every window (tests), ``scenarios`` restricts the
-    headline matrix."""
+    headline matrix, ``overrides`` (``--set``) apply to every run."""
     trace = trace if trace is not None else (str(TRACE) if TRACE.exists() else None)
     names = list(scenarios or (QUICK_SCENARIOS if quick else SCENARIOS))
     headline = max_requests or (2000 if quick else None)
@@ -157,6 +158,10 @@ def make_plan(quick: bool = False, max_requests: int | None = None, scenarios: l
                   [0.0, 5.0] if quick else [0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0], flap,
                   policies="netkv,netkv:perfect,cache-load", shadow=True),
     ]
+    if overrides:
+        plan.cells = [dataclasses.replace(c, overrides=(*overrides, *c.overrides)) for c in plan.cells]
+        for spec in plan.sweeps:
+            spec.overrides = (*overrides, *spec.overrides)
     return plan
 
 
@@ -428,13 +433,14 @@ def write_report(out_md: Path, text_fn, fig_names: list[str] | None = None) -> N
 
 
 def generate(out_md: Path, quick: bool = False, jobs: int | None = None, max_requests: int | None = None,
-             scenarios: list[str] | None = None, progress: bool = True, log=print, command: str = "netkv report") -> Path:
+             scenarios: list[str] | None = None, progress: bool = True, log=print, command: str = "netkv report",
+             overrides: tuple[str, ...] = ()) -> Path:
     for sc in scenarios or []:
         if sc not in SCENARIOS:
             raise ReportError(f"--scenarios: {sc!r} is not a built-in scenario ({', '.join(SCENARIOS)})")
     if max_requests is not None and max_requests < 1:
         raise ReportError(f"--max-requests must be >= 1, got {max_requests}")
-    plan = make_plan(quick, max_requests, scenarios)
+    plan = make_plan(quick, max_requests, scenarios, overrides=tuple(overrides))
     log(f"report: {len(plan.cells)} runs and {sum(len(s.values) for s in plan.sweeps) * len(plan.seeds)} sweep "
         f"points on {jobs or os.cpu_count()} processes")
     t0 = time.perf_counter()

@@ -279,7 +279,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()] if args.scenarios else None
     path = generate(Path(args.out), args.quick, args.jobs, args.max_requests, scenarios, not args.no_progress,
-                    lambda m: print(m, file=sys.stderr), command="netkv " + " ".join(sys.argv[1:]))
+                    lambda m: print(m, file=sys.stderr), command="netkv " + " ".join(sys.argv[1:]),
+                    overrides=tuple(args.overrides or ()))
     print(f"report: {path} (figures in {path.parent / path.stem})")
     return EXIT_OK
 
@@ -321,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per core)")
     p.add_argument("--max-requests", type=int, default=None, help="cap every window (a smoke run)")
     p.add_argument("--scenarios", default=None, metavar="A,B", help="restrict the headline matrix")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", dest="overrides",
+                   help="override a constant in every run (repeatable)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("staleness", help="sweep telemetry staleness for netkv: TTFT and tier-ranking robustness")
