@@ -437,7 +437,7 @@ def agreement(emu: dict, sim: dict, target: str = "netkv") -> dict:
     out = {}
     ce, cs = compare(emu, target), compare(sim, target)
     for base in ce:
-        e, s = ce[base]["ttft_mean_s"], cs.get(base, {}).get("ttft_mean_s", float("nan"))
+        e, s = ce[base]["ttft_mean_pct"], cs.get(base, {}).get("ttft_mean_pct", float("nan"))
         ratio = max(abs(e), abs(s)) / max(min(abs(e), abs(s)), 1e-9)
         out[base] = {"emulate_pct": e, "simulate_pct": s, "same_sign": bool(np.sign(e) == np.sign(s)),
                      "magnitude_ratio": ratio, "within_1_5x": bool(ratio <= 1.5)}

@@ -266,9 +266,9 @@ def compare(policies: dict[str, dict], target: str = "netkv") -> dict[str, dict]
 
     ``policies`` maps policy name to a ``summarize_policy`` output. Each value holds:
 
-    - ``ttft_mean_s``, ``ttft_p99_s``, ``tbt_mean_ms``: relative change in percent,
+    - ``ttft_mean_pct``, ``ttft_p99_pct``, ``tbt_mean_pct``: relative change in percent,
       ``100 * (target - baseline) / baseline`` (negative = target is faster);
-    - ``slo_attainment``: difference in percentage points, ``100 * (target - baseline)``
+    - ``slo_attainment_pp``: difference in percentage points, ``100 * (target - baseline)``
       (positive = target meets the SLO more often);
     - ``tbt_mean_delta_ms``: absolute difference of mean TBT in ms (target - baseline), the
       "TBT overhead" the paper bounds by 0.5 ms.
@@ -283,9 +283,9 @@ def compare(policies: dict[str, dict], target: str = "netkv") -> dict[str, dict]
     for name, base in policies.items():
         if name == target:
             continue
-        row = {key: _relative_pct(_num(t, key), _num(base, key)) for key in RELATIVE_METRICS}
+        row = {f"{key.rsplit('_', 1)[0]}_pct": _relative_pct(_num(t, key), _num(base, key)) for key in RELATIVE_METRICS}
         ta, ba = _num(t, "slo_attainment"), _num(base, "slo_attainment")
-        row["slo_attainment"] = 100.0 * (ta - ba) if math.isfinite(ta) and math.isfinite(ba) else float("nan")
+        row["slo_attainment_pp"] = 100.0 * (ta - ba) if math.isfinite(ta) and math.isfinite(ba) else float("nan")
         tt, bt = _num(t, "tbt_mean_ms"), _num(base, "tbt_mean_ms")
         row["tbt_mean_delta_ms"] = tt - bt if math.isfinite(tt) and math.isfinite(bt) else float("nan")
         out[name] = row

@@ -143,7 +143,7 @@ def _log_minor_tick_label(value: float, _pos: int) -> str:
 
 
 def _plot_ttft_cdf(path: Path, records: dict[str, list[RequestRecord]], slo: SloConfig,
-                   colours: dict[str, str]) -> None:
+                   colours: dict[str, str], target: str = TARGET_POLICY) -> None:
     fig = _new_figure(7.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     drawn = False
@@ -152,7 +152,7 @@ def _plot_ttft_cdf(path: Path, records: dict[str, list[RequestRecord]], slo: Slo
         if ttft.size == 0:
             continue
         y = np.arange(1, ttft.size + 1) / len(recs)  # unfinished requests keep the CDF below 1
-        ax.step(ttft, y, where="post", color=colours[name], label=f"{name} (n={len(recs)})", **_style(name))
+        ax.step(ttft, y, where="post", color=colours[name], label=f"{name} (n={len(recs)})", **_style(name, target))
         drawn = True
     ax.axvline(slo.ttft_s, color="black", linestyle="--", linewidth=1.0, label=f"TTFT SLO {slo.ttft_s:g} s")
     if drawn:
@@ -169,7 +169,8 @@ def _plot_ttft_cdf(path: Path, records: dict[str, list[RequestRecord]], slo: Slo
     _save(fig, path)
 
 
-def _plot_ttft_bars(path: Path, summaries: dict[str, dict], colours: dict[str, str]) -> None:
+def _plot_ttft_bars(path: Path, summaries: dict[str, dict], colours: dict[str, str],
+                    target: str = TARGET_POLICY) -> None:
     fig = _new_figure(max(6.0, 2.0 + 1.1 * len(summaries)), 4.5)
     ax = fig.add_subplot(1, 1, 1)
     metrics = (("ttft_mean_s", "mean"), ("ttft_p99_s", "p99"))
@@ -180,7 +181,7 @@ def _plot_ttft_bars(path: Path, summaries: dict[str, dict], colours: dict[str, s
         values = [s[key] for key, _ in metrics]
         heights = [v if math.isfinite(v) else 0.0 for v in values]
         bars = ax.bar(x - 0.4 + width * (i + 0.5), heights, width, color=colours[name], label=name,
-                      edgecolor="black" if name == TARGET_POLICY else None)
+                      edgecolor="black" if name == target else None)
         ax.bar_label(bars, labels=[f"{v:.3g}" if math.isfinite(v) else "n/a" for v in values],
                      fontsize="x-small", padding=2)
     ax.set_xticks(x, [label for _, label in metrics])
@@ -200,7 +201,7 @@ SLO_PANELS = (("fixed", "TTFT {ttft:g} s and mean TBT {tbt:g} ms"), ("ttft-only"
 
 
 def _plot_slo_attainment(path: Path, records: dict[str, list[RequestRecord]], slo: SloConfig,
-                         colours: dict[str, str]) -> None:
+                         colours: dict[str, str], target: str = TARGET_POLICY) -> None:
     """Attainment against SLO strictness, one panel per SLO definition; the y-axis spans the data
     (differences live near the top), the default definition's panel is marked."""
     fig = _new_figure(15.0, 4.6)
@@ -211,7 +212,7 @@ def _plot_slo_attainment(path: Path, records: dict[str, list[RequestRecord]], sl
             curve = np.array(slo_attainment_curve(recs, slo, SLO_SCALES, definition), dtype=float) * 100.0
             if np.isfinite(curve).any():
                 lo = min(lo, float(np.nanmin(curve)))
-            ax.plot(SLO_SCALES, curve, marker="o", markersize=3, color=colours[name], label=name, **_style(name))
+            ax.plot(SLO_SCALES, curve, marker="o", markersize=3, color=colours[name], label=name, **_style(name, target))
         ax.axvline(1.0, color="black", linestyle="--", linewidth=1.0)
         ax.set_xscale("log", base=2)
         ax.set_xticks([0.25, 0.5, 1, 2, 4], ["0.25x", "0.5x", "1x", "2x", "4x"])
@@ -352,7 +353,7 @@ def _check_extra_names(extra_files: dict[str, bytes]) -> None:
 
 
 def write_results(out_dir: Path, summary: dict, records: dict[str, list[RequestRecord]], slo: SloConfig,
-                  extra_files: dict[str, bytes] | None = None) -> Path:
+                  extra_files: dict[str, bytes] | None = None, target: str = TARGET_POLICY) -> Path:
     """Write a complete result folder at ``out_dir`` and return it.
 
     Contents: ``summary.json`` (``summary`` as strict JSON, NaN -> null), ``requests.csv`` (one
@@ -382,11 +383,11 @@ def write_results(out_dir: Path, summary: dict, records: dict[str, list[RequestR
     try:
         (tmp / "summary.json").write_text(dumps_json(summary))
         _write_csv(tmp / "requests.csv", records)
-        colours = policy_colours(list(records))
+        colours = policy_colours(list(records), target)
         summaries = {name: summarize_policy(recs, slo) for name, recs in records.items()}
-        _plot_ttft_cdf(tmp / "ttft_cdf.png", records, slo, colours)
-        _plot_ttft_bars(tmp / "ttft_bars.png", summaries, colours)
-        _plot_slo_attainment(tmp / "slo_attainment.png", records, slo, colours)
+        _plot_ttft_cdf(tmp / "ttft_cdf.png", records, slo, colours, target)
+        _plot_ttft_bars(tmp / "ttft_bars.png", summaries, colours, target)
+        _plot_slo_attainment(tmp / "slo_attainment.png", records, slo, colours, target)
         _plot_transfer_by_tier(tmp / "transfer_by_tier.png", summaries, colours)
         for name, data in extra_files.items():
             (tmp / name).write_bytes(data)
@@ -497,9 +498,9 @@ def format_table(summary: dict, target: str = TARGET_POLICY) -> str:
         out.append("")
         for base, c in comparison.items():
             head = f"{target} vs {base}: "
-            ttft = (f"mean TTFT {_signed(c['ttft_mean_s'], '.1f', '%')}, "
-                    f"p99 TTFT {_signed(c['ttft_p99_s'], '.1f', '%')}, ")
-            rest = (f"SLO attainment {_signed(c['slo_attainment'], '.1f', ' pp')}, "
+            ttft = (f"mean TTFT {_signed(c['ttft_mean_pct'], '.1f', '%')}, "
+                    f"p99 TTFT {_signed(c['ttft_p99_pct'], '.1f', '%')}, ")
+            rest = (f"SLO attainment {_signed(c['slo_attainment_pp'], '.1f', ' pp')}, "
                     f"mean TBT {_signed(c['tbt_mean_delta_ms'], '.2f', ' ms')}")
             if len(head) + len(ttft) + len(rest) <= TABLE_WIDTH:
                 out.append(head + ttft + rest)
@@ -509,11 +510,11 @@ def format_table(summary: dict, target: str = TARGET_POLICY) -> str:
     elif len(policies) > 1:
         out.append("")
         out.append(f"(no {target!r} policy: no comparison lines)")
-    abl = summary.get("ablation") or ablation(policies, target)
+    abl = summary.get("ablation") or ablation(policies)
     if abl and abl.get("vs"):
         out.append("")
         parts = [f"{_signed(v['ttft_mean_pct'], '.1f', '%')} vs {name}" for name, v in abl["vs"].items()]
-        out.append(f"ablation, {target} (live telemetry) mean TTFT: " + ", ".join(parts))
+        out.append(f"ablation, {abl.get('target', 'netkv')} (live telemetry) mean TTFT: " + ", ".join(parts))
         cap = abl.get("captured", float("nan"))
         if cap is not None and math.isfinite(cap):
             out.append(f"  live telemetry realises {100 * cap:.0f}% of perfect information's gain over the static oracle")

@@ -126,6 +126,8 @@ class Scenario:
     params: dict[str, float]
     events: list[dict]
     source: str
+    text: str = ""
+    """The scenario file's contents as loaded (copied beside the results as ``scenario.toml``)."""
 
     def describe(self) -> dict:
         """Summary for summary.json and the CLI."""
@@ -242,7 +244,14 @@ def load_scenario(name_or_path: str, tree: FatTree, overrides: dict[str, float] 
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
         raise ScenarioError(f"{file}: event: must be an array of tables ([[event]])")
     checked = [_check_event(ev, params, tree, f"{file}: event[{i}]") for i, ev in enumerate(events)]
-    return Scenario(name, _render(desc, params), params, checked, str(path))
+    return Scenario(name, _render(desc, params), params, checked, str(path), _read_text(path))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path.name}: cannot read: {exc}") from None
 
 
 def _read_toml(path: Path) -> dict:

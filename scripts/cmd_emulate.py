@@ -43,7 +43,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scripts.netkv import EXIT_BAD_INPUT, EXIT_FAILED, build_summary, check_out, default_out, prepare_from_args
+    from scripts.netkv import (EXIT_BAD_INPUT, EXIT_FAILED, build_summary, check_out, default_out, prepare_from_args,
+                              check_target, scenario_files)
 
     if not args.time_scale > 0:
         print(f"netkv emulate: error: --time-scale must be > 0, got {args.time_scale}", file=sys.stderr)
@@ -104,13 +105,15 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     extra = {"calibration.json": None, "telemetry.csv": ev.pop("telemetry_csv")}
     rows = ev.pop("telemetry_rows")
+    target = check_target(args)
     summary = build_summary("emulate", exp, info, policies, {
-        "comparison": compare(policies), "ablation": ablation(policies),
+        "comparison_target": target, "comparison": compare(policies, target), "ablation": ablation(policies),
         "fidelity": ev.get("fidelity"), "calibration": ev.get("calibration"),
         "emulation": {"scale": scale, "time_scale": args.time_scale, "fabric": ev.get("fabric"),
                       "hosts": ev.get("hosts")},
         "simulate_reference": ev.get("simulate_reference"), "agreement": ev.get("agreement"),
-        "transfer_agreement": ev.get("transfer_agreement")})
+        "transfer_agreement": ev.get("transfer_agreement")}, args)
+    extra.update(scenario_files(exp))
     extra["calibration.json"] = (json.dumps(ev.get("calibration"), indent=2, default=float) + "\n").encode()
     if rows:
         with tempfile.TemporaryDirectory() as tmp:
@@ -121,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
             util = np.stack([r[3] for r in keep])
             plot_link_heatmap(png, times, [exp.tree.link_name(i) for i in range(exp.tree.n_links)], util)
             extra["link_utilisation.png"] = png.read_bytes()
-    path = write_results(out, summary, records, exp.slo(), extra_files=extra)
-    print(format_table(summary))
+    path = write_results(out, summary, records, exp.slo(), extra_files=extra, target=target)
+    print(format_table(summary, target))
     cal = ev.get("calibration") or {}
     print("\ncalibration (idle fabric, per tier): " + "; ".join(
         f"tier {t}: goodput {100 * c['goodput_ratio']:.0f}% of {c['configured_mbit_s']:.1f} Mbit/s, "

@@ -72,6 +72,9 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-overlapping-tuning", action="store_true",
                    help="accept a trace too short to hold a tuning slice apart from the evaluated window (the "
                         "weights are then tuned on requests that are also evaluated; the results say so)")
+    p.add_argument("--target", default=None, metavar="POLICY",
+                   help="the policy compared against every other one (comparison lines, highlighted in the "
+                        "figures; one of --policies; default: netkv)")
     p.add_argument("--out", metavar="DIR", help="result folder (default: results/<timestamp>-<backend>-<scenario>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -85,6 +88,7 @@ def prepare_from_args(args: argparse.Namespace):
         overrides.append(f"oracle.kind={args.oracle}")
     cfg = build_config(args.model, args.gpu, overrides)
     weights = _parse_params(args.weight, "--weight")
+    check_target(args)
     exp, info = prepare(cfg, args.trace, args.scenario, args.policies, args.max_requests, args.seed,
                         _parse_params(args.scenario_param, "--scenario-param"), not args.no_tune, weights,
                         args.rate_scale, args.context_scale)
@@ -106,6 +110,16 @@ def prepare_from_args(args: argparse.Namespace):
               f"start at or after {exp.horizon_s:.0f} s, when the run's last request has long arrived: they never run",
               file=sys.stderr)
     return exp, info
+
+
+def check_target(args: argparse.Namespace) -> str:
+    """The comparison target: ``--target`` (which must name one of ``--policies``, as typed,
+    oracle suffix included) or netkv."""
+    names = [x.strip() for x in (args.policies or "").split(",") if x.strip()]
+    target = getattr(args, "target", None)
+    if target is not None and target not in names:
+        raise UsageError(f"--target {target!r} is not one of --policies ({', '.join(names)})")
+    return target or "netkv"
 
 
 def default_out(backend: str, scenario: str) -> Path:
@@ -132,8 +146,12 @@ def check_out(path: Path) -> None:
         raise UsageError(f"--out {path}: cannot create a folder in {existing}: {exc.strerror or exc}") from None
 
 
-def build_summary(backend: str, exp, info: dict, policies: dict, extra: dict | None = None) -> dict:
+def build_summary(backend: str, exp, info: dict, policies: dict, extra: dict | None = None,
+                  args: argparse.Namespace | None = None) -> dict:
+    """summary.json: ``backend``, ``provenance`` (command, commit, time, versions), ``config``
+    (every constant, derived topology and roles, scenario, trace, seed) and ``policies``."""
     from scheduler.cluster import Cluster
+    from scheduler.provenance import collect
 
     config = exp.cfg.to_dict()
     config["topology_derived"] = exp.tree.describe()
@@ -142,10 +160,17 @@ def build_summary(backend: str, exp, info: dict, policies: dict, extra: dict | N
     config["trace"] = info
     config["seed"] = exp.seed
     config["policies"] = [c.name for c in exp.policies]
-    summary = {"backend": backend, "config": config, "policies": policies}
+    summary = {"backend": backend,
+               "provenance": collect(getattr(args, "argv", None), getattr(args, "started", None)),
+               "config": config, "policies": policies}
     if extra:
         summary.update(extra)
     return summary
+
+
+def scenario_files(exp) -> dict[str, bytes]:
+    """The scenario file as it was loaded, for the result folder (``scenario.toml``)."""
+    return {"scenario.toml": exp.scenario.text.encode()} if exp.scenario.text else {}
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -163,10 +188,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         log(f"note: --context-scale {info['context_scale']:g}: {info['prompts_capped_at_context_window']} prompts "
             f"capped at the model's {exp.cfg.model.max_context_tokens}-token context window")
     policies, records = run_simulation(exp, progress=not args.no_progress, log=log)
-    summary = build_summary("simulate", exp, info, policies, {"comparison": compare(policies),
-                                                              "ablation": ablation(policies)})
-    path = write_results(out, summary, records, exp.slo())
-    print(format_table(summary))
+    target = check_target(args)
+    summary = build_summary("simulate", exp, info, policies, {"comparison_target": target,
+                                                              "comparison": compare(policies, target),
+                                                              "ablation": ablation(policies)}, args)
+    path = write_results(out, summary, records, exp.slo(), scenario_files(exp), target)
+    print(format_table(summary, target))
     print(f"\nresults: {path}")
     return EXIT_OK
 
@@ -217,6 +244,8 @@ def cmd_staleness(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else default_out("staleness", args.scenario)
     check_out(out)
+    if args.target is not None:
+        raise UsageError("--target: staleness always studies netkv (against netkv:perfect and cache-load)")
     values = sw.parse_values(args.values)
     if not all(isinstance(v, float) and v >= 0 for v in values):
         raise UsageError(f"--values {args.values!r}: expected non-negative seconds, e.g. 0,1,5")
@@ -249,6 +278,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_out(out)
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    target = check_target(args)
     sweep = sw.Sweep(args.param, sw.parse_values(args.values), sw.parse_seeds(args.seeds), _sweep_base(args))
     sw.validate(sweep)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
@@ -256,16 +286,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"scenario '{args.scenario}'")
     results = sw.run(sweep, args.jobs, progress=not args.no_progress, log=log)
     table = sw.rows(sweep, results)
-    agg = sw.aggregate(sweep, table)
-    text = sw.format_table(sweep, agg)
+    agg = sw.aggregate(sweep, table, target)
+    text = sw.format_table(sweep, agg, target)
     command = "netkv " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["sweep"] else f"netkv sweep --param {args.param}"
-    summary = {"kind": "sweep", "backend": "simulate", "command": command, "param": args.param,
+    summary = {"kind": "sweep", "backend": "simulate", "command": command, "comparison_target": target,
+               "param": args.param,
                "values": sweep.values, "seeds": sweep.seeds, "base": dataclasses.asdict(sweep.base),
                "aggregate": agg, "points": [{"value": v, "seed": s, "policies": results[(v, s)]}
                                             for v in sweep.values for s in sweep.seeds]}
     files = {"summary.json": dumps_json(summary).encode(), "sweep.csv": sw.csv_bytes(table),
              "sweep.txt": (text + "\n").encode(),
-             "sweep.png": sw.plot(sweep, agg, f"{command}")}
+             "sweep.png": sw.plot(sweep, agg, f"{command}", target)}
     path = write_files(out, files)
     print(text)
     print(f"\nresults: {path}")
@@ -289,8 +320,11 @@ OPTIONAL_COMMANDS = ("scripts.cmd_fabric", "scripts.cmd_emulate")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scheduler.provenance import version
+
     parser = argparse.ArgumentParser(prog="netkv", description="NetKV testbed: network-aware KV-cache scheduling "
                                      "for disaggregated LLM inference, simulated and emulated.")
+    parser.add_argument("--version", action="version", version=f"netkv {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     p = sub.add_parser("simulate", help="flow-level simulation of every policy (no root needed)")
@@ -359,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.started = dt.datetime.now(dt.timezone.utc)
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `netkv constants | head`: the reader left; leave quietly

@@ -335,3 +335,37 @@ def test_unknown_command_exits_2():
     res = netkv("frobnicate")
     assert res.returncode == 2
     assert "frobnicate" in res.stderr
+
+
+def test_result_folder_describes_itself(runs):
+    """summary.json says which command, code and versions made it; the scenario is copied beside it."""
+    res, out, _ = runs["a"]
+    assert res.returncode == 0, res.stderr
+    prov = json.loads((out / "summary.json").read_text())["provenance"]
+    assert prov["argv"] == simulate_args(out, "--no-tune", "--scenario", "hotspot")
+    assert prov["command"].startswith("netkv simulate ")
+    assert prov["started_utc"].endswith("+00:00")
+    assert prov["python"].count(".") == 2 and prov["packages"]["numpy"]
+    if (ROOT / ".git").exists():
+        assert len(prov["commit"]) == 40 and isinstance(prov["dirty"], bool)
+    assert (out / "scenario.toml").read_bytes() == (ROOT / "scenarios" / "hotspot.toml").read_bytes()
+
+
+def test_version_flag():
+    res = netkv("--version", timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith("netkv "), res.stderr
+
+
+def test_target_picks_the_comparison_and_must_be_a_policy(tmp_path):
+    out = tmp_path / "t"
+    res = netkv(*simulate_args(out, "--no-tune", "--policies", "cache-load,netkv,round-robin", "--target", "cache-load"))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["comparison_target"] == "cache-load"
+    assert set(summary["comparison"]) == {"netkv", "round-robin"}
+    assert "cache-load vs round-robin: mean TTFT" in res.stdout
+    assert summary["ablation"]["target"] == "netkv"  # the ablation is about netkv's oracle, whatever the target
+    bad = tmp_path / "bad"
+    res = netkv(*simulate_args(bad, "--no-tune", "--policies", "cache-load,netkv", "--target", "bogus"))
+    assert res.returncode == 2 and "--target 'bogus' is not one of --policies" in res.stderr
+    assert "Traceback" not in res.stderr and not bad.exists()

@@ -171,24 +171,24 @@ def test_compare_signs_and_units() -> None:
     out = compare(policies)
     assert set(out) == {"round_robin", "cache_load"}
     rr = out["round_robin"]
-    assert rr["ttft_mean_s"] == pytest.approx(-25.0)  # netkv faster: negative
-    assert rr["ttft_p99_s"] == pytest.approx(25.0)  # netkv slower in the tail: positive
-    assert rr["tbt_mean_ms"] == pytest.approx(0.5)  # relative %
+    assert rr["ttft_mean_pct"] == pytest.approx(-25.0)  # netkv faster: negative
+    assert rr["ttft_p99_pct"] == pytest.approx(25.0)  # netkv slower in the tail: positive
+    assert rr["tbt_mean_pct"] == pytest.approx(0.5)  # relative %
     assert rr["tbt_mean_delta_ms"] == pytest.approx(0.2)  # absolute ms
-    assert rr["slo_attainment"] == pytest.approx(20.0)  # percentage points
+    assert rr["slo_attainment_pp"] == pytest.approx(20.0)  # percentage points
     cl = out["cache_load"]
-    assert cl["ttft_mean_s"] == pytest.approx(50.0)
-    assert cl["ttft_p99_s"] == pytest.approx(0.0)
-    assert cl["slo_attainment"] == pytest.approx(-5.0)
+    assert cl["ttft_mean_pct"] == pytest.approx(50.0)
+    assert cl["ttft_p99_pct"] == pytest.approx(0.0)
+    assert cl["slo_attainment_pp"] == pytest.approx(-5.0)
 
 
 def test_compare_other_target_missing_values_and_absent_target() -> None:
     policies = {"a": _summary(1.0, 1.0, 0.0, NAN), "b": _summary(3.0, 2.0, 10.0, 0.5)}
     out = compare(policies, target="b")
-    assert out["a"]["ttft_mean_s"] == pytest.approx(200.0)
-    assert math.isnan(out["a"]["tbt_mean_ms"])  # baseline 0: no relative change
+    assert out["a"]["ttft_mean_pct"] == pytest.approx(200.0)
+    assert math.isnan(out["a"]["tbt_mean_pct"])  # baseline 0: no relative change
     assert out["a"]["tbt_mean_delta_ms"] == pytest.approx(10.0)
-    assert math.isnan(out["a"]["slo_attainment"])
+    assert math.isnan(out["a"]["slo_attainment_pp"])
     assert compare(policies) == {}  # no "netkv"
     assert compare({"netkv": _summary(1.0, 1.0, 1.0, 1.0)}) == {}
 
@@ -198,6 +198,6 @@ def test_compare_on_real_summaries() -> None:
     slow = [rec("rr", i, ttft_s=4.0 * r.ttft_s, tbt_mean_ms=r.tbt_mean_ms) for i, r in enumerate(four_records())]
     policies = {"rr": summarize_policy(slow, slo), "netkv": summarize_policy(four_records(), slo)}
     out = compare(policies)["rr"]
-    assert out["ttft_mean_s"] == pytest.approx(-75.0)
-    assert out["ttft_p99_s"] == pytest.approx(-75.0)
-    assert out["slo_attainment"] == pytest.approx(25.0)  # rr (TTFT >= 4 s) meets no request
+    assert out["ttft_mean_pct"] == pytest.approx(-75.0)
+    assert out["ttft_p99_pct"] == pytest.approx(-75.0)
+    assert out["slo_attainment_pp"] == pytest.approx(25.0)  # rr (TTFT >= 4 s) meets no request
