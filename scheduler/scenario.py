@@ -9,6 +9,9 @@ File format::
 
     name = "hotspot"                  # optional, defaults to the file name without .toml
     description = "one line"          # required: shown by `netkv scenarios`
+    written_for = { pods = 4 }        # optional: the fat-tree shape (topology.* fields) the events
+                                      #   are written for; on another shape the run is refused,
+                                      #   since the same host names would mean another traffic pattern
     [params]                          # optional numeric defaults, overridable from the CLI;
     period = 2.0                      # referenced as "$period" in any numeric event field,
                                       #   or in a sum of products ("$offset + 0.5 * $period"); the built-in
@@ -61,7 +64,9 @@ from topology.model import FatTree, TopologyError
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 """Built-in scenarios: ``<repo>/scenarios/<name>.toml``."""
 
-_TOP_KEYS = {"name", "description", "params", "event"}
+_TOP_KEYS = {"name", "description", "params", "event", "written_for"}
+_SHAPE_KEYS = ("pods", "tors_per_pod", "servers_per_tor", "gpus_per_server", "aggs_per_pod", "cores")
+"""Fields of ``topology`` a scenario's ``written_for`` may pin."""
 _EVENT_KEYS = {
     "flow": ({"kind", "src", "dst"}, {"at", "rate_gbit_s", "duration"}),
     "link": ({"kind", "link"}, {"at", "factor", "capacity_gbit_s", "state", "duration"}),
@@ -239,12 +244,34 @@ def load_scenario(name_or_path: str, tree: FatTree, overrides: dict[str, float] 
     desc = raw.get("description")
     if not isinstance(desc, str) or not desc.strip():
         raise ScenarioError(f"{file}: description: required, a one-line string")
+    _check_shape(raw.get("written_for"), tree, file)
     params = _params(raw.get("params", {}), overrides or {}, file)
     events = raw.get("event", [])
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
         raise ScenarioError(f"{file}: event: must be an array of tables ([[event]])")
     checked = [_check_event(ev, params, tree, f"{file}: event[{i}]") for i, ev in enumerate(events)]
     return Scenario(name, _render(desc, params), params, checked, str(path), _read_text(path))
+
+
+def _check_shape(written_for: object, tree: FatTree, file: str) -> None:
+    """Refuse a scenario on a fat-tree other than the one its events are written for: its host
+    and link names exist on a larger tree too, but cover another share of it (a "every core link"
+    scenario on 8 pods loads half of them)."""
+    if written_for is None:
+        return
+    if not isinstance(written_for, dict) or not written_for:
+        raise ScenarioError(f"{file}: written_for: must be a table of topology fields, e.g. {{ pods = 4 }}")
+    unknown = set(written_for) - set(_SHAPE_KEYS)
+    if unknown:
+        raise ScenarioError(f"{file}: written_for: unknown field(s) {sorted(unknown)} (known: {', '.join(_SHAPE_KEYS)})")
+    want = {k: written_for[k] for k in _SHAPE_KEYS if k in written_for}
+    have = {k: getattr(tree.config, k) for k in want}
+    if want != have:
+        diff = ", ".join(f"topology.{k}={have[k]} (written for {want[k]})" for k in want if want[k] != have[k])
+        raise ScenarioError(
+            f"{file}: written for the fat-tree {', '.join(f'{k}={v}' for k, v in want.items())}; this run has {diff}. "
+            f"Its events name hosts and links of that shape: on this tree they would load another share of the "
+            f"fabric than its description says. Write a scenario for this shape (docs/EXTENDING.md).")
 
 
 def _read_text(path: Path) -> str:

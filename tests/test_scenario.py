@@ -311,8 +311,29 @@ factor = 0.25
 
 def test_other_tree_names_validated(tmp_path: Path) -> None:
     small = FatTree(FatTreeConfig(pods=2))
-    with pytest.raises(ScenarioError, match=r"hotspot\.toml: event\[0\]\.(src|dst): unknown GPU host 'p2t1s1g0'"):
-        load_scenario("hotspot", small)
+    path = tmp_path / "mine.toml"  # a user's scenario without written_for: its names are checked
+    path.write_text('description = "d"\n[[event]]\nkind = "flow"\nsrc = "p0t0s0g0"\ndst = "p2t1s1g0"\n')
+    with pytest.raises(ScenarioError, match=r"mine\.toml: event\[0\]\.dst: unknown GPU host 'p2t1s1g0'"):
+        load_scenario(str(path), small)
+
+
+@pytest.mark.parametrize("name", ["hotspot", "decode-flap", "tenant"])
+def test_builtin_refused_on_another_shape(name: str) -> None:
+    """A built-in written for the 4-pod tree would load half of an 8-pod one: refused, with why."""
+    big = FatTree(FatTreeConfig(pods=8))
+    with pytest.raises(ScenarioError, match=rf"{name}\.toml: written for the fat-tree pods=4.*topology\.pods=8 "
+                                            r"\(written for 4\)"):
+        load_scenario(name, big)
+    load_scenario("idle", big)  # no events, no shape: runs anywhere
+
+
+def test_written_for_checked(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text('description = "d"\nwritten_for = { racks = 2 }\n')
+    with pytest.raises(ScenarioError, match=r"w\.toml: written_for: unknown field\(s\) \['racks'\]"):
+        load_scenario(str(path), TREE)
+    path.write_text('description = "d"\nwritten_for = { pods = 4, cores = 4 }\n')
+    assert load_scenario(str(path), TREE).events == []
 
 
 # ------------------------------------------------------------------ rejections
