@@ -34,13 +34,17 @@ def register(subparsers) -> None:
     up = sub.add_parser("up", help="build the fabric and keep it running in the background")
     up.add_argument("--topology", default="{}", metavar="JSON",
                     help='FatTreeConfig overrides, e.g. \'{"pods": 2}\' (default: 64-GPU tree)')
+    up.add_argument("--set", action="append", metavar="topology.FIELD=VALUE", dest="overrides",
+                    help="override a topology constant as the experiment commands do, e.g. topology.pods=2 "
+                         "(repeatable; applied after --topology)")
     up.add_argument("--scale", type=float, default=None,
                     help="emulated Mbit/s per real Mbit/s (default 2.5e-5: NIC 10, NVLink 90 Mbit/s)")
     up.add_argument("--nvlink-cap-mbit", type=float, default=None, help="cap the NVLink link rate (Mbit/s)")
     up.add_argument("--ofp-port", type=int, default=6653, help="controller OpenFlow port (default 6653)")
     up.add_argument("--rest-port", type=int, default=8080, help="controller REST port on 127.0.0.1 (default 8080)")
     up.add_argument("--poll-interval", type=float, default=0.5, help="port-stats poll interval, s (default 0.5)")
-    up.add_argument("--run-dir", default=None, help="folder for logs (default results/fabric/<time>)")
+    up.add_argument("--out", "--run-dir", dest="run_dir", default=None, metavar="DIR",
+                    help="folder for logs (default results/fabric/<time>)")
     up.add_argument("--foreground", action="store_true", help="keep the fabric in this process until Ctrl-C")
     sub.add_parser("status", help="what is running: owner, switches connected, links present")
     sub.add_parser("down", help="tear the fabric down and remove every leftover of ours")
@@ -52,6 +56,12 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cmd = args.fabric_cmd
+    if cmd == "up":  # bad input is refused before anything else, root or not
+        try:
+            args.topology_cfg = _topology(args)
+        except ValueError as exc:  # JSON, ConfigError, TopologyError
+            print(f"netkv fabric up: error: {exc}", file=sys.stderr)
+            return 2
     if cmd != "status" and os.geteuid() != 0:
         print(f"netkv fabric {cmd}: needs root: the emulated fabric creates network namespaces, veth pairs, "
               "tc (HTB) qdiscs and Open vSwitch bridges. Run it with sudo.", file=sys.stderr)
@@ -67,11 +77,15 @@ def _up(args: argparse.Namespace) -> int:
     from topology.model import FatTree, FatTreeConfig, TopologyError
 
     scale = DEFAULT_SCALE if args.scale is None else args.scale
+    topo_cfg = args.topology_cfg
     try:
-        topo_cfg = json.loads(args.topology)
         tree = FatTree(FatTreeConfig(**topo_cfg))
+    except TopologyError as exc:
+        print(f"netkv fabric up: error: {exc}", file=sys.stderr)
+        return 2
+    try:
         require_ovs()
-    except (json.JSONDecodeError, TypeError, TopologyError, FabricError) as exc:
+    except FabricError as exc:
         print(f"netkv fabric up: {exc}", file=sys.stderr)
         return 1
     old = read_state()
@@ -121,6 +135,32 @@ def _up(args: argparse.Namespace) -> int:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=DOWN_TIMEOUT_S)
     return 1
+
+
+def _topology(args: argparse.Namespace) -> dict:
+    """FatTreeConfig fields from ``--topology`` JSON, then ``--set topology.X=V`` (validated as the
+    experiment commands validate them). Raises ValueError naming the option."""
+    import dataclasses
+
+    from scheduler.config import build_config
+    from topology.model import FatTreeConfig
+
+    try:
+        cfg = json.loads(args.topology)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--topology {args.topology!r}: not JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--topology {args.topology!r}: expected a JSON object of topology fields")
+    known = {f.name for f in dataclasses.fields(FatTreeConfig)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"--topology: unknown field(s) {unknown} (known: {', '.join(sorted(known))})")
+    overrides = args.overrides or []
+    for item in overrides:
+        if not item.strip().startswith("topology."):
+            raise ValueError(f"--set {item!r}: the fabric takes topology.* constants only")
+    base = [f"topology.{k}={v}" for k, v in cfg.items()]
+    return build_config(overrides=base + overrides).topology.to_dict()
 
 
 def _tail(path: Path, lines: int = 20) -> str:

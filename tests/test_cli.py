@@ -369,3 +369,17 @@ def test_target_picks_the_comparison_and_must_be_a_policy(tmp_path):
     res = netkv(*simulate_args(bad, "--no-tune", "--policies", "cache-load,netkv", "--target", "bogus"))
     assert res.returncode == 2 and "--target 'bogus' is not one of --policies" in res.stderr
     assert "Traceback" not in res.stderr and not bad.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--set", "topology.pods=0"), "'pods' must be >= 1"),
+    (("--set", "oracle.kind=static"), "the fabric takes topology.* constants only"),
+    (("--topology", '{"podz": 2}'), "unknown field(s) ['podz']"),
+    (("--topology", "notjson"), "not JSON"),
+])
+def test_fabric_up_bad_topology_refused_before_anything(args, message):
+    """`fabric up` takes --set topology.X=V like the experiment commands; bad input exits 2 before
+    any root check or fabric work."""
+    res = netkv("fabric", "up", *args, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
