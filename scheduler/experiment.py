@@ -65,6 +65,20 @@ class Experiment:
         return SloConfig(c.ttft_s, c.tbt_ms, c.definition, c.ttft_fixed_s, c.ttft_per_token_ms)
 
 
+@dataclass
+class LinkRecording:
+    """Per-link utilisation of one policy's simulated run, for the heat map: ``policy`` names the
+    run to record; :func:`run_simulation` fills ``times_s`` (the telemetry polls, every
+    ``oracle.poll_interval_s``), ``link_names`` and ``utilisation`` ``[poll, link]`` (0..1, as the
+    oracle's snapshots). Recording reads the counters the simulator keeps anyway and changes no
+    result."""
+
+    policy: str
+    times_s: np.ndarray = field(default_factory=lambda: np.empty(0))
+    link_names: list[str] = field(default_factory=list)
+    utilisation: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
+
+
 def split_trace(requests: list[Request], max_requests: int | None, tune_requests: int,
                 window: int = 0) -> tuple[list[Request], list[Request], bool]:
     """(evaluated window, tuning slice, disjoint?). The tuning slice is the trace's last
@@ -198,11 +212,12 @@ def tune_policy(exp: Experiment, spec: PolicySpec, run=None) -> tuple[float | No
     return result
 
 
-def run_simulation(exp: Experiment, progress: bool = True, log=print,
-                   shadow: bool = False) -> tuple[dict, dict[str, list[RequestRecord]]]:
+def run_simulation(exp: Experiment, progress: bool = True, log=print, shadow: bool = False,
+                   links: LinkRecording | None = None) -> tuple[dict, dict[str, list[RequestRecord]]]:
     """Run every policy on the simulator; returns (policies section of summary, records).
     ``shadow``: a policy on a stale telemetry oracle also asks a fresh one at every decision, and
-    its summary gains ``agreement`` (same tier, same instance as the fresh decision)."""
+    its summary gains ``agreement`` (same tier, same instance as the fresh decision). ``links``:
+    the run of ``links.policy`` records its per-link utilisation into it."""
     actions = exp.actions()
     slo = exp.slo()
     out: dict[str, dict] = {}
@@ -217,9 +232,13 @@ def run_simulation(exp: Experiment, progress: bool = True, log=print,
         policy = make_policy(spec, weight, exp.seed, exp.cfg, inherited_weights(exp, spec))
         t1 = time.perf_counter()
         stale = shadow and policy.oracle_kind in ("telemetry", "inflight") and exp.cfg.oracle.staleness_s > 0
-        sim = Simulator(exp.cfg, exp.requests, policy, actions, progress=progress, shadow_fresh=stale)
+        record = links is not None and spec.name == links.policy
+        sim = Simulator(exp.cfg, exp.requests, policy, actions, progress=progress, shadow_fresh=stale,
+                        record_telemetry=record)
         recs = sim.run()
         wall = time.perf_counter() - t1
+        if record:
+            _fill_recording(links, sim)
         summary = summarize_policy(recs, slo)
         summary["params"] = policy.params()
         summary["tuning"] = table
@@ -234,3 +253,12 @@ def run_simulation(exp: Experiment, progress: bool = True, log=print,
         out[spec.name] = summary
         records[spec.name] = recs
     return out, records
+
+
+def _fill_recording(links: LinkRecording, sim: Simulator) -> None:
+    """Copy the telemetry samples of ``sim`` (run with ``record_telemetry``) into ``links``."""
+    samples = sim.telemetry.samples if sim.telemetry is not None else []
+    links.link_names = [sim.tree.link_name(i) for i in range(sim.tree.n_links)]
+    links.times_s = np.array([t for t, _ in samples], dtype=float)
+    links.utilisation = (np.stack([u for _, u in samples]) if samples
+                         else np.empty((0, sim.tree.n_links), dtype=np.float32))

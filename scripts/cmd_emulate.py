@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 EMULATE_DEFAULT_REQUESTS = 100
@@ -28,10 +27,11 @@ at least this multiple of its idle median (the saturation verdict itself needs x
 
 
 def register(sub) -> None:
-    from scripts.netkv import add_experiment_options
+    from scripts.netkv import add_experiment_options, add_format_option
 
     p = sub.add_parser("emulate", help="packet-level emulation on Mininet + Open vSwitch + Ryu (root)")
     add_experiment_options(p)
+    add_format_option(p)
     p.add_argument("--scale", type=float, default=None, metavar="F",
                    help="emulated link rate and KV bytes per real unit (default 2.5e-5: 400 Gb/s NIC -> 10 Mbit/s)")
     p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from hosts.emulation import run_emulation
     from scheduler.metrics import ablation, compare
     from scheduler.realtime import EmulationError
-    from scheduler.report import format_table, plot_link_heatmap, write_results
+    from scheduler.report import LINK_CSV, LinkSeries, format_table, scenario_spans, write_results
     from topology.fabric import FabricError
     from topology.mininet_topo import EmulationScaleError
 
@@ -106,25 +106,27 @@ def run(args: argparse.Namespace) -> int:
     extra = {"calibration.json": None, "telemetry.csv": ev.pop("telemetry_csv")}
     rows = ev.pop("telemetry_rows")
     target = check_target(args)
+    spans = scenario_spans(exp.actions(), exp.horizon_s, exp.scenario.events, exp.tree.link_name)
+    links = None
+    if rows:
+        # one axis for the whole run: wall seconds since the first sample (policies replay in turn)
+        keep = [r for k, r in enumerate(rows) if k == 0 or r[2] > rows[k - 1][2]]
+        links = LinkSeries(np.array([r[2] - keep[0][2] for r in keep]),
+                           [exp.tree.link_name(i) for i in range(exp.tree.n_links)], np.stack([r[3] for r in keep]),
+                           "controller telemetry, wall s since the first poll, every policy's replay in turn")
     summary = build_summary("emulate", exp, info, policies, {
         "comparison_target": target, "comparison": compare(policies, target), "ablation": ablation(policies),
         "fidelity": ev.get("fidelity"), "calibration": ev.get("calibration"),
         "emulation": {"scale": scale, "time_scale": args.time_scale, "fabric": ev.get("fabric"),
                       "hosts": ev.get("hosts")},
         "simulate_reference": ev.get("simulate_reference"), "agreement": ev.get("agreement"),
-        "transfer_agreement": ev.get("transfer_agreement")}, args)
+        "transfer_agreement": ev.get("transfer_agreement"),
+        "scenario_spans": [{"start_s": a, "end_s": b, "label": label} for a, b, label in spans],
+        "link_utilisation": {"source": links.source, "file": LINK_CSV} if links is not None else None}, args)
     extra.update(scenario_files(exp))
     extra["calibration.json"] = (json.dumps(ev.get("calibration"), indent=2, default=float) + "\n").encode()
-    if rows:
-        with tempfile.TemporaryDirectory() as tmp:
-            png = Path(tmp) / "link_utilisation.png"
-            # one axis for the whole run: wall seconds since the first sample (policies replay in turn)
-            keep = [r for k, r in enumerate(rows) if k == 0 or r[2] > rows[k - 1][2]]
-            times = [r[2] - keep[0][2] for r in keep]
-            util = np.stack([r[3] for r in keep])
-            plot_link_heatmap(png, times, [exp.tree.link_name(i) for i in range(exp.tree.n_links)], util)
-            extra["link_utilisation.png"] = png.read_bytes()
-    path = write_results(out, summary, records, exp.slo(), extra_files=extra, target=target)
+    path = write_results(out, summary, records, exp.slo(), extra_files=extra, target=target, fmt=args.format,
+                         spans=spans, links=links)
     print(format_table(summary, target))
     cal = ev.get("calibration") or {}
     print("\ncalibration (idle fabric, per tier): " + "; ".join(

@@ -1,7 +1,7 @@
 """netkv: command-line entry point of the NetKV testbed.
 
-Subcommands: simulate, scenarios, constants, bench, staleness (and fabric / emulate where those
-modules are present). Library code raises specific exceptions; this file turns them into messages
+Subcommands: simulate, scenarios, constants, bench, sweep, report, staleness, plot, compare (and
+fabric / emulate where those modules are present). Library code raises specific exceptions; this file turns them into messages
 and exit codes: 0 ok, 1 run failed, 2 bad input, 130 interrupted.
 """
 from __future__ import annotations
@@ -77,6 +77,14 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
                         "figures; one of --policies; default: netkv)")
     p.add_argument("--out", metavar="DIR", help="result folder (default: results/<timestamp>-<backend>-<scenario>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_format_option(p: argparse.ArgumentParser) -> None:
+    """``--format``: the file format of a command's figures."""
+    from scheduler.report import FIGURE_FORMATS
+
+    p.add_argument("--format", choices=FIGURE_FORMATS, default="png",
+                   help="figure file format (default: %(default)s)")
 
 
 def prepare_from_args(args: argparse.Namespace):
@@ -173,13 +181,20 @@ def scenario_files(exp) -> dict[str, bytes]:
     return {"scenario.toml": exp.scenario.text.encode()} if exp.scenario.text else {}
 
 
+def link_policy(exp, target: str) -> str:
+    """The policy whose run records the per-link utilisation heat map: the comparison target when
+    it runs, else the first policy."""
+    names = [c.name for c in exp.policies]
+    return target if target in names else names[0]
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out("simulate", args.scenario)
     check_out(out)
     exp, info = prepare_from_args(args)
-    from scheduler.experiment import run_simulation
+    from scheduler.experiment import LinkRecording, run_simulation
     from scheduler.metrics import ablation, compare
-    from scheduler.report import format_table, write_results
+    from scheduler.report import LINK_CSV, LinkSeries, format_table, scenario_spans, write_results
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     log(f"simulate: {len(exp.requests)} requests from {info['source']}, scenario '{exp.scenario.name}', "
@@ -187,12 +202,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if info.get("prompts_capped_at_context_window"):
         log(f"note: --context-scale {info['context_scale']:g}: {info['prompts_capped_at_context_window']} prompts "
             f"capped at the model's {exp.cfg.model.max_context_tokens}-token context window")
-    policies, records = run_simulation(exp, progress=not args.no_progress, log=log)
     target = check_target(args)
-    summary = build_summary("simulate", exp, info, policies, {"comparison_target": target,
-                                                              "comparison": compare(policies, target),
-                                                              "ablation": ablation(policies)}, args)
-    path = write_results(out, summary, records, exp.slo(), scenario_files(exp), target)
+    recording = LinkRecording(link_policy(exp, target))
+    policies, records = run_simulation(exp, progress=not args.no_progress, log=log, links=recording)
+    spans = scenario_spans(exp.actions(), exp.horizon_s, exp.scenario.events, exp.tree.link_name)
+    source = f"simulated telemetry of {recording.policy}, a poll every {exp.cfg.oracle.poll_interval_s:g} s"
+    links = LinkSeries(recording.times_s, recording.link_names, recording.utilisation, source)
+    summary = build_summary("simulate", exp, info, policies, {
+        "comparison_target": target, "comparison": compare(policies, target), "ablation": ablation(policies),
+        "scenario_spans": [{"start_s": a, "end_s": b, "label": label} for a, b, label in spans],
+        "link_utilisation": {"policy": recording.policy, "source": source, "file": LINK_CSV}}, args)
+    path = write_results(out, summary, records, exp.slo(), scenario_files(exp), target, fmt=args.format,
+                         spans=spans, links=links)
     print(format_table(summary, target))
     print(f"\nresults: {path}")
     return EXIT_OK
@@ -316,6 +337,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from scheduler.replot import replot
+
+    dest, texts = replot(Path(args.dir), args.format, Path(args.out) if args.out else None)
+    for name, text in texts.items():
+        print(f"{dest / name}: {text.title}")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from scheduler.replot import default_compare_out, run_compare
+
+    out = Path(args.out) if args.out else default_compare_out(ROOT)
+    check_out(out)
+    path, text, _ = run_compare(Path(args.dir_a), Path(args.dir_b), out, args.format)
+    print(text)
+    print(f"results: {path}")
+    return EXIT_OK
+
+
+PLOT_EPILOG = """example:
+  netkv simulate --scenario decode-flap --max-requests 300 --out results/flap
+  netkv plot results/flap --format pdf               # PDF figures beside the PNGs
+  netkv plot results/flap --format svg --out figs    # SVG figures into figs/"""
+COMPARE_EPILOG = """example:
+  netkv simulate --scenario idle --max-requests 300 --out results/idle
+  netkv simulate --scenario decode-flap --max-requests 300 --out results/flap
+  netkv compare results/idle results/flap --out results/idle-vs-flap"""
+
 OPTIONAL_COMMANDS = ("scripts.cmd_fabric", "scripts.cmd_emulate")
 
 
@@ -329,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     p = sub.add_parser("simulate", help="flow-level simulation of every policy (no root needed)")
     add_experiment_options(p)
+    add_format_option(p)
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("scenarios", help="list built-in congestion scenarios")
     p.set_defaults(func=cmd_scenarios)
@@ -367,6 +418,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", metavar="S,T", help="seeds, as for sweep (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per core)")
     p.set_defaults(func=cmd_staleness)
+    p = sub.add_parser("plot", help="redraw every figure of a simulate/emulate result folder",
+                       description="Redraw every figure of a simulate or emulate result folder from its\n"
+                                   "summary.json and requests.csv (and link_utilisation.csv), in any format;\n"
+                                   "by default into the folder itself, each figure replaced by a rename.",
+                       epilog=PLOT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", metavar="DIR", help="result folder")
+    add_format_option(p)
+    p.add_argument("--out", metavar="DIR2", help="write the figures here instead (created if missing)")
+    p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("compare", help="compare two result folders: per-policy changes and an overlaid TTFT CDF",
+                       description="Compare two simulate/emulate result folders (any scenarios): for every\n"
+                                   "policy present in both, mean TTFT, p99 TTFT, SLO attainment and mean TBT\n"
+                                   "of A and B and the change B - A, absolute and in %. Writes compare.json,\n"
+                                   "compare.txt and an overlaid TTFT CDF (A solid, B dashed) as a new folder.",
+                       epilog=COMPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir_a", metavar="DIR_A", help="result folder A (the reference)")
+    p.add_argument("dir_b", metavar="DIR_B", help="result folder B")
+    p.add_argument("--out", metavar="DIR", help="new folder for the comparison (default: results/<timestamp>-compare)")
+    add_format_option(p)
+    p.set_defaults(func=cmd_compare)
     for mod in OPTIONAL_COMMANDS:
         try:
             importlib.import_module(mod).register(sub)
@@ -384,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     from scheduler.results import ReportError
     from scheduler.staleness import StalenessError
     from scheduler.sweep import SweepError
+    from scheduler.replot import ResultFolderError
     from scheduler.report import ResultsExistError
     from scheduler.scenario import ScenarioError
     from scheduler.trace import TraceError
@@ -402,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except (UsageError, ConfigError, UnknownPolicyError, UnknownOracleError, ScenarioError, TraceError,
             TopologyError, ResultsExistError, TransformError, SweepError, StalenessError,
-            ReportError) as exc:
+            ReportError, ResultFolderError) as exc:
         print(f"netkv {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except UnfinishedRequestsError as exc:

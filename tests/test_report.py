@@ -266,3 +266,151 @@ def test_progress_update_is_cheap() -> None:
     bar.close()
     # The budget is >= 1M updates/s; allow 2x slack for a loaded CI machine.
     assert elapsed < 2.0, f"1M updates took {elapsed:.2f} s"
+
+
+# -- figures: formats, captions, styles ----------------------------------------------------------
+CONFIG = {"scenario": {"name": "decode-flap", "params": {"period": 30.0}},
+          "trace": {"source": "/data/mooncake/conversation_trace.jsonl", "evaluated": {"count": 8},
+                    "rate_scale": 4.0, "context_scale": 1.0},
+          "model": {"name": "llama-3-8b"}, "gpu": {"name": "h100-sxm"}, "topology": {"nic_gbit_s": 200.0},
+          "cluster": {"placement": "by-rack"}, "oracle": {"kind": "inflight"}, "seed": 3}
+CAPTION = ("simulate | scenario decode-flap (period=30) | trace conversation_trace.jsonl (8 requests, rate x4) | "
+           "model llama-3-8b on h100-sxm | NIC 200 Gbit/s | placement by-rack | oracle inflight | seed 3")
+
+
+def test_experiment_caption_names_every_field() -> None:
+    assert report.experiment_caption({"backend": "simulate", "config": CONFIG}) == CAPTION
+    assert report.experiment_caption({"config": {"seed": 1}}) == "seed 1"  # what is missing is left out
+    assert report.experiment_caption({}) == ""
+
+
+def _png_text(path: Path) -> dict[str, str]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return dict(im.text)
+
+
+@pytest.mark.parametrize("fmt", report.FIGURE_FORMATS)
+def test_figures_in_every_format_carry_the_experiment(tmp_path: Path, fmt: str) -> None:
+    records = make_records()
+    summary = {**make_summary(records), "backend": "simulate", "config": CONFIG}
+    links = report.LinkSeries(np.arange(1.0, 6.0), ["a->b", "b->a"], np.full((5, 2), 0.5), "test samples")
+    out = write_results(tmp_path / "r", summary, records, SLO, fmt=fmt, spans=[(0.2, 1.0, "e0 flow")], links=links)
+    names = report.figure_names(fmt, links=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["summary.json", "requests.csv", report.LINK_CSV, *names])
+    magic = {"png": PNG_MAGIC, "pdf": b"%PDF", "svg": b"<?xml"}[fmt]
+    for name in names:
+        data = (out / name).read_bytes()
+        assert data.startswith(magic), name
+        if fmt == "png":
+            assert _png_text(out / name)["Description"] == CAPTION, name
+        elif fmt == "pdf":
+            assert b"decode-flap" in data and b"/Title (" in data, name
+        else:
+            assert f"<dc:description>{CAPTION}</dc:description>" in data.decode(), name
+
+
+def test_render_figures_returns_titles_and_captions(tmp_path: Path) -> None:
+    records = make_records()
+    summary = {"backend": "simulate", "config": CONFIG}
+    texts = report.render_figures(tmp_path, records, SLO, summary, spans=[(0.5, 1.5, "e0 burst")])
+    assert list(texts) == report.figure_names("png")
+    assert all(t.caption == CAPTION for t in texts.values())
+    assert texts["ttft_cdf.png"].title == "TTFT distribution per policy, and quantiles relative to netkv"
+    assert texts["ttft_over_time.png"].title == "TTFT over time per policy, with the scenario's events"
+    plain = report.render_figures(tmp_path, {"round_robin": records["round_robin"]}, SLO, summary)
+    assert plain["ttft_cdf.png"].title.endswith("body of the distribution")  # no target: the zoom panel
+    assert plain["ttft_over_time.png"].title.endswith("(the scenario has no timed events)")
+    with pytest.raises(ValueError, match="gif"):
+        write_results(tmp_path / "x", {}, records, SLO, fmt="gif")
+    assert not (tmp_path / "x").exists()
+
+
+def test_policy_styles_tell_policies_apart_beyond_colour() -> None:
+    names = ["round_robin", "netkv", "cache_load", "least_loaded"]
+    styles = report.policy_styles(names)
+    assert styles["netkv"]["linestyle"] == "-" and styles["netkv"]["color"] == TARGET_COLOUR
+    dashes = [styles[n]["linestyle"] for n in names if n != "netkv"]
+    assert len(set(map(str, dashes))) == 3 and "-" not in dashes
+    # the target lies under the baselines, so a baseline on top of it stays visible
+    assert all(styles[n]["zorder"] > styles["netkv"]["zorder"] for n in names if n != "netkv")
+
+
+def test_intervals() -> None:
+    lo, hi = report.mean_interval([1.0, 2.0, 3.0, 4.0])
+    half = report.Z95 * np.std([1, 2, 3, 4], ddof=1) / 2.0
+    assert (lo, hi) == pytest.approx((2.5 - half, 2.5 + half))
+    assert all(math.isnan(v) for v in report.mean_interval([1.0, NAN]))
+    values = np.arange(1, 1001, dtype=float)  # p99 = 990: ranks 990 -+ 1.96 sqrt(9.9)
+    assert report.quantile_interval(values, 0.99) == (983.0, 997.0)
+    assert report.quantile_interval(values[:30], 0.99) == (28.0, 30.0)  # few values: up to the maximum
+    assert all(math.isnan(v) for v in report.quantile_interval([], 0.5))
+
+
+def test_quantile_levels_stop_where_the_sample_does() -> None:
+    assert report.quantile_levels(30)[-1] == pytest.approx(0.96)
+    assert report.quantile_levels(1000)[-1] == pytest.approx(0.999)
+
+
+def test_time_windows_resolve_spans_within_limits() -> None:
+    assert report.time_windows(100.0, 10_000) == pytest.approx(4.0)  # a 25th of the run
+    assert report.time_windows(100.0, 10_000, [(10.0, 16.0, "e0")]) == pytest.approx(3.0)  # half the span
+    assert report.time_windows(100.0, 60) == pytest.approx(20.0)  # >= 12 requests per window
+    x, y = report.windowed_mean([0.5, 1.5, 1.7, 3.9], [1.0, 2.0, 4.0, NAN], 1.0, 4.0)
+    assert list(x) == [0.5, 1.5, 2.5, 3.5]
+    assert y[0] == 1.0 and y[1] == 3.0 and math.isnan(y[2]) and math.isnan(y[3])
+
+
+# -- scenario spans ------------------------------------------------------------------------------
+def test_scenario_spans_from_builtin_scenarios() -> None:
+    from scheduler.config import build_config
+    from scheduler.scenario import load_scenario
+    from topology.model import FatTree
+
+    tree = FatTree(build_config().topology)
+    sc = load_scenario("link-failure", tree)
+    spans = report.scenario_spans(sc.actions(tree, 400.0, 100.0), 400.0, sc.events, tree.link_name)
+    assert spans == [(0.0, 400.0, "e0 flow, 32 flows at 120 Gbit/s | 16 GPUs in 4 servers -> 16 GPUs in 4 servers"),
+                     (30.0, 50.0, "link p1a0<->p1t1 down")]
+    flap = load_scenario("decode-flap", tree)
+    spans = report.scenario_spans(flap.actions(tree, 100.0, 100.0), 100.0, flap.events)
+    e0 = [(a, b) for a, b, label in spans if label.startswith("e0 burst, 32 flows greedy")]
+    # the 32 flows' union, per cycle; the last cycle's flows stop after the horizon, as they run
+    assert e0 == [(0.7, 15.7), (30.7, 45.7), (60.7, 75.7), (90.7, 105.7)]
+    assert "p0t1s1+p2t1s1 -> p0t1s0+p2t1s0" in spans[0][2]
+
+
+def test_scenario_spans_merge_a_fast_burst() -> None:
+    from scheduler.scenario import Action
+
+    actions = []
+    for k in range(report.MAX_SPANS_PER_EVENT + 1):
+        actions += [Action(2.0 * k, "flow_start", f"e0.0#{k}", 0, 1), Action(2.0 * k + 1, "flow_stop", f"e0.0#{k}", 0, 1)]
+    spans = report.scenario_spans(actions, 10_000.0)
+    assert len(spans) == 1
+    start, end, label = spans[0]
+    assert (start, end) == (0.0, 2.0 * report.MAX_SPANS_PER_EVENT + 1)
+    assert label.endswith(f"[{report.MAX_SPANS_PER_EVENT + 1} on/off spans, drawn as one]")
+
+
+# -- link series ---------------------------------------------------------------------------------
+def test_link_series_binning_and_csv(tmp_path: Path) -> None:
+    from scheduler.replot import read_link_series
+
+    n = 2 * report.MAX_HEATMAP_COLUMNS + 1
+    times = 0.5 * np.arange(1, n + 1)
+    util = np.zeros((n, 2))
+    util[:, 1] = 1.0
+    util[:4, 0] = [0.2, 0.4, 0.6, 0.8]
+    binned = report.LinkSeries(times, ["a->b", "b->a"], util, "polls").binned()
+    assert len(binned.times_s) == math.ceil(n / 3) <= report.MAX_HEATMAP_COLUMNS
+    assert binned.utilisation[0].tolist() == pytest.approx([(0.2 + 0.4 + 0.6) / 3, 1.0])  # 3 polls a column
+    assert binned.times_s[0] == pytest.approx(1.0) and "mean of 3 samples per column" in binned.source
+    assert np.all(np.diff(binned.times_s) > 0)
+    path = tmp_path / report.LINK_CSV
+    path.write_bytes(binned.csv_bytes())
+    back = read_link_series(path)
+    assert back.link_names == ["a->b", "b->a"]
+    assert np.allclose(back.utilisation, binned.utilisation, atol=1e-4)
+    assert path.read_text().splitlines()[1].endswith(",0.4,1")  # compact: no trailing zeros
