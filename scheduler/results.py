@@ -153,10 +153,17 @@ def make_plan(quick: bool = False, max_requests: int | None = None, scenarios: l
         SweepSpec("bandwidth", "Bandwidth: NIC Gbit/s per GPU", "topology.nic_gbit_s",
                   [100.0, 400.0] if quick else [50.0, 100.0, 200.0, 400.0, 800.0], flap),
         SweepSpec("period", "Flap period: how fast congestion may move", "scenario.period",
-                  [2.0, 30.0] if quick else [1.0, 2.0, 5.0, 10.0, 30.0, 120.0], flap),
+                  [2.0, 30.0] if quick else [1.0, 2.0, 5.0, 10.0, 30.0, 120.0], flap,
+                  note="A decision is taken ~0.5 s (queue + prefill) before its transfer starts, on telemetry up "
+                       "to one poll interval (0.5 s) old: congestion that moves faster than that cannot be "
+                       "followed, and even perfect information of the present does not know the future."),
         SweepSpec("staleness", "Telemetry staleness (Claim 3)", "oracle.staleness_s",
                   [0.0, 5.0] if quick else [0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0], flap,
-                  policies="netkv,netkv:perfect,cache-load", shadow=True),
+                  policies="netkv,netkv:perfect,cache-load", shadow=True,
+                  note="decode-flap's period is 30 s: a snapshot one whole period old shows the present phase "
+                       "again, so at a staleness of 30 s the gain returns by aliasing, not by robustness (half a "
+                       "period old, 15 s, shows the opposite phase). \"same tier\" / \"same instance\": the share of "
+                       "decisions on stale telemetry that a fresh oracle would have made alike."),
     ]
     if overrides:
         plan.cells = [dataclasses.replace(c, overrides=(*overrides, *c.overrides)) for c in plan.cells]
@@ -462,25 +469,31 @@ def _findings(plan: Plan, results: dict) -> list[str]:
             d = agg["vs"].get(base)
             if not d:
                 continue
-            ms = [m for m, _ in d["ttft_mean_pct"]]
-            i = min(range(len(ms)), key=lambda k: ms[k] if math.isfinite(ms[k]) else math.inf)
-            loses = [f"{v:g}" for v, m in zip(s.values, ms) if math.isfinite(m) and m > 0.5]
-            out.append(f"- Load vs {base}: the gain peaks at rate-scale {s.values[i]:g} ({_ci(d['ttft_mean_pct'][i], '%')})"
-                       + (f"; netkv loses at rate-scale {', '.join(loses)}" if loses else "; netkv loses nowhere in the sweep")
-                       + ".")
+            pts = list(zip(s.values, d["ttft_mean_pct"]))
+            sig = [(v, m, hw) for v, (m, hw) in pts if math.isfinite(m) and math.isfinite(hw) and m + hw < 0]
+            peak = min(sig, key=lambda t: t[1]) if sig else None
+            loses = [f"x{v:g}" for v, (m, hw) in pts if math.isfinite(m) and m - (hw if math.isfinite(hw) else 0) > 0]
+            out.append(f"- Load vs {base}: " + ", ".join(f"x{v:g} {_ci((m, hw), '%')}" for v, (m, hw) in pts)
+                       + (f"; the largest gain whose interval excludes zero is at rate-scale {peak[0]:g} ({peak[1]:+.1f}%)"
+                          if peak else "; no gain whose interval excludes zero")
+                       + (f"; netkv loses (interval above zero) at {', '.join(loses)}" if loses
+                          else "; netkv loses nowhere (no interval above zero)") + ".")
     for key, label in (("context", "by-rack pools"), ("context-mixed", "mixed placement")):
         if key not in keys:
             continue
         s, _, agg = _aggregate(results, key)
-        d = agg["vs"].get("cache-load")
-        if not d:
-            continue
-        ab = [m for m, _ in d["ttft_mean_delta_ms"]]
-        rel = [m for m, _ in d["ttft_mean_pct"]]
-        grows = all(b <= a + 1e-9 for a, b in zip(ab, ab[1:]))  # more negative = larger gap
-        out.append(f"- Claim 1 ({label}, vs cache-load): from context x{s.values[0]:g} to x{s.values[-1]:g} the absolute "
-                   f"gap goes {ab[0]:+.0f} -> {ab[-1]:+.0f} ms, the relative one {rel[0]:+.1f}% -> {rel[-1]:+.1f}%"
-                   + (" (the absolute gap widens at every step)" if grows else " (not monotone)") + ".")
+        parts = []
+        for base in ("cache-load", "topology-affinity"):
+            d = agg["vs"].get(base)
+            if not d:
+                continue
+            ab = [m for m, _ in d["ttft_mean_delta_ms"]]
+            rel = [m for m, _ in d["ttft_mean_pct"]]
+            grows = all(b <= a + 1e-9 for a, b in zip(ab, ab[1:]))  # more negative = a larger gap
+            parts.append(f"vs {base} the absolute gap goes {ab[0]:+.0f} -> {ab[-1]:+.0f} ms"
+                         + (" (wider at every step)" if grows else " (not monotone)")
+                         + f", the relative one {rel[0]:+.1f}% -> {rel[-1]:+.1f}%")
+        out.append(f"- Claim 1 ({label}), context x{s.values[0]:g} to x{s.values[-1]:g}: " + "; ".join(parts) + ".")
     best: dict[str, tuple] = {}
     for c, p in head:
         for base in BASELINES:
