@@ -29,7 +29,16 @@ at least this multiple of its idle median (the saturation verdict itself needs x
 def register(sub) -> None:
     from scripts.netkv import add_experiment_options, add_format_option
 
-    p = sub.add_parser("emulate", help="packet-level emulation on Mininet + Open vSwitch + Ryu (root)")
+    p = sub.add_parser(
+        "emulate", help="packet-level emulation on Mininet + Open vSwitch + Ryu (root)",
+        description="Packet-level replay of the same experiment on the emulated fat-tree (Mininet hosts, Open vSwitch\n"
+                    "bridges, HTB-shaped links, Ryu controller, agents streaming KV bytes over TCP), with the\n"
+                    "simulator's run of the same window as the reference. Needs root; refuses what the fabric\n"
+                    "cannot execute faithfully (perfect oracle, links taken down, layer-wise streaming) before\n"
+                    "building anything.",
+        epilog="examples:\n  sudo netkv emulate --scenario decode-flap --set topology.nic_gbit_s=200 --max-requests 100\n"
+               "  sudo make demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_options(p)
     add_format_option(p)
     p.add_argument("--scale", type=float, default=None, metavar="F",

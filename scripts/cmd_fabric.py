@@ -29,7 +29,11 @@ def register(subparsers) -> None:
     """Add ``fabric`` with its sub-commands to an argparse ``subparsers`` object."""
     p = subparsers.add_parser(
         "fabric", help="emulated fat-tree (Mininet + Open vSwitch + Ryu): up/status/down/exec (root)",
-        description=__doc__.split("\n\n")[0])
+        description=__doc__.split("\n\n")[0],
+        epilog="examples:\n  sudo netkv fabric up\n  sudo netkv fabric up --set topology.pods=2 --out results/fab1\n"
+               "  sudo netkv fabric exec p0t0s0g0 -- ping -c1 10.1.0.1\n  sudo netkv fabric status\n"
+               "  sudo netkv fabric down",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="fabric_cmd", required=True, metavar="{up,status,down,exec}")
     up = sub.add_parser("up", help="build the fabric and keep it running in the background")
     up.add_argument("--topology", default="{}", metavar="JSON",

@@ -357,16 +357,48 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-PLOT_EPILOG = """example:
+PLOT_EPILOG = """examples:
   netkv simulate --scenario decode-flap --max-requests 300 --out results/flap
   netkv plot results/flap --format pdf               # PDF figures beside the PNGs
   netkv plot results/flap --format svg --out figs    # SVG figures into figs/"""
-COMPARE_EPILOG = """example:
+COMPARE_EPILOG = """examples:
   netkv simulate --scenario idle --max-requests 300 --out results/idle
   netkv simulate --scenario decode-flap --max-requests 300 --out results/flap
   netkv compare results/idle results/flap --out results/idle-vs-flap"""
 
 OPTIONAL_COMMANDS = ("scripts.cmd_fabric", "scripts.cmd_emulate")
+
+
+COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
+    "simulate": ("Flow-level simulation of every policy on the same trace, scenario and cluster, with the\n"
+                 "tuned baselines and the ablation (no root needed). Writes a result folder.",
+                 ["netkv simulate", "netkv simulate --trace ../shared/data/mooncake/conversation_trace.jsonl "
+                  "--scenario decode-flap --out results/run1",
+                  "netkv simulate --policies cache-load,netkv:static,netkv --set topology.nic_gbit_s=200 --no-tune"]),
+    "scenarios": ("List the built-in congestion scenarios with the mechanism each one tests.", ["netkv scenarios"]),
+    "constants": ("List every model constant (SECTION.FIELD), its default and its source; override any with\n"
+                  "--set SECTION.FIELD=VALUE.", ["netkv constants", "netkv constants --json | head"]),
+    "bench": ("Scheduler decision latency at |D| = 32, 256, 4096 and simulator speed on the full trace;\n"
+              "figures printed, not asserted.", ["netkv bench", "netkv bench --quick --json"]),
+    "sweep": ("Sweep one parameter over values and seeds for chosen policies; points run in parallel;\n"
+              "sweep.csv, sweep.png (95% intervals over seeds) and sweep.txt in a new folder.",
+              ["netkv sweep --param rate-scale --values 1,4,16 --seeds 0,1,2 --max-requests 3000",
+               "netkv sweep --param scenario.period --values 2,10,30 --scenario decode-flap "
+               "--trace ../shared/data/mooncake/conversation_trace.jsonl --max-requests 3000 --seeds 0,1,2"]),
+    "report": ("Regenerate docs/results.md and its figures from fresh simulator runs (the full report\n"
+               "takes ~40 min on 2 cores, --quick ~6 min).", ["netkv report --quick", "netkv report"]),
+    "staleness": ("How stale may telemetry get: netkv on telemetry of growing age against netkv:perfect and\n"
+                  "cache-load, with decision agreement against a fresh oracle and the regret.",
+                  ["netkv staleness --scenario decode-flap --values 0,1,5 --max-requests 2000"]),
+}
+"""Per subcommand: a description and examples for its --help (defaults are shown per option)."""
+
+
+def _sub(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subparser with its description and examples from :data:`COMMAND_HELP`."""
+    description, examples = COMMAND_HELP[name]
+    return sub.add_parser(name, description=description, epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,22 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"netkv {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    p = sub.add_parser("simulate", help="flow-level simulation of every policy (no root needed)")
+    p = _sub(sub, "simulate", help="flow-level simulation of every policy (no root needed)")
     add_experiment_options(p)
     add_format_option(p)
     p.set_defaults(func=cmd_simulate)
-    p = sub.add_parser("scenarios", help="list built-in congestion scenarios")
+    p = _sub(sub, "scenarios", help="list built-in congestion scenarios")
     p.set_defaults(func=cmd_scenarios)
-    p = sub.add_parser("constants", help="list every model constant with its default and source")
-    p.add_argument("--json", action="store_true")
+    p = _sub(sub, "constants", help="list every model constant with its default and source")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=cmd_constants)
-    p = sub.add_parser("bench", help="scheduler decision latency and simulator speed")
+    p = _sub(sub, "bench", help="scheduler decision latency and simulator speed")
     p.add_argument("--json", action="store_true", help="print figures as JSON")
     p.add_argument("--trace", metavar="PATH", help="trace for the simulator-speed figure (default: the "
                    "Mooncake conversation trace when present, else a synthetic one of the same size)")
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     p.set_defaults(func=cmd_bench)
-    p = sub.add_parser("sweep", help="sweep one parameter over values and seeds (95% intervals), points in parallel")
+    p = _sub(sub, "sweep", help="sweep one parameter over values and seeds (95%% intervals), points in parallel")
     add_experiment_options(p)
     p.add_argument("--param", required=True, metavar="NAME",
                    help="rate-scale, context-scale, SECTION.FIELD (any constant) or scenario.NAME")
@@ -401,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds: synthetic traces, or for --trace disjoint windows of --max-requests (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per core)")
     p.set_defaults(func=cmd_sweep, policies="cache-load,topology-affinity,netkv:static,netkv")
-    p = sub.add_parser("report", help="regenerate docs/results.md and its figures from fresh simulator runs")
+    p = _sub(sub, "report", help="regenerate docs/results.md and its figures from fresh simulator runs")
     p.add_argument("--quick", action="store_true", help="a few-minute version (shorter windows, fewer scenarios)")
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"), help="markdown file (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per core)")
@@ -409,9 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", default=None, metavar="A,B", help="restrict the headline matrix")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", dest="overrides",
                    help="override a constant in every run (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("staleness", help="sweep telemetry staleness for netkv: TTFT and tier-ranking robustness")
+    p = _sub(sub, "staleness", help="sweep telemetry staleness for netkv: TTFT and tier-ranking robustness")
     add_experiment_options(p)
     p.set_defaults(policies="netkv", scenario="decode-flap")
     p.add_argument("--values", default="0,0.5,1,2,5,10,30", help="staleness values, s (default: %(default)s)")

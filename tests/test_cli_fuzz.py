@@ -121,3 +121,17 @@ def test_randomised_invocations_no_traceback_no_partial_folder(tmp_path: Path, c
     assert sorted(p.name for p in Path(files["full"]).iterdir()) == ["x"]  # an existing folder is never touched
     # the mix really exercises both paths
     assert codes.get(0, 0) >= 10 and codes.get(2, 0) >= 50, codes
+
+
+@pytest.mark.parametrize("command", [None, "simulate", "scenarios", "constants", "bench", "sweep", "report",
+                                     "staleness", "plot", "compare", "emulate", "fabric"])
+def test_every_help_works_and_shows_examples(command, capsys) -> None:
+    """`netkv --help` and every subcommand's --help print (a '%' in a help string once broke the
+    top-level one) with a description and, for subcommands, examples."""
+    with pytest.raises(SystemExit) as exc:
+        netkv.main(["--help"] if command is None else [command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: netkv")
+    if command is not None:
+        assert "examples:" in out and f"netkv {command}" in out.split("examples:")[1]
