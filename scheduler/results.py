@@ -158,11 +158,11 @@ def make_plan(quick: bool = False, max_requests: int | None = None, scenarios: l
                        "to one poll interval (0.5 s) old: congestion that moves faster than that cannot be "
                        "followed, and even perfect information of the present does not know the future."),
         SweepSpec("staleness", "Telemetry staleness (Claim 3)", "oracle.staleness_s",
-                  [0.0, 5.0] if quick else [0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0], flap,
+                  [0.0, 5.0] if quick else [0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0], flap,
                   policies="netkv,netkv:perfect,cache-load", shadow=True,
                   note="decode-flap's period is 30 s: a snapshot one whole period old shows the present phase "
-                       "again, so at a staleness of 30 s the gain returns by aliasing, not by robustness (half a "
-                       "period old, 15 s, shows the opposite phase). \"same tier\" / \"same instance\": the share of "
+                       "again, so at a staleness of 30 s the gain returns by aliasing, not by robustness; half a "
+                       "period old (15 s) shows the opposite phase. \"same tier\" / \"same instance\": the share of "
                        "decisions on stale telemetry that a fresh oracle would have made alike."),
     ]
     if overrides:
