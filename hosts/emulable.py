@@ -24,6 +24,9 @@ reason:
   ones, against the simulator's 0.6-0.8 and 2.8-5.8 ms; NetKV's change against the baselines read
   -6.1 to -9.0% emulated and -0.6 to -1.0% simulated. :func:`packet_floor_s` gives the first
   figure for a run's scale;
+* ``cluster.tp`` > 1 (tensor-parallel instances of several GPUs): the agents model one GPU per
+  instance and stream a request's KV over one connection, while the simulator stripes it rank by
+  rank over every GPU of the instance; not built on the emulator yet;
 * background traffic the emulator's forwarding plane cannot carry at the chosen scale (see
   :func:`background_load`): the datapath, not the shaped links, would set every transfer's time.
 """
@@ -120,11 +123,22 @@ def packet_floor_s(exp: Experiment, scale: float) -> float:
     ``sum(FRAME_BYTES x 8 / (real rate x scale))`` (the time scale stretches both the link and the
     clock, so it cancels). The simulator's fluid flows have no such floor."""
     tree, cl = exp.tree, exp.cfg.cluster
-    roles = assign_roles(tree, cl.placement, cl.prefill_fraction, cl.reserved_servers_per_pod)
+    roles = assign_roles(tree, cl.placement, cl.prefill_fraction, cl.reserved_servers_per_pod, cl.tp)
     gbit = tree.link_capacity_gbit_s
     src = int(roles.prefill[0])
     return max(sum(FRAME_BYTES * 8 / (gbit[tree.link_kind(i)] * 1e9 * scale) for i in tree.path(src, int(d)))
                for d in roles.decode)
+
+
+def tp_problems(exp: Experiment) -> list[str]:
+    """One line when instances span several GPUs (``cluster.tp`` > 1)."""
+    tp = exp.cfg.cluster.tp
+    if tp == 1:
+        return []
+    return [f"cluster.tp={tp}: an instance spans {tp} GPUs and the simulator stripes its KV transfers over all "
+            f"their NICs (rank r to rank r), but the emulator's agents run one GPU per instance and stream a "
+            f"request's KV over one connection (tensor-parallel instances are not built on the emulator yet); run "
+            f"it with `netkv simulate`, or here with --set cluster.tp=1 and a model that fits one GPU"]
 
 
 def layer_wise_problems(exp: Experiment, scale: float) -> list[str]:
@@ -197,7 +211,8 @@ def check_emulable(exp: Experiment, scale: float, time_scale: float) -> Backgrou
     ``exp`` faithfully at ``scale`` / ``time_scale``; else return the background-load estimate
     (for the run's fidelity block and its warning)."""
     actions = exp.actions()
-    problems = perfect_oracle_problems(exp) + link_down_problems(exp, actions) + layer_wise_problems(exp, scale)
+    problems = (tp_problems(exp) + perfect_oracle_problems(exp) + link_down_problems(exp, actions)
+                + layer_wise_problems(exp, scale))
     load = background_load(exp, actions, scale, time_scale)
     if load.fraction > BACKGROUND_REJECT_FRACTION:
         problems.append(

@@ -18,7 +18,8 @@ from scheduler.timing import TimingModel
 from scheduler.trace import BLOCK_TOKENS, Request
 from topology.model import FatTree
 
-__all__ = ["Cluster", "Decision", "DecisionContext", "DecodeBatch", "PLACEMENTS", "Roles", "assign_roles", "role_map"]
+__all__ = ["Cluster", "Decision", "DecisionContext", "DecodeBatch", "PLACEMENTS", "Roles", "assign_roles",
+           "instance_leaders", "role_map"]
 
 
 PLACEMENTS = ("by-server", "mixed", "by-rack")
@@ -44,12 +45,14 @@ def reserved_servers(tree: FatTree, per_pod: int) -> np.ndarray:
     return np.sort((pods + np.arange(spp - per_pod, spp)[None, :]).reshape(-1))
 
 
-def assign_roles(tree: FatTree, placement: str, prefill_fraction: float, reserved_per_pod: int = 0) -> Roles:
+def assign_roles(tree: FatTree, placement: str, prefill_fraction: float, reserved_per_pod: int = 0,
+                 tp: int = 1) -> Roles:
     """Roles of every GPU. The last ``reserved_per_pod`` servers of each pod are reserved (other
     jobs: they serve nothing, scenarios may use them as traffic endpoints). On the serving GPUs:
     ``by-server`` gives whole servers one role, ``by-rack`` whole ToRs (their serving servers),
-    ``mixed`` interleaves roles inside every server. ``prefill_fraction`` of the units (servers,
-    racks, or GPU slots of a server) are prefill, spread evenly over the units in GPU order."""
+    ``mixed`` interleaves roles inside every server, by instance slot (``tp`` consecutive GPUs,
+    so every instance's GPUs share a role). ``prefill_fraction`` of the units (servers, racks, or
+    instance slots of a server) are prefill, spread evenly over the units in GPU order."""
     if placement not in PLACEMENTS:
         raise ConfigError(f"parameter 'cluster.placement' must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     n = tree.n_gpus
@@ -59,8 +62,8 @@ def assign_roles(tree: FatTree, placement: str, prefill_fraction: float, reserve
     if placement == "mixed":
         # the slot inside the server decides the role, so every serving server holds both roles;
         # k of the gps slots, evenly interleaved (1/2 of 4 -> slots 0 and 2 are prefill)
-        units = serving % tree.gps
-        n_units = tree.gps
+        units = (serving % tree.gps) // tp
+        n_units = tree.gps // tp
     else:
         unit = tree.gps if placement == "by-server" else tree.gpt
         # serving units in GPU order, numbered 0.. (a rack's reserved servers are not part of it)
@@ -71,12 +74,27 @@ def assign_roles(tree: FatTree, placement: str, prefill_fraction: float, reserve
     is_prefill = np.isin(units, chosen)
     prefill, decode = serving[is_prefill], serving[~is_prefill]
     if prefill.size == 0 or decode.size == 0:
+        per_server = f" and cluster.tp={tp} ({tree.gps // tp} instance(s) per server)" if tp > 1 else ""
         raise ConfigError(
-            f"placement '{placement}' with prefill_fraction {prefill_fraction} and "
+            f"placement '{placement}' with prefill_fraction {prefill_fraction}{per_server} and "
             f"{reserved_per_pod} reserved server(s) per pod leaves no "
             f"{'prefill' if prefill.size == 0 else 'decode'} instance"
         )
     return Roles(prefill, decode, gpus[reserved])
+
+
+def instance_leaders(gpus: np.ndarray, tp: int) -> np.ndarray:
+    """The first GPU (leader) of every instance among ``gpus`` (one role's GPUs, whole instances
+    of ``tp`` consecutive GPUs aligned on multiples of ``tp``): an instance is named by it, and
+    its rank r is GPU leader + r."""
+    return gpus if tp == 1 else gpus[gpus % tp == 0]
+
+
+def instance_map(tree: FatTree, roles: Roles, tp: int) -> dict[str, list[str]]:
+    """Role -> instances, each as its GPUs' names joined by '+' (the leader first:
+    ``{"prefill": ["p0t0s0g0+p0t0s0g1", ...], "decode": [...]}``)."""
+    return {role: ["+".join(tree.gpu_name(int(g) + r) for r in range(tp)) for g in instance_leaders(gpus, tp)]
+            for role, gpus in (("prefill", roles.prefill), ("decode", roles.decode))}
 
 
 def role_map(tree: FatTree, roles: Roles) -> dict[str, str]:
@@ -243,7 +261,8 @@ class DecisionContext:
         return hit
 
     def _oracle_cost(self, prefill: int) -> np.ndarray:
-        """The oracle's cost vector. From its cost table (latency, seconds per byte of the
+        """The oracle's cost vector; a striped transfer (``cluster.tp`` > 1) is priced by
+        :meth:`NetworkOracle.striped_cost`. From its cost table (latency, seconds per byte of the
         bottleneck) when it has one: the candidates of one cache layer all need the same bytes,
         so a multiply-add over the table prices a layer, each entry as
         :meth:`NetworkOracle._finish` prices it."""
@@ -251,6 +270,8 @@ class DecisionContext:
         req = self.request
         query = OracleQuery(int(cl.prefill_ids[prefill]), cl.decode_ids, None, self.now, req.req_id,
                             self.now + self.transfer_delay_s(prefill))
+        if cl.tp > 1:  # striped over the instances' ranks: the slowest shard's cost
+            return self.oracle.striped_cost(query._replace(nbytes=self.decode_bytes), cl.decode_rank_ids)
         table = self.oracle.table(query)
         if table is None:
             return self.oracle.cost(query._replace(nbytes=self.decode_bytes))
@@ -294,9 +315,14 @@ class Cluster:
         self.cfg = cfg
         self.tree = tree
         self.timing = TimingModel(cfg)
+        self.tp = cfg.cluster.tp
         self.roles = assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction,
-                                  cfg.cluster.reserved_servers_per_pod)
-        self.prefill_ids, self.decode_ids = self.roles.prefill, self.roles.decode
+                                  cfg.cluster.reserved_servers_per_pod, self.tp)
+        # instances by their leader GPU (rank r of an instance is leader + r)
+        self.prefill_ids = instance_leaders(self.roles.prefill, self.tp)
+        self.decode_ids = instance_leaders(self.roles.decode, self.tp)
+        # the GPUs of rank r of every decode instance, one array per rank (the oracle's candidates)
+        self.decode_rank_ids = [self.decode_ids + r for r in range(self.tp)]
         self.gpu_to_decode = {int(g): i for i, g in enumerate(self.decode_ids)}
         self.decode_capacity_tokens = decode_capacity_tokens(cfg, self.timing)
         kv_tokens = self.timing.kv_capacity_tokens
@@ -321,11 +347,15 @@ class Cluster:
 
     def describe(self) -> dict:
         return {
+            "tp": self.tp,
             "prefill_instances": int(self.prefill_ids.size),
             "decode_instances": int(self.decode_ids.size),
             "reserved_gpus": int(self.roles.reserved.size),
             "layout": role_map(self.tree, self.roles),
-            "kv_capacity_tokens_per_gpu": int(self.timing.kv_capacity_tokens),
+            "instances": instance_map(self.tree, self.roles, self.tp),
+            "weight_bytes_per_gpu": self.timing.weight_bytes_per_gpu,
+            "kv_capacity_tokens_per_instance": int(self.timing.kv_capacity_tokens),
+            "kv_capacity_tokens_per_gpu": int(self.timing.kv_capacity_tokens) // self.tp,
             "decode_running_capacity_tokens": int(self.decode_capacity_tokens),
             "prefill_cache_blocks": self.prefill_cache.capacity,
             "decode_cache_blocks": self.decode_cache.capacity,

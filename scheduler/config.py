@@ -48,7 +48,7 @@ class ModelPreset:
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
     "llama-3-8b": ModelPreset(),
-    # 70B: fp8 weights (70 GB) so one instance fits one H200; KV stays bf16 = 320 KiB/token.
+    # 70B: fp8 weights (70.6 GB), KV stays bf16 = 320 KiB/token; served tensor-parallel (DEFAULT_TP).
     "llama-3-70b": ModelPreset("llama-3-70b", 80, 64, 8, 128, 70.6, 1.0, 2.0, 131072),
     # Llama-2's window is 4k: a trace with longer prompts exceeds it (--context-scale caps them)
     "llama-2-7b": ModelPreset("llama-2-7b", 32, 32, 32, 128, 6.74, 2.0, 2.0, 4096),
@@ -75,6 +75,18 @@ GPU_PRESETS: dict[str, GpuConfig] = {
 
 DEFAULT_GPU_FOR_MODEL = {"llama-3-70b": "h200"}
 
+DEFAULT_TP: dict[tuple[str, str], int] = {
+    ("llama-3-70b", "h100-sxm"): 4,
+    ("llama-3-70b", "h200"): 2,
+}
+"""``cluster.tp`` of a (model, GPU) preset pair (1 when absent). The rule behind every entry: the
+smallest power of two at which a decode instance's running share (its KV capacity x
+(1 - ``cluster.decode_cache_fraction`` = 0.5)) holds one request of the model's whole context
+window. Llama-3-70B (fp8, 320 KiB/token, 128k window): on H100s tp=1 leaves 4.3k KV tokens
+(weights fill 98% of the usable 72 GB), tp=2 a 112k running share, tp=4 331k (17.7 GB of weights
+per GPU); on H200s tp=1 runs 85k, tp=2 279k. The 7-8B presets fit their window at tp=1 (8B on an
+H100: a 213k running share)."""
+
 
 KV_STREAMING = ("after-prefill", "layer-wise")
 SLO_DEFINITIONS = ("fixed", "ttft-only", "per-request")
@@ -88,6 +100,12 @@ class TimingConfig:
     prefill_overhead_s: float = param(0.005, "fixed per-prefill overhead: scheduling, kernel launches, s")
     decode_hbm_efficiency: float = param(0.8, "achieved fraction of HBM bandwidth in decode steps")
     decode_step_overhead_s: float = param(0.001, "fixed per-decode-step overhead (sampling, launch), s")
+    tp_efficiency: float = param(0.9, "fraction of the ideal tp-fold speedup a tensor-parallel instance reaches "
+                                 "in prefill compute and decode memory traffic (each GPU does 1/tp of both; "
+                                 "two all-reduces per layer over NVLink cost the rest). 1.0 = ideal scaling; "
+                                 "0.9 is an assumption: Megatron-LM measured 77% of linear scaling at 8-way TP "
+                                 "on V100 NVLink (Shoeybi et al. 2019), H100 NVSwitch has 3x its bandwidth and "
+                                 "tp <= 4 all-reduces over fewer GPUs; no effect at cluster.tp=1")
     transfer_setup_s: float = param(30e-6, "KV transfer setup (RDMA registration/handshake: tens of us)")
     kv_streaming: str = param("after-prefill", "when KV leaves the prefill instance: 'after-prefill' (the whole "
                               "cache once the prefill ends: vLLM's NIXL connector under llm-d and Dynamo, the "
@@ -99,6 +117,13 @@ class TimingConfig:
 class ClusterConfig:
     """Instance roles and caches."""
 
+    tp: int = param(1, "tensor-parallel degree: GPUs per instance, consecutive GPUs of one server (must "
+                    "divide topology.gpus_per_server); the instance's first GPU (the leader) names it. "
+                    "Weights split over its GPUs, KV capacity is their sum, compute scales by "
+                    "tp x timing.tp_efficiency and KV transfers stripe rank r -> rank r over the GPUs' "
+                    "NICs. Default per model/GPU preset (config.DEFAULT_TP): 1, llama-3-70b 4 on "
+                    "h100-sxm and 2 on h200, the smallest tp whose decode running share holds a "
+                    "whole-context request")
     placement: str = param("by-rack", "GPU roles on the serving servers: 'by-server' (whole servers are prefill "
                            "or decode, alternating in server order: disaggregated pools as Mooncake, Splitwise, "
                            "llm-d and Dynamo deploy them), 'mixed' (both roles inside every server), 'by-rack' "
@@ -279,6 +304,7 @@ def build_config(model: str = "llama-3-8b", gpu: str | None = None, overrides: l
     parts: dict[str, Any] = {name: cls() for name, cls in SECTIONS.items()}
     parts["model"] = MODEL_PRESETS[model]
     parts["gpu"] = GPU_PRESETS[gpu]
+    parts["cluster"] = dataclasses.replace(parts["cluster"], tp=DEFAULT_TP.get((model, gpu), 1))
     changes: dict[str, dict[str, Any]] = {}
     for item in overrides or []:
         key, sep, raw = item.partition("=")
@@ -309,6 +335,7 @@ def validate(cfg: ExperimentConfig) -> None:
         ("gpu.peak_tflops", cfg.gpu.peak_tflops), ("gpu.hbm_tb_s", cfg.gpu.hbm_tb_s),
         ("gpu.memory_gb", cfg.gpu.memory_gb), ("timing.prefill_mfu", cfg.timing.prefill_mfu),
         ("timing.decode_hbm_efficiency", cfg.timing.decode_hbm_efficiency),
+        ("timing.tp_efficiency", cfg.timing.tp_efficiency),
         ("oracle.poll_interval_s", cfg.oracle.poll_interval_s),
         ("slo.ttft_s", cfg.slo.ttft_s), ("slo.tbt_ms", cfg.slo.tbt_ms),
         ("slo.ttft_fixed_s", cfg.slo.ttft_fixed_s), ("slo.ttft_per_token_ms", cfg.slo.ttft_per_token_ms),
@@ -322,6 +349,7 @@ def validate(cfg: ExperimentConfig) -> None:
         ("cluster.prefill_cache_fraction", cfg.cluster.prefill_cache_fraction),
         ("oracle.min_available_fraction", cfg.oracle.min_available_fraction),
         ("gpu.memory_utilisation", cfg.gpu.memory_utilisation),
+        ("timing.tp_efficiency", cfg.timing.tp_efficiency),
     ]
     for name, value in fractions:
         if not 0 <= value <= 1:
@@ -352,11 +380,37 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"parameter 'cluster.placement' must be by-server, mixed or by-rack, got {cfg.cluster.placement!r}")
     if cfg.cluster.reserved_servers_per_pod < 0:
         raise ConfigError(f"parameter 'cluster.reserved_servers_per_pod' must be >= 0, got {cfg.cluster.reserved_servers_per_pod}")
-    if cfg.model.weight_bytes >= cfg.gpu.memory_gb * 1e9 * cfg.gpu.memory_utilisation:
-        raise ConfigError(
-            f"model '{cfg.model.name}' weights ({cfg.model.weight_bytes / 1e9:.0f} GB) do not fit GPU "
-            f"'{cfg.gpu.name}' ({cfg.gpu.memory_gb} GB x {cfg.gpu.memory_utilisation})"
-        )
+    validate_tp(cfg)
+
+
+def usable_bytes_per_gpu(gpu: GpuConfig) -> float:
+    """HBM the engine may use on one GPU (``gpu.memory_gb`` x ``gpu.memory_utilisation``)."""
+    return gpu.memory_gb * 1e9 * gpu.memory_utilisation
+
+
+def weights_fit(model: ModelPreset, gpu: GpuConfig, tp: int) -> bool:
+    """Whether a tp-way instance's weight shard (weights / tp) leaves any usable HBM for KV."""
+    return model.weight_bytes / tp < usable_bytes_per_gpu(gpu)
+
+
+def validate_tp(cfg: ExperimentConfig) -> None:
+    """``cluster.tp`` divides a server's GPUs (an instance never spans servers) and the instance's
+    weight shards fit its GPUs; the errors name the model, the GPU and tp, and suggest a tp."""
+    tp, gps = cfg.cluster.tp, cfg.topology.gpus_per_server
+    if tp < 1 or gps % tp:
+        divisors = [d for d in range(1, gps + 1) if gps % d == 0]
+        raise ConfigError(f"parameter 'cluster.tp' must divide topology.gpus_per_server={gps} (an instance is "
+                          f"{tp} consecutive GPUs of one server): one of {', '.join(map(str, divisors))}, got {tp}")
+    if weights_fit(cfg.model, cfg.gpu, tp):
+        return
+    m, g = cfg.model, cfg.gpu
+    fitting = [d for d in range(tp + 1, gps + 1) if gps % d == 0 and weights_fit(m, g, d)]
+    hint = (f"use --set cluster.tp={fitting[0]}" if fitting else
+            f"no tp up to a server's {gps} GPUs fits: use a larger GPU or fewer bytes per weight")
+    raise ConfigError(
+        f"model '{m.name}' weights ({m.weight_bytes / 1e9:.1f} GB, {m.weight_bytes / tp / 1e9:.1f} GB per GPU "
+        f"at cluster.tp={tp}) do not fit GPU '{g.name}' ({g.memory_gb:g} GB x gpu.memory_utilisation "
+        f"{g.memory_utilisation:g} = {usable_bytes_per_gpu(g) / 1e9:.1f} GB usable): {hint}")
 
 
 def describe_constants() -> list[tuple[str, str, str]]:

@@ -24,6 +24,7 @@ from scheduler.records import RequestRecord
 from scheduler.scenario import Scenario, load_scenario
 from scheduler.simulator import Simulator
 from scheduler.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.timing import TimingModel
 from scheduler.trace import Request, load_trace, trace_stats
 from scheduler import transform
 from topology.model import FatTree
@@ -110,13 +111,26 @@ def split_trace(requests: list[Request], max_requests: int | None, tune_requests
     return picked, tune, disjoint
 
 
+def split_too_long(requests: list[Request], kv_capacity_tokens: int) -> tuple[list[Request], list[Request]]:
+    """(requests that fit, requests that never can): a request's KV at its last token (prompt +
+    output tokens) must fit one decode instance's KV capacity (``TimingModel.kv_capacity_tokens``,
+    all of its GPUs' KV memory, prefix-cache share included), else no decode instance can ever
+    hold it and it is skipped rather than admitted."""
+    fit = [r for r in requests if r.input_tokens + r.output_tokens <= kv_capacity_tokens]
+    if len(fit) == len(requests):
+        return requests, []
+    return fit, [r for r in requests if r.input_tokens + r.output_tokens > kv_capacity_tokens]
+
+
 def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: str, max_requests: int | None,
             seed: int, scenario_params: dict[str, float] | None = None, tune: bool = True,
             weights: dict[str, float] | None = None, rate_scale: float = 1.0,
             context_scale: float = 1.0, window: int = 0) -> tuple[Experiment, dict]:
     """Validate and load every input; raises TraceError / ScenarioError / ValueError subclasses.
     ``rate_scale`` and ``context_scale`` transform the whole trace (window and tuning slice alike,
-    see :mod:`scheduler.transform`) before it is split."""
+    see :mod:`scheduler.transform`) before it is split. Requests whose KV can never fit a decode
+    instance (:func:`split_too_long`) are left out of the window and the tuning slice and counted
+    (``info["skipped_too_long"]``, ``info["tuning_slice"]["skipped_too_long"]``)."""
     tree = FatTree(cfg.topology)
     classes = resolve(policies)
     if max_requests is not None and max_requests < 1:
@@ -132,6 +146,13 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
     scaled = transform.context_scale(reqs, float(context_scale), cfg.model.max_context_tokens)
     reqs = scaled.requests
     window_reqs, tune_slice, disjoint = split_trace(reqs, max_requests, cfg.tuning.tune_requests, window)
+    kv_capacity = TimingModel(cfg).kv_capacity_tokens
+    window_reqs, too_long = split_too_long(window_reqs, kv_capacity)
+    tune_slice, tune_too_long = split_too_long(tune_slice, kv_capacity)
+    if not window_reqs:
+        raise ConfigError(f"every one of the {len(too_long)} evaluated requests needs more KV (prompt + output "
+                          f"tokens) than a decode instance holds ({kv_capacity} tokens: model '{cfg.model.name}' on "
+                          f"cluster.tp={cfg.cluster.tp} x '{cfg.gpu.name}'); raise cluster.tp")
     for name in (weights or {}):
         try:
             spec = parse_spec(name)
@@ -148,13 +169,17 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
             raise ConfigError(f"--weight {name}=...: {name!r} is not among --policies ({', '.join(c.name for c in classes)}) "
                              f"nor inherited by one of them, so the weight would be ignored")
     assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction,
-                 cfg.cluster.reserved_servers_per_pod)  # both roles present?
+                 cfg.cluster.reserved_servers_per_pod, cfg.cluster.tp)  # both roles present?
     exp = Experiment(cfg, tree, source, window_reqs, tune_slice, sc, classes, seed, tune, dict(weights or {}))
     info = {
         "source": source,
         "evaluated": trace_stats(window_reqs),
         "window": window,
-        "tuning_slice": {"requests": len(tune_slice), "disjoint_from_evaluation": disjoint},
+        "tuning_slice": {"requests": len(tune_slice), "disjoint_from_evaluation": disjoint,
+                         "skipped_too_long": len(tune_too_long)},
+        "decode_kv_capacity_tokens": kv_capacity,
+        "skipped_too_long": len(too_long),
+        "skipped_too_long_req_ids": [r.req_id for r in too_long[:10]],
         "rate_scale": float(rate_scale),
         "context_scale": float(context_scale),
         "prompts_capped_at_context_window": scaled.capped,

@@ -134,11 +134,29 @@ class NetworkOracle(ABC):
             hit = cache[query.src] = (query.dsts, latency, bottleneck)
         return hit[1], hit[2]
 
+    def striped_cost(self, query: OracleQuery, rank_dsts: list[np.ndarray]) -> np.ndarray:
+        """Seconds to move a KV cache striped over ``tp = len(rank_dsts)`` ranks: rank r of the
+        source instance (GPU ``query.src + r``) sends ``nbytes / tp`` to rank r of every candidate
+        (``rank_dsts[r]``), in parallel over the ranks' own NICs, and the transfer ends when the
+        last shard lands: the maximum over ranks of each rank's :meth:`cost`. Shards of one
+        transfer that share a fabric link are priced as if each had it alone. ``cost(query)`` at
+        tp = 1."""
+        tp = len(rank_dsts)
+        if tp == 1:
+            return self.cost(query)
+        shard = np.asarray(query.nbytes, dtype=float) / tp
+        worst = None
+        for r, dsts in enumerate(rank_dsts):
+            c = self.cost(query._replace(src=query.src + r, dsts=dsts, nbytes=shard))
+            worst = c if worst is None else np.maximum(worst, c)
+        return worst
+
     def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
-               nbytes: float = 0.0, key: int | None = None) -> None:
+               nbytes: float = 0.0, key: int | None = None, tp: int = 1) -> None:
         """The scheduler committed transfer ``key`` of ``nbytes`` from ``src`` to ``dst``, expected
-        over ``[start, end)`` (seconds since run start). Oracles that do not track commitments
-        ignore it (and :meth:`done`)."""
+        over ``[start, end)`` (seconds since run start); with ``tp`` > 1 striped, rank r from
+        ``src + r`` to ``dst + r``. Oracles that do not track commitments ignore it (and
+        :meth:`done`)."""
 
     def done(self, key: int, t: float) -> None:
         """Transfer ``key`` (see :meth:`commit`) finished at ``t``."""
@@ -270,7 +288,17 @@ class InflightOracle(TelemetryOracle):
         self._routes: dict[tuple, np.ndarray] = {}  # (src, dst, down) -> path of a committed transfer
 
     def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
-               nbytes: float = 0.0, key: int | None = None) -> None:
+               nbytes: float = 0.0, key: int | None = None, tp: int = 1) -> None:
+        if tp == 1:
+            path = self._route(src, dst, flow_key)
+            rate = nbytes / max(end - start, 1e-9)
+        else:  # one entry for the striped transfer: its shards' paths, each at its shard's rate
+            path = np.concatenate([self._route(src + r, dst + r, flow_key) for r in range(tp)])
+            rate = nbytes / tp / max(end - start, 1e-9)
+        self._ledger[len(self._ledger) if key is None else key] = [start, end, path, rate, np.inf]
+
+    def _route(self, src: int, dst: int, flow_key: int | None) -> np.ndarray:
+        """Path of a committed transfer from ``src`` to ``dst`` on the routes in force."""
         if self.tree.config.routing == "dst":  # the route does not depend on the flow: memoised
             route = (src, dst, self._down)
             path = self._routes.get(route)
@@ -279,10 +307,8 @@ class InflightOracle(TelemetryOracle):
                     self._routes.clear()
                 path = self._routes[route] = self.tree.paths(src, np.array([dst]), flow_key, self._down)[0]
                 path.flags.writeable = False
-        else:
-            path = self.tree.paths(src, np.array([dst]), flow_key, self._down)[0]
-        rate = nbytes / max(end - start, 1e-9)
-        self._ledger[len(self._ledger) if key is None else key] = [start, end, path, rate, np.inf]
+            return path
+        return self.tree.paths(src, np.array([dst]), flow_key, self._down)[0]
 
     def done(self, key: int, t: float) -> None:
         """Transfer ``key`` finished at ``t`` (its last byte arrived)."""

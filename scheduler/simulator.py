@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scheduler.cluster import Cluster, DecodeBatch
-from scheduler.config import ExperimentConfig
+from scheduler.config import ConfigError, ExperimentConfig
 from scheduler.network import FlowNetwork
 from scheduler.oracle import NetworkOracle, make_oracle
 from scheduler.policies.base import Policy
@@ -64,7 +64,9 @@ class _ReqState:
     joined: float = 0.0
     first_token: float = 0.0
     finish: float = 0.0
-    fid: int = -1  # network flow of the KV transfer while it runs
+    fids: tuple[int, ...] = ()  # network flows of the KV transfer (one per rank) while it runs
+    shards: int = 0  # of those, still moving
+    landed: float = 0.0  # latest landing time of a finished shard (striped transfers)
     stalled: float = 0.0  # seconds the transfer stood still on a down link
     stall_since: float | None = None
 
@@ -157,6 +159,7 @@ class Simulator:
         if shadow_fresh and policy.needs_oracle and self.telemetry is not None:
             self.shadow = make_oracle("telemetry", self.tree, self.telemetry, 0.0,
                                       cfg.oracle.min_available_fraction, cfg.timing.transfer_setup_s)
+        self._check_fits(requests)
         self.batches = [DecodeBatch(self.cluster.timing, self.cluster.decode_capacity_tokens)
                         for _ in range(self.cluster.decode_ids.size)]
         self.show_progress = progress
@@ -178,6 +181,18 @@ class Simulator:
         cls = type(self)
         self._batch_scenario = cls._apply is Simulator._apply and cls._schedule_net is Simulator._schedule_net
         self._last_arrival = max((r.arrival_s for r in requests), default=0.0)
+
+    def _check_fits(self, requests: list[Request]) -> None:
+        """Refuse a request no decode instance can ever hold (its prompt + output tokens exceed
+        the instance's KV capacity): it would be admitted alone, over the memory it has.
+        ``experiment.prepare`` skips such requests and counts them."""
+        limit = self.cluster.timing.kv_capacity_tokens
+        for r in requests:
+            if r.input_tokens + r.output_tokens > limit:
+                raise ConfigError(f"request {r.req_id} needs {r.input_tokens + r.output_tokens} KV tokens, more than a "
+                                  f"decode instance holds ({limit}: model '{self.cfg.model.name}' on cluster.tp="
+                                  f"{self.cfg.cluster.tp} x '{self.cfg.gpu.name}'); experiment.prepare skips such "
+                                  f"requests (split_too_long)")
 
     # ------------------------------------------------------------------ ground truth (perfect oracle)
     def routing_down(self) -> frozenset[int]:
@@ -269,9 +284,10 @@ class Simulator:
         for i, s in stuck[:5]:
             src, dst = int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d])
             who = f"request {s.req.req_id} ({self.tree.gpu_name(src)} -> {self.tree.gpu_name(dst)})"
-            flow = self.net.flows.get(s.fid)
-            if flow is not None:
-                dead = [self.tree.link_name(int(x)) for x in flow.path if int(x) in self._down]
+            flows = [self.net.flows[f] for f in s.fids if f in self.net.flows]
+            if flows:
+                dead = sorted({self.tree.link_name(int(x)) for flow in flows for x in flow.path
+                               if int(x) in self._down})
                 lines.append(f"{who}: its KV transfer stands still on {', '.join(dead) or 'a saturated path'}"
                              + (" (down, no other path)" if dead else ""))
             else:
@@ -324,12 +340,18 @@ class Simulator:
             i = self._flow_owner.pop(fid)
             self._flow_ends.pop(fid, None)
             st = states[i]
-            st.fid = -1
+            latency = float(self.tree.latency_s[flow.path].sum()) + self.cfg.timing.transfer_setup_s
+            if st.shards > 1:  # a striped transfer: it ends when its last shard lands
+                st.landed = max(st.landed, t + latency)
+                st.shards -= 1
+                self._schedule_net()
+                return
+            st.fids = ()
+            st.shards = 0
             if st.stall_since is not None:
                 st.stalled += t - st.stall_since
                 st.stall_since = None
-            latency = float(self.tree.latency_s[flow.path].sum()) + self.cfg.timing.transfer_setup_s
-            self._push(t + latency, _KV_ARRIVED, i)
+            self._push(max(st.landed, t + latency), _KV_ARRIVED, i)
             self._schedule_net()
         elif kind == _KV_ARRIVED:
             self._kv_arrived(states[payload], payload, t)
@@ -418,7 +440,7 @@ class Simulator:
             start = self._transfer_start(s)
             took = float(ctx.raw_transfer_cost_s(s.p)[s.d])
             self.oracle.commit(int(cl.prefill_ids[s.p]), int(cl.decode_ids[s.d]), start,
-                               max(start + took, s.prefill_end), s.req.req_id, s.nbytes, i)
+                               max(start + took, s.prefill_end), s.req.req_id, s.nbytes, i, tp=cl.tp)
 
     def _transfer_start(self, s: _ReqState) -> float:
         """When the request's KV starts moving: at the prefill's end, or once its first layer is
@@ -440,29 +462,50 @@ class Simulator:
             self._push(t, _KV_ARRIVED, i)
             return
         if self.layer_wise:  # the stream runs since the first layer: the rest may go at full speed
-            if s.fid in self.net.flows:
-                self.net.set_cap(s.fid, np.inf)
+            moving = [f for f in s.fids if f in self.net.flows]
+            if moving:
+                for f in moving:
+                    self.net.set_cap(f, np.inf)
                 self._schedule_net()
             return
         self._start_transfer(s, i, int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d]))
 
     def _start_transfer(self, s: _ReqState, i: int, src: int, dst: int, cap: float = np.inf) -> None:
-        """Move the request's KV bytes from GPU ``src`` to ``dst`` as a simulated flow (at most
-        ``cap`` bytes/s)."""
-        path = self._route(src, dst, s.req.req_id, self._routing_down)
-        fid = self.net.add(path, s.nbytes, cap=cap)
-        s.fid = fid
-        self._flow_owner[fid] = i
-        self._flow_ends[fid] = (src, dst, s.req.req_id)
+        """Move the request's KV bytes from instance ``src`` to ``dst`` (leader GPUs) as simulated
+        flows (at most ``cap`` bytes/s in all): one flow at tp = 1, else striped, rank r of the
+        prefill instance sending ``nbytes / tp`` from GPU ``src + r`` to ``dst + r``, in parallel."""
+        tp = self.cluster.tp
+        if tp == 1:
+            path = self._route(src, dst, s.req.req_id, self._routing_down)
+            fid = self.net.add(path, s.nbytes, cap=cap)
+            s.fids, s.shards = (fid,), 1
+            self._flow_owner[fid] = i
+            self._flow_ends[fid] = (src, dst, s.req.req_id)
+        else:
+            self.net.hold()  # the shards start together: one rate computation
+            fids = []
+            for r in range(tp):
+                path = self._route(src + r, dst + r, s.req.req_id, self._routing_down)
+                fid = self.net.add(path, s.nbytes / tp, cap=cap / tp)
+                fids.append(fid)
+                self._flow_owner[fid] = i
+                self._flow_ends[fid] = (src + r, dst + r, s.req.req_id)
+            self.net.release()
+            s.fids, s.shards, s.landed = tuple(fids), tp, 0.0
         self._mark_stalls(self.net.now)
         self._schedule_net()
 
     # ------------------------------------------------------------------ failures and rerouting
     def _mark_stalls(self, t: float) -> None:
-        """Start or end the stall clock of every KV transfer by whether its path crosses a down link."""
+        """Start or end the stall clock of every KV transfer by whether a path of its (shards')
+        flows crosses a down link."""
+        down = self._down
+        dead_by_req: dict[int, bool] = {}
         for fid, i in self._flow_owner.items():
+            dead = bool(down) and any(int(x) in down for x in self.net.flows[fid].path)
+            dead_by_req[i] = dead_by_req.get(i, False) or dead
+        for i, dead in dead_by_req.items():
             s = self.states[i]
-            dead = bool(self._down) and any(int(x) in self._down for x in self.net.flows[fid].path)
             if dead and s.stall_since is None:
                 s.stall_since = t
             elif not dead and s.stall_since is not None:

@@ -6,23 +6,37 @@ import numpy as np
 from scheduler.config import ExperimentConfig
 
 
+def tp_speedup(tp: int, efficiency: float) -> float:
+    """Speedup of a ``tp``-GPU tensor-parallel instance over one GPU: ``tp x efficiency``
+    (``timing.tp_efficiency``), exactly 1.0 at tp = 1."""
+    return 1.0 if tp == 1 else tp * efficiency
+
+
 class TimingModel:
-    """Prefill and decode times of one GPU instance for the configured model and GPU."""
+    """Prefill and decode times of one instance (``cluster.tp`` GPUs) for the configured model and
+    GPU: each GPU holds weights / tp and does 1/tp of the FLOPs and memory traffic, at
+    ``tp_speedup``; the instance's KV capacity is the sum over its GPUs."""
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         m, g, t = cfg.model, cfg.gpu, cfg.timing
+        tp = cfg.cluster.tp
+        speedup = tp_speedup(tp, t.tp_efficiency)
+        self.tp = tp
         self.kv_bytes_per_token = m.kv_bytes_per_token
         self._flops_per_token = 2.0 * m.params_b * 1e9
         # Attention score + value FLOPs per (query token, context token) pair: 2 matmuls x 2 FLOPs/MAC
         # x layers x (q_heads x head_dim).
         self._attn_flops_per_pair = 4.0 * m.layers * m.q_heads * m.head_dim
-        self._flop_rate = g.peak_tflops * 1e12 * t.prefill_mfu
-        self._hbm_rate = g.hbm_tb_s * 1e12 * t.decode_hbm_efficiency
+        # the instance's rates (x 1.0 exactly at tp = 1)
+        self._flop_rate = g.peak_tflops * 1e12 * t.prefill_mfu * speedup
+        self._hbm_rate = g.hbm_tb_s * 1e12 * t.decode_hbm_efficiency * speedup
         self._weight_bytes = m.weight_bytes
         self._prefill_overhead = t.prefill_overhead_s
         self._step_overhead = t.decode_step_overhead_s
-        kv_memory = g.memory_gb * 1e9 * g.memory_utilisation - m.weight_bytes
-        self.kv_capacity_tokens = int(kv_memory // m.kv_bytes_per_token)
+        self.weight_bytes_per_gpu = m.weight_bytes / tp
+        kv_memory_per_gpu = g.memory_gb * 1e9 * g.memory_utilisation - self.weight_bytes_per_gpu
+        self.kv_capacity_tokens = int(kv_memory_per_gpu * tp // m.kv_bytes_per_token)
+        """KV tokens the instance's GPUs hold together (the memory left after their weight shards)."""
 
     def kv_bytes(self, tokens: int) -> int:
         return int(tokens) * self.kv_bytes_per_token

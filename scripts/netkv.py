@@ -109,7 +109,16 @@ def prepare_from_args(args: argparse.Namespace):
                              f"(--set tuning.tune_requests=N), --no-tune or --weight, or accept it with "
                              f"--allow-overlapping-tuning")
         print("WARNING: weights tuned on requests that are also evaluated (--allow-overlapping-tuning)", file=sys.stderr)
-    if args.max_requests and info["evaluated"]["count"] < args.max_requests:
+    skipped, skipped_tune = info["skipped_too_long"], tuning["skipped_too_long"]
+    if skipped or skipped_tune:
+        c = exp.cfg
+        ids = ", ".join(map(str, info["skipped_too_long_req_ids"]))
+        print(f"WARNING: {skipped} evaluated request(s) (e.g. {ids or 'none'}) and {skipped_tune} of the tuning slice "
+              f"skipped: their KV (prompt + output tokens) exceeds a decode instance's "
+              f"{info['decode_kv_capacity_tokens']}-token KV capacity (model '{c.model.name}', cluster.tp={c.cluster.tp} "
+              f"x '{c.gpu.name}'), so no decode instance could ever hold them; a larger cluster.tp holds more "
+              f"(summary.json: config.trace.skipped_too_long)", file=sys.stderr)
+    if args.max_requests and info["evaluated"]["count"] + skipped < args.max_requests:
         print(f"note: --max-requests {args.max_requests}: the trace has {info['evaluated']['count']} requests to "
               f"evaluate (after {tuning['requests']} held out for tuning)", file=sys.stderr)
     late = exp.scenario.late_events(exp.horizon_s, exp.run_s)
@@ -231,7 +240,7 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 
 
 def cmd_constants(args: argparse.Namespace) -> int:
-    from scheduler.config import GPU_PRESETS, MODEL_PRESETS, describe_constants
+    from scheduler.config import DEFAULT_TP, GPU_PRESETS, MODEL_PRESETS, describe_constants
 
     rows = describe_constants()
     if args.json:
@@ -241,6 +250,8 @@ def cmd_constants(args: argparse.Namespace) -> int:
         print(f"{name:<38} {default:<22} {help_}")
     print(f"\nmodel presets (--model): {', '.join(MODEL_PRESETS)}")
     print(f"GPU presets (--gpu): {', '.join(GPU_PRESETS)}")
+    print("cluster.tp by preset: " + ", ".join(f"{m} on {g} {tp}" for (m, g), tp in DEFAULT_TP.items())
+          + ", every other pair 1")
     print("override any of these with --set SECTION.FIELD=VALUE")
     return EXIT_OK
 

@@ -194,7 +194,8 @@ def test_simulate_with_tuning(runs):
         best = min(ok, key=lambda row: (row["ttft_mean_s"], row["weight"]))
         assert pol["params"][{"cache-load": "load_weight", "netkv": "load_weight_s"}[name]] == best["weight"]
         assert f"tuned {name}" in res.stderr
-    assert summary["config"]["trace"]["tuning_slice"] == {"requests": 30, "disjoint_from_evaluation": True}
+    assert summary["config"]["trace"]["tuning_slice"] == {"requests": 30, "disjoint_from_evaluation": True,
+                                                          "skipped_too_long": 0}
 
 
 def test_simulate_with_trace_file(runs):

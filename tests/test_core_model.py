@@ -140,12 +140,13 @@ def test_unknown_presets_rejected():
 
 
 def test_model_too_big_for_gpu():
-    # 70B in fp8 fits an H200 (default) but not a 40 GB GPU; in bf16 (141 GB) not even an H200
-    build_config("llama-3-70b")
+    # 70B in fp8 fits one H200 but not one 40 GB GPU; in bf16 (141 GB) not even one H200 (tests of
+    # tensor-parallel instances, which split the weights: tests/test_tp.py)
+    build_config("llama-3-70b", overrides=["cluster.tp=1"])
     with pytest.raises(ConfigError, match="do not fit"):
-        build_config("llama-3-70b", overrides=["gpu.memory_gb=40"])
+        build_config("llama-3-70b", overrides=["gpu.memory_gb=40", "cluster.tp=1"])
     with pytest.raises(ConfigError, match="llama-3-70b"):
-        build_config("llama-3-70b", overrides=["model.weight_bytes_per_param=2"])
+        build_config("llama-3-70b", overrides=["model.weight_bytes_per_param=2", "cluster.tp=1"])
 
 
 def test_describe_constants_lists_every_section():

@@ -329,7 +329,7 @@ def test_prepare_reports_split(cfg):
     small = build_config(overrides=["tuning.tune_requests=20"])
     exp, info = prepare(small, None, "idle", "netkv,round-robin", 30, seed=0)
     assert len(exp.requests) == 30 and len(exp.tune_requests) == 20
-    assert info["tuning_slice"] == {"requests": 20, "disjoint_from_evaluation": True}
+    assert info["tuning_slice"] == {"requests": 20, "disjoint_from_evaluation": True, "skipped_too_long": 0}
     assert exp.tune_requests[0].arrival_s == 0.0
     assert [c.name for c in exp.policies] == ["netkv", "round-robin"]
     with pytest.raises(ValueError, match="max-requests"):
