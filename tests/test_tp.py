@@ -241,3 +241,13 @@ def test_emulate_refuses_tp_above_one():
         check_emulable(exp, 0.01, 1.0)
     exp1, _ = prepare(build_config(), None, "idle", "cache-load,netkv", 40, 0, tune=False)
     check_emulable(exp1, 0.01, 1.0)
+
+
+def test_cli_emulate_exits_2_on_tp_above_one_before_any_fabric_work(tmp_path):
+    out = tmp_path / "never"
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "netkv.py"), "emulate", "--set", "cluster.tp=2",
+                          "--scale", "0.01", "--max-requests", "20", "--no-progress", "--out", str(out)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert "cluster.tp=2" in res.stderr and "netkv simulate" in res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
