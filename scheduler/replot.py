@@ -275,13 +275,16 @@ def default_compare_out(root: Path) -> Path:
     return Path(root) / "results" / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-compare"
 
 
-def run_compare(dir_a: Path, dir_b: Path, out: Path, fmt: str = "png") -> tuple[Path, str, dict]:
+def run_compare(dir_a: Path, dir_b: Path, out: Path, fmt: str = "png",
+                provenance: dict | None = None) -> tuple[Path, str, dict]:
     """Compare two result folders; write ``compare.json``, ``compare.txt`` and the overlaid CDF as
     a new folder ``out`` (atomically, :func:`scheduler.report.write_files`). Returns (folder,
     table text, comparison)."""
     report.check_format(fmt)
     a, b = load_folder(dir_a), load_folder(dir_b)
     cmp = compare_folders(a, b)
+    if provenance is not None:
+        cmp = {"kind": cmp["kind"], "provenance": provenance, **{k: v for k, v in cmp.items() if k != "kind"}}
     text = format_comparison(cmp)
     with tempfile.TemporaryDirectory() as tmp:
         fig = Path(tmp) / f"{COMPARE_FIGURE}.{fmt}"

@@ -35,7 +35,8 @@ def studied_policy(policies: str) -> str:
 
 
 def run_staleness(base: sw.Base, values: list[float], seeds: list[int], out: Path, jobs: int | None = None,
-                  progress: bool = True, log=print, command: str = "netkv staleness") -> tuple[Path, str]:
+                  progress: bool = True, log=print, command: str = "netkv staleness",
+                  provenance: dict | None = None) -> tuple[Path, str]:
     from scheduler.report import dumps_json, write_files
 
     if not values or any(not isinstance(v, float) or v < 0 for v in values):
@@ -48,7 +49,8 @@ def run_staleness(base: sw.Base, values: list[float], seeds: list[int], out: Pat
     table = sw.rows(sweep, results)
     agg = sw.aggregate(sweep, table, target)
     text = _table(agg, target, base.scenario)
-    summary = {"kind": "staleness", "backend": "simulate", "command": command, "param": PARAM, "policy": target,
+    summary = {"kind": "staleness", "backend": "simulate", "provenance": provenance, "command": command,
+               "param": PARAM, "policy": target,
                "values": values, "seeds": seeds, "base": base.__dict__, "aggregate": agg,
                "points": [{"value": v, "seed": s, "policies": results[(v, s)]} for v in values for s in seeds]}
     files = {"summary.json": dumps_json(summary).encode(), "sweep.csv": sw.csv_bytes(table),

@@ -177,7 +177,7 @@ def build_summary(backend: str, exp, info: dict, policies: dict, extra: dict | N
     config["trace"] = info
     config["seed"] = exp.seed
     config["policies"] = [c.name for c in exp.policies]
-    summary = {"backend": backend,
+    summary = {"kind": backend, "backend": backend,
                "provenance": collect(getattr(args, "argv", None), getattr(args, "started", None)),
                "config": config, "policies": policies}
     if extra:
@@ -283,7 +283,8 @@ def cmd_staleness(args: argparse.Namespace) -> int:
         raise UsageError(f"--values {args.values!r}: expected non-negative seconds, e.g. 0,1,5")
     path, text = run_staleness(_sweep_base(args), values, sw.parse_seeds(args.seeds), out, args.jobs,
                                progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
-                               command="netkv " + " ".join(sys.argv[1:]))
+                               command="netkv " + " ".join(args.argv),
+                               provenance=_provenance(args))
     print(text)
     print(f"\nresults: {path}")
     return EXIT_OK
@@ -320,8 +321,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     table = sw.rows(sweep, results)
     agg = sw.aggregate(sweep, table, target)
     text = sw.format_table(sweep, agg, target)
-    command = "netkv " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["sweep"] else f"netkv sweep --param {args.param}"
-    summary = {"kind": "sweep", "backend": "simulate", "command": command, "comparison_target": target,
+    command = "netkv " + " ".join(args.argv)
+    from scheduler.provenance import collect
+
+    summary = {"kind": "sweep", "backend": "simulate", "provenance": collect(args.argv, args.started),
+               "command": command, "comparison_target": target,
                "param": args.param,
                "values": sweep.values, "seeds": sweep.seeds, "base": dataclasses.asdict(sweep.base),
                "aggregate": agg, "points": [{"value": v, "seed": s, "policies": results[(v, s)]}
@@ -342,7 +346,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()] if args.scenarios else None
     path = generate(Path(args.out), args.quick, args.jobs, args.max_requests, scenarios, not args.no_progress,
-                    lambda m: print(m, file=sys.stderr), command="netkv " + " ".join(sys.argv[1:]),
+                    lambda m: print(m, file=sys.stderr), command="netkv " + " ".join(args.argv),
                     overrides=tuple(args.overrides or ()))
     print(f"report: {path} (figures in {path.parent / path.stem})")
     return EXIT_OK
@@ -357,12 +361,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _provenance(args: argparse.Namespace) -> dict:
+    from scheduler.provenance import collect
+
+    return collect(getattr(args, "argv", None), getattr(args, "started", None))
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from scheduler.replot import default_compare_out, run_compare
 
     out = Path(args.out) if args.out else default_compare_out(ROOT)
     check_out(out)
-    path, text, _ = run_compare(Path(args.dir_a), Path(args.dir_b), out, args.format)
+    path, text, _ = run_compare(Path(args.dir_a), Path(args.dir_b), out, args.format, _provenance(args))
     print(text)
     print(f"results: {path}")
     return EXIT_OK

@@ -342,7 +342,9 @@ def test_result_folder_describes_itself(runs):
     """summary.json says which command, code and versions made it; the scenario is copied beside it."""
     res, out, _ = runs["a"]
     assert res.returncode == 0, res.stderr
-    prov = json.loads((out / "summary.json").read_text())["provenance"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "simulate"
+    prov = summary["provenance"]
     assert prov["argv"] == simulate_args(out, "--no-tune", "--scenario", "hotspot")
     assert prov["command"].startswith("netkv simulate ")
     assert prov["started_utc"].endswith("+00:00")

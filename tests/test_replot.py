@@ -219,6 +219,7 @@ def test_compare_two_scenarios(folders: dict[str, Path], tmp_path: Path, capsys:
     b = json.loads((folders["timed"] / "summary.json").read_text())["policies"]
     cmp = json.loads((out / "compare.json").read_text())
     assert list(cmp["policies"]) == ["cache-load", "netkv"]
+    assert cmp["kind"] == "compare" and cmp["provenance"]["argv"][0] == "compare"
     for name in ("cache-load", "netkv"):
         m = cmp["policies"][name]["ttft_mean_s"]
         assert m["a"] == pytest.approx(a[name]["ttft_mean_s"]) and m["b"] == pytest.approx(b[name]["ttft_mean_s"])

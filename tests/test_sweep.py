@@ -91,6 +91,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
         (v, s, p) for v in ("100", "400") for s in ("0", "1") for p in ("cache-load", "netkv")}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["command"].startswith("netkv sweep --param topology.nic_gbit_s")
+    assert summary["kind"] == "sweep" and summary["provenance"]["argv"][:3] == ["sweep", "--param", "topology.nic_gbit_s"]
     agg = summary["aggregate"]
     assert len(agg["vs"]["cache-load"]["ttft_mean_pct"]) == 2
     # the aggregate is the mean of the rows
@@ -111,6 +112,8 @@ def test_staleness_study_end_to_end(tmp_path):
     assert [float(r["same_tier_fraction"]) for r in net][0] == 1.0  # no staleness: agrees with itself
     assert all(r["regret_ms"] != "" for r in net)
     assert {r["policy"] for r in rows} == {"netkv", "netkv:perfect", "cache-load"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "staleness" and summary["provenance"]["command"].startswith("netkv staleness --values 0,2")
     res = netkv("staleness", "--policies", "round-robin", "--out", str(tmp_path / "no"))
     assert res.returncode == 2 and "reads telemetry" in res.stderr and not (tmp_path / "no").exists()
 
