@@ -61,7 +61,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # - Switch tiers (10 Mbit/s emulated, bound by HTB): 0.95-0.96 run after run, also in CI.
 # - NVLink (90 Mbit/s emulated on the 64-GPU fabric, bound by the userspace datapath's single
 #   forwarding thread): 0.89-0.97 measured; 0.89 in a CI run whose ovs-vswitchd sat at 98% of a
-#   core. A wrong rate, unit or ceil shows as < 0.6 or > 1.0 (payload over the wire rate).
+#   core; on 2026-12-01 single 3 s iperf3 runs on an otherwise idle machine gave 0.61-0.93, with the
+#   code of earlier stops as well, so the tests judge a tier by its best of a few runs. A wrong
+#   rate, unit or ceil shows as < 0.6 or > 1.0 (payload over the wire rate) in every run.
 SWITCH_GOODPUT_FLOOR = 0.90
 NVLINK_GOODPUT_FLOOR = 0.75
 GOODPUT_CEILING = 1.0
