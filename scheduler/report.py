@@ -27,7 +27,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from scheduler.metrics import N_TIERS, SloConfig, ablation, compare, slo_attainment_curve, summarize_policy
 from scheduler.records import RequestRecord
@@ -358,6 +358,11 @@ def _plot_ttft_cdf(path: Path, records: dict[str, list[RequestRecord]], slo: Slo
     return _finish(fig, path, FigureText(f"TTFT distribution per policy, and {what}", caption))
 
 
+RATIO_TICKS = (0.25, 0.5, 0.67, 0.8, 0.9, 0.95, 0.98, 1.0, 1.02, 1.05, 1.1, 1.25, 1.5, 2.0, 4.0)
+"""Labelled ratios on the quantile-ratio panel: those inside the data's range are shown (powers of
+two alone label nothing but x1 when policies differ by a few percent)."""
+
+
 def _ratio_panel(ax, sorted_ttft: dict[str, np.ndarray], styles: dict[str, dict], target: str) -> None:
     """Each policy's TTFT quantile over the target's at the same level (log2 y, logit x)."""
     base = sorted_ttft[target]
@@ -377,8 +382,12 @@ def _ratio_panel(ax, sorted_ttft: dict[str, np.ndarray], styles: dict[str, dict]
         ax.set_xticks(ticks, [f"p{100 * q:g}" for q in ticks])
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _p: ""))
         ax.set_yscale("log", base=2)
+        lo, hi = ax.get_ylim()
+        ticks = [r for r in RATIO_TICKS if lo <= r <= hi] or [1.0]  # ratios a reader can read off
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"x{v:g}"))
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _p: ""))
+        ax.set_ylim(lo, hi)
     ax.set_xlabel(f"quantile level (logit scale, up to what n={n_min} resolves)")
     ax.set_ylabel(f"TTFT quantile / {target}'s (log scale)")
     ax.set_title(f"quantiles relative to {target} (above x1: slower than {target})")
