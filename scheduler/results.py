@@ -263,7 +263,8 @@ def _matrix_table(plan: Plan, results: dict, section: str) -> list[str]:
         return []
     names = [n for n in HEADLINE_POLICIES.split(",") if any(n in results["cells"][i]["policies"] for i, _ in rows)]
     head = ["scenario", *names, "live vs static", "live vs topology-affinity", "live vs perfect",
-            "vs cache-load", "vs round-robin", "SLO pp vs cache-load", "TBT ms vs cache-load", "netkv tiers 0/1/2/3"]
+            "vs cache-load", "vs round-robin", "p99 vs topology-affinity", "SLO pp vs cache-load", "TBT ms vs cache-load",
+            "netkv tiers 0/1/2/3"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for i, c in rows:
         p = results["cells"][i]["policies"]
@@ -276,6 +277,8 @@ def _matrix_table(plan: Plan, results: dict, section: str) -> list[str]:
                  _f(_pct(live, _ttft(p, "netkv:perfect")), "+.1f") + "%",
                  _f(_pct(live, _ttft(p, "cache-load")), "+.1f") + "%",
                  _f(_pct(live, _ttft(p, "round-robin")), "+.1f") + "%",
+                 _f(_pct((p.get("netkv") or {}).get("ttft_p99_s"), (p.get("topology-affinity") or {}).get("ttft_p99_s")),
+                    "+.1f") + "%",
                  _f(100 * (p["netkv"]["slo_attainment"] - cl.get("slo_attainment", math.nan)), "+.1f"),
                  _f(p["netkv"]["tbt_mean_ms"] - cl.get("tbt_mean_ms", math.nan), "+.2f"),
                  "/".join(str(h) for h in hist)]
