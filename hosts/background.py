@@ -92,6 +92,21 @@ def _send_some(sock: socket.socket, view: memoryview, stop: threading.Event) -> 
     return done
 
 
+def _connect(sock: socket.socket, host: str, port: int, timeout: float, congestion: str | None) -> None:
+    """Set the congestion control (None: the system default) and connect; BackgroundError names
+    what failed."""
+    if congestion:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
+        except OSError as exc:
+            raise BackgroundError(f"congestion control {congestion!r} unavailable: {exc}") from exc
+    sock.settimeout(timeout)
+    try:
+        sock.connect((host, port))
+    except OSError as exc:
+        raise BackgroundError(f"connect to {host}:{port} failed: {exc}") from exc
+
+
 def run_sender(host: str, port: int, duration: float, rate_mbit: float | None = None,
                stop: threading.Event | None = None, connect_timeout: float = 10.0,
                congestion: str | None = None) -> FlowStats:
@@ -102,16 +117,7 @@ def run_sender(host: str, port: int, duration: float, rate_mbit: float | None = 
     stop = stop or threading.Event()
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
-        if congestion:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
-            except OSError as exc:
-                raise BackgroundError(f"congestion control {congestion!r} unavailable: {exc}") from exc
-        sock.settimeout(connect_timeout)
-        try:
-            sock.connect((host, port))
-        except OSError as exc:
-            raise BackgroundError(f"connect to {host}:{port} failed: {exc}") from exc
+        _connect(sock, host, port, connect_timeout, congestion)
         sock.settimeout(POLL_S)
         rate_bps = rate_mbit * 1e6 if rate_mbit is not None else None
         chunk = pace_chunk(rate_bps) if rate_bps else 64 << 10
@@ -269,16 +275,7 @@ def _activation(host: str, port: int, rate_mbit: float | None, connect_timeout: 
     sent = 0
     t0 = time.monotonic()
     try:
-        if congestion:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
-            except OSError as exc:
-                raise BackgroundError(f"congestion control {congestion!r} unavailable: {exc}") from exc
-        sock.settimeout(connect_timeout)
-        try:
-            sock.connect((host, port))
-        except OSError as exc:
-            raise BackgroundError(f"connect to {host}:{port} failed: {exc}") from exc
+        _connect(sock, host, port, connect_timeout, congestion)
         sock.setblocking(False)
         rate_Bps = rate_mbit * 1e6 / 8 if rate_mbit is not None else None
         chunk = pace_chunk(rate_Bps * 8) if rate_Bps else 64 << 10

@@ -9,21 +9,12 @@ reason:
   ``oracle.kind=perfect`` for a policy given without one): that oracle reads the simulator's
   ground truth (true routes, every flow's max-min share); a real fabric shows itself only through
   telemetry, so there is nothing to read;
-* a scenario that takes a link down (a ``link`` event with ``state = "down"``, ``factor = 0`` or
-  ``capacity_gbit_s = 0``, e.g. ``link-failure``, ``nic-failure``): on the emulator a link down
-  is an HTB blackhole that the Ryu controller neither sees nor routes around (no rerouting on the
-  fabric yet), while the simulator moves traffic off it after ``topology.reroute_delay_s``, so the
-  two backends would not run the same experiment. Reduced capacities (``factor > 0``) run on both;
-* ``timing.kv_streaming = "layer-wise"``: the prefill agents do stream each layer's KV as it is
-  computed (``hosts.compute``, tested), but what layer-wise streaming leaves in TTFT is the last
-  layer's bytes plus the fabric's per-packet delays, and on the emulated fabric those are 1/scale
-  times real: a 1514-byte frame's store-and-forward takes 2.4 ms per 5 Mbit/s hop (~12 ms across
-  the fabric, 60 ns per hop at 200 Gbit/s), and behind a congested NIC's background flows every
-  packet waits in their standing queue (~50 ms). Measured on decode-flap at 200 Gbit/s NICs:
-  transfers ended 4.5-7 ms (median) after the prefill on idle paths and 48-68 ms on congested
-  ones, against the simulator's 0.6-0.8 and 2.8-5.8 ms; NetKV's change against the baselines read
-  -6.1 to -9.0% emulated and -0.6 to -1.0% simulated. :func:`packet_floor_s` gives the first
-  figure for a run's scale;
+* a scenario that takes a link down (``state = "down"``, ``factor = 0`` or ``capacity_gbit_s = 0``):
+  on the emulator that is an HTB blackhole the controller neither sees nor routes around, while
+  the simulator reroutes after ``topology.reroute_delay_s``. Reduced capacities run on both;
+* ``timing.kv_streaming = "layer-wise"``: what it leaves in TTFT is the last layer's bytes plus
+  the fabric's per-packet delays, which the emulated fabric inflates by 1/scale (measured
+  residuals in docs/DESIGN.md); :func:`packet_floor_s` gives the store-and-forward floor;
 * ``cluster.tp`` > 1 (tensor-parallel instances of several GPUs): the agents model one GPU per
   instance and stream a request's KV over one connection, while the simulator stripes it rank by
   rank over every GPU of the instance; not built on the emulator yet;

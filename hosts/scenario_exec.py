@@ -27,11 +27,7 @@
   (source, destination, rate) as the actions ever run at once, so nothing is spawned mid-run;
   a start finding no idle slot (no ``prepare``) spawns one then. :meth:`ScenarioExecutor.apply_batch`
   takes one instant's actions together: all stop signals, then the slots' reports are awaited
-  together, then all start signals. Measured on decode-flap's switch (32 greedy flows stop, 32
-  start): one process per flow, one by one, 4.9-5.9 s; process per flow, batched, 0.8-1.2 s of
-  spawning that kept both cores busy (KV transfers on idle paths ran 5-17x their line-rate time
-  meanwhile); slots, batched: 20 ms for the 64 signals, the 64 slots spawned in 2.8 s before the
-  clock starts.
+  together, then all start signals (why slots, with the measured switch times: docs/DESIGN.md).
 * ``link_capacity``: a directed link ``u -> v`` is shaped by the HTB root qdisc (handle ``5:``,
   class ``5:1``, see :func:`topology.mininet_topo.htb_commands`) on ``u``'s interface facing
   ``v``; its class rate becomes ``factor x`` the emulated nominal rate. ``factor == 0`` takes the

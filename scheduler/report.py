@@ -11,6 +11,7 @@ records alone (:func:`render_figures`), so ``netkv plot`` redraws it from ``requ
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -998,14 +999,7 @@ def write_results(out_dir: Path, summary: dict, records: dict[str, list[RequestR
         for r in recs:
             if r.policy != name:
                 raise ValueError(f"record {r.req_id} has policy {r.policy!r} but is listed under {name!r}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ResultsExistError(f"{out_dir} exists and is not a folder")
-    if _is_nonempty_dir(out_dir):
-        raise ResultsExistError(f"result folder {out_dir} already exists and is not empty; "
-                                "choose another folder or remove it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with _atomic_folder(out_dir) as tmp:
         (tmp / "summary.json").write_text(dumps_json(summary))
         _write_csv(tmp / "requests.csv", records)
         if links is not None:
@@ -1014,6 +1008,23 @@ def write_results(out_dir: Path, summary: dict, records: dict[str, list[RequestR
         render_figures(tmp, records, slo, summary, target, fmt, spans, links)
         for name, data in extra_files.items():
             (tmp / name).write_bytes(data)
+    return out_dir
+
+
+@contextlib.contextmanager
+def _atomic_folder(out_dir: Path):
+    """Yield a hidden temporary sibling of ``out_dir`` to fill; renamed onto ``out_dir`` when the
+    block ends, removed on any exception (Ctrl-C included). Raises ``ResultsExistError`` if
+    ``out_dir`` exists and is not an empty folder, before and after the block."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ResultsExistError(f"{out_dir} exists and is not a folder")
+    if _is_nonempty_dir(out_dir):
+        raise ResultsExistError(f"result folder {out_dir} already exists and is not empty; "
+                                "choose another folder or remove it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700
         if out_dir.is_dir():
             try:
@@ -1027,7 +1038,6 @@ def write_results(out_dir: Path, summary: dict, records: dict[str, list[RequestR
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
 
 
 def write_files(out_dir: Path, files: dict[str, bytes]) -> Path:
@@ -1038,23 +1048,9 @@ def write_files(out_dir: Path, files: dict[str, bytes]) -> Path:
     for name in files:
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"file name {name!r} must be a plain, non-hidden file name")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ResultsExistError(f"{out_dir} exists and is not a folder")
-    if _is_nonempty_dir(out_dir):
-        raise ResultsExistError(f"result folder {out_dir} already exists and is not empty; "
-                                "choose another folder or remove it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with _atomic_folder(out_dir) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        os.chmod(tmp, 0o755)
-        if out_dir.is_dir():
-            out_dir.rmdir()
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

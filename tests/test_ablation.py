@@ -20,6 +20,7 @@ from scheduler.telemetry import TelemetrySnapshot
 from scheduler.timing import TimingModel
 from scheduler.trace import Request, n_blocks
 from topology.model import FatTree
+from helpers import Fixed
 
 TREE = FatTree()
 GB = 1e9
@@ -126,17 +127,6 @@ def test_perfect_oracle_prices_the_max_min_share_a_new_flow_would_get():
 
 
 # ----------------------------------------------------------------------------- layer-wise streaming
-class Fixed(Policy):
-    name = "fixed"
-
-    def __init__(self, p_gpu: int, d_gpu: int) -> None:
-        super().__init__()
-        self.p_gpu, self.d_gpu = p_gpu, d_gpu
-
-    def choose(self, ctx) -> Decision:
-        cl = ctx.cluster
-        return Decision(int(np.flatnonzero(cl.prefill_ids == self.p_gpu)[0]),
-                        int(np.flatnonzero(cl.decode_ids == self.d_gpu)[0]))
 
 
 @pytest.mark.parametrize("nic", [400.0, 10.0])  # network faster / slower than the prefill makes KV

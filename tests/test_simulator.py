@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler.cluster import Decision
 from scheduler.config import build_config
 from scheduler.experiment import prepare, split_trace
 from scheduler.policies import REGISTRY
-from scheduler.policies.base import Policy
 from scheduler.scenario import Action, load_scenario
 from scheduler.simulator import Simulator, UnfinishedRequestsError
 from scheduler.synthetic import SyntheticConfig, synthetic_trace
@@ -22,25 +20,14 @@ from scheduler.timing import TimingModel
 from scheduler.trace import Request, n_blocks
 from topology.model import FatTree
 
+from helpers import Fixed
+
 ROOT = Path(__file__).resolve().parents[1]
 MIXED = ["cluster.placement=mixed", "cluster.reserved_servers_per_pod=0"]
 """Every GPU serving, roles alternating inside each server (GPU 0 prefill, 1 decode, ...): the
 layout the exact-timing tests below address GPUs by."""
 
 
-class Fixed(Policy):
-    """Always the same (prefill GPU, decode GPU); for exact timing checks."""
-
-    name = "fixed"
-
-    def __init__(self, p_gpu: int, d_gpu: int) -> None:
-        super().__init__()
-        self.p_gpu, self.d_gpu = p_gpu, d_gpu
-
-    def choose(self, ctx) -> Decision:
-        cl = ctx.cluster
-        return Decision(int(np.flatnonzero(cl.prefill_ids == self.p_gpu)[0]),
-                        int(np.flatnonzero(cl.decode_ids == self.d_gpu)[0]))
 
 
 def req(i: int, t: float, tokens: int, out: int = 50, first_id: int = 1) -> Request:

@@ -9,35 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler.cluster import Cluster, Decision, assign_roles
+from scheduler.cluster import Cluster, assign_roles
 from scheduler.config import ConfigError, build_config
 from scheduler.decode import decode_capacity_tokens
 from scheduler.experiment import prepare
 from scheduler.oracle import OracleQuery, StaticTierOracle
-from scheduler.policies.base import Policy
 from scheduler.simulator import Simulator
 from scheduler.timing import TimingModel
 from scheduler.trace import Request, n_blocks
 from topology.model import GBIT, FatTree
+from helpers import Fixed
 
 ROOT = Path(__file__).resolve().parents[1]
 KVPT_8B = 131072  # Llama-3-8B: 2 x 32 layers x 8 KV heads x 128 x 2 bytes
 KVPT_70B = 327680  # Llama-3-70B: 2 x 80 x 8 x 128 x 2
 
 
-class Fixed(Policy):
-    """Always the instances led by GPUs ``p_gpu`` (prefill) and ``d_gpu`` (decode)."""
-
-    name = "fixed"
-
-    def __init__(self, p_gpu: int, d_gpu: int) -> None:
-        super().__init__()
-        self.p_gpu, self.d_gpu = p_gpu, d_gpu
-
-    def choose(self, ctx) -> Decision:
-        cl = ctx.cluster
-        return Decision(int(np.flatnonzero(cl.prefill_ids == self.p_gpu)[0]),
-                        int(np.flatnonzero(cl.decode_ids == self.d_gpu)[0]))
 
 
 def req(i: int, t: float, tokens: int, out: int = 20) -> Request:
