@@ -1,6 +1,6 @@
 """Launch the NetKV Ryu controller (routing + telemetry + REST) on Python 3.11.
 
-    .venv/bin/python controller/run.py --config run/controller.json \\
+    .venv/bin/python -m controller.run --config run/controller.json \\
         --ofp-port 6653 --rest-port 8080
 
 applies :mod:`controller.ryu_compat` before importing ``ryu.cmd.manager``, points the apps at the
@@ -16,21 +16,13 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 APPS = ("controller.app", "controller.telemetry_app", "controller.rest_app")
 DEFAULT_OFP_PORT = 6653
 DEFAULT_REST_PORT = 8080
 CONFIG_ENV = "NETKV_CONTROLLER_CONFIG"
 
-if __package__ in (None, ""):  # run as a script: make `controller`/`topology` importable
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]  # no bare 'app' module
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-
-from topology.model import FatTreeConfig  # noqa: E402
+from topology.model import FatTreeConfig
 
 
 class ControllerConfigError(ValueError):
@@ -72,7 +64,7 @@ class ControllerConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="controller/run.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m controller.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="controller JSON config (topology, poll_interval_s, link_capacity_bps)")
     p.add_argument("--ofp-port", type=int, default=DEFAULT_OFP_PORT, help="OpenFlow TCP listen port")
     p.add_argument("--rest-port", type=int, default=DEFAULT_REST_PORT, help="REST port on 127.0.0.1")

@@ -1,12 +1,12 @@
 """Agent reports (control-channel JSON, see ``hosts.control``) as the replay's event dataclasses.
 
-Kept apart from ``hosts.emulation`` (which needs Mininet) so an in-process fake agent cluster can
+Kept apart from ``scheduler.emulate.orchestrator`` (which needs Mininet) so an in-process fake agent cluster can
 use the same parsing without root.
 """
 from __future__ import annotations
 
 from hosts.control import Message
-from scheduler.realtime import AgentEvent, AgentFailure, FirstToken, Finished, KvReceived, Prefilled
+from scheduler.emulate.replay import AgentEvent, AgentFailure, FirstToken, Finished, KvReceived, Prefilled
 
 
 def event_from_message(msg: Message) -> AgentEvent | None:

@@ -11,9 +11,9 @@ import platform
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from scheduler.paths import REPO_ROOT
+
 PACKAGES = ("numpy", "matplotlib", "scapy", "psutil", "ryu", "eventlet")
 """Key packages whose versions change results or their files (requirements.txt pins them)."""
 GIT_TIMEOUT_S = 5.0
@@ -22,7 +22,7 @@ GIT_TIMEOUT_S = 5.0
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
                              timeout=GIT_TIMEOUT_S, check=True)
     except (OSError, subprocess.SubprocessError):
         return None

@@ -270,9 +270,9 @@ def format_comparison(cmp: Mapping) -> str:
     return "\n".join(out) + "\n"
 
 
-def default_compare_out(root: Path) -> Path:
-    """``results/<timestamp>-compare`` under ``root``."""
-    return Path(root) / "results" / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-compare"
+def default_compare_out(results_dir: Path) -> Path:
+    """``<timestamp>-compare`` under ``results_dir`` (default ``results/``)."""
+    return Path(results_dir) / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-compare"
 
 
 def run_compare(dir_a: Path, dir_b: Path, out: Path, fmt: str = "png",

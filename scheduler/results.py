@@ -27,9 +27,9 @@ from pathlib import Path
 
 from scheduler import sweep as sw
 from scheduler.metrics import SLO_DEFINITIONS
+from scheduler.paths import MOONCAKE_DIR, REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-TRACE = ROOT.parent / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
+TRACE = MOONCAKE_DIR / "conversation_trace.jsonl"
 """The real trace the report runs on (read in place, never copied); synthetic when absent."""
 PAPER = {"vs round-robin": -21.2, "vs tuned cache+load": -17.6, "SLO gain up to pp": 20.1, "TBT overhead below ms": 0.5}
 """The NetKV paper's headline figures (reference.md section 1)."""
@@ -106,7 +106,7 @@ class SweepSpec:
 
 def _rel(path: str) -> str:
     try:
-        return os.path.relpath(path, ROOT)
+        return os.path.relpath(path, REPO_ROOT)
     except ValueError:
         return path
 

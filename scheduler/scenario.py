@@ -59,9 +59,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from scheduler.paths import SCENARIOS_DIR
 from topology.model import FatTree, TopologyError
 
-BUILTIN_DIR = Path(__file__).resolve().parents[1] / "scenarios"
+BUILTIN_DIR = SCENARIOS_DIR
 """Built-in scenarios: ``<repo>/scenarios/<name>.toml``."""
 
 _TOP_KEYS = {"name", "description", "params", "event", "written_for"}

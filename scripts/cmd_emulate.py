@@ -23,7 +23,7 @@ RTT: medians at the fluid share (hot decode NICs x5.2 of line rate, fluid x5.0),
 transfers that met drop-tail losses and retransmission timeouts (tier 3 hot: mean x10)."""
 PROBE_RISE_NOTE = 1.5
 """The note blames the forwarding thread when the idle-path probe's median RTT during the runs was
-at least this multiple of its idle median (the saturation verdict itself needs x3, hosts.fidelity)."""
+at least this multiple of its idle median (the saturation verdict itself needs x3, scheduler.emulate.fidelity)."""
 
 
 def register(sub) -> None:
@@ -66,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out("emulate", args.scenario)
     check_out(out)
     # Input first, environment second: what the emulator cannot run is refused for every user,
-    # before the root check and before anything is built (hosts.emulable).
+    # before the root check and before anything is built (scheduler.emulate.emulable).
     exp, info = prepare_from_args(args)
-    from hosts.emulable import EmulationUnsupportedError, check_emulable
+    from scheduler.emulate.emulable import EmulationUnsupportedError, check_emulable
 
     if args.scale is not None:
         scale = args.scale
@@ -94,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from hosts.calibration import calibration_misses
-    from hosts.emulation import run_emulation
+    from scheduler.emulate.calibration import calibration_misses
+    from scheduler.emulate.orchestrator import run_emulation
     from scheduler.metrics import ablation, compare
-    from scheduler.realtime import EmulationError
+    from scheduler.emulate.replay import EmulationError
     from scheduler.report import LINK_CSV, LinkSeries, format_table, scenario_spans, write_results
     from topology.fabric import FabricError
     from topology.mininet_topo import EmulationScaleError

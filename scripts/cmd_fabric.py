@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from scheduler.paths import RESULTS_DIR
+
 UP_TIMEOUT_S = 120.0
 DOWN_TIMEOUT_S = 30.0
 
@@ -97,7 +98,7 @@ def _up(args: argparse.Namespace) -> int:
         print(f"netkv fabric up: a fabric is already running (owner pid {old['owner_pid']}, "
               f"{old.get('rest_url')}); run `netkv fabric down` first", file=sys.stderr)
         return 1
-    run_dir = Path(args.run_dir) if args.run_dir else ROOT / "results" / "fabric" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.run_dir) if args.run_dir else RESULTS_DIR / "fabric" / time.strftime("%Y%m%d-%H%M%S")
     if args.foreground:
         fabric = Fabric(tree, scale=scale, run_dir=run_dir, ofp_port=args.ofp_port, rest_port=args.rest_port,
                         poll_interval_s=args.poll_interval, nvlink_cap_mbit=args.nvlink_cap_mbit)
@@ -119,10 +120,9 @@ def _up(args: argparse.Namespace) -> int:
            "--rest-port", str(args.rest_port), "--poll-interval", str(args.poll_interval)]
     if args.nvlink_cap_mbit is not None:
         cmd += ["--nvlink-cap-mbit", str(args.nvlink_cap_mbit)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     t0 = time.monotonic()
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     print(f"building the fabric ({tree.n_gpus} GPUs, scale {scale:g}); log {log_path}", file=sys.stderr)
     while time.monotonic() - t0 < UP_TIMEOUT_S:

@@ -16,8 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from scheduler.paths import DOCS_DIR, RESULTS_DIR
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -142,7 +141,7 @@ def check_target(args: argparse.Namespace) -> str:
 def default_out(backend: str, scenario: str) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = Path(scenario).stem if scenario.endswith(".toml") else scenario
-    return ROOT / "results" / f"{stamp}-{backend}-{name}"
+    return RESULTS_DIR / f"{stamp}-{backend}-{name}"
 
 
 def check_out(path: Path) -> None:
@@ -370,7 +369,7 @@ def _provenance(args: argparse.Namespace) -> dict:
 def cmd_compare(args: argparse.Namespace) -> int:
     from scheduler.replot import default_compare_out, run_compare
 
-    out = Path(args.out) if args.out else default_compare_out(ROOT)
+    out = Path(args.out) if args.out else default_compare_out(RESULTS_DIR)
     check_out(out)
     path, text, _ = run_compare(Path(args.dir_a), Path(args.dir_b), out, args.format, _provenance(args))
     print(text)
@@ -456,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep, policies="cache-load,topology-affinity,netkv:static,netkv")
     p = _sub(sub, "report", help="regenerate docs/results.md and its figures from fresh simulator runs")
     p.add_argument("--quick", action="store_true", help="a few-minute version (shorter windows, fewer scenarios)")
-    p.add_argument("--out", default=str(ROOT / "docs" / "results.md"), help="markdown file (default: %(default)s)")
+    p.add_argument("--out", default=str(DOCS_DIR / "results.md"), help="markdown file (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per core)")
     p.add_argument("--max-requests", type=int, default=None, help="cap every window (a smoke run)")
     p.add_argument("--scenarios", default=None, metavar="A,B", help="restrict the headline matrix")

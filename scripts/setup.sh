@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent setup. Python part always (venv + pinned requirements); `--emulation` also installs
+# Idempotent setup. Python part always (venv + pinned requirements + this package, editable, which
+# gives .venv/bin/netkv); `--emulation` also installs
 # the Debian packages the packet-level emulator needs and starts Open vSwitch (root only).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,7 +25,7 @@ if [ ! -x "$PY" ]; then
 fi
 
 stamp="$VENV/.requirements.sha256"
-want="$(cat "$ROOT/requirements-build.txt" "$ROOT/requirements.txt" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$ROOT/requirements-build.txt" "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
     if [ "$(id -u)" = 0 ]; then
@@ -39,6 +40,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing requirements-build.txt and requirements.txt"
   "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements-build.txt" >&2
   "$VENV/bin/python" -m pip install -q --no-build-isolation -r "$ROOT/requirements.txt" >&2
+  log "installing the netkv package (editable: pip install -e .)"
+  "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e "$ROOT" >&2
   echo "$want" > "$stamp"
 fi
 

@@ -1,4 +1,5 @@
-"""Shared pytest set-up: repository root on sys.path, the ``emulation`` marker and its skip rules.
+"""Shared pytest set-up: the ``emulation`` marker and its skip rules (the package itself is
+installed editable by ``scripts/setup.sh``, so tests import it like any user).
 
 Tests marked ``emulation`` build the Mininet/Open vSwitch fabric: they are skipped, with the
 reason, unless running as root on a machine with Mininet and a running Open vSwitch
@@ -10,14 +11,9 @@ import functools
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,7 +52,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # Goodput floors for the emulation tests. The issue's target (>= 90% of the configured rate on
-# every tier) is checked and printed by every `emulate` run (hosts.calibration.calibration_misses);
+# every tier) is checked and printed by every `emulate` run (scheduler.emulate.calibration.calibration_misses);
 # a test must separate a broken shaper from this machine kind's noise instead.
 # - Switch tiers (10 Mbit/s emulated, bound by HTB): 0.95-0.96 run after run, also in CI.
 # - NVLink (90 Mbit/s emulated on the 64-GPU fabric, bound by the userspace datapath's single

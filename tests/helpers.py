@@ -1,10 +1,17 @@
 """Helpers shared by several test modules."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from scheduler.cluster import Decision
 from scheduler.policies.base import Policy
+
+
+NETKV_BIN = str(Path(sys.executable).with_name("netkv"))
+"""The installed ``netkv`` command of the interpreter running the tests (``pip install -e .``)."""
 
 
 class Fixed(Policy):

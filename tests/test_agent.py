@@ -429,13 +429,13 @@ def test_send_on_follows_a_layer_schedule() -> None:
 def test_realtime_replay_through_real_agents_matches_the_simulator() -> None:
     """The whole chain without root: RealtimeReplay + AgentTransport driving four agent
     processes on loopback (2 prefill, 2 decode), against the simulator on the same requests."""
-    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
+    pytest.importorskip("mininet", reason="scheduler.emulate.orchestrator imports the Mininet topology")
     import numpy as np
 
-    from hosts.emulation import AgentTransport
+    from scheduler.emulate.orchestrator import AgentTransport
     from scheduler.config import build_config
     from scheduler.policies import REGISTRY
-    from scheduler.realtime import Clock, RealtimeReplay
+    from scheduler.emulate.replay import Clock, RealtimeReplay
     from scheduler.simulator import Simulator
     from scheduler.telemetry import TelemetryHistory
     from scheduler.trace import Request

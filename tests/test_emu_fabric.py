@@ -307,8 +307,7 @@ def _serve(tmp_path: Path) -> subprocess.Popen:
 
     cmd = [sys.executable, "-m", "topology.fabric", "serve", "--topology", json.dumps(SMALL.to_dict()),
            "--run-dir", str(tmp_path), "--ofp-port", str(OFP_PORT), "--rest-port", str(REST_PORT)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         state = cleanup.read_state()

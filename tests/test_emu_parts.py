@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
-from hosts.calibration import (
+from scheduler.emulate.calibration import (
     CALIBRATION_ID_BASE,
     GOODPUT_MIN_RATIO,
     bottleneck_mbit,
@@ -26,8 +26,8 @@ from hosts.calibration import (
     reference_bytes,
     within,
 )
-from hosts.fidelity import CpuMonitor, CpuMonitorError, saturation_warning
-from hosts.scenario_exec import (
+from scheduler.emulate.fidelity import CpuMonitor, CpuMonitorError, saturation_warning
+from scheduler.emulate.scenario_exec import (
     ScenarioExecError,
     ScenarioExecutor,
     background_rate_mbit,
@@ -41,6 +41,8 @@ from scheduler.scenario import Action
 from topology.fabric import tier_samples
 from topology.mininet_topo import HtbShape
 from topology.model import FatTree
+
+from helpers import NETKV_BIN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TREE = FatTree()
@@ -148,7 +150,7 @@ def test_calibration_arithmetic():
 
 
 def test_reference_count_fills_a_time_budget():
-    from hosts.calibration import REFERENCE_MAX_REPEATS, reference_count
+    from scheduler.emulate.calibration import REFERENCE_MAX_REPEATS, reference_count
 
     assert reference_count(5, 0.0215) == 5  # a switch tier: the minimum
     assert reference_count(5, 0.00242) == REFERENCE_MAX_REPEATS  # NVLink: 41 x 2.4 ms fit 0.1 s
@@ -157,7 +159,7 @@ def test_reference_count_fills_a_time_budget():
 
 
 def test_calibration_misses_name_tier_and_target():
-    from hosts.calibration import calibration_misses
+    from scheduler.emulate.calibration import calibration_misses
 
     def tier(gp, tr):
         return {"src": "a", "dst": "b", "goodput_ratio": gp, "goodput_ok": gp >= 0.9, "time_ratio": tr,
@@ -199,7 +201,7 @@ def test_cpu_monitor_local_machine():
     print(f"\n[measured] CpuMonitor idle-ish: {rep}")
 
 
-# ------------------------------------------------------------ what emulate refuses (hosts.emulable)
+# ------------------------------------------------------------ what emulate refuses (scheduler.emulate.emulable)
 def _exp(scenario: str = "idle", policies: str = "cache-load,netkv", overrides=(), params=None, n: int = 60):
     from scheduler.config import build_config
     from scheduler.experiment import prepare
@@ -209,7 +211,7 @@ def _exp(scenario: str = "idle", policies: str = "cache-load,netkv", overrides=(
 
 
 def test_emulable_refuses_the_perfect_oracle_naming_the_policy():
-    from hosts.emulable import EmulationUnsupportedError, check_emulable
+    from scheduler.emulate.emulable import EmulationUnsupportedError, check_emulable
 
     with pytest.raises(EmulationUnsupportedError, match=r"policy 'netkv:perfect': the 'perfect' oracle reads the "
                                                        r"simulator's ground truth .* a real fabric has none"):
@@ -224,7 +226,7 @@ def test_emulable_refuses_the_perfect_oracle_naming_the_policy():
 @pytest.mark.parametrize("scenario,links", [("link-failure", "p1a0->p1t1, p1t1->p1a0"),
                                             ("nic-failure", "p1t1->p1t1s0g0, p1t1s0g0->p1t1")])
 def test_emulable_refuses_scenarios_that_take_a_link_down(scenario, links):
-    from hosts.emulable import EmulationUnsupportedError, check_emulable
+    from scheduler.emulate.emulable import EmulationUnsupportedError, check_emulable
 
     with pytest.raises(EmulationUnsupportedError) as err:
         check_emulable(_exp(scenario, overrides=["topology.nic_gbit_s=200"]), SCALE, 1.0)
@@ -235,7 +237,7 @@ def test_emulable_refuses_scenarios_that_take_a_link_down(scenario, links):
 
 
 def test_emulable_user_scenarios_down_or_reduced(tmp_path):
-    from hosts.emulable import EmulationUnsupportedError, check_emulable
+    from scheduler.emulate.emulable import EmulationUnsupportedError, check_emulable
 
     down = tmp_path / "cut.toml"
     down.write_text('description = "x"\n[[event]]\nkind = "link"\nat = 5.0\nlink = "p0t0->p0a0"\n'
@@ -251,7 +253,7 @@ def test_emulable_user_scenarios_down_or_reduced(tmp_path):
 
 
 def test_emulable_refuses_layer_wise_streaming_with_the_fabrics_packet_floor():
-    from hosts.emulable import EmulationUnsupportedError, check_emulable, packet_floor_s
+    from scheduler.emulate.emulable import EmulationUnsupportedError, check_emulable, packet_floor_s
 
     exp = _exp("decode-flap", overrides=["timing.kv_streaming=layer-wise", "topology.nic_gbit_s=200"])
     # cross-pod: 4 hops at 5 Mbit/s (NICs, core) and 2 at 10 (ToR-aggregation), 1514-byte frames
@@ -265,7 +267,7 @@ def test_emulable_refuses_layer_wise_streaming_with_the_fabrics_packet_floor():
 
 def test_background_load_estimate():
     """Peak emulated background traffic x bridges crossed, from the flows' max-min rates."""
-    from hosts.emulable import (FORWARDING_BUDGET_MBIT_BRIDGES, EmulationUnsupportedError, background_load,
+    from scheduler.emulate.emulable import (FORWARDING_BUDGET_MBIT_BRIDGES, EmulationUnsupportedError, background_load,
                                 background_warning, check_emulable)
 
     def load(scenario, nic=200, ts=1.0, params=None):
@@ -309,7 +311,7 @@ def test_emulate_cli_refuses_before_building_anything(tmp_path, args, needle):
     pytest.importorskip("mininet", reason="emulate's default scale lives in the Mininet topology module")
     out = tmp_path / "emu"
     before = cleanup.read_state()
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "netkv.py"), "emulate", "--max-requests", "20",
+    res = subprocess.run([NETKV_BIN, "emulate", "--max-requests", "20",
                           "--no-tune", "--no-progress", "--out", str(out), *args],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 2, res.stderr[-2000:]
@@ -329,8 +331,8 @@ def test_emulate_default_policies_are_the_emulable_ablation():
 
 
 def test_kv_tier_pairs_and_probe_pair_follow_the_placement():
-    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
-    from hosts.emulation import _probe_pair, kv_tier_pairs
+    pytest.importorskip("mininet", reason="scheduler.emulate.orchestrator imports the Mininet topology")
+    from scheduler.emulate.orchestrator import _probe_pair, kv_tier_pairs
     from scheduler.cluster import assign_roles
 
     roles = assign_roles(TREE, "by-rack", 0.5, 1)
@@ -414,7 +416,7 @@ def executor(fabric, tmp_path):
 
 
 def _transfer_mbit(control, fabric, src: int, dst: int, nbytes: int, timeout: float = 30.0) -> float:
-    from hosts.calibration import _transfer
+    from scheduler.emulate.calibration import _transfer
 
     _, recv = _transfer(control, TREE, fabric, src, dst, AGENT_PORT, nbytes, timeout)
     return nbytes * 8 / (recv["t_end"] - recv["t_start"]) / 1e6
@@ -517,7 +519,7 @@ def test_link_capacity_half_down_and_restore(fabric, agents, executor):
           f"(ratio {half / base:.3f})")
     assert half / base == pytest.approx(0.5, abs=0.07)
 
-    from hosts.calibration import _IDS
+    from scheduler.emulate.calibration import _IDS
     from hosts.control import ControlTimeout
 
     executor.apply(Action(0.0, "link_capacity", links=(nic_up,), factor=0.0))
@@ -542,8 +544,8 @@ def test_link_capacity_half_down_and_restore(fabric, agents, executor):
 
 @pytest.mark.emulation
 def test_calibration_all_tiers(fabric, agents, goodput_bounds):
-    from hosts.calibration import calibrate
-    from hosts.fidelity import CpuMonitor
+    from scheduler.emulate.calibration import calibrate
+    from scheduler.emulate.fidelity import CpuMonitor
 
     with CpuMonitor(0.5) as mon:
         rep = calibrate(fabric, TREE, agents, AGENT_PORT, SCALE, 1.0, kv_bytes_per_token=131072,

@@ -101,13 +101,12 @@ def test_short_emulate_run_writes_every_result_file(tmp_path: Path, goodput_boun
 def test_exception_mid_replay_leaves_nothing_behind(tmp_path: Path) -> None:
     """A replay that dies after a few requests still tears down every bridge, veth and process."""
     _no_foreign_fabric()
-    script = f"""
+    script = """
 import sys
-sys.path.insert(0, {str(ROOT)!r})
 from scheduler.config import build_config
 from scheduler.experiment import prepare
-from scheduler import realtime
-from hosts.emulation import run_emulation
+from scheduler.emulate import replay as realtime
+from scheduler.emulate.orchestrator import run_emulation
 
 class Boom(RuntimeError):
     pass

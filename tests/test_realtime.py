@@ -16,7 +16,7 @@ from hosts.events import event_from_message
 from scheduler.config import ExperimentConfig, build_config
 from scheduler.oracle import OracleQuery, StaticTierOracle
 from scheduler.policies import REGISTRY
-from scheduler.realtime import (
+from scheduler.emulate.replay import (
     AgentFailure,
     Clock,
     EmulationError,
@@ -353,8 +353,8 @@ class FakeControl:
 
 
 def test_agent_transport_resets_every_agent_and_formats_commands():
-    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
-    from hosts.emulation import AgentTransport
+    pytest.importorskip("mininet", reason="scheduler.emulate.orchestrator imports the Mininet topology")
+    from scheduler.emulate.orchestrator import AgentTransport
 
     cfg = build_config()
     tree = FatTree(cfg.topology)
@@ -385,8 +385,8 @@ def test_agent_transport_resets_every_agent_and_formats_commands():
 
 
 def test_agent_transport_reset_failures_name_the_agents():
-    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
-    from hosts.emulation import AgentTransport
+    pytest.importorskip("mininet", reason="scheduler.emulate.orchestrator imports the Mininet topology")
+    from scheduler.emulate.orchestrator import AgentTransport
 
     cfg = build_config()
     tree = FatTree(cfg.topology)
@@ -412,8 +412,8 @@ def test_clock_dilation():
 
 
 def test_agreement_and_transfer_agreement_arithmetic():
-    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
-    from hosts.emulation import agreement, transfer_agreement
+    pytest.importorskip("mininet", reason="scheduler.emulate.orchestrator imports the Mininet topology")
+    from scheduler.emulate.orchestrator import agreement, transfer_agreement
 
     def row(ttft, hist, means):
         return {"ttft_mean_s": ttft, "tier_histogram": hist, "transfer_mean_s_by_tier": means}

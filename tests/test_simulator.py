@@ -246,7 +246,6 @@ def test_netkv_runs_with_stale_telemetry(trace, staleness):
 
 _ECMP_SCRIPT = """
 import dataclasses, hashlib, sys
-sys.path.insert(0, {root!r})
 from scheduler.config import build_config
 from scheduler.policies import REGISTRY
 from scheduler.scenario import load_scenario
@@ -266,7 +265,7 @@ def test_ecmp_runs_are_reproducible_across_processes():
     outs = set()
     for seed in ("1", "2", "3"):
         env = dict(os.environ, PYTHONHASHSEED=seed)
-        res = subprocess.run([sys.executable, "-c", _ECMP_SCRIPT.format(root=str(ROOT))], env=env,
+        res = subprocess.run([sys.executable, "-c", _ECMP_SCRIPT], env=env,
                              capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stderr
         outs.add(res.stdout.strip())

@@ -287,12 +287,12 @@ def test_fetch_snapshot_connection_refused() -> None:
 
 
 def test_poller_stamps_snapshots_taken_before_the_replay_clock_started(tree: FatTree) -> None:
-    """The emulate poller (hosts.emulation.TelemetryPoller): while a replay prepares (flow slots,
+    """The emulate poller (scheduler.emulate.orchestrator.TelemetryPoller): while a replay prepares (flow slots,
     pre-roll, agent reset) its clock has not started; the newest snapshot of that time enters the
     history stamped before 0 once it starts, the later ones at their virtual times."""
-    pytest.importorskip("mininet", reason="hosts.emulation imports the Mininet topology")
-    from hosts.emulation import TelemetryPoller
-    from scheduler.realtime import Clock
+    pytest.importorskip("mininet", reason="scheduler.emulate.orchestrator imports the Mininet topology")
+    from scheduler.emulate.orchestrator import TelemetryPoller
+    from scheduler.emulate.replay import Clock
     from scheduler.telemetry import TelemetryHistory
 
     lt = LinkTelemetry(tree)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from scheduler.simulator import Simulator
 from scheduler.timing import TimingModel
 from scheduler.trace import Request, n_blocks
 from topology.model import GBIT, FatTree
-from helpers import Fixed
+from helpers import NETKV_BIN, Fixed
 
 ROOT = Path(__file__).resolve().parents[1]
 KVPT_8B = 131072  # Llama-3-8B: 2 x 32 layers x 8 KV heads x 128 x 2 bytes
@@ -128,7 +127,7 @@ def test_a_request_that_can_never_fit_its_decode_instance_is_counted_and_skipped
 
 def test_cli_warns_and_records_the_skipped_requests(tmp_path):
     out = tmp_path / "r"
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "netkv.py"), "simulate", "--model", "llama-3-70b",
+    res = subprocess.run([NETKV_BIN, "simulate", "--model", "llama-3-70b",
                           "--gpu", "h100-sxm", "--set", "cluster.tp=1", "--policies", "round-robin", "--no-tune",
                           "--max-requests", "30", "--no-progress", "--out", str(out)],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -221,7 +220,7 @@ def test_tp_runs_end_to_end_and_striping_shortens_transfers():
 
 # ----------------------------------------------------------------------------- emulator
 def test_emulate_refuses_tp_above_one():
-    from hosts.emulable import EmulationUnsupportedError, check_emulable
+    from scheduler.emulate.emulable import EmulationUnsupportedError, check_emulable
 
     exp, _ = prepare(build_config(overrides=["cluster.tp=2"]), None, "idle", "cache-load,netkv", 40, 0, tune=False)
     with pytest.raises(EmulationUnsupportedError, match="cluster.tp=2: an instance spans 2 GPUs"):
@@ -232,7 +231,7 @@ def test_emulate_refuses_tp_above_one():
 
 def test_cli_emulate_exits_2_on_tp_above_one_before_any_fabric_work(tmp_path):
     out = tmp_path / "never"
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "netkv.py"), "emulate", "--set", "cluster.tp=2",
+    res = subprocess.run([NETKV_BIN, "emulate", "--set", "cluster.tp=2",
                           "--scale", "0.01", "--max-requests", "20", "--no-progress", "--out", str(out)],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 2, res.stderr

@@ -28,7 +28,7 @@ from topology.model import FatTree, switch_ports
 
 STATE_DIR = Path(os.environ.get("NETKV_STATE_DIR", "/run/netkv"))
 STATE_FILE = STATE_DIR / "fabric.json"
-CONTROLLER_MARK = "controller/run.py"
+CONTROLLER_MARK = "-m controller.run"
 """Substring of the controller's command line (see :mod:`topology.fabric`)."""
 OWNER_MARKS = ("python",)
 """A fabric owner is a Python process (the ``fabric up`` daemon, pytest, a user script)."""

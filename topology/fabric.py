@@ -7,7 +7,7 @@
 Start-up: root and Open vSwitch checks -> refuse if another live fabric owns the state file ->
 remove this project's own leftovers (state file + the model's deterministic names; never
 ``mn -c``) -> record what we are about to own in the state file (``/run/netkv/fabric.json``) ->
-start the controller (``controller/run.py``, log in the run folder) -> build the Mininet network
+start the controller (``python -m controller.run``, log in the run folder) -> build the Mininet network
 (:class:`topology.mininet_topo.FatTreeTopo`, OVS bridges in fail-mode secure, userspace datapath
 unless the kernel has the openvswitch module) -> per-host IPv6 off, subnet routes (NIC 10/8 on
 eth0, NVLink 192.168/16 on eth1) and static ARP -> start the switches -> wait until the
@@ -35,6 +35,7 @@ from functools import partial
 from pathlib import Path
 
 from controller.run import ControllerConfig
+from scheduler.paths import RESULTS_DIR
 from topology import cleanup
 from topology.cleanup import STATE_FILE, read_state, remove_state, write_state
 from topology.model import FatTree, FatTreeConfig, gpu_mac, nic_ip, nvlink_ip, peer_ip
@@ -49,8 +50,7 @@ from topology.mininet_topo import (
     link_capacity_bps,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-CONTROLLER_SCRIPT = ROOT / "controller" / "run.py"
+CONTROLLER_MODULE = "controller.run"  # run with `python -m` (the package is installed editable)
 CONTROLLER_NAME = "ryu"  # Mininet node name of the RemoteController ('c0' is a core switch)
 DEFAULT_OFP_PORT = 6653
 DEFAULT_REST_PORT = 8080
@@ -109,9 +109,8 @@ def require_ovs() -> None:
 
 
 def controller_python() -> str:
-    """The venv's interpreter (it has Ryu) when present, else the current one."""
-    venv = ROOT / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
+    """The interpreter running this (the project's venv: it has Ryu and the installed package)."""
+    return sys.executable
 
 
 def port_free(port: int) -> bool:
@@ -162,7 +161,7 @@ class Fabric:
         self.nvlink_cap_mbit = nvlink_cap_mbit
         self.topo = FatTreeTopo(tree=self.tree, scale=scale, nvlink_cap_mbit=nvlink_cap_mbit)  # validates
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.run_dir = Path(run_dir) if run_dir else ROOT / "results" / "fabric" / stamp
+        self.run_dir = Path(run_dir) if run_dir else RESULTS_DIR / "fabric" / stamp
         self.ofp_port = ofp_port
         self.rest_port = rest_port
         self.poll_interval_s = poll_interval_s
@@ -311,9 +310,9 @@ class Fabric:
         log = open(self.run_dir / "controller.log", "ab")
         try:
             self.controller_proc = subprocess.Popen(
-                [controller_python(), str(CONTROLLER_SCRIPT), "--config", str(cfg),
+                [controller_python(), "-m", CONTROLLER_MODULE, "--config", str(cfg),
                  "--ofp-port", str(self.ofp_port), "--rest-port", str(self.rest_port)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         finally:

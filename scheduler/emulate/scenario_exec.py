@@ -68,7 +68,6 @@ from topology.mininet_topo import (
 )
 from topology.model import FatTree, switch_ports
 
-ROOT = Path(__file__).resolve().parents[1]
 BACKGROUND_PORT = 5399
 """First TCP port of the background sinks, one port per distinct window clamp from there up (agents
 use 9470, tests' iperf3 servers 5301..5303)."""
@@ -395,7 +394,7 @@ class ScenarioExecutor:
         out, err = stem.with_suffix(".out"), stem.with_suffix(".err")
         fout, ferr = open(out, "wb"), open(err, "wb")
         try:
-            popen = self.fab.host(host_name).popen(argv, cwd=str(ROOT), stdin=subprocess.DEVNULL,
+            popen = self.fab.host(host_name).popen(argv, stdin=subprocess.DEVNULL,
                                                    stdout=fout, stderr=ferr)
         except OSError as exc:
             fout.close()

@@ -1,6 +1,6 @@
 """The ``emulate`` backend: the experiment replayed on the packet-level Mininet fabric.
 
-Order of a run: refuse what the fabric cannot run faithfully (:func:`hosts.emulable.check_emulable`:
+Order of a run: refuse what the fabric cannot run faithfully (:func:`scheduler.emulate.emulable.check_emulable`:
 the ``perfect`` oracle, links taken down, layer-wise streaming, background traffic over the
 forwarding budget); run the same window on the simulator (reference figures and the tuned
 weights); build the fabric (controller connected, routes installed, every tier pinged); start an
@@ -35,18 +35,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from hosts.calibration import calibrate
+from scheduler.emulate.calibration import calibrate
 from hosts.control import ControlError, ControlServer
-from hosts.emulable import background_warning, check_emulable
+from scheduler.emulate.emulable import background_warning, check_emulable
 from hosts.events import event_from_message
-from hosts.fidelity import CpuMonitor, RttProbe, rtt_verdict
+from scheduler.emulate.fidelity import CpuMonitor, RttProbe, rtt_verdict
 from hosts.framing import KV_PORT
-from hosts.scenario_exec import ScenarioExecutor
+from scheduler.emulate.scenario_exec import ScenarioExecutor
 from scheduler.cluster import assign_roles
 from scheduler.config import ExperimentConfig
 from scheduler.experiment import Experiment, inherited_weights, make_policy, run_simulation, tune_policy
 from scheduler.metrics import compare, summarize_policy
-from scheduler.realtime import AgentEvent, AgentFailure, Clock, EmulationError, RealtimeReplay
+from scheduler.emulate.replay import AgentEvent, AgentFailure, Clock, EmulationError, RealtimeReplay
 from scheduler.records import RequestRecord
 from scheduler.scenario import Action
 from scheduler.telemetry import TelemetryHistory, snapshot_from_json
@@ -54,7 +54,6 @@ from topology.fabric import Fabric
 from topology.mininet_topo import DEFAULT_SCALE, link_capacity_bps
 from topology.model import FatTree, peer_ip
 
-ROOT = Path(__file__).resolve().parents[1]
 AGENT_START_TIMEOUT_S = 60.0
 RESET_TIMEOUT_S = 60.0
 """Every agent must answer ``reset`` within this (the first one imports the timing model)."""
@@ -229,7 +228,7 @@ def _start_agents(fab: Fabric, tree: FatTree, gpus: Sequence[int], sock: Path, r
         # fabric, on both the NIC and the NVLink address.
         procs.append(fab.host(name).popen(
             [sys.executable, "-m", "hosts.agent", "--name", name, "--gpu", str(g), "--listen-host", "0.0.0.0",
-             "--port", str(KV_PORT), "--control", str(sock)], cwd=str(ROOT), stdout=log, stderr=log))
+             "--port", str(KV_PORT), "--control", str(sock)], stdout=log, stderr=log))
         log.close()
     return procs
 
