@@ -5,7 +5,8 @@
 
 applies :mod:`controller.ryu_compat` before importing ``ryu.cmd.manager``, points the apps at the
 JSON config through ``NETKV_CONTROLLER_CONFIG`` (see :class:`ControllerConfig`;
-without ``--config`` the apps use the default 64-GPU tree, model capacities and 0.5 s polls),
+without ``--config`` the apps use the default 64-GPU tree, model capacities and 0.5 s polls:
+:mod:`controller.settings`),
 and runs ryu-manager's ``main`` with the OpenFlow listen port and a loopback-only REST server.
 Arguments after ``--`` go to ryu-manager unchanged.
 """
@@ -17,12 +18,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-APPS = ("controller.app", "controller.telemetry_app", "controller.rest_app")
-DEFAULT_OFP_PORT = 6653
-DEFAULT_REST_PORT = 8080
-CONFIG_ENV = "NETKV_CONTROLLER_CONFIG"
-
+from controller.settings import DEFAULT_OFP_PORT, DEFAULT_POLL_INTERVAL_S, DEFAULT_REST_PORT
 from topology.model import FatTreeConfig
+
+APPS = ("controller.app", "controller.telemetry_app", "controller.rest_app")
+CONFIG_ENV = "NETKV_CONTROLLER_CONFIG"
 
 
 class ControllerConfigError(ValueError):
@@ -34,7 +34,7 @@ class ControllerConfig:
     """What the Ryu apps need: fat-tree shape, poll interval, emulated link capacities."""
 
     topology: FatTreeConfig = field(default_factory=FatTreeConfig)
-    poll_interval_s: float = 0.5
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
     link_capacity_bps: dict[str, float] = field(default_factory=dict)
     """Directed link name -> emulated capacity (bits/s); links not listed keep the model's."""
 
@@ -56,7 +56,7 @@ class ControllerConfig:
                 raw = json.load(fh)
             return cls(
                 topology=FatTreeConfig(**raw.get("topology", {})),
-                poll_interval_s=float(raw.get("poll_interval_s", 0.5)),
+                poll_interval_s=float(raw.get("poll_interval_s", DEFAULT_POLL_INTERVAL_S)),
                 link_capacity_bps={str(k): float(v) for k, v in raw.get("link_capacity_bps", {}).items()},
             )
         except (OSError, json.JSONDecodeError, TypeError, ValueError) as exc:

@@ -21,7 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from controller.settings import DEFAULT_POLL_INTERVAL_S
+from topology.errors import UnknownLinkError
 from topology.model import FatTree, switch_dpid, switch_ports
+from topology.utilisation import utilisation
 
 _RATE_FIELDS = ("tx_bytes", "rx_bytes")
 
@@ -30,13 +33,6 @@ class UnknownDatapathError(KeyError):
     """A port-stats sample came from a datapath id that is not a switch of the model."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
-
-
-class UnknownLinkError(KeyError):
-    """A link name is not a directed link of the model."""
-
-    def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
 
@@ -101,7 +97,7 @@ class LinkTelemetry:
         self,
         tree: FatTree,
         capacity_bps: dict[str, float] | None = None,
-        poll_interval_s: float = 0.5,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     ) -> None:
         if not poll_interval_s > 0:
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s}")
@@ -169,11 +165,11 @@ class LinkTelemetry:
         drops, sample_time}}}``; ``time`` is the newest poll seen (null before any)."""
         links: dict[str, dict] = {}
         for name, s in self._links.items():
-            util = s.tx_bps / s.capacity_bps if s.capacity_bps > 0 else (1.0 if s.tx_bps > 0 else 0.0)
             links[name] = {
                 "capacity_bps": s.capacity_bps,
                 "tx_bps": s.tx_bps,
-                "utilisation": min(1.0, max(0.0, util)),
+                # the bits of one second at the measured rate, against the capacity (as the simulator)
+                "utilisation": float(utilisation(s.tx_bps, 1.0, s.capacity_bps)),
                 "drops": s.drops,
                 "sample_time": s.sample_time,
             }

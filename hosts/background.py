@@ -16,95 +16,35 @@ Both stop at ``--duration`` or on SIGTERM/SIGINT and print one JSON summary line
 (one thread each), discards the bytes and prints a summary per connection and a total at exit.
 Exit status: 0 on success, 1 when the connection cannot be made or breaks.
 
-A **standby** sender (``--standby``, see :func:`run_standby`) is a flow slot started ahead of
-time: it prints ``{"mode": "standby", "ready": true}`` once its signal handlers are in place and
-then sends only between SIGUSR1 (start: a new connection) and SIGUSR2 (stop: the connection is
-reset, and ``{"mode": "send", ..., "activation": k}`` printed for it), as often as asked, until
-SIGTERM. The scenario executor starts every flow slot a scenario needs before the clock starts,
-so an on/off scenario switching dozens of flows costs two signals per flow, not the start-up of
-dozens of Python processes while the replay runs (measured: ~1 s of both cores at every switch of
-decode-flap, during which KV transfers on idle paths ran 5-17x their line-rate time).
+A **standby** sender (``--standby``) is a flow slot started ahead of time and switched by signals
+(:mod:`hosts.standby`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
 from types import FrameType
 from typing import Callable, Sequence
 
-POLL_S = 0.2  # how often blocked calls look at the stop flag
+from hosts.standby import START_SIGNAL, STOP_SIGNAL, run_standby
+from hosts.tcpflow import (
+    POLL_S,
+    BackgroundError,
+    FlowStats,
+    abort_on_close,
+    connect,
+    family,
+    pace_chunk,
+    parse_endpoint,
+    send_some,
+)
 
-
-class BackgroundError(RuntimeError):
-    """The background flow could not be established or broke."""
-
-
-@dataclass
-class FlowStats:
-    mode: str
-    bytes: int
-    seconds: float
-    peer: str
-    rate_mbit_target: float | None = None
-
-    @property
-    def mbit_s(self) -> float:
-        return self.bytes * 8 / self.seconds / 1e6 if self.seconds > 0 else 0.0
-
-    def summary(self) -> dict[str, object]:
-        return {**asdict(self), "mbit_s": round(self.mbit_s, 3)}
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """``"10.0.0.2:5201"`` or ``"[::1]:5201"`` -> (host, port); port 0 = any (sink only)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def pace_chunk(rate_bps: float) -> int:
-    """Chunk size for a paced sender: about 1 ms of traffic, clamped to 1..64 KiB."""
-    return int(min(64 << 10, max(1 << 10, rate_bps / 8 / 1000)))
-
-
-def _send_some(sock: socket.socket, view: memoryview, stop: threading.Event) -> int:
-    """Write all of ``view`` unless ``stop`` is set; returns bytes written."""
-    done = 0
-    while done < len(view) and not stop.is_set():
-        try:
-            done += sock.send(view[done:])
-        except TimeoutError:
-            continue
-    return done
-
-
-def _connect(sock: socket.socket, host: str, port: int, timeout: float, congestion: str | None) -> None:
-    """Set the congestion control (None: the system default) and connect; BackgroundError names
-    what failed."""
-    if congestion:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
-        except OSError as exc:
-            raise BackgroundError(f"congestion control {congestion!r} unavailable: {exc}") from exc
-    sock.settimeout(timeout)
-    try:
-        sock.connect((host, port))
-    except OSError as exc:
-        raise BackgroundError(f"connect to {host}:{port} failed: {exc}") from exc
+__all__ = ["START_SIGNAL", "STOP_SIGNAL", "BackgroundError", "FlowStats", "run_sender", "run_sink", "run_standby"]
 
 
 def run_sender(host: str, port: int, duration: float, rate_mbit: float | None = None,
@@ -115,9 +55,9 @@ def run_sender(host: str, port: int, duration: float, rate_mbit: float | None = 
     if rate_mbit is not None and rate_mbit <= 0:
         raise ValueError(f"rate_mbit must be > 0, got {rate_mbit}")
     stop = stop or threading.Event()
-    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sock = socket.socket(family(host), socket.SOCK_STREAM)
     try:
-        _connect(sock, host, port, connect_timeout, congestion)
+        connect(sock, host, port, connect_timeout, congestion)
         sock.settimeout(POLL_S)
         rate_bps = rate_mbit * 1e6 if rate_mbit is not None else None
         chunk = pace_chunk(rate_bps) if rate_bps else 64 << 10
@@ -128,7 +68,7 @@ def run_sender(host: str, port: int, duration: float, rate_mbit: float | None = 
         try:
             if rate_bps is None:
                 while not stop.is_set() and time.monotonic() < deadline:
-                    sent += _send_some(sock, view, stop)
+                    sent += send_some(sock, view, stop)
             else:
                 sent = _paced(sock, view, rate_bps / 8, deadline, stop)
         except OSError as exc:
@@ -138,17 +78,10 @@ def run_sender(host: str, port: int, duration: float, rate_mbit: float | None = 
         return FlowStats("send", sent, seconds, f"{host}:{port}", rate_mbit)
     finally:
         if stop.is_set():  # stopped (the scenario's flow_stop): end at once, as the fluid model's flow
-            _abort_on_close(sock)
+            abort_on_close(sock)
         sock.close()
 
 
-def _abort_on_close(sock: socket.socket) -> None:
-    """Make ``close`` reset the connection (SO_LINGER 0) instead of the kernel sending on the
-    unsent bytes of the socket buffer after the process is gone."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
 
 
 def _paced(sock: socket.socket, view: memoryview, rate_Bps: float, deadline: float,
@@ -165,7 +98,7 @@ def _paced(sock: socket.socket, view: memoryview, rate_Bps: float, deadline: flo
         tokens = min(burst, tokens + (now - last) * rate_Bps)
         last = now
         if tokens >= chunk:
-            sent += _send_some(sock, view, stop)
+            sent += send_some(sock, view, stop)
             tokens -= chunk
         else:
             time.sleep(min((chunk - tokens) / rate_Bps, deadline - now))
@@ -193,7 +126,7 @@ def run_sink(host: str, port: int, duration: float | None = None,
     ``window_clamp`` (bytes) caps the receive window every connection advertises, hence the
     bytes each sender keeps in flight."""
     stop = stop or threading.Event()
-    lst = socket.socket(_family(host), socket.SOCK_STREAM)
+    lst = socket.socket(family(host), socket.SOCK_STREAM)
     lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if window_clamp:
         # A fixed receive buffer (SOCK_RCVBUF_LOCK) keeps the kernel's receive-buffer autotuning
@@ -253,105 +186,6 @@ def run_sink(host: str, port: int, duration: float | None = None,
     finally:
         lst.close()
 
-
-START_SIGNAL, STOP_SIGNAL = signal.SIGUSR1, signal.SIGUSR2
-"""A standby sender starts a flow on SIGUSR1 and ends it on SIGUSR2."""
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
-
-
-def _activation(host: str, port: int, rate_mbit: float | None, connect_timeout: float,
-                congestion: str | None, running: Callable[[], bool], wake: int) -> FlowStats:
-    """One flow of a standby sender: connect, send (greedy or paced) while ``running()``, then
-    reset the connection. ``wake`` is a descriptor that turns readable when a signal arrived
-    (``signal.set_wakeup_fd``), so a stop is seen at once, not at the next send."""
-    sock = socket.socket(_family(host), socket.SOCK_STREAM)
-    sent = 0
-    t0 = time.monotonic()
-    try:
-        _connect(sock, host, port, connect_timeout, congestion)
-        sock.setblocking(False)
-        rate_Bps = rate_mbit * 1e6 / 8 if rate_mbit is not None else None
-        chunk = pace_chunk(rate_Bps * 8) if rate_Bps else 64 << 10
-        view = memoryview(bytes(chunk))
-        tokens, last = float(chunk), time.monotonic()
-        while running():
-            wait = POLL_S
-            if rate_Bps is not None:  # token bucket, as the one-shot paced sender
-                now = time.monotonic()
-                tokens = min(2 * chunk, tokens + (now - last) * rate_Bps)
-                last = now
-                if tokens < chunk:
-                    wait = min(POLL_S, (chunk - tokens) / rate_Bps)
-            readable, writable, _ = select.select([wake], [sock] if rate_Bps is None or tokens >= chunk else [],
-                                                  [], wait)
-            if readable:
-                _drain(wake)
-            if writable:
-                try:
-                    n = sock.send(view)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    raise BackgroundError(f"sending to {host}:{port} failed after {sent} bytes: {exc}") from exc
-                sent += n
-                tokens -= n
-        return FlowStats("send", sent, time.monotonic() - t0, f"{host}:{port}", rate_mbit)
-    finally:
-        _abort_on_close(sock)
-        sock.close()
-
-
-def run_standby(host: str, port: int, rate_mbit: float | None = None, connect_timeout: float = 10.0,
-                congestion: str | None = None, emit: Callable[[dict], None] = print) -> None:
-    """A flow slot (main thread only: it owns the process's signals): wait; on
-    :data:`START_SIGNAL` open a connection to ``host:port`` and send until
-    :data:`STOP_SIGNAL`, then ``emit`` the flow's summary (with ``activation``: 1, 2, ...); again
-    on every start; return on SIGTERM/SIGINT (a running flow is ended and reported first).
-    Raises :class:`BackgroundError` when a flow cannot connect or breaks."""
-    if rate_mbit is not None and rate_mbit <= 0:
-        raise ValueError(f"rate_mbit must be > 0, got {rate_mbit}")
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    state = {"on": False, "stop": False}
-
-    def on_start(signum: int, frame: FrameType | None) -> None:
-        state["on"] = True
-
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        state["on"] = False
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        state["stop"] = True
-
-    old_fd = signal.set_wakeup_fd(wake_w)
-    handlers = {START_SIGNAL: on_start, STOP_SIGNAL: on_stop, signal.SIGTERM: on_term, signal.SIGINT: on_term}
-    old = {sig: signal.signal(sig, fn) for sig, fn in handlers.items()}
-    try:
-        emit({"mode": "standby", "ready": True, "peer": f"{host}:{port}", "rate_mbit_target": rate_mbit})
-        k = 0
-        while not state["stop"]:
-            if not state["on"]:
-                select.select([wake_r], [], [])  # until a signal (the wakeup fd is written first)
-                _drain(wake_r)
-                continue
-            k += 1
-            stats = _activation(host, port, rate_mbit, connect_timeout, congestion,
-                                lambda: state["on"] and not state["stop"], wake_r)
-            emit({**stats.summary(), "activation": k})
-    finally:
-        for sig, fn in old.items():
-            signal.signal(sig, fn)
-        signal.set_wakeup_fd(old_fd)
-        os.close(wake_r)
-        os.close(wake_w)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

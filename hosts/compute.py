@@ -2,19 +2,19 @@
 
 A :class:`ComputeEngine` wraps a :class:`scheduler.instance.InstanceModel` (the simulator's timing:
 prefill FIFO, continuous decode batches) and a thread that releases the model's events when the
-wall clock reaches them. It knows nothing of sockets: ``emit`` reports events (control-channel
-messages) and ``send`` starts a KV stream (the agent's ``send`` op), so the same engine runs in
-the agent process and, in tests, in-process with a fake network.
+wall clock reaches them. It knows nothing of sockets: ``emit`` reports events (``hosts.messages``
+reports) and ``send`` starts a KV stream (a ``Send`` command), so the same engine runs in the
+agent process and, in tests, in-process with a fake network.
 
 Clock: after ``reset`` the instance's virtual seconds are ``(time.time() - t_reset) / time_scale``;
 every event carries ``time.time()`` stamps of the model's exact times (``t_reset + virtual x
 time_scale``), and is emitted once the wall clock has reached it.
 
 * prefill role: ``prefill(cmd)`` queues the prompt at the current virtual time; when its end
-  comes, ``prefilled`` is emitted and then ``send(cmd)`` streams the KV bytes (the caller runs it
-  on its own thread, so the next prefill is never delayed by a transfer). With the config's
+  comes, ``prefilled`` is emitted and then ``send(cmd.stream())`` streams the KV bytes (the caller
+  runs it on its own thread, so the next prefill is never delayed by a transfer). With the config's
   ``timing.kv_streaming = "layer-wise"`` the stream starts instead once the prompt's first layer
-  is computed (prefill start + duration / ``model.layers``): ``send`` gets the command with a
+  is computed (prefill start + duration / ``model.layers``): ``send`` gets a ``Send`` with a
   ``layer_schedule``, one ``[wall time, bytes]`` per layer (the moment that layer's KV exists and
   the bytes sent up to it), so the sender writes each layer's bytes as it completes and the last
   layer's at the prefill's end, as Mooncake's and Splitwise's layer-wise transfer do and as the
@@ -35,7 +35,17 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Callable
 
-from hosts.control import Message, ProtocolError
+from hosts.messages import (
+    Expect,
+    Finished,
+    FirstToken,
+    Prefill,
+    Prefilled,
+    ProtocolError,
+    Report,
+    ResetDone,
+    Send,
+)
 
 if TYPE_CHECKING:
     from scheduler.instance import InstanceModel
@@ -47,7 +57,7 @@ MAX_UNCLAIMED = 4096
 class ComputeEngine:
     """One instance's compute for an agent (see the module doc)."""
 
-    def __init__(self, emit: Callable[[Message], None], send: Callable[[Message], None]) -> None:
+    def __init__(self, emit: Callable[[Report], None], send: Callable[[Send], None]) -> None:
         self._emit = emit
         self._send = send
         self._cond = threading.Condition()
@@ -55,13 +65,13 @@ class ComputeEngine:
         self.role: str | None = None
         self.t_reset = 0.0
         self.time_scale = 1.0
-        self._prefills: list[tuple[float, int, float, Message]] = []  # (end, seq, start, cmd)
-        self._streams: list[tuple[float, int, float, float, Message]] = []  # (first layer, seq, start, end, cmd)
+        self._prefills: list[tuple[float, int, float, Prefill]] = []  # (end, seq, start, cmd)
+        self._streams: list[tuple[float, int, float, float, Prefill]] = []  # (first layer, seq, start, end, cmd)
         self.layers = 0  # layers of the model when its KV streams layer by layer, else 0
         self._seq = 0
-        self._expected: dict[int, Message] = {}  # transfer id -> expect command, KV not yet in
+        self._expected: dict[int, Expect] = {}  # transfer id -> expect command, KV not yet in
         self._unclaimed: OrderedDict[int, float] = OrderedDict()  # transfer id -> virtual arrival
-        self._requests: dict[int, Message] = {}  # transfer id -> expect command, in the batch
+        self._requests: dict[int, Expect] = {}  # transfer id -> expect command, in the batch
         self._reported: dict[int, int] = {}  # transfer id -> decode events emitted so far
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -74,7 +84,7 @@ class ComputeEngine:
         return self.t_reset + virtual * self.time_scale
 
     # ------------------------------------------------------------------ commands
-    def reset(self, config: dict, role: str, time_scale: float) -> Message:
+    def reset(self, config: dict, role: str, time_scale: float) -> ResetDone:
         """A fresh instance of ``role`` for ``config`` (``ExperimentConfig.to_dict()``); the
         clock restarts now. Returns the ``reset`` reply; ``ProtocolError`` on a bad config."""
         # Imported here: numpy and the model cost each of 64 agents CPU at start-up, and only
@@ -103,28 +113,27 @@ class ComputeEngine:
                 self._thread = threading.Thread(target=self._loop, name="compute", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
-            return {"ev": "reset", "role": role, "t_reset": self.t_reset}
+            return ResetDone(role, self.t_reset)
 
-    def prefill(self, cmd: Message) -> None:
+    def prefill(self, cmd: Prefill) -> None:
         """Queue a validated ``prefill`` command; ``ProtocolError`` unless this is a prefill
         instance."""
         with self._cond:
             model = self._require("prefill", "prefill")
             now = self._virtual(time.time())
-            start, end = model.submit_prefill(now, cmd["transfer_id"], cmd["input_tokens"],
-                                              cmd["cached_tokens"])
+            start, end = model.submit_prefill(now, cmd.transfer_id, cmd.input_tokens, cmd.cached_tokens)
             self._seq += 1
             heapq.heappush(self._prefills, (end, self._seq, start, cmd))
-            if self.layers and cmd["bytes"] > 0:  # the stream starts with the first layer's KV
+            if self.layers and cmd.bytes > 0:  # the stream starts with the first layer's KV
                 heapq.heappush(self._streams, (start + (end - start) / self.layers, self._seq, start, end, cmd))
             self._cond.notify_all()
 
-    def expect(self, cmd: Message) -> None:
+    def expect(self, cmd: Expect) -> None:
         """Announce a validated ``expect`` command; ``ProtocolError`` unless this is a decode
         instance and the transfer id is new."""
         with self._cond:
             self._require("expect", "decode")
-            tid = cmd["transfer_id"]
+            tid = cmd.transfer_id
             if tid in self._expected or tid in self._requests:
                 raise ProtocolError(f"expect: transfer {tid} is already expected")
             arrived = self._unclaimed.pop(tid, None)
@@ -164,11 +173,11 @@ class ComputeEngine:
             raise ProtocolError(f"{op}: this agent is a {self.role} instance")
         return self._model
 
-    def _join(self, t: float, cmd: Message) -> None:
+    def _join(self, t: float, cmd: Expect) -> None:
         assert self._model is not None
-        tid = cmd["transfer_id"]
+        tid = cmd.transfer_id
         self._requests[tid] = cmd
-        self._model.kv_arrived(t, tid, cmd["input_tokens"], cmd["output_tokens"])
+        self._model.kv_arrived(t, tid, cmd.input_tokens, cmd.output_tokens)
         self._cond.notify_all()
 
     def layer_schedule(self, start: float, end: float, nbytes: int) -> list[list[float]]:
@@ -189,31 +198,26 @@ class ComputeEngine:
                 times.append(nxt)
         return min(times) if times else None
 
-    def _collect(self, upto: float) -> tuple[list[Message], list[Message]]:
-        """Events due at or before virtual ``upto``: (messages, KV streams to start)."""
-        msgs: list[Message] = []
-        sends: list[Message] = []
+    def _collect(self, upto: float) -> tuple[list[Report], list[Send]]:
+        """Events due at or before virtual ``upto``: (reports, KV streams to start)."""
+        msgs: list[Report] = []
+        sends: list[Send] = []
         while self._streams and self._streams[0][0] <= upto:
             _, _, start, end, cmd = heapq.heappop(self._streams)
-            sends.append({**cmd, "layer_schedule": self.layer_schedule(start, end, cmd["bytes"])})
+            sends.append(cmd.stream(self.layer_schedule(start, end, cmd.bytes)))
         while self._prefills and self._prefills[0][0] <= upto:
             end, _, start, cmd = heapq.heappop(self._prefills)
-            msgs.append({"ev": "prefilled", "request_id": cmd["request_id"],
-                         "transfer_id": cmd["transfer_id"], "t_start": self._wall(start),
-                         "t_end": self._wall(end)})
-            if not (self.layers and cmd["bytes"] > 0):  # layer-wise: streaming since the first layer
-                sends.append(cmd)
+            msgs.append(Prefilled(cmd.transfer_id, self._wall(start), self._wall(end), cmd.request_id))
+            if not (self.layers and cmd.bytes > 0):  # layer-wise: streaming since the first layer
+                sends.append(cmd.stream())
         if self._model is not None and self.role == "decode":
             for ev in self._model.due(upto):
-                cmd = self._requests[ev.key]
+                expect = self._requests[ev.key]
                 if ev.kind == "first_token":
                     assert ev.t_join is not None
-                    msgs.append({"ev": "first_token", "request_id": cmd["request_id"],
-                                 "transfer_id": ev.key, "t_join": self._wall(ev.t_join),
-                                 "t_first": self._wall(ev.time)})
+                    msgs.append(FirstToken(ev.key, self._wall(ev.t_join), self._wall(ev.time), expect.request_id))
                 else:
-                    msgs.append({"ev": "finished", "request_id": cmd["request_id"],
-                                 "transfer_id": ev.key, "t_finish": self._wall(ev.time)})
+                    msgs.append(Finished(ev.key, self._wall(ev.time), expect.request_id))
                 self._reported[ev.key] = self._reported.get(ev.key, 0) + 1
                 if self._reported[ev.key] == 2:  # first token and finish (either order) told
                     del self._requests[ev.key], self._reported[ev.key]

@@ -1,66 +1,24 @@
-"""Out-of-band control channel between the orchestrator and the host agents.
+"""Out-of-band control channel between the orchestrator and the host agents: the transport.
 
-Transport: newline-delimited JSON (UTF-8, one object per line, at most ``MAX_LINE`` bytes) over a
-Unix stream socket. Unix sockets live in the filesystem, so agents inside Mininet hosts' network
-namespaces reach a socket in the run folder that the orchestrator created in the root namespace.
+Newline-delimited JSON (one message per line, ``hosts.codec``; every message and its fields:
+``hosts.messages``) over a Unix stream socket. Unix sockets live in the filesystem, so agents
+inside Mininet hosts' network namespaces reach a socket in the run folder that the orchestrator
+created in the root namespace.
 
 Direction: the **orchestrator listens** (``ControlServer(path)``) and every **agent connects**
-(``AgentClient``). An agent's first line must be ``hello``; the server files the connection under
-the agent's name. An agent exits when its control connection closes, so a dead orchestrator
+(``AgentClient``). An agent's first line must be a ``Hello``; the server files the connection
+under the agent's name. An agent exits when its control connection closes, so a dead orchestrator
 leaves no agents behind.
 
-Orchestrator -> agent::
-
-    {"op": "send", "transfer_id": int, "request_id": int, "dst_ip": str, "dst_port": int,
-     "bytes": int, "dst_gpu": int}
-    {"op": "warm", "peers": [[ip, port], ...]} -> agent opens one persistent connection to each
-                                          peer and answers {"ev": "warmed", "peers": n}; sends
-                                          reuse idle connections (no handshake on the path)
-    {"op": "ping", "seq": any}            -> agent answers {"ev": "pong", "seq": ..., "t": time}
-    {"op": "stop"}                        -> agent finishes cleanly and exits
-
-Compute (the agent models its instance with ``scheduler.instance.InstanceModel``, the simulator's
-timing; virtual seconds = (time.time() - t_reset) / time_scale, reported as wall stamps)::
-
-    {"op": "reset", "config": ExperimentConfig.to_dict(), "role": "prefill" | "decode",
-     "time_scale": float > 0}             -> fresh instance, clock restarted; answers
-                                             {"ev": "reset", "role": ..., "t_reset": time}
-    {"op": "prefill", "request_id": int, "transfer_id": int, "input_tokens": int,
-     "cached_tokens": int, "bytes": int, "dst_ip": str, "dst_port": int, "dst_gpu": int}
-                                          -> (prefill role) queued on the instance's FIFO; at its
-                                             end {"ev": "prefilled", "request_id", "transfer_id",
-                                             "t_start", "t_end"}, then the KV bytes are streamed
-                                             to the decode agent exactly as by "send" (with the
-                                             config's timing.kv_streaming = "layer-wise" the
-                                             stream starts at the first layer's end and sends
-                                             each layer's bytes as it completes, hosts.compute)
-    {"op": "expect", "request_id": int, "transfer_id": int, "input_tokens": int,
-     "output_tokens": int}                -> (decode role) once transfer ``transfer_id`` has been
-                                             received (before or after this message) the request
-                                             joins the decode batch or waits FIFO;
-                                             {"ev": "first_token", "request_id", "transfer_id",
-                                             "t_join", "t_first"} and {"ev": "finished",
-                                             "request_id", "transfer_id", "t_finish"} follow when
-                                             those times come
-
-Agent -> orchestrator::
-
-    {"ev": "hello", "name": str, "gpu": int, "pid": int, "listen_ip": str, "listen_port": int}
-    {"ev": "sent" | "received", "transfer_id", "request_id", "bytes", "t_start", "t_end",
-     "role": "send" | "recv", "peer": "ip:port", "src_gpu", "dst_gpu", ...}
-    {"ev": "reset" | "prefilled" | "first_token" | "finished", ...} (above)
-    {"ev": "error", "transfer_id": int | null, "reason": str, ...}
-
-An invalid command is answered with an ``error`` whose reason starts with the op's name
-(``"prefill: field 'bytes' must be int, got 'lots'"``) and carries its ``transfer_id`` when it
-has one.
-
-The server adds ``"agent": <name>`` to every event it queues, and queues
-``{"ev": "disconnected", "agent": name}`` when an agent's connection closes.
+The server sets ``agent`` (the sender's name) on every report it queues, and queues a
+``Disconnected`` when an agent's connection closes. A line that is not a valid message is
+answered with an ``Error`` whose reason starts with the message's name
+(``"prefill: field 'bytes' must be int, got 'lots'"``) and which carries its ``transfer_id`` when
+it has one: by the agent for a command, by the server (as the agent's report) for a report.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import queue
 import socket
@@ -70,95 +28,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-MAX_LINE = 1 << 16
-SEND_FIELDS: dict[str, type] = {
-    "transfer_id": int, "request_id": int, "dst_ip": str, "dst_port": int, "bytes": int,
-    "dst_gpu": int,
-}
-PREFILL_FIELDS: dict[str, type] = {**SEND_FIELDS, "input_tokens": int, "cached_tokens": int}
-EXPECT_FIELDS: dict[str, type] = {
-    "transfer_id": int, "request_id": int, "input_tokens": int, "output_tokens": int,
-}
-ROLES = ("prefill", "decode")  # = scheduler.instance.ROLES; not imported, so agents start without numpy
-Message = dict[str, Any]
+from hosts.codec import MAX_LINE, decode_line, encode_line
+from hosts.messages import (
+    Command,
+    ControlError,
+    Disconnected,
+    Error,
+    Hello,
+    ProtocolError,
+    Received,
+    Report,
+    Sent,
+)
 
-
-class ControlError(RuntimeError):
-    """The control channel failed (not connected, closed, unknown agent)."""
-
-
-class ProtocolError(ControlError):
-    """A control line is not a valid message."""
-
-
+__all__ = ["AgentClient", "ControlError", "ControlServer", "ControlTimeout", "ProtocolError"]
 class ControlTimeout(ControlError, TimeoutError):
     """Waiting for agents or events timed out; the message says what is missing."""
-
-
-def encode_line(msg: Message) -> bytes:
-    line = json.dumps(msg, separators=(",", ":")).encode() + b"\n"
-    if len(line) > MAX_LINE:
-        raise ProtocolError(f"control message of {len(line)} bytes exceeds {MAX_LINE}")
-    return line
-
-
-def decode_line(line: bytes) -> Message:
-    try:
-        msg = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
-    if not isinstance(msg, dict):
-        raise ProtocolError(f"expected a JSON object, got {type(msg).__name__}")
-    return msg
-
-
-def _check_fields(op: str, msg: Message, fields: dict[str, type]) -> None:
-    """Every field present with its type (bools are not ints) and every int >= 0."""
-    for key, typ in fields.items():
-        value = msg.get(key)
-        if not isinstance(value, typ) or isinstance(value, bool):
-            raise ProtocolError(f"{op}: field {key!r} must be {typ.__name__}, got {value!r}")
-    negative = [k for k, typ in fields.items() if typ is int and msg[k] < 0]
-    if negative:
-        raise ProtocolError(f"{op}: {', '.join(negative)} must be >= 0")
-
-
-def _check_port(op: str, msg: Message) -> None:
-    if not 0 < msg["dst_port"] < 65536:
-        raise ProtocolError(f"{op}: dst_port {msg['dst_port']} out of range")
-
-
-def validate_send(msg: Message) -> None:
-    """Raise ``ProtocolError`` unless ``msg`` is a well-formed ``send`` command."""
-    _check_fields("send", msg, SEND_FIELDS)
-    _check_port("send", msg)
-
-
-def validate_reset(msg: Message) -> None:
-    """Raise ``ProtocolError`` unless ``msg`` is a well-formed ``reset`` command (the config's
-    contents are checked when it is built, by ``scheduler.config.config_from_dict``)."""
-    if not isinstance(msg.get("config"), dict):
-        raise ProtocolError(f"reset: field 'config' must be an object (ExperimentConfig.to_dict()), "
-                            f"got {msg.get('config')!r}")
-    if msg.get("role") not in ROLES:
-        raise ProtocolError(f"reset: field 'role' must be one of {', '.join(ROLES)}, got {msg.get('role')!r}")
-    ts = msg.get("time_scale")
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not 0 < ts < float("inf"):
-        raise ProtocolError(f"reset: field 'time_scale' must be a number > 0, got {ts!r}")
-
-
-def validate_prefill(msg: Message) -> None:
-    """Raise ``ProtocolError`` unless ``msg`` is a well-formed ``prefill`` command."""
-    _check_fields("prefill", msg, PREFILL_FIELDS)
-    _check_port("prefill", msg)
-    if msg["cached_tokens"] > msg["input_tokens"]:
-        raise ProtocolError(f"prefill: cached_tokens {msg['cached_tokens']} exceed input_tokens "
-                            f"{msg['input_tokens']}")
-
-
-def validate_expect(msg: Message) -> None:
-    """Raise ``ProtocolError`` unless ``msg`` is a well-formed ``expect`` command."""
-    _check_fields("expect", msg, EXPECT_FIELDS)
 
 
 def read_lines(sock: socket.socket) -> Iterator[bytes]:
@@ -190,9 +75,9 @@ class _Conn:
         self.sock = sock
         self.lock = threading.Lock()
         self.name: str | None = None
-        self.hello: Message | None = None
+        self.hello: Hello | None = None
 
-    def send(self, msg: Message) -> None:
+    def send(self, msg: Command | dict[str, Any]) -> None:
         data = encode_line(msg)
         with self.lock:
             self.sock.sendall(data)
@@ -208,21 +93,21 @@ class _Conn:
 class ControlServer:
     """Orchestrator side: accepts agents on Unix socket ``path``.
 
-    Events (dicts, ``"agent"`` added) go to ``on_event`` when given, and always to ``events``
+    Reports (``agent`` set) go to ``on_event`` when given, and always to ``events``
     (a ``queue.Queue``) unless ``queue_events`` is False. Completed transfers are also indexed
     for ``wait_transfers``. One accept thread plus one reader thread per agent; ``on_event``
     runs on a reader thread and must not raise or block for long."""
 
-    def __init__(self, path: str | Path, on_event: Callable[[Message], None] | None = None,
+    def __init__(self, path: str | Path, on_event: Callable[[Report], None] | None = None,
                  queue_events: bool = True, backlog: int = 256) -> None:
         self.path = Path(path)
         self.on_event = on_event
         self.queue_events = queue_events
-        self.events: queue.Queue[Message] = queue.Queue()
+        self.events: queue.Queue[Report] = queue.Queue()
         self._conns: dict[str, _Conn] = {}
         self._all: set[_Conn] = set()
         self._cond = threading.Condition()
-        self._transfers: dict[int, dict[str, Message]] = {}
+        self._transfers: dict[int, dict[str, Report]] = {}
         self._closed = False
         self._remove_stale_socket()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -267,20 +152,21 @@ class ControlServer:
         try:
             for line in read_lines(conn.sock):
                 try:
-                    msg = decode_line(line)
+                    msg = decode_line(line, Report)
                 except ProtocolError as exc:
-                    self._emit({"ev": "error", "transfer_id": None, "agent": conn.name,
-                                "reason": f"bad control line from agent: {exc}"})
+                    if conn.name is None:
+                        self._emit(Error(None, f"first line from an agent must be hello with a name: {exc}"))
+                        return
+                    self._emit(Error(exc.transfer_id, f"bad control line from agent: {exc}",
+                                     request_id=exc.request_id, agent=conn.name))
                     continue
                 if conn.name is None:
                     if not self._register(conn, msg):
                         return
                     continue
-                msg["agent"] = conn.name
-                self._emit(msg)
+                self._emit(dataclasses.replace(msg, agent=conn.name))
         except ProtocolError as exc:
-            self._emit({"ev": "error", "transfer_id": None, "agent": conn.name,
-                        "reason": str(exc)})
+            self._emit(Error(None, str(exc), agent=conn.name))
         finally:
             with self._cond:
                 self._all.discard(conn)
@@ -289,14 +175,13 @@ class ControlServer:
                 self._cond.notify_all()
             conn.close()
             if conn.name is not None and not self._closed:
-                self._emit({"ev": "disconnected", "agent": conn.name})
+                self._emit(Disconnected(agent=conn.name))
 
-    def _register(self, conn: _Conn, msg: Message) -> bool:
-        name = msg.get("name")
-        if msg.get("ev") != "hello" or not isinstance(name, str) or not name:
-            self._emit({"ev": "error", "transfer_id": None, "agent": None,
-                        "reason": f"first line from an agent must be hello with a name: {msg!r}"})
+    def _register(self, conn: _Conn, msg: Report) -> bool:
+        if not isinstance(msg, Hello):
+            self._emit(Error(None, f"first line from an agent must be hello with a name: {msg!r}"))
             return False
+        name, msg = msg.name, dataclasses.replace(msg, agent=msg.name)
         with self._cond:
             if name in self._conns:
                 dup = True
@@ -306,22 +191,19 @@ class ControlServer:
                 self._conns[name] = conn
                 self._cond.notify_all()
         if dup:
-            self._emit({"ev": "error", "transfer_id": None, "agent": name,
-                        "reason": f"duplicate agent name {name!r}; second connection closed"})
+            self._emit(Error(None, f"duplicate agent name {name!r}; second connection closed", agent=name))
             return False
-        msg["agent"] = name
         self._emit(msg)
         return True
 
-    def _emit(self, msg: Message) -> None:
-        tid = msg.get("transfer_id")
-        if msg.get("ev") in ("sent", "received", "error") and isinstance(tid, int):
+    def _emit(self, msg: Report) -> None:
+        if isinstance(msg, (Sent, Received, Error)) and msg.transfer_id is not None:
             with self._cond:
-                evs = self._transfers.setdefault(tid, {})
-                if msg["ev"] == "error":
-                    evs.setdefault("error", msg)  # the first error explains the failure
+                evs = self._transfers.setdefault(msg.transfer_id, {})
+                if isinstance(msg, Error):
+                    evs.setdefault(msg.KIND, msg)  # the first error explains the failure
                 else:
-                    evs[msg["ev"]] = msg
+                    evs[msg.KIND] = msg
                 self._cond.notify_all()
         if self.queue_events:
             self.events.put(msg)
@@ -329,13 +211,14 @@ class ControlServer:
             self.on_event(msg)
 
     # ------------------------------------------------------------------ API
-    def agents(self) -> dict[str, Message]:
+    def agents(self) -> dict[str, Hello]:
         """Connected agents: name -> hello message."""
         with self._cond:
-            return {n: dict(c.hello or {}) for n, c in self._conns.items()}
+            return {n: c.hello for n, c in self._conns.items() if c.hello is not None}
 
-    def send(self, name: str, msg: Message) -> None:
-        """Send one command to agent ``name``; ``ControlError`` if it is not connected."""
+    def send(self, name: str, msg: Command | dict[str, Any]) -> None:
+        """Send one command to agent ``name``; ``ControlError`` if it is not connected. (A raw
+        dict goes out as given: tests of the agents' refusals send malformed ones.)"""
         with self._cond:
             conn = self._conns.get(name)
         if conn is None:
@@ -345,7 +228,7 @@ class ControlServer:
         except OSError as exc:
             raise ControlError(f"sending to agent {name!r} failed: {exc}") from exc
 
-    def wait_hello(self, names: Iterable[str], timeout: float) -> dict[str, Message]:
+    def wait_hello(self, names: Iterable[str], timeout: float) -> dict[str, Hello]:
         """Block until every agent in ``names`` has said hello; returns their hellos."""
         wanted = set(names)
         deadline = time.monotonic() + timeout
@@ -353,7 +236,7 @@ class ControlServer:
             while True:
                 missing = wanted - self._conns.keys()
                 if not missing:
-                    return {n: dict(self._conns[n].hello or {}) for n in wanted}
+                    return {n: self._conns[n].hello for n in wanted}  # type: ignore[misc]
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ControlTimeout(
@@ -372,10 +255,11 @@ class ControlServer:
                 self._cond.wait(left)
 
     def wait_transfers(self, transfer_ids: Iterable[int], timeout: float
-                       ) -> dict[int, dict[str, Message]]:
-        """Wait until each transfer has both ``sent`` and ``received`` events, or an ``error``.
+                       ) -> dict[int, dict[str, Report]]:
+        """Wait until each transfer has both ``Sent`` and ``Received`` reports, or an ``Error``.
 
-        Returns ``{transfer_id: {"sent": ev, "received": ev}}`` (or ``{"error": ev, ...}``) and
+        Returns ``{transfer_id: {"sent": Sent, "received": Received}}`` (or ``{"error": Error,
+        ...}``: keys are the reports' ``KIND``) and
         forgets the returned transfers. Raises ``ControlTimeout`` naming unfinished ids."""
         ids = list(transfer_ids)
         deadline = time.monotonic() + timeout
@@ -395,7 +279,7 @@ class ControlServer:
                                          f"{timeout:g} s: {pending[:10]}")
                 self._cond.wait(left)
 
-    def broadcast(self, msg: Message) -> list[str]:
+    def broadcast(self, msg: Command) -> list[str]:
         """Send ``msg`` to every connected agent; returns the names it reached."""
         reached = []
         for name in list(self.agents()):
@@ -433,9 +317,9 @@ class AgentClient:
     """Agent side: connects to the orchestrator's socket and says hello.
 
     ``emit`` is thread-safe; ``messages`` yields decoded commands until the connection closes
-    (bad lines are answered with an ``error`` event and skipped)."""
+    (bad lines are answered with an ``Error`` naming the message and field, and skipped)."""
 
-    def __init__(self, path: str | Path, hello: Message, connect_timeout: float = 10.0) -> None:
+    def __init__(self, path: str | Path, hello: Hello, connect_timeout: float = 10.0) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
         deadline = time.monotonic() + connect_timeout
@@ -451,9 +335,9 @@ class AgentClient:
                                        ) from exc
                 time.sleep(0.05)
         self.sock = sock
-        self.emit({"ev": "hello", **hello})
+        self.emit(hello)
 
-    def emit(self, msg: Message) -> None:
+    def emit(self, msg: Report) -> None:
         data = encode_line(msg)
         try:
             with self._lock:
@@ -461,15 +345,15 @@ class AgentClient:
         except OSError as exc:
             raise ControlError(f"control socket write failed: {exc}") from exc
 
-    def messages(self) -> Iterator[Message]:
+    def messages(self) -> Iterator[Command]:
         try:
             for line in read_lines(self.sock):
                 try:
-                    yield decode_line(line)
+                    yield decode_line(line, Command)  # type: ignore[misc]
                 except ProtocolError as exc:
-                    self.emit({"ev": "error", "transfer_id": None, "reason": str(exc)})
+                    self.emit(Error(exc.transfer_id, str(exc), request_id=exc.request_id))
         except ProtocolError as exc:
-            self.emit({"ev": "error", "transfer_id": None, "reason": str(exc)})
+            self.emit(Error(None, str(exc)))
 
     def shutdown(self) -> None:
         """Unblock ``messages`` (safe from a signal handler or another thread)."""

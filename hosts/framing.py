@@ -1,10 +1,11 @@
 """Wire header of a NetKV KV-cache stream, as a Scapy layer and as a fast struct codec.
 
-One TCP connection carries one transfer. The sender writes a DATA header followed by exactly
-``total`` payload bytes (synthetic KV cache); when the ``ACK_REQ`` flag is set, the receiver
-answers on the same connection with a DONE header whose ``total`` is the number of payload
-bytes it counted, so the sender learns when the last byte reached the receiving application
-(not just its own kernel buffer).
+A TCP connection carries one transfer at a time, any number of them one after another (the
+agents pool their connections, ``hosts.kvstream``). The sender writes a DATA header followed by
+exactly ``total`` payload bytes (synthetic KV cache); when the ``ACK_REQ`` flag is set, the
+receiver answers on the same connection with a DONE header whose ``total`` is the number of
+payload bytes it counted, so the sender learns when the last byte reached the receiving
+application (not just its own kernel buffer) and may start the next transfer.
 
 Layout (network byte order, ``HEADER_LEN`` = 40 bytes)::
 

@@ -142,11 +142,13 @@ def decision_latency(n_decode: int, requests, calls: int, seed: int = 0,
         oracle = _bench_oracle(policy.oracle_kind, tree, snap, rng)
         commits = oracle.tracks_commitments
         clock = [1.0]
+        turn = [0]
 
         def decide(r) -> int:
             now = clock[0]
+            turn[0] += 1
             t0 = time.perf_counter_ns()
-            ctx = cluster.context(r, now, oracle)
+            ctx = cluster.context(r, now, oracle, turn[0])
             dec = policy.choose(ctx)
             took = time.perf_counter_ns() - t0
             if commits:  # the simulator's bookkeeping after a decision (not timed there either)

@@ -140,13 +140,19 @@ class DecisionContext:
     oracle cost are computed once per layer and written over its instances instead of through
     dense per-instance arrays of hit lengths and bytes. Each entry is computed by the same
     operations on the same operands as the dense computation, so every view is the same to the
-    last bit."""
+    last bit.
 
-    def __init__(self, cluster: "Cluster", request: Request, now: float, oracle: NetworkOracle | None) -> None:
+    ``turn`` is the decision's index in its run (1 for the first): policies that rotate among
+    equally good instances (like a router breaking ties round-robin) rotate with it, so a
+    decision replayed with another oracle (a staleness study's shadow) breaks ties the same way."""
+
+    def __init__(self, cluster: "Cluster", request: Request, now: float, oracle: NetworkOracle | None,
+                 turn: int = 1) -> None:
         self.cluster = cluster
         self.request = request
         self.now = now
         self.oracle = oracle
+        self.turn = turn
         self._costs: dict[int, np.ndarray] = {}
 
     @property
@@ -342,8 +348,9 @@ class Cluster:
             hit = self._tiers[prefill] = self.tree.tiers(int(self.prefill_ids[prefill]), self.decode_ids)
         return hit
 
-    def context(self, request: Request, now: float, oracle: NetworkOracle | None) -> DecisionContext:
-        return DecisionContext(self, request, now, oracle)
+    def context(self, request: Request, now: float, oracle: NetworkOracle | None, turn: int = 1) -> DecisionContext:
+        """The decision context of ``request`` at ``now``, the run's ``turn``-th decision."""
+        return DecisionContext(self, request, now, oracle, turn)
 
     def describe(self) -> dict:
         return {

@@ -2,13 +2,19 @@
 
 Each config is a dataclass whose fields carry their help text in ``metadata["help"]`` (the
 Vidur style), so ``netkv constants`` can list them and ``summary.json`` can record them.
+(Over 400 lines on purpose: every section and its validation in one file, the one place a reader
+looks up a constant, its default and its source.)
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from controller.settings import DEFAULT_POLL_INTERVAL_S
 from topology.model import FatTreeConfig, TopologyError
 
 
@@ -90,6 +96,7 @@ H100: a 213k running share)."""
 
 KV_STREAMING = ("after-prefill", "layer-wise")
 SLO_DEFINITIONS = ("fixed", "ttft-only", "per-request")
+"""How a request counts as meeting its SLO (see :class:`SloConfig`)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,7 @@ class OracleConfig:
 
     kind: str = param("telemetry", "default oracle of oracle-consuming policies (a policy spec such as "
                       "'netkv:static' picks its own): static, telemetry, inflight, perfect (see scheduler/oracle.py)")
-    poll_interval_s: float = param(0.5, "port-statistics polling interval, s (controller default)")
+    poll_interval_s: float = param(DEFAULT_POLL_INTERVAL_S, "port-statistics polling interval, s (controller default)")
     staleness_s: float = param(0.0, "age of the telemetry snapshot the oracle answers from, s")
     min_available_fraction: float = param(0.1, "a new flow on a saturated link still gets at least this "
                                           "fraction of its capacity (TCP/RDMA fair share against a few flows)")
@@ -166,9 +173,22 @@ class TuningConfig:
 
 
 @dataclass(frozen=True)
-class SloConfigParams:
-    """Service-level objectives, under three definitions (all reported; ``definition`` names the
-    one the tables' "SLO met" column and the comparison use)."""
+class SloConfig:
+    """Service-level objectives a request must meet to count as attained, under three definitions
+    (all reported; ``definition`` names the one ``slo_attainment``, the tables' "SLO met" column and
+    the comparison use); ``scheduler/metrics.py`` measures records against it.
+
+    ``fixed``: TTFT <= ``ttft_s`` and mean TBT <= ``tbt_ms``. ``ttft-only``: TTFT <= ``ttft_s``.
+    ``per-request``: TTFT <= ``ttft_fixed_s + ttft_per_token_ms x prompt tokens`` and mean TBT <=
+    ``tbt_ms`` (DistServe/Splitwise style: a long prompt may take longer).
+
+    ``ttft_s`` (default 2.0 s): chosen for interactive chat on an 8B-class model with long prompts:
+    DistServe uses 0.2-0.4 s for *short* chat prompts, Mooncake 30 s for long-context 70B serving;
+    the conversation trace's prompts average about 12k tokens, whose prefill alone takes on the
+    order of a second, so 2 s leaves room for queueing and the KV transfer while still being
+    interactive. ``tbt_ms`` (default 100.0 ms): Mooncake's tightest TBT SLO and DistServe's TPOT
+    SLO of 0.1 s for chat. Invalid objectives are a ``ConfigError`` naming the ``slo.`` parameter.
+    """
 
     definition: str = param("fixed", "default SLO definition: 'fixed' (TTFT <= ttft_s and mean TBT <= tbt_ms), "
                             "'ttft-only' (TTFT <= ttft_s) or 'per-request' (TTFT <= ttft_fixed_s + "
@@ -182,6 +202,30 @@ class SloConfigParams:
                                      "50% MFU: ~0.032 ms), Splitwise's rule of an SLO as a multiple of the "
                                      "uncontended latency")
 
+    def __post_init__(self) -> None:
+        for name in ("ttft_s", "tbt_ms", "ttft_fixed_s", "ttft_per_token_ms"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"parameter 'slo.{name}' must be > 0, got {value}")
+            if not math.isfinite(value):
+                raise ConfigError(f"parameter 'slo.{name}' must be finite, got {value}")
+        if self.definition not in SLO_DEFINITIONS:
+            raise ConfigError(f"parameter 'slo.definition' must be one of {', '.join(SLO_DEFINITIONS)}, "
+                              f"got {self.definition!r}")
+
+    def scaled(self, scale: float) -> SloConfig:
+        """Every objective multiplied by ``scale`` (> 0)."""
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"SLO scale must be a positive finite number, got {scale!r}")
+        return SloConfig(definition=self.definition, ttft_s=self.ttft_s * scale, tbt_ms=self.tbt_ms * scale,
+                         ttft_fixed_s=self.ttft_fixed_s * scale, ttft_per_token_ms=self.ttft_per_token_ms * scale)
+
+    def ttft_limits(self, input_tokens: np.ndarray, definition: str | None = None) -> np.ndarray:
+        """Each request's TTFT objective, seconds, under ``definition`` (default: this one's)."""
+        if (definition or self.definition) == "per-request":
+            return self.ttft_fixed_s + self.ttft_per_token_ms * 1e-3 * np.asarray(input_tokens, dtype=float)
+        return np.full(np.shape(input_tokens), self.ttft_s)
+
 
 SECTIONS: dict[str, type] = {
     "topology": FatTreeConfig,
@@ -191,7 +235,7 @@ SECTIONS: dict[str, type] = {
     "cluster": ClusterConfig,
     "oracle": OracleConfig,
     "tuning": TuningConfig,
-    "slo": SloConfigParams,
+    "slo": SloConfig,
 }
 
 
@@ -204,7 +248,7 @@ class ExperimentConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
-    slo: SloConfigParams = field(default_factory=SloConfigParams)
+    slo: SloConfig = field(default_factory=SloConfig)
 
     def to_dict(self) -> dict:
         out = {}
@@ -337,8 +381,6 @@ def validate(cfg: ExperimentConfig) -> None:
         ("timing.decode_hbm_efficiency", cfg.timing.decode_hbm_efficiency),
         ("timing.tp_efficiency", cfg.timing.tp_efficiency),
         ("oracle.poll_interval_s", cfg.oracle.poll_interval_s),
-        ("slo.ttft_s", cfg.slo.ttft_s), ("slo.tbt_ms", cfg.slo.tbt_ms),
-        ("slo.ttft_fixed_s", cfg.slo.ttft_fixed_s), ("slo.ttft_per_token_ms", cfg.slo.ttft_per_token_ms),
     ]
     for name, value in positive:
         if not value > 0:
@@ -366,9 +408,6 @@ def validate(cfg: ExperimentConfig) -> None:
     if not 0 < cfg.cluster.prefill_fraction < 1:
         raise ConfigError(f"parameter 'cluster.prefill_fraction' must be strictly between 0 and 1 "
                           f"(both roles are needed), got {cfg.cluster.prefill_fraction}")
-    if cfg.slo.definition not in SLO_DEFINITIONS:
-        raise ConfigError(f"parameter 'slo.definition' must be one of {', '.join(SLO_DEFINITIONS)}, "
-                          f"got {cfg.slo.definition!r}")
     if cfg.timing.kv_streaming not in KV_STREAMING:
         raise ConfigError(f"parameter 'timing.kv_streaming' must be one of {', '.join(KV_STREAMING)}, "
                           f"got {cfg.timing.kv_streaming!r}")

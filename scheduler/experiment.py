@@ -62,8 +62,8 @@ class Experiment:
         return self.scenario.actions(self.tree, last + SCENARIO_SLACK_S, last)
 
     def slo(self) -> SloConfig:
-        c = self.cfg.slo
-        return SloConfig(c.ttft_s, c.tbt_ms, c.definition, c.ttft_fixed_s, c.ttft_per_token_ms)
+        """The run's SLO: the config's ``slo`` section, which the metrics take as it is."""
+        return self.cfg.slo
 
 
 @dataclass
@@ -213,7 +213,7 @@ def inherited_weights(exp: Experiment, spec: PolicySpec, run=None) -> dict[str, 
 
 def tune_policy(exp: Experiment, spec: PolicySpec, run=None) -> tuple[float | None, list[dict]]:
     """Grid search of ``spec``'s weight on the tuning slice under the same scenario, with the
-    grid its class names (``Policy.grid``) and :func:`pick_weight`'s rule. ``run(policy, requests)
+    grid its class gives (``Policy.grid_values``) and :func:`pick_weight`'s rule. ``run(policy, requests)
     -> records`` is the backend (default: the simulator). Memoised per experiment."""
     if spec.tuned_param is None:
         return None, []
@@ -223,7 +223,7 @@ def tune_policy(exp: Experiment, spec: PolicySpec, run=None) -> tuple[float | No
         return None, []
     if spec.name in exp.tuned:
         return exp.tuned[spec.name]
-    grid = getattr(exp.cfg.tuning, spec.cls.grid)
+    grid = spec.cls.grid_values(exp.cfg.tuning)
     if run is None:
         actions = exp.actions(exp.tune_requests)
         run = lambda pol, reqs: Simulator(exp.cfg, reqs, pol, actions).run()  # noqa: E731

@@ -2,17 +2,18 @@
 
 Every function here is pure (records in, plain Python numbers out) so the simulator and the
 emulator backends share one definition of TTFT percentiles, SLO attainment and tier statistics.
-Missing values are ``float("nan")`` inside Python; ``scheduler/report.py`` writes them as JSON
+Missing values are ``float("nan")`` inside Python; ``scheduler/resultfiles.py`` writes them as JSON
 ``null``.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from scheduler.config import SLO_DEFINITIONS, SloConfig
+from scheduler.policies import TARGET
 from scheduler.records import RequestRecord
 
 #: Number of network tiers: 0 same server, 1 same rack, 2 same pod, 3 cross-pod.
@@ -20,55 +21,6 @@ N_TIERS = 4
 
 #: Metrics ``compare`` reports as relative change (percent of the baseline's value).
 RELATIVE_METRICS = ("ttft_mean_s", "ttft_p99_s", "tbt_mean_ms")
-
-
-SLO_DEFINITIONS = ("fixed", "ttft-only", "per-request")
-"""How a request counts as meeting its SLO (see :class:`SloConfig`)."""
-
-
-@dataclass(frozen=True)
-class SloConfig:
-    """Service-level objectives a request must meet to count as attained, under three definitions.
-
-    ``fixed``: TTFT <= ``ttft_s`` and mean TBT <= ``tbt_ms``. ``ttft-only``: TTFT <= ``ttft_s``.
-    ``per-request``: TTFT <= ``ttft_fixed_s + ttft_per_token_ms x prompt tokens`` and mean TBT <=
-    ``tbt_ms`` (DistServe/Splitwise style: a long prompt may take longer). ``definition`` names
-    the one ``slo_attainment`` uses; ``summarize_policy`` reports all three.
-
-    ``ttft_s`` (default 2.0 s): chosen for interactive chat on an 8B-class model with long prompts:
-    DistServe uses 0.2-0.4 s for *short* chat prompts, Mooncake 30 s for long-context 70B serving;
-    the conversation trace's prompts average about 12k tokens, whose prefill alone takes on the
-    order of a second, so 2 s leaves room for queueing and the KV transfer while still being
-    interactive. ``tbt_ms`` (default 100.0 ms): Mooncake's tightest TBT SLO and DistServe's TPOT
-    SLO of 0.1 s for chat. The per-request constants' sources are in ``scheduler/config.py``.
-    """
-
-    ttft_s: float = 2.0
-    tbt_ms: float = 100.0
-    definition: str = "fixed"
-    ttft_fixed_s: float = 0.2
-    ttft_per_token_ms: float = 0.065
-
-    def __post_init__(self) -> None:
-        for name in ("ttft_s", "tbt_ms", "ttft_fixed_s", "ttft_per_token_ms"):
-            v = getattr(self, name)
-            if not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"SloConfig.{name} must be a positive finite number, got {v!r}")
-        if self.definition not in SLO_DEFINITIONS:
-            raise ValueError(f"SloConfig.definition must be one of {', '.join(SLO_DEFINITIONS)}, got {self.definition!r}")
-
-    def scaled(self, scale: float) -> SloConfig:
-        """Every objective multiplied by ``scale`` (> 0)."""
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ValueError(f"SLO scale must be a positive finite number, got {scale!r}")
-        return SloConfig(self.ttft_s * scale, self.tbt_ms * scale, self.definition,
-                         self.ttft_fixed_s * scale, self.ttft_per_token_ms * scale)
-
-    def ttft_limits(self, input_tokens: np.ndarray, definition: str | None = None) -> np.ndarray:
-        """Each request's TTFT objective, seconds, under ``definition`` (default: this one's)."""
-        if (definition or self.definition) == "per-request":
-            return self.ttft_fixed_s + self.ttft_per_token_ms * 1e-3 * np.asarray(input_tokens, dtype=float)
-        return np.full(np.shape(input_tokens), self.ttft_s)
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
@@ -261,7 +213,7 @@ def _num(summary: Mapping, key: str) -> float:
     return float("nan") if v is None else float(v)
 
 
-def compare(policies: dict[str, dict], target: str = "netkv") -> dict[str, dict]:
+def compare(policies: dict[str, dict], target: str = TARGET) -> dict[str, dict]:
     """How ``target`` compares with every other policy, keyed by the other policy's name.
 
     ``policies`` maps policy name to a ``summarize_policy`` output. Each value holds:
@@ -298,7 +250,7 @@ ABLATION = (("netkv:static", "static topology oracle"), ("netkv:inflight", "tele
 """Policies the ablation compares NetKV with live telemetry against, and what each isolates."""
 
 
-def ablation(policies: dict[str, dict], target: str = "netkv") -> dict:
+def ablation(policies: dict[str, dict], target: str = TARGET) -> dict:
     """What live network information buys: ``target`` (NetKV on the live oracle) against the same
     greedy on other oracles and against the field's static topology scorers.
 

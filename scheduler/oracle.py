@@ -6,6 +6,8 @@ Contract (stated once, every implementation keeps it):
 - more bytes or more congestion never cost less; on an idle fabric a higher tier is never cheaper;
 - zero bytes cost nothing (no transfer is started), whatever the path.
 Implementations are vectorised over candidates with numpy: O(|D|) per query.
+(411 lines: the four kinds below and the contract they share are kept in one file, to be read
+together; each kind is one class.)
 
 Kinds (``ORACLES``, resolved by :func:`make_oracle`), from least to most information:
 

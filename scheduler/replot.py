@@ -23,9 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from scheduler import report
+from scheduler.figures import plot_compare_cdf, render_figures
+from scheduler.heatmap import LinkSeries
 from scheduler.metrics import SloConfig
+from scheduler.plotting import TARGET_POLICY, FigureText, check_format, experiment_caption
 from scheduler.records import RequestRecord
+from scheduler.resultfiles import LINK_CSV, dumps_json, write_files
+from scheduler.tables import fmt_number
 
 COMPARE_METRICS = (("ttft_mean_s", "mean TTFT", "s"), ("ttft_p99_s", "p99 TTFT", "s"),
                    ("slo_attainment", "SLO attainment", "%"), ("tbt_mean_ms", "mean TBT", "ms"))
@@ -46,11 +50,11 @@ class ResultFolder:
     path: Path
     summary: dict
     records: dict[str, list[RequestRecord]]
-    links: report.LinkSeries | None = None
+    links: LinkSeries | None = None
 
     @property
     def target(self) -> str:
-        return str(self.summary.get("comparison_target") or report.TARGET_POLICY)
+        return str(self.summary.get("comparison_target") or TARGET_POLICY)
 
     def slo(self) -> SloConfig:
         """The SLO the run used (``config.slo``), default objectives where the summary lacks them."""
@@ -122,7 +126,7 @@ def read_records(path: Path) -> dict[str, list[RequestRecord]]:
     return out
 
 
-def read_link_series(path: Path, source: str = "") -> report.LinkSeries:
+def read_link_series(path: Path, source: str = "") -> LinkSeries:
     """Parse a ``link_utilisation.csv`` (``time_s`` then one column per link)."""
     path = Path(path)
     try:
@@ -143,8 +147,8 @@ def read_link_series(path: Path, source: str = "") -> report.LinkSeries:
             raise ResultFolderError(f"{path}: line {line}: every field must be a number") from None
         times.append(values[0])
         util.append(values[1:])
-    return report.LinkSeries(np.array(times, dtype=float), names,
-                             np.array(util, dtype=float).reshape(len(times), len(names)), source)
+    return LinkSeries(np.array(times, dtype=float), names,
+                      np.array(util, dtype=float).reshape(len(times), len(names)), source)
 
 
 def load_folder(path: Path) -> ResultFolder:
@@ -168,21 +172,21 @@ def load_folder(path: Path) -> ResultFolder:
         raise ResultFolderError(f"{csv_path}: missing")
     records = read_records(csv_path)
     links = None
-    if (path / report.LINK_CSV).is_file():
+    if (path / LINK_CSV).is_file():
         meta = summary.get("link_utilisation") or {}
-        links = read_link_series(path / report.LINK_CSV, str(meta.get("source", "")))
+        links = read_link_series(path / LINK_CSV, str(meta.get("source", "")))
     folder = ResultFolder(path, summary, records, links)
     folder.slo()  # fail here, naming the file, rather than inside a plot
     return folder
 
 
 # -- plot ----------------------------------------------------------------------------------------
-def replot(src: Path, fmt: str = "png", out: Path | None = None) -> tuple[Path, dict[str, report.FigureText]]:
+def replot(src: Path, fmt: str = "png", out: Path | None = None) -> tuple[Path, dict[str, FigureText]]:
     """Redraw every figure of the result folder ``src`` in ``fmt`` into ``out`` (default: ``src``
     itself; created if missing). Figures are drawn under temporary names in a hidden folder
     beside them and each renamed over its old version, so a failure leaves the old figures.
     Returns (folder written, file name -> title and caption)."""
-    report.check_format(fmt)
+    check_format(fmt)
     folder = load_folder(src)
     dest = Path(out) if out is not None else folder.path
     if dest.exists() and not dest.is_dir():
@@ -190,10 +194,10 @@ def replot(src: Path, fmt: str = "png", out: Path | None = None) -> tuple[Path, 
     dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".replot-", dir=dest))
     try:
-        texts = report.render_figures(tmp, folder.records, folder.slo(), folder.summary, folder.target, fmt,
-                                      folder.spans(), folder.links)
+        texts = render_figures(tmp, folder.records, folder.slo(), folder.summary, folder.target, fmt,
+                               folder.spans(), folder.links)
         if dest != folder.path and folder.links is not None:
-            shutil.copyfile(folder.path / report.LINK_CSV, tmp / report.LINK_CSV)
+            shutil.copyfile(folder.path / LINK_CSV, tmp / LINK_CSV)
         for name in os.listdir(tmp):
             os.replace(tmp / name, dest / name)
     finally:
@@ -227,19 +231,13 @@ def compare_folders(a: ResultFolder, b: ResultFolder) -> dict:
                           for key, _, unit in COMPARE_METRICS}
     return {
         "kind": "compare",
-        "a": {"path": str(a.path.resolve()), "experiment": report.experiment_caption(a.summary)},
-        "b": {"path": str(b.path.resolve()), "experiment": report.experiment_caption(b.summary)},
+        "a": {"path": str(a.path.resolve()), "experiment": experiment_caption(a.summary)},
+        "b": {"path": str(b.path.resolve()), "experiment": experiment_caption(b.summary)},
         "units": {key: unit for key, _, unit in COMPARE_METRICS},
         "policies": policies,
         "only_in_a": [n for n in a.summary["policies"] if n not in b.summary["policies"]],
         "only_in_b": [n for n in b.summary["policies"] if n not in a.summary["policies"]],
     }
-
-
-def _cell(value: float, fmt: str, signed: bool = False) -> str:
-    if not math.isfinite(value):
-        return "-"
-    return format(value, ("+" if signed else "") + fmt)
 
 
 def format_comparison(cmp: Mapping) -> str:
@@ -251,9 +249,9 @@ def format_comparison(cmp: Mapping) -> str:
             m = metrics[key]
             fmt = ".1f" if unit == "%" else (".2f" if unit == "ms" else ".3f")
             change_unit = " pp" if unit == "%" else f" {unit}"
-            rows.append([name, f"{label} ({unit})", _cell(m["a"], fmt), _cell(m["b"], fmt),
-                         _cell(m["delta"], fmt, True) + (change_unit if math.isfinite(m["delta"]) else ""),
-                         _cell(m["delta_pct"], ".1f", True) + ("%" if math.isfinite(m["delta_pct"]) else "")])
+            rows.append([name, f"{label} ({unit})", fmt_number(m["a"], fmt), fmt_number(m["b"], fmt),
+                         fmt_number(m["delta"], "+" + fmt) + (change_unit if math.isfinite(m["delta"]) else ""),
+                         fmt_number(m["delta_pct"], "+.1f") + ("%" if math.isfinite(m["delta_pct"]) else "")])
             name = ""  # the policy's name on its first row only
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -278,9 +276,9 @@ def default_compare_out(results_dir: Path) -> Path:
 def run_compare(dir_a: Path, dir_b: Path, out: Path, fmt: str = "png",
                 provenance: dict | None = None) -> tuple[Path, str, dict]:
     """Compare two result folders; write ``compare.json``, ``compare.txt`` and the overlaid CDF as
-    a new folder ``out`` (atomically, :func:`scheduler.report.write_files`). Returns (folder,
+    a new folder ``out`` (atomically, :func:`scheduler.resultfiles.write_files`). Returns (folder,
     table text, comparison)."""
-    report.check_format(fmt)
+    check_format(fmt)
     a, b = load_folder(dir_a), load_folder(dir_b)
     cmp = compare_folders(a, b)
     if provenance is not None:
@@ -288,10 +286,10 @@ def run_compare(dir_a: Path, dir_b: Path, out: Path, fmt: str = "png",
     text = format_comparison(cmp)
     with tempfile.TemporaryDirectory() as tmp:
         fig = Path(tmp) / f"{COMPARE_FIGURE}.{fmt}"
-        caption = (f"A (solid), {a.path.name}: {report.experiment_caption(a.summary)}\n"
-                   f"B (dashed), {b.path.name}: {report.experiment_caption(b.summary)}")
-        report.plot_compare_cdf(fig, a.records, b.records, list(cmp["policies"]), a.slo().ttft_s,
-                                b.slo().ttft_s, caption, a.target)
-        files = {"compare.json": report.dumps_json(cmp).encode(), "compare.txt": text.encode(),
+        caption = (f"A (solid), {a.path.name}: {experiment_caption(a.summary)}\n"
+                   f"B (dashed), {b.path.name}: {experiment_caption(b.summary)}")
+        plot_compare_cdf(fig, a.records, b.records, list(cmp["policies"]), a.slo().ttft_s,
+                         b.slo().ttft_s, caption, a.target)
+        files = {"compare.json": dumps_json(cmp).encode(), "compare.txt": text.encode(),
                  fig.name: fig.read_bytes()}
-    return report.write_files(out, files), text, cmp
+    return write_files(out, files), text, cmp

@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import heapq
 import zlib
-import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.cluster import Cluster, DecodeBatch
-from scheduler.config import ConfigError, ExperimentConfig
+from scheduler.cluster import DecodeBatch
+from scheduler.config import ExperimentConfig
+from scheduler.dispatch import Dispatcher, RequestState, build_oracles, oracle_kind as resolve_oracle_kind
 from scheduler.network import FlowNetwork
-from scheduler.oracle import NetworkOracle, make_oracle
 from scheduler.policies.base import Policy
 from scheduler.progress import Progress
 from scheduler.records import RequestRecord
 from scheduler.scenario import Action
-from scheduler.telemetry import TelemetryHistory, TelemetrySnapshot
+from scheduler.telemetry import SimTelemetry
 from scheduler.trace import Request
 from topology.model import GBIT, FatTree
 
@@ -49,79 +47,12 @@ class UnfinishedRequestsError(RuntimeError):
     down, with no other path). The message names them and what they wait for."""
 
 
-@dataclass
-class _ReqState:
-    req: Request
-    p: int = -1
-    d: int = -1
-    prefill_cached: int = 0
-    decode_cached: int = 0
-    nbytes: float = 0.0
-    decision_us: float = 0.0
-    prefill_start: float = 0.0
-    prefill_end: float = 0.0
-    kv_arrived: float = 0.0
-    joined: float = 0.0
-    first_token: float = 0.0
-    finish: float = 0.0
-    fids: tuple[int, ...] = ()  # network flows of the KV transfer (one per rank) while it runs
-    shards: int = 0  # of those, still moving
-    landed: float = 0.0  # latest landing time of a finished shard (striped transfers)
-    stalled: float = 0.0  # seconds the transfer stood still on a down link
-    stall_since: float | None = None
-
-
-class SimTelemetry:
-    """Telemetry sampler of the simulated fabric: one snapshot per poll interval, from counters."""
-
-    def __init__(self, tree: FatTree, net: FlowNetwork, interval_s: float, keep_s: float) -> None:
-        self.tree = tree
-        self.net = net
-        self.interval = interval_s
-        self.history = TelemetryHistory(max_age_s=keep_s)
-        self.next_poll = interval_s
-        self._prev_bytes = net.link_bytes.copy()
-        self.samples: list[tuple[float, np.ndarray]] = []
-        self.record_samples = False
-        self._cap_version = -1  # capacities the divisors below are for
-        self._divisor = self._dead = None
-
-    def catch_up(self, t: float) -> None:
-        """Take every poll due at or before ``t``; rates are constant since the last network change,
-        so counters at a past poll instant are exact."""
-        net = self.net
-        while self.next_poll <= t:
-            tp = self.next_poll
-            counters = net.link_bytes + net.link_rate * (tp - net.now)
-            delta = counters - self._prev_bytes
-            self._prev_bytes = counters
-            if self._cap_version != net.capacity_version:
-                cap = net.capacity
-                self._divisor = np.where(cap > 0, self.interval * cap, 1.0)
-                self._dead = np.flatnonzero(~(cap > 0))
-                self._cap_version = net.capacity_version
-            # bytes / (interval x capacity); a link at capacity 0 is 1 if anything crossed it, else 0
-            util = delta / self._divisor
-            if self._dead.size:
-                util[self._dead] = np.where(delta[self._dead] > 0, 1.0, 0.0)
-            util[-1] = 0.0
-            if not np.isfinite(util).all():
-                util = np.nan_to_num(util)
-            util = np.clip(util, 0.0, 1.0)
-            self.history.add(TelemetrySnapshot(tp, util, net.capacity_factor()))
-            if self.record_samples:
-                self.samples.append((tp, util[:-1].astype(np.float32)))
-            self.next_poll += self.interval
-
-    def at(self, time_s: float) -> TelemetrySnapshot | None:
-        return self.history.at(time_s)
-
-
 class Simulator:
-    """Replays ``requests`` under one policy and one list of scenario actions."""
+    """Replays ``requests`` under one policy and one list of scenario actions: the event loop and
+    the fluid network (this class is the :class:`~scheduler.dispatch.Execution` of the shared
+    :class:`~scheduler.dispatch.Dispatcher`, which decides and records)."""
 
-    has_ground_truth = True
-    """The fluid network is the truth the ``perfect`` oracle reads (a live backend has none)."""
+    label = "simulate"
 
     def __init__(self, cfg: ExperimentConfig, requests: list[Request], policy: Policy,
                  actions: list[Action] | None = None, oracle_kind: str | None = None,
@@ -129,14 +60,12 @@ class Simulator:
                  telemetry_source=None) -> None:
         self.cfg = cfg
         self.tree = FatTree(cfg.topology)
-        self.cluster = Cluster(cfg, self.tree)
         self.requests = requests
         self.policy = policy
         self.actions = actions or []
         self.net = FlowNetwork(self.tree.capacity, self.tree.pad)
         self.telemetry: SimTelemetry | None = None
-        self.oracle: NetworkOracle | None = None
-        kind = oracle_kind or getattr(policy, "oracle_kind", None) or cfg.oracle.kind
+        kind = resolve_oracle_kind(cfg, policy, oracle_kind)
         self.oracle_kind = kind if policy.needs_oracle else None
         needs_telemetry = telemetry_source is None and (
             (policy.needs_oracle and kind in ("telemetry", "inflight")) or record_telemetry or shadow_fresh)
@@ -144,22 +73,13 @@ class Simulator:
             keep = cfg.oracle.staleness_s + 4 * cfg.oracle.poll_interval_s + 1.0
             self.telemetry = SimTelemetry(self.tree, self.net, cfg.oracle.poll_interval_s, keep)
             self.telemetry.record_samples = record_telemetry
-        source = self.telemetry
-        if telemetry_source is not None:  # a live backend supplies its own telemetry
-            self.telemetry = None
-            source = telemetry_source
-        if policy.needs_oracle:
-            self.oracle = make_oracle(kind, self.tree, source, cfg.oracle.staleness_s,
-                                      cfg.oracle.min_available_fraction, cfg.timing.transfer_setup_s,
-                                      truth=self if self.has_ground_truth else None)
+        source = self.telemetry if telemetry_source is None else telemetry_source
         # Staleness studies: also ask a fresh-telemetry oracle and record whether its choice's tier
         # (and exact instance) agree with the stale one's.
-        self.shadow = None
-        self.agreement = {"decisions": 0, "same_tier": 0, "same_instance": 0}
-        if shadow_fresh and policy.needs_oracle and self.telemetry is not None:
-            self.shadow = make_oracle("telemetry", self.tree, self.telemetry, 0.0,
-                                      cfg.oracle.min_available_fraction, cfg.timing.transfer_setup_s)
-        self._check_fits(requests)
+        fresh = self.telemetry if shadow_fresh else None
+        self.oracle, self.shadow = build_oracles(cfg, self.tree, policy, kind, source, truth=self, fresh_source=fresh)
+        self.dispatch = Dispatcher(cfg, self.tree, requests, policy, self.oracle, self.shadow)
+        self.cluster = self.dispatch.cluster
         self.batches = [DecodeBatch(self.cluster.timing, self.cluster.decode_capacity_tokens)
                         for _ in range(self.cluster.decode_ids.size)]
         self.show_progress = progress
@@ -176,23 +96,21 @@ class Simulator:
         self.events = 0
         self._routes: dict[tuple[int, int, frozenset[int]], np.ndarray] = {}  # see _route
         self._dst_routing = cfg.topology.routing == "dst"
-        # scenario changes at one instant share one rate recomputation (see _superseded_net); a
-        # backend that replaces how actions apply or the network is scheduled keeps the plain path
-        cls = type(self)
-        self._batch_scenario = cls._apply is Simulator._apply and cls._schedule_net is Simulator._schedule_net
+        self._batch_scenario = True  # scenario changes at one instant share one rate recomputation
+        # (see _superseded_net); tests switch it off to compare with applying them one by one
         self._last_arrival = max((r.arrival_s for r in requests), default=0.0)
 
-    def _check_fits(self, requests: list[Request]) -> None:
-        """Refuse a request no decode instance can ever hold (its prompt + output tokens exceed
-        the instance's KV capacity): it would be admitted alone, over the memory it has.
-        ``experiment.prepare`` skips such requests and counts them."""
-        limit = self.cluster.timing.kv_capacity_tokens
-        for r in requests:
-            if r.input_tokens + r.output_tokens > limit:
-                raise ConfigError(f"request {r.req_id} needs {r.input_tokens + r.output_tokens} KV tokens, more than a "
-                                  f"decode instance holds ({limit}: model '{self.cfg.model.name}' on cluster.tp="
-                                  f"{self.cfg.cluster.tp} x '{self.cfg.gpu.name}'); experiment.prepare skips such "
-                                  f"requests (split_too_long)")
+    @property
+    def states(self) -> list[RequestState]:
+        return self.dispatch.states
+
+    @property
+    def remaining(self) -> int:
+        return self.dispatch.remaining
+
+    @property
+    def agreement(self) -> dict[str, int]:
+        return self.dispatch.agreement
 
     # ------------------------------------------------------------------ ground truth (perfect oracle)
     def routing_down(self) -> frozenset[int]:
@@ -259,23 +177,23 @@ class Simulator:
 
     # ------------------------------------------------------------------ run
     def run(self) -> list[RequestRecord]:
-        self._seed_events()
-        return self._run_seeded()
-
-    def _run_seeded(self) -> list[RequestRecord]:
+        for i, r in enumerate(self.requests):
+            self._push(r.arrival_s, _ARRIVAL, i)
+        for a in self.actions:
+            self._push(a.time_s, _SCENARIO, a)
+        heap = self._heap
         with Progress(total=len(self.states), label=f"{self.label} {self.policy.name}",
                       enabled=self.show_progress) as bar:
-            while self.remaining:
-                ev = self._next_event()
-                if ev is None:
-                    break
-                done_before = self.remaining
-                self._handle(*ev)
-                if self.remaining != done_before:
-                    bar.update(done_before - self.remaining)
+            d = self.dispatch
+            while d.remaining and heap:
+                t, kind, _, payload = heapq.heappop(heap)
+                done_before = d.remaining
+                self._handle(t, kind, payload)
+                if d.remaining != done_before:
+                    bar.update(done_before - d.remaining)
         if self.remaining:
             raise UnfinishedRequestsError(self._unfinished_message())
-        return [self._record(s) for s in self.states]
+        return self.dispatch.records()
 
     def _unfinished_message(self) -> str:
         """Which requests cannot finish and what each waits for."""
@@ -297,29 +215,12 @@ class Simulator:
                 + "; ".join(lines) + more + ". A scenario link that stays down with no other route (a GPU's "
                 "own NIC or NVLink) cuts those GPUs off; give the outage a duration or use another link.")
 
-    label = "simulate"
-
-    def _seed_events(self) -> None:
-        self.states = [_ReqState(r) for r in self.requests]
-        self.remaining = len(self.states)
-        for i, r in enumerate(self.requests):
-            self._push(r.arrival_s, _ARRIVAL, i)
-        for a in self.actions:
-            self._push(a.time_s, _SCENARIO, a)
-
-    def _next_event(self) -> tuple[float, int, object] | None:
-        """The next event in time order (a real-time backend overrides this to wait for it)."""
-        if not self._heap:
-            return None
-        t, kind, _, payload = heapq.heappop(self._heap)
-        return t, kind, payload
-
     def _handle(self, t: float, kind: int, payload: object) -> None:
-        states = self.states
+        states = self.dispatch.states
         self.events += 1
         if kind == _ARRIVAL:
             self._sync(t)
-            self._arrive(states[payload], payload, t)
+            self.dispatch.arrive(payload, t, self)
         elif kind == _PREFILL_DONE:
             self._sync(t)
             self._prefill_done(states[payload], payload, t)
@@ -365,19 +266,19 @@ class Simulator:
                 return
             i = nxt[1]
             admitted = batch.depart(t, i)
-            self._finish(states[i], t)
+            self.dispatch.finished(states[i], t)
             for j, first in admitted:
-                self._joined(states[j], t, first)
+                self.dispatch.joined(states[j], t, first)
             self._schedule_decode(d)
         elif kind == _SCENARIO:
             self._sync(t)
             heap = self._heap
             if self._batch_scenario and heap and heap[0][0] == t and heap[0][1] == _SCENARIO:
                 self.net.hold()  # more changes at this instant follow: rates once, after the last
-                self._apply(payload)
+                self.apply(payload)
                 self._superseded_net()
             else:
-                self._apply(payload)
+                self.apply(payload)
                 self.net.release()
                 self._schedule_net()
         elif kind == _REROUTE:
@@ -385,79 +286,23 @@ class Simulator:
             self._reroute(t)
             self._schedule_net()
 
-    def _kv_arrived(self, s: _ReqState, i: int, t: float) -> None:
-        s.kv_arrived = t
-        if self.oracle is not None and self.oracle.tracks_commitments:
-            self.oracle.done(i, t)
+    def _kv_arrived(self, s: RequestState, i: int, t: float) -> None:
+        self.dispatch.kv_arrived(s, i, t)
         first = self.batches[s.d].offer(t, i, s.req.input_tokens, s.req.output_tokens)
         if first is not None:
-            self._joined(s, t, first)
+            self.dispatch.joined(s, t, first)
             self._schedule_decode(s.d)
 
-    def _joined(self, s: _ReqState, t: float, first_token: float) -> None:
-        s.joined = t
-        s.first_token = first_token
-
-    def _finish(self, s: _ReqState, t: float) -> None:
-        """Request done at ``t``: its decode slot is released and its prompt becomes a cached
-        prefix of its decode instance."""
-        s.finish = t
-        self.cluster.decode_assigned_tokens[s.d] -= s.req.input_tokens + s.req.output_tokens
-        self.cluster.decode_cache.insert(s.d, s.req.hash_ids)
-        self.remaining -= 1
-
-    # ------------------------------------------------------------------ steps
-    def _arrive(self, s: _ReqState, i: int, t: float) -> None:
-        self._decide(s, i, t)
-        self._start_prefill(s, i)
-
-    def _decide(self, s: _ReqState, i: int, t: float) -> None:
-        """The policy's choice for request ``i`` arriving at ``t``, and the cluster mirror's
-        bookkeeping of it: cached prefixes, bytes to move, the prefill FIFO's predicted window
-        (``prefill_busy_until``) and the decode instance's assigned tokens."""
-        cl = self.cluster
-        t0 = time.perf_counter_ns()
-        ctx = cl.context(s.req, t, self.oracle)
-        dec = self.policy.choose(ctx)
-        s.decision_us = (time.perf_counter_ns() - t0) / 1e3
-        s.p, s.d = dec.prefill, dec.decode
-        if self.shadow is not None:
-            self.policy.turn -= 1  # replay the same decision (same tie-breaking turn) with fresh telemetry
-            fresh = self.policy.choose(cl.context(s.req, t, self.shadow)).decode
-            src = int(cl.prefill_ids[s.p])
-            a = self.agreement
-            a["decisions"] += 1
-            a["same_instance"] += fresh == s.d
-            a["same_tier"] += self.tree.tier(src, int(cl.decode_ids[fresh])) == self.tree.tier(src, int(cl.decode_ids[s.d]))
-        s.prefill_cached = ctx.prefill_cached_at(s.p)
-        s.decode_cached = ctx.decode_cached_at(s.d)
-        s.nbytes = float(cl.timing.kv_bytes(s.req.input_tokens - s.decode_cached))
-        s.prefill_start, s.prefill_end = cl.timing.prefill_fifo(
-            t, float(cl.prefill_busy_until[s.p]), s.req.input_tokens, s.prefill_cached)
-        cl.prefill_busy_until[s.p] = s.prefill_end
-        cl.decode_assigned_tokens[s.d] += s.req.input_tokens + s.req.output_tokens
-        if self.oracle is not None and self.oracle.tracks_commitments and s.nbytes > 0:
-            start = self._transfer_start(s)
-            took = float(ctx.raw_transfer_cost_s(s.p)[s.d])
-            self.oracle.commit(int(cl.prefill_ids[s.p]), int(cl.decode_ids[s.d]), start,
-                               max(start + took, s.prefill_end), s.req.req_id, s.nbytes, i, tp=cl.tp)
-
-    def _transfer_start(self, s: _ReqState) -> float:
-        """When the request's KV starts moving: at the prefill's end, or once its first layer is
-        computed when streaming layer by layer."""
-        if self.layer_wise:
-            return s.prefill_start + (s.prefill_end - s.prefill_start) / self.cfg.model.layers
-        return s.prefill_end
-
-    def _start_prefill(self, s: _ReqState, i: int) -> None:
-        """Run the decided request's compute and transfer (a live backend overrides this and
-        hands the request to the host agents)."""
+    # ------------------------------------------------------------------ Execution: the fluid model
+    def start(self, s: RequestState, i: int) -> None:
+        """Compute the decided request on its prefill FIFO (the predicted window the dispatcher
+        booked) and move its KV bytes after it, or from the first layer on when streaming."""
         self._push(s.prefill_end, _PREFILL_DONE, i)
         if self.layer_wise and s.nbytes > 0:
-            self._push(self._transfer_start(s), _KV_START, i)
+            self._push(self.dispatch.transfer_start(s), _KV_START, i)
 
-    def _prefill_done(self, s: _ReqState, i: int, t: float) -> None:
-        self.cluster.prefill_cache.insert(s.p, s.req.hash_ids)
+    def _prefill_done(self, s: RequestState, i: int, t: float) -> None:
+        self.dispatch.prefilled(s)
         if s.nbytes <= 0:
             self._push(t, _KV_ARRIVED, i)
             return
@@ -470,7 +315,7 @@ class Simulator:
             return
         self._start_transfer(s, i, int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d]))
 
-    def _start_transfer(self, s: _ReqState, i: int, src: int, dst: int, cap: float = np.inf) -> None:
+    def _start_transfer(self, s: RequestState, i: int, src: int, dst: int, cap: float = np.inf) -> None:
         """Move the request's KV bytes from instance ``src`` to ``dst`` (leader GPUs) as simulated
         flows (at most ``cap`` bytes/s in all): one flow at tp = 1, else striped, rank r of the
         prefill instance sending ``nbytes / tp`` from GPU ``src + r`` to ``dst + r``, in parallel."""
@@ -528,7 +373,7 @@ class Simulator:
             self.net.set_paths(moves)
         self._mark_stalls(t)
 
-    def _apply(self, a: Action) -> None:
+    def apply(self, a: Action) -> None:
         if a.kind == "flow_start":
             if a.src == a.dst:
                 return
@@ -554,22 +399,3 @@ class Simulator:
                 self._push(self.net.now + self.cfg.topology.reroute_delay_s, _REROUTE, None)
         else:
             raise ValueError(f"unknown scenario action kind {a.kind!r}")
-
-    def _record(self, s: _ReqState) -> RequestRecord:
-        tree = self.tree
-        p_gpu = int(self.cluster.prefill_ids[s.p])
-        d_gpu = int(self.cluster.decode_ids[s.d])
-        out = s.req.output_tokens
-        step = s.first_token - s.joined
-        tbt = (s.finish - s.first_token) / (out - 1) if out > 1 else step
-        return RequestRecord(
-            policy=self.policy.name, req_id=s.req.req_id, arrival_s=s.req.arrival_s,
-            input_tokens=s.req.input_tokens, output_tokens=out,
-            prefill=tree.gpu_name(p_gpu), decode=tree.gpu_name(d_gpu), tier=int(self.cluster.decode_tiers(s.p)[s.d]),
-            prefill_cached_tokens=s.prefill_cached, decode_cached_tokens=s.decode_cached,
-            kv_bytes=int(s.nbytes), queue_s=s.prefill_start - s.req.arrival_s,
-            prefill_s=s.prefill_end - s.prefill_start, transfer_s=s.kv_arrived - s.prefill_end,
-            decode_wait_s=s.joined - s.kv_arrived, first_token_s=s.first_token,
-            ttft_s=s.first_token - s.req.arrival_s, tbt_mean_ms=tbt * 1e3, decision_us=s.decision_us,
-            stalled_s=s.stalled,
-        )

@@ -37,7 +37,8 @@ def studied_policy(policies: str) -> str:
 def run_staleness(base: sw.Base, values: list[float], seeds: list[int], out: Path, jobs: int | None = None,
                   progress: bool = True, log=print, command: str = "netkv staleness",
                   provenance: dict | None = None) -> tuple[Path, str]:
-    from scheduler.report import dumps_json, write_files
+    from scheduler.resultfiles import dumps_json, write_files
+    from scheduler.sweep_plot import plot
 
     if not values or any(not isinstance(v, float) or v < 0 for v in values):
         raise StalenessError(f"--values {values!r}: expected non-negative seconds, e.g. 0,1,5")
@@ -55,7 +56,7 @@ def run_staleness(base: sw.Base, values: list[float], seeds: list[int], out: Pat
                "points": [{"value": v, "seed": s, "policies": results[(v, s)]} for v in values for s in seeds]}
     files = {"summary.json": dumps_json(summary).encode(), "sweep.csv": sw.csv_bytes(table),
              "staleness.txt": (text + "\n").encode(), "staleness.png": _plot(values, agg, target, command),
-             "sweep.png": sw.plot(sweep, agg, command, target)}
+             "sweep.png": plot(sweep, agg, command, target)}
     return write_files(out, files), text
 
 
@@ -82,9 +83,10 @@ def _table(agg: dict, target: str, scenario: str) -> str:
 
 
 def _plot(values: list[float], agg: dict, target: str, command: str) -> bytes:
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from scheduler.sweep_plot import errorbar_series
 
     fig = Figure(figsize=(13, 3.8), dpi=110)
     FigureCanvasAgg(fig)
@@ -93,9 +95,7 @@ def _plot(values: list[float], agg: dict, target: str, command: str) -> bytes:
     pol = agg["policies"]
 
     def line(ax, series, label, scale=1.0, **kw):
-        m = np.array([p[0] for p in series]) * scale
-        e = np.array([p[1] for p in series]) * scale
-        ax.errorbar(xs, m, yerr=np.where(np.isfinite(e), e, 0.0), label=label, marker="o", capsize=3, **kw)
+        errorbar_series(ax, xs, series, scale, label=label, marker="o", capsize=3, **kw)
 
     line(ax1, pol[target]["ttft_mean_s"], target, color="#d62728")
     line(ax1, pol["netkv:perfect"]["ttft_mean_s"], "netkv:perfect", color="#17becf", linestyle=":")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from scheduler.metrics import SLO_DEFINITIONS
+from scheduler.policies import TARGET
 
 ROW_FIELDS = ("param", "value", "seed", "policy", "requests", "ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
               "slo_attainment", *(f"slo_{d.replace('-', '_')}" for d in SLO_DEFINITIONS), "tbt_mean_ms",
@@ -197,7 +198,7 @@ def validate(sweep: Sweep) -> None:
             prepare_point(sweep, Point(sweep.values[0], s))
 
 
-def _tune_value(job: tuple[Sweep, Any]) -> tuple[Any, dict[str, float]]:
+def tune_value(job: tuple[Sweep, Any]) -> tuple[Any, dict[str, float]]:
     """Every tuned weight of one value (the tuning slice is the same for every seed of a trace:
     its last requests), as ``--weight`` would fix them."""
     from scheduler.experiment import tune_policy
@@ -209,7 +210,8 @@ def _tune_value(job: tuple[Sweep, Any]) -> tuple[Any, dict[str, float]]:
     return value, {name: w for name, (w, _) in exp.tuned.items() if w is not None}
 
 
-def _run_point(job) -> tuple[Point, dict, float]:
+def run_point(job) -> tuple[Point, dict, float]:
+    """One point of ``job`` = (sweep, point[, fixed weights]) simulated: (point, policies, wall s)."""
     from scheduler.experiment import run_simulation
 
     sweep, point = job[0], job[1]
@@ -224,7 +226,8 @@ def _run_point(job) -> tuple[Point, dict, float]:
     return point, policies, time.perf_counter() - t0
 
 
-def _ignore_sigint() -> None:
+def ignore_sigint() -> None:
+    """Pool initializer: workers ignore Ctrl-C, the parent decides (it terminates the pool)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it terminates the pool
 
 
@@ -243,15 +246,15 @@ def run(sweep: Sweep, jobs: int | None = None, progress: bool = True, log=print)
     total = len(points) + (len(sweep.values) if tune_first else 0)
     with Progress(total=total, label=f"sweep {sweep.param}", enabled=progress) as bar:
         ctx = multiprocessing.get_context("fork")
-        pool = ctx.Pool(jobs, initializer=_ignore_sigint) if jobs > 1 else None
+        pool = ctx.Pool(jobs, initializer=ignore_sigint) if jobs > 1 else None
         imap = pool.imap_unordered if pool else map
         try:
             fixed: dict = {}
             if tune_first:
-                for value, weights in imap(_tune_value, [(sweep, v) for v in sweep.values]):
+                for value, weights in imap(tune_value, [(sweep, v) for v in sweep.values]):
                     fixed[value] = weights
                     bar.update()
-            for point, policies, _ in imap(_run_point, [(sweep, p, fixed.get(p.value)) for p in points]):
+            for point, policies, _ in imap(run_point, [(sweep, p, fixed.get(p.value)) for p in points]):
                 out[(point.value, point.seed)] = policies
                 bar.update()
             if pool:
@@ -295,7 +298,7 @@ def rows(sweep: Sweep, results: dict[tuple, dict]) -> list[dict]:
     return out
 
 
-def aggregate(sweep: Sweep, table: list[dict], target: str = "netkv") -> dict:
+def aggregate(sweep: Sweep, table: list[dict], target: str = TARGET) -> dict:
     """Per value and policy: mean and 95% interval over seeds of the main metrics, and the target's
     paired change against each other policy: percent of mean TTFT, the same in ms (the absolute
     gap), and percentage points of SLO attainment."""
@@ -337,54 +340,7 @@ def csv_bytes(table: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
-def plot(sweep: Sweep, agg: dict, title: str, target: str = "netkv") -> bytes:
-    """PNG: mean TTFT, SLO attainment and the target's change against each baseline over the
-    parameter, with 95% intervals over seeds."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from scheduler.report import policy_colours
-
-    fig = Figure(figsize=(15.0, 4.4), dpi=110)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
-    values = sweep.values
-    x = np.asarray(values, dtype=float) if sweep.numeric else np.arange(len(values), dtype=float)
-    colours = policy_colours(list(agg["policies"]), target)
-    positive = sweep.numeric and all(v > 0 for v in values)
-    log = positive and max(values) / min(values) > 10
-
-    def draw(ax, series, colour, label, scale=1.0, style="-"):
-        m = np.array([p[0] for p in series], dtype=float) * scale
-        e = np.array([p[1] for p in series], dtype=float) * scale
-        ax.errorbar(x, m, yerr=np.where(np.isfinite(e), e, 0.0), color=colour, label=label, marker="o",
-                    markersize=3.5, capsize=3, linestyle=style, linewidth=2.4 if label == target else 1.3)
-
-    for name, m in agg["policies"].items():
-        draw(axes[0], m["ttft_mean_s"], colours[name], name)
-        draw(axes[1], m["slo_attainment"], colours[name], name, 100.0)
-    for base, d in agg["vs"].items():
-        draw(axes[2], d["ttft_mean_pct"], colours[base], f"vs {base}", style="--")
-    axes[2].axhline(0.0, color="black", linewidth=0.8)
-    seeds = len(sweep.seeds)
-    for ax, ylabel in zip(axes, ("mean TTFT (s)", "SLO attainment (%)", f"{target} mean TTFT change (%)")):
-        ax.set_ylabel(ylabel)
-        ax.set_xlabel(sweep.param)
-        ax.grid(True, alpha=0.3)
-        if log:
-            ax.set_xscale("log")
-        if not sweep.numeric:
-            ax.set_xticks(x, [str(v) for v in values])
-    axes[0].legend(fontsize="x-small")
-    axes[2].legend(fontsize="x-small")
-    fig.suptitle(f"{title}  (mean of {seeds} seed{'s' if seeds > 1 else ''}, 95% intervals)", fontsize="medium")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def format_table(sweep: Sweep, agg: dict, target: str = "netkv") -> str:
+def format_table(sweep: Sweep, agg: dict, target: str = TARGET) -> str:
     """Plain text: per value, each policy's mean TTFT (+- interval) and the target's changes."""
     lines = [f"{sweep.param:>16}  " + "  ".join(f"{n:>22}" for n in agg["policies"])]
     for i, v in enumerate(sweep.values):

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
+
 EMULATE_DEFAULT_REQUESTS = 100
 """Default trace window of `emulate` (replayed in real time per policy: ~35 s each at 3.4 req/s),
 so a default run of the four default policies stays within five minutes."""
@@ -27,7 +29,7 @@ at least this multiple of its idle median (the saturation verdict itself needs x
 
 
 def register(sub) -> None:
-    from scripts.netkv import add_experiment_options, add_format_option
+    from scripts.cli_common import add_experiment_options, add_format_option
 
     p = sub.add_parser(
         "emulate", help="packet-level emulation on Mininet + Open vSwitch + Ryu (root)",
@@ -46,13 +48,13 @@ def register(sub) -> None:
     p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
                    help="time dilation: links K x slower and compute K x longer; virtual times stay real "
                         "(default %(default)s; raise it when the fidelity check says the datapath saturated)")
-    p.add_argument("--ofp-port", type=int, default=6653, help="controller OpenFlow port on 127.0.0.1")
-    p.add_argument("--rest-port", type=int, default=8080, help="controller REST port on 127.0.0.1")
+    p.add_argument("--ofp-port", type=int, default=DEFAULT_OFP_PORT, help="controller OpenFlow port on 127.0.0.1")
+    p.add_argument("--rest-port", type=int, default=DEFAULT_REST_PORT, help="controller REST port on 127.0.0.1")
     p.set_defaults(func=run, policies=",".join(EMULATE_DEFAULT_POLICIES))
 
 
 def run(args: argparse.Namespace) -> int:
-    from scripts.netkv import (EXIT_BAD_INPUT, EXIT_FAILED, build_summary, check_out, default_out, prepare_from_args,
+    from scripts.cli_common import (EXIT_BAD_INPUT, EXIT_FAILED, build_summary, check_out, default_out, prepare_from_args,
                               check_target, scenario_files)
 
     if not args.time_scale > 0:
@@ -98,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
     from scheduler.emulate.orchestrator import run_emulation
     from scheduler.metrics import ablation, compare
     from scheduler.emulate.replay import EmulationError
-    from scheduler.report import LINK_CSV, LinkSeries, format_table, scenario_spans, write_results
+    from scheduler.heatmap import LinkSeries
+    from scheduler.resultfiles import LINK_CSV, write_results
+    from scheduler.tables import format_table
+    from scheduler.timeline import scenario_spans
     from topology.fabric import FabricError
     from topology.mininet_topo import EmulationScaleError
 

@@ -1,6 +1,6 @@
 """`netkv fabric up|status|down|exec`: the emulated fat-tree as a background service (root only).
 
-``up`` starts a background owner process (``python -m topology.fabric serve``, its own session,
+``up`` starts a background owner process (``python -m scripts.cmd_fabric serve``, its own session,
 log in the run folder) that builds the fabric and keeps it until ``down``; it returns once the
 fabric is ready (all switches connected with routes, one ping per tier answered) and prints the
 hosts, the controller's REST URL and how to run commands inside a host. ``up --foreground`` keeps
@@ -8,6 +8,7 @@ the fabric in the calling process until Ctrl-C instead. ``status`` reads the sta
 (``/run/netkv/fabric.json``) and asks the controller and the system what is really there.
 ``down`` asks the owner to tear down (SIGTERM), then removes whatever of ours is left (never
 ``mn -c``). ``exec HOST CMD...`` runs a command inside a host's namespaces (``mnexec -a PID``).
+The fabric and its controller are composed here (:func:`controller.process.controlled_fabric`).
 """
 from __future__ import annotations
 
@@ -20,10 +21,15 @@ import sys
 import time
 from pathlib import Path
 
+from controller.settings import DEFAULT_OFP_PORT, DEFAULT_POLL_INTERVAL_S, DEFAULT_REST_PORT
 from scheduler.paths import RESULTS_DIR
 
 UP_TIMEOUT_S = 120.0
+"""``up`` gives the background owner this long to report the fabric ready."""
 DOWN_TIMEOUT_S = 30.0
+"""``down`` gives the owner this long to tear down after SIGTERM before killing it."""
+SERVE_MODULE = "scripts.cmd_fabric"
+"""Run as ``python -m scripts.cmd_fabric serve ...``: the background owner ``up`` starts."""
 
 
 def register(subparsers) -> None:
@@ -45,9 +51,12 @@ def register(subparsers) -> None:
     up.add_argument("--scale", type=float, default=None,
                     help="emulated Mbit/s per real Mbit/s (default 2.5e-5: NIC 10, NVLink 90 Mbit/s)")
     up.add_argument("--nvlink-cap-mbit", type=float, default=None, help="cap the NVLink link rate (Mbit/s)")
-    up.add_argument("--ofp-port", type=int, default=6653, help="controller OpenFlow port (default 6653)")
-    up.add_argument("--rest-port", type=int, default=8080, help="controller REST port on 127.0.0.1 (default 8080)")
-    up.add_argument("--poll-interval", type=float, default=0.5, help="port-stats poll interval, s (default 0.5)")
+    up.add_argument("--ofp-port", type=int, default=DEFAULT_OFP_PORT,
+                    help=f"controller OpenFlow port (default {DEFAULT_OFP_PORT})")
+    up.add_argument("--rest-port", type=int, default=DEFAULT_REST_PORT,
+                    help=f"controller REST port on 127.0.0.1 (default {DEFAULT_REST_PORT})")
+    up.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL_S,
+                    help=f"port-stats poll interval, s (default {DEFAULT_POLL_INTERVAL_S:g})")
     up.add_argument("--out", "--run-dir", dest="run_dir", default=None, metavar="DIR",
                     help="folder for logs (default results/fabric/<time>)")
     up.add_argument("--foreground", action="store_true", help="keep the fabric in this process until Ctrl-C")
@@ -76,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- up
 def _up(args: argparse.Namespace) -> int:
+    from controller.process import controlled_fabric
     from topology.cleanup import STATE_FILE, owner_alive, read_state
-    from topology.fabric import Fabric, FabricError, require_ovs
+    from topology.fabric import FabricError, require_ovs
     from topology.mininet_topo import DEFAULT_SCALE
     from topology.model import FatTree, FatTreeConfig, TopologyError
 
@@ -98,10 +108,10 @@ def _up(args: argparse.Namespace) -> int:
         print(f"netkv fabric up: a fabric is already running (owner pid {old['owner_pid']}, "
               f"{old.get('rest_url')}); run `netkv fabric down` first", file=sys.stderr)
         return 1
-    run_dir = Path(args.run_dir) if args.run_dir else RESULTS_DIR / "fabric" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = _run_dir(args.run_dir)
     if args.foreground:
-        fabric = Fabric(tree, scale=scale, run_dir=run_dir, ofp_port=args.ofp_port, rest_port=args.rest_port,
-                        poll_interval_s=args.poll_interval, nvlink_cap_mbit=args.nvlink_cap_mbit)
+        fabric = controlled_fabric(tree, scale, run_dir, args.ofp_port, args.rest_port, args.poll_interval,
+                                   nvlink_cap_mbit=args.nvlink_cap_mbit)
         try:
             with fabric:
                 _print_ready(fabric.state, foreground=True)
@@ -115,7 +125,7 @@ def _up(args: argparse.Namespace) -> int:
             return 1
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "fabric.log"
-    cmd = [sys.executable, "-m", "topology.fabric", "serve", "--topology", json.dumps(topo_cfg),
+    cmd = [sys.executable, "-m", SERVE_MODULE, "serve", "--topology", json.dumps(topo_cfg),
            "--scale", repr(scale), "--run-dir", str(run_dir), "--ofp-port", str(args.ofp_port),
            "--rest-port", str(args.rest_port), "--poll-interval", str(args.poll_interval)]
     if args.nvlink_cap_mbit is not None:
@@ -139,6 +149,11 @@ def _up(args: argparse.Namespace) -> int:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=DOWN_TIMEOUT_S)
     return 1
+
+
+def _run_dir(given: str | None) -> Path:
+    """The fabric's folder for logs: ``given``, or ``results/fabric/<time>``."""
+    return Path(given) if given else RESULTS_DIR / "fabric" / time.strftime("%Y%m%d-%H%M%S")
 
 
 def _topology(args: argparse.Namespace) -> dict:
@@ -221,15 +236,15 @@ def _status(args: argparse.Namespace) -> int:
           f"{'' if os.geteuid() == 0 else ' (needs root to list)'}, switch-side veths present "
           f"{len(veths)}/{len(cleanup.switch_intf_names(tree))}, links {state.get('links')}")
     healthy = alive and state.get("status") == "ready"
-    try:
-        from topology.fabric import http_json
+    from controller.client import ControllerUnavailable, get_json
 
-        st = http_json(f"{state['rest_url']}/netkv/status", timeout_s=2.0)
+    try:
+        st = get_json(f"{state['rest_url']}/netkv/status", timeout_s=2.0, what="controller status")
         print(f"  controller {state['rest_url']}: {len(st['switches_connected'])}/{st['switches_expected']} switches "
               f"connected, {len(st['switches_ready'])} with routes ({st['flows_installed']} flows), "
               f"{st['polls']} polls every {st['poll_interval_s']} s")
         healthy = healthy and len(st["switches_ready"]) == st["switches_expected"]
-    except (OSError, ValueError, KeyError) as exc:
+    except (ControllerUnavailable, KeyError) as exc:
         print(f"  controller {state.get('rest_url')}: unreachable ({exc})")
         healthy = False
     if not alive:
@@ -292,3 +307,44 @@ def _exec(args: argparse.Namespace) -> int:
         return 1
     os.execvp("mnexec", ["mnexec", "-a", str(pid), *command])
     return 0  # not reached
+
+
+# --------------------------------------------------------------------------- background owner
+def serve(argv: list[str] | None = None) -> int:
+    """Own a fabric until SIGTERM/SIGINT (the process ``netkv fabric up`` leaves running)."""
+    from controller.process import controlled_fabric
+    from topology.fabric import FabricError
+    from topology.mininet_topo import DEFAULT_SCALE
+    from topology.model import FatTree, FatTreeConfig
+
+    p = argparse.ArgumentParser(prog=f"python -m {SERVE_MODULE} serve")
+    p.add_argument("--topology", default="{}", help="FatTreeConfig fields as JSON")
+    p.add_argument("--scale", type=float, default=DEFAULT_SCALE)
+    p.add_argument("--nvlink-cap-mbit", type=float, default=None)
+    p.add_argument("--run-dir", default=None)
+    p.add_argument("--ofp-port", type=int, default=DEFAULT_OFP_PORT)
+    p.add_argument("--rest-port", type=int, default=DEFAULT_REST_PORT)
+    p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL_S)
+    args = p.parse_args(argv)
+    tree = FatTree(FatTreeConfig(**json.loads(args.topology)))
+    fabric = controlled_fabric(tree, args.scale, _run_dir(args.run_dir), args.ofp_port, args.rest_port,
+                               args.poll_interval, nvlink_cap_mbit=args.nvlink_cap_mbit)
+    try:
+        with fabric:
+            print(f"[fabric] up in {fabric.timings['up_s']:.1f} s; {fabric.controller.rest_url}", flush=True)
+            while True:
+                signal.pause()
+    except (KeyboardInterrupt, SystemExit):
+        print(f"[fabric] down in {fabric.timings.get('down_s', 0.0):.1f} s", flush=True)
+    except FabricError as exc:
+        print(f"[fabric] error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["serve"]:
+        print(f"usage: python -m {SERVE_MODULE} serve [options]  (normally started by: netkv fabric up)",
+              file=sys.stderr)
+        sys.exit(2)
+    sys.exit(serve(sys.argv[2:]))

@@ -28,3 +28,23 @@ class Fixed(Policy):
         cl = ctx.cluster
         return Decision(int(np.flatnonzero(cl.prefill_ids == self.p_gpu)[0]),
                         int(np.flatnonzero(cl.decode_ids == self.d_gpu)[0]))
+
+
+def experiment(scenario: str = "idle", policies: str = "cache-load,netkv", overrides=(), params=None, n: int = 60):
+    """A prepared, untuned experiment on the synthetic trace's first ``n`` requests."""
+    from scheduler.config import build_config
+    from scheduler.experiment import prepare
+
+    exp, _ = prepare(build_config(overrides=list(overrides)), None, scenario, policies, n, 0, params, tune=False)
+    return exp
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

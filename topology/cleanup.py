@@ -29,7 +29,8 @@ from topology.model import FatTree, switch_ports
 STATE_DIR = Path(os.environ.get("NETKV_STATE_DIR", "/run/netkv"))
 STATE_FILE = STATE_DIR / "fabric.json"
 CONTROLLER_MARK = "-m controller.run"
-"""Substring of the controller's command line (see :mod:`topology.fabric`)."""
+"""Substring of the controller's command line (``controller.process.CONTROLLER_MODULE``; a string, so
+topology does not import the controller)."""
 OWNER_MARKS = ("python",)
 """A fabric owner is a Python process (the ``fabric up`` daemon, pytest, a user script)."""
 

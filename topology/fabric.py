@@ -1,98 +1,84 @@
-"""The emulated fat-tree: Mininet hosts/switches/links + our Ryu controller, as a context manager.
+"""The emulated fat-tree: Mininet hosts/switches/links connected to an OpenFlow controller, as a context manager.
 
-    with Fabric(FatTree(), scale=2.5e-5) as fab:          # root only
+    with controlled_fabric(FatTree(), 2.5e-5, run_dir) as fab:    # controller.process; root only
         fab.host("p0t0s0g0").cmd("ping -c1", fab.peer_ip(0, 17))
         snapshot = fab.telemetry()
 
 Start-up: root and Open vSwitch checks -> refuse if another live fabric owns the state file ->
 remove this project's own leftovers (state file + the model's deterministic names; never
 ``mn -c``) -> record what we are about to own in the state file (``/run/netkv/fabric.json``) ->
-start the controller (``python -m controller.run``, log in the run folder) -> build the Mininet network
-(:class:`topology.mininet_topo.FatTreeTopo`, OVS bridges in fail-mode secure, userspace datapath
-unless the kernel has the openvswitch module) -> per-host IPv6 off, subnet routes (NIC 10/8 on
-eth0, NVLink 192.168/16 on eth1) and static ARP -> start the switches -> wait until the
-controller reports every switch connected with its routes installed -> ping one pair of every
-tier. Teardown (``stop``/``__exit__``, also on SIGINT/SIGTERM/SIGHUP while running and on any exception
-during start) stops the hosts, bridges and links in bulk (see ``Fabric._stop_network``), the
-controller, then removes whatever of ours is still there and deletes the state file. ``python -m topology.fabric serve ...`` is the background owner process
-``netkv fabric up`` starts (see :mod:`scripts.cmd_fabric`).
+start the controller (a :class:`FabricController`; ours is :class:`controller.process.ControllerProcess`)
+-> build the Mininet network (:class:`topology.mininet_topo.FatTreeTopo`, OVS bridges in fail-mode
+secure, userspace datapath unless the kernel has the openvswitch module) -> host settings
+(:mod:`topology.host_setup`: IPv6 off, subnet routes, static ARP, transport sysctls) -> start the
+switches -> wait until the controller reports every switch connected with its routes installed ->
+ping one pair of every tier. Teardown (``stop``/``__exit__``, also on SIGINT/SIGTERM/SIGHUP while
+running, :mod:`topology.signals`, and on any exception during start) stops the hosts, bridges and
+links in bulk (see ``Fabric._stop_network``), the controller, then removes whatever of ours is
+still there and deletes the state file. ``python -m scripts.cmd_fabric serve ...`` is the
+background owner process ``netkv fabric up`` starts.
+
+This module does not import the controller: the fabric is given the OpenFlow port and, optionally,
+the controller object to start and stop (the composition is :func:`controller.process.controlled_fabric`).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
-from controller.run import ControllerConfig
-from scheduler.paths import RESULTS_DIR
 from topology import cleanup
 from topology.cleanup import STATE_FILE, read_state, remove_state, write_state
-from topology.model import FatTree, FatTreeConfig, gpu_mac, nic_ip, nvlink_ip, peer_ip
-from topology.mininet_topo import (
-    DEFAULT_SCALE,
-    NIC_PREFIX,
-    NVLINK_PREFIX,
-    FatTreeTopo,
-    ShapedLink,
-    default_datapath,
-    host_intf_name,
-    link_capacity_bps,
-)
+from topology.errors import FabricBusyError, FabricError
+from topology.host_setup import configure_hosts
+from topology.mininet_topo import FatTreeTopo, ShapedLink, default_datapath, link_capacity_bps
+from topology.model import FatTree, FatTreeConfig, nic_ip, nvlink_ip, peer_ip
+from topology.signals import StopSignalHandlers, mask_stop_signals, unmask_stop_signals
 
-CONTROLLER_MODULE = "controller.run"  # run with `python -m` (the package is installed editable)
 CONTROLLER_NAME = "ryu"  # Mininet node name of the RemoteController ('c0' is a core switch)
-DEFAULT_OFP_PORT = 6653
-DEFAULT_REST_PORT = 8080
-DEFAULT_POLL_INTERVAL_S = 0.5
-READY_TIMEOUT_S = 60.0
 ROOT_REASON = ("the emulated fabric needs root: it creates network namespaces, veth pairs, tc (HTB) "
                "qdiscs and Open vSwitch bridges")
 
 
-HOST_RTO_MIN_MS = 10
-"""TCP minimum retransmission timeout on the hosts' fabric routes. Linux's default 200 ms would
-turn every tail drop behind a background flow into a 200 ms stall of a KV transfer that lasts
-tens of ms; datacenter TCP deployments lower it to a few ms for the same reason (incast)."""
-HOST_TCP_CONGESTION = "reno"
-"""TCP congestion control inside every emulated host (a per-namespace sysctl), set explicitly so
-results do not depend on the VM's default: new namespaces inherit the root namespace's choice,
-which is BBR on this image. BBR v1 ignores loss; against the fabric's drop-tail buffers and the
-greedy background flows it retransmitted 30-50% of the bytes of short KV transfers (hotspot
-scenario, measured with ``ss -ti``). Reno because a namespace may only pick an algorithm from the
-VM's ``tcp_allowed_congestion_control``, which always holds reno (cubic is often missing there and
-we do not change global settings); for transfers of tens of packets reno and cubic behave alike
-(slow start, loss recovery), and background flows are window-clamped."""
-HOST_SLOW_START_AFTER_IDLE = 0
-"""``net.ipv4.tcp_slow_start_after_idle`` inside every emulated host. Linux's default (1) shrinks
-a connection's window back to 10 segments after it idled one RTO, and the agents' pooled KV
-connections idle between requests, so each transfer paid one extra round trip to regrow it; a
-KV transfer engine over RDMA (and the fluid model) starts at the path's rate. Measured on an idle
-NVLink pair, 27 kB (an 8k-token KV cache) 0.2 s after the previous transfer: median 4.9 ms with
-1, 3.0 ms with 0 (2.4 ms predicted); 225 kB 22.0 vs 18.9 ms (20.0 predicted)."""
+@dataclass(frozen=True)
+class ControllerSpec:
+    """What a fabric tells its controller at start: the tree, every directed link's emulated
+    capacity (bits/s, keyed by ``FatTree.link_name``), the OpenFlow port, the run folder."""
+
+    tree: FatTree
+    link_capacity_bps: dict[str, float]
+    ofp_port: int
+    run_dir: Path
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-"""Signals that tear a running fabric down instead of killing its owner: Ctrl-C, ``kill``, and the
-hang-up a dropped SSH session sends to ``sudo netkv emulate``."""
+class FabricController(Protocol):
+    """The OpenFlow controller a fabric starts before its switches and stops after them. Every
+    failure is a :class:`FabricError` saying why."""
 
+    @property
+    def pid(self) -> int | None: ...  # recorded in the state file, so a crashed owner's is found
 
-class FabricError(RuntimeError):
-    """The fabric could not be built, checked or torn down; the message says what and why."""
+    def check_ports(self, ofp_port: int) -> None: ...  # the ports it would listen on are free
 
+    def start(self, spec: ControllerSpec) -> None: ...  # returns at once; the network is built meanwhile
 
-class FabricBusyError(FabricError):
-    """Another live process owns a running fabric (see the state file)."""
+    def wait_listening(self) -> None: ...  # until it accepts OpenFlow connections
+
+    def wait_ready(self) -> dict: ...  # until every switch is connected with its routes installed
+
+    def restart(self) -> None: ...  # stop and start with the same spec, then wait_ready
+
+    def stop(self) -> None: ...  # idempotent
+
+    def state(self) -> dict: ...  # entries for the state file (ports, URLs)
+
+    def telemetry(self, timeout_s: float = 2.0) -> dict: ...  # the DESIGN.md telemetry snapshot
 
 
 def require_root() -> None:
@@ -108,26 +94,6 @@ def require_ovs() -> None:
         raise FabricError(f"Open vSwitch is not running ({done.stderr.strip()}); run: sudo scripts/setup.sh --emulation")
 
 
-def controller_python() -> str:
-    """The interpreter running this (the project's venv: it has Ryu and the installed package)."""
-    return sys.executable
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def http_json(url: str, timeout_s: float = 1.0) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (loopback URL)
-        return json.loads(resp.read())
-
-
 def tier_samples(tree: FatTree) -> dict[int, tuple[int, int]]:
     """One (src, dst) GPU pair per tier that exists in ``tree``; used by the ping check."""
     n = tree.n_gpus
@@ -140,53 +106,45 @@ def tier_samples(tree: FatTree) -> dict[int, tuple[int, int]]:
 
 
 class Fabric:
-    """Emulated fat-tree with our controller. Root only; use as a context manager."""
+    """Emulated fat-tree. Root only; use as a context manager.
+
+    ``controller`` is started before the switches and stopped after them; without one the switches
+    connect to whatever controller listens on ``ofp_port`` (the caller's)."""
 
     def __init__(
         self,
-        tree: FatTree | None = None,
-        scale: float = DEFAULT_SCALE,
-        run_dir: str | Path | None = None,
-        ofp_port: int = DEFAULT_OFP_PORT,
-        rest_port: int = DEFAULT_REST_PORT,
-        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        tree: FatTree,
+        scale: float,
+        run_dir: str | Path,
+        ofp_port: int,
+        controller: FabricController | None = None,
+        *,
         nvlink_cap_mbit: float | None = None,
         datapath: str | None = None,
         state_file: Path = STATE_FILE,
         check_reachability: bool = True,
         handle_signals: bool = True,
     ) -> None:
-        self.tree = tree or FatTree()
+        self.tree = tree
         self.scale = scale
         self.nvlink_cap_mbit = nvlink_cap_mbit
         self.topo = FatTreeTopo(tree=self.tree, scale=scale, nvlink_cap_mbit=nvlink_cap_mbit)  # validates
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.run_dir = Path(run_dir) if run_dir else RESULTS_DIR / "fabric" / stamp
+        self.run_dir = Path(run_dir)
         self.ofp_port = ofp_port
-        self.rest_port = rest_port
-        self.poll_interval_s = poll_interval_s
+        self.controller = controller
         self.datapath = datapath
         self.state_file = Path(state_file)
         self.check_reachability = check_reachability
         self.handle_signals = handle_signals
         self.net = None
-        self.controller_proc: subprocess.Popen | None = None
         self.state: dict = {}
         self.timings: dict[str, float] = {}
         self.reachability: dict[int, dict] = {}
         self.removed_at_start: cleanup.CleanupReport | None = None
-        self._old_handlers: dict[int, object] = {}
+        self._signals = StopSignalHandlers()
         self._stopping = False
 
     # ----------------------------------------------------------------- public API
-    @property
-    def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    @property
-    def telemetry_url(self) -> str:
-        return f"{self.rest_url}/netkv/telemetry"
-
     def host(self, name: str):
         """Mininet host object (``.cmd()``, ``.popen()``, ``.pid``) of GPU host ``name``."""
         self.tree.gpu_index(name)  # clear error for unknown names
@@ -199,25 +157,17 @@ class Fabric:
         return peer_ip(self.tree, src, dst)
 
     def telemetry(self, timeout_s: float = 2.0) -> dict:
-        return http_json(self.telemetry_url, timeout_s)
-
-    def controller_status(self, timeout_s: float = 2.0) -> dict:
-        return http_json(f"{self.rest_url}/netkv/status", timeout_s)
+        """The controller's telemetry snapshot (DESIGN.md schema)."""
+        return self._controller().telemetry(timeout_s)
 
     def restart_controller(self) -> float:
-        """Stop the controller and start a new one on the same ports (the switches keep their
-        flows meanwhile: fail-mode secure); returns seconds until every switch has its routes
-        re-installed."""
-        if self.net is None or self.controller_proc is None:
+        """Restart the controller (the switches keep their flows meanwhile: fail-mode secure);
+        returns seconds until every switch has its routes re-installed."""
+        if self.net is None:
             raise FabricError("fabric is not running")
         t0 = time.monotonic()
-        cleanup.kill_pids([self.controller_proc.pid], grace_s=3.0)
-        self.controller_proc.wait(timeout=5)
-        deadline = time.monotonic() + 10
-        while not (port_free(self.ofp_port) and port_free(self.rest_port)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self._start_controller()
-        self._wait_ready()
+        self._controller().restart()
+        self._save_state(controller_pid=self.controller.pid)
         return time.monotonic() - t0
 
     def __enter__(self) -> Fabric:
@@ -232,12 +182,13 @@ class Fabric:
         require_ovs()
         t0 = time.monotonic()
         if self.handle_signals:
-            self._install_signal_handlers()
+            self._signals.install()
         try:
             self._claim()
             self._start_controller()
             self._build()
-            self._wait_ready()
+            if self.controller is not None:
+                self.controller.wait_ready()
             if self.check_reachability:
                 self.reachability = self.ping_tiers()
                 bad = {t: r for t, r in self.reachability.items() if not r["ok"]}
@@ -249,6 +200,12 @@ class Fabric:
             self.stop()
             raise
         return self
+
+    def _controller(self) -> FabricController:
+        if self.controller is None:
+            raise FabricError("this fabric was given no controller (its switches use the one on "
+                              f"port {self.ofp_port})")
+        return self.controller
 
     def _claim(self) -> None:
         """Refuse when another live fabric runs; otherwise remove our leftovers and record
@@ -269,9 +226,8 @@ class Fabric:
         if not self.removed_at_start.empty():
             print(f"[fabric] removed leftovers of an earlier run: {self.removed_at_start}", file=sys.stderr)
         remove_state(self.state_file)
-        for port in (self.ofp_port, self.rest_port):
-            if not port_free(port):
-                raise FabricError(f"TCP port {port} on 127.0.0.1 is in use; choose another (--ofp-port/--rest-port)")
+        if self.controller is not None:
+            self.controller.check_ports(self.ofp_port)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state = {
             "owner_pid": os.getpid(),
@@ -282,10 +238,7 @@ class Fabric:
             "scale": self.scale,
             "link_rates_mbit": self.topo.rates_mbit,
             "ofp_port": self.ofp_port,
-            "rest_port": self.rest_port,
-            "rest_url": self.rest_url,
-            "telemetry_url": self.telemetry_url,
-            "poll_interval_s": self.poll_interval_s,
+            **(self.controller.state() if self.controller is not None else {}),
             "bridges": cleanup.bridge_names(self.tree),
             "links": len(self.topo.links()),
             "started_at": time.time(),
@@ -301,44 +254,12 @@ class Fabric:
         write_state(self.state, self.state_file)
 
     def _start_controller(self) -> None:
-        cfg = self.run_dir / "controller.json"
-        cfg.write_text(ControllerConfig(
-            topology=self.tree.config,
-            poll_interval_s=self.poll_interval_s,
-            link_capacity_bps=link_capacity_bps(self.tree, self.scale, self.nvlink_cap_mbit),
-        ).to_json())
-        log = open(self.run_dir / "controller.log", "ab")
-        try:
-            self.controller_proc = subprocess.Popen(
-                [controller_python(), "-m", CONTROLLER_MODULE, "--config", str(cfg),
-                 "--ofp-port", str(self.ofp_port), "--rest-port", str(self.rest_port)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        self._save_state(controller_pid=self.controller_proc.pid)
-
-    def _wait_controller_listening(self, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.controller_proc.poll() is not None:
-                raise FabricError(f"controller exited with {self.controller_proc.returncode}: "
-                                  f"{self._controller_log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.ofp_port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise FabricError(f"controller not listening on port {self.ofp_port} after {timeout_s} s: "
-                          f"{self._controller_log_tail()}")
-
-    def _controller_log_tail(self, lines: int = 15) -> str:
-        try:
-            text = (self.run_dir / "controller.log").read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no controller log)"
-        return f"log {self.run_dir / 'controller.log'}:\n" + "\n".join(text[-lines:])
+        if self.controller is None:
+            return
+        self.controller.start(ControllerSpec(
+            tree=self.tree, link_capacity_bps=link_capacity_bps(self.tree, self.scale, self.nvlink_cap_mbit),
+            ofp_port=self.ofp_port, run_dir=self.run_dir))
+        self._save_state(controller_pid=self.controller.pid)
 
     def _build(self) -> None:
         from mininet.log import setLogLevel
@@ -362,10 +283,12 @@ class Fabric:
         )
         self._configure_hosts()
         self.timings["build_s"] = time.monotonic() - t0
-        self._wait_controller_listening()
+        if self.controller is not None:
+            self.controller.wait_listening()
+
         class _ListeningController(RemoteController):
             def checkListening(self) -> None:
-                """Already checked by ``_wait_controller_listening``. Mininet's own probe telnets
+                """Already checked by ``FabricController.wait_listening``. Mininet's own probe telnets
                 to the port and decodes what comes back as UTF-8; when Ryu's binary OpenFlow
                 HELLO (a random xid) arrives before telnet hangs up, that raises
                 UnicodeDecodeError (seen once in CI on a loaded machine)."""
@@ -389,53 +312,7 @@ class Fabric:
                         raise FabricError(f"could not shape {intf.name} at {intf.bw} Mbit/s")
 
     def _configure_hosts(self) -> None:
-        tree = self.tree
-        # Root-namespace switch ports: no IPv6 chatter (router solicitations, MLD) into the fabric.
-        for name in cleanup.switch_intf_names(tree):
-            path = Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6")
-            if path.exists():
-                path.write_text("1")
-        arp_dir = self.run_dir / "arp"
-        arp_dir.mkdir(exist_ok=True)
-        for g, name in enumerate(tree.gpu_names):
-            eth0, eth1 = host_intf_name(name, False), host_intf_name(name, True)
-            lines = [f"neigh replace {nic_ip(tree, d)} lladdr {gpu_mac(d)} dev {eth0} nud permanent"
-                     for d in range(tree.n_gpus) if d != g]
-            lines += [f"neigh replace {nvlink_ip(tree, d)} lladdr {gpu_mac(d, nvlink=True)} dev {eth1} nud permanent"
-                      for d in range(tree.n_gpus) if d != g and tree.tier(g, d) == 0]
-            batch = arp_dir / f"{name}.batch"
-            batch.write_text("\n".join(lines) + "\n")
-            host = self.net.get(name)
-            out = host.cmd(
-                "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1;"
-                f" sysctl -qw net.ipv4.tcp_congestion_control={HOST_TCP_CONGESTION}"
-                f" net.ipv4.tcp_slow_start_after_idle={HOST_SLOW_START_AFTER_IDLE} &&"
-                f" ip route replace 10.0.0.0/{NIC_PREFIX} dev {eth0} rto_min {HOST_RTO_MIN_MS}ms &&"
-                f" ip route replace 192.168.0.0/{NVLINK_PREFIX} dev {eth1} rto_min {HOST_RTO_MIN_MS}ms &&"
-                f" ip -batch {batch} && echo netkv-ok"
-            )
-            if "netkv-ok" not in out:
-                raise FabricError(f"configuring host {name} failed: {out.strip()}")
-
-    def _wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict:
-        deadline = time.monotonic() + timeout_s
-        status: dict = {}
-        expected = len(self.tree.switch_names())
-        while time.monotonic() < deadline:
-            if self.controller_proc.poll() is not None:
-                raise FabricError(f"controller exited with {self.controller_proc.returncode}: "
-                                  f"{self._controller_log_tail()}")
-            try:
-                status = self.controller_status(timeout_s=1.0)
-            except (OSError, urllib.error.URLError, ValueError):
-                time.sleep(0.2)
-                continue
-            if len(status.get("switches_ready", [])) == expected:
-                return status
-            time.sleep(0.2)
-        missing = sorted(set(self.tree.switch_names()) - set(status.get("switches_ready", [])))
-        raise FabricError(f"only {expected - len(missing)}/{expected} switches connected with routes after "
-                          f"{timeout_s} s (missing: {', '.join(missing[:8])}); {self._controller_log_tail()}")
+        configure_hosts(self.net, self.tree, self.run_dir)
 
     def ping_tiers(self, count: int = 1, attempts: int = 3) -> dict[int, dict]:
         """Ping one pair of every tier; {tier: {"src", "dst", "ip", "ok", "rtt_ms"}}."""
@@ -461,12 +338,12 @@ class Fabric:
         if self._stopping:
             return
         if not self.state:  # nothing claimed (e.g. FabricBusyError): nothing of ours to remove
-            self._restore_signal_handlers()
+            self._signals.restore()
             return
         self._stopping = True
         t0 = time.monotonic()
         errors: list[str] = []
-        masked = self._mask_signals()
+        masked = mask_stop_signals()
         try:
             if self.state:
                 try:
@@ -479,13 +356,11 @@ class Fabric:
                 except Exception as exc:  # noqa: BLE001 -- keep tearing down, report at the end
                     errors.append(f"network stop: {type(exc).__name__}: {exc}")
                 self.net = None
-            if self.controller_proc is not None:
-                cleanup.kill_pids([self.controller_proc.pid], grace_s=3.0)
+            if self.controller is not None:
                 try:
-                    self.controller_proc.wait(timeout=2)
-                except subprocess.TimeoutExpired:
-                    errors.append(f"controller pid {self.controller_proc.pid} did not exit")
-                self.controller_proc = None
+                    self.controller.stop()
+                except FabricError as exc:
+                    errors.append(str(exc))
             try:
                 left = cleanup.remove_leftovers([self.tree], self.state or None)
                 if not left.empty():
@@ -499,8 +374,8 @@ class Fabric:
                 remove_state(self.state_file)
         finally:
             self.timings["down_s"] = time.monotonic() - t0
-            self._restore_signals(masked)
-            self._restore_signal_handlers()
+            unmask_stop_signals(masked)
+            self._signals.restore()
             self._stopping = False
         if errors:
             raise FabricError("teardown incomplete: " + "; ".join(errors))
@@ -521,70 +396,3 @@ class Fabric:
         cleanup.delete_links(cleanup.present_links(cleanup.switch_intf_names(self.tree)))
         for switch in net.switches:
             switch.terminate()
-
-    # ----------------------------------------------------------------- signals
-    def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in STOP_SIGNALS:
-            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, _frame) -> None:
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise cleanup.StopSignal(signum)
-
-    def _restore_signal_handlers(self) -> None:
-        for sig, old in self._old_handlers.items():
-            signal.signal(sig, old)
-        self._old_handlers = {}
-
-    @staticmethod
-    def _mask_signals() -> bool:
-        """Block the stop signals during teardown so a second Ctrl-C cannot leave half a fabric."""
-        if threading.current_thread() is not threading.main_thread():
-            return False
-        signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
-        return True
-
-    @staticmethod
-    def _restore_signals(masked: bool) -> None:
-        if masked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
-
-
-# --------------------------------------------------------------------------- background owner
-def serve(argv: list[str] | None = None) -> int:
-    """Own a fabric until SIGTERM/SIGINT (the process ``netkv fabric up`` leaves running)."""
-    p = argparse.ArgumentParser(prog="python -m topology.fabric serve")
-    p.add_argument("--topology", default="{}", help="FatTreeConfig fields as JSON")
-    p.add_argument("--scale", type=float, default=DEFAULT_SCALE)
-    p.add_argument("--nvlink-cap-mbit", type=float, default=None)
-    p.add_argument("--run-dir", default=None)
-    p.add_argument("--ofp-port", type=int, default=DEFAULT_OFP_PORT)
-    p.add_argument("--rest-port", type=int, default=DEFAULT_REST_PORT)
-    p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL_S)
-    args = p.parse_args(argv)
-    tree = FatTree(FatTreeConfig(**json.loads(args.topology)))
-    fabric = Fabric(tree, scale=args.scale, run_dir=args.run_dir, ofp_port=args.ofp_port,
-                    rest_port=args.rest_port, poll_interval_s=args.poll_interval,
-                    nvlink_cap_mbit=args.nvlink_cap_mbit)
-    try:
-        with fabric:
-            print(f"[fabric] up in {fabric.timings['up_s']:.1f} s; {fabric.rest_url}", flush=True)
-            while True:
-                signal.pause()
-    except (KeyboardInterrupt, SystemExit):
-        print(f"[fabric] down in {fabric.timings.get('down_s', 0.0):.1f} s", flush=True)
-    except FabricError as exc:
-        print(f"[fabric] error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] != ["serve"]:
-        print("usage: python -m topology.fabric serve [options]  (normally started by: netkv fabric up)",
-              file=sys.stderr)
-        sys.exit(2)
-    sys.exit(serve(sys.argv[2:]))

@@ -5,31 +5,10 @@ when :class:`topology.fabric.Fabric` builds and starts it.
 
 Emulated link rates
 -------------------
-Every link is a veth pair shaped with HTB on both ends (``ShapedLink``) at
-``real capacity x scale`` Mbit/s. ``DEFAULT_SCALE = 2.5e-5`` (1 real Gbit/s -> 0.025 emulated
-Mbit/s) gives, for the default 64-GPU tree:
-
-=============  ==========  =============
-link           real        emulated
-=============  ==========  =============
-NVLink         3600 Gb/s   90 Mbit/s
-GPU NIC        400 Gb/s    10 Mbit/s
-ToR-agg        800 Gb/s    20 Mbit/s
-agg-core       400 Gb/s    10 Mbit/s
-=============  ==========  =============
-
-Why this scale: Mininet's HTB shaping stops at 1000 Mbit/s, so the fattest link (NVLink) must stay
-below that; and the Open vSwitch userspace datapath (no openvswitch kernel module on this machine
-kind) forwards with about one core for the whole fabric, ~600-700 Mbit/s x switch-hops in total
-(measured: one TCP flow through 1 switch ~525 Mbit/s, through 5 switches ~145 Mbit/s). A
-cross-pod transfer at 10 Mbit/s crosses 5 switches (50 Mbit/s x hops), so ~12 concurrent cross-pod
-transfers, or the NVLink of ~6 servers at line rate, fit inside the budget before the datapath
-(rather than the shaped links) becomes the bottleneck. Measured with scale 5e-5 (NVLink 180
-Mbit/s, 2 ms HTB burst): a single same-server transfer reached only 61-92% of 180 Mbit/s while the controller
-polled (one core is shared by everything), hence 2.5e-5 (tier 0 goodput 94-96%, with the short
-burst of :data:`HTB_BURST_S` that keeps small transfers shaped). Byte counts scaled by the same factor keep
-transfer *times* equal to the real ones. NVLink links are shaped like the others (the scaled
-rate fits under 1000 Mbit/s); a larger ``scale`` that would push any link past 1000 Mbit/s is
+Every link is a veth pair shaped with HTB on both ends (``ShapedLink``) at the emulated rate
+(:func:`topology.emulated.emulated_mbit`: ``real capacity x scale`` Mbit/s); ``DEFAULT_SCALE`` gives
+NVLink 90, NIC 10, ToR-agg 20, agg-core 10 Mbit/s on the default tree, and why that scale is in
+docs/calibration.md#link-rates-and-scale. A ``scale`` that would push any link past 1000 Mbit/s is
 rejected with :class:`EmulationScaleError` (pass ``nvlink_cap_mbit`` to cap NVLink instead).
 
 Every interface the datapath touches (host and switch side) gets checksum/segmentation offloads
@@ -42,7 +21,8 @@ complaint. Switch links have one shallow bucket (:data:`HTB_BURST_S`); NVLink ha
 :data:`NVLINK_CEIL_FACTOR` x the rate so transfers from idle are shaped too). Open vSwitch 3.x
 leaves root qdiscs of its ports alone unless QoS is configured (we configure none);
 :class:`topology.fabric.Fabric` checks after start-up that every shaped interface still has its
-HTB qdisc.
+HTB qdisc. The tc commands are built as argument lists (:func:`htb_argvs`, :func:`leaf_argv`); the
+shell strings the interfaces run are those lists joined.
 """
 from __future__ import annotations
 
@@ -55,10 +35,12 @@ from mininet.link import Intf, Link
 from mininet.topo import Topo
 
 from topology.cleanup import switch_intf_names
+from topology.emulated import kind_rates_mbit
 from topology.model import FatTree, gpu_mac, nic_ip, nvlink_ip, switch_dpid, switch_ports
 
 DEFAULT_SCALE = 2.5e-5
-"""Emulated Mbit/s per real Mbit/s (see the module docstring for the reasoning)."""
+"""Emulated Mbit/s per real Mbit/s: NVLink under HTB's 1000 Mbit/s and the traffic inside the userspace
+datapath's one-core budget (docs/calibration.md#link-rates-and-scale)."""
 MAX_SHAPED_MBIT = 1000.0
 """Mininet's HTB parameters are only valid up to 1000 Mbit/s (``TCIntf.bwParamMax``)."""
 MIN_SHAPED_MBIT = 0.1
@@ -99,9 +81,7 @@ def link_rates_mbit(tree: FatTree, scale: float = DEFAULT_SCALE, nvlink_cap_mbit
     [MIN_SHAPED_MBIT, MAX_SHAPED_MBIT]."""
     if not scale > 0:
         raise EmulationScaleError(f"scale must be > 0, got {scale}")
-    rates = {kind: gbit * 1000.0 * scale for kind, gbit in tree.link_capacity_gbit_s.items()}
-    if nvlink_cap_mbit is not None:
-        rates["nvlink"] = min(rates["nvlink"], float(nvlink_cap_mbit))
+    rates = kind_rates_mbit(tree, scale, nvlink_cap_mbit=nvlink_cap_mbit)
     for kind, mbit in rates.items():
         if not MIN_SHAPED_MBIT <= mbit <= MAX_SHAPED_MBIT:
             raise EmulationScaleError(
@@ -123,40 +103,28 @@ def host_intf_name(host: str, nvlink: bool) -> str:
 
 
 QUEUE_MS = 100.0
-"""Egress buffer of every shaped link, in milliseconds of traffic at the link's rate (a byte-limited
-FIFO leaf under the HTB class). Datacenter switches have shallow buffers; without this limit the
-HTB leaf would queue txqueuelen (1000) packets, 1.2 s at 10 Mbit/s, and a KV transfer behind a
-greedy background flow would wait seconds (bufferbloat) instead of taking its fair share. Packets
-are 1500 bytes whatever the scale, so the buffer cannot be made as short in time as a real
-switch's: 100 ms (about 80 packets at 10 Mbit/s) lets TCP fill the link and share it, and
-keeps drops (each one a TCP timeout for a short transfer) rare."""
+"""Egress buffer of every shaped link, ms of traffic at its rate (a byte-limited FIFO leaf): shallow
+as a datacenter switch's, yet deep enough for TCP to fill and share the link (docs/calibration.md#queue-ms)."""
 QUEUE_MIN_PACKETS = 10
 """Never fewer than this many full-size packets of buffer (TCP's initial window)."""
+ROOT_HANDLE = "5:"
+"""Handle of the HTB root qdisc on every shaped interface."""
+HTB_CLASS = "5:1"
+"""The one HTB class under it (its rate is the link's)."""
 LEAF_HANDLE = "10:"
+"""Handle of the class's leaf qdisc (the FIFO, or a blackhole while the link is down)."""
 HTB_BURST_S = 0.0007
-"""HTB burst (and cburst) of switch links (NIC, ToR-aggregation, aggregation-core), in seconds of
-traffic at the class rate: tokens saved while the link idles let that much leave at line rate.
-With 10 ms an idle link let the first 15 kB (the floor then) of every transfer through unshaped:
-sporadic cross-pod KV transfers ran at x0.66 of the fluid time. With 0.7 ms (floored at two
-frames: 3 kB at 5-20 Mbit/s) tiers 1-3 calibrate at x0.95-1.04 (200 Gbit/s), goodput 94-96%."""
+"""HTB burst (and cburst) of switch links, s of traffic at the class rate: short, so sporadic small
+transfers are shaped too (docs/calibration.md#htb-burst)."""
 NVLINK_HTB_BURST_S = 0.01
-"""Rate-bucket depth of NVLink links (90 Mbit/s by default), in seconds at the class rate. Deep,
-because at 90 Mbit/s a shallow rate bucket (0.7 ms) loses the tokens of every late dequeue on this
-shared VM: single-transfer goodput fell to 75-86% in CI runs (iperf3 and calibration). A deep rate
-bucket alone lets short transfers out unshaped, hence the ceil bucket below."""
+"""Rate-bucket depth of NVLink links, s at the class rate: deep, so late dequeues on the shared VM do
+not lose goodput (docs/calibration.md#nvlink-shape)."""
 NVLINK_CEIL_FACTOR = 1.25
-"""NVLink's HTB ``ceil`` as a multiple of its rate: a second token bucket that caps the line-rate
-burst an idle NVLink would otherwise allow (10 ms = 112 kB, more than a whole 8k-token KV cache at
-the default scale: x0.40-0.50 of the simulator's time). HTB sends only while both buckets hold
-tokens, so a transfer from idle runs at 1.25x the rate after a floor-sized burst, while the deep
-rate bucket keeps the long-run rate and absorbs late dequeues (25% headroom for catching up).
-Measured on the calibration pair (2-core VM, median of 7): 1.25 gives x1.00 idle and x1.02 with a
-busy-looping core, goodput 96% both; 1.5 gave x0.63-1.10 and 1.15 x1.03-1.60 (too little headroom
-to catch up under load)."""
+"""NVLink's HTB ``ceil`` / rate: a second bucket that shapes transfers from idle while leaving 25%
+headroom to catch up (docs/calibration.md#nvlink-shape)."""
 NVLINK_CBURST_S = 0.0
-"""Ceil-bucket depth of NVLink links in seconds at the ceil rate; 0 leaves the floor
-(:data:`HTB_MIN_BURST_BYTES`). 0.7 ms (9.8 kB) gave x0.82-0.86: a third of the 27 kB reference out
-at line rate."""
+"""Ceil-bucket depth of NVLink links, s at the ceil rate; 0 leaves the two-frame floor
+(docs/calibration.md#nvlink-shape)."""
 HTB_MIN_BURST_BYTES = 2 * 1514
 """Floor of every HTB bucket: two full-size frames, so a class can always send a packet pair."""
 
@@ -187,15 +155,21 @@ def htb_shape(kind: str) -> HtbShape:
     return NVLINK_SHAPE if kind == "nvlink" else SWITCH_SHAPE
 
 
-def leaf_command(intf: str, bw_mbit: float) -> str:
-    """The byte-limited FIFO leaf of the HTB class (see :data:`QUEUE_MS`)."""
+def leaf_argv(intf: str, bw_mbit: float, verb: str = "replace") -> list[str]:
+    """tc command (``verb``: replace or add) for the byte-limited FIFO leaf of the HTB class
+    (see :data:`QUEUE_MS`)."""
     limit = int(max(QUEUE_MIN_PACKETS * 1514, bw_mbit * 1e6 / 8 * QUEUE_MS / 1000))
-    return f"tc qdisc replace dev {intf} parent 5:1 handle {LEAF_HANDLE} bfifo limit {limit}"
+    return ["tc", "qdisc", verb, "dev", intf, "parent", HTB_CLASS, "handle", LEAF_HANDLE, "bfifo", "limit", str(limit)]
 
 
-def htb_commands(intf: str, bw_mbit: float, shape: HtbShape = SWITCH_SHAPE) -> list[str]:
+def leaf_command(intf: str, bw_mbit: float) -> str:
+    """:func:`leaf_argv` as one shell command."""
+    return " ".join(leaf_argv(intf, bw_mbit))
+
+
+def htb_argvs(intf: str, bw_mbit: float, shape: HtbShape = SWITCH_SHAPE) -> list[list[str]]:
     """tc commands that shape ``intf``'s egress to ``bw_mbit`` with one HTB class and a shallow
-    FIFO leaf.
+    FIFO leaf: the root qdisc, the class, the leaf.
 
     ``quantum`` ~1 ms of traffic (1514..200000 bytes) and ``r2q`` to match, so the kernel never
     complains that the quantum is big; the buckets as ``shape`` says (:func:`htb_shape`)."""
@@ -209,11 +183,17 @@ def htb_commands(intf: str, bw_mbit: float, shape: HtbShape = SWITCH_SHAPE) -> l
     cburst = burst if shape.cburst_s is None else int(max(HTB_MIN_BURST_BYTES,
                                                           rate_bytes * shape.ceil_factor * shape.cburst_s))
     return [
-        f"tc qdisc replace dev {intf} root handle 5: htb default 1 r2q {r2q}",
-        f"tc class replace dev {intf} parent 5: classid 5:1 htb rate {bw_mbit:f}Mbit ceil {ceil_mbit:f}Mbit "
-        f"burst {burst} cburst {cburst} quantum {quantum}",
-        leaf_command(intf, bw_mbit),
+        ["tc", "qdisc", "replace", "dev", intf, "root", "handle", ROOT_HANDLE, "htb", "default", "1", "r2q", str(r2q)],
+        ["tc", "class", "replace", "dev", intf, "parent", ROOT_HANDLE, "classid", HTB_CLASS, "htb",
+         "rate", f"{bw_mbit:f}Mbit", "ceil", f"{ceil_mbit:f}Mbit", "burst", str(burst), "cburst", str(cburst),
+         "quantum", str(quantum)],
+        leaf_argv(intf, bw_mbit),
     ]
+
+
+def htb_commands(intf: str, bw_mbit: float, shape: HtbShape = SWITCH_SHAPE) -> list[str]:
+    """:func:`htb_argvs` as shell commands (what :class:`ShapedIntf` runs)."""
+    return [" ".join(argv) for argv in htb_argvs(intf, bw_mbit, shape)]
 
 
 def offload_command(intf: str) -> str:
@@ -241,7 +221,7 @@ class ShapedIntf(Intf):
 
     def shaped(self) -> bool:
         """True when the HTB root qdisc is in place (or no shaping was asked for)."""
-        return self.bw is None or "htb 5:" in self.cmd(f"tc qdisc show dev {self.name} root")
+        return self.bw is None or f"htb {ROOT_HANDLE}" in self.cmd(f"tc qdisc show dev {self.name} root")
 
 
 class ShapedLink(Link):

@@ -14,9 +14,8 @@ sequentially on the idle fabric, through the host agents already connected to ``
     with ``StaticTierOracle(tree, setup_s)`` for the real bytes on an idle fabric; ok within 15%.
     The transfer runs ``reference_repeats`` times (default 5), or more on a fast tier: as many as
     fit :data:`REFERENCE_BUDGET_S` of predicted transfer time, at most
-    :data:`REFERENCE_MAX_REPEATS`; the median counts. An NVLink reference lasts 2.4 ms, so one
-    late wake-up of the forwarding thread (~1 ms) moves a single sample by 40%; 41 samples make
-    its median as steady as the 5 of a 21 ms switch-tier reference.
+    :data:`REFERENCE_MAX_REPEATS`; the median counts (why so many on NVLink:
+    docs/calibration.md#calibration-references).
 
 Transfer and request ids start at 10**12, so they never collide with the orchestrator's.
 """
@@ -28,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from hosts.control import ControlServer
+from hosts.messages import Received, Send, Sent
 from scheduler.oracle import OracleQuery, StaticTierOracle
+from topology.emulated import kind_rates_mbit
 from topology.fabric import tier_samples
 from topology.model import FatTree
 
@@ -36,7 +37,8 @@ CALIBRATION_ID_BASE = 10**12
 GOODPUT_MIN_RATIO = 0.9
 TIME_TOLERANCE = 0.15
 REFERENCE_BUDGET_S = 0.1
-"""Predicted transfer time the reference samples of one tier may add up to (emulated seconds)."""
+"""Predicted transfer time the reference samples of one tier may add up to (emulated seconds); a
+2.4 ms NVLink reference gets enough samples for a steady median (docs/calibration.md#calibration-references)."""
 REFERENCE_MAX_REPEATS = 41
 """Most reference transfers per tier (an odd count, so the median is one sample)."""
 _IDS = itertools.count(CALIBRATION_ID_BASE)
@@ -49,13 +51,11 @@ class CalibrationError(RuntimeError):
 # --------------------------------------------------------------------------- pure parts
 def emulated_rates_mbit(tree: FatTree, scale: float, time_scale: float,
                         nvlink_cap_mbit: float | None = None) -> dict[str, float]:
-    """Configured emulated rate per link kind: real Gbit/s x 1000 x scale / time_scale."""
+    """Configured emulated rate per link kind (:func:`topology.emulated.kind_rates_mbit`: real
+    Gbit/s x 1000 x scale / time_scale), the rates the fabric shapes at ``scale / time_scale``."""
     if not scale > 0 or not time_scale > 0:
         raise ValueError(f"scale and time_scale must be > 0, got {scale}, {time_scale}")
-    rates = {k: g * 1000.0 * scale / time_scale for k, g in tree.link_capacity_gbit_s.items()}
-    if nvlink_cap_mbit is not None:
-        rates["nvlink"] = min(rates["nvlink"], nvlink_cap_mbit / time_scale)
-    return rates
+    return kind_rates_mbit(tree, scale, time_scale, nvlink_cap_mbit)
 
 
 def bottleneck_mbit(tree: FatTree, rates: dict[str, float], src: int, dst: int) -> float:
@@ -102,17 +102,15 @@ def within(ratio: float, tolerance: float = TIME_TOLERANCE) -> bool:
 
 # --------------------------------------------------------------------------- transfers
 def _transfer(control: ControlServer, tree: FatTree, fab: Any, src: int, dst: int, port: int,
-              nbytes: int, timeout_s: float) -> tuple[dict, dict]:
-    """One agent transfer src -> dst; returns (sent, received) events."""
+              nbytes: int, timeout_s: float) -> tuple[Sent, Received]:
+    """One agent transfer src -> dst; returns the (sent, received) reports."""
     tid = next(_IDS)
     src_name = tree.gpu_name(src)
-    control.send(src_name, {"op": "send", "transfer_id": tid, "request_id": tid,
-                            "dst_ip": fab.peer_ip(src, dst), "dst_port": port,
-                            "bytes": int(nbytes), "dst_gpu": dst})
+    control.send(src_name, Send(tid, tid, fab.peer_ip(src, dst), port, int(nbytes), dst))
     evs = control.wait_transfers([tid], timeout_s)[tid]
     if "error" in evs:
         raise CalibrationError(f"calibration transfer {src_name} -> {tree.gpu_name(dst)} "
-                               f"({nbytes} bytes) failed: {evs['error'].get('reason')}")
+                               f"({nbytes} bytes) failed: {evs['error'].reason}")
     return evs["sent"], evs["received"]
 
 
@@ -135,14 +133,14 @@ def calibrate(fab: Any, tree: FatTree, control: ControlServer, agent_port: int, 
         goodputs = []
         for _ in range(max(1, goodput_repeats)):
             _, recv = _transfer(control, tree, fab, src, dst, agent_port, nbytes, timeout_s)
-            wire_s = recv["t_end"] - recv["t_start"]
+            wire_s = recv.t_end - recv.t_start
             goodputs.append(nbytes * 8 / wire_s / 1e6 if wire_s > 0 else float("inf"))
         achieved = float(np.median(goodputs))
         predicted = predicted_seconds(tree, setup_s, src, dst, real)
         samples = []
         for _ in range(reference_count(reference_repeats, predicted * time_scale)):
             sent, recv = _transfer(control, tree, fab, src, dst, agent_port, emulated, timeout_s)
-            samples.append((recv["t_end"] - sent["t_connect"]) / time_scale)
+            samples.append((recv.t_end - sent.t_connect) / time_scale)
         measured = float(np.median(samples))
         ratio = measured / predicted if predicted > 0 else float("inf")
         tiers[str(tier)] = {

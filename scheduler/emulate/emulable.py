@@ -14,7 +14,7 @@ reason:
   the simulator reroutes after ``topology.reroute_delay_s``. Reduced capacities run on both;
 * ``timing.kv_streaming = "layer-wise"``: what it leaves in TTFT is the last layer's bytes plus
   the fabric's per-packet delays, which the emulated fabric inflates by 1/scale (measured
-  residuals in docs/DESIGN.md); :func:`packet_floor_s` gives the store-and-forward floor;
+  residuals in docs/calibration.md#layer-wise); :func:`packet_floor_s` gives the store-and-forward floor;
 * ``cluster.tp`` > 1 (tensor-parallel instances of several GPUs): the agents model one GPU per
   instance and stream a request's KV over one connection, while the simulator stripes it rank by
   rank over every GPU of the instance; not built on the emulator yet;
@@ -31,21 +31,18 @@ from scheduler.cluster import assign_roles
 from scheduler.experiment import Experiment
 from scheduler.network import max_min_rates
 from scheduler.scenario import Action
+from topology.emulated import emulated_mbit, kind_rates_mbit
 
 FORWARDING_BUDGET_MBIT_BRIDGES = 525.0
 """Emulated traffic the Open vSwitch userspace datapath forwards with its one thread, in Mbit/s x
-bridges crossed (a flow of 5 Mbit/s across the 5 bridges between pods counts 25). The lowest of the
-figures measured on this machine kind (docs reference section 5: one TCP flow through one bridge
-~525 Mbit/s, through five ~145 Mbit/s = 725, four one-bridge flows 640 in total)."""
+bridges crossed (a flow of 5 Mbit/s across the 5 bridges between pods counts 25): the lowest figure
+measured on this machine kind (docs/calibration.md#forwarding-budget)."""
 BACKGROUND_REJECT_FRACTION = 1.0
 """Background load (peak, at the emulated rates) beyond this share of the forwarding budget is
 refused: the forwarding thread would be saturated by the scenario alone."""
 BACKGROUND_WARN_FRACTION = 0.5
-"""Beyond this share the run is allowed but warned about. Measured with the earlier hotspot
-scenario (24 greedy cross-pod flows; mixed placement): at 200 Gbit/s NICs (0.38 of the budget by
-this estimate) the idle-path probe RTT stayed at 1.3-1.5 ms through every demo; at 400 Gbit/s
-(0.76, and a 300-request window's KV transfers on top) it rose x2-2.5 (1.44 to 3.63 ms) and
-transfer times began to be the emulator's."""
+"""Beyond this share the run is allowed but warned about: at 0.38 the probe RTT stayed flat, at 0.76
+it rose x2-2.5 (docs/calibration.md#forwarding-budget)."""
 FRAME_BYTES = 1514
 """A full Ethernet frame (1500-byte MTU + header): the unit every shaped hop stores and forwards,
 whatever the scale."""
@@ -117,7 +114,7 @@ def packet_floor_s(exp: Experiment, scale: float) -> float:
     roles = assign_roles(tree, cl.placement, cl.prefill_fraction, cl.reserved_servers_per_pod, cl.tp)
     gbit = tree.link_capacity_gbit_s
     src = int(roles.prefill[0])
-    return max(sum(FRAME_BYTES * 8 / (gbit[tree.link_kind(i)] * 1e9 * scale) for i in tree.path(src, int(d)))
+    return max(sum(FRAME_BYTES * 8 / (emulated_mbit(gbit[tree.link_kind(i)], scale) * 1e6) for i in tree.path(src, int(d)))
                for d in roles.decode)
 
 
@@ -149,7 +146,7 @@ def layer_wise_problems(exp: Experiment, scale: float) -> list[str]:
 def _emulated_capacity_mbit(exp: Experiment, scale: float, time_scale: float) -> np.ndarray:
     """Emulated Mbit/s of every directed link (padding +inf), as the fabric shapes them."""
     tree = exp.tree
-    rates = {k: g * 1000.0 * scale / time_scale for k, g in tree.link_capacity_gbit_s.items()}
+    rates = kind_rates_mbit(tree, scale, time_scale)
     cap = np.array([rates[tree.link_kind(i)] for i in range(tree.n_links)] + [np.inf])
     return cap
 
@@ -174,7 +171,7 @@ def background_load(exp: Experiment, actions: list[Action], scale: float, time_s
         while k < len(flows) and flows[k].time_s == t:
             a = flows[k]
             if a.kind == "flow_start" and a.src != a.dst:
-                rate = np.inf if a.rate_gbit_s is None else a.rate_gbit_s * 1000.0 * scale / time_scale
+                rate = np.inf if a.rate_gbit_s is None else emulated_mbit(a.rate_gbit_s, scale, time_scale)
                 running[a.flow_id] = (int(a.src), int(a.dst), rate)
             elif a.kind == "flow_stop":
                 running.pop(a.flow_id, None)

@@ -1,11 +1,11 @@
 """Emulation fidelity guard: is the forwarding plane (not the shaped links) the bottleneck?
 
 With the Open vSwitch userspace datapath every bridge shares one forwarding thread, so the whole
-fabric has about one core of forwarding budget (docs reference section 5). When ``ovs-vswitchd``
+fabric has about one core of forwarding budget (docs/calibration.md#forwarding-budget). When ``ovs-vswitchd``
 runs near a full core, or the machine as a whole is busy, transfer times measure the emulator
 rather than the emulated network. :class:`CpuMonitor` samples both in a background thread::
 
-    mon = CpuMonitor(interval_s=0.5)
+    mon = CpuMonitor()
     mon.start()
     ...                                   # run the experiment
     report = mon.stop()                   # JSON-able dict; report["forwarding_saturated"]
@@ -60,10 +60,14 @@ def saturation_warning(ovs_p95: float, total_p95: float, samples: int) -> tuple[
                   "emulator's CPU budget, not the emulated network: lower the scale or raise time_scale.")
 
 
+CPU_SAMPLE_INTERVAL_S = 0.5
+"""Default CPU sampling period, s: fine enough for a p95 over runs of tens of seconds (not the controller's poll)."""
+
+
 class CpuMonitor:
     """Samples the CPU of every ``ovs-vswitchd`` process and of the whole machine in a thread."""
 
-    def __init__(self, interval_s: float = 0.5) -> None:
+    def __init__(self, interval_s: float = CPU_SAMPLE_INTERVAL_S) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         self.interval_s = interval_s
@@ -158,8 +162,7 @@ def parse_ping_rtts(text: str) -> list[float]:
 def rtt_verdict(baseline_ms: list[float], run_ms: list[float]) -> tuple[bool, str | None]:
     """(saturated, warning) from idle and in-run probe RTTs; pure, so the thresholds are testable.
     Why not CPU: the userspace datapath's poll loop keeps ovs-vswitchd near 100% of a core as
-    soon as any traffic flows, saturated or not (measured: 73% at 1 Mbit/s, 97% at 10 Mbit/s,
-    with goodput still at 96% of the shaped rate)."""
+    soon as any traffic flows, saturated or not (docs/calibration.md#rtt-verdict)."""
     if not baseline_ms or not run_ms:
         return False, "latency probe got no replies: the forwarding verdict is unknown"
     base, run = statistics.median(baseline_ms), statistics.median(run_ms)

@@ -9,212 +9,61 @@ hosts only carry the scenario's background senders and sinks); open persistent p
 connections; calibrate the tiers KV transfers take under the placement (per-tier goodput and idle
 transfer time against the simulator's prediction); then for each policy replay the trace window
 in (optionally dilated) real time with the scenario's events executed on the fabric, the oracle
-reading the controller's telemetry over REST.
+reading the controller's telemetry over REST. Each step is one method of :class:`_EmulationRun`.
 
 Where the work happens: the orchestrator (``RealtimeReplay``) only decides and records. Before
-each policy's replay :class:`AgentTransport` resets every agent (a fresh instance of its role, the
-run's config and time scale; all must answer), and per request it sends ``expect`` to the decode
-agent and ``prefill`` to the prefill agent. The agents model their instance's compute with the
-simulator's timing (``hosts.compute``), stream the KV bytes through the fabric (after the prefill,
-or layer by layer with ``timing.kv_streaming = "layer-wise"``) and report ``prefilled`` /
-``received`` / ``first_token`` / ``finished``, parsed into the replay's events (``hosts.events``).
-Teardown (in ``finally`` and on signals, by :class:`topology.fabric.Fabric`) removes every bridge,
-veth, namespace and process the run created.
+each policy's replay :class:`AgentTransport` (``scheduler.emulate.transport``) resets every agent
+(a fresh instance of its role, the run's config and time scale; all must answer), and per request
+it sends ``expect`` to the decode agent and ``prefill`` to the prefill agent. The agents model
+their instance's compute with the simulator's timing (``hosts.compute``), stream the KV bytes
+through the fabric (after the prefill, or layer by layer with ``timing.kv_streaming =
+"layer-wise"``) and report ``prefilled`` / ``received`` / ``first_token`` / ``finished``
+(``hosts.messages``, mapped to the replay's events by ``replay_event``). Teardown (each step's
+``with`` blocks; :class:`topology.fabric.Fabric` also on signals) removes everything the run made.
 """
 from __future__ import annotations
 
 import dataclasses
-import queue
 import shutil
 import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from scheduler.emulate.calibration import calibrate
-from hosts.control import ControlError, ControlServer
-from scheduler.emulate.emulable import background_warning, check_emulable
-from hosts.events import event_from_message
-from scheduler.emulate.fidelity import CpuMonitor, RttProbe, rtt_verdict
+from hosts.control import ControlServer
 from hosts.framing import KV_PORT
-from scheduler.emulate.scenario_exec import ScenarioExecutor
+from hosts.messages import Error, Report, Warm, Warmed
 from scheduler.cluster import assign_roles
 from scheduler.config import ExperimentConfig
+from scheduler.emulate.calibration import calibrate
+from scheduler.emulate.emulable import BackgroundLoad, background_warning, check_emulable
+from scheduler.emulate.fidelity import CpuMonitor, RttProbe, rtt_verdict
+from scheduler.emulate.replay import Clock, EmulationError, RealtimeReplay
+from scheduler.emulate.scenario_exec import ScenarioExecutor
+from scheduler.emulate.transport import AgentTransport, TelemetryPoller  # (both also imported from here)
 from scheduler.experiment import Experiment, inherited_weights, make_policy, run_simulation, tune_policy
 from scheduler.metrics import compare, summarize_policy
-from scheduler.emulate.replay import AgentEvent, AgentFailure, Clock, EmulationError, RealtimeReplay
+from scheduler.policies import TARGET, PolicySpec
 from scheduler.records import RequestRecord
 from scheduler.scenario import Action
-from scheduler.telemetry import TelemetryHistory, snapshot_from_json
+from scheduler.telemetry import TelemetryHistory
+from controller.process import controlled_fabric
+from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
 from topology.fabric import Fabric
 from topology.mininet_topo import DEFAULT_SCALE, link_capacity_bps
 from topology.model import FatTree, peer_ip
 
 AGENT_START_TIMEOUT_S = 60.0
-RESET_TIMEOUT_S = 60.0
-"""Every agent must answer ``reset`` within this (the first one imports the timing model)."""
+"""Every agent must say hello within this after its start (64 Python processes on two cores)."""
+WARM_TIMEOUT_S = 60.0
+"""Every prefill agent must have opened its persistent connections within this."""
 DRAIN_S = 1.0
 """Pause between policies so queues and background flows of one replay do not leak into the next."""
-
-
-class AgentTransport:
-    """The host agents as :class:`RealtimeReplay` drives them: commands over the control channel
-    (``reset``, ``expect``, ``prefill``), agent reports parsed into the replay's events.
-
-    ``on_event`` must receive every message of the control server (it runs on the server's
-    reader threads). A KV stream that fails is reported by both its sender and its receiver:
-    only the first report is queued."""
-
-    def __init__(self, control: ControlServer, tree: FatTree, port: int = KV_PORT,
-                 reset_timeout_s: float = RESET_TIMEOUT_S,
-                 address: Callable[[int, int], tuple[str, int]] | None = None) -> None:
-        """``address(src, dst)`` is where GPU ``src``'s agent reaches GPU ``dst``'s data port;
-        by default the fabric address of the pair (NVLink inside a server) and ``port``."""
-        self.control = control
-        self.tree = tree
-        self.port = port
-        self.address = address or (lambda src, dst: (peer_ip(tree, src, dst), port))
-        self.reset_timeout_s = reset_timeout_s
-        self.events: queue.Queue[AgentEvent] = queue.Queue()
-        self._failed: set[int] = set()
-        self._lock = threading.Condition()
-        self._resetting: set[str] = set()
-        self._reset_errors: list[str] = []
-
-    def _send(self, gpu: int, msg: dict) -> None:
-        try:
-            self.control.send(self.tree.gpu_name(gpu), msg)
-        except ControlError as exc:
-            raise EmulationError(f"{msg['op']} to {self.tree.gpu_name(gpu)}: {exc}") from exc
-
-    def reset(self, cfg: ExperimentConfig, prefill_gpus: Sequence[int], decode_gpus: Sequence[int],
-              time_scale: float) -> None:
-        """Give every agent a fresh instance of its role; returns when all have answered."""
-        roles = {**{int(g): "prefill" for g in prefill_gpus}, **{int(g): "decode" for g in decode_gpus}}
-        config = cfg.to_dict()
-        with self._lock:
-            self._resetting = {self.tree.gpu_name(g) for g in roles}
-            self._reset_errors = []
-        for g, role in roles.items():
-            self._send(g, {"op": "reset", "config": config, "role": role, "time_scale": time_scale})
-        deadline = time.monotonic() + self.reset_timeout_s
-        with self._lock:
-            while self._resetting and not self._reset_errors:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    missing = sorted(self._resetting)
-                    raise EmulationError(f"{len(missing)} agent(s) did not answer reset within "
-                                         f"{self.reset_timeout_s:g} s: {', '.join(missing[:10])}")
-                self._lock.wait(left)
-            if self._reset_errors:
-                raise EmulationError(f"reset failed: {self._reset_errors[0]}")
-
-    def prefill(self, transfer_id: int, request_id: int, src: int, dst: int, input_tokens: int,
-                cached_tokens: int, nbytes: int) -> None:
-        ip, port = self.address(src, dst)
-        self._send(src, {"op": "prefill", "transfer_id": transfer_id, "request_id": request_id,
-                         "input_tokens": input_tokens, "cached_tokens": cached_tokens, "bytes": nbytes,
-                         "dst_ip": ip, "dst_port": port, "dst_gpu": dst})
-
-    def expect(self, transfer_id: int, request_id: int, dst: int, input_tokens: int,
-               output_tokens: int) -> None:
-        self._send(dst, {"op": "expect", "transfer_id": transfer_id, "request_id": request_id,
-                         "input_tokens": input_tokens, "output_tokens": output_tokens})
-
-    def on_event(self, msg: dict) -> None:
-        ev, agent = msg.get("ev"), msg.get("agent")
-        with self._lock:
-            if self._resetting:
-                if ev == "reset" and agent in self._resetting:
-                    self._resetting.discard(agent)
-                    self._lock.notify_all()
-                    return
-                if ev == "error" and str(msg.get("reason", "")).startswith("reset"):
-                    self._reset_errors.append(f"{agent}: {msg.get('reason')}")
-                    self._lock.notify_all()
-                    return
-        parsed = event_from_message(msg)
-        if parsed is None:
-            return
-        if isinstance(parsed, AgentFailure) and parsed.transfer_id is not None:
-            with self._lock:  # sender and receiver may both report an error: first one wins
-                if parsed.transfer_id in self._failed:
-                    return
-                self._failed.add(parsed.transfer_id)
-        self.events.put(parsed)
-
-
-class TelemetryPoller:
-    """Polls the controller's REST telemetry every poll interval into the current replay's
-    history (virtual time), overlaying the capacity factors the scenario executor set, and keeps
-    every sample for telemetry.csv."""
-
-    def __init__(self, fab: Fabric, tree: FatTree, nominal_bps: dict[str, float], interval_s: float) -> None:
-        self.fab = fab
-        self.tree = tree
-        self.nominal = nominal_bps
-        self.interval = interval_s
-        self.rows: list[tuple] = []  # (policy, virtual time s, wall time, utilisation array)
-        self.errors = 0
-        self._target: tuple[str, Clock, TelemetryHistory, ScenarioExecutor] | None = None
-        self._pending: tuple | None = None  # (snapshot, wall time) polled before the replay's clock started
-        self._stop = threading.Event()
-        self._last_time: float | None = None
-        self._thread = threading.Thread(target=self._loop, name="telemetry-poller", daemon=True)
-
-    def attach(self, policy: str, clock: Clock, history: TelemetryHistory, executor: ScenarioExecutor) -> None:
-        self._pending = None
-        self._target = (policy, clock, history, executor)
-
-    def detach(self) -> None:
-        self._target = None
-        self._pending = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval / 2):
-            target = self._target
-            if target is None:
-                continue
-            try:
-                payload = self.fab.telemetry(timeout_s=1.0)
-            except Exception:  # noqa: BLE001 - a missed poll is counted, the replay goes on
-                self.errors += 1
-                continue
-            if payload.get("time") is None or payload["time"] == self._last_time:
-                continue
-            self._last_time = payload["time"]
-            policy, clock, history, executor = target
-            snap = snapshot_from_json(self.tree, payload, self.nominal)
-            snap.capacity_factor = executor.capacity_factor()
-            if not clock.started:
-                # the replay is still preparing (flow slots, pre-roll, agent reset): its virtual
-                # times are not known yet; the newest such snapshot enters the history stamped
-                # before 0 once the clock starts (the pre-rolled flows' load, seen at t = 0)
-                self._pending = (snap, float(payload["time"]))
-                continue
-            pending, self._pending = self._pending, None
-            for snap_, wall in ([pending] if pending is not None else []) + [(snap, float(payload["time"]))]:
-                snap_.time_s = clock.virtual(wall)
-                history.add(snap_)
-                self.rows.append((policy, snap_.time_s, wall, snap_.utilisation[:-1].copy()))
-
-    def csv_bytes(self) -> bytes:
-        lines = ["policy,time_s,link,utilisation"]
-        for policy, t, _, util in self.rows:
-            for i in np.flatnonzero(util > 0.001):
-                lines.append(f"{policy},{t:.3f},{self.tree.link_name(int(i))},{util[i]:.4f}")
-        return ("\n".join(lines) + "\n").encode()
 
 
 def _start_agents(fab: Fabric, tree: FatTree, gpus: Sequence[int], sock: Path, run_dir: Path) -> list:
@@ -265,19 +114,39 @@ def kv_tier_pairs(tree: FatTree, prefill: np.ndarray, decode: np.ndarray) -> dic
     return dict(sorted(out.items()))
 
 
+class _EventRouter:
+    """The control server's ``on_event``: replies to ``warm`` (``Warmed``, or an ``Error`` about
+    warming) are collected until every prefill agent has answered; every other report goes to
+    the transport of the newest replay (none before the first: those reports are dropped)."""
+
+    def __init__(self, expected_warm: int) -> None:
+        self.warmed: list[Report] = []
+        self.warm_done = threading.Event()
+        self.transport: AgentTransport | None = None
+        self._expected = expected_warm
+
+    def __call__(self, msg: Report) -> None:
+        if isinstance(msg, Warmed) or (isinstance(msg, Error) and msg.reason.startswith("warm")):
+            self.warmed.append(msg)
+            if len(self.warmed) >= self._expected:
+                self.warm_done.set()
+        elif self.transport is not None:
+            self.transport.on_event(msg)
+
+
 def _warm_connections(control: ControlServer, tree: FatTree, prefill: np.ndarray, decode: np.ndarray,
-                      done: threading.Event, replies: list[dict], timeout_s: float = 60.0) -> None:
+                      router: _EventRouter, timeout_s: float = WARM_TIMEOUT_S) -> None:
     """Every prefill agent opens a persistent connection to every decode agent before the clock
     starts (a KV transfer engine keeps its connections), so transfers never wait for a TCP
     handshake, whose lost SYN behind a congested queue would cost a one-second timeout."""
     for p in prefill:
-        peers = [[peer_ip(tree, int(p), int(d)), KV_PORT] for d in decode]
-        control.send(tree.gpu_name(int(p)), {"op": "warm", "peers": peers})
-    if not done.wait(timeout_s):
-        raise EmulationError(f"only {len(replies)}/{len(prefill)} agents opened their connections within {timeout_s:g} s")
-    errors = [r for r in replies if r.get("ev") == "error"]
+        control.send(tree.gpu_name(int(p)), Warm(tuple((peer_ip(tree, int(p), int(d)), KV_PORT) for d in decode)))
+    if not router.warm_done.wait(timeout_s):
+        raise EmulationError(f"only {len(router.warmed)}/{len(prefill)} agents opened their connections "
+                             f"within {timeout_s:g} s")
+    errors = [r for r in router.warmed if isinstance(r, Error)]
     if errors:
-        raise EmulationError(f"opening persistent connections failed: {errors[0].get('agent')}: {errors[0].get('reason')}")
+        raise EmulationError(f"opening persistent connections failed: {errors[0].agent}: {errors[0].reason}")
 
 
 def _restore_links(executor: ScenarioExecutor) -> None:
@@ -287,150 +156,207 @@ def _restore_links(executor: ScenarioExecutor) -> None:
         executor.apply(Action(0.0, "link_capacity", links=changed, factor=1.0))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Roles:
+    """The placement's GPUs: prefill, decode and reserved instances, the serving ones (each runs
+    an agent) and one (prefill, decode) pair per tier KV transfers take (what calibration measures)."""
+
+    prefill: np.ndarray
+    decode: np.ndarray
+    reserved: np.ndarray
+    serving: list[int]
+    kv_pairs: dict[int, tuple[int, int]]
+
+    @classmethod
+    def of(cls, tree: FatTree, cfg: ExperimentConfig) -> _Roles:
+        c = cfg.cluster
+        prefill, decode, reserved = assign_roles(tree, c.placement, c.prefill_fraction, c.reserved_servers_per_pod)
+        serving = sorted(int(g) for g in np.concatenate([prefill, decode]))
+        return cls(prefill, decode, reserved, serving, kv_tier_pairs(tree, prefill, decode))
+
+
+def _simulate_first(exp: Experiment, log: Callable[[str], Any]) -> tuple[dict, Experiment]:
+    """The simulator's run of the same window, and ``exp`` with its tuned weights. It comes first:
+    cheap, it fails fast on bad input, and its tuned weights (grid search on the held-out slice,
+    same scenario) are the emulated policies' too."""
+    log("emulate: simulating the same window first (reference figures and tuned weights)")
+    sim_policies, _ = run_simulation(exp, progress=False, log=lambda m: None)
+    tuned = {spec.name: sim_policies[spec.name]["params"][spec.tuned_param] for spec in exp.policies
+             if spec.tuned_param and spec.tuned_param in (sim_policies[spec.name].get("params") or {})}
+    return sim_policies, dataclasses.replace(exp, weights={**tuned, **exp.weights})
+
+
+def _fidelity(cpu: dict, baseline_rtt: list[float], run_rtt: list[float], probe: tuple[str, str]) -> dict:
+    """The fidelity evidence: the CPU monitor's summary (its verdict kept as ``cpu_note``) judged
+    by the RTT probe (idle baseline against the run), which decides ``forwarding_saturated``."""
+    fid = cpu
+    fid["cpu_note"] = fid.pop("warning")
+    fid.pop("forwarding_saturated")
+    fid["forwarding_saturated"], fid["warning"] = rtt_verdict(baseline_rtt, run_rtt)
+    fid["probe"] = {"src": probe[0], "dst": probe[1],
+                    "idle_rtt_ms_p50": _median(baseline_rtt), "run_rtt_ms_p50": _median(run_rtt),
+                    "run_rtt_ms_p99": float(np.percentile(run_rtt, 99)) if run_rtt else None,
+                    "replies": len(run_rtt)}
+    return fid
+
+
+class _EmulationRun:
+    """One ``emulate`` run: its inputs, its temporary folder, what it measures, and its steps,
+    one method each (fabric, agents, calibration, replays). Every step releases what it opened
+    by a ``with`` (fabric, control server, instruments), on errors and Ctrl-C too."""
+
+    def __init__(self, exp: Experiment, scale: float, time_scale: float, nominal: dict[str, float],
+                 load: BackgroundLoad, sim_policies: dict, progress: bool, log: Callable[[str], Any]) -> None:
+        self.exp, self.cfg, self.tree = exp, exp.cfg, exp.tree
+        self.scale, self.time_scale, self.nominal, self.load = scale, time_scale, nominal, load
+        self.sim_policies, self.progress, self.log = sim_policies, progress, log
+        self.actions = exp.actions()
+        self.roles = _Roles.of(self.tree, self.cfg)
+        self.run_dir = Path(tempfile.mkdtemp(prefix="netkv-emulate-"))
+        self.evidence: dict = {"run_dir": str(self.run_dir), "scale": scale, "time_scale": time_scale,
+                               "hosts": {"agents": len(self.roles.serving),
+                                         "reserved_without_agent": int(self.roles.reserved.size)}}
+        self.policies: dict[str, dict] = {}
+        self.records: dict[str, list[RequestRecord]] = {}
+
+    def on_fabric(self, ofp_port: int, rest_port: int) -> None:
+        """Build the fabric, run every other step on it, tear it down (both timed)."""
+        tree, cfg = self.tree, self.cfg
+        t0 = time.monotonic()
+        with controlled_fabric(tree, self.scale / self.time_scale, self.run_dir / "fabric", ofp_port, rest_port,
+                    cfg.oracle.poll_interval_s) as fab:
+            self.evidence["fabric"] = {"up_s": round(time.monotonic() - t0, 2), "timings": dict(fab.timings),
+                                       "reachability": {str(k): v for k, v in fab.reachability.items()}}
+            self.log(f"emulate: fabric up in {self.evidence['fabric']['up_s']} s ({tree.n_gpus} hosts, "
+                     f"{len(tree.switch_names())} switches); starting agents")
+            self.with_agents(fab)
+            t2 = time.monotonic()
+        self.evidence["fabric"]["down_s"] = round(time.monotonic() - t2, 2)
+
+    def with_agents(self, fab: Fabric) -> None:
+        """Start, connect and warm the agents, calibrate, then replay every policy with the
+        instruments (telemetry poller, CPU monitor, RTT probe) running. Closing the control
+        server makes every agent exit."""
+        tree, roles, sock = self.tree, self.roles, self.run_dir / "control.sock"
+        router = _EventRouter(len(roles.prefill))
+        with ControlServer(sock, on_event=router, queue_events=False) as control:
+            _start_agents(fab, tree, roles.serving, sock, self.run_dir)
+            control.wait_hello([tree.gpu_name(g) for g in roles.serving], timeout=AGENT_START_TIMEOUT_S)
+            _warm_connections(control, tree, roles.prefill, roles.decode, router)
+            probe_src, probe_dst = _probe_pair(tree, roles.prefill, roles.reserved)
+            probe = RttProbe(fab.host(tree.gpu_name(probe_src)), peer_ip(tree, probe_src, probe_dst))
+            baseline_rtt = probe.measure(2.0)
+            self.evidence["calibration"] = self.calibrate(fab, control)
+            poller = TelemetryPoller(fab, tree, self.nominal, self.cfg.oracle.poll_interval_s)
+            monitor = CpuMonitor()
+            with ExitStack() as running:  # unwound in reverse: probe, CPU monitor, poller
+                poller.start()
+                running.callback(poller.stop)
+                running.enter_context(monitor)
+                probe.start()
+                running.callback(probe.stop)
+                lags = self.replay_all(fab, control, router, poller)
+                run_rtt = probe.stop()
+                probe_names = (tree.gpu_name(probe_src), tree.gpu_name(probe_dst))
+                fid = _fidelity(monitor.stop(), baseline_rtt, run_rtt, probe_names)
+            fid["replay_lag_s"] = lags
+            fid["background_load"] = self.load.to_dict()
+            fid["background_note"] = background_warning(self.load)
+            fid["telemetry_poll_errors"] = poller.errors
+            self.evidence["fidelity"] = fid
+            self.evidence["telemetry_csv"] = poller.csv_bytes()
+            self.evidence["telemetry_rows"] = poller.rows
+
+    def calibrate(self, fab: Fabric, control: ControlServer) -> dict:
+        """Goodput and idle transfer time of every tier KV transfers take, against the simulator."""
+        cfg, pairs = self.cfg, self.roles.kv_pairs
+        self.log(f"emulate: calibrating tier(s) {', '.join(map(str, pairs))}, the ones KV transfers take "
+                 f"under placement {cfg.cluster.placement} (goodput and idle transfer time vs the simulator)")
+        cal = calibrate(fab, self.tree, control, KV_PORT, self.scale, self.time_scale, cfg.model.kv_bytes_per_token,
+                        cfg.timing.transfer_setup_s, pairs=pairs)
+        cal["skipped_tiers"] = {str(t): f"no prefill -> decode pair on this tier under placement "
+                                        f"{cfg.cluster.placement}: no KV transfer takes it"
+                                for t in range(4) if t not in pairs}
+        return cal
+
+    def replay_all(self, fab: Fabric, control: ControlServer, router: _EventRouter,
+                   poller: TelemetryPoller) -> dict[str, dict]:
+        """Every policy's replay in turn, a drain pause after each; returns their replay lags."""
+        lags = {}
+        for k, spec in enumerate(self.exp.policies):
+            summary, recs = self.replay_one(k, spec, fab, control, router, poller)
+            lags[spec.name] = summary["replay_lag_s"]
+            self.policies[spec.name] = summary
+            self.records[spec.name] = recs
+            time.sleep(DRAIN_S)
+        return lags
+
+    def replay_one(self, k: int, spec: PolicySpec, fab: Fabric, control: ControlServer, router: _EventRouter,
+                   poller: TelemetryPoller) -> tuple[dict, list[RequestRecord]]:
+        """Policy ``spec`` (the ``k``-th) replayed on the fabric: its summary and records. The
+        scenario executor is closed and every link's capacity restored however it ends."""
+        exp, cfg = self.exp, self.cfg
+        weight, table = tune_policy(exp, spec)  # the simulator's tuned weight (see _simulate_first)
+        table = self.sim_policies[spec.name].get("tuning", table)
+        policy = make_policy(spec, weight, exp.seed, cfg, inherited_weights(exp, spec))
+        transport = router.transport = AgentTransport(control, self.tree)
+        executor = ScenarioExecutor(fab, self.tree, self.scale, self.time_scale, self.run_dir)
+        history = TelemetryHistory(max_age_s=cfg.oracle.staleness_s + 10.0)
+        clock = Clock(self.time_scale)
+        replay = RealtimeReplay(cfg, exp.requests, policy, self.actions, transport, executor, history,
+                                clock, byte_scale=self.scale, transfer_id_base=(k + 1) * 10**9,
+                                progress=self.progress)
+        poller.attach(spec.name, clock, history, executor)
+        self.log(f"emulate: replaying {len(exp.requests)} requests with {spec.name} "
+                 f"(~{exp.requests[-1].arrival_s * self.time_scale:.0f} s of wall time)")
+        t1 = time.monotonic()
+        try:
+            recs = replay.run()
+        finally:
+            poller.detach()
+            executor.close()
+            _restore_links(executor)
+        summary = summarize_policy(recs, exp.slo())
+        summary["params"] = policy.params()
+        summary["tuning"] = table
+        summary["wall_s"] = round(time.monotonic() - t1, 2)
+        summary["replay_lag_s"] = {"p50": float(np.percentile(replay.lag_s, 50)),
+                                   "p99": float(np.percentile(replay.lag_s, 99)),
+                                   "max": float(np.max(replay.lag_s))}
+        return summary, recs
+
+
 def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: float = 1.0,
-                  ofp_port: int = 6653, rest_port: int = 8080, progress: bool = True, log=print,
+                  ofp_port: int = DEFAULT_OFP_PORT, rest_port: int = DEFAULT_REST_PORT, progress: bool = True, log=print,
                   keep_failed_logs: bool = True) -> tuple[dict, dict[str, list[RequestRecord]], dict]:
     """Returns (policies section, records, evidence) where evidence holds calibration, telemetry
     rows, fidelity, timings, the simulator's reference figures and the agreement check. The run's
     logs (controller, agents, background flows) live in a temporary folder that is removed, or
     kept for diagnosis when the run fails and ``keep_failed_logs`` (not when it is interrupted)."""
-    tree = exp.tree
-    cfg = exp.cfg
-    fabric_scale = scale / time_scale
-    nominal = link_capacity_bps(tree, fabric_scale)  # validates the scale before anything starts
+    nominal = link_capacity_bps(exp.tree, scale / time_scale)  # validates the scale before anything starts
     load = check_emulable(exp, scale, time_scale)  # what the fabric cannot run faithfully: refused here
-    actions = exp.actions()
-    # The simulator's run of the same window comes first: cheap, it fails fast on bad input, and its
-    # tuned weights (grid search on the held-out slice, same scenario) are the emulated policies' too.
-    log("emulate: simulating the same window first (reference figures and tuned weights)")
-    sim_policies, _ = run_simulation(exp, progress=False, log=lambda m: None)
-    tuned = {spec.name: sim_policies[spec.name]["params"][spec.tuned_param] for spec in exp.policies
-             if spec.tuned_param and spec.tuned_param in (sim_policies[spec.name].get("params") or {})}
-    exp = dataclasses.replace(exp, weights={**tuned, **exp.weights})
-    prefill_gpus, decode_gpus, reserved_gpus = assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction,
-                                                            cfg.cluster.reserved_servers_per_pod)
-    serving = sorted(int(g) for g in np.concatenate([prefill_gpus, decode_gpus]))
-    kv_pairs = kv_tier_pairs(tree, prefill_gpus, decode_gpus)
-    run_dir = Path(tempfile.mkdtemp(prefix="netkv-emulate-"))
-    evidence: dict = {"run_dir": str(run_dir), "scale": scale, "time_scale": time_scale,
-                      "hosts": {"agents": len(serving), "reserved_without_agent": int(reserved_gpus.size)}}
-    policies: dict[str, dict] = {}
-    records: dict[str, list[RequestRecord]] = {}
-    monitor = CpuMonitor(interval_s=0.5)
-    monitoring = False
+    sim_policies, exp = _simulate_first(exp, log)
+    run = _EmulationRun(exp, scale, time_scale, nominal, load, sim_policies, progress, log)
     ok = False
     try:
-        t0 = time.monotonic()
-        with Fabric(tree, fabric_scale, run_dir / "fabric", ofp_port, rest_port, cfg.oracle.poll_interval_s) as fab:
-            evidence["fabric"] = {"up_s": round(time.monotonic() - t0, 2), "timings": dict(fab.timings),
-                                  "reachability": {str(k): v for k, v in fab.reachability.items()}}
-            log(f"emulate: fabric up in {evidence['fabric']['up_s']} s ({tree.n_gpus} hosts, "
-                f"{len(tree.switch_names())} switches); starting agents")
-            transports: list[AgentTransport] = []
-            warmed: list[dict] = []
-            warm_done = threading.Event()
-
-            def dispatch(msg: dict) -> None:
-                if msg.get("ev") == "warmed" or (msg.get("ev") == "error" and str(msg.get("reason", "")).startswith("warm")):
-                    warmed.append(msg)
-                    if len(warmed) >= len(prefill_gpus):
-                        warm_done.set()
-                elif transports:
-                    transports[-1].on_event(msg)
-
-            with ControlServer(run_dir / "control.sock", on_event=dispatch, queue_events=False) as control:
-                _start_agents(fab, tree, serving, run_dir / "control.sock", run_dir)
-                control.wait_hello([tree.gpu_name(g) for g in serving], timeout=AGENT_START_TIMEOUT_S)
-                _warm_connections(control, tree, prefill_gpus, decode_gpus, warm_done, warmed)
-                probe_src, probe_dst = _probe_pair(tree, prefill_gpus, reserved_gpus)
-                probe = RttProbe(fab.host(tree.gpu_name(probe_src)), peer_ip(tree, probe_src, probe_dst))
-                baseline_rtt = probe.measure(2.0)
-                log(f"emulate: calibrating tier(s) {', '.join(map(str, kv_pairs))}, the ones KV transfers take "
-                    f"under placement {cfg.cluster.placement} (goodput and idle transfer time vs the simulator)")
-                cal = calibrate(fab, tree, control, KV_PORT, scale, time_scale, cfg.model.kv_bytes_per_token,
-                                cfg.timing.transfer_setup_s, pairs=kv_pairs)
-                cal["skipped_tiers"] = {str(t): f"no prefill -> decode pair on this tier under placement "
-                                                f"{cfg.cluster.placement}: no KV transfer takes it"
-                                        for t in range(4) if t not in kv_pairs}
-                evidence["calibration"] = cal
-                poller = TelemetryPoller(fab, tree, nominal, cfg.oracle.poll_interval_s)
-                poller.start()
-                monitor.start()
-                monitoring = True
-                probe.start()
-                lags = {}
-                try:
-                    for k, cls in enumerate(exp.policies):
-                        weight, table = tune_policy(exp, cls)  # the simulator's tuned weight (above)
-                        table = sim_policies[cls.name].get("tuning", table)
-                        policy = make_policy(cls, weight, exp.seed, cfg, inherited_weights(exp, cls))
-                        transport = AgentTransport(control, tree)
-                        transports.append(transport)
-                        executor = ScenarioExecutor(fab, tree, scale, time_scale, run_dir)
-                        history = TelemetryHistory(max_age_s=cfg.oracle.staleness_s + 10.0)
-                        clock = Clock(time_scale)
-                        replay = RealtimeReplay(cfg, exp.requests, policy, actions, transport, executor, history,
-                                                clock, byte_scale=scale, transfer_id_base=(k + 1) * 10**9,
-                                                progress=progress)
-                        poller.attach(cls.name, clock, history, executor)
-                        log(f"emulate: replaying {len(exp.requests)} requests with {cls.name} "
-                            f"(~{exp.requests[-1].arrival_s * time_scale:.0f} s of wall time)")
-                        t1 = time.monotonic()
-                        try:
-                            recs = replay.run()
-                        finally:
-                            poller.detach()
-                            executor.close()
-                            _restore_links(executor)
-                        summary = summarize_policy(recs, exp.slo())
-                        summary["params"] = policy.params()
-                        summary["tuning"] = table
-                        summary["wall_s"] = round(time.monotonic() - t1, 2)
-                        summary["replay_lag_s"] = {"p50": float(np.percentile(replay.lag_s, 50)),
-                                                   "p99": float(np.percentile(replay.lag_s, 99)),
-                                                   "max": float(np.max(replay.lag_s))}
-                        lags[cls.name] = summary["replay_lag_s"]
-                        policies[cls.name] = summary
-                        records[cls.name] = recs
-                        time.sleep(DRAIN_S)
-                finally:
-                    run_rtt = probe.stop()
-                    evidence["fidelity"] = fid = monitor.stop()
-                    monitoring = False
-                    fid["cpu_note"] = fid.pop("warning")
-                    fid.pop("forwarding_saturated")
-                    fid["forwarding_saturated"], fid["warning"] = rtt_verdict(baseline_rtt, run_rtt)
-                    fid["probe"] = {"src": tree.gpu_name(probe_src), "dst": tree.gpu_name(probe_dst),
-                                    "idle_rtt_ms_p50": _median(baseline_rtt), "run_rtt_ms_p50": _median(run_rtt),
-                                    "run_rtt_ms_p99": float(np.percentile(run_rtt, 99)) if run_rtt else None,
-                                    "replies": len(run_rtt)}
-                    poller.stop()
-                evidence["fidelity"]["replay_lag_s"] = lags
-                evidence["fidelity"]["background_load"] = load.to_dict()
-                evidence["fidelity"]["background_note"] = background_warning(load)
-                evidence["fidelity"]["telemetry_poll_errors"] = poller.errors
-                evidence["telemetry_csv"] = poller.csv_bytes()
-                evidence["telemetry_rows"] = poller.rows
-            t2 = time.monotonic()
-        evidence["fabric"]["down_s"] = round(time.monotonic() - t2, 2)
+        run.on_fabric(ofp_port, rest_port)
         ok = True
     except (KeyboardInterrupt, SystemExit):
         keep_failed_logs = False  # stopped on purpose (a stop signal): nothing to diagnose, nothing left
         raise
     finally:
-        if monitoring:
-            monitor.stop()
         if ok or not keep_failed_logs:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(run.run_dir, ignore_errors=True)
         else:
-            log(f"emulate: logs of the failed run kept in {run_dir}")
+            log(f"emulate: logs of the failed run kept in {run.run_dir}")
+    evidence = run.evidence
     evidence["simulate_reference"] = sim_policies
-    evidence["agreement"] = agreement(policies, sim_policies)
-    evidence["transfer_agreement"] = transfer_agreement(policies, sim_policies)
-    return policies, records, evidence
+    evidence["agreement"] = agreement(run.policies, sim_policies)
+    evidence["transfer_agreement"] = transfer_agreement(run.policies, sim_policies)
+    return run.policies, run.records, evidence
 
 
-def agreement(emu: dict, sim: dict, target: str = "netkv") -> dict:
+def agreement(emu: dict, sim: dict, target: str = TARGET) -> dict:
     """NetKV's mean-TTFT change against each baseline on both backends: same sign, and the ratio
     of magnitudes (target: within a factor of 1.5)."""
     out = {}

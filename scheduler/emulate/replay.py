@@ -22,17 +22,17 @@ import heapq
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Protocol, Sequence, Union
+from typing import Protocol, Sequence
 
+from hosts.messages import AgentEvent, AgentFailure, Finished, FirstToken, KvReceived, Prefilled
 from scheduler.config import ExperimentConfig
+from scheduler.dispatch import Dispatcher, RequestState, build_oracles, oracle_kind
 from scheduler.policies.base import Policy
+from scheduler.progress import Progress
+from scheduler.records import RequestRecord
 from scheduler.scenario import Action
-from scheduler.simulator import _SCENARIO, Simulator, _ReqState
 from scheduler.trace import Request
-
-_AGENT = 100
-"""Event kind of an agent report (after every simulator kind; agent reports never enter the heap)."""
+from topology.model import FatTree
 
 
 class EmulationError(RuntimeError):
@@ -40,54 +40,7 @@ class EmulationError(RuntimeError):
     request, which GPUs and why."""
 
 
-# ---------------------------------------------------------------------------- agent reports
-@dataclass(frozen=True)
-class Prefilled:
-    """The prefill instance computed the prompt from ``t_start`` to ``t_end`` (wall stamps)."""
-
-    transfer_id: int
-    t_start: float
-    t_end: float
-
-
-@dataclass(frozen=True)
-class KvReceived:
-    """The decode instance received the KV bytes: first byte ``t_start``, last ``t_end``."""
-
-    transfer_id: int
-    t_start: float
-    t_end: float
-    nbytes: int
-
-
-@dataclass(frozen=True)
-class FirstToken:
-    """The request joined the decode batch at ``t_join``; its first token came at ``t_first``."""
-
-    transfer_id: int
-    t_join: float
-    t_first: float
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The request emitted its last token at ``t_finish``."""
-
-    transfer_id: int
-    t_finish: float
-
-
-@dataclass(frozen=True)
-class AgentFailure:
-    """An agent reported an error (``role`` "send"/"recv" for a KV stream) or went away."""
-
-    transfer_id: int | None
-    agent: str
-    reason: str
-    role: str | None = None
-
-
-AgentEvent = Union[Prefilled, KvReceived, FirstToken, Finished, AgentFailure]
+# agent reports: the ``hosts.messages`` dataclasses (re-exported here, where the replay consumes them)
 
 
 class Transport(Protocol):
@@ -147,25 +100,42 @@ class Clock:
         return (wall - self.t0_wall) / self.time_scale
 
 
-class RealtimeReplay(Simulator):
-    """A :class:`Simulator` whose requests are computed and moved by the host agents."""
+_SCENARIO, _ARRIVAL, _AGENT = 0, 1, 2
+"""Event kinds; at one instant scenario actions come before arrivals (as in the simulator), and
+agent reports never enter the heap."""
+
+
+class RealtimeReplay:
+    """The emulate backend's event loop: arrivals and scenario actions released on a wall clock,
+    every decision made by the shared :class:`~scheduler.dispatch.Dispatcher`, every request
+    computed and moved by the host agents (this class is its :class:`~scheduler.dispatch.Execution`)."""
 
     label = "emulate"
-    has_ground_truth = False
-    """A real fabric has no ground truth to read: ``make_oracle("perfect", ...)`` refuses (the
-    emulate command rejects such policies before it builds anything)."""
 
     def __init__(self, cfg: ExperimentConfig, requests: list[Request], policy: Policy, actions: list[Action],
                  transport: Transport, executor: ActionExecutor, telemetry_source, clock: Clock,
                  byte_scale: float, transfer_id_base: int = 0, progress: bool = False,
                  transfer_timeout_s: float = 120.0, preroll_s: float = 2.0) -> None:
-        super().__init__(cfg, requests, policy, actions, progress=progress, telemetry_source=telemetry_source)
+        self.cfg = cfg
+        self.tree = FatTree(cfg.topology)
+        self.policy = policy
+        self.actions = actions or []
+        # a real fabric has no ground truth: the perfect oracle is refused (truth=None), as the
+        # emulate command does before it builds anything
+        oracle, _ = build_oracles(cfg, self.tree, policy, oracle_kind(cfg, policy), telemetry_source, truth=None)
+        self.dispatch = Dispatcher(cfg, self.tree, requests, policy, oracle)
+        self.cluster = self.dispatch.cluster
+        self.oracle = oracle
         self.transport = transport
         self.executor = executor
         self.clock = clock
         self.byte_scale = byte_scale
         self.tid_base = transfer_id_base
         self.timeout_s = transfer_timeout_s
+        self.show_progress = progress
+        self.events = 0
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = 0
         self._in_flight: dict[int, float] = {}  # request index -> wall (monotonic) its KV stream began
         self._active: dict[int, str] = {}  # request index handed to the agents -> last stage reported
         self._last_report = time.monotonic()
@@ -175,8 +145,19 @@ class RealtimeReplay(Simulator):
         self._pending: list[Action] = []  # scenario actions of the current instant, not yet handed over
         self._action_error: Exception | None = None
 
-    def run(self):
-        self._seed_events()
+    @property
+    def states(self):
+        return self.dispatch.states
+
+    def _push(self, t: float, kind: int, payload: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, kind, self._seq, payload))
+
+    def run(self) -> list[RequestRecord]:
+        for i, r in enumerate(self.dispatch.states):
+            self._push(r.req.arrival_s, _ARRIVAL, i)
+        for a in self.actions:
+            self._push(a.time_s, _SCENARIO, a)
         # Pre-roll: scenario actions due at t <= 0 (background flows of a steady scenario) are
         # applied before the clock starts, and given time to reach steady state and show up in
         # telemetry, as they are at full rate from t = 0 in the simulator.
@@ -197,10 +178,27 @@ class RealtimeReplay(Simulator):
         self.clock.start()
         self._last_report = time.monotonic()
         try:
-            return self._run_seeded()
+            return self._loop()
         finally:
             self._actions.put(None)
             self._worker.join(timeout=30)
+
+    def _loop(self) -> list[RequestRecord]:
+        d = self.dispatch
+        with Progress(total=len(d.states), label=f"{self.label} {self.policy.name}",
+                      enabled=self.show_progress) as bar:
+            while d.remaining:
+                ev = self._next_event()
+                if ev is None:
+                    break
+                before = d.remaining
+                self._handle(*ev)
+                if d.remaining != before:
+                    bar.update(before - d.remaining)
+        if d.remaining:
+            raise EmulationError(f"{d.remaining} of {len(d.states)} requests never finished under "
+                                 f"{self.policy.name}: no agent report and no event left to wait for")
+        return d.records()
 
     def _action_loop(self) -> None:
         """Scenario actions run here so a slow one (starting processes in hosts) never holds up
@@ -245,11 +243,13 @@ class RealtimeReplay(Simulator):
                 continue
 
     def _handle(self, t: float, kind: int, payload: object) -> None:
-        if kind != _AGENT:
-            super()._handle(t, kind, payload)
-            return
         self.events += 1
-        self._report(payload)
+        if kind == _ARRIVAL:
+            self.dispatch.arrive(payload, t, self)
+        elif kind == _SCENARIO:
+            self.apply(payload)
+        else:
+            self._report(payload)
 
     def _report(self, ev: AgentEvent) -> None:
         """Record one agent report on its request's state and the cluster mirror."""
@@ -263,32 +263,27 @@ class RealtimeReplay(Simulator):
         self._last_report = time.monotonic()
         if isinstance(ev, Prefilled):
             s.prefill_start, s.prefill_end = v(ev.t_start), v(ev.t_end)
-            self.cluster.prefill_cache.insert(s.p, s.req.hash_ids)
+            self.dispatch.prefilled(s)
             if self._active[i] == "sent":  # (the decode agent's report may overtake this one)
                 self._in_flight[i] = time.monotonic()
                 self._active[i] = "prefilled"
         elif isinstance(ev, KvReceived):
-            s.kv_arrived = v(ev.t_end)
             self._in_flight.pop(i, None)
             self._active[i] = "received"
-            if self.oracle is not None and self.oracle.tracks_commitments:
-                self.oracle.done(i, s.kv_arrived)  # the inflight oracle's ledger (committed in _decide)
+            self.dispatch.kv_arrived(s, i, v(ev.t_end))
         elif isinstance(ev, FirstToken):
-            self._joined(s, v(ev.t_join), v(ev.t_first))
+            self.dispatch.joined(s, v(ev.t_join), v(ev.t_first))
             self._active[i] = "first_token"
         elif isinstance(ev, Finished):
             if self._active[i] != "first_token":
                 raise EmulationError(f"{self._who(i)}: finished before its {self._active[i]} stage was complete")
             del self._active[i]
-            self._finish(s, v(ev.t_finish))
+            self.dispatch.finished(s, v(ev.t_finish))
         else:
             raise EmulationError(f"unknown agent report {ev!r}")
 
     def _who(self, i: int) -> str:
-        s = self.states[i]
-        name = self.tree.gpu_name
-        return (f"request {s.req.req_id} ({name(int(self.cluster.prefill_ids[s.p]))} -> "
-                f"{name(int(self.cluster.decode_ids[s.d]))})")
+        return self.dispatch.who(self.states[i])
 
     def _failure(self, ev: AgentFailure) -> EmulationError:
         i = None if ev.transfer_id is None else ev.transfer_id - self.tid_base
@@ -313,14 +308,8 @@ class RealtimeReplay(Simulator):
                                  f"{len(self._active)} requests unfinished; the first, {self._who(i)}, "
                                  f"last reported {self._active[i]!r}")
 
-    # ------------------------------------------------------------------ agents do the work
-    def _sync(self, t: float) -> None:
-        """Nothing to advance: the network is real."""
-
-    def _schedule_net(self) -> None:
-        """No simulated flows."""
-
-    def _start_prefill(self, s: _ReqState, i: int) -> None:
+    # ------------------------------------------------------------------ Execution: agents do the work
+    def start(self, s: RequestState, i: int) -> None:
         """Hand the decided request to its agents: the decode agent expects it, the prefill agent
         computes it and streams the KV bytes the decode instance lacks (at least one byte, or
         none when it holds the whole prompt)."""
@@ -334,7 +323,7 @@ class RealtimeReplay(Simulator):
         except EmulationError as exc:
             raise EmulationError(f"{self._who(i)}: {exc}") from exc
 
-    def _apply(self, a: Action) -> None:
+    def apply(self, a: Action) -> None:
         """Hand the action to the worker thread, together with the others of its instant: they
         leave the heap one after the other, and the last one releases the batch."""
         if self._action_error is not None:

@@ -1,8 +1,11 @@
 """Scenario actions on the running emulated fabric (the same :class:`Action` list the simulator runs).
 
+One module (~560 lines) on purpose: the executor and its private process, flow-slot and tc helpers are
+one unit (its pure rate, tc-argument and slot-protocol parts live in topology/ and hosts/).
+
 ::
 
-    with Fabric(tree, scale=scale / time_scale) as fab:
+    with controlled_fabric(tree, scale / time_scale, run_dir) as fab:   # controller.process
         exe = ScenarioExecutor(fab, tree, scale, time_scale, run_dir)
         try:
             for action in scenario.actions(tree, horizon_s):
@@ -13,9 +16,10 @@
             exe.close()
 
 * ``flow_start``: one ``python -m hosts.background`` sink per destination host and window clamp
-  (many connections) and a standby sender ("flow slot", see :func:`hosts.background.run_standby`)
-  in the source host for ``fab.peer_ip(src, dst)``, paced at ``rate_gbit_s x 1000 x scale /
-  time_scale`` Mbit/s or greedy when the rate is None; the start is the slot's start signal
+  (many connections) and a standby sender ("flow slot", see :func:`hosts.standby.run_standby`)
+  in the source host for ``fab.peer_ip(src, dst)``, paced at the emulated rate
+  (:func:`topology.emulated.emulated_mbit`: ``rate_gbit_s x 1000 x scale / time_scale`` Mbit/s) or
+  greedy when the rate is None; the start is the slot's start signal
   (a new connection), and the flow runs until ``flow_stop``. Sinks clamp their receive window at
   the flow's :func:`background_window_bytes` (one sink port per distinct clamp), so a greedy
   background flow keeps about one bandwidth-delay product in flight instead of filling the
@@ -27,9 +31,9 @@
   (source, destination, rate) as the actions ever run at once, so nothing is spawned mid-run;
   a start finding no idle slot (no ``prepare``) spawns one then. :meth:`ScenarioExecutor.apply_batch`
   takes one instant's actions together: all stop signals, then the slots' reports are awaited
-  together, then all start signals (why slots, with the measured switch times: docs/DESIGN.md).
+  together, then all start signals (why slots, with the measured switch times: docs/calibration.md#flow-slots).
 * ``link_capacity``: a directed link ``u -> v`` is shaped by the HTB root qdisc (handle ``5:``,
-  class ``5:1``, see :func:`topology.mininet_topo.htb_commands`) on ``u``'s interface facing
+  class ``5:1``, see :func:`topology.mininet_topo.htb_argvs`) on ``u``'s interface facing
   ``v``; its class rate becomes ``factor x`` the emulated nominal rate. ``factor == 0`` takes the
   direction down by giving class ``5:1`` a ``blackhole`` leaf qdisc (everything leaving the
   interface is dropped; the kernel here has no netem and no tc classifiers/actions); a later
@@ -49,21 +53,23 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import numpy as np
 
-from hosts.background import START_SIGNAL, STOP_SIGNAL
+from hosts.standby import START_SIGNAL, STOP_SIGNAL
 from scheduler.scenario import Action
 from topology.cleanup import switch_intf_name
+from topology.emulated import emulated_mbit
 from topology.mininet_topo import (
+    HTB_CLASS,
     LEAF_HANDLE,
     SWITCH_SHAPE,
     HtbShape,
     host_intf_name,
-    htb_commands,
+    htb_argvs,
     htb_shape,
-    leaf_command,
+    leaf_argv,
     link_rates_mbit,
 )
 from topology.model import FatTree, switch_ports
@@ -79,27 +85,15 @@ REPORT_TIMEOUT_S = 3.0
 """A stopped slot must print its flow's summary within this."""
 STOP_GRACE_S = 3.0
 TC_TIMEOUT_S = 10.0
-HTB_CLASS = "5:1"
 DOWN_HANDLE = LEAF_HANDLE
 
 BACKGROUND_WINDOW_SEGMENTS = 3
-"""Segments a background flow may keep in flight beyond its path's bandwidth-delay product (see
-:func:`background_window_bytes`).
-
-Datacenter transports (DCTCP, DCQCN, Swift) hold switch queues near empty and converge to fair
-shares, which is what the simulator's max-min model assumes. Loss-based TCP against the emulator's
-drop-tail buffers instead keeps every link a greedy flow crosses at a full queue (100 ms), so any
-KV transfer crossing it waits behind that queue and loses packets (each loss a timeout for a
-transfer of a few dozen packets). A receive window of one bandwidth-delay product plus a few
-segments lets a lone greedy flow fill its bottleneck while k flows sharing a link queue only about
-k x (BDP + 3 segments) there, and a KV transfer starting with TCP's initial window of 10 segments
-gets roughly its fair share of that FIFO. Measured on the hotspot scenario at 200 Gbit/s, 39
-cross-pod transfers of 2k-16k tokens one at a time: mean emulated/fluid time x4.6 without a
-clamp (BBR hosts), x0.94 (median x0.78) with it (reno hosts). ``window_clamp=None`` turns it off."""
+"""Segments a background flow may keep in flight beyond its path's bandwidth-delay product, so greedy
+flows do not keep the drop-tail queues they cross full, as datacenter transports do not
+(:func:`background_window_bytes`; docs/calibration.md#background-window). ``window_clamp=None`` turns it off."""
 BACKGROUND_BASE_RTT_S = 0.003
-"""The emulated fabric's round trip without serialisation, with headroom: the idle probe reads
-1.0-1.5 ms, but on a loaded machine it doubles, and with 1.5 ms and two extra segments a lone
-greedy flow reached only 78% of its link in a CI run."""
+"""The emulated fabric's round trip without serialisation, with headroom for a loaded machine
+(docs/calibration.md#background-window)."""
 MSS = 1460
 FRAME_BYTES = 1514
 
@@ -129,7 +123,7 @@ def background_rate_mbit(rate_gbit_s: float | None, scale: float, time_scale: fl
         return None
     if not rate_gbit_s > 0:
         raise ValueError(f"rate_gbit_s must be > 0 or None, got {rate_gbit_s}")
-    return rate_gbit_s * 1000.0 * scale / time_scale
+    return emulated_mbit(rate_gbit_s, scale, time_scale)
 
 
 def egress_intf_name(tree: FatTree, link: int) -> tuple[str, str]:
@@ -146,7 +140,7 @@ def egress_intf_name(tree: FatTree, link: int) -> tuple[str, str]:
 def rate_argv(intf: str, mbit: float, shape: HtbShape = SWITCH_SHAPE) -> list[str]:
     """tc command that sets the HTB class of ``intf`` to ``mbit`` (buckets, ceil and quantum to
     match, as the fabric shapes that link kind)."""
-    return htb_commands(intf, mbit, shape)[1].split()
+    return htb_argvs(intf, mbit, shape)[1]
 
 
 def _del_leaf_argv(intf: str) -> list[str]:
@@ -162,11 +156,9 @@ def down_argvs(intf: str) -> list[list[str]]:
 
 def up_argvs(intf: str, mbit: float) -> list[list[str]]:
     """tc commands that put back the shallow FIFO leaf sized for ``mbit`` (the leaf the fabric
-    installs, see :func:`topology.mininet_topo.leaf_command`), replacing a blackhole or an
+    installs, see :func:`topology.mininet_topo.leaf_argv`), replacing a blackhole or an
     older FIFO."""
-    add = leaf_command(intf, mbit).split()
-    add[2] = "add"
-    return [_del_leaf_argv(intf), add]
+    return [_del_leaf_argv(intf), leaf_argv(intf, mbit, verb="add")]
 
 
 def _safe(name: str) -> str:
@@ -210,12 +202,38 @@ class _Proc:
         self.files.clear()
         return self.popen.poll()
 
-
     def err_tail(self, n: int = 5) -> str:
         try:
             return " | ".join(self.err.read_text(errors="replace").strip().splitlines()[-n:])
         except OSError:
             return ""
+
+    def listening(self) -> bool:
+        """True once a sink printed its ``listening`` line."""
+        try:
+            return "listening" in self.out.read_text(errors="replace")
+        except OSError:
+            return False
+
+
+def _wait_all(items: list, proc: Callable[[Any], _Proc], ready: Callable[[Any], bool], what: str,
+              timeout_s: float, late: Callable[[list], str]) -> None:
+    """Poll until every item is ready; ScenarioExecError when one's process (``what``) exits
+    first, or with ``late(still waiting)`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    waiting = list(items)
+    while waiting:
+        for item in list(waiting):
+            p = proc(item)
+            if p.popen.poll() is not None:
+                raise ScenarioExecError(f"{what} in {p.host} exited with {p.popen.returncode}: {p.err_tail()}")
+            if ready(item):
+                waiting.remove(item)
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise ScenarioExecError(late(waiting))
+        time.sleep(0.05)
 
 
 def _stop_all(procs: list[_Proc], grace_s: float = STOP_GRACE_S) -> None:
@@ -425,24 +443,9 @@ class ScenarioExecutor:
 
     @staticmethod
     def _wait_listening(procs: list[_Proc]) -> None:
-        deadline = time.monotonic() + SINK_READY_TIMEOUT_S
-        waiting = list(procs)
-        while waiting:
-            for proc in list(waiting):
-                if proc.popen.poll() is not None:
-                    raise ScenarioExecError(f"background sink in {proc.host} exited with "
-                                            f"{proc.popen.returncode}: {proc.err_tail()}")
-                try:
-                    if "listening" in proc.out.read_text(errors="replace"):
-                        waiting.remove(proc)
-                except OSError:
-                    pass
-            if not waiting:
-                return
-            if time.monotonic() > deadline:
-                raise ScenarioExecError(f"background sink(s) in {', '.join(p.host for p in waiting[:5])} not "
-                                        f"listening after {SINK_READY_TIMEOUT_S:g} s: {waiting[0].err_tail()}")
-            time.sleep(0.05)
+        _wait_all(procs, lambda p: p, _Proc.listening, "background sink", SINK_READY_TIMEOUT_S,
+                  lambda waiting: f"background sink(s) in {', '.join(p.host for p in waiting[:5])} not "
+                                  f"listening after {SINK_READY_TIMEOUT_S:g} s: {waiting[0].err_tail()}")
 
     def _key(self, a: Action) -> tuple[int, int, float | None]:
         return int(a.src), int(a.dst), a.rate_gbit_s
@@ -463,21 +466,9 @@ class ScenarioExecutor:
 
     @staticmethod
     def _wait_ready(slots: list[_Slot], timeout_s: float = SLOT_READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        waiting = list(slots)
-        while waiting:
-            for slot in list(waiting):
-                if slot.proc.popen.poll() is not None:
-                    raise ScenarioExecError(f"background sender in {slot.proc.host} exited with "
-                                            f"{slot.proc.popen.returncode}: {slot.proc.err_tail()}")
-                if slot.ready():
-                    waiting.remove(slot)
-            if not waiting:
-                return
-            if time.monotonic() > deadline:
-                raise ScenarioExecError(f"{len(waiting)} background sender(s) not ready after {timeout_s:g} s "
-                                        f"(first in {waiting[0].proc.host}): {waiting[0].proc.err_tail()}")
-            time.sleep(0.05)
+        _wait_all(slots, lambda s: s.proc, _Slot.ready, "background sender", timeout_s,
+                  lambda waiting: f"{len(waiting)} background sender(s) not ready after {timeout_s:g} s "
+                                  f"(first in {waiting[0].proc.host}): {waiting[0].proc.err_tail()}")
 
     def _flow_starts(self, actions: list[Action]) -> None:
         """Start the flows of ``actions``: an idle slot each (spawned now when there is none),

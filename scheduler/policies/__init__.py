@@ -1,4 +1,7 @@
-"""Explicit policy registry, resolved by name from the CLI.
+"""The policy registry, resolved by name from the CLI.
+
+Every module of this package is imported here, so a policy is one file: a ``Policy`` subclass
+decorated with :func:`~scheduler.policies.base.register` (see :mod:`scheduler.policies.base`).
 
 A policy spec is ``NAME`` or, for a policy that consumes the network cost oracle, ``NAME:ORACLE``
 (``netkv:static``, ``netkv:perfect``, ...): the same decision rule with another kind of network
@@ -6,19 +9,21 @@ information, which is how the ablations isolate what live telemetry buys.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
 
 from scheduler.oracle import ORACLES
-from scheduler.policies.base import Policy
-from scheduler.policies.cache_load import CacheLoad
-from scheduler.policies.least_loaded import LeastLoaded
-from scheduler.policies.netkv import NetKV
-from scheduler.policies.round_robin import RoundRobin
-from scheduler.policies.topology_affinity import TopologyAffinity
-from scheduler.policies.topology_filter import TopologyFilter
+from scheduler.policies.base import REGISTRY, Policy, register
 
-REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (
-    RoundRobin, LeastLoaded, CacheLoad, TopologyFilter, TopologyAffinity, NetKV)}
+BUILTIN_ORDER = ("round_robin", "least_loaded", "cache_load", "topology_filter", "topology_affinity", "netkv")
+"""Modules imported first, so listings name the built-ins from the simplest to NetKV."""
+for _name in BUILTIN_ORDER + tuple(sorted(m.name for m in pkgutil.iter_modules(__path__))):
+    if _name != "base":
+        importlib.import_module(f"{__name__}.{_name}")
+
+__all__ = ["DEFAULT_POLICIES", "REGISTRY", "TARGET", "Policy", "PolicySpec", "UnknownPolicyError", "parse_spec",
+           "register", "resolve"]
 DEFAULT_POLICIES = ("round-robin", "least-loaded", "cache-load", "topology-affinity", "netkv:static", "netkv",
                     "netkv:perfect")
 """What ``simulate`` compares by default: the field's baselines, and NetKV with static topology,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from scheduler.cluster import Decision, DecisionContext
-from scheduler.policies.base import Policy
+from scheduler.policies.base import Policy, register
 
 
 TIE_TOLERANCE_S = 1e-6
@@ -28,6 +28,7 @@ def best_prefill(ctx: DecisionContext, turn: int) -> int:
     return int(ties[turn % ties.size])
 
 
+@register
 class CacheLoad(Policy):
     name = "cache-load"
     description = "prefill by min(queue + cached prefill); decode by decode-side cache hit + load (tuned weight)"
@@ -36,8 +37,7 @@ class CacheLoad(Policy):
     grid = "cache_load_weights"
 
     def choose(self, ctx: DecisionContext) -> Decision:
-        self.turn += 1
-        p = best_prefill(ctx, self.turn)
+        p = best_prefill(ctx, ctx.turn)
         return Decision(p, int(decode_score(ctx, self.weight).argmin()))
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from scheduler.cluster import Decision, DecisionContext
-from scheduler.policies.base import Policy
+from scheduler.policies.base import Policy, register
 
 
+@register
 class LeastLoaded(Policy):
     name = "least-loaded"
     description = "shortest prefill queue (seconds of queued work), least-loaded decode (assigned tokens)"

@@ -8,10 +8,11 @@ the same greedy isolates what each kind of network information buys."""
 from __future__ import annotations
 
 from scheduler.cluster import Decision, DecisionContext
-from scheduler.policies.base import Policy
+from scheduler.policies.base import Policy, register
 from scheduler.policies.cache_load import best_prefill
 
 
+@register
 class NetKV(Policy):
     name = "netkv"
     description = "cache-load's prefill; decode = argmin(oracle transfer cost of missing KV + load term)"
@@ -21,7 +22,6 @@ class NetKV(Policy):
     needs_oracle = True
 
     def choose(self, ctx: DecisionContext) -> Decision:
-        self.turn += 1
-        p = best_prefill(ctx, self.turn)
+        p = best_prefill(ctx, ctx.turn)
         score = ctx.transfer_cost_s(p) + self.weight * ctx.decode_load
         return Decision(p, int(score.argmin()))

@@ -9,16 +9,16 @@ from __future__ import annotations
 import numpy as np
 
 from scheduler.cluster import Decision, DecisionContext
-from scheduler.policies.base import Policy
+from scheduler.policies.base import Policy, register
 
 
+@register
 class RoundRobin(Policy):
     name = "round-robin"
     description = "cycle through prefill and decode instances; ignores load, caches and network"
 
     def __init__(self, weight: float | None = None, seed: int = 0, **kwargs) -> None:
         super().__init__(weight, seed, **kwargs)
-        self._next = 0
         self._seed = seed
         self._order: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -26,7 +26,6 @@ class RoundRobin(Policy):
         if self._order is None:
             rng = np.random.default_rng(self._seed)
             self._order = (rng.permutation(ctx.n_prefill), rng.permutation(ctx.n_decode))
-        i = self._next
-        self._next += 1
+        i = ctx.turn - 1  # this run's decisions so far
         p_order, d_order = self._order
         return Decision(int(p_order[i % p_order.size]), int(d_order[i % d_order.size]))

@@ -12,13 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from scheduler.cluster import Decision, DecisionContext
-from scheduler.policies.base import Policy
+from scheduler.policies.base import Policy, register
 from scheduler.policies.cache_load import CacheLoad, best_prefill, decode_score
 
 TIER_SCORES = (1.0, 0.2, 0.05, 0.02)
 """llm-d's topology-affinity curve (host, rack, zone, region), indexed by our tier 0..3."""
 
 
+@register
 class TopologyAffinity(Policy):
     name = "topology-affinity"
     description = "cache-load + llm-d's static tier score (host 1 / rack 0.2 / zone 0.05 / region 0.02, tuned weight)"
@@ -42,7 +43,6 @@ class TopologyAffinity(Policy):
         return hit[2]
 
     def choose(self, ctx: DecisionContext) -> Decision:
-        self.turn += 1
-        p = best_prefill(ctx, self.turn)
+        p = best_prefill(ctx, ctx.turn)
         load_weight = self.inherited.get("load_weight", CacheLoad.default_weight)
         return Decision(p, int((decode_score(ctx, load_weight) - self.affinity_bonus(ctx, p)).argmin()))

@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from scheduler.cluster import Decision, DecisionContext
-from scheduler.policies.base import Policy
+from scheduler.policies.base import Policy, register
 from scheduler.policies.cache_load import CacheLoad, best_prefill, decode_score
 
 
+@register
 class TopologyFilter(Policy):
     name = "topology-filter"
     description = "cache-load restricted to the nearest tier holding a decode instance (Dynamo 'preferred')"
@@ -34,8 +35,7 @@ class TopologyFilter(Policy):
         return hit[1]
 
     def choose(self, ctx: DecisionContext) -> Decision:
-        self.turn += 1
-        p = best_prefill(ctx, self.turn)
+        p = best_prefill(ctx, ctx.turn)
         score = decode_score(ctx, self.inherited.get("load_weight", CacheLoad.default_weight))
         score = np.where(self.domain(ctx, p), score, np.inf)
         return Decision(p, int(score.argmin()))

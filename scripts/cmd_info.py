@@ -1,0 +1,76 @@
+"""`netkv scenarios`, `netkv constants` and `netkv bench`: what the testbed has, and how fast it is."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from scripts.cli_common import EXIT_OK, UsageError, add_command
+
+COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
+    "scenarios": ("List the built-in congestion scenarios with the mechanism each one tests.", ["netkv scenarios"]),
+    "constants": ("List every model constant (SECTION.FIELD), its default and its source; override any with\n"
+                  "--set SECTION.FIELD=VALUE.", ["netkv constants", "netkv constants --json | head"]),
+    "bench": ("Scheduler decision latency at |D| = 32, 256, 4096 and simulator speed on the full trace;\n"
+              "figures printed, not asserted.", ["netkv bench", "netkv bench --quick --json"]),
+}
+"""Per subcommand: a description and examples for its --help (defaults are shown per option)."""
+
+
+def register(sub) -> None:
+    """Add ``scenarios``, ``constants`` and ``bench`` to the ``netkv`` subparsers ``sub``."""
+    p = add_command(sub, "scenarios", *COMMAND_HELP["scenarios"], help="list built-in congestion scenarios")
+    p.set_defaults(func=cmd_scenarios)
+    p = add_command(sub, "constants", *COMMAND_HELP["constants"],
+                    help="list every model constant with its default and source")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=cmd_constants)
+    p = add_command(sub, "bench", *COMMAND_HELP["bench"], help="scheduler decision latency and simulator speed")
+    p.add_argument("--json", action="store_true", help="print figures as JSON")
+    p.add_argument("--trace", metavar="PATH", help="trace for the simulator-speed figure (default: the "
+                   "Mooncake conversation trace when present, else a synthetic one of the same size)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from scheduler.scenario import list_builtin
+
+    rows = list_builtin()
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
+        print(f"{name:<{width}}  {desc}")
+    print("\nUse --scenario NAME or --scenario path/to/file.toml; parameters with --scenario-param NAME=VALUE.")
+    return EXIT_OK
+
+
+def cmd_constants(args: argparse.Namespace) -> int:
+    from scheduler.config import DEFAULT_TP, GPU_PRESETS, MODEL_PRESETS, describe_constants
+
+    rows = describe_constants()
+    if args.json:
+        print(json.dumps([{"name": n, "default": d, "help": h} for n, d, h in rows], indent=2))
+        return EXIT_OK
+    for name, default, help_ in rows:
+        print(f"{name:<38} {default:<22} {help_}")
+    print(f"\nmodel presets (--model): {', '.join(MODEL_PRESETS)}")
+    print(f"GPU presets (--gpu): {', '.join(GPU_PRESETS)}")
+    print("cluster.tp by preset: " + ", ".join(f"{m} on {g} {tp}" for (m, g), tp in DEFAULT_TP.items())
+          + ", every other pair 1")
+    print("override any of these with --set SECTION.FIELD=VALUE")
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from scheduler.bench import run_bench
+
+    if args.trace and not Path(args.trace).is_file():
+        raise UsageError(f"--trace {args.trace}: no such file")
+    figures = run_bench(trace=args.trace, quick=args.quick, log=lambda m: print(m, file=sys.stderr))
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        from scheduler.bench import format_bench
+        print(format_bench(figures))
+    return EXIT_OK

@@ -1,0 +1,143 @@
+"""`netkv sweep`, `netkv report` and `netkv staleness`: many simulate runs in a process pool."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from scheduler.paths import DOCS_DIR
+from scripts.cli_common import (EXIT_OK, UsageError, add_command, add_experiment_options, check_out, check_target,
+                                default_out, parse_params, provenance)
+
+COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
+    "sweep": ("Sweep one parameter over values and seeds for chosen policies; points run in parallel;\n"
+              "sweep.csv, sweep.png (95% intervals over seeds) and sweep.txt in a new folder.",
+              ["netkv sweep --param rate-scale --values 1,4,16 --seeds 0,1,2 --max-requests 3000",
+               "netkv sweep --param scenario.period --values 2,10,30 --scenario decode-flap "
+               "--trace ../shared/data/mooncake/conversation_trace.jsonl --max-requests 3000 --seeds 0,1,2"]),
+    "report": ("Regenerate docs/results.md and its figures from fresh simulator runs (the full report\n"
+               "takes ~40 min on 2 cores, --quick ~6 min).", ["netkv report --quick", "netkv report"]),
+    "staleness": ("How stale may telemetry get: netkv on telemetry of growing age against netkv:perfect and\n"
+                  "cache-load, with decision agreement against a fresh oracle and the regret.",
+                  ["netkv staleness --scenario decode-flap --values 0,1,5 --max-requests 2000"]),
+}
+"""Per subcommand: a description and examples for its --help (defaults are shown per option)."""
+
+
+def register(sub) -> None:
+    """Add ``sweep``, ``report`` and ``staleness`` to the ``netkv`` subparsers ``sub``."""
+    p = add_command(sub, "sweep", *COMMAND_HELP["sweep"],
+                    help="sweep one parameter over values and seeds (95%% intervals), points in parallel")
+    add_experiment_options(p)
+    p.add_argument("--param", required=True, metavar="NAME",
+                   help="rate-scale, context-scale, SECTION.FIELD (any constant) or scenario.NAME")
+    p.add_argument("--values", required=True, metavar="A,B,C", help="values of the parameter")
+    p.add_argument("--seeds", default="0", metavar="S,T",
+                   help="seeds: synthetic traces, or for --trace disjoint windows of --max-requests (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per core)")
+    p.set_defaults(func=cmd_sweep, policies="cache-load,topology-affinity,netkv:static,netkv")
+    p = add_command(sub, "report", *COMMAND_HELP["report"],
+                    help="regenerate docs/results.md and its figures from fresh simulator runs")
+    p.add_argument("--quick", action="store_true", help="a few-minute version (shorter windows, fewer scenarios)")
+    p.add_argument("--out", default=str(DOCS_DIR / "results.md"), help="markdown file (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per core)")
+    p.add_argument("--max-requests", type=int, default=None, help="cap every window (a smoke run)")
+    p.add_argument("--scenarios", default=None, metavar="A,B", help="restrict the headline matrix")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", dest="overrides",
+                   help="override a constant in every run (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_report)
+    p = add_command(sub, "staleness", *COMMAND_HELP["staleness"],
+                    help="sweep telemetry staleness for netkv: TTFT and tier-ranking robustness")
+    add_experiment_options(p)
+    p.set_defaults(policies="netkv", scenario="decode-flap")
+    p.add_argument("--values", default="0,0.5,1,2,5,10,30", help="staleness values, s (default: %(default)s)")
+    p.add_argument("--seeds", default="0", metavar="S,T", help="seeds, as for sweep (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per core)")
+    p.set_defaults(func=cmd_staleness)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from scheduler import sweep as sw
+    from scheduler.resultfiles import dumps_json, write_files
+    from scheduler.sweep_plot import plot
+
+    out = Path(args.out) if args.out else default_out(f"sweep-{args.param}", args.scenario)
+    check_out(out)
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    target = check_target(args)
+    sweep = sw.Sweep(args.param, sw.parse_values(args.values), sw.parse_seeds(args.seeds), sweep_base(args))
+    sw.validate(sweep)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    log(f"sweep: {args.param} over {len(sweep.values)} values x {len(sweep.seeds)} seeds, policies {args.policies}, "
+        f"scenario '{args.scenario}'")
+    results = sw.run(sweep, args.jobs, progress=not args.no_progress, log=log)
+    table = sw.rows(sweep, results)
+    agg = sw.aggregate(sweep, table, target)
+    text = sw.format_table(sweep, agg, target)
+    command = "netkv " + " ".join(args.argv)
+    from scheduler.provenance import collect
+
+    summary = {"kind": "sweep", "backend": "simulate", "provenance": collect(args.argv, args.started),
+               "command": command, "comparison_target": target,
+               "param": args.param,
+               "values": sweep.values, "seeds": sweep.seeds, "base": dataclasses.asdict(sweep.base),
+               "aggregate": agg, "points": [{"value": v, "seed": s, "policies": results[(v, s)]}
+                                            for v in sweep.values for s in sweep.seeds]}
+    files = {"summary.json": dumps_json(summary).encode(), "sweep.csv": sw.csv_bytes(table),
+             "sweep.txt": (text + "\n").encode(),
+             "sweep.png": plot(sweep, agg, f"{command}", target)}
+    path = write_files(out, files)
+    print(text)
+    print(f"\nresults: {path}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from scheduler.results import generate
+
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()] if args.scenarios else None
+    path = generate(Path(args.out), args.quick, args.jobs, args.max_requests, scenarios, not args.no_progress,
+                    lambda m: print(m, file=sys.stderr), command="netkv " + " ".join(args.argv),
+                    overrides=tuple(args.overrides or ()))
+    print(f"report: {path} (figures in {path.parent / path.stem})")
+    return EXIT_OK
+
+
+def cmd_staleness(args: argparse.Namespace) -> int:
+    from scheduler import sweep as sw
+    from scheduler.staleness import run_staleness
+
+    out = Path(args.out) if args.out else default_out("staleness", args.scenario)
+    check_out(out)
+    if args.target is not None:
+        raise UsageError("--target: staleness always studies netkv (against netkv:perfect and cache-load)")
+    values = sw.parse_values(args.values)
+    if not all(isinstance(v, float) and v >= 0 for v in values):
+        raise UsageError(f"--values {args.values!r}: expected non-negative seconds, e.g. 0,1,5")
+    path, text = run_staleness(sweep_base(args), values, sw.parse_seeds(args.seeds), out, args.jobs,
+                               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+                               command="netkv " + " ".join(args.argv),
+                               provenance=provenance(args))
+    print(text)
+    print(f"\nresults: {path}")
+    return EXIT_OK
+
+
+def sweep_base(args: argparse.Namespace, policies: str | None = None):
+    """The experiment every point of a sweep shares (:class:`scheduler.sweep.Base`) from the
+    common experiment options."""
+    from scheduler.sweep import Base
+
+    overrides = list(args.overrides or [])
+    if getattr(args, "oracle", None):
+        overrides.append(f"oracle.kind={args.oracle}")
+    return Base(model=args.model, gpu=args.gpu, overrides=tuple(overrides), trace=args.trace, scenario=args.scenario,
+                scenario_params=tuple(parse_params(args.scenario_param, "--scenario-param").items()),
+                policies=policies or args.policies, max_requests=args.max_requests, tune=not args.no_tune,
+                weights=tuple(parse_params(args.weight, "--weight").items()), rate_scale=args.rate_scale,
+                context_scale=args.context_scale)

@@ -1,0 +1,275 @@
+"""Scenario executor, calibration and fidelity monitor on one running 64-GPU fabric (root;
+~1.5 minutes on a 2-core VM). Their pure arithmetic: tests/unit/test_emulate_parts.py.
+
+Measured figures are printed with ``[measured]`` (run with ``-s`` to see them).
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scheduler.emulate.calibration import GOODPUT_MIN_RATIO, goodput_bytes
+from scheduler.emulate.scenario_exec import ScenarioExecutor, background_window_bytes, egress_intf_name
+from scheduler.scenario import Action
+from topology.fabric import tier_samples
+from topology.model import FatTree
+
+
+from helpers import experiment as _exp  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TREE = FatTree()
+SCALE = 2.5e-5
+
+
+# =========================================================================== emulation
+OFP_PORT, REST_PORT = 16663, 18090
+AGENT_PORT = 9470
+AGENT_GPUS = sorted({g for pair in tier_samples(TREE).values() for g in pair})  # 0, 1, 4, 8, 16
+BUSY_WAIT_S, BUSY_POLL_S = 300.0, 20.0
+
+
+@pytest.fixture(scope="module")
+def fabric(tmp_path_factory):
+    from controller.process import controlled_fabric
+    from topology.fabric import FabricBusyError
+
+    deadline = time.monotonic() + BUSY_WAIT_S
+    while True:
+        fab = controlled_fabric(TREE, scale=SCALE, run_dir=tmp_path_factory.mktemp("fabric"), ofp_port=OFP_PORT,
+                     rest_port=REST_PORT)
+        try:
+            fab.start()
+            break
+        except FabricBusyError as exc:
+            if time.monotonic() > deadline:
+                pytest.skip(f"fabric busy for {BUSY_WAIT_S:g} s: {exc}")
+            time.sleep(BUSY_POLL_S)
+    print(f"\n[measured] 64-GPU fabric up in {fab.timings['up_s']:.1f} s")
+    try:
+        yield fab
+    finally:
+        fab.stop()
+
+
+@pytest.fixture(scope="module")
+def agents(fabric, tmp_path_factory):
+    """ControlServer + agents on the hosts the tests use; yields the ControlServer."""
+    from hosts.control import ControlServer
+
+    run = tmp_path_factory.mktemp("agents")
+    control = ControlServer(run / "control.sock")
+    procs = []
+    try:
+        for g in AGENT_GPUS:
+            name = TREE.gpu_name(g)
+            log = open(run / f"{name}.log", "wb")
+            procs.append(fabric.host(name).popen(
+                [sys.executable, "-m", "hosts.agent", "--name", name, "--gpu", str(g), "--listen-host", "0.0.0.0",
+                 "--port", str(AGENT_PORT), "--control", str(run / "control.sock")],
+                cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        control.wait_hello([TREE.gpu_name(g) for g in AGENT_GPUS], timeout=20)
+        yield control
+    finally:
+        control.close()  # agents exit when their control connection closes
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+
+@pytest.fixture
+def executor(fabric, tmp_path):
+    exe = ScenarioExecutor(fabric, TREE, SCALE, 1.0, tmp_path)
+    try:
+        yield exe
+    finally:
+        exe.close()
+
+
+def _transfer_mbit(control, fabric, src: int, dst: int, nbytes: int, timeout: float = 30.0) -> float:
+    from scheduler.emulate.calibration import _transfer
+
+    _, recv = _transfer(control, TREE, fabric, src, dst, AGENT_PORT, nbytes, timeout)
+    return nbytes * 8 / (recv.t_end - recv.t_start) / 1e6
+
+
+def _utilisation(fabric, link_name: str) -> float:
+    return fabric.telemetry()["links"][link_name]["utilisation"]
+
+
+@pytest.mark.emulation
+def test_executor_interfaces_match_model(fabric, executor):
+    for i in range(TREE.n_links):
+        intf = executor.egress_intf(i)
+        assert (intf.node.name, intf.name) == egress_intf_name(TREE, i)
+
+
+GREEDY_ATTEMPTS = 3
+"""Runs of the greedy-flow measurement a test may take: the rate figures are judged by the best
+(on this 2-core VM one run in three or four sees 0.65-0.75 of the link, the code of earlier stops
+alike; a wrong clamp, shaper or counter is wrong in every run, and the window clamp is checked in
+every run)."""
+
+
+def _greedy_run(fabric, executor, src: int, dst: int, name: str, attempt: int) -> dict:
+    poll = fabric.controller.poll_interval_s
+    flow = f"bg{attempt}"
+    assert _utilisation(fabric, name) < 0.1
+    t0 = time.monotonic()
+    executor.apply(Action(0.0, "flow_start", flow, src, dst, None))
+    started = time.monotonic() - t0
+    t1, util = time.monotonic(), 0.0
+    while time.monotonic() - t1 < 2 * poll + 1.0 and util <= 0.8:
+        time.sleep(0.05)
+        util = _utilisation(fabric, name)
+    up_s = time.monotonic() - t1
+    # the sink's window clamp holds the sender's window (ss reports the peer's advertised window)
+    # throughout: receive-buffer autotuning used to lift it after a second or so
+    windows, ss = [], ""
+    for _ in range(8):
+        time.sleep(0.25)
+        ss = fabric.host(TREE.gpu_name(src)).cmd(f"ss -tin dst {fabric.peer_ip(src, dst)}")
+        windows += [int(w) for w in re.findall(r"snd_wnd:(\d+)", ss)]
+    steady = _utilisation(fabric, name)
+    executor.apply(Action(1.0, "flow_stop", flow, src, dst))
+    t2, low = time.monotonic(), 1.0
+    while time.monotonic() - t2 < 2 * poll + 1.0 and low >= 0.1:
+        time.sleep(0.05)
+        low = _utilisation(fabric, name)
+    down_s = time.monotonic() - t2
+    res = executor.flow_results[flow]
+    print(f"\n[measured] greedy background flow {TREE.gpu_name(src)}->{TREE.gpu_name(dst)} (run {attempt + 1}): "
+          f"flow_start {started * 1000:.0f} ms (sink+sender spawn), {name} utilisation > 80% after {up_s:.2f} s "
+          f"(poll {poll} s), steady {steady:.2f}; after flow_stop < 10% in {down_s:.2f} s; sender {res}")
+    clamp = background_window_bytes(TREE, SCALE, 1.0, src, dst)
+    assert windows and max(windows) <= clamp + 1460, (clamp, ss)
+    assert low < 0.1 and down_s <= 2 * poll + 0.5
+    return {"util": util, "steady": steady, "up_s": up_s, "mbit_s": res["mbit_s"] if res else 0.0}
+
+
+@pytest.mark.emulation
+def test_greedy_background_flow_loads_core_link(fabric, executor):
+    src, dst = 9, 30  # cross-pod
+    core = next(i for i in TREE.path(src, dst) if TREE.link_kind(i) == "agg_core")
+    name = TREE.link_name(core)
+    poll = fabric.controller.poll_interval_s
+    nic = fabric.topo.rates_mbit["nic"]
+
+    def good(r: dict) -> bool:
+        return r["util"] > 0.8 and r["steady"] > 0.8 and r["up_s"] <= 2 * poll + 0.5 and r["mbit_s"] > 0.8 * nic
+
+    runs = []
+    for attempt in range(GREEDY_ATTEMPTS):
+        runs.append(_greedy_run(fabric, executor, src, dst, name, attempt))
+        if good(runs[-1]):
+            break
+    best = max(runs, key=lambda r: (good(r), min(r["steady"], r["util"]), r["mbit_s"]))
+    assert best["util"] > 0.8 and best["steady"] > 0.8, runs
+    assert best["up_s"] <= 2 * poll + 0.5, f"utilisation rose later than 2 poll intervals after the sender started: {runs}"
+    assert best["mbit_s"] > 0.8 * nic, runs
+
+
+@pytest.mark.emulation
+def test_flow_slots_switch_decode_flap_at_once(fabric, executor):
+    """decode-flap on the fabric: prepare spawns its 64 flow slots before the clock; each switch
+    (32 stops, 32 starts) is signals only, and telemetry shows the congested half move."""
+    exp = _exp("decode-flap", params={"period": 8.0}, n=30)
+    acts = [a for a in exp.actions() if a.time_s < 8.0]
+    t0 = time.monotonic()
+    executor.prepare(exp.actions())
+    prepare_s = time.monotonic() - t0
+    first, switch = [[a for a in acts if a.time_s == t] for t in sorted({a.time_s for a in acts})[:2]]
+    assert len(first) == 32 and len(switch) == 64
+    timings = []
+    for batch in (first, switch):
+        t1 = time.monotonic()
+        executor.apply_batch(batch)
+        timings.append(time.monotonic() - t1)
+        time.sleep(2 * fabric.controller.poll_interval_s + 0.3)
+        util = {k: v["utilisation"] for k, v in fabric.telemetry()["links"].items()
+                      if k.startswith("p") and k[2:5] == "t1-" and k.endswith(("s0g0", "s0g1", "s0g2", "s0g3"))}
+        hot = {k[:2] for k, u in util.items() if u > 0.8}
+        cold = {k[:2] for k, u in util.items() if u < 0.1}
+        assert hot == ({"p0", "p2"} if batch is first else {"p1", "p3"}), util
+        assert cold == {"p0", "p1", "p2", "p3"} - hot, util
+    stopped = [a.flow_id for a in switch if a.kind == "flow_stop"]
+    assert all((executor.flow_results[f] or {}).get("mbit_s", 0) > 0 for f in stopped)
+    print(f"\n[measured] decode-flap flow slots: prepare {prepare_s:.2f} s ({len(executor._slots)} slots); "
+          f"first 32 starts {timings[0] * 1e3:.0f} ms; switch (32 stops + 32 starts) {timings[1] * 1e3:.0f} ms")
+    assert len(executor._slots) == 64 and max(timings) < 0.5
+
+
+@pytest.mark.emulation
+def test_link_capacity_half_down_and_restore(fabric, agents, executor):
+    src, dst = 0, 4  # same ToR: NIC up (host namespace) then ToR port to GPU 4 (root namespace)
+    nic_up, tor_down = TREE.path(src, dst)
+    nominal = fabric.topo.rates_mbit["nic"]
+    nbytes = goodput_bytes(nominal, 1.0)
+    base = _transfer_mbit(agents, fabric, src, dst, nbytes)
+    executor.apply(Action(0.0, "link_capacity", links=(tor_down,), factor=0.5))
+    assert executor.capacity_factor()[tor_down] == 0.5
+    half = _transfer_mbit(agents, fabric, src, dst, nbytes)
+    executor.apply(Action(0.0, "link_capacity", links=(tor_down,), factor=1.0))
+    print(f"\n[measured] transfer goodput {base:.2f} Mbit/s nominal, {half:.2f} Mbit/s at factor 0.5 "
+          f"(ratio {half / base:.3f})")
+    assert half / base == pytest.approx(0.5, abs=0.07)
+
+    from hosts.control import ControlTimeout
+    from hosts.messages import Send
+    from scheduler.emulate.calibration import _IDS
+
+    executor.apply(Action(0.0, "link_capacity", links=(nic_up,), factor=0.0))
+    assert executor.capacity_factor()[nic_up] == 0.0
+    tid = next(_IDS)
+    agents.send(TREE.gpu_name(src), Send(tid, tid, fabric.peer_ip(src, dst), AGENT_PORT, 100_000, dst))
+    with pytest.raises(ControlTimeout):
+        agents.wait_transfers([tid], timeout=2.0)
+    t0 = time.monotonic()
+    executor.apply(Action(0.0, "link_capacity", links=(nic_up,), factor=1.0))
+    evs = agents.wait_transfers([tid], timeout=20.0)[tid]
+    resumed = time.monotonic() - t0
+    assert "error" not in evs, evs
+    after = _transfer_mbit(agents, fabric, src, dst, nbytes)
+    print(f"[measured] factor 0 on {TREE.link_name(nic_up)}: transfer blocked for 2 s; completed "
+          f"{resumed:.2f} s after factor 1 (TCP retransmission back-off); then {after:.2f} Mbit/s")
+    assert after >= 0.9 * base
+    assert np.all(executor.capacity_factor() == 1.0)
+
+
+@pytest.mark.emulation
+def test_calibration_all_tiers(fabric, agents, goodput_bounds):
+    from scheduler.emulate.calibration import calibrate
+    from scheduler.emulate.fidelity import CpuMonitor
+
+    with CpuMonitor(0.5) as mon:
+        rep = calibrate(fabric, TREE, agents, AGENT_PORT, SCALE, 1.0, kv_bytes_per_token=131072,
+                        setup_s=30e-6)
+        cpu = mon.stop()
+    print("\n[measured] calibration (scale 2.5e-5, time_scale 1, 8192 tokens x 128 KiB):")
+    for tier, t in rep["tiers"].items():
+        print(f"  tier {tier} {t['src']}->{t['dst']}: goodput {t['achieved_mbit_s']:.2f}/"
+              f"{t['configured_mbit_s']:.1f} Mbit/s = {t['goodput_ratio']:.3f}; reference "
+              f"{t['reference_bytes_emulated']} B: measured {t['measured_s'] * 1000:.2f} ms vs predicted "
+              f"{t['predicted_s'] * 1000:.2f} ms (ratio {t['time_ratio']:.3f}, ok={t['time_ok']})")
+    print(f"[measured] CPU during calibration: {cpu}")
+    assert sorted(rep["tiers"]) == ["0", "1", "2", "3"]
+    for tier, t in rep["tiers"].items():
+        floor, ceiling = goodput_bounds(tier)
+        # the shaper is judged by the best sample (noise only lowers goodput; a wrong rate is wrong
+        # in every sample), the calibration's figure is the median
+        best = max(t["goodput_samples_mbit_s"]) / t["configured_mbit_s"]
+        assert floor <= best <= ceiling, (tier, t["goodput_samples_mbit_s"])
+        assert t["goodput_ratio"] <= best + 1e-9
+        assert t["goodput_ok"] == (t["goodput_ratio"] >= GOODPUT_MIN_RATIO)
+    assert all(len(t["goodput_samples_mbit_s"]) == 3 for t in rep["tiers"].values())
+    assert rep["warning"] is None

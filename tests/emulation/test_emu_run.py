@@ -1,0 +1,178 @@
+"""End-to-end `netkv emulate` on the real fabric (root): result files, and nothing left behind,
+also when the run dies mid-replay."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from topology.model import FatTree
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.emulation
+
+
+def _our_processes() -> list[str]:
+    out = subprocess.run(["pgrep", "-af", r"hosts\.agent|hosts\.background|controller/run\.py"],
+                         capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def _assert_nothing_left(tree: FatTree) -> None:
+    from topology import cleanup
+
+    left = cleanup.leftovers([tree], cleanup.read_state())
+    assert not left.bridges, f"bridges left: {left.bridges[:5]}"
+    assert not left.links, f"interfaces left: {left.links[:5]}"
+    assert not _our_processes(), _our_processes()
+    assert cleanup.read_state() is None or not cleanup.owner_alive(cleanup.read_state())
+
+
+def _no_foreign_fabric() -> None:
+    from topology import cleanup
+
+    state = cleanup.read_state()
+    if state and cleanup.owner_alive(state):
+        pytest.skip(f"a fabric is already running (owner pid {state['owner_pid']})")
+
+
+def test_short_emulate_run_writes_every_result_file(tmp_path: Path, goodput_bounds) -> None:
+    """The default layout (prefill racks, decode servers, reserved servers as traffic sources),
+    decode-flap switching halves mid-replay (flow slots started by signal) and the inflight
+    oracle, on the fabric."""
+    _no_foreign_fabric()
+    out = tmp_path / "emu"
+    res = subprocess.run(
+        [str(ROOT / "scripts" / "netkv"), "emulate", "--max-requests", "12", "--policies",
+         "cache-load,netkv:inflight,netkv", "--scenario", "decode-flap", "--scenario-param", "period=3",
+         "--set", "topology.nic_gbit_s=200", "--no-tune",
+         "--no-progress", "--out", str(out), "--ofp-port", "16673", "--rest-port", "18091"],
+        capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in ("summary.json", "requests.csv", "calibration.json", "telemetry.csv", "link_utilisation.png",
+                 "ttft_cdf.png", "ttft_bars.png", "slo_attainment.png", "transfer_by_tier.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "emulate"
+    assert summary["config"]["cluster_derived"]["reserved_gpus"] == 16
+    assert summary["emulation"]["hosts"] == {"agents": 48, "reserved_without_agent": 16}
+    for name in ("cache-load", "netkv:inflight", "netkv"):
+        p = summary["policies"][name]
+        assert p["requests"] == 12 and p["ttft_mean_s"] > 0
+        assert p["tier_histogram"][:2] == [0, 0]  # by-rack: prefill racks hold no decode instance
+    assert summary["policies"]["netkv:inflight"]["params"]["oracle"] == "inflight"
+    # evidence a user needs to trust the numbers: the tiers KV transfers take, calibrated
+    cal = summary["calibration"]
+    assert set(cal["tiers"]) == {"2", "3"} and set(cal["skipped_tiers"]) == {"0", "1"}
+    assert cal["tiers"]["2"]["src"] == "p0t0s0g0" and cal["tiers"]["2"]["dst"] == "p0t1s0g0"
+    for tier, t in cal["tiers"].items():
+        floor, ceiling = goodput_bounds(tier)
+        assert floor <= t["goodput_ratio"] <= ceiling, (tier, t["goodput_samples_mbit_s"])
+    fid = summary["fidelity"]
+    assert fid["probe"]["replies"] > 0 and "forwarding_saturated" in fid
+    assert fid["probe"]["src"] == "p0t0s0g0" and fid["probe"]["dst"] == "p0t0s0g1"  # an idle NVLink
+    assert fid["background_load"]["peak_flows"] == 32 and fid["background_load"]["peak_mbit_x_bridges"] == 40.0
+    assert set(summary["agreement"]) == {"cache-load", "netkv:inflight"}
+    assert set(summary["simulate_reference"]) == {"cache-load", "netkv:inflight", "netkv"}
+    assert set(summary["ablation"]["vs"]) == {"cache-load", "netkv:inflight"}
+    for tier, t in summary["transfer_agreement"].items():
+        assert t["transfers_emulate"] > 0 and t["ratio"] == pytest.approx(t["emulate_ms"] / t["simulate_ms"])
+    # telemetry saw decode-flap's halves in turn: the decode NICs of pods 0 and 2, then 1 and 3
+    lines = (out / "telemetry.csv").read_text().splitlines()
+    assert lines[0] == "policy,time_s,link,utilisation"
+    hot: dict[str, list[float]] = {}
+    for line in lines[1:]:
+        _, t, link, util = line.split(",")  # (t < 0: the fabric before the replay's clock started)
+        if float(t) >= 0 and float(util) > 0.8 and "t1->p" in link and link.split("->")[1][4:6] == "s0":
+            hot.setdefault(link[:2], []).append(float(t))
+    assert set(hot) == {"p0", "p1", "p2", "p3"}, sorted(hot)
+    assert min(hot["p1"]) > min(hot["p0"]) + 1.0  # pods 1 and 3 a half period later
+    _assert_nothing_left(FatTree())
+
+
+def test_exception_mid_replay_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A replay that dies after a few requests still tears down every bridge, veth and process."""
+    _no_foreign_fabric()
+    script = """
+import sys
+from scheduler.config import build_config
+from scheduler.experiment import prepare
+from scheduler.emulate import replay
+from scheduler.emulate.orchestrator import run_emulation
+
+class Boom(RuntimeError):
+    pass
+
+orig = replay.RealtimeReplay.start
+def start(self, s, i):
+    if i == 4:
+        raise Boom("injected failure at request 4")
+    return orig(self, s, i)
+replay.RealtimeReplay.start = start
+exp, _ = prepare(build_config(), None, "background", "cache-load", 10, 0, tune=False)
+try:
+    run_emulation(exp, ofp_port=16683, rest_port=18092, progress=False, log=lambda m: None, keep_failed_logs=False)
+except Boom as exc:
+    print("raised:", exc)
+    sys.exit(0)
+sys.exit("no exception")
+"""
+    before = set(Path(tempfile.gettempdir()).glob("netkv-emulate-*"))
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-1000:] + res.stderr[-3000:]
+    assert "injected failure" in res.stdout
+    _assert_nothing_left(FatTree())
+    assert set(Path(tempfile.gettempdir()).glob("netkv-emulate-*")) <= before, "run folder left in the temp dir"
+
+
+@pytest.mark.parametrize("sig,group,want_rc", [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143),
+                                                (signal.SIGHUP, True, 129)], ids=["ctrl-c", "kill", "hang-up"])
+def test_signal_mid_replay_leaves_nothing_behind(tmp_path: Path, sig: int, group: bool, want_rc: int) -> None:
+    """Ctrl-C in the terminal (SIGINT to the whole foreground process group), `kill` of netkv alone
+    or a dropped SSH session (SIGHUP to the group) during the replay: exit 128 + signal, no result
+    folder, no run logs, and every bridge, veth, namespace and process gone."""
+    _no_foreign_fabric()
+    out = tmp_path / "emu"
+    before = set(Path(tempfile.gettempdir()).glob("netkv-emulate-*"))
+    proc = subprocess.Popen(
+        [str(ROOT / "scripts" / "netkv"), "emulate", "--max-requests", "60", "--policies", "netkv",
+         "--no-tune", "--no-progress", "--out", str(out), "--ofp-port", "16693", "--rest-port", "18093"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    replaying = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "replaying" in line:
+                replaying.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert replaying.wait(300), "".join(lines)[-3000:]
+        time.sleep(2.0)  # a few requests into the replay
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        rc = proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(10)
+    text = "".join(lines)
+    assert rc == want_rc, text[-3000:]
+    assert "nothing was written" in text
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+    _assert_nothing_left(FatTree())
+    assert set(Path(tempfile.gettempdir()).glob("netkv-emulate-*")) <= before, "run folder left in the temp dir"
