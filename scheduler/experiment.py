@@ -46,6 +46,7 @@ class Experiment:
     tune: bool = True
     weights: dict[str, float] = field(default_factory=dict)  # fixed weights (skip tuning)
     tuned: dict[str, tuple[float | None, list[dict]]] = field(default_factory=dict)  # memo of tune_policy
+    policy_files: list = field(default_factory=list)  # --policy-module files (scheduler.policies.PolicyFile)
 
     @property
     def run_s(self) -> float:

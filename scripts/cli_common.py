@@ -48,6 +48,9 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", metavar="PATH", help="Mooncake JSONL trace (default: embedded synthetic generator)")
     p.add_argument("--policies", default=",".join(DEFAULT_POLICIES), metavar="A,B,C",
                    help="comma-separated policies (default: %(default)s)")
+    p.add_argument("--policy-module", action="append", metavar="FILE[:CLASS]", dest="policy_modules",
+                   help="a Python file of @register-ed policies (or FILE:CLASS, that class) to load first, so "
+                        "--policies can name them (repeatable; docs/EXTENDING.md); copied into the result folder")
     p.add_argument("--scenario", default="idle", metavar="NAME|FILE",
                    help="built-in congestion scenario name or a scenario TOML file (default: %(default)s; "
                         "see `netkv scenarios`)")
@@ -89,12 +92,20 @@ def add_format_option(p: argparse.ArgumentParser) -> None:
                    help="figure file format (default: %(default)s)")
 
 
+def load_policy_modules(args: argparse.Namespace) -> list:
+    """Load every ``--policy-module`` file (their policies join the registry); the loaded files."""
+    from scheduler.policies import load_policy_file
+
+    return [load_policy_file(f) for f in getattr(args, "policy_modules", None) or []]
+
+
 def prepare_from_args(args: argparse.Namespace):
     """The experiment of the common options (:func:`add_experiment_options`), validated, with
     warnings on stderr for what the run will not do as asked; (experiment, trace info)."""
     from scheduler.config import build_config
     from scheduler.experiment import prepare
 
+    policy_files = load_policy_modules(args)
     overrides = list(args.overrides or [])
     if getattr(args, "oracle", None):
         overrides.append(f"oracle.kind={args.oracle}")
@@ -104,6 +115,7 @@ def prepare_from_args(args: argparse.Namespace):
     exp, info = prepare(cfg, args.trace, args.scenario, args.policies, args.max_requests, args.seed,
                         parse_params(args.scenario_param, "--scenario-param"), not args.no_tune, weights,
                         args.rate_scale, args.context_scale)
+    exp.policy_files = policy_files
     tuning = info["tuning_slice"]
     if not tuning["disjoint_from_evaluation"] and exp.tune and any(c.tuned_param for c in exp.policies):
         if not getattr(args, "allow_overlapping_tuning", False):
@@ -182,6 +194,8 @@ def build_summary(backend: str, exp, info: dict, policies: dict, extra: dict | N
     config["trace"] = info
     config["seed"] = exp.seed
     config["policies"] = [c.name for c in exp.policies]
+    if exp.policy_files:
+        config["policy_modules"] = [f.describe() for f in exp.policy_files]
     summary = {"kind": backend, "backend": backend,
                "provenance": collect(getattr(args, "argv", None), getattr(args, "started", None)),
                "config": config, "policies": policies}
@@ -191,8 +205,12 @@ def build_summary(backend: str, exp, info: dict, policies: dict, extra: dict | N
 
 
 def scenario_files(exp) -> dict[str, bytes]:
-    """The scenario file as it was loaded, for the result folder (``scenario.toml``)."""
-    return {"scenario.toml": exp.scenario.text.encode()} if exp.scenario.text else {}
+    """The scenario file as it was loaded (``scenario.toml``) and every ``--policy-module`` file
+    (``policy-<name>.py``), for the result folder."""
+    files = {"scenario.toml": exp.scenario.text.encode()} if exp.scenario.text else {}
+    for f in exp.policy_files:
+        files[f"policy-{Path(f.path).name}"] = f.text.encode()
+    return files
 
 
 def provenance(args: argparse.Namespace) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from scheduler.paths import DOCS_DIR
 from scripts.cli_common import (EXIT_OK, UsageError, add_command, add_experiment_options, check_out, check_target,
-                                default_out, parse_params, provenance)
+                                default_out, load_policy_modules, parse_params, provenance)
 
 COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
     "sweep": ("Sweep one parameter over values and seeds for chosen policies; points run in parallel;\n"
@@ -133,6 +133,7 @@ def sweep_base(args: argparse.Namespace, policies: str | None = None):
     common experiment options."""
     from scheduler.sweep import Base
 
+    load_policy_modules(args)
     overrides = list(args.overrides or [])
     if getattr(args, "oracle", None):
         overrides.append(f"oracle.kind={args.oracle}")

@@ -386,3 +386,75 @@ def test_fabric_up_bad_topology_refused_before_anything(args, message):
     res = netkv("fabric", "up", *args, timeout=60)
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
+
+
+POLICY_FILE = '''
+from scheduler.cluster import Decision
+from scheduler.policies import Policy, register
+from scheduler.policies.cache_load import best_prefill
+
+
+@register
+class NearestThenLoad(Policy):
+    name = "nearest-test"
+    description = "nearest decode tier, then load"
+    tuned_param = "load_weight"
+    default_weight = 1.0
+    grid = (0.0, 1.0)
+
+    def choose(self, ctx):
+        p = best_prefill(ctx, ctx.turn)
+        return Decision(p, int((ctx.cluster.decode_tiers(p) + self.weight * ctx.decode_load).argmin()))
+'''
+
+
+def test_policy_module_adds_a_tuned_policy_from_one_file(tmp_path):
+    """`--policy-module FILE`: a policy written in one file outside the repository is resolved,
+    tuned on its own grid, compared, recorded (path, hash) and copied into the result folder."""
+    f = tmp_path / "nearest.py"
+    f.write_text(POLICY_FILE)
+    out = tmp_path / "run"
+    res = netkv(*simulate_args(out, "--policy-module", str(f), "--policies", "cache-load,nearest-test",
+                               "--target", "nearest-test", "--set", "tuning.tune_requests=60"))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["weight"] for row in summary["policies"]["nearest-test"]["tuning"]] == [0.0, 1.0]
+    assert summary["comparison_target"] == "nearest-test" and "cache-load" in summary["comparison"]
+    (mod,) = summary["config"]["policy_modules"]
+    assert mod["policies"] == ["nearest-test"] and mod["path"] == str(f.resolve()) and len(mod["sha256"]) == 64
+    assert (out / "policy-nearest.py").read_text() == POLICY_FILE
+
+
+def test_policy_module_file_colon_class_registers_an_undecorated_class(tmp_path):
+    f = tmp_path / "plain.py"
+    f.write_text(POLICY_FILE.replace("@register\n", ""))
+    out = tmp_path / "run"
+    res = netkv(*simulate_args(out, "--policy-module", f"{f}:NearestThenLoad", "--policies", "cache-load,nearest-test",
+                               "--no-tune"))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["policies"]["nearest-test"]["params"] == {"load_weight": 1.0}
+    assert summary["config"]["policy_modules"][0]["policies"] == ["nearest-test"]
+
+
+ABSTRACT_POLICY = "from scheduler.policies import Policy\n\nclass Half(Policy):\n    name = 'half'\n"
+
+
+@pytest.mark.parametrize("text,suffix,needle", [
+    ("from scheduler.policies import register\n\nclass X(:\n", "", "line 3"),
+    ("x = 1\n", "", "registers no new policy"),
+    ("raise RuntimeError('boom')\n", "", "importing it failed: RuntimeError: boom"),
+    (None, "", "no such file"),
+    ("x = 1\n", ":Missing", "defines no Policy subclass 'Missing'"),
+    (ABSTRACT_POLICY, ":Half", "does not implement choose(ctx)"),
+    (POLICY_FILE.replace("nearest-test", "netkv").replace("@register\n", ""), ":NearestThenLoad", "is taken"),
+])
+def test_policy_module_errors_name_the_file(tmp_path, text, suffix, needle):
+    f = tmp_path / "bad_policy.py"
+    if text is not None:
+        f.write_text(text)
+    out = tmp_path / "run"
+    res = netkv(*simulate_args(out, "--policy-module", f"{f}{suffix}", "--policies", "cache-load"))
+    assert res.returncode == 2, res.stderr
+    assert f"--policy-module {f}{suffix}" in res.stderr and needle in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
