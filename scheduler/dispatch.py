@@ -14,6 +14,7 @@ from. Both hold one :class:`Dispatcher` and implement :class:`Execution`::
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,7 @@ from typing import Protocol
 from scheduler.cluster import Cluster
 from scheduler.config import ConfigError, ExperimentConfig
 from scheduler.oracle import GroundTruth, NetworkOracle, SnapshotSource, make_oracle
+from scheduler.oracle_error import OracleError
 from scheduler.policies.base import Policy
 from scheduler.records import RequestRecord
 from scheduler.scenario import Action
@@ -50,6 +52,7 @@ class RequestState:
     landed: float = 0.0  # latest landing time of a finished shard (striped transfers)
     stalled: float = 0.0  # seconds the transfer stood still on a down link
     stall_since: float | None = None
+    predicted_s: float = math.nan  # the oracle's price of this transfer at decision time
 
 
 class Execution(Protocol):
@@ -153,9 +156,11 @@ class Dispatcher:
             t, float(cl.prefill_busy_until[s.p]), s.req.input_tokens, s.prefill_cached)
         cl.prefill_busy_until[s.p] = s.prefill_end
         cl.decode_assigned_tokens[s.d] += s.req.input_tokens + s.req.output_tokens
+        if self.oracle is not None and s.nbytes > 0:
+            s.predicted_s = float(ctx.raw_transfer_cost_s(s.p)[s.d])  # the policy priced it already
         if self.oracle is not None and self.oracle.tracks_commitments and s.nbytes > 0:
             start = self.transfer_start(s)
-            took = float(ctx.raw_transfer_cost_s(s.p)[s.d])
+            took = s.predicted_s
             self.oracle.commit(int(cl.prefill_ids[s.p]), int(cl.decode_ids[s.d]), start,
                                max(start + took, s.prefill_end), s.req.req_id, s.nbytes, i, tp=cl.tp)
 
@@ -195,6 +200,14 @@ class Dispatcher:
         name = self.tree.gpu_name
         return (f"request {s.req.req_id} ({name(int(self.cluster.prefill_ids[s.p]))} -> "
                 f"{name(int(self.cluster.decode_ids[s.d]))})")
+
+    def oracle_errors(self) -> list[OracleError]:
+        """The oracle's price of every finished transfer it priced, against the time the transfer
+        took from when it could start (:mod:`scheduler.oracle_error`)."""
+        tiers = self.cluster.decode_tiers
+        return [OracleError(self.policy.name, s.req.req_id, int(tiers(s.p)[s.d]), int(s.nbytes), s.predicted_s,
+                            s.kv_arrived - self.transfer_start(s))
+                for s in self.states if s.finish > 0 and not math.isnan(s.predicted_s)]
 
     def records(self) -> list[RequestRecord]:
         return [self.record(s) for s in self.states]

@@ -26,7 +26,7 @@ from scheduler.simulator import Simulator
 from scheduler.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.timing import TimingModel
 from scheduler.trace import Request, load_trace, trace_stats
-from scheduler import transform
+from scheduler import oracle_error, transform
 from topology.model import FatTree
 
 SCENARIO_SLACK_S = 300.0
@@ -239,11 +239,14 @@ def tune_policy(exp: Experiment, spec: PolicySpec, run=None) -> tuple[float | No
 
 
 def run_simulation(exp: Experiment, progress: bool = True, log=print, shadow: bool = False,
-                   links: LinkRecording | None = None) -> tuple[dict, dict[str, list[RequestRecord]]]:
+                   links: LinkRecording | None = None, oracle_rows: dict | None = None
+                   ) -> tuple[dict, dict[str, list[RequestRecord]]]:
     """Run every policy on the simulator; returns (policies section of summary, records).
     ``shadow``: a policy on a stale telemetry oracle also asks a fresh one at every decision, and
     its summary gains ``agreement`` (same tier, same instance as the fresh decision). ``links``:
-    the run of ``links.policy`` records its per-link utilisation into it."""
+    the run of ``links.policy`` records its per-link utilisation into it. A policy with an oracle
+    gains ``oracle_error`` (its prices against the transfers' times, :mod:`scheduler.oracle_error`),
+    and ``oracle_rows`` (if given) its rows by policy."""
     actions = exp.actions()
     slo = exp.slo()
     out: dict[str, dict] = {}
@@ -271,6 +274,11 @@ def run_simulation(exp: Experiment, progress: bool = True, log=print, shadow: bo
         summary["wall_s"] = round(wall, 3)
         summary["events"] = sim.events
         summary["reroutes"] = sim.reroutes
+        errors = sim.dispatch.oracle_errors()
+        if errors:
+            summary["oracle_error"] = oracle_error.summarize(errors)
+            if oracle_rows is not None:
+                oracle_rows[spec.name] = errors
         if shadow and policy.needs_oracle:
             a = sim.agreement
             n = a["decisions"]

@@ -34,6 +34,21 @@ def link_policy(exp, target: str) -> str:
     return target if target in names else names[0]
 
 
+def oracle_files(rows: dict, summary: dict, target: str, fmt: str) -> dict[str, bytes]:
+    """``oracle_error.csv`` and its figure, when a policy priced transfers with an oracle."""
+    import tempfile
+
+    from scheduler import oracle_error
+    from scheduler.plotting import experiment_caption
+
+    if not rows:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fig = Path(tmp) / f"{oracle_error.FIGURE_NAME}.{fmt}"
+        oracle_error.plot(rows, fig, experiment_caption(summary), target)
+        return {oracle_error.CSV_NAME: oracle_error.csv_bytes(rows), fig.name: fig.read_bytes()}
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out("simulate", args.scenario)
     check_out(out)
@@ -53,7 +68,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             f"capped at the model's {exp.cfg.model.max_context_tokens}-token context window")
     target = check_target(args)
     recording = LinkRecording(link_policy(exp, target))
-    policies, records = run_simulation(exp, progress=not args.no_progress, log=log, links=recording)
+    oracle_rows: dict = {}
+    policies, records = run_simulation(exp, progress=not args.no_progress, log=log, links=recording,
+                                       oracle_rows=oracle_rows)
     spans = scenario_spans(exp.actions(), exp.horizon_s, exp.scenario.events, exp.tree.link_name)
     source = f"simulated telemetry of {recording.policy}, a poll every {exp.cfg.oracle.poll_interval_s:g} s"
     links = LinkSeries(recording.times_s, recording.link_names, recording.utilisation, source)
@@ -61,8 +78,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "comparison_target": target, "comparison": compare(policies, target), "ablation": ablation(policies),
         "scenario_spans": [{"start_s": a, "end_s": b, "label": label} for a, b, label in spans],
         "link_utilisation": {"policy": recording.policy, "source": source, "file": LINK_CSV}}, args)
-    path = write_results(out, summary, records, exp.slo(), scenario_files(exp), target, fmt=args.format,
-                         spans=spans, links=links)
+    path = write_results(out, summary, records, exp.slo(), {**scenario_files(exp), **oracle_files(oracle_rows, summary,
+                                                                                                  target, args.format)},
+                         target, fmt=args.format, spans=spans, links=links)
     print(format_table(summary, target))
     print(f"\nresults: {path}")
     return EXIT_OK

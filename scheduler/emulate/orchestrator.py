@@ -38,6 +38,7 @@ import numpy as np
 from hosts.control import ControlServer
 from hosts.framing import KV_PORT
 from hosts.messages import Error, Report, Warm, Warmed
+from scheduler import oracle_error
 from scheduler.cluster import assign_roles
 from scheduler.config import ExperimentConfig
 from scheduler.emulate.calibration import calibrate
@@ -218,6 +219,7 @@ class _EmulationRun:
                                          "reserved_without_agent": int(self.roles.reserved.size)}}
         self.policies: dict[str, dict] = {}
         self.records: dict[str, list[RequestRecord]] = {}
+        self.evidence.setdefault("oracle_rows", {})  # policy -> its oracle's prices vs measured transfers
 
     def on_fabric(self, ofp_port: int, rest_port: int) -> None:
         """Build the fabric, run every other step on it, tear it down (both timed)."""
@@ -323,6 +325,10 @@ class _EmulationRun:
         summary["replay_lag_s"] = {"p50": float(np.percentile(replay.lag_s, 50)),
                                    "p99": float(np.percentile(replay.lag_s, 99)),
                                    "max": float(np.max(replay.lag_s))}
+        errors = replay.dispatch.oracle_errors()  # the oracle's prices against the agents' transfers
+        if errors:
+            summary["oracle_error"] = oracle_error.summarize(errors)
+            self.evidence["oracle_rows"][spec.name] = errors
         return summary, recs
 
 

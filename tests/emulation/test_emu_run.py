@@ -69,6 +69,13 @@ def test_short_emulate_run_writes_every_result_file(tmp_path: Path, goodput_boun
         assert p["requests"] == 12 and p["ttft_mean_s"] > 0
         assert p["tier_histogram"][:2] == [0, 0]  # by-rack: prefill racks hold no decode instance
     assert summary["policies"]["netkv:inflight"]["params"]["oracle"] == "inflight"
+    # the oracle's price of every transfer against what the agents measured (both backends' file)
+    err = summary["policies"]["netkv"]["oracle_error"]
+    assert err["transfers"] > 0 and err["median_rel_error"] >= 0 and "oracle_error" not in summary["policies"]["cache-load"]
+    rows = (out / "oracle_error.csv").read_text().splitlines()
+    assert rows[0].startswith("policy,req_id,tier,kv_bytes,predicted_s,measured_s")
+    assert {r.split(",")[0] for r in rows[1:]} == {"netkv:inflight", "netkv"}
+    assert (out / "oracle_error.png").is_file()
     # evidence a user needs to trust the numbers: the tiers KV transfers take, calibrated
     cal = summary["calibration"]
     assert set(cal["tiers"]) == {"2", "3"} and set(cal["skipped_tiers"]) == {"0", "1"}

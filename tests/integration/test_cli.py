@@ -164,9 +164,14 @@ def test_simulate_writes_summary_csv_and_plots(runs):
         rows = list(csv.DictReader(fh))
     assert len(rows) == N * len(POLICIES)
     assert {r["policy"] for r in rows} == set(POLICIES)
-    for name in PLOTS:
+    for name in PLOTS + ["oracle_error.png"]:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
+    # the oracle consumers' prices against their transfers' times (scheduler/oracle_error.py)
+    priced = {n for n, p in summary["policies"].items() if "oracle_error" in p}
+    assert priced == {"netkv:static", "netkv", "netkv:perfect"}
+    with open(out / "oracle_error.csv", newline="") as fh:
+        assert {r["policy"] for r in csv.DictReader(fh)} == priced
 
 
 def test_identical_runs_identical_results(runs):
