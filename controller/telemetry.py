@@ -163,13 +163,16 @@ class LinkTelemetry:
     def snapshot(self) -> dict:
         """``{"time", "poll_interval_s", "links": {name: {capacity_bps, tx_bps, utilisation,
         drops, sample_time}}}``; ``time`` is the newest poll seen (null before any)."""
+        states = list(self._links.values())
+        # the bits of one second at the measured rate against the capacity, every link at once
+        # (the simulator's formula)
+        util = utilisation([s.tx_bps for s in states], 1.0, [s.capacity_bps for s in states]).tolist()
         links: dict[str, dict] = {}
-        for name, s in self._links.items():
+        for (name, s), u in zip(self._links.items(), util):
             links[name] = {
                 "capacity_bps": s.capacity_bps,
                 "tx_bps": s.tx_bps,
-                # the bits of one second at the measured rate, against the capacity (as the simulator)
-                "utilisation": float(utilisation(s.tx_bps, 1.0, s.capacity_bps)),
+                "utilisation": u,
                 "drops": s.drops,
                 "sample_time": s.sample_time,
             }

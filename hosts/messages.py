@@ -1,11 +1,7 @@
 """The control-channel protocol between the orchestrator and the host agents, as typed messages.
 
-Every message is a frozen dataclass; on the wire it is one JSON object whose ``"op"`` (command,
-orchestrator -> agent) or ``"ev"`` (report, agent -> orchestrator) names the class and whose other
-keys are the fields (optional fields left out when None). ``hosts.codec.decode`` is the only place
-a wire object is checked: every field present with its type (bools are not numbers, ints >= 0)
-and the message's own rules (``check``); a ``ProtocolError`` names the message and the field
-(``"prefill: field 'bytes' must be int, got 'lots'"``). ``hosts.codec.encode`` is its inverse.
+Every message is a frozen dataclass, on the wire one JSON object whose ``"op"`` (command) or ``"ev"``
+(report) names the class; ``hosts.codec`` alone checks wire objects (errors name message and field).
 
 =============  ====  ==========================================================================
 message        from  fields (``?`` optional)
@@ -30,10 +26,7 @@ Pong / Warmed  agent seq, t, active (threads) / peers (connections opened)
 Disconnected   server an agent's control connection closed
 =============  ====  ==========================================================================
 
-Times are ``time.time()`` stamps. The control server sets ``agent`` (the sender's name) on every
-report it receives. :func:`replay_event` maps a report to what ``scheduler.emulate.replay``
-consumes (``Prefilled``, ``KvReceived``, ``FirstToken``, ``Finished``, ``AgentFailure``).
-Nothing here imports numpy: agents start inside Mininet hosts, 64 of them on two cores.
+Times are ``time.time()`` stamps; :func:`replay_event` maps a report to the replay's events.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import tempfile
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -71,6 +72,17 @@ def csv_bytes(rows_by_policy: Mapping[str, Sequence[OracleError]]) -> bytes:
         for r in rows:
             w.writerow([*astuple(r), f"{r.relative:.6g}"])
     return buf.getvalue().encode()
+
+
+def result_files(rows_by_policy: Mapping[str, Sequence[OracleError]], caption: str, target: str,
+                 fmt: str = "png") -> dict[str, bytes]:
+    """``oracle_error.csv`` and its figure in ``fmt``, for a result folder; none without rows."""
+    if not rows_by_policy:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fig = Path(tmp) / f"{FIGURE_NAME}.{fmt}"
+        plot(rows_by_policy, fig, caption, target)
+        return {CSV_NAME: csv_bytes(rows_by_policy), fig.name: fig.read_bytes()}
 
 
 def plot(rows_by_policy: Mapping[str, Sequence[OracleError]], path: Path, caption: str, target: str) -> None:

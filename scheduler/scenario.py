@@ -5,43 +5,7 @@ same :class:`Action` list from :meth:`Scenario.actions`. Host and link names are
 model's (``p0t1s0g3`` GPUs; directed links ``"p0t0->p0a1"`` as ``FatTree.link_name``, and
 ``"p0t0<->p0a1"`` for both directions).
 
-File format::
-
-    name = "hotspot"                  # optional, defaults to the file name without .toml
-    description = "one line"          # required: shown by `netkv scenarios`
-    written_for = { pods = 4 }        # optional: the fat-tree shape (topology.* fields) the events
-                                      #   are written for; on another shape the run is refused,
-                                      #   since the same host names would mean another traffic pattern
-    [params]                          # optional numeric defaults, overridable from the CLI;
-    period = 2.0                      # referenced as "$period" in any numeric event field,
-                                      #   or in a sum of products ("$offset + 0.5 * $period"); the built-in
-                                      #   "$run_s" is the run's last arrival time, so
-                                      #   at = "0.3 * $run_s" means 30% into whichever window runs
-
-    [[event]]
-    kind = "flow"                     # background flow(s) between GPU hosts
-    at = 0.0                          # start, seconds from run start (default 0)
-    src = "p1t0s0g0"                  # a host or a list; lists pair up src[i] -> dst[i],
-    dst = ["p2t0s0g0", "p3t0s0g0"]    #   one host against a list is one-to-many / many-to-one
-    rate_gbit_s = 100.0               # optional: omit for greedy (max-min fair share)
-    duration = 30.0                   # optional: omit for "until the end of the run"
-
-    [[event]]
-    kind = "link"                     # capacity change of one or more links
-    at = 10.0
-    link = "p1a0<->c0"                # a link or a list of links
-    factor = 0.25                     # exactly one of: factor (of nominal, 0..1),
-                                      #   capacity_gbit_s, state = "down" | "up"
-    duration = 5.0                    # optional: back to nominal capacity after this long
-
-    [[event]]
-    kind = "burst"                    # on/off flows: on for duty*period, off for the rest,
-    src = "p1t0s0g0"                  #   repeating from `at` until `until` or the end of the run
-    dst = "p2t0s0g0"
-    period = "$period"                # > 0
-    duty = 0.5                        # in (0, 1]
-    rate_gbit_s = 100.0               # optional (greedy if omitted)
-    until = 60.0                      # optional, > at
+The file format, field by field, is in ``docs/scenario-format.md``.
 
 A link event with ``state = "down"`` (or a capacity of 0) is a failure: the routing moves traffic
 off the link ``topology.reroute_delay_s`` later, and back once it is up again (a reduced capacity

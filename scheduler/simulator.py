@@ -77,8 +77,8 @@ class Simulator:
         # Staleness studies: also ask a fresh-telemetry oracle and record whether its choice's tier
         # (and exact instance) agree with the stale one's.
         fresh = self.telemetry if shadow_fresh else None
-        self.oracle, self.shadow = build_oracles(cfg, self.tree, policy, kind, source, truth=self, fresh_source=fresh)
-        self.dispatch = Dispatcher(cfg, self.tree, requests, policy, self.oracle, self.shadow)
+        oracle, shadow = build_oracles(cfg, self.tree, policy, kind, source, truth=self, fresh_source=fresh)
+        self.dispatch = Dispatcher(cfg, self.tree, requests, policy, oracle, shadow)
         self.cluster = self.dispatch.cluster
         self.batches = [DecodeBatch(self.cluster.timing, self.cluster.decode_capacity_tokens)
                         for _ in range(self.cluster.decode_ids.size)]

@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     from scheduler.heatmap import LinkSeries
     from scheduler.resultfiles import LINK_CSV, write_results
     from scheduler.tables import format_table
-    from scripts.cmd_simulate import oracle_files
+    from scheduler import oracle_error
+    from scheduler.plotting import experiment_caption
     from scheduler.timeline import scenario_spans
     from topology.fabric import FabricError
     from topology.mininet_topo import EmulationScaleError
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         "scenario_spans": [{"start_s": a, "end_s": b, "label": label} for a, b, label in spans],
         "link_utilisation": {"source": links.source, "file": LINK_CSV} if links is not None else None}, args)
     extra.update(scenario_files(exp))
-    extra.update(oracle_files(ev.pop("oracle_rows", {}), summary, target, args.format))
+    extra.update(oracle_error.result_files(ev.pop("oracle_rows", {}), experiment_caption(summary), target, args.format))
     extra["calibration.json"] = (json.dumps(ev.get("calibration"), indent=2, default=float) + "\n").encode()
     path = write_results(out, summary, records, exp.slo(), extra_files=extra, target=target, fmt=args.format,
                          spans=spans, links=links)

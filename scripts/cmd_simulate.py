@@ -34,26 +34,13 @@ def link_policy(exp, target: str) -> str:
     return target if target in names else names[0]
 
 
-def oracle_files(rows: dict, summary: dict, target: str, fmt: str) -> dict[str, bytes]:
-    """``oracle_error.csv`` and its figure, when a policy priced transfers with an oracle."""
-    import tempfile
-
-    from scheduler import oracle_error
-    from scheduler.plotting import experiment_caption
-
-    if not rows:
-        return {}
-    with tempfile.TemporaryDirectory() as tmp:
-        fig = Path(tmp) / f"{oracle_error.FIGURE_NAME}.{fmt}"
-        oracle_error.plot(rows, fig, experiment_caption(summary), target)
-        return {oracle_error.CSV_NAME: oracle_error.csv_bytes(rows), fig.name: fig.read_bytes()}
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out("simulate", args.scenario)
     check_out(out)
     exp, info = prepare_from_args(args)
+    from scheduler import oracle_error
     from scheduler.experiment import LinkRecording, run_simulation
+    from scheduler.plotting import experiment_caption
     from scheduler.metrics import ablation, compare
     from scheduler.heatmap import LinkSeries
     from scheduler.resultfiles import LINK_CSV, write_results
@@ -78,8 +65,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "comparison_target": target, "comparison": compare(policies, target), "ablation": ablation(policies),
         "scenario_spans": [{"start_s": a, "end_s": b, "label": label} for a, b, label in spans],
         "link_utilisation": {"policy": recording.policy, "source": source, "file": LINK_CSV}}, args)
-    path = write_results(out, summary, records, exp.slo(), {**scenario_files(exp), **oracle_files(oracle_rows, summary,
-                                                                                                  target, args.format)},
+    path = write_results(out, summary, records, exp.slo(), {**scenario_files(exp), **oracle_error.result_files(
+                             oracle_rows, experiment_caption(summary), target, args.format)},
                          target, fmt=args.format, spans=spans, links=links)
     print(format_table(summary, target))
     print(f"\nresults: {path}")

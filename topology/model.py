@@ -1,14 +1,13 @@
 """Pure model of the four-tier GPU fat-tree: names, tiers, directed links, paths, capacities.
 
-One source of truth for the simulator, the network cost oracle, the Mininet topology and the
-Ryu routing app. No Mininet import here: everything is checkable without root.
+One source of truth for the simulator, the oracle, the Mininet topology and the Ryu apps; no
+Mininet import, so everything is checkable without root.
 
 Shape (default 64 GPUs): ``pods`` x ``tors_per_pod`` x ``servers_per_tor`` x ``gpus_per_server``,
 ``aggs_per_pod`` aggregation switches per pod, ``cores`` core switches split into
 ``aggs_per_pod`` groups (aggregation switch k of every pod connects to every core of group k).
 
-Every GPU has two interfaces: one to its server's NVLink switch (reaches GPUs of the same server,
-tier 0) and one scale-out NIC to its ToR (everything else).
+Every GPU has an NVLink interface to its server switch (tier 0) and a scale-out NIC to its ToR.
 
 Names map to roles and positions (``p1t0s1g3`` = pod 1, ToR 0, server 1, GPU 3):
 
@@ -22,10 +21,8 @@ aggregation switch    ``p{P}a{K}``           ``p0a1``
 core switch           ``c{C}``               ``c3``
 ====================  =================  ===================================
 
-Tiers: 0 same server (NVLink), 1 same ToR, 2 same pod, 3 cross-pod.
-
-Routing is destination-based and deterministic by default (``routing="dst"``), so the path of a
-transfer is knowable from (src, dst) alone and the oracle prices the path the bytes really take:
+Tiers: 0 same server (NVLink), 1 same ToR, 2 same pod, 3 cross-pod. Routing is destination-based
+by default (``routing="dst"``): a transfer's path follows from (src, dst), so the oracle prices it:
 upward hops pick aggregation switch ``dst % aggs_per_pod`` and core ``(dst // aggs_per_pod) %
 cores_per_agg`` inside that aggregation switch's group; downward hops are unique in a fat-tree.
 ``routing="ecmp"`` hashes (src, dst, flow key) instead, like a switch's ECMP select group.

@@ -125,7 +125,6 @@ class RealtimeReplay:
         oracle, _ = build_oracles(cfg, self.tree, policy, oracle_kind(cfg, policy), telemetry_source, truth=None)
         self.dispatch = Dispatcher(cfg, self.tree, requests, policy, oracle)
         self.cluster = self.dispatch.cluster
-        self.oracle = oracle
         self.transport = transport
         self.executor = executor
         self.clock = clock

@@ -15,31 +15,10 @@ one unit (its pure rate, tc-argument and slot-protocol parts live in topology/ a
         finally:
             exe.close()
 
-* ``flow_start``: one ``python -m hosts.background`` sink per destination host and window clamp
-  (many connections) and a standby sender ("flow slot", see :func:`hosts.standby.run_standby`)
-  in the source host for ``fab.peer_ip(src, dst)``, paced at the emulated rate
-  (:func:`topology.emulated.emulated_mbit`: ``rate_gbit_s x 1000 x scale / time_scale`` Mbit/s) or
-  greedy when the rate is None; the start is the slot's start signal
-  (a new connection), and the flow runs until ``flow_stop``. Sinks clamp their receive window at
-  the flow's :func:`background_window_bytes` (one sink port per distinct clamp), so a greedy
-  background flow keeps about one bandwidth-delay product in flight instead of filling the
-  drop-tail buffers it crosses (see :data:`BACKGROUND_WINDOW_SEGMENTS`).
-* ``flow_stop``: the slot's stop signal (its connection is reset at once, as a fluid flow ends);
-  the slot prints the flow's JSON summary (bytes, seconds, Mbit/s), kept in
-  :attr:`ScenarioExecutor.flow_results`, and waits for its next start.
-* :meth:`ScenarioExecutor.prepare` (before the clock starts): every sink, and as many slots per
-  (source, destination, rate) as the actions ever run at once, so nothing is spawned mid-run;
-  a start finding no idle slot (no ``prepare``) spawns one then. :meth:`ScenarioExecutor.apply_batch`
-  takes one instant's actions together: all stop signals, then the slots' reports are awaited
-  together, then all start signals (why slots, with the measured switch times: docs/calibration.md#flow-slots).
-* ``link_capacity``: a directed link ``u -> v`` is shaped by the HTB root qdisc (handle ``5:``,
-  class ``5:1``, see :func:`topology.mininet_topo.htb_argvs`) on ``u``'s interface facing
-  ``v``; its class rate becomes ``factor x`` the emulated nominal rate. ``factor == 0`` takes the
-  direction down by giving class ``5:1`` a ``blackhole`` leaf qdisc (everything leaving the
-  interface is dropped; the kernel here has no netem and no tc classifiers/actions); a later
-  ``factor > 0`` removes the leaf again (HTB falls back to its default FIFO).
+What each action does on the fabric (sinks with window clamps, standby senders as flow slots,
+HTB classes and blackhole leaves for links): docs/DESIGN.md#scenario-actions-on-the-fabric.
 
-Processes run in the Mininet hosts' namespaces (``host.popen``, cwd = repository root), with
+Processes run in the Mininet hosts' namespaces (``host.popen``), with
 stdout/stderr in ``run_dir/background/``. ``close()`` stops them all; shaping is left as is (the
 fabric teardown removes the interfaces).
 """
