@@ -1,7 +1,8 @@
 """Ryu app: the controller's REST API on Ryu's WSGI server (one concern: serving JSON).
 
 ``GET /netkv/telemetry`` -> the DESIGN.md telemetry snapshot (from :class:`TelemetryApp`).
-``GET /netkv/status``    -> switches expected / connected / with routes installed, poll count.
+``GET /netkv/status``    -> switches expected / connected / with routes installed, poll count,
+links down, link changes and the reroutes they caused (with their timings).
 
 Bind it to loopback: ``ryu-manager --wsapi-host 127.0.0.1 --wsapi-port <port>`` (controller.run
 does). The other apps are found with ``app_manager.lookup_service_brick`` by class name.
@@ -37,6 +38,7 @@ class RestApp(app_manager.RyuApp):
     def status(self) -> dict:
         routing = app_manager.lookup_service_brick("RoutingApp")
         telemetry = app_manager.lookup_service_brick("TelemetryApp")
+        links = app_manager.lookup_service_brick("LinkStateApp")
         switches = dict(routing.switches) if routing is not None else {}
         expected = sorted(routing.tree.switch_names()) if routing is not None else []
         return {
@@ -46,6 +48,11 @@ class RestApp(app_manager.RyuApp):
             "flows_installed": sum(s["flows"] for s in switches.values() if s["ready"]),
             "polls": telemetry.polls if telemetry is not None else 0,
             "poll_interval_s": telemetry.config.poll_interval_s if telemetry is not None else None,
+            "links_down": links.status.down_names() if links is not None else [],
+            "link_changes": [c.to_dict() for c in links.status.changes] if links is not None else [],
+            "port_status_messages": links.port_status_messages if links is not None else 0,
+            "reroutes": [{k: (sorted(v) if isinstance(v, set) else v) for k, v in r.items() if k != "pending"}
+                         for r in (routing.reroutes if routing is not None else [])],
         }
 
 

@@ -13,13 +13,21 @@ destination address is enough and no packet is ever flooded (the fat-tree has lo
 Every IPv4 entry has an ARP twin (``arp_tpa``) with the same output port, so ARP requests and
 replies travel the same paths as data and hosts resolve each other without static ARP tables.
 The table-miss entry (drop) is the Ryu app's business.
+
+With failed links (``down``: directed link indices the controller knows are down) a ToR takes
+the first aggregation switch, in the order of :meth:`topology.model.FatTree.up_choices`, whose
+own route to the destination survives, and an aggregation switch the first surviving core: the
+paths :meth:`FatTree.paths` gives with the same ``down`` set (``tests/unit/test_routing.py``
+walks the tables against it). Where nothing survives the default port stays.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from topology.model import FatTree, nic_ip, nvlink_ip
+from topology.wiring import switch_ports
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
@@ -49,6 +57,12 @@ class FlowEntry:
     out_port: int
 
 
+@lru_cache(maxsize=4096)
+def _ports(tree: FatTree, switch: str) -> dict[int, str]:
+    """:func:`switch_ports`, cached (rerouting asks for the same switches many times); callers do not mutate it."""
+    return switch_ports(tree, switch)
+
+
 def _check_routing(tree: FatTree) -> None:
     if tree.config.routing != "dst":
         raise RoutingError(
@@ -57,8 +71,14 @@ def _check_routing(tree: FatTree) -> None:
         )
 
 
+@lru_cache(maxsize=64)
+def _roles(tree: FatTree) -> dict[str, str]:
+    return tree.switch_names()
+
+
+@lru_cache(maxsize=16384)
 def _role_and_numbers(tree: FatTree, switch: str) -> tuple[str, tuple[int, ...]]:
-    role = tree.switch_names().get(switch)
+    role = _roles(tree).get(switch)
     if role is None:
         raise RoutingError(f"unknown switch {switch!r} in this fat-tree")
     m = _SWITCH_RE[role].match(switch)
@@ -71,8 +91,9 @@ def _check_dst(tree: FatTree, dst: int) -> None:
         raise RoutingError(f"destination GPU index {dst} out of range 0..{tree.n_gpus - 1}")
 
 
-def next_hop_port(tree: FatTree, switch: str, dst: int, nvlink: bool) -> int:
-    """OpenFlow output port at ``switch`` for traffic to GPU ``dst``.
+def next_hop_port(tree: FatTree, switch: str, dst: int, nvlink: bool, down: frozenset[int] = frozenset()) -> int:
+    """OpenFlow output port at ``switch`` for traffic to GPU ``dst``, avoiding the directed links
+    in ``down`` where a surviving route exists.
 
     ``nvlink=True`` asks for dst's NVLink address, which only dst's own server switch carries;
     ``nvlink=False`` asks for its NIC address, carried by ToR, aggregation and core switches.
@@ -81,10 +102,44 @@ def next_hop_port(tree: FatTree, switch: str, dst: int, nvlink: bool) -> int:
     _check_routing(tree)
     _check_dst(tree, dst)
     role, nums = _role_and_numbers(tree, switch)
-    return _port(tree, switch, role, nums, dst, nvlink)
+    return _port(tree, switch, role, nums, dst, nvlink, down)
 
 
-def _port(tree: FatTree, switch: str, role: str, nums: tuple[int, ...], dst: int, nvlink: bool) -> int:
+def _port(tree: FatTree, switch: str, role: str, nums: tuple[int, ...], dst: int, nvlink: bool,
+          down: frozenset[int] = frozenset()) -> int:
+    default = _default_port(tree, switch, role, nums, dst, nvlink)
+    if not down or role not in ("tor", "agg"):
+        return default
+    c = tree.config
+    if role == "tor":
+        if dst // tree.gpt == nums[0] * c.tors_per_pod + nums[1]:
+            return default  # down to one of its own GPUs: one way only
+        first, k0, n = tree.gpt + 1, dst % c.aggs_per_pod, c.aggs_per_pod
+    else:
+        if dst // tree.gpp == nums[0]:
+            return default  # down to a ToR of its pod: one way only
+        first, k0, n = c.tors_per_pod + 1, (dst // c.aggs_per_pod) % tree.cores_per_agg, tree.cores_per_agg
+    ports = _ports(tree, switch)
+    for choice in [k0] + [x for x in range(n) if x != k0]:  # FatTree.up_choices' order
+        port = first + choice
+        if tree.link_index[(switch, ports[port])] not in down and _survives(tree, ports[port], dst, down):
+            return port
+    return default
+
+
+def _survives(tree: FatTree, node: str, dst: int, down: frozenset[int]) -> bool:
+    """Whether the route from switch ``node`` to GPU ``dst`` under ``down`` avoids every down link."""
+    roles = _roles(tree)
+    while node in roles:
+        role, nums = _role_and_numbers(tree, node)
+        nxt = _ports(tree, node)[_port(tree, node, role, nums, dst, False, down)]
+        if tree.link_index[(node, nxt)] in down:
+            return False
+        node = nxt
+    return True
+
+
+def _default_port(tree: FatTree, switch: str, role: str, nums: tuple[int, ...], dst: int, nvlink: bool) -> int:
     c = tree.config
     a, cpa = c.aggs_per_pod, tree.cores_per_agg
     if role == "server":
@@ -123,8 +178,9 @@ def _entries_for(address: str, out_port: int) -> list[FlowEntry]:
     ]
 
 
-def flow_entries(tree: FatTree, switch: str) -> list[FlowEntry]:
-    """All routing entries of ``switch``: IPv4 + ARP per reachable GPU address, no flooding.
+def flow_entries(tree: FatTree, switch: str, down: frozenset[int] = frozenset()) -> list[FlowEntry]:
+    """All routing entries of ``switch``: IPv4 + ARP per reachable GPU address, no flooding;
+    routes avoid the directed links in ``down`` where they can.
 
     Server switches get the NVLink addresses of their own GPUs; every other switch gets the NIC
     address of every GPU in the fabric. Order: by destination GPU, IPv4 before ARP."""
@@ -138,5 +194,5 @@ def flow_entries(tree: FatTree, switch: str) -> list[FlowEntry]:
             out += _entries_for(nvlink_ip(tree, g), _port(tree, switch, role, nums, g, nvlink=True))
         return out
     for g in range(tree.n_gpus):
-        out += _entries_for(nic_ip(tree, g), _port(tree, switch, role, nums, g, nvlink=False))
+        out += _entries_for(nic_ip(tree, g), _port(tree, switch, role, nums, g, False, down))
     return out

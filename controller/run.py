@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from controller.settings import DEFAULT_OFP_PORT, DEFAULT_POLL_INTERVAL_S, DEFAULT_REST_PORT
 from topology.model import FatTreeConfig
 
-APPS = ("controller.app", "controller.telemetry_app", "controller.rest_app")
+APPS = ("controller.linkstate_app", "controller.app", "controller.telemetry_app", "controller.rest_app")
 CONFIG_ENV = "NETKV_CONTROLLER_CONFIG"
 
 

@@ -88,6 +88,7 @@ class _LinkState:
     tx_bps: float = 0.0
     drops: int = 0
     sample_time: float | None = None
+    down: bool = False
 
 
 class LinkTelemetry:
@@ -130,6 +131,14 @@ class LinkTelemetry:
             raise ValueError(f"capacity of {link_name} must be >= 0 bits/s, got {bps}")
         state.capacity_bps = float(bps)
 
+    def set_down(self, link_name: str, down: bool) -> None:
+        """Mark a directed link down (its snapshot capacity becomes 0, its nominal one is kept for
+        when it returns) or up again."""
+        state = self._links.get(link_name)
+        if state is None:
+            raise UnknownLinkError(f"unknown directed link {link_name!r} (names look like 'p0t0->p0a1')")
+        state.down = bool(down)
+
     def update(self, dpid: int, port_no: int, sample: PortSample, now: float) -> None:
         """Feed one port's counters polled at unix time ``now``.
 
@@ -162,18 +171,21 @@ class LinkTelemetry:
 
     def snapshot(self) -> dict:
         """``{"time", "poll_interval_s", "links": {name: {capacity_bps, tx_bps, utilisation,
-        drops, sample_time}}}``; ``time`` is the newest poll seen (null before any)."""
+        drops, sample_time, down}}}``; ``time`` is the newest poll seen (null before any); a link
+        that is down has ``capacity_bps`` 0."""
         states = list(self._links.values())
+        caps = [0.0 if s.down else s.capacity_bps for s in states]
         # the bits of one second at the measured rate against the capacity, every link at once
         # (the simulator's formula)
-        util = utilisation([s.tx_bps for s in states], 1.0, [s.capacity_bps for s in states]).tolist()
+        util = utilisation([s.tx_bps for s in states], 1.0, caps).tolist()
         links: dict[str, dict] = {}
-        for (name, s), u in zip(self._links.items(), util):
+        for (name, s), u, cap in zip(self._links.items(), util, caps):
             links[name] = {
-                "capacity_bps": s.capacity_bps,
+                "capacity_bps": cap,
                 "tx_bps": s.tx_bps,
                 "utilisation": u,
                 "drops": s.drops,
                 "sample_time": s.sample_time,
+                "down": s.down,
             }
         return {"time": self._time, "poll_interval_s": self.poll_interval_s, "links": links}

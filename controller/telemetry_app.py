@@ -5,7 +5,8 @@ asks every connected switch for all its port counters each ``poll_interval_s``, 
 feeds :class:`controller.telemetry.LinkTelemetry` (pure counter arithmetic, rates from the
 switch's own port durations). Capacities are the emulated ones from the controller config, so
 ``utilisation`` is relative to what the shaped links can carry. Polling resumes by itself when a
-switch reconnects (e.g. after a controller restart).
+switch reconnects (e.g. after a controller restart). A link the link-state app reports down
+(:class:`controller.linkstate_app.EventLinksChanged`) shows capacity 0 until it is back up.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 
 from controller.app import ControllerConfig
+from controller.linkstate_app import EventLinksChanged
 from controller.telemetry import LinkTelemetry, PortSample, UnknownDatapathError
 from topology.model import FatTree
 
@@ -44,6 +46,11 @@ class TelemetryApp(app_manager.RyuApp):
             self.datapaths[dp.id] = dp
         elif ev.state == DEAD_DISPATCHER:
             self.datapaths.pop(dp.id, None)
+
+    @set_ev_cls(EventLinksChanged)
+    def _links_changed_handler(self, ev: EventLinksChanged) -> None:
+        for link in ev.change.links:
+            self.telemetry.set_down(self.tree.link_name(link), ev.change.down)
 
     def _monitor(self) -> None:
         while True:

@@ -28,6 +28,28 @@ PROBE_RISE_NOTE = 1.5
 at least this multiple of its idle median (the saturation verdict itself needs x3, scheduler.emulate.fidelity)."""
 
 
+def reroute_lines(policy: str, row: dict) -> list[str]:
+    """What the output says of a replay's link failures: the reroute timings, the transfers that
+    met a failure, and a WARNING when a failure went unseen or the routes came late."""
+    rep = row.get("reroute")
+    if not rep:
+        return []
+    fail = row.get("failure") or {}
+    sources = sorted({e["source"] for e in rep["events"] if e["source"]})
+    worst = rep["rerouted_max_s"]
+    out = [f"link failures under {policy}: {len(rep['events'])} link change(s), every switch on the new routes "
+           f"within {'-' if worst is None else f'{1e3 * worst:.0f} ms'} (target {1e3 * rep['target_s']:.0f} ms; seen "
+           f"by {', '.join(sources) or 'nothing'}); {fail.get('transfers', 0)} KV transfer(s) met a failure"
+           + (f", standing still {fail['stalled_mean_s']:.2f} s on average" if fail.get("transfers") else "")]
+    if rep["unseen"]:
+        out.append(f"WARNING: {policy}: the controller never reported {rep['unseen']} of the link changes: routes and "
+                   "telemetry did not follow them (controller.log in the run folder)")
+    elif not rep["within_target"]:
+        out.append(f"WARNING: {policy}: rerouting took {'-' if worst is None else f'{worst:.2f} s'}, over the "
+                   f"{rep['target_s']:.2f} s target (two poll intervals)")
+    return out
+
+
 def register(sub) -> None:
     from scripts.cli_common import add_experiment_options, add_format_option
 
@@ -161,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
     if tiers:
         print("KV transfer time by tier during the runs, emulate / simulate (all policies): " + "; ".join(
             f"tier {t}: {a['emulate_ms']:.1f} / {a['simulate_ms']:.1f} ms (x{a['ratio']:.2f})" for t, a in sorted(tiers.items())))
+    for name, row in policies.items():
+        for line in reroute_lines(name, row):
+            print(line)
     fid = ev.get("fidelity") or {}
     probe = fid.get("probe") or {}
     if tiers:

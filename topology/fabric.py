@@ -36,7 +36,7 @@ from typing import Protocol
 from topology import cleanup
 from topology.cleanup import STATE_FILE, read_state, remove_state, write_state
 from topology.errors import FabricBusyError, FabricError
-from topology.host_setup import configure_hosts
+from topology.host_setup import configure_hosts, reconfigure_host
 from topology.mininet_topo import FatTreeTopo, ShapedLink, default_datapath, link_capacity_bps
 from topology.model import FatTree, FatTreeConfig, nic_ip, nvlink_ip, peer_ip
 from topology.signals import StopSignalHandlers, mask_stop_signals, unmask_stop_signals
@@ -155,6 +155,18 @@ class Fabric:
     def peer_ip(self, src: int, dst: int) -> str:
         """Address GPU ``src`` uses for GPU ``dst`` (NVLink IP inside a server, NIC IP otherwise)."""
         return peer_ip(self.tree, src, dst)
+
+    def set_link_status(self, upper: str, lower: str, up: bool) -> None:
+        """Both interfaces of the link ``upper`` <-> ``lower`` up or down (Mininet's link status:
+        the switch end reports the port change to the controller). A GPU host's settings on that
+        link (routes, ARP) are put back when it comes up."""
+        if self.net is None:
+            raise FabricError("fabric is not running")
+        if not self.net.linksBetween(self.net.get(upper), self.net.get(lower)):
+            raise FabricError(f"no link {upper} <-> {lower} in this fabric")
+        self.net.configLinkStatus(upper, lower, "up" if up else "down")
+        if up and lower in self.tree.gpu_names:
+            reconfigure_host(self.net, self.tree, lower, self.run_dir)
 
     def telemetry(self, timeout_s: float = 2.0) -> dict:
         """The controller's telemetry snapshot (DESIGN.md schema)."""

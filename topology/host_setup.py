@@ -69,3 +69,13 @@ def configure_hosts(net: Any, tree: FatTree, run_dir: Path) -> None:
         out = net.get(name).cmd(host_command(name, batch))
         if "netkv-ok" not in out:
             raise FabricError(f"configuring host {name} failed: {out.strip()}")
+
+
+def reconfigure_host(net: Any, tree: FatTree, name: str, run_dir: Path) -> None:
+    """Re-apply host ``name``'s settings after one of its interfaces was down: an interface taken
+    down loses its routes (the kernel puts back a plain one, without ``rto_min``) and its ARP
+    entries, permanent ones too."""
+    batch = run_dir / "arp" / f"{name}.batch"
+    out = net.get(name).cmd(host_command(name, batch))
+    if "netkv-ok" not in out:
+        raise FabricError(f"reconfiguring host {name} after its link came back failed: {out.strip()}")

@@ -112,7 +112,7 @@ ROOT_HANDLE = "5:"
 HTB_CLASS = "5:1"
 """The one HTB class under it (its rate is the link's)."""
 LEAF_HANDLE = "10:"
-"""Handle of the class's leaf qdisc (the FIFO, or a blackhole while the link is down)."""
+"""Handle of the class's leaf qdisc (the shallow FIFO)."""
 HTB_BURST_S = 0.0007
 """HTB burst (and cburst) of switch links, s of traffic at the class rate: short, so sporadic small
 transfers are shaped too (docs/calibration.md#htb-burst)."""

@@ -9,9 +9,9 @@ reason:
   ``oracle.kind=perfect`` for a policy given without one): that oracle reads the simulator's
   ground truth (true routes, every flow's max-min share); a real fabric shows itself only through
   telemetry, so there is nothing to read;
-* a scenario that takes a link down (``state = "down"``, ``factor = 0`` or ``capacity_gbit_s = 0``):
-  on the emulator that is an HTB blackhole the controller neither sees nor routes around, while
-  the simulator reroutes after ``topology.reroute_delay_s``. Reduced capacities run on both;
+* a scenario that takes a link down in one direction only: on the fabric a link fails as a real
+  one does, both interfaces down (the controller sees the port change and reroutes), so a
+  one-way failure has no meaning there (``"u<->v"`` takes both ways down);
 * ``timing.kv_streaming = "layer-wise"``: what it leaves in TTFT is the last layer's bytes plus
   the fabric's per-packet delays, which the emulated fabric inflates by 1/scale (measured
   residuals in docs/calibration.md#layer-wise); :func:`packet_floor_s` gives the store-and-forward floor;
@@ -91,18 +91,20 @@ def perfect_oracle_problems(exp: Experiment) -> list[str]:
 
 
 def link_down_problems(exp: Experiment, actions: list[Action]) -> list[str]:
-    """One line per link-down action (capacity factor 0) the run would execute."""
-    downs = [a for a in actions if a.kind == "link_capacity" and a.factor is not None and a.factor <= 0]
-    if not downs:
-        return []
-    names = sorted({exp.tree.link_name(int(i)) for a in downs for i in a.links})
-    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-    return [f"scenario '{exp.scenario.name}' ({exp.scenario.source}) takes link(s) {shown} down "
-            f"(first at {min(a.time_s for a in downs):.3g} s): on the emulator a link down is an HTB "
-            f"blackhole that the Ryu controller does not see or reroute around (rerouting on the fabric is "
-            f"not implemented), while the simulator moves traffic off it after topology.reroute_delay_s="
-            f"{exp.cfg.topology.reroute_delay_s:g} s, so the two backends would not mean the same; run it "
-            f"with `netkv simulate` (reduced capacities, factor > 0, run on both)"]
+    """One line per link-down action that leaves the other direction of a link up."""
+    tree, out = exp.tree, []
+    for a in actions:
+        if a.kind != "link_capacity" or a.factor is None or a.factor > 0:
+            continue
+        links = {int(i) for i in a.links}
+        lonely = sorted(i for i in links if tree.link_index[tuple(reversed(tree.link_endpoints(i)))] not in links)
+        if lonely:
+            names = ", ".join(tree.link_name(i) for i in lonely[:4]) + (" ..." if len(lonely) > 4 else "")
+            out.append(f"scenario '{exp.scenario.name}' ({exp.scenario.source}) takes {names} down in one direction "
+                       f"only (at {a.time_s:.3g} s): on the fabric a link fails as a real one does, both interfaces "
+                       f"down, so the controller sees it and reroutes; name the link as 'u<->v' (both directions), "
+                       f"or run a one-way failure with `netkv simulate`")
+    return out
 
 
 def packet_floor_s(exp: Experiment, scale: float) -> float:

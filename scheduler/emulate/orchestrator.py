@@ -39,6 +39,7 @@ from hosts.control import ControlServer
 from hosts.framing import KV_PORT
 from hosts.messages import Error, Report, Warm, Warmed
 from scheduler import oracle_error
+from scheduler.emulate import failures
 from scheduler.cluster import assign_roles
 from scheduler.config import ExperimentConfig
 from scheduler.emulate.calibration import calibrate
@@ -53,6 +54,7 @@ from scheduler.policies import TARGET, PolicySpec
 from scheduler.records import RequestRecord
 from scheduler.scenario import Action
 from scheduler.telemetry import TelemetryHistory
+from controller.client import ControllerUnavailable
 from controller.process import controlled_fabric
 from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
 from topology.fabric import Fabric
@@ -65,6 +67,9 @@ WARM_TIMEOUT_S = 60.0
 """Every prefill agent must have opened its persistent connections within this."""
 DRAIN_S = 1.0
 """Pause between policies so queues and background flows of one replay do not leak into the next."""
+REROUTE_REPORT_TIMEOUT_S = 5.0
+"""After a replay with link failures, wait this long at most for the controller to confirm the
+reroute of the last repair (it takes milliseconds: docs/DESIGN.md#link-failures-on-the-fabric)."""
 
 
 def _start_agents(fab: Fabric, tree: FatTree, gpus: Sequence[int], sock: Path, run_dir: Path) -> list:
@@ -148,6 +153,22 @@ def _warm_connections(control: ControlServer, tree: FatTree, prefill: np.ndarray
     errors = [r for r in router.warmed if isinstance(r, Error)]
     if errors:
         raise EmulationError(f"opening persistent connections failed: {errors[0].agent}: {errors[0].reason}")
+
+
+def _controller_reroutes(fab: Fabric, events: int, timeout_s: float = REROUTE_REPORT_TIMEOUT_S) -> list[dict]:
+    """The controller's reroutes (``/netkv/status``) once it has reported at least ``events`` link
+    changes or ``timeout_s`` passed (the last repair's reroute may still be confirming)."""
+    deadline = time.monotonic() + timeout_s
+    reroutes: list[dict] = []
+    while True:
+        try:
+            reroutes = fab.controller.status(timeout_s=1.0).get("reroutes", [])
+        except ControllerUnavailable:
+            pass
+        done = sum(1 for r in reroutes if r.get("confirmed_at") is not None)
+        if done >= events or time.monotonic() > deadline:
+            return reroutes
+        time.sleep(0.1)
 
 
 def _restore_links(executor: ScenarioExecutor) -> None:
@@ -318,7 +339,15 @@ class _EmulationRun:
             poller.detach()
             executor.close()
             _restore_links(executor)
+        reroute = None
+        if executor.link_events:  # real link failures: what the controller did about them
+            reroutes = _controller_reroutes(fab, len(executor.link_events))
+            recs = failures.stall_seconds(self.tree, recs, executor.link_events, reroutes, clock.virtual)
+            reroute = failures.reroute_report(executor.link_events, reroutes, cfg.oracle.poll_interval_s,
+                                              clock.virtual)
         summary = summarize_policy(recs, exp.slo())
+        if reroute is not None:
+            summary["reroute"] = reroute
         summary["params"] = policy.params()
         summary["tuning"] = table
         summary["wall_s"] = round(time.monotonic() - t1, 2)

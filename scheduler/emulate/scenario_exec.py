@@ -16,7 +16,7 @@ one unit (its pure rate, tc-argument and slot-protocol parts live in topology/ a
             exe.close()
 
 What each action does on the fabric (sinks with window clamps, standby senders as flow slots,
-HTB classes and blackhole leaves for links): docs/DESIGN.md#scenario-actions-on-the-fabric.
+HTB classes for reduced capacities, Mininet link status for failures): docs/DESIGN.md#scenario-actions-on-the-fabric.
 
 Processes run in the Mininet hosts' namespaces (``host.popen``), with
 stdout/stderr in ``run_dir/background/``. ``close()`` stops them all; shaping is left as is (the
@@ -65,6 +65,7 @@ REPORT_TIMEOUT_S = 3.0
 STOP_GRACE_S = 3.0
 TC_TIMEOUT_S = 10.0
 DOWN_HANDLE = LEAF_HANDLE
+"""Handle of the leaf FIFO under a link's HTB class (replaced when the link's rate changes)."""
 
 BACKGROUND_WINDOW_SEGMENTS = 3
 """Segments a background flow may keep in flight beyond its path's bandwidth-delay product, so greedy
@@ -126,16 +127,9 @@ def _del_leaf_argv(intf: str) -> list[str]:
     return ["tc", "qdisc", "del", "dev", intf, "parent", HTB_CLASS, "handle", DOWN_HANDLE]
 
 
-def down_argvs(intf: str) -> list[list[str]]:
-    """tc commands that drop everything leaving ``intf``: the HTB class's leaf becomes a
-    blackhole (a leaf cannot change kind in place, hence delete then add)."""
-    return [_del_leaf_argv(intf),
-            ["tc", "qdisc", "add", "dev", intf, "parent", HTB_CLASS, "handle", DOWN_HANDLE, "blackhole"]]
-
-
 def up_argvs(intf: str, mbit: float) -> list[list[str]]:
     """tc commands that put back the shallow FIFO leaf sized for ``mbit`` (the leaf the fabric
-    installs, see :func:`topology.mininet_topo.leaf_argv`), replacing a blackhole or an
+    installs, see :func:`topology.mininet_topo.leaf_argv`), replacing an
     older FIFO."""
     return [_del_leaf_argv(intf), leaf_argv(intf, mbit, verb="add")]
 
@@ -293,7 +287,11 @@ class ScenarioExecutor:
         self.flow_results: dict[str, dict | None] = {}
         """flow_id -> the stopped sender's JSON summary (None if it printed none)."""
         self._factor = np.ones(tree.n_links + 1)
+        self._shaped = np.ones(tree.n_links + 1)  # the HTB rate's factor (a down link keeps its last)
         self._down: set[int] = set()
+        self.link_events: list[dict] = []
+        """Every physical link taken down or up: {"link" ("upper<->lower"), "links" (both directed
+        indices), "down", "wall" (time.time() just before the interfaces changed)}."""
         self._intf: dict[int, Any] = {}
         self._sinks: dict[tuple[str, int], _Proc] = {}
         self._idle: dict[tuple[int, int, float | None], list[_Slot]] = {}  # flow slots waiting for a start
@@ -356,8 +354,13 @@ class ScenarioExecutor:
             self._idle.setdefault(slot.key, []).append(slot)
 
     def capacity_factor(self) -> np.ndarray:
-        """Current capacity factor per directed link (length n_links + 1, padding 1.0)."""
+        """Current capacity factor per directed link (length n_links + 1, padding 1.0; 0 = down)."""
         return self._factor.copy()
+
+    def shaping_factor(self) -> np.ndarray:
+        """What the controller cannot see: the factor of each link's HTB rate (reduced capacities);
+        a link that is down keeps its last one (telemetry reports the link down by itself)."""
+        return self._shaped.copy()
 
     def active_flows(self) -> list[str]:
         return [fid for fid, slot in self._flows.items() if slot.proc.popen.poll() is None]
@@ -523,19 +526,56 @@ class ScenarioExecutor:
     def _link_capacity(self, action: Action) -> None:
         if action.factor is None or not action.factor >= 0 or not action.links:
             raise ScenarioExecError(f"link_capacity needs links and a factor >= 0: {action}")
+        if action.factor == 0:
+            self._links_down(action.links)
+            return
         rates = self.fab.topo.rates_mbit
+        self._links_up([link for link in action.links if link in self._down])
         for link in action.links:
             intf = self.egress_intf(link)
-            if action.factor == 0:
-                if link not in self._down:
-                    for argv in down_argvs(intf.name):
-                        self._tc(intf, argv)
-                    self._down.add(link)
-            else:
-                kind = self.tree.link_kind(link)
-                mbit = rates[kind] * action.factor
-                self._tc(intf, rate_argv(intf.name, mbit, htb_shape(kind)))
-                for argv in up_argvs(intf.name, mbit):  # leaf back (if down) and resized
-                    self._tc(intf, argv)
-                self._down.discard(link)
-            self._factor[link] = action.factor
+            kind = self.tree.link_kind(link)
+            mbit = rates[kind] * action.factor
+            self._tc(intf, rate_argv(intf.name, mbit, htb_shape(kind)))
+            for argv in up_argvs(intf.name, mbit):  # the leaf FIFO resized for the new rate
+                self._tc(intf, argv)
+            self._factor[link] = self._shaped[link] = action.factor
+
+    def _physical(self, links: list[int]) -> list[tuple[str, str, str, tuple[int, int]]]:
+        """(upper, lower, "upper<->lower", both directed indices) of each physical link ``links``
+        name, once each; a link can only fail both ways (its interfaces go down at both ends)."""
+        out, seen = [], set()
+        for link in links:
+            u, v = self.tree.link_endpoints(link)
+            both = tuple(sorted((link, self.tree.link_index[(v, u)])))
+            if both in seen:
+                continue
+            seen.add(both)
+            lower, upper = self.tree.link_endpoints(both[0])  # the lower index runs upwards
+            out.append((upper, lower, f"{upper}<->{lower}", both))
+        return out
+
+    def _links_down(self, links: tuple[int, ...]) -> None:
+        """Both interfaces of every physical link down (Mininet's link status): the switch end
+        reports the port change to the controller, which reroutes."""
+        wanted = set(links)
+        for upper, lower, name, both in self._physical(list(links)):
+            if not set(both) <= wanted | self._down:
+                raise ScenarioExecError(
+                    f"link {self.tree.link_name(both[0] if both[0] in wanted else both[1])} down in one "
+                    f"direction only: a real link fails both ways (use '{name}')")
+            if set(both) <= self._down:
+                continue
+            self._link_status(upper, lower, name, both, down=True)
+            self._down.update(both)
+            self._factor[list(both)] = 0.0
+
+    def _links_up(self, links: list[int]) -> None:
+        for upper, lower, name, both in self._physical(links):
+            self._link_status(upper, lower, name, both, down=False)
+            self._down.difference_update(both)
+
+    def _link_status(self, upper: str, lower: str, name: str, both: tuple[int, int], down: bool) -> None:
+        if self.fab.net is None:
+            raise ScenarioExecError("fabric is not running")
+        self.link_events.append({"link": name, "links": list(both), "down": down, "wall": time.time()})
+        self.fab.set_link_status(upper, lower, up=not down)

@@ -126,8 +126,9 @@ class AgentTransport:
 
 class TelemetryPoller:
     """Polls the controller's REST telemetry every poll interval into the current replay's
-    history (virtual time), overlaying the capacity factors the scenario executor set, and keeps
-    every sample for telemetry.csv."""
+    history (virtual time), with the reduced capacities the scenario executor shaped (which port
+    counters cannot show; links down come from the controller itself), and keeps every sample
+    for telemetry.csv."""
 
     def __init__(self, fab: Fabric, tree: FatTree, nominal_bps: dict[str, float], interval_s: float) -> None:
         self.fab = fab
@@ -172,7 +173,7 @@ class TelemetryPoller:
             self._last_time = payload["time"]
             policy, clock, history, executor = target
             snap = snapshot_from_json(self.tree, payload, self.nominal)
-            snap.capacity_factor = executor.capacity_factor()
+            snap.capacity_factor = np.minimum(snap.capacity_factor, executor.shaping_factor())
             if not clock.started:
                 # the replay is still preparing (flow slots, pre-roll, agent reset): its virtual
                 # times are not known yet; the newest such snapshot enters the history stamped

@@ -226,19 +226,22 @@ def test_link_capacity_half_down_and_restore(fabric, agents, executor):
     from hosts.messages import Send
     from scheduler.emulate.calibration import _IDS
 
-    executor.apply(Action(0.0, "link_capacity", links=(nic_up,), factor=0.0))
-    assert executor.capacity_factor()[nic_up] == 0.0
+    nic_down = TREE.link_index[tuple(reversed(TREE.link_endpoints(nic_up)))]
+    with pytest.raises(Exception, match="one direction only"):  # a real link fails both ways
+        executor.apply(Action(0.0, "link_capacity", links=(nic_up,), factor=0.0))
+    executor.apply(Action(0.0, "link_capacity", links=(nic_up, nic_down), factor=0.0))
+    assert executor.capacity_factor()[nic_up] == 0.0 and executor.shaping_factor()[nic_up] == 1.0
     tid = next(_IDS)
     agents.send(TREE.gpu_name(src), Send(tid, tid, fabric.peer_ip(src, dst), AGENT_PORT, 100_000, dst))
     with pytest.raises(ControlTimeout):
         agents.wait_transfers([tid], timeout=2.0)
     t0 = time.monotonic()
-    executor.apply(Action(0.0, "link_capacity", links=(nic_up,), factor=1.0))
+    executor.apply(Action(0.0, "link_capacity", links=(nic_up, nic_down), factor=1.0))
     evs = agents.wait_transfers([tid], timeout=20.0)[tid]
     resumed = time.monotonic() - t0
     assert "error" not in evs, evs
     after = _transfer_mbit(agents, fabric, src, dst, nbytes)
-    print(f"[measured] factor 0 on {TREE.link_name(nic_up)}: transfer blocked for 2 s; completed "
+    print(f"[measured] {TREE.link_name(nic_up)} both ways down: transfer blocked for 2 s; completed "
           f"{resumed:.2f} s after factor 1 (TCP retransmission back-off); then {after:.2f} Mbit/s")
     assert after >= 0.9 * base
     assert np.all(executor.capacity_factor() == 1.0)
@@ -271,3 +274,80 @@ def test_calibration_all_tiers(fabric, agents, goodput_bounds):
         assert t["goodput_ok"] == (t["goodput_ratio"] >= GOODPUT_MIN_RATIO)
     assert all(len(t["goodput_samples_mbit_s"]) == 3 for t in rep["tiers"].values())
     assert rep["warning"] is None
+
+
+_FLOW_RE = re.compile(r"priority=100,ip,nw_dst=([\d.]+) actions=output:(\d+)")
+
+
+def _ipv4_tables() -> dict[str, dict[str, int]]:
+    """switch -> {IPv4 destination: output port} as the switches hold them (ovs-ofctl)."""
+    out = {}
+    for sw in TREE.switch_names():
+        text = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", sw], capture_output=True, text=True,
+                              check=True).stdout
+        out[sw] = {ip: int(port) for ip, port in _FLOW_RE.findall(text)}
+    return out
+
+
+def _model_tables(down: frozenset[int]) -> dict[str, dict[str, int]]:
+    from controller.routing import ETH_TYPE_IPV4, flow_entries
+
+    return {sw: {str(e.match["ipv4_dst"]): e.out_port for e in flow_entries(TREE, sw, down)
+                 if e.match["eth_type"] == ETH_TYPE_IPV4} for sw in TREE.switch_names()}
+
+
+def _wait_reroute(fabric, link: str, down: bool, after: float, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for r in fabric.controller.status()["reroutes"]:
+            if r["link"] == link and r["down"] == down and r["seen_at"] >= after - 0.05 and r["confirmed_at"]:
+                return r
+        time.sleep(0.05)
+    raise AssertionError(f"no confirmed reroute for {link} {'down' if down else 'up'} within {timeout} s: "
+                         f"{fabric.controller.status()['reroutes']}")
+
+
+@pytest.mark.emulation
+def test_link_down_reroutes_every_switch_and_up_restores(fabric, agents, executor):
+    """A real link failure (both interfaces down): the controller sees the port change, every
+    switch's table becomes the model's surviving routes within two poll intervals, a transfer
+    caught on the link completes after the reroute, ping crosses the failed path, telemetry marks
+    the link down; back up, the original tables return."""
+    from hosts.messages import Send
+    from scheduler.emulate.calibration import _IDS
+
+    src, dst = 0, 16  # cross-pod: p0t0 -> p0a0 -> c0 -> p1a0 -> p1t0
+    link, back = TREE.link_index[("p1a0", "p1t0")], TREE.link_index[("p1t0", "p1a0")]
+    assert link in TREE.path(src, dst)
+    down = frozenset({link, back})
+    assert _ipv4_tables() == _model_tables(frozenset())
+    nbytes = goodput_bytes(fabric.topo.rates_mbit["nic"], 3.0)
+    tid = next(_IDS)
+    agents.send(TREE.gpu_name(src), Send(tid, tid, fabric.peer_ip(src, dst), AGENT_PORT, nbytes, dst))
+    time.sleep(0.5)  # the transfer is under way on the link
+    executor.apply(Action(0.0, "link_capacity", links=(link, back), factor=0.0))
+    wall = executor.link_events[-1]["wall"]
+    r = _wait_reroute(fabric, "p1a0<->p1t0", True, wall)
+    seen, routed = r["seen_at"] - wall, r["confirmed_at"] - wall
+    poll = fabric.controller.status()["poll_interval_s"]
+    tables = _ipv4_tables()
+    assert tables == _model_tables(down)
+    assert tables != _model_tables(frozenset())
+    assert set(r["switches"]) == {sw for sw in tables if tables[sw] != _model_tables(frozenset())[sw]}
+    evs = agents.wait_transfers([tid], timeout=30.0)[tid]
+    assert "error" not in evs, evs
+    ping = fabric.host(TREE.gpu_name(src)).cmd(f"ping -c 3 -i 0.2 -W 1 {fabric.peer_ip(src, dst)}")
+    assert " 0% packet loss" in ping, ping
+    deadline = time.monotonic() + 3 * poll
+    while not fabric.telemetry()["links"]["p1a0->p1t0"]["down"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    snap = fabric.telemetry()["links"]
+    assert snap["p1a0->p1t0"]["down"] and snap["p1t0->p1a0"]["capacity_bps"] == 0.0
+    print(f"\n[measured] link p1a0<->p1t0 down: seen by {r['source']} after {1e3 * seen:.1f} ms, {r['entries']} "
+          f"entries on {len(r['switches'])} switches confirmed after {1e3 * routed:.1f} ms (target {2e3 * poll:.0f} ms)")
+    assert routed <= 2 * poll
+    t_up = time.time()
+    executor.apply(Action(0.0, "link_capacity", links=(link, back), factor=1.0))
+    _wait_reroute(fabric, "p1a0<->p1t0", False, t_up)
+    assert _ipv4_tables() == _model_tables(frozenset())
+    assert not fabric.telemetry()["links"]["p1a0->p1t0"]["down"]  # marked by the link event itself

@@ -107,7 +107,7 @@ def test_update_first_sample_remembered_then_rates(tree: FatTree) -> None:
     links = lt.snapshot()["links"]
     assert links["p0t0->p0a1"] == {
         "capacity_bps": 1e6, "tx_bps": pytest.approx(1e6), "utilisation": pytest.approx(1.0),
-        "drops": 3, "sample_time": 100.5,
+        "drops": 3, "sample_time": 100.5, "down": False,
     }
     assert links["p0t0s0g0->p0t0"]["tx_bps"] == pytest.approx(2e6)  # from the ToR port's rx
     assert links["p0t0s0g0->p0t0"]["utilisation"] == pytest.approx(0.5)
@@ -149,7 +149,7 @@ def test_snapshot_schema_is_design_md(tree: FatTree) -> None:
     assert snap["time"] == 6.0 and snap["poll_interval_s"] == 0.25
     assert set(snap["links"]) == {tree.link_name(i) for i in range(tree.n_links)}
     for entry in snap["links"].values():
-        assert set(entry) == {"capacity_bps", "tx_bps", "utilisation", "drops", "sample_time"}
+        assert set(entry) == {"capacity_bps", "tx_bps", "utilisation", "drops", "sample_time", "down"}
         assert 0.0 <= entry["utilisation"] <= 1.0
     assert sum(e["sample_time"] is not None for e in snap["links"].values()) == 1
 
@@ -302,7 +302,7 @@ def test_poller_stamps_snapshots_taken_before_the_replay_clock_started(tree: Fat
             return {**lt.snapshot(), "time": time.time()}  # a fresh controller poll every call
 
     class Exe:
-        def capacity_factor(self) -> np.ndarray:
+        def shaping_factor(self) -> np.ndarray:
             return np.ones(tree.n_links + 1)
 
     nominal = {tree.link_name(i): float(tree.capacity[i] * 8) for i in range(tree.n_links)}

@@ -28,12 +28,12 @@ def _ports(tree: FatTree, switch: str) -> dict[int, str]:
     return _PORTS[key]
 
 
-def _tables(tree: FatTree) -> dict[str, dict[tuple[int, str], int]]:
+def _tables(tree: FatTree, down: frozenset[int] = frozenset()) -> dict[str, dict[tuple[int, str], int]]:
     """switch -> {(eth_type, address): out_port}, asserting no duplicate matches."""
     tables: dict[str, dict[tuple[int, str], int]] = {}
     for sw in tree.switch_names():
         table: dict[tuple[int, str], int] = {}
-        for e in flow_entries(tree, sw):
+        for e in flow_entries(tree, sw, down):
             key_field = "ipv4_dst" if e.match["eth_type"] == ETH_TYPE_IPV4 else "arp_tpa"
             assert set(e.match) == {"eth_type", key_field}
             key = (int(e.match["eth_type"]), str(e.match[key_field]))
@@ -104,6 +104,57 @@ def test_next_hop_agrees_with_path_for_every_source(default_tree) -> None:
             nv = tree.tier(src, dst) == 0
             for here, nxt in zip(nodes[1:-1], nodes[2:]):
                 assert _ports(tree, here)[next_hop_port(tree, here, dst, nv)] == nxt
+
+
+def _both_ways(tree: FatTree, link: int) -> frozenset[int]:
+    u, v = tree.link_endpoints(link)
+    return frozenset({link, tree.link_index[(v, u)]})
+
+
+def _nodes_links(tree: FatTree, nodes: list[str]) -> list[int]:
+    return [tree.link_index[(u, v)] for u, v in zip(nodes, nodes[1:])]
+
+
+@pytest.mark.parametrize("config,failures,seed", [(FatTreeConfig(), 1, 1), (FatTreeConfig(), 2, 2),
+                                                  (FatTreeConfig(), 3, 3), (LARGE, 2, 4)])
+def test_tables_with_failed_links_follow_the_models_surviving_paths(config, failures: int, seed: int) -> None:
+    """A controller that knows the down links installs, switch by switch, the paths the model
+    (and so the simulator) reroutes onto: every surviving model path is walked hop by hop; where
+    the model has none left, the tables do not invent one either."""
+    tree = FatTree(config)
+    rng = random.Random(seed)
+    fabric_links = [i for i in range(tree.n_links) if tree.link_kind(i) != "nvlink"]
+    rerouted = 0
+    for _ in range(6):
+        down = frozenset().union(*(_both_ways(tree, rng.choice(fabric_links)) for _ in range(failures)))
+        tables = _tables(tree, down)
+        pairs = [(rng.randrange(tree.n_gpus), rng.randrange(tree.n_gpus)) for _ in range(400)]
+        for src, dst in pairs:
+            if src == dst or tree.tier(src, dst) == 0:
+                continue
+            model = [int(x) for x in tree.path(src, dst, down=down)]
+            walked = _nodes_links(tree, _walk(tree, tables, src, dst, ETH_TYPE_IPV4))
+            if not down.intersection(model):
+                assert walked == model, (tree.gpu_name(src), tree.gpu_name(dst), sorted(down))
+                rerouted += model != [int(x) for x in tree.path(src, dst)]
+            else:
+                assert down.intersection(walked), "the tables found a path the model says does not exist"
+    assert rerouted > 0  # the failures hit paths in use, so some routes really moved
+
+
+def test_failed_link_moves_exactly_the_routes_through_it(default_tree) -> None:
+    """p1a0<->p1t1 down: aggregation switches (and ToRs) re-point only destinations behind it."""
+    tree, base = default_tree
+    down = _both_ways(tree, tree.link_index[("p1a0", "p1t1")])
+    tables = _tables(tree, down)
+    changed = {sw for sw in tables if tables[sw] != base[sw]}
+    assert changed and changed <= {sw for sw, role in tree.switch_names().items() if role in ("tor", "agg")}
+    for dst in range(tree.n_gpus):
+        if tree.tor_name(dst // tree.gpt) != "p1t1":
+            continue
+        for src in (0, tree.n_gpus - 1):
+            assert "p1a0" not in _walk(tree, tables, src, dst, ETH_TYPE_IPV4) or tree.tier(src, dst) < 2
+    assert _tables(tree, frozenset()) == base  # link back up: the original routes
 
 
 def test_entries_shape(default_tree) -> None:
