@@ -13,6 +13,8 @@ and ``controller.log``.
 """
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +71,7 @@ class ControllerProcess:
         """The interpreter running this (the project's venv: it has Ryu and the installed package)."""
         self.spec: ControllerSpec | None = None
         self.proc: subprocess.Popen | None = None
+        self._crashed: ControllerSpec | None = None  # set by crash(), until recover()
 
     @property
     def pid(self) -> int | None:
@@ -163,6 +166,28 @@ class ControllerProcess:
         deadline = time.monotonic() + RESTART_PORTS_TIMEOUT_S
         while not (port_free(spec.ofp_port) and port_free(self.rest_port)) and time.monotonic() < deadline:
             time.sleep(0.1)
+        self.start(spec)
+        self.wait_ready()
+
+    def crash(self) -> None:
+        """Kill the process at once (SIGKILL: a crash, for fault injection); :meth:`recover` starts
+        it again. The switches keep their flows meanwhile (fail-mode secure)."""
+        spec = self._running()
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=5)
+        self.proc = None
+        self._crashed = spec
+
+    def recover(self) -> None:
+        """Start a crashed controller again on the same ports; returns once every switch has its
+        routes re-installed."""
+        spec = self._crashed
+        if spec is None:
+            raise ControllerError("controller did not crash: nothing to recover")
+        deadline = time.monotonic() + RESTART_PORTS_TIMEOUT_S
+        while not (port_free(spec.ofp_port) and port_free(self.rest_port)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._crashed = None
         self.start(spec)
         self.wait_ready()
 

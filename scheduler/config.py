@@ -154,6 +154,10 @@ class OracleConfig:
     staleness_s: float = param(0.0, "age of the telemetry snapshot the oracle answers from, s")
     min_available_fraction: float = param(0.1, "a new flow on a saturated link still gets at least this "
                                           "fraction of its capacity (TCP/RDMA fair share against a few flows)")
+    fallback_polls: float = param(4.0, "a telemetry oracle whose newest usable snapshot is older than this many poll "
+                                  "intervals (telemetry stopped: controller down) prices like the static oracle, "
+                                  "counted in the summary, until telemetry returns; 4 polls: one late or lost reply "
+                                  "is normal, four in a row is an outage; the simulator's never are")
 
 
 @dataclass(frozen=True)
@@ -381,6 +385,7 @@ def validate(cfg: ExperimentConfig) -> None:
         ("timing.decode_hbm_efficiency", cfg.timing.decode_hbm_efficiency),
         ("timing.tp_efficiency", cfg.timing.tp_efficiency),
         ("oracle.poll_interval_s", cfg.oracle.poll_interval_s),
+        ("oracle.fallback_polls", cfg.oracle.fallback_polls),
     ]
     for name, value in positive:
         if not value > 0:

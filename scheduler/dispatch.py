@@ -76,7 +76,7 @@ def build_oracles(cfg: ExperimentConfig, tree: FatTree, policy: Policy, kind: st
         return None, None
     c = cfg.oracle
     oracle = make_oracle(kind, tree, source, c.staleness_s, c.min_available_fraction,
-                         cfg.timing.transfer_setup_s, truth=truth)
+                         cfg.timing.transfer_setup_s, truth=truth, fallback_age_s=c.fallback_polls * c.poll_interval_s)
     shadow = None
     if fresh_source is not None:
         shadow = make_oracle("telemetry", tree, fresh_source, 0.0, c.min_available_fraction,

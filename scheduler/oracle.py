@@ -215,15 +215,23 @@ class TelemetryOracle(NetworkOracle):
     a new flow on a saturated link still receives a fair share against the flows already there.
     Links the snapshot reports down are priced on the routes that avoid them (the controller's
     rerouting); a candidate with no surviving route costs +inf. Without any snapshot yet it
-    answers like :class:`StaticTierOracle`."""
+    answers like :class:`StaticTierOracle`, and so it does while the newest snapshot it may use is
+    older than ``fallback_age_s`` (telemetry stopped: the controller is down), counting those
+    decisions (``stale_decisions``) and the spells (``stale_spells``) until telemetry returns."""
 
     name = "telemetry"
 
     def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
-                 setup_s: float = 30e-6, staleness_s: float = 0.0) -> None:
+                 setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None) -> None:
         super().__init__(tree, setup_s)
         if not staleness_s >= 0:
             raise ValueError(f"staleness_s must be >= 0, got {staleness_s}")
+        if fallback_age_s is not None and not fallback_age_s > 0:
+            raise ValueError(f"fallback_age_s must be > 0 or None, got {fallback_age_s}")
+        self.fallback_age_s = fallback_age_s
+        self.stale_decisions = 0
+        self.stale_spells: list[list[float]] = []  # [first, last] decision time of each spell
+        self._stale = False
         self.source = source
         self.floor = min_available_fraction
         self.staleness_s = staleness_s
@@ -235,6 +243,21 @@ class TelemetryOracle(NetworkOracle):
     def snapshot_time(self, now: float) -> float:
         """Time of the newest snapshot the oracle may use at ``now``: ``now - staleness_s``."""
         return now - self.staleness_s
+
+    def snapshot(self, now: float):
+        """The snapshot the oracle answers from at ``now``: the newest at ``now - staleness_s``, or
+        None (static pricing) when there is none or it is older than ``fallback_age_s``."""
+        t = self.snapshot_time(now)
+        snap = self.source.at(t)
+        if snap is None or self.fallback_age_s is None or t - snap.time_s <= self.fallback_age_s:
+            self._stale = False
+            return snap
+        self.stale_decisions += 1
+        if not self._stale:
+            self.stale_spells.append([now, now])
+            self._stale = True
+        self.stale_spells[-1][1] = now
+        return None
 
     def available(self, snap) -> np.ndarray:
         """Available bytes/s per link under ``snap``."""
@@ -259,7 +282,7 @@ class TelemetryOracle(NetworkOracle):
     def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
         """Cached per source for the snapshot in use (a new snapshot, with its down set, starts
         new tables)."""
-        self._refresh(self.source.at(self.snapshot_time(query.now)))
+        self._refresh(self.snapshot(query.now))
         return self._cached_table(self._tables, query, self._down, self._inv)
 
     def cost(self, query: OracleQuery) -> np.ndarray:
@@ -284,8 +307,8 @@ class InflightOracle(TelemetryOracle):
     tracks_commitments = True
 
     def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
-                 setup_s: float = 30e-6, staleness_s: float = 0.0) -> None:
-        super().__init__(tree, source, min_available_fraction, setup_s, staleness_s)
+                 setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None) -> None:
+        super().__init__(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
         self._ledger: dict[int, list] = {}  # key -> [start, end, path, bytes/s, done at]
         self._routes: dict[tuple, np.ndarray] = {}  # (src, dst, down) -> path of a committed transfer
 
@@ -321,7 +344,7 @@ class InflightOracle(TelemetryOracle):
     def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
         """The snapshot's cached table when none of the scheduler's own transfers counts, else
         one built for this query."""
-        snap = self.source.at(self.snapshot_time(query.now))
+        snap = self.snapshot(query.now)
         self._refresh(snap)
         now = query.now
         start = now if query.start is None else query.start
@@ -394,9 +417,11 @@ class PerfectOracle(NetworkOracle):
 
 
 def make_oracle(kind: str, tree: FatTree, source: SnapshotSource | None, staleness_s: float,
-                min_available_fraction: float, setup_s: float, truth: GroundTruth | None = None) -> NetworkOracle:
+                min_available_fraction: float, setup_s: float, truth: GroundTruth | None = None,
+                fallback_age_s: float | None = None) -> NetworkOracle:
     """Oracle by name (one of :data:`ORACLES`). ``telemetry`` and ``inflight`` need a snapshot
-    source, ``perfect`` the simulator's ground truth; a backend without it gets
+    source (and fall back to static pricing on snapshots older than ``fallback_age_s``),
+    ``perfect`` the simulator's ground truth; a backend without it gets
     :class:`UnknownOracleError` naming what is missing."""
     if kind == "static":
         return StaticTierOracle(tree, setup_s)
@@ -404,7 +429,7 @@ def make_oracle(kind: str, tree: FatTree, source: SnapshotSource | None, stalene
         if source is None:
             raise UnknownOracleError(f"oracle {kind!r} needs a telemetry source")
         cls = TelemetryOracle if kind == "telemetry" else InflightOracle
-        return cls(tree, source, min_available_fraction, setup_s, staleness_s)
+        return cls(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
     if kind == "perfect":
         if truth is None:
             raise UnknownOracleError("oracle 'perfect' reads the simulator's true network state; "

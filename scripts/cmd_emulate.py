@@ -50,6 +50,24 @@ def reroute_lines(policy: str, row: dict) -> list[str]:
     return out
 
 
+def fault_lines(policy: str, row: dict) -> list[str]:
+    """What the output says of a replay's injected faults and of its oracle's static fallback."""
+    out = []
+    for ev in row.get("faults") or []:
+        if ev.get("error"):
+            out.append(f"WARNING: {policy}: fault {ev['kind']}@{ev['planned_at_s']:g} failed: {ev['error']}")
+        elif ev.get("down_at_s") is not None:
+            back = ev.get("ready_at_s")
+            out.append(f"fault under {policy}: controller killed at {ev['down_at_s']:.1f} s, back with every switch's "
+                       f"routes at {'-' if back is None else f'{back:.1f}'} s (flows kept forwarding: fail-mode secure)")
+    fb = row.get("telemetry_fallback")
+    if fb:
+        out.append(f"WARNING: {policy}: telemetry older than {fb['after_age_s']:g} s (controller down?): {fb['decisions']} "
+                   f"decision(s) priced by the static oracle in {fb['spells']} spell(s), {fb['first_s']:.1f}-"
+                   f"{fb['last_s']:.1f} s")
+    return out
+
+
 def register(sub) -> None:
     from scripts.cli_common import add_experiment_options, add_format_option
 
@@ -58,7 +76,7 @@ def register(sub) -> None:
         description="Packet-level replay of the same experiment on the emulated fat-tree (Mininet hosts, Open vSwitch\n"
                     "bridges, HTB-shaped links, Ryu controller, agents streaming KV bytes over TCP), with the\n"
                     "simulator's run of the same window as the reference. Needs root; refuses what the fabric\n"
-                    "cannot execute faithfully (perfect oracle, links taken down, layer-wise streaming) before\n"
+                    "cannot execute faithfully (perfect oracle, one-way link failures, layer-wise streaming) before\n"
                     "building anything.",
         epilog="examples:\n  sudo netkv emulate --scenario decode-flap --set topology.nic_gbit_s=200 --max-requests 100\n"
                "  sudo make demo",
@@ -70,6 +88,10 @@ def register(sub) -> None:
     p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
                    help="time dilation: links K x slower and compute K x longer; virtual times stay real "
                         "(default %(default)s; raise it when the fidelity check says the datapath saturated)")
+    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                   help="inject a component fault into every policy's replay at the same virtual time: "
+                        "controller@T[+D] kills the Ryu controller T s into the replay and restarts it D s later "
+                        "(default 5); repeatable")
     p.add_argument("--ofp-port", type=int, default=DEFAULT_OFP_PORT, help="controller OpenFlow port on 127.0.0.1")
     p.add_argument("--rest-port", type=int, default=DEFAULT_REST_PORT, help="controller REST port on 127.0.0.1")
     p.set_defaults(func=run, policies=",".join(EMULATE_DEFAULT_POLICIES))
@@ -109,6 +131,14 @@ def run(args: argparse.Namespace) -> int:
     except EmulationUnsupportedError as exc:
         print(f"netkv emulate: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from scheduler.emulate.faults import FaultSpecError, check_faults, parse_fault
+
+    try:
+        fault_list = [parse_fault(f) for f in args.fault]
+        check_faults(fault_list, exp.requests[-1].arrival_s)
+    except FaultSpecError as exc:
+        print(f"netkv emulate: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if os.geteuid() != 0:
         print("netkv emulate: needs root: it builds Open vSwitch bridges, veth links and network namespaces "
               "(Mininet) and shapes links with tc; run it with sudo", file=sys.stderr)
@@ -134,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     try:
         policies, records, ev = run_emulation(exp, scale, args.time_scale, args.ofp_port, args.rest_port,
-                                              progress=not args.no_progress, log=log)
+                                              progress=not args.no_progress, log=log, fault_list=fault_list)
     except EmulationScaleError as exc:
         print(f"netkv emulate: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -184,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         print("KV transfer time by tier during the runs, emulate / simulate (all policies): " + "; ".join(
             f"tier {t}: {a['emulate_ms']:.1f} / {a['simulate_ms']:.1f} ms (x{a['ratio']:.2f})" for t, a in sorted(tiers.items())))
     for name, row in policies.items():
-        for line in reroute_lines(name, row):
+        for line in reroute_lines(name, row) + fault_lines(name, row):
             print(line)
     fid = ev.get("fidelity") or {}
     probe = fid.get("probe") or {}

@@ -74,6 +74,10 @@ class FabricController(Protocol):
 
     def restart(self) -> None: ...  # stop and start with the same spec, then wait_ready
 
+    def crash(self) -> None: ...  # kill at once (fault injection); recover() starts it again
+
+    def recover(self) -> None: ...  # start the crashed one again, then wait_ready
+
     def stop(self) -> None: ...  # idempotent
 
     def state(self) -> dict: ...  # entries for the state file (ports, URLs)
@@ -179,6 +183,19 @@ class Fabric:
             raise FabricError("fabric is not running")
         t0 = time.monotonic()
         self._controller().restart()
+        self._save_state(controller_pid=self.controller.pid)
+        return time.monotonic() - t0
+
+    def crash_controller(self) -> None:
+        """Kill the controller (fault injection); the switches forward on what they hold."""
+        if self.net is None:
+            raise FabricError("fabric is not running")
+        self._controller().crash()
+
+    def recover_controller(self) -> float:
+        """Start the crashed controller again; seconds until every switch has its routes."""
+        t0 = time.monotonic()
+        self._controller().recover()
         self._save_state(controller_pid=self.controller.pid)
         return time.monotonic() - t0
 

@@ -1,4 +1,4 @@
-"""Link failures on the fabric, as measured: reroute timings and the KV transfers that met them (pure).
+"""Link failures on the fabric, as measured: reroute timings and the KV transfers that met them.
 
 The scenario executor records when it took each physical link down or up (its wall clock), the
 controller when it saw the port change and when the last switch confirmed the new routes
@@ -12,13 +12,19 @@ routes installed then) crosses a link that is down.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from controller.client import ControllerUnavailable
 from scheduler.records import RequestRecord
 from topology.model import FatTree
 
+REROUTE_REPORT_TIMEOUT_S = 5.0
+"""After a replay with link failures, wait this long at most for the controller to confirm the
+reroute of the last repair (it takes milliseconds: docs/DESIGN.md#link-failures-on-the-fabric)."""
 REROUTE_TARGET_POLLS = 2
 """Issue 10's target: every switch on the new routes within this many telemetry poll intervals."""
 MATCH_SLACK_S = 0.05
@@ -103,3 +109,19 @@ def stall_seconds(tree: FatTree, records: Sequence[RequestRecord], link_events: 
                 stalled += b - a
         out.append(dataclasses.replace(r, stalled_s=stalled) if stalled else r)
     return out
+
+
+def controller_reroutes(fab: Any, events: int, timeout_s: float = REROUTE_REPORT_TIMEOUT_S) -> list[dict]:
+    """The controller's reroutes (``/netkv/status``) once it has reported at least ``events`` link
+    changes or ``timeout_s`` passed (the last repair's reroute may still be confirming)."""
+    deadline = time.monotonic() + timeout_s
+    reroutes: list[dict] = []
+    while True:
+        try:
+            reroutes = fab.controller.status(timeout_s=1.0).get("reroutes", [])
+        except ControllerUnavailable:
+            pass
+        done = sum(1 for r in reroutes if r.get("confirmed_at") is not None)
+        if done >= events or time.monotonic() > deadline:
+            return reroutes
+        time.sleep(0.1)

@@ -1,7 +1,7 @@
 """The ``emulate`` backend: the experiment replayed on the packet-level Mininet fabric.
 
 Order of a run: refuse what the fabric cannot run faithfully (:func:`scheduler.emulate.emulable.check_emulable`:
-the ``perfect`` oracle, links taken down, layer-wise streaming, background traffic over the
+the ``perfect`` oracle, one-way link failures, layer-wise streaming, background traffic over the
 forwarding budget); run the same window on the simulator (reference figures and the tuned
 weights); build the fabric (controller connected, routes installed, every tier pinged); start an
 agent in every serving GPU host (prefill and decode instances: reserved GPUs serve nothing, their
@@ -9,7 +9,9 @@ hosts only carry the scenario's background senders and sinks); open persistent p
 connections; calibrate the tiers KV transfers take under the placement (per-tier goodput and idle
 transfer time against the simulator's prediction); then for each policy replay the trace window
 in (optionally dilated) real time with the scenario's events executed on the fabric, the oracle
-reading the controller's telemetry over REST. Each step is one method of :class:`_EmulationRun`.
+reading the controller's telemetry over REST, and ``--fault`` s injected along its clock
+(:mod:`scheduler.emulate.faults`). Each step is one method of :class:`_EmulationRun` (~430 lines:
+the steps of one run, in their order, read together).
 
 Where the work happens: the orchestrator (``RealtimeReplay``) only decides and records. Before
 each policy's replay :class:`AgentTransport` (``scheduler.emulate.transport``) resets every agent
@@ -39,7 +41,7 @@ from hosts.control import ControlServer
 from hosts.framing import KV_PORT
 from hosts.messages import Error, Report, Warm, Warmed
 from scheduler import oracle_error
-from scheduler.emulate import failures
+from scheduler.emulate import failures, faults
 from scheduler.cluster import assign_roles
 from scheduler.config import ExperimentConfig
 from scheduler.emulate.calibration import calibrate
@@ -54,7 +56,6 @@ from scheduler.policies import TARGET, PolicySpec
 from scheduler.records import RequestRecord
 from scheduler.scenario import Action
 from scheduler.telemetry import TelemetryHistory
-from controller.client import ControllerUnavailable
 from controller.process import controlled_fabric
 from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
 from topology.fabric import Fabric
@@ -67,9 +68,6 @@ WARM_TIMEOUT_S = 60.0
 """Every prefill agent must have opened its persistent connections within this."""
 DRAIN_S = 1.0
 """Pause between policies so queues and background flows of one replay do not leak into the next."""
-REROUTE_REPORT_TIMEOUT_S = 5.0
-"""After a replay with link failures, wait this long at most for the controller to confirm the
-reroute of the last repair (it takes milliseconds: docs/DESIGN.md#link-failures-on-the-fabric)."""
 
 
 def _start_agents(fab: Fabric, tree: FatTree, gpus: Sequence[int], sock: Path, run_dir: Path) -> list:
@@ -155,22 +153,6 @@ def _warm_connections(control: ControlServer, tree: FatTree, prefill: np.ndarray
         raise EmulationError(f"opening persistent connections failed: {errors[0].agent}: {errors[0].reason}")
 
 
-def _controller_reroutes(fab: Fabric, events: int, timeout_s: float = REROUTE_REPORT_TIMEOUT_S) -> list[dict]:
-    """The controller's reroutes (``/netkv/status``) once it has reported at least ``events`` link
-    changes or ``timeout_s`` passed (the last repair's reroute may still be confirming)."""
-    deadline = time.monotonic() + timeout_s
-    reroutes: list[dict] = []
-    while True:
-        try:
-            reroutes = fab.controller.status(timeout_s=1.0).get("reroutes", [])
-        except ControllerUnavailable:
-            pass
-        done = sum(1 for r in reroutes if r.get("confirmed_at") is not None)
-        if done >= events or time.monotonic() > deadline:
-            return reroutes
-        time.sleep(0.1)
-
-
 def _restore_links(executor: ScenarioExecutor) -> None:
     factors = executor.capacity_factor()[:-1]
     changed = tuple(int(i) for i in np.flatnonzero(factors != 1.0))
@@ -228,8 +210,10 @@ class _EmulationRun:
     by a ``with`` (fabric, control server, instruments), on errors and Ctrl-C too."""
 
     def __init__(self, exp: Experiment, scale: float, time_scale: float, nominal: dict[str, float],
-                 load: BackgroundLoad, sim_policies: dict, progress: bool, log: Callable[[str], Any]) -> None:
+                 load: BackgroundLoad, sim_policies: dict, progress: bool, log: Callable[[str], Any],
+                 fault_list: Sequence[faults.Fault] = ()) -> None:
         self.exp, self.cfg, self.tree = exp, exp.cfg, exp.tree
+        self.faults = list(fault_list)
         self.scale, self.time_scale, self.nominal, self.load = scale, time_scale, nominal, load
         self.sim_policies, self.progress, self.log = sim_policies, progress, log
         self.actions = exp.actions()
@@ -332,22 +316,31 @@ class _EmulationRun:
         poller.attach(spec.name, clock, history, executor)
         self.log(f"emulate: replaying {len(exp.requests)} requests with {spec.name} "
                  f"(~{exp.requests[-1].arrival_s * self.time_scale:.0f} s of wall time)")
+        injector = faults.FaultInjector(fab, self.faults, clock, self.log)
         t1 = time.monotonic()
+        injector.start()
         try:
             recs = replay.run()
         finally:
+            fault_events = injector.stop()  # a killed controller is back before anything else
             poller.detach()
             executor.close()
             _restore_links(executor)
         reroute = None
         if executor.link_events:  # real link failures: what the controller did about them
-            reroutes = _controller_reroutes(fab, len(executor.link_events))
+            reroutes = injector.reroutes_before + failures.controller_reroutes(fab, len(executor.link_events)
+                                                                       - len(injector.reroutes_before))
             recs = failures.stall_seconds(self.tree, recs, executor.link_events, reroutes, clock.virtual)
             reroute = failures.reroute_report(executor.link_events, reroutes, cfg.oracle.poll_interval_s,
                                               clock.virtual)
         summary = summarize_policy(recs, exp.slo())
         if reroute is not None:
             summary["reroute"] = reroute
+        if self.faults:
+            summary["faults"] = fault_events
+        fallback = faults.fallback_summary(replay.dispatch.oracle)
+        if fallback is not None:
+            summary["telemetry_fallback"] = fallback
         summary["params"] = policy.params()
         summary["tuning"] = table
         summary["wall_s"] = round(time.monotonic() - t1, 2)
@@ -363,7 +356,8 @@ class _EmulationRun:
 
 def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: float = 1.0,
                   ofp_port: int = DEFAULT_OFP_PORT, rest_port: int = DEFAULT_REST_PORT, progress: bool = True, log=print,
-                  keep_failed_logs: bool = True) -> tuple[dict, dict[str, list[RequestRecord]], dict]:
+                  keep_failed_logs: bool = True, fault_list: Sequence[faults.Fault] = ()
+                  ) -> tuple[dict, dict[str, list[RequestRecord]], dict]:
     """Returns (policies section, records, evidence) where evidence holds calibration, telemetry
     rows, fidelity, timings, the simulator's reference figures and the agreement check. The run's
     logs (controller, agents, background flows) live in a temporary folder that is removed, or
@@ -371,7 +365,7 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
     nominal = link_capacity_bps(exp.tree, scale / time_scale)  # validates the scale before anything starts
     load = check_emulable(exp, scale, time_scale)  # what the fabric cannot run faithfully: refused here
     sim_policies, exp = _simulate_first(exp, log)
-    run = _EmulationRun(exp, scale, time_scale, nominal, load, sim_policies, progress, log)
+    run = _EmulationRun(exp, scale, time_scale, nominal, load, sim_policies, progress, log, fault_list)
     ok = False
     try:
         run.on_fabric(ofp_port, rest_port)

@@ -183,3 +183,36 @@ def test_signal_mid_replay_leaves_nothing_behind(tmp_path: Path, sig: int, group
     assert not out.exists(), sorted(p.name for p in out.iterdir())
     _assert_nothing_left(FatTree())
     assert set(Path(tempfile.gettempdir()).glob("netkv-emulate-*")) <= before, "run folder left in the temp dir"
+
+
+def test_link_failure_and_controller_crash_mid_replay(tmp_path: Path) -> None:
+    """nic-failure (decode GPU p1t1s0g0's link down both ways, then back) and the controller killed
+    for 3 s later in the same replay: the run completes; the summary has the reroute timings
+    (within two poll intervals, seen by port status), the fault and the oracle's static fallback
+    while telemetry was stale; nothing is left behind."""
+    _no_foreign_fabric()
+    out = tmp_path / "emu"
+    res = subprocess.run(
+        [str(ROOT / "scripts" / "netkv"), "emulate", "--max-requests", "40", "--policies", "netkv",
+         "--scenario", "nic-failure", "--scenario-param", "outage=0.2", "--fault", "controller@7+3",
+         "--no-tune", "--no-progress", "--out", str(out), "--ofp-port", "16674", "--rest-port", "18092"],
+        capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    row = json.loads((out / "summary.json").read_text())["policies"]["netkv"]
+    assert row["requests"] == 40
+    rep = row["reroute"]
+    assert [e["down"] for e in rep["events"]] == [True, False] and rep["unseen"] == 0, rep
+    assert {e["link"] for e in rep["events"]} == {"p1t1<->p1t1s0g0"}
+    assert rep["within_target"] and rep["rerouted_max_s"] <= rep["target_s"], rep
+    assert rep["events"][0]["source"] in ("port_status", "port_desc_poll")
+    assert row["failure"]["transfers"] >= 0
+    (fault,) = row["faults"]
+    assert fault["error"] is None and 6.5 <= fault["down_at_s"] <= 8.0 and fault["ready_at_s"] >= 10.0, fault
+    fb = row["telemetry_fallback"]
+    assert fb["decisions"] >= 1 and fb["first_s"] >= fault["down_at_s"] + fb["after_age_s"] - 1.0, fb
+    assert fb["last_s"] <= fault["ready_at_s"] + 2.0, fb
+    assert "WARNING: netkv: telemetry older than" in res.stdout and "fault under netkv: controller killed" in res.stdout
+    print(f"\n[measured] nic-failure reroutes {[e['rerouted_after_s'] for e in rep['events']]} s; controller down "
+          f"{fault['down_at_s']}-{fault['ready_at_s']} s; {fb['decisions']} decisions priced statically "
+          f"{fb['first_s']}-{fb['last_s']} s")
+    _assert_nothing_left(FatTree())

@@ -1,0 +1,51 @@
+"""--fault parsing, and the telemetry oracle's static fallback while telemetry is stale (pure)."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from scheduler.emulate.faults import DEFAULT_CONTROLLER_OUTAGE_S, Fault, FaultSpecError, check_faults, parse_fault
+from scheduler.oracle import OracleQuery, StaticTierOracle, make_oracle
+from scheduler.telemetry import TelemetryHistory, TelemetrySnapshot
+from topology.model import FatTree
+
+
+def test_parse_fault_forms_and_errors() -> None:
+    assert parse_fault("controller@20") == Fault("controller", 20.0, DEFAULT_CONTROLLER_OUTAGE_S)
+    assert parse_fault("controller@7.5+3") == Fault("controller", 7.5, 3.0)
+    for bad in ("controller", "controller@x", "switch@3", "controller@-1", "controller@3+0"):
+        with pytest.raises(FaultSpecError, match=re.escape(f"--fault {bad!r}")):
+            parse_fault(bad)
+    with pytest.raises(FaultSpecError, match="agent faults are not built yet"):
+        parse_fault("agent:p1t1s0g0@10")
+    with pytest.raises(FaultSpecError, match="overlaps"):
+        check_faults([parse_fault("controller@1+5"), parse_fault("controller@4")], 60.0)
+    with pytest.raises(FaultSpecError, match="last arrival is at 10"):
+        check_faults([parse_fault("controller@30")], 10.0)
+    check_faults([parse_fault("controller@1+2"), parse_fault("controller@4")], 60.0)
+
+
+@pytest.mark.parametrize("kind", ["telemetry", "inflight"])
+def test_stale_telemetry_falls_back_to_static_pricing_and_resumes(kind: str) -> None:
+    tree = FatTree()
+    hist = TelemetryHistory()
+    busy = np.zeros(tree.n_links + 1)
+    busy[tree.path(0, 16)] = 0.95  # the cross-pod path to GPU 16 is congested
+    for t in np.arange(0.5, 5.01, 0.5):  # polls every 0.5 s, then the controller dies at 5 s
+        hist.add(TelemetrySnapshot(float(t), busy.copy(), np.ones(tree.n_links + 1)))
+    oracle = make_oracle(kind, tree, hist, 0.0, 0.1, 30e-6, fallback_age_s=2.0)
+    static = StaticTierOracle(tree, 30e-6)
+    q = lambda now: OracleQuery(0, np.array([16, 24]), np.array([1e9, 1e9]), now)  # noqa: E731
+    live = oracle.cost(q(6.0))  # snapshot of 5.0 s: 1 s old, still used
+    assert live[0] > static.cost(q(6.0))[0] and oracle.stale_decisions == 0
+    assert np.array_equal(oracle.cost(q(7.5)), static.cost(q(7.5)))  # 2.5 s old: static pricing
+    oracle.cost(q(8.0))
+    assert oracle.stale_decisions == 2 and oracle.stale_spells == [[7.5, 8.0]]
+    hist.add(TelemetrySnapshot(8.5, busy.copy(), np.ones(tree.n_links + 1)))  # the controller is back
+    assert oracle.cost(q(8.6))[0] == pytest.approx(live[0]) and oracle.stale_decisions == 2
+    oracle.cost(q(20.0))  # a second outage is a second spell
+    assert len(oracle.stale_spells) == 2
+    never = make_oracle(kind, tree, hist, 0.0, 0.1, 30e-6)  # no fallback age: the old snapshot stays in use
+    assert never.cost(q(20.0))[0] == pytest.approx(live[0]) and never.stale_decisions == 0
