@@ -12,7 +12,8 @@ machine and removes /tmp/*.log. What is ours is known exactly:
 
 A recorded pid is only signalled after checking ``/proc/<pid>/cmdline`` still names the same
 thing (pids get reused); processes started inside a host (iperf3, agents) are found by sharing
-that host shell's network namespace.
+that host shell's network namespace, or, when the shell is gone (its owner was SIGKILLed), by the
+namespace recorded in the state file and a command line of ours (:data:`HOST_PROCESS_MARKS`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ CONTROLLER_MARK = "-m controller.run"
 """Substring of the controller's command line (``controller.process.CONTROLLER_MODULE``; a string, so
 topology does not import the controller)."""
 OWNER_MARKS = ("python",)
+HOST_PROCESS_MARKS = ("-m hosts.agent", "-m hosts.background")
+"""What the project starts inside a host: in a recorded namespace whose shell is gone, only
+processes naming one of these are signalled (a namespace inode may be reused by someone else's)."""
 """A fabric owner is a Python process (the ``fabric up`` daemon, pytest, a user script)."""
 
 
@@ -137,8 +141,12 @@ def host_processes(state: dict) -> list[int]:
     """Host shells recorded in ``state`` that are still theirs, plus everything in their netns."""
     root_ns = netns_id(1)
     found: set[int] = set()
+    recorded = state.get("host_netns") or {}
     for name, pid in (state.get("host_pids") or {}).items():
         if not pid_matches(pid, f"mininet:{name}"):
+            ns = recorded.get(name)
+            if ns and ns != root_ns:  # the shell is gone: only what we started there
+                found.update(p for p in pids_in_netns(ns) if any(m in cmdline(p) for m in HOST_PROCESS_MARKS))
             continue
         ns = netns_id(int(pid))
         found.add(int(pid))

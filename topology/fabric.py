@@ -306,6 +306,7 @@ class Fabric:
         self._save_state(
             datapath=datapath,
             host_pids={h.name: h.pid for h in self.net.hosts},
+            host_netns={h.name: cleanup.netns_id(h.pid) for h in self.net.hosts},
             switch_pids={s.name: s.pid for s in self.net.switches},
             hosts={h.name: {"pid": h.pid, "nic_ip": nic_ip(self.tree, g), "nvlink_ip": nvlink_ip(self.tree, g)}
                    for g, h in enumerate(self.net.get(*self.tree.gpu_names))},

@@ -340,12 +340,25 @@ def test_crashed_owner_leftovers_removed_by_next_start(tmp_path):
     _no_foreign_fabric()
     proc = _serve(tmp_path / "crashed")
     state = cleanup.read_state()
+    host, shell = next(iter(state["host_pids"].items()))
+    # a process of ours inside a host whose shell dies too (seen after an emulate run was SIGKILLed:
+    # its background sinks outlived the shells, keeping their namespaces)
+    sink = subprocess.Popen(["mnexec", "-a", str(shell), sys.executable, "-m", "hosts.background", "--listen",
+                             "0.0.0.0:5399"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    time.sleep(1.0)
     proc.kill()  # no teardown at all: bridges, veths, host shells, controller stay behind
     proc.wait(timeout=10)
+    os.kill(shell, signal.SIGKILL)
+    time.sleep(0.5)
+    assert sink.poll() is None and not cleanup.pid_matches(shell, f"mininet:{host}")
+    assert state["host_netns"][host] == cleanup.netns_id(sink.pid)
     assert not _leftovers(FatTree(SMALL), state).empty()
+    assert sink.pid in _leftovers(FatTree(SMALL), state).processes
     fab = _small(tmp_path / "next")
     with fab:
         assert fab.removed_at_start is not None and fab.removed_at_start.bridges
         assert all(r["ok"] for r in fab.reachability.values())
+    assert sink.wait(timeout=10) is not None  # the orphaned sink was found by its namespace and stopped
     assert _leftovers(FatTree(SMALL), state).empty()
     assert not cleanup.cmdline(state["controller_pid"])
