@@ -24,6 +24,7 @@ from scheduler.config import ConfigError, ExperimentConfig
 from scheduler.oracle import GroundTruth, NetworkOracle, SnapshotSource, make_oracle
 from scheduler.oracle_error import OracleError
 from scheduler.policies.base import Policy
+from scheduler.ranking import kendall_tau_b, within_groups
 from scheduler.records import RequestRecord
 from scheduler.scenario import Action
 from scheduler.trace import Request
@@ -107,8 +108,11 @@ class Dispatcher:
         self.remaining = len(self.states)
         self.decisions = 0
         self.layer_wise = cfg.timing.kv_streaming == "layer-wise"
-        self.agreement = {"decisions": 0, "same_tier": 0, "same_instance": 0}
-        """With a shadow oracle: decisions, and how many picked the fresh oracle's tier / instance."""
+        self.agreement = {"decisions": 0, "same_tier": 0, "same_instance": 0,
+                          "tau_sum": 0.0, "tau_n": 0, "tau_within_sum": 0.0, "tau_within_n": 0}
+        """With a shadow oracle: decisions, how many picked the fresh oracle's tier / instance, and
+        Kendall's tau-b of the two oracles' cost orderings of the candidates (across them all, and
+        within each tier), summed over the decisions that have one (:mod:`scheduler.ranking`)."""
 
     def check_fits(self, requests: list[Request]) -> None:
         """Refuse a request no decode instance can ever hold (its prompt + output tokens exceed
@@ -143,12 +147,21 @@ class Dispatcher:
         s.decision_us = (time.perf_counter_ns() - t0) / 1e3
         s.p, s.d = dec.prefill, dec.decode
         if self.shadow is not None:  # the same decision (same turn) on fresh telemetry
-            fresh = self.policy.choose(cl.context(s.req, t, self.shadow, turn=self.decisions)).decode
+            fresh_ctx = cl.context(s.req, t, self.shadow, turn=self.decisions)
+            fresh = self.policy.choose(fresh_ctx).decode
             src = int(cl.prefill_ids[s.p])
             a = self.agreement
             a["decisions"] += 1
             a["same_instance"] += fresh == s.d
             a["same_tier"] += self.tree.tier(src, int(cl.decode_ids[fresh])) == self.tree.tier(src, int(cl.decode_ids[s.d]))
+            stale_cost, fresh_cost = ctx.raw_transfer_cost_s(s.p), fresh_ctx.raw_transfer_cost_s(s.p)
+            tau = kendall_tau_b(stale_cost, fresh_cost)
+            if tau is not None:
+                a["tau_sum"] += tau
+                a["tau_n"] += 1
+            for tau in within_groups(stale_cost, fresh_cost, self.tree.tiers(src, cl.decode_ids)):
+                a["tau_within_sum"] += tau
+                a["tau_within_n"] += 1
         s.prefill_cached = ctx.prefill_cached_at(s.p)
         s.decode_cached = ctx.decode_cached_at(s.d)
         s.nbytes = float(cl.timing.kv_bytes(s.req.input_tokens - s.decode_cached))

@@ -280,13 +280,20 @@ def run_simulation(exp: Experiment, progress: bool = True, log=print, shadow: bo
             if oracle_rows is not None:
                 oracle_rows[spec.name] = errors
         if shadow and policy.needs_oracle:
-            a = sim.agreement
-            n = a["decisions"]
-            summary["agreement"] = {"decisions": n, "same_tier_fraction": a["same_tier"] / n if n else 1.0,
-                                    "same_instance_fraction": a["same_instance"] / n if n else 1.0}
+            summary["agreement"] = agreement_summary(sim.agreement)
         out[spec.name] = summary
         records[spec.name] = recs
     return out, records
+
+
+def agreement_summary(a: dict) -> dict:
+    """A stale oracle's decisions against a fresh one's (the dispatcher's ``agreement`` counts):
+    same tier, same instance, mean Kendall tau-b of the cost orderings (None without any)."""
+    n = a["decisions"]
+    return {"decisions": n, "same_tier_fraction": a["same_tier"] / n if n else 1.0,
+            "same_instance_fraction": a["same_instance"] / n if n else 1.0,
+            "kendall_tau": a["tau_sum"] / a["tau_n"] if a["tau_n"] else None,
+            "kendall_tau_within_tier": a["tau_within_sum"] / a["tau_within_n"] if a["tau_within_n"] else None}
 
 
 def _fill_recording(links: LinkRecording, sim: Simulator) -> None:

@@ -4,7 +4,8 @@ One use of the sweep engine (:mod:`scheduler.sweep`) over ``oracle.staleness_s``
 the studied policy (netkv on live telemetry, or netkv:inflight) replays the same window with its
 oracle answering from the snapshot of ``now - staleness``, while a shadow oracle on fresh
 telemetry records whether each stale decision picked the same tier (Claim 3: tier rankings
-survive staleness) and the same instance (rankings within a tier may not). Two references run at
+survive staleness) and the same instance (rankings within a tier may not), and Kendall's tau of
+the two cost orderings (across and within tiers). Two references run at
 every point: ``netkv:perfect`` (the regret: extra mean TTFT against perfect information) and
 ``cache-load`` (network-blind: what is left of the gain).
 """
@@ -72,13 +73,15 @@ def _table(agg: dict, target: str, scenario: str) -> str:
     buf = io.StringIO()
     print(f"scenario '{scenario}': {target} with its telemetry {PARAM} old; references {', '.join(REFERENCES)}", file=buf)
     print(f"{'staleness s':>12} {'mean TTFT s':>16} {'vs cache-load':>16} {'regret ms':>14} {'same tier':>14} "
-          f"{'same inst.':>14}", file=buf)
+          f"{'same inst.':>14} {'tau':>12} {'tau in tier':>12}", file=buf)
     for i, v in enumerate(agg["values"]):
         vs = agg["vs"].get("cache-load", {}).get("ttft_mean_pct", [(math.nan, math.nan)] * len(agg["values"]))[i]
         print(f"{v:>12g} {_fmt(pol[target]['ttft_mean_s'][i], '.3f'):>16} {_fmt(vs, '+.1f') + '%':>16} "
               f"{_fmt(pol[target]['regret_ms'][i], '.1f'):>14} "
               f"{_fmt(pol[target]['same_tier_fraction'][i], '.1f', 100) + '%':>14} "
-              f"{_fmt(pol[target]['same_instance_fraction'][i], '.1f', 100) + '%':>14}", file=buf)
+              f"{_fmt(pol[target]['same_instance_fraction'][i], '.1f', 100) + '%':>14} "
+              f"{_fmt(pol[target]['kendall_tau'][i], '.2f'):>12} "
+              f"{_fmt(pol[target]['kendall_tau_within_tier'][i], '.2f'):>12}", file=buf)
     return buf.getvalue().rstrip()
 
 
@@ -104,8 +107,10 @@ def _plot(values: list[float], agg: dict, target: str, command: str) -> bytes:
     ax1.set_title("TTFT vs staleness")
     line(ax2, pol[target]["same_tier_fraction"], "same tier as fresh", 100.0)
     line(ax2, pol[target]["same_instance_fraction"], "same instance as fresh", 100.0, linestyle="--")
-    ax2.set_ylim(0, 105)
-    ax2.set_ylabel("% of decisions")
+    line(ax2, pol[target]["kendall_tau"], "Kendall tau of costs (x100)", 100.0, linestyle=":")
+    line(ax2, pol[target]["kendall_tau_within_tier"], "tau within tiers (x100)", 100.0, linestyle="-.")
+    ax2.set_ylim(-5, 105)
+    ax2.set_ylabel("% of decisions; tau x 100")
     ax2.set_title("agreement with fresh telemetry")
     line(ax3, pol[target]["regret_ms"], f"{target} - netkv:perfect", color="#d62728")
     ax3.axhline(0.0, color="black", linewidth=0.8)

@@ -37,9 +37,11 @@ from scheduler.policies import TARGET
 ROW_FIELDS = ("param", "value", "seed", "policy", "requests", "ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
               "slo_attainment", *(f"slo_{d.replace('-', '_')}" for d in SLO_DEFINITIONS), "tbt_mean_ms",
               "transfer_mean_s", "kv_bytes_moved", "tier0", "tier1", "tier2", "tier3", "weight",
-              "same_tier_fraction", "same_instance_fraction", "regret_ms", "wall_s")
+              "same_tier_fraction", "same_instance_fraction", "kendall_tau", "kendall_tau_within_tier", "regret_ms",
+              "wall_s")
 """Columns of ``sweep.csv``: one row per (value, seed, policy). ``regret_ms``: the policy's mean
-TTFT minus that of ``netkv:perfect`` at the same point (empty without it)."""
+TTFT minus that of ``netkv:perfect`` at the same point (empty without it); the agreement columns
+(staleness studies): against a fresh oracle's decisions and cost orderings."""
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
         15: 2.131, 20: 2.086, 30: 2.042}
 """Two-sided 95% Student t quantiles by degrees of freedom (interpolated between, 1.96 above 30)."""
@@ -292,6 +294,8 @@ def rows(sweep: Sweep, results: dict[tuple, dict]) -> list[dict]:
                     "tier3": hist[3], "weight": weight,
                     "same_tier_fraction": agree.get("same_tier_fraction"),
                     "same_instance_fraction": agree.get("same_instance_fraction"),
+                    "kendall_tau": agree.get("kendall_tau"),
+                    "kendall_tau_within_tier": agree.get("kendall_tau_within_tier"),
                     "regret_ms": 1e3 * (s["ttft_mean_s"] - perfect) if perfect is not None else None,
                     "wall_s": s.get("wall_s"),
                 })
@@ -304,7 +308,7 @@ def aggregate(sweep: Sweep, table: list[dict], target: str = TARGET) -> dict:
     gap), and percentage points of SLO attainment."""
     names = list(dict.fromkeys(r["policy"] for r in table))
     metrics = ("ttft_mean_s", "ttft_p99_s", "slo_attainment", "tbt_mean_ms", "transfer_mean_s", "regret_ms",
-               "same_tier_fraction", "same_instance_fraction")
+               "same_tier_fraction", "same_instance_fraction", "kendall_tau", "kendall_tau_within_tier")
     out: dict = {"values": sweep.values, "seeds": sweep.seeds, "policies": {}, "vs": {}}
     by = {(r["value"], r["seed"], r["policy"]): r for r in table}
     for name in names:

@@ -20,7 +20,8 @@ COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
                "takes ~40 min on 2 cores, --quick ~6 min).", ["netkv report --quick", "netkv report"]),
     "staleness": ("How stale may telemetry get: netkv on telemetry of growing age against netkv:perfect and\n"
                   "cache-load, with decision agreement against a fresh oracle and the regret.",
-                  ["netkv staleness --scenario decode-flap --values 0,1,5 --max-requests 2000"]),
+                  ["netkv staleness --scenario decode-flap --values 0,1,5 --max-requests 2000",
+                   "sudo netkv staleness --backend emulate --quick   # three scenarios on the live fabric, ~10 min"]),
 }
 """Per subcommand: a description and examples for its --help (defaults are shown per option)."""
 
@@ -55,6 +56,17 @@ def register(sub) -> None:
     p.add_argument("--values", default="0,0.5,1,2,5,10,30", help="staleness values, s (default: %(default)s)")
     p.add_argument("--seeds", default="0", metavar="S,T", help="seeds, as for sweep (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per core)")
+    p.add_argument("--backend", choices=("simulate", "emulate"), default="simulate",
+                   help="simulate (default), or emulate: every value replayed on the live fabric (root), the "
+                        "simulator's study of the same window beside it")
+    p.add_argument("--quick", action="store_true",
+                   help="with --backend emulate: scenarios decode-flap, hotspot, rolling at staleness 0,1,5 s on 60 "
+                        "requests each (~10 min on 2 cores)")
+    p.add_argument("--scale", type=float, default=None, metavar="F", help="with --backend emulate: as for emulate")
+    p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
+                   help="with --backend emulate: as for emulate (default %(default)s)")
+    p.add_argument("--ofp-port", type=int, default=None, help="with --backend emulate: controller OpenFlow port")
+    p.add_argument("--rest-port", type=int, default=None, help="with --backend emulate: controller REST port")
     p.set_defaults(func=cmd_staleness)
 
 
@@ -116,6 +128,12 @@ def cmd_staleness(args: argparse.Namespace) -> int:
     check_out(out)
     if args.target is not None:
         raise UsageError("--target: staleness always studies netkv (against netkv:perfect and cache-load)")
+    if args.backend == "emulate":
+        from scripts.cmd_staleness_emulate import run_emulated
+
+        return run_emulated(args, out)
+    if args.quick:
+        raise UsageError("--quick is for --backend emulate (the simulator's study takes seconds: choose --values)")
     values = sw.parse_values(args.values)
     if not all(isinstance(v, float) and v >= 0 for v in values):
         raise UsageError(f"--values {args.values!r}: expected non-negative seconds, e.g. 0,1,5")

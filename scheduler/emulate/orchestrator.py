@@ -50,7 +50,8 @@ from scheduler.emulate.fidelity import CpuMonitor, RttProbe, rtt_verdict
 from scheduler.emulate.replay import Clock, EmulationError, RealtimeReplay
 from scheduler.emulate.scenario_exec import ScenarioExecutor
 from scheduler.emulate.transport import AgentTransport, TelemetryPoller  # (both also imported from here)
-from scheduler.experiment import Experiment, inherited_weights, make_policy, run_simulation, tune_policy
+from scheduler.experiment import (Experiment, agreement_summary, inherited_weights, make_policy, run_simulation,
+                                  tune_policy)
 from scheduler.metrics import compare, summarize_policy
 from scheduler.policies import TARGET, PolicySpec
 from scheduler.records import RequestRecord
@@ -204,6 +205,18 @@ def _fidelity(cpu: dict, baseline_rtt: list[float], run_rtt: list[float], probe:
     return fid
 
 
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    """One replay of the run: ``spec`` under ``label`` (its key in the results), with ``cfg``
+    instead of the experiment's (e.g. another ``oracle.staleness_s``) and, with ``shadow``, a fresh
+    oracle beside a stale one (the decisions' agreement)."""
+
+    label: str
+    spec: PolicySpec
+    cfg: ExperimentConfig | None = None
+    shadow: bool = False
+
+
 class _EmulationRun:
     """One ``emulate`` run: its inputs, its temporary folder, what it measures, and its steps,
     one method each (fabric, agents, calibration, replays). Every step releases what it opened
@@ -211,9 +224,10 @@ class _EmulationRun:
 
     def __init__(self, exp: Experiment, scale: float, time_scale: float, nominal: dict[str, float],
                  load: BackgroundLoad, sim_policies: dict, progress: bool, log: Callable[[str], Any],
-                 fault_list: Sequence[faults.Fault] = ()) -> None:
+                 fault_list: Sequence[faults.Fault] = (), plan: Sequence[Replay] | None = None) -> None:
         self.exp, self.cfg, self.tree = exp, exp.cfg, exp.tree
         self.faults = list(fault_list)
+        self.plan = list(plan) if plan is not None else [Replay(spec.name, spec) for spec in exp.policies]
         self.scale, self.time_scale, self.nominal, self.load = scale, time_scale, nominal, load
         self.sim_policies, self.progress, self.log = sim_policies, progress, log
         self.actions = exp.actions()
@@ -290,21 +304,22 @@ class _EmulationRun:
                    poller: TelemetryPoller) -> dict[str, dict]:
         """Every policy's replay in turn, a drain pause after each; returns their replay lags."""
         lags = {}
-        for k, spec in enumerate(self.exp.policies):
-            summary, recs = self.replay_one(k, spec, fab, control, router, poller)
-            lags[spec.name] = summary["replay_lag_s"]
-            self.policies[spec.name] = summary
-            self.records[spec.name] = recs
+        for k, item in enumerate(self.plan):
+            summary, recs = self.replay_one(k, item, fab, control, router, poller)
+            lags[item.label] = summary["replay_lag_s"]
+            self.policies[item.label] = summary
+            self.records[item.label] = recs
             time.sleep(DRAIN_S)
         return lags
 
-    def replay_one(self, k: int, spec: PolicySpec, fab: Fabric, control: ControlServer, router: _EventRouter,
+    def replay_one(self, k: int, item: Replay, fab: Fabric, control: ControlServer, router: _EventRouter,
                    poller: TelemetryPoller) -> tuple[dict, list[RequestRecord]]:
-        """Policy ``spec`` (the ``k``-th) replayed on the fabric: its summary and records. The
-        scenario executor is closed and every link's capacity restored however it ends."""
-        exp, cfg = self.exp, self.cfg
+        """The ``k``-th replay of the plan on the fabric: its summary and records. The scenario
+        executor is closed and every link's capacity restored however it ends."""
+        exp, spec = self.exp, item.spec
+        cfg = item.cfg or self.cfg
         weight, table = tune_policy(exp, spec)  # the simulator's tuned weight (see _simulate_first)
-        table = self.sim_policies[spec.name].get("tuning", table)
+        table = self.sim_policies.get(spec.name, {}).get("tuning", table)
         policy = make_policy(spec, weight, exp.seed, cfg, inherited_weights(exp, spec))
         transport = router.transport = AgentTransport(control, self.tree)
         executor = ScenarioExecutor(fab, self.tree, self.scale, self.time_scale, self.run_dir)
@@ -312,9 +327,9 @@ class _EmulationRun:
         clock = Clock(self.time_scale)
         replay = RealtimeReplay(cfg, exp.requests, policy, self.actions, transport, executor, history,
                                 clock, byte_scale=self.scale, transfer_id_base=(k + 1) * 10**9,
-                                progress=self.progress)
-        poller.attach(spec.name, clock, history, executor)
-        self.log(f"emulate: replaying {len(exp.requests)} requests with {spec.name} "
+                                progress=self.progress, shadow=item.shadow)
+        poller.attach(item.label, clock, history, executor)
+        self.log(f"emulate: replaying {len(exp.requests)} requests with {item.label} "
                  f"(~{exp.requests[-1].arrival_s * self.time_scale:.0f} s of wall time)")
         injector = faults.FaultInjector(fab, self.faults, clock, self.log)
         t1 = time.monotonic()
@@ -347,17 +362,19 @@ class _EmulationRun:
         summary["replay_lag_s"] = {"p50": float(np.percentile(replay.lag_s, 50)),
                                    "p99": float(np.percentile(replay.lag_s, 99)),
                                    "max": float(np.max(replay.lag_s))}
+        if item.shadow:
+            summary["agreement"] = agreement_summary(replay.dispatch.agreement)
         errors = replay.dispatch.oracle_errors()  # the oracle's prices against the agents' transfers
         if errors:
             summary["oracle_error"] = oracle_error.summarize(errors)
-            self.evidence["oracle_rows"][spec.name] = errors
+            self.evidence["oracle_rows"][item.label] = errors
         return summary, recs
 
 
 def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: float = 1.0,
                   ofp_port: int = DEFAULT_OFP_PORT, rest_port: int = DEFAULT_REST_PORT, progress: bool = True, log=print,
-                  keep_failed_logs: bool = True, fault_list: Sequence[faults.Fault] = ()
-                  ) -> tuple[dict, dict[str, list[RequestRecord]], dict]:
+                  keep_failed_logs: bool = True, fault_list: Sequence[faults.Fault] = (),
+                  plan: Sequence[Replay] | None = None) -> tuple[dict, dict[str, list[RequestRecord]], dict]:
     """Returns (policies section, records, evidence) where evidence holds calibration, telemetry
     rows, fidelity, timings, the simulator's reference figures and the agreement check. The run's
     logs (controller, agents, background flows) live in a temporary folder that is removed, or
@@ -365,7 +382,7 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
     nominal = link_capacity_bps(exp.tree, scale / time_scale)  # validates the scale before anything starts
     load = check_emulable(exp, scale, time_scale)  # what the fabric cannot run faithfully: refused here
     sim_policies, exp = _simulate_first(exp, log)
-    run = _EmulationRun(exp, scale, time_scale, nominal, load, sim_policies, progress, log, fault_list)
+    run = _EmulationRun(exp, scale, time_scale, nominal, load, sim_policies, progress, log, fault_list, plan)
     ok = False
     try:
         run.on_fabric(ofp_port, rest_port)

@@ -115,15 +115,17 @@ class RealtimeReplay:
     def __init__(self, cfg: ExperimentConfig, requests: list[Request], policy: Policy, actions: list[Action],
                  transport: Transport, executor: ActionExecutor, telemetry_source, clock: Clock,
                  byte_scale: float, transfer_id_base: int = 0, progress: bool = False,
-                 transfer_timeout_s: float = 120.0, preroll_s: float = 2.0) -> None:
+                 transfer_timeout_s: float = 120.0, preroll_s: float = 2.0, shadow: bool = False) -> None:
         self.cfg = cfg
         self.tree = FatTree(cfg.topology)
         self.policy = policy
         self.actions = actions or []
         # a real fabric has no ground truth: the perfect oracle is refused (truth=None), as the
         # emulate command does before it builds anything
-        oracle, _ = build_oracles(cfg, self.tree, policy, oracle_kind(cfg, policy), telemetry_source, truth=None)
-        self.dispatch = Dispatcher(cfg, self.tree, requests, policy, oracle)
+        # ``shadow``: a fresh oracle on the same history (no added age) decides beside the stale one
+        oracle, fresh = build_oracles(cfg, self.tree, policy, oracle_kind(cfg, policy), telemetry_source, truth=None,
+                                      fresh_source=telemetry_source if shadow else None)
+        self.dispatch = Dispatcher(cfg, self.tree, requests, policy, oracle, fresh)
         self.cluster = self.dispatch.cluster
         self.transport = transport
         self.executor = executor

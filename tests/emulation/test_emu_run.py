@@ -216,3 +216,29 @@ def test_link_failure_and_controller_crash_mid_replay(tmp_path: Path) -> None:
           f"{fault['down_at_s']}-{fault['ready_at_s']} s; {fb['decisions']} decisions priced statically "
           f"{fb['first_s']}-{fb['last_s']} s")
     _assert_nothing_left(FatTree())
+
+
+def test_staleness_study_on_the_fabric(tmp_path: Path) -> None:
+    """`netkv staleness --backend emulate`: one fabric, the window replayed per staleness value with
+    a fresh shadow oracle, the simulator's study beside it, one result folder."""
+    _no_foreign_fabric()
+    out = tmp_path / "st"
+    res = subprocess.run(
+        [str(ROOT / "scripts" / "netkv"), "staleness", "--backend", "emulate", "--scenario", "decode-flap",
+         "--values", "0,2", "--max-requests", "20", "--no-tune", "--no-progress", "--out", str(out),
+         "--ofp-port", "16675", "--rest-port", "18093"],
+        capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "emulate" and summary["values"] == [0.0, 2.0]
+    (sc,) = summary["scenarios"]
+    assert set(sc["emulate_policies"]) == {"cache-load", "netkv@0s", "netkv@2s"}
+    stale = sc["emulate_policies"]["netkv@2s"]["agreement"]
+    assert stale["decisions"] == 20 and 0 <= stale["same_instance_fraction"] <= stale["same_tier_fraction"] <= 1
+    assert "agreement" not in sc["emulate_policies"]["netkv@0s"]
+    rows = {(r["backend"], r["value"]): r for r in sc["rows"]}
+    assert set(rows) == {("emulate", 0.0), ("emulate", 2.0), ("simulate", 0.0), ("simulate", 2.0)}
+    assert rows[("simulate", 2.0)]["regret_vs_perfect_ms"] is not None
+    assert (out / "staleness-decode-flap.png").is_file() and (out / "staleness.csv").is_file()
+    assert "regret trend" in res.stdout
+    _assert_nothing_left(FatTree())

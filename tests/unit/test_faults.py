@@ -49,3 +49,20 @@ def test_stale_telemetry_falls_back_to_static_pricing_and_resumes(kind: str) -> 
     assert len(oracle.stale_spells) == 2
     never = make_oracle(kind, tree, hist, 0.0, 0.1, 30e-6)  # no fallback age: the old snapshot stays in use
     assert never.cost(q(20.0))[0] == pytest.approx(live[0]) and never.stale_decisions == 0
+
+
+def test_a_stale_oracle_never_answers_from_a_snapshot_newer_than_now_minus_staleness() -> None:
+    """The emulate poller adds snapshots as the controller serves them (irregular times); a stale
+    oracle reading that history must only see what was known ``staleness`` ago."""
+    tree = FatTree()
+    rng = np.random.default_rng(5)
+    hist = TelemetryHistory(max_age_s=1000.0)
+    times = np.cumsum(rng.uniform(0.3, 0.8, 200))
+    for t in times:
+        hist.add(TelemetrySnapshot(float(t), rng.uniform(0, 1, tree.n_links + 1), np.ones(tree.n_links + 1)))
+    for staleness in (0.0, 0.5, 2.0, 7.0):
+        oracle = make_oracle("telemetry", tree, hist, staleness, 0.1, 30e-6, fallback_age_s=2.0)
+        for now in rng.uniform(times[20], times[-1], 300):
+            snap = oracle.snapshot(float(now))
+            assert snap is not None and snap.time_s <= now - staleness
+            assert now - staleness - snap.time_s <= 0.8  # the newest one allowed, not an older one

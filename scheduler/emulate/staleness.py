@@ -1,0 +1,192 @@
+"""``netkv staleness --backend emulate``: the staleness study on the live fabric, beside the simulator's.
+
+For each scenario one fabric, one calibration, and the same trace window replayed per staleness
+value: ``cache-load`` once (network-blind reference), then the studied policy (netkv) with its
+oracle answering from the controller's telemetry history at ``now - staleness``, a fresh shadow
+oracle on the same history deciding beside it (same tier, same instance, Kendall's tau-b of the
+two cost orderings across and within tiers; :mod:`scheduler.ranking`). The simulator runs the same
+window at the same values (with ``netkv:perfect``). Regret: on both backends the extra mean TTFT
+against the same backend's staleness-0 run (``regret_vs_fresh_ms``: what age costs, free of the
+emulator's systematic transfer-time offset), and on the simulator also against ``netkv:perfect``.
+The target: the live fabric's agreement curves near the simulator's, and the same sign of the
+regret trend (largest value against the smallest). ``--quick``: :data:`QUICK_SCENARIOS` x
+:data:`QUICK_VALUES` on :data:`QUICK_REQUESTS` requests (~3 min a scenario on 2 cores).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from typing import Any, Callable
+
+from scheduler.emulate.orchestrator import Replay, run_emulation
+from scheduler.experiment import Experiment, run_simulation
+from scheduler.policies import resolve
+
+QUICK_SCENARIOS = ("decode-flap", "hotspot", "rolling")
+"""Three scenarios whose congestion moves (flaps, a hotspot, a rolling one), so stale telemetry
+can be wrong; all run on the fabric at --time-scale 1 (scheduler/emulate/emulable.py)."""
+QUICK_VALUES = (0.0, 1.0, 5.0)
+"""Fresh, two poll intervals, ten (past the flap half-periods of decode-flap's default 4 s)."""
+QUICK_REQUESTS = 60
+"""~19 s of replay per policy at the default load."""
+REFERENCE = "cache-load"
+PERFECT = "netkv:perfect"
+
+
+def label(target: str, value: float) -> str:
+    return f"{target}@{value:g}s"
+
+
+def with_staleness(exp: Experiment, value: float) -> Any:
+    """``exp``'s configuration with ``oracle.staleness_s = value``."""
+    cfg = exp.cfg
+    return dataclasses.replace(cfg, oracle=dataclasses.replace(cfg.oracle, staleness_s=float(value)))
+
+
+def emulate_plan(exp: Experiment, target: str, values: list[float]) -> list[Replay]:
+    """cache-load once, then ``target`` at every staleness value (shadowed where stale)."""
+    ref, tgt = resolve(REFERENCE)[0], resolve(target)[0]
+    return [Replay(REFERENCE, ref)] + [Replay(label(target, v), tgt, with_staleness(exp, v), shadow=v > 0)
+                                       for v in values]
+
+
+def simulate_points(exp: Experiment, target: str, values: list[float], weights: dict[str, float]) -> dict[float, dict]:
+    """The simulator's policies section at every value (target, netkv:perfect, cache-load), the
+    first two with the emulated replays' weights; netkv:perfect is tuned once (its oracle has no age)."""
+    base = dataclasses.replace(exp, policies=resolve(f"{target},{PERFECT},{REFERENCE}"),
+                               weights={**exp.weights, **weights}, tuned={})
+    out = {}
+    for v in values:  # the copies share base.tuned: each policy is tuned at most once
+        exp_v = dataclasses.replace(base, cfg=with_staleness(exp, v))
+        out[v], _ = run_simulation(exp_v, progress=False, log=lambda m: None, shadow=True)
+    return out
+
+
+def emulated_weights(emu: dict, target: str, values: list[float]) -> dict[str, float]:
+    """The weight each emulated policy ran with (the simulator's tuning of the base window)."""
+    out = {}
+    for name, key in ((target, label(target, min(values))), (REFERENCE, REFERENCE)):
+        spec = resolve(name)[0]
+        params = emu.get(key, {}).get("params") or {}
+        if spec.tuned_param and spec.tuned_param in params:
+            out[name] = params[spec.tuned_param]
+    return out
+
+
+def _row(backend: str, value: float, pol: dict, fresh: dict | None, ref: dict | None, perfect: dict | None) -> dict:
+    agree = pol.get("agreement") or {}
+    stale = value > 0
+    ttft = pol["ttft_mean_s"]
+    return {"backend": backend, "value": value, "ttft_mean_s": ttft,
+            "vs_cache_load_pct": 100.0 * (ttft - ref["ttft_mean_s"]) / ref["ttft_mean_s"] if ref else None,
+            "regret_vs_fresh_ms": 1e3 * (ttft - fresh["ttft_mean_s"]) if fresh else None,
+            "regret_vs_perfect_ms": 1e3 * (ttft - perfect["ttft_mean_s"]) if perfect else None,
+            "same_tier_fraction": agree.get("same_tier_fraction") if stale else 1.0,
+            "same_instance_fraction": agree.get("same_instance_fraction") if stale else 1.0,
+            "kendall_tau": agree.get("kendall_tau") if stale else 1.0,
+            "kendall_tau_within_tier": agree.get("kendall_tau_within_tier") if stale else 1.0,
+            "decisions": agree.get("decisions") if stale else pol["requests"]}
+
+
+def rows(emu: dict, sim: dict[float, dict], target: str, values: list[float]) -> list[dict]:
+    """One row per (backend, value). Staleness 0 agrees with itself by definition."""
+    out = []
+    fresh_v = min(values)
+    for v in values:
+        out.append(_row("emulate", v, emu[label(target, v)], emu[label(target, fresh_v)], emu.get(REFERENCE), None))
+    for v in values:
+        out.append(_row("simulate", v, sim[v][target], sim[fresh_v][target], sim[v].get(REFERENCE), sim[v].get(PERFECT)))
+    return out
+
+
+def trend(table: list[dict]) -> dict:
+    """Sign of the regret trend on each backend (regret vs fresh at the largest value; 0 = flat
+    within 1 ms) and whether the two agree."""
+    out = {}
+    for backend in ("emulate", "simulate"):
+        pts = sorted((r["value"], r["regret_vs_fresh_ms"]) for r in table if r["backend"] == backend)
+        last = pts[-1][1] if pts else None
+        out[backend] = None if last is None else (0 if abs(last) < 1.0 else int(math.copysign(1, last)))
+    out["same_sign"] = out["emulate"] is not None and out["emulate"] == out["simulate"]
+    return out
+
+
+def _fmt(x: float | None, spec: str, scale: float = 1.0) -> str:
+    return "-" if x is None or not math.isfinite(x) else format(x * scale, spec)
+
+
+def table_text(scenario: str, target: str, table: list[dict], tr: dict) -> str:
+    buf = io.StringIO()
+    print(f"scenario '{scenario}': {target} with telemetry oracle.staleness_s old, on the live fabric and the simulator",
+          file=buf)
+    print(f"{'backend':>9} {'stale s':>8} {'TTFT s':>8} {'vs c-l':>8} {'regret ms':>10} {'vs perf ms':>10} "
+          f"{'same tier':>10} {'same inst':>10} {'tau':>6} {'tau tier':>8}", file=buf)
+    for r in table:
+        print(f"{r['backend']:>9} {r['value']:>8g} {_fmt(r['ttft_mean_s'], '.3f'):>8} "
+              f"{_fmt(r['vs_cache_load_pct'], '+.1f') + '%':>8} {_fmt(r['regret_vs_fresh_ms'], '+.1f'):>10} "
+              f"{_fmt(r['regret_vs_perfect_ms'], '+.1f'):>10} {_fmt(r['same_tier_fraction'], '.1f', 100) + '%':>10} "
+              f"{_fmt(r['same_instance_fraction'], '.1f', 100) + '%':>10} {_fmt(r['kendall_tau'], '.2f'):>6} "
+              f"{_fmt(r['kendall_tau_within_tier'], '.2f'):>8}", file=buf)
+    print(f"regret trend (vs fresh, at the largest staleness): emulate {tr['emulate']:+d}, simulate {tr['simulate']:+d}: "
+          f"{'same sign' if tr['same_sign'] else 'DIFFERENT SIGN'}" if tr["emulate"] is not None and tr["simulate"]
+          is not None else "regret trend: -", file=buf)
+    return buf.getvalue().rstrip()
+
+
+def plot(scenario: str, target: str, table: list[dict], command: str) -> bytes:
+    """Agreement, tau and regret against staleness: the live fabric (solid) and the simulator (dashed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 3.8), dpi=110)
+    FigureCanvasAgg(fig)
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    style = {"emulate": dict(linestyle="-", marker="o"), "simulate": dict(linestyle="--", marker="s")}
+    for backend, kw in style.items():
+        rs = sorted((r for r in table if r["backend"] == backend), key=lambda r: r["value"])
+        xs = [max(r["value"], 0.05) for r in rs]
+
+        def ys(key: str, scale: float = 1.0) -> list[float]:
+            return [math.nan if r[key] is None else r[key] * scale for r in rs]
+
+        ax1.plot(xs, ys("same_tier_fraction", 100), color="#1f77b4", label=f"same tier ({backend})", **kw)
+        ax1.plot(xs, ys("same_instance_fraction", 100), color="#ff7f0e", label=f"same instance ({backend})", **kw)
+        ax2.plot(xs, ys("kendall_tau"), color="#2ca02c", label=f"tau, all ({backend})", **kw)
+        ax2.plot(xs, ys("kendall_tau_within_tier"), color="#9467bd", label=f"tau, within tiers ({backend})", **kw)
+        ax3.plot(xs, ys("regret_vs_fresh_ms"), color="#d62728", label=f"vs fresh ({backend})", **kw)
+        if backend == "simulate":
+            ax3.plot(xs, ys("regret_vs_perfect_ms"), color="#17becf", linestyle=":", marker="^",
+                     label=f"vs {PERFECT} (simulate)")
+    ax1.set_ylim(-5, 105)
+    ax1.set_ylabel("% of decisions as on fresh telemetry")
+    ax1.set_title("decision agreement")
+    ax2.set_ylim(-1.05, 1.05)
+    ax2.set_ylabel("Kendall tau-b of cost orderings")
+    ax2.set_title("cost ranking agreement")
+    ax3.axhline(0.0, color="black", linewidth=0.8)
+    ax3.set_ylabel("extra mean TTFT (ms)")
+    ax3.set_title(f"regret of {target}")
+    for ax in (ax1, ax2, ax3):
+        ax.set_xscale("log")
+        ax.set_xlabel("telemetry staleness (s; 0 drawn at 0.05)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.suptitle(f"{command}: scenario {scenario} (solid: live fabric, dashed: simulator)", fontsize="small")
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    return png.getvalue()
+
+
+def run_scenario(exp: Experiment, target: str, values: list[float], scale: float, time_scale: float,
+                 ofp_port: int, rest_port: int, progress: bool, log: Callable[[str], Any]) -> dict:
+    """One scenario's study on both backends: its rows, trend and the emulate run's evidence."""
+    emu, _, ev = run_emulation(exp, scale, time_scale, ofp_port, rest_port, progress=progress, log=log,
+                               plan=emulate_plan(exp, target, values))
+    log(f"staleness: simulating scenario {exp.scenario.name} at {', '.join(f'{v:g}' for v in values)} s")
+    sim = simulate_points(exp, target, values, emulated_weights(emu, target, values))
+    table = rows(emu, sim, target, values)
+    return {"scenario": exp.scenario.name, "rows": table, "trend": trend(table), "emulate_policies": emu,
+            "simulate_points": {str(v): p for v, p in sim.items()},
+            "calibration": ev.get("calibration"), "fidelity": ev.get("fidelity")}

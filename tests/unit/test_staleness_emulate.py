@@ -1,0 +1,54 @@
+"""The emulated staleness study's plan, rows and trend (pure: no fabric)."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("mininet", reason="scheduler.emulate.orchestrator imports the Mininet topology")
+
+from scheduler.emulate import staleness as st  # noqa: E402
+
+from helpers import experiment  # noqa: E402
+
+
+def _pol(ttft: float, agree: dict | None = None, requests: int = 10, weight: float | None = 0.3) -> dict:
+    out = {"ttft_mean_s": ttft, "requests": requests, "params": {"load_weight_s": weight}}
+    if agree is not None:
+        out["agreement"] = agree
+    return out
+
+
+def _agree(tier: float, inst: float, tau: float | None, within: float | None) -> dict:
+    return {"decisions": 10, "same_tier_fraction": tier, "same_instance_fraction": inst, "kendall_tau": tau,
+            "kendall_tau_within_tier": within}
+
+
+def test_plan_replays_the_reference_once_and_the_target_at_every_value() -> None:
+    exp = experiment("decode-flap", policies="netkv,cache-load")
+    plan = st.emulate_plan(exp, "netkv", [0.0, 1.0, 5.0])
+    assert [r.label for r in plan] == ["cache-load", "netkv@0s", "netkv@1s", "netkv@5s"]
+    assert [r.shadow for r in plan] == [False, False, True, True]
+    assert plan[0].cfg is None and [r.cfg.oracle.staleness_s for r in plan[1:]] == [0.0, 1.0, 5.0]
+    assert exp.cfg.oracle.staleness_s == 0.0  # the experiment itself is not changed
+
+
+def test_rows_regret_against_the_same_backends_fresh_run_and_trend() -> None:
+    emu = {"cache-load": _pol(1.0), "netkv@0s": _pol(0.8), "netkv@5s": _pol(0.85, _agree(0.9, 0.6, 0.5, 0.4))}
+    sim = {0.0: {"netkv": _pol(0.5), "netkv:perfect": _pol(0.48), "cache-load": _pol(0.55)},
+           5.0: {"netkv": _pol(0.52, _agree(0.95, 0.7, 0.6, None)), "netkv:perfect": _pol(0.48),
+                 "cache-load": _pol(0.55)}}
+    rows = st.rows(emu, sim, "netkv", [0.0, 5.0])
+    by = {(r["backend"], r["value"]): r for r in rows}
+    assert by[("emulate", 0.0)]["regret_vs_fresh_ms"] == 0.0 and by[("emulate", 0.0)]["same_tier_fraction"] == 1.0
+    assert by[("emulate", 5.0)]["regret_vs_fresh_ms"] == pytest.approx(50.0)
+    assert by[("emulate", 5.0)]["vs_cache_load_pct"] == pytest.approx(-15.0)
+    assert by[("emulate", 5.0)]["regret_vs_perfect_ms"] is None  # no perfect oracle on a real fabric
+    assert by[("simulate", 5.0)]["regret_vs_perfect_ms"] == pytest.approx(40.0)
+    assert by[("simulate", 5.0)]["kendall_tau_within_tier"] is None
+    tr = st.trend(rows)
+    assert tr == {"emulate": 1, "simulate": 1, "same_sign": True}
+    emu["netkv@5s"] = _pol(0.7995, _agree(1, 1, 1, 1))  # within 1 ms of fresh: flat, not the simulator's sign
+    assert st.trend(st.rows(emu, sim, "netkv", [0.0, 5.0]))["same_sign"] is False
+    text = st.table_text("decode-flap", "netkv", rows, tr)
+    assert "same sign" in text and text.count("\n") == 6
+    assert st.emulated_weights({"netkv@0s": _pol(0.8, weight=0.1), "cache-load": {"params": {"load_weight": 3.0}}},
+                               "netkv", [0.0, 5.0]) == {"netkv": 0.1, "cache-load": 3.0}
