@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import signal
+import select
 import socket
 import sys
 import threading
@@ -70,6 +71,17 @@ from hosts.messages import (
     Warm,
     Warmed,
 )
+
+
+def idle_alive(sock: socket.socket) -> bool:
+    """Whether an idle pooled KV connection still works: its receiver sends nothing unprompted, so
+    one that is readable while idle has been closed or reset by its peer."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
 
 class Agent:
     """Listener + control loop of one host agent."""
@@ -155,11 +167,15 @@ class Agent:
             conn.close()
 
     def _take(self, peer: tuple[str, int]) -> tuple[socket.socket, float | None]:
-        """An idle pooled connection to ``peer`` (None as connect time) or a new one."""
+        """An idle pooled connection to ``peer`` (None as connect time) or a new one. Pooled ones
+        the peer has closed meanwhile (its agent restarted) are dropped here."""
         with self._lock:
             idle = self._pool.get(peer)
-            if idle:
-                return idle.pop(), None
+            while idle:
+                sock = idle.pop()
+                if idle_alive(sock):
+                    return sock, None
+                self._drop(sock)
         t_connect = time.time()
         sock = connect(peer[0], peer[1], connect_timeout=self.connect_timeout, sndbuf=self.sndbuf)
         self._open.add(sock)

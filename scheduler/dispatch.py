@@ -54,6 +54,7 @@ class RequestState:
     stalled: float = 0.0  # seconds the transfer stood still on a down link
     stall_since: float | None = None
     predicted_s: float = math.nan  # the oracle's price of this transfer at decision time
+    failed: str | None = None  # why the request never finished (an instance lost mid-run), else None
 
 
 class Execution(Protocol):
@@ -207,6 +208,23 @@ class Dispatcher:
         self.cluster.decode_cache.insert(s.d, s.req.hash_ids)
         self.remaining -= 1
 
+    def failed(self, s: RequestState, reason: str) -> None:
+        """Request lost with an instance (the emulator's agent faults): it counts as done, its
+        decode slot is released, and it has no record; :meth:`failures` lists it."""
+        if s.failed is not None or s.finish > 0:
+            return
+        s.failed = reason
+        if s.d >= 0:
+            self.cluster.decode_assigned_tokens[s.d] -= s.req.input_tokens + s.req.output_tokens
+        self.remaining -= 1
+
+    def failures(self) -> list[dict]:
+        """Every failed request: id, instances and reason, in arrival order."""
+        name = self.tree.gpu_name
+        return [{"req_id": s.req.req_id, "prefill": name(int(self.cluster.prefill_ids[s.p])) if s.p >= 0 else None,
+                 "decode": name(int(self.cluster.decode_ids[s.d])) if s.d >= 0 else None, "reason": s.failed}
+                for s in self.states if s.failed is not None]
+
     # ------------------------------------------------------------------ records
     def who(self, s: RequestState) -> str:
         """``request R (p-gpu -> d-gpu)`` for messages."""
@@ -223,7 +241,8 @@ class Dispatcher:
                 for s in self.states if s.finish > 0 and not math.isnan(s.predicted_s)]
 
     def records(self) -> list[RequestRecord]:
-        return [self.record(s) for s in self.states]
+        """One record per finished request (failed ones have none)."""
+        return [self.record(s) for s in self.states if s.failed is None]
 
     def record(self, s: RequestState) -> RequestRecord:
         tree = self.tree

@@ -50,16 +50,33 @@ def reroute_lines(policy: str, row: dict) -> list[str]:
     return out
 
 
+def serving_hosts(exp) -> dict[str, str]:
+    """GPU host name -> "prefill" / "decode" for every instance of the placement (each runs an agent)."""
+    from scheduler.cluster import assign_roles
+
+    c = exp.cfg.cluster
+    prefill, decode, _ = assign_roles(exp.tree, c.placement, c.prefill_fraction, c.reserved_servers_per_pod)
+    return {**{exp.tree.gpu_name(int(g)): "prefill" for g in prefill},
+            **{exp.tree.gpu_name(int(g)): "decode" for g in decode}}
+
+
 def fault_lines(policy: str, row: dict) -> list[str]:
     """What the output says of a replay's injected faults and of its oracle's static fallback."""
     out = []
     for ev in row.get("faults") or []:
         if ev.get("error"):
             out.append(f"WARNING: {policy}: fault {ev['kind']}@{ev['planned_at_s']:g} failed: {ev['error']}")
+        elif ev["kind"] == "agent":
+            out.append(f"fault under {policy}: agent of {ev['host']} killed at {ev['down_at_s']:.1f} s")
         elif ev.get("down_at_s") is not None:
             back = ev.get("ready_at_s")
             out.append(f"fault under {policy}: controller killed at {ev['down_at_s']:.1f} s, back with every switch's "
                        f"routes at {'-' if back is None else f'{back:.1f}'} s (flows kept forwarding: fail-mode secure)")
+    lost = row.get("failed_requests")
+    if lost and lost["count"]:
+        why = "; ".join(f"{n} {reason}" for reason, n in sorted(lost["by_reason"].items()))
+        out.append(f"WARNING: {policy}: {lost['count']} of {lost['of']} requests failed ({why}); the figures above are "
+                   f"the other {lost['of'] - lost['count']}'s")
     fb = row.get("telemetry_fallback")
     if fb:
         out.append(f"WARNING: {policy}: telemetry older than {fb['after_age_s']:g} s (controller down?): {fb['decisions']} "
@@ -91,7 +108,8 @@ def register(sub) -> None:
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="inject a component fault into every policy's replay at the same virtual time: "
                         "controller@T[+D] kills the Ryu controller T s into the replay and restarts it D s later "
-                        "(default 5); repeatable")
+                        "(default 5); agent:HOST@T kills the agent of a prefill or decode instance (its requests "
+                        "fail; it is back for the next policy); repeatable")
     p.add_argument("--ofp-port", type=int, default=DEFAULT_OFP_PORT, help="controller OpenFlow port on 127.0.0.1")
     p.add_argument("--rest-port", type=int, default=DEFAULT_REST_PORT, help="controller REST port on 127.0.0.1")
     p.set_defaults(func=run, policies=",".join(EMULATE_DEFAULT_POLICIES))
@@ -135,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         fault_list = [parse_fault(f) for f in args.fault]
-        check_faults(fault_list, exp.requests[-1].arrival_s)
+        check_faults(fault_list, exp.requests[-1].arrival_s, serving_hosts(exp))
     except FaultSpecError as exc:
         print(f"netkv emulate: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -7,7 +7,11 @@ telemetry oracles see their newest snapshot age and, beyond ``oracle.fallback_po
 intervals, answer as the static oracle (counted in the summary's ``telemetry_fallback``) until
 telemetry returns. The summary's ``faults`` block has what happened and when.
 
-Agent faults (``agent:HOST@T``) are not built yet: they are refused with that reason.
+``agent:HOST@T``: the agent of serving GPU host HOST (a prefill or decode instance) is killed
+(SIGKILL) T seconds into the replay. Its requests fail, and so does every later request the policy
+sends to it (the front end has no health checks: :mod:`scheduler.emulate.replay`); the summary's
+``failed_requests`` counts them. The agent is started again (and its connections re-opened)
+before the next policy's replay, so every policy meets the same fault.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ DEFAULT_CONTROLLER_OUTAGE_S = 5.0
 10's test case (ten poll intervals: long enough for every oracle to notice, short against a replay)."""
 
 _CONTROLLER_RE = re.compile(r"^controller@(?P<at>[0-9.eE+-]+?)(?:\+(?P<dur>[0-9.eE+-]+))?$")
+_AGENT_RE = re.compile(r"^agent:(?P<host>[A-Za-z0-9]+)@(?P<at>[0-9.eE+-]+)$")
 
 
 class FaultSpecError(ValueError):
@@ -30,26 +35,37 @@ class FaultSpecError(ValueError):
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault: ``kind`` ("controller"), when (virtual s into the replay) and for how long."""
+    """One fault: ``kind`` ("controller" or "agent"), when (virtual s into the replay), for how
+    long (the controller; an agent stays down for the rest of the replay) and which ``host``."""
 
     kind: str
     at_s: float
-    duration_s: float
+    duration_s: float = 0.0
+    host: str | None = None
 
     def describe(self) -> str:
+        if self.kind == "agent":
+            return f"agent of {self.host} killed at {self.at_s:g} s"
         return f"{self.kind} down at {self.at_s:g} s for {self.duration_s:g} s"
 
 
 def parse_fault(text: str) -> Fault:
-    """``controller@T`` or ``controller@T+D`` (virtual seconds); FaultSpecError otherwise."""
+    """``controller@T``, ``controller@T+D`` or ``agent:HOST@T`` (virtual seconds); FaultSpecError
+    otherwise (whether HOST serves is checked against the placement by :func:`check_faults`)."""
     spec = text.strip()
-    if spec.startswith("agent:"):
-        raise FaultSpecError(f"--fault {text!r}: agent faults are not built yet (an agent killed mid-replay needs the "
-                             f"front end to take its instance out of the pool); only controller@T[+D] is available")
+    m = _AGENT_RE.match(spec)
+    if m is not None:
+        try:
+            at = float(m.group("at"))
+        except ValueError:
+            raise FaultSpecError(f"--fault {text!r}: T must be a number") from None
+        if not at >= 0:
+            raise FaultSpecError(f"--fault {text!r}: needs T >= 0, got {at:g}")
+        return Fault("agent", at, 0.0, m.group("host"))
     m = _CONTROLLER_RE.match(spec)
     if m is None:
-        raise FaultSpecError(f"--fault {text!r}: expected controller@T or controller@T+D (virtual seconds into the "
-                             f"replay, e.g. controller@20+5)")
+        raise FaultSpecError(f"--fault {text!r}: expected controller@T, controller@T+D or agent:HOST@T (virtual "
+                             f"seconds into the replay, e.g. controller@20+5, agent:p1t1s0g0@10)")
     try:
         at = float(m.group("at"))
         dur = DEFAULT_CONTROLLER_OUTAGE_S if m.group("dur") is None else float(m.group("dur"))
@@ -60,34 +76,47 @@ def parse_fault(text: str) -> Fault:
     return Fault("controller", at, dur)
 
 
-def check_faults(faults: list[Fault], run_s: float) -> None:
-    """Faults must start within the replay and not overlap (one controller)."""
-    spans = sorted((f.at_s, f.at_s + f.duration_s, f) for f in faults)
+def check_faults(faults: list[Fault], run_s: float, serving: dict[str, str] | None = None) -> None:
+    """Faults must start within the replay, controller outages must not overlap, and an agent
+    fault must name a serving host (``serving``: host -> "prefill" / "decode"), once."""
+    spans = sorted((f.at_s, f.at_s + f.duration_s, f.describe()) for f in faults if f.kind == "controller")
     for f in faults:
         if f.at_s >= run_s:
-            raise FaultSpecError(f"--fault {f.kind}@{f.at_s:g}: the replay's last arrival is at {run_s:.3g} s; "
+            raise FaultSpecError(f"--fault {f.describe()}: the replay's last arrival is at {run_s:.3g} s; "
                                  f"a fault after it would change nothing")
+        if f.kind == "agent" and serving is not None and f.host not in serving:
+            raise FaultSpecError(f"--fault agent:{f.host}@{f.at_s:g}: {f.host} runs no agent (not a prefill or decode "
+                                 f"instance of this placement; e.g. {', '.join(sorted(serving)[:3])})")
+    hosts = [f.host for f in faults if f.kind == "agent"]
+    if len(hosts) != len(set(hosts)):
+        raise FaultSpecError("--fault: an agent can be killed once per replay")
     for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
         if start < end:
-            raise FaultSpecError(f"--fault: {a.describe()} overlaps {b.describe()}")
+            raise FaultSpecError(f"--fault: {a} overlaps {b}")
 
 
 class FaultInjector:
     """Runs ``faults`` on the fabric along one replay's :class:`~scheduler.emulate.replay.Clock` (a
-    thread, started before the replay; times count once the clock starts); :meth:`stop` joins it
-    and returns what happened, one entry per fault (virtual times; errors named, not raised)."""
+    thread per kind, started before the replay; times count once the clock starts); :meth:`stop`
+    joins them and returns what happened, one entry per fault (virtual times; errors named, not raised)."""
 
-    def __init__(self, fab: Any, faults: list[Fault], clock: Any, log: Callable[[str], Any] = print) -> None:
+    def __init__(self, fab: Any, faults: list[Fault], clock: Any, log: Callable[[str], Any] = print,
+                 kill_agent: Callable[[str], None] | None = None) -> None:
         self.fab, self.faults, self.clock, self.log = fab, faults, clock, log
+        self.kill_agent = kill_agent
+        self.killed: set[str] = set()
+        """Hosts whose agent this injector killed (marked before the kill: the replay reads it)."""
         self.events: list[dict] = []
         self.reroutes_before: list[dict] = []
         """The controller's reroute history, read just before each kill (a new process starts empty)."""
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fault-injector", daemon=True)
+        # one thread per kind: an agent fault is not held up by a controller restart in progress
+        self._threads = [threading.Thread(target=self._run, args=(kind,), name=f"fault-injector-{kind}", daemon=True)
+                         for kind in ("controller", "agent") if any(f.kind == kind for f in faults)]
 
     def start(self) -> None:
-        if self.faults:
-            self._thread.start()
+        for t in self._threads:
+            t.start()
 
     def now(self) -> float:
         return self.clock.now() if self.clock.started else float("-inf")
@@ -101,10 +130,13 @@ class FaultInjector:
             self._stop.wait(min(left * self.clock.time_scale, 0.1))
         return False
 
-    def _run(self) -> None:
-        for f in sorted(self.faults, key=lambda f: f.at_s):
+    def _run(self, kind: str) -> None:
+        for f in sorted((f for f in self.faults if f.kind == kind), key=lambda f: f.at_s):
             if not self._wait_until(f.at_s):
                 return
+            if f.kind == "agent":
+                self._agent(f)
+                continue
             ev = {"kind": f.kind, "planned_at_s": f.at_s, "planned_duration_s": f.duration_s,
                   "down_at_s": None, "restarted_at_s": None, "ready_at_s": None, "error": None}
             self.events.append(ev)
@@ -124,19 +156,38 @@ class FaultInjector:
             except Exception as exc:  # noqa: BLE001 - reported in the summary and as a warning
                 ev["error"] = f"{type(exc).__name__}: {exc}"
 
+    def _agent(self, f: Fault) -> None:
+        ev = {"kind": "agent", "host": f.host, "planned_at_s": f.at_s, "down_at_s": None, "error": None}
+        self.events.append(ev)
+        try:
+            if self.kill_agent is None:
+                raise RuntimeError("no agent to kill in this run")
+            self.killed.add(f.host)
+            self.kill_agent(f.host)
+            ev["down_at_s"] = round(self.now(), 3)
+            self.log(f"emulate: fault: agent of {f.host} killed at {ev['down_at_s']:.1f} s")
+        except Exception as exc:  # noqa: BLE001 - reported in the summary and as a warning
+            ev["error"] = f"{type(exc).__name__}: {exc}"
+
+    def lost(self) -> frozenset[str]:
+        return frozenset(self.killed)
+
     def stop(self) -> list[dict]:
         """Finish the fault in progress (a killed controller is always started again), then stop."""
-        if self._thread.is_alive():
-            self._stop.set()
-            self._thread.join(timeout=120)
-            ev = self.events[-1] if self.events else None
-            if ev is not None and ev["down_at_s"] is not None and ev["ready_at_s"] is None and ev["error"] is None:
+        self._stop.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout=120)
+        ctl = [e for e in self.events if e["kind"] == "controller"]
+        if ctl:
+            ev = ctl[-1]
+            if ev["down_at_s"] is not None and ev["ready_at_s"] is None and ev["error"] is None:
                 try:
                     self.fab.recover_controller()
                     ev["ready_at_s"] = round(self.now(), 3)
                 except Exception as exc:  # noqa: BLE001
                     ev["error"] = f"{type(exc).__name__}: {exc}"
-        return self.events
+        return sorted(self.events, key=lambda e: e["planned_at_s"])
 
 
 def fallback_summary(oracle: Any) -> dict | None:

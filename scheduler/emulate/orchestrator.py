@@ -77,7 +77,7 @@ def _start_agents(fab: Fabric, tree: FatTree, gpus: Sequence[int], sock: Path, r
     procs = []
     for g in gpus:
         name = tree.gpu_name(g)
-        log = open(run_dir / f"agent-{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open(run_dir / f"agent-{name}.log", "ab")  # noqa: SIM115 - closed with the process; "ab": a revived agent appends
         # 0.0.0.0 inside the host's own network namespace: reachable only from the emulated
         # fabric, on both the NIC and the NVLink address.
         procs.append(fab.host(name).popen(
@@ -129,6 +129,11 @@ class _EventRouter:
         self.warm_done = threading.Event()
         self.transport: AgentTransport | None = None
         self._expected = expected_warm
+
+    def expect_warm(self, n: int) -> None:
+        """Collect ``n`` fresh warm replies (a revived agent's)."""
+        self.warmed, self._expected = [], n
+        self.warm_done.clear()
 
     def __call__(self, msg: Report) -> None:
         if isinstance(msg, Warmed) or (isinstance(msg, Error) and msg.reason.startswith("warm")):
@@ -237,6 +242,7 @@ class _EmulationRun:
                                "hosts": {"agents": len(self.roles.serving),
                                          "reserved_without_agent": int(self.roles.reserved.size)}}
         self.policies: dict[str, dict] = {}
+        self.agent_procs: dict[str, Any] = {}  # GPU host name -> its agent's process
         self.records: dict[str, list[RequestRecord]] = {}
         self.evidence.setdefault("oracle_rows", {})  # policy -> its oracle's prices vs measured transfers
 
@@ -261,7 +267,8 @@ class _EmulationRun:
         tree, roles, sock = self.tree, self.roles, self.run_dir / "control.sock"
         router = _EventRouter(len(roles.prefill))
         with ControlServer(sock, on_event=router, queue_events=False) as control:
-            _start_agents(fab, tree, roles.serving, sock, self.run_dir)
+            procs = _start_agents(fab, tree, roles.serving, sock, self.run_dir)
+            self.agent_procs = {tree.gpu_name(g): proc for g, proc in zip(roles.serving, procs)}
             control.wait_hello([tree.gpu_name(g) for g in roles.serving], timeout=AGENT_START_TIMEOUT_S)
             _warm_connections(control, tree, roles.prefill, roles.decode, router)
             probe_src, probe_dst = _probe_pair(tree, roles.prefill, roles.reserved)
@@ -287,6 +294,36 @@ class _EmulationRun:
             self.evidence["fidelity"] = fid
             self.evidence["telemetry_csv"] = poller.csv_bytes()
             self.evidence["telemetry_rows"] = poller.rows
+
+    def kill_agent(self, host: str) -> None:
+        """SIGKILL the agent of ``host`` (an agent fault): its sockets close, nothing says goodbye."""
+        proc = self.agent_procs.get(host)
+        if proc is None:
+            raise EmulationError(f"no agent runs in {host}")
+        proc.kill()
+
+    def revive_agent(self, fab: Fabric, control: ControlServer, router: _EventRouter, host: str) -> None:
+        """Start ``host``'s agent again after a fault, connected (and, a prefill agent, warmed)."""
+        tree = self.tree
+        old = self.agent_procs.get(host)
+        if old is not None:
+            old.wait(timeout=10)
+        control.wait_disconnect(host, timeout=10)
+        g = tree.gpu_index(host)
+        (proc,) = _start_agents(fab, tree, [g], self.run_dir / "control.sock", self.run_dir)
+        self.agent_procs[host] = proc
+        control.wait_hello([host], timeout=AGENT_START_TIMEOUT_S)
+        prefill = [int(x) for x in self.roles.prefill]
+        if g in prefill:  # its connections to every decode instance
+            router.expect_warm(1)
+            control.send(host, Warm(tuple((peer_ip(tree, g, int(d)), KV_PORT) for d in self.roles.decode)))
+        else:  # every prefill instance's connection to it (the dead one is dropped from their pools)
+            router.expect_warm(len(prefill))
+            for p in prefill:
+                control.send(tree.gpu_name(p), Warm(((peer_ip(tree, p, g), KV_PORT),)))
+        if not router.warm_done.wait(WARM_TIMEOUT_S):
+            raise EmulationError(f"connections of the revived agent of {host} not open in {WARM_TIMEOUT_S:g} s")
+        self.log(f"emulate: agent of {host} started again")
 
     def calibrate(self, fab: Fabric, control: ControlServer) -> dict:
         """Goodput and idle transfer time of every tier KV transfers take, against the simulator."""
@@ -325,13 +362,13 @@ class _EmulationRun:
         executor = ScenarioExecutor(fab, self.tree, self.scale, self.time_scale, self.run_dir)
         history = TelemetryHistory(max_age_s=cfg.oracle.staleness_s + 10.0)
         clock = Clock(self.time_scale)
+        injector = faults.FaultInjector(fab, self.faults, clock, self.log, kill_agent=self.kill_agent)
         replay = RealtimeReplay(cfg, exp.requests, policy, self.actions, transport, executor, history,
                                 clock, byte_scale=self.scale, transfer_id_base=(k + 1) * 10**9,
-                                progress=self.progress, shadow=item.shadow)
+                                progress=self.progress, shadow=item.shadow, lost_hosts=injector.lost)
         poller.attach(item.label, clock, history, executor)
         self.log(f"emulate: replaying {len(exp.requests)} requests with {item.label} "
                  f"(~{exp.requests[-1].arrival_s * self.time_scale:.0f} s of wall time)")
-        injector = faults.FaultInjector(fab, self.faults, clock, self.log)
         t1 = time.monotonic()
         injector.start()
         try:
@@ -341,6 +378,8 @@ class _EmulationRun:
             poller.detach()
             executor.close()
             _restore_links(executor)
+        for host in sorted(injector.killed):  # every policy meets the same fault: the agent is back
+            self.revive_agent(fab, control, router, host)
         reroute = None
         if executor.link_events:  # real link failures: what the controller did about them
             reroutes = injector.reroutes_before + failures.controller_reroutes(fab, len(executor.link_events)
@@ -353,6 +392,13 @@ class _EmulationRun:
             summary["reroute"] = reroute
         if self.faults:
             summary["faults"] = fault_events
+        lost = replay.dispatch.failures()
+        if lost or injector.killed:
+            by: dict[str, int] = {}
+            for f in lost:
+                by[f["reason"]] = by.get(f["reason"], 0) + 1
+            summary["failed_requests"] = {"count": len(lost), "of": len(exp.requests), "by_reason": by,
+                                          "requests": lost[:50]}
         fallback = faults.fallback_summary(replay.dispatch.oracle)
         if fallback is not None:
             summary["telemetry_fallback"] = fallback

@@ -15,6 +15,12 @@ in-process fake agent cluster tests it without root.
 Time: ``virtual = (wall - t0) / time_scale``. Emulated links run at ``real x scale / time_scale``
 and transfers carry ``real bytes x scale``, so a transfer's virtual duration equals the real one;
 agents stretch compute by the same ``time_scale``.
+
+A lost instance (``lost_hosts()`` names the agents a fault killed): its control connection closes,
+every request on it is failed (``Dispatcher.failed``: no record, counted in ``failures()``), as is
+every later request the policy sends there (a front end without health checks); transfer errors
+of requests with a lost end are that loss, not a failure of the run. Any other agent failure
+stops the run.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import heapq
 import queue
 import threading
 import time
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from hosts.messages import AgentEvent, AgentFailure, Finished, FirstToken, KvReceived, Prefilled
 from scheduler.config import ExperimentConfig
@@ -115,7 +121,8 @@ class RealtimeReplay:
     def __init__(self, cfg: ExperimentConfig, requests: list[Request], policy: Policy, actions: list[Action],
                  transport: Transport, executor: ActionExecutor, telemetry_source, clock: Clock,
                  byte_scale: float, transfer_id_base: int = 0, progress: bool = False,
-                 transfer_timeout_s: float = 120.0, preroll_s: float = 2.0, shadow: bool = False) -> None:
+                 transfer_timeout_s: float = 120.0, preroll_s: float = 2.0, shadow: bool = False,
+                 lost_hosts: Callable[[], frozenset[str]] = frozenset) -> None:
         self.cfg = cfg
         self.tree = FatTree(cfg.topology)
         self.policy = policy
@@ -141,6 +148,9 @@ class RealtimeReplay:
         self._active: dict[int, str] = {}  # request index handed to the agents -> last stage reported
         self._last_report = time.monotonic()
         self.lag_s: list[float] = []  # how late (virtual s) each timed event was released
+        self.lost_hosts = lost_hosts
+        """() -> the GPU host names whose agent a fault killed (the injector's; empty by default)."""
+        self.lost_at: dict[str, float] = {}  # host -> virtual time its control connection closed
         self.preroll_s = preroll_s
         self._actions: queue.Queue[list[Action] | None] = queue.Queue()
         self._pending: list[Action] = []  # scenario actions of the current instant, not yet handed over
@@ -252,11 +262,37 @@ class RealtimeReplay:
         else:
             self._report(payload)
 
+    def _ends(self, i: int) -> tuple[str, str]:
+        s, name = self.states[i], self.tree.gpu_name
+        return name(int(self.cluster.prefill_ids[s.p])), name(int(self.cluster.decode_ids[s.d]))
+
+    def _fail(self, i: int, reason: str) -> None:
+        self._active.pop(i, None)
+        self._in_flight.pop(i, None)
+        self.dispatch.failed(self.states[i], reason)
+
+    def _lose(self, host: str) -> None:
+        """``host``'s agent is gone: every request it holds fails."""
+        self.lost_at.setdefault(host, self.clock.now())
+        for i in [i for i in self._active if host in self._ends(i)]:
+            self._fail(i, f"instance {host} lost")
+
     def _report(self, ev: AgentEvent) -> None:
         """Record one agent report on its request's state and the cluster mirror."""
+        lost = self.lost_hosts()
         if isinstance(ev, AgentFailure):
+            if ev.transfer_id is None and ev.agent in lost:
+                self._lose(ev.agent)  # its control connection closed: the fault we injected
+                return
+            i = None if ev.transfer_id is None else ev.transfer_id - self.tid_base
+            if i is not None and 0 <= i < len(self.states) and (
+                    self.states[i].failed is not None or lost.intersection(self._ends(i))):
+                self._fail(i, f"instance {' and '.join(sorted(lost.intersection(self._ends(i))))} lost")
+                return
             raise self._failure(ev)
         i = ev.transfer_id - self.tid_base
+        if 0 <= i < len(self.states) and self.states[i].failed is not None:
+            return  # a late report of a request already failed with its lost instance
         if not 0 <= i < len(self.states) or i not in self._active:
             raise EmulationError(f"agent report for unknown or finished transfer {ev.transfer_id}: {ev}")
         s = self.states[i]
@@ -317,6 +353,10 @@ class RealtimeReplay:
         nbytes = max(int(round(s.nbytes * self.byte_scale)), 1) if s.nbytes > 0 else 0
         tid = self.tid_base + i
         src, dst = int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d])
+        lost = self.lost_hosts().intersection(self._ends(i))
+        if lost:  # the front end does not know (no health checks): the request is lost with it
+            self.dispatch.failed(s, f"sent to lost instance {' and '.join(sorted(lost))}")
+            return
         self._active[i] = "sent"
         try:
             self.transport.expect(tid, s.req.req_id, dst, s.req.input_tokens, s.req.output_tokens)

@@ -185,28 +185,40 @@ def test_signal_mid_replay_leaves_nothing_behind(tmp_path: Path, sig: int, group
     assert set(Path(tempfile.gettempdir()).glob("netkv-emulate-*")) <= before, "run folder left in the temp dir"
 
 
-def test_link_failure_and_controller_crash_mid_replay(tmp_path: Path) -> None:
-    """nic-failure (decode GPU p1t1s0g0's link down both ways, then back) and the controller killed
-    for 3 s later in the same replay: the run completes; the summary has the reroute timings
-    (within two poll intervals, seen by port status), the fault and the oracle's static fallback
-    while telemetry was stale; nothing is left behind."""
+def test_link_failure_and_component_faults_mid_replay(tmp_path: Path) -> None:
+    """nic-failure (decode GPU p1t1s0g0's link down both ways, then back), the controller killed
+    for 3 s and a decode agent killed later in the same replay, for two policies in turn: the run
+    completes; the summary has the reroute timings (within two poll intervals), the faults, the
+    oracle's static fallback while telemetry was stale and the requests lost with the agent (the
+    second policy meets the same fault: the agent was started again); nothing is left behind.
+    (One replay for all three: a fabric and its agents take a minute to build on two cores.)"""
     _no_foreign_fabric()
     out = tmp_path / "emu"
     res = subprocess.run(
-        [str(ROOT / "scripts" / "netkv"), "emulate", "--max-requests", "40", "--policies", "netkv",
+        [str(ROOT / "scripts" / "netkv"), "emulate", "--max-requests", "40", "--policies", "netkv,cache-load",
          "--scenario", "nic-failure", "--scenario-param", "outage=0.2", "--fault", "controller@7+3",
-         "--no-tune", "--no-progress", "--out", str(out), "--ofp-port", "16674", "--rest-port", "18092"],
+         "--fault", "agent:p0t1s0g2@3", "--no-tune", "--no-progress", "--out", str(out),
+         "--ofp-port", "16674", "--rest-port", "18092"],
         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    row = json.loads((out / "summary.json").read_text())["policies"]["netkv"]
-    assert row["requests"] == 40
+    policies = json.loads((out / "summary.json").read_text())["policies"]
+    for name in ("netkv", "cache-load"):
+        lost = policies[name]["failed_requests"]
+        assert lost["of"] == 40 and policies[name]["requests"] == 40 - lost["count"]
+        # the window's most cached decode instance after 3 s (8 of ~30 requests on the simulator, both
+        # policies): a front end without health checks keeps sending it requests, which fail
+        assert lost["count"] > 0 and all(f["decode"] == "p0t1s0g2" for f in lost["requests"]), lost
+        (agent,) = [f for f in policies[name]["faults"] if f["kind"] == "agent"]
+        assert agent["error"] is None and 2.5 <= agent["down_at_s"] <= 4.0, agent
+    assert "requests failed" in res.stdout and "agent of p0t1s0g2 killed" in res.stdout
+    row = policies["netkv"]
     rep = row["reroute"]
     assert [e["down"] for e in rep["events"]] == [True, False] and rep["unseen"] == 0, rep
     assert {e["link"] for e in rep["events"]} == {"p1t1<->p1t1s0g0"}
     assert rep["within_target"] and rep["rerouted_max_s"] <= rep["target_s"], rep
     assert rep["events"][0]["source"] in ("port_status", "port_desc_poll")
     assert row["failure"]["transfers"] >= 0
-    (fault,) = row["faults"]
+    (fault,) = [f for f in row["faults"] if f["kind"] == "controller"]
     assert fault["error"] is None and 6.5 <= fault["down_at_s"] <= 8.0 and fault["ready_at_s"] >= 10.0, fault
     fb = row["telemetry_fallback"]
     assert fb["decisions"] >= 1 and fb["first_s"] >= fault["down_at_s"] + fb["after_age_s"] - 1.0, fb

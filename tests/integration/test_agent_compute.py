@@ -474,3 +474,20 @@ def test_agents_in_two_namespaces(namespaces: tuple[str, str], fleet: Fleet) -> 
     # The data port is bound to the namespace's address, not reachable on the root loopback.
     fleet.server.send("p0t0s0g0", Send(3, 30, "127.0.0.1", hb.listen_port, MB, 16))
     assert "error" in fleet.server.wait_transfers([3], timeout=10)[3]
+
+
+def test_a_pooled_connection_the_peer_closed_is_not_reused() -> None:
+    """A decode agent restarted after a fault: the prefill agent's idle connection to the old one
+    reads as closed and is dropped instead of carrying the next transfer into nothing."""
+    import socket
+
+    from hosts.agent import idle_alive
+
+    a, b = socket.socketpair()
+    try:
+        assert idle_alive(a)
+        b.close()
+        assert not idle_alive(a)
+    finally:
+        a.close()
+    assert not idle_alive(a)  # a closed socket is not alive either

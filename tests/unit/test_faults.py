@@ -15,11 +15,16 @@ from topology.model import FatTree
 def test_parse_fault_forms_and_errors() -> None:
     assert parse_fault("controller@20") == Fault("controller", 20.0, DEFAULT_CONTROLLER_OUTAGE_S)
     assert parse_fault("controller@7.5+3") == Fault("controller", 7.5, 3.0)
-    for bad in ("controller", "controller@x", "switch@3", "controller@-1", "controller@3+0"):
+    for bad in ("controller", "controller@x", "switch@3", "controller@-1", "controller@3+0", "agent:p0@", "agent@3"):
         with pytest.raises(FaultSpecError, match=re.escape(f"--fault {bad!r}")):
             parse_fault(bad)
-    with pytest.raises(FaultSpecError, match="agent faults are not built yet"):
-        parse_fault("agent:p1t1s0g0@10")
+    assert parse_fault("agent:p1t1s0g0@10") == Fault("agent", 10.0, 0.0, "p1t1s0g0")
+    serving = {"p0t0s0g0": "prefill", "p1t1s0g0": "decode"}
+    with pytest.raises(FaultSpecError, match="p1t1s1g0 runs no agent"):
+        check_faults([parse_fault("agent:p1t1s1g0@3")], 60.0, serving)
+    with pytest.raises(FaultSpecError, match="killed once"):
+        check_faults([parse_fault("agent:p1t1s0g0@3"), parse_fault("agent:p1t1s0g0@5")], 60.0, serving)
+    check_faults([parse_fault("agent:p1t1s0g0@3"), parse_fault("controller@2+5")], 60.0, serving)
     with pytest.raises(FaultSpecError, match="overlaps"):
         check_faults([parse_fault("controller@1+5"), parse_fault("controller@4")], 60.0)
     with pytest.raises(FaultSpecError, match="last arrival is at 10"):

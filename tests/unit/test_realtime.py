@@ -449,3 +449,38 @@ def test_agreement_and_transfer_agreement_arithmetic():
     assert t["0"]["ratio"] == pytest.approx(8.0 / 3.6) and t["0"]["transfers_emulate"] == 6
     assert t["2"]["ratio"] == pytest.approx(60 / 50)
     assert "1" not in t and "3" not in t  # no transfers on one backend / on both
+
+
+def test_a_lost_instance_fails_its_requests_and_the_run_completes_for_the_rest():
+    """An agent killed mid-replay (``lost_hosts``): its control connection closes, the requests it
+    held fail, so does every later one sent to it; the others finish and have records."""
+    from hosts.messages import AgentFailure
+
+    cfg = build_config(overrides=MIXED)
+    tree = FatTree(cfg.topology)
+    reqs = _requests(16, gap=0.1)
+    agents = FakeAgents(tree, byte_scale=1e-6)
+    try:  # a first replay shows where round-robin sends request 10 (arrives at 1.0 s)
+        victim = next(r.decode for r in _replay(cfg, reqs, "round-robin", agents, 1e-6).run() if r.req_id == 10)
+    finally:
+        agents.close()
+    agents = FakeAgents(tree, byte_scale=1e-6)
+    lost: set[str] = set()
+    replay = _replay(cfg, reqs, "round-robin", agents, 1e-6, lost_hosts=lambda: frozenset(lost))
+
+    def kill() -> None:
+        lost.add(victim)
+        agents.events.put(AgentFailure(None, victim, "control connection closed (the agent exited)"))
+
+    timer = threading.Timer(0.5, kill)
+    timer.start()
+    try:
+        recs = replay.run()
+    finally:
+        timer.cancel()
+        agents.close()
+    failed = replay.dispatch.failures()
+    assert failed and len(recs) + len(failed) == len(reqs)
+    assert all(f["decode"] == victim for f in failed) and all(r.decode != victim or r.arrival_s < 0.5 for r in recs)
+    assert {f["reason"] for f in failed} <= {f"instance {victim} lost", f"sent to lost instance {victim}"}
+    assert victim in replay.lost_at
