@@ -88,11 +88,14 @@ def run_emulated(args: argparse.Namespace, out: Path) -> int:
     for r in results:
         for row in r["rows"]:
             w.writerow({"scenario": r["scenario"], **row})
+    files: dict[str, bytes] = {}
+    for r in results:
+        files[f"requests-{r['scenario']}.csv"] = st.records_csv(r.pop("records"))
     summary = {"kind": "staleness", "backend": "emulate", "provenance": provenance(args), "command": command,
                "param": "oracle.staleness_s", "policy": target, "values": values, "scale": scale,
                "time_scale": args.time_scale, "scenarios": results}
-    files = {"summary.json": dumps_json(summary).encode(), "staleness.csv": buf.getvalue().encode(),
-             "staleness.txt": ("\n\n".join(texts) + "\n").encode()}
+    files.update({"summary.json": dumps_json(summary).encode(), "staleness.csv": buf.getvalue().encode(),
+                  "staleness.txt": ("\n\n".join(texts) + "\n").encode()})
     for r in results:
         files[f"staleness-{r['scenario']}.png"] = st.plot(r["scenario"], target, r["rows"], command)
     path = write_files(out, files)

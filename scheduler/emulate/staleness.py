@@ -179,14 +179,26 @@ def plot(scenario: str, target: str, table: list[dict], command: str) -> bytes:
     return png.getvalue()
 
 
+def records_csv(records: dict[str, list]) -> bytes:
+    """Every emulated replay's requests, the replay's label first (``netkv@1s``)."""
+    from scheduler.records import RequestRecord
+
+    cols = RequestRecord.columns()
+    lines = [",".join(["replay", *cols])]
+    for name, recs in records.items():
+        for r in recs:
+            lines.append(",".join([name, *(str(getattr(r, c)) for c in cols)]))
+    return ("\n".join(lines) + "\n").encode()
+
+
 def run_scenario(exp: Experiment, target: str, values: list[float], scale: float, time_scale: float,
                  ofp_port: int, rest_port: int, progress: bool, log: Callable[[str], Any]) -> dict:
     """One scenario's study on both backends: its rows, trend and the emulate run's evidence."""
-    emu, _, ev = run_emulation(exp, scale, time_scale, ofp_port, rest_port, progress=progress, log=log,
-                               plan=emulate_plan(exp, target, values))
+    emu, records, ev = run_emulation(exp, scale, time_scale, ofp_port, rest_port, progress=progress, log=log,
+                                     plan=emulate_plan(exp, target, values))
     log(f"staleness: simulating scenario {exp.scenario.name} at {', '.join(f'{v:g}' for v in values)} s")
     sim = simulate_points(exp, target, values, emulated_weights(emu, target, values))
     table = rows(emu, sim, target, values)
     return {"scenario": exp.scenario.name, "rows": table, "trend": trend(table), "emulate_policies": emu,
             "simulate_points": {str(v): p for v, p in sim.items()},
-            "calibration": ev.get("calibration"), "fidelity": ev.get("fidelity")}
+            "calibration": ev.get("calibration"), "fidelity": ev.get("fidelity"), "records": records}
