@@ -2,13 +2,33 @@
 
 A hash id names a block *and everything before it*, so an instance's cached prefix for a request
 is the number of leading hash ids it holds. A group-wide index (hash id -> bitmask of instances
-holding it) answers "prefix length on every instance" in one pass over the request's blocks.
+holding it, stored complemented so that it ascends along a chain) answers "prefix length on every
+instance" with a few binary searches over the request's blocks.
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import OrderedDict
 
 import numpy as np
+
+
+FEW = 8
+"""Layers of :attr:`PrefixHits.writes` with at most this many instances are index tuples, which
+callers write entry by entry (with Python floats: the same IEEE operations as numpy's, without an
+array operation's fixed cost); larger ones are index arrays, for one fancy-indexed write."""
+
+
+class _Holders(dict):
+    """The group's index: hash id -> the complement (``~``) of the bitmask of the instances
+    holding the block, so that the values ascend along a chain (its holder sets shrink) and
+    :func:`bisect.bisect_right` can search it with ``__getitem__`` as key; a block nobody holds
+    reads as ``~0 = -1``, above every held one."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: int) -> int:
+        return -1
 
 
 class PrefixCacheGroup:
@@ -20,35 +40,16 @@ class PrefixCacheGroup:
         self.n = n
         self.capacity = int(capacity_blocks)
         self._lru: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(n)]
-        self._holders: dict[int, int] = {}  # hash id -> bitmask of instances
+        self._holders = _Holders()  # hash id -> ~(bitmask of the instances holding it)
         self._bits_cache: dict[int, np.ndarray] = {}
         self._members: dict[int, np.ndarray] = {}
+        self._few: dict[int, tuple[int, ...]] = {}
+        self.full = (1 << n) - 1  # the mask of every instance
 
     def prefix_runs(self, hash_ids: tuple[int, ...] | list[int]) -> list[tuple[int, int]]:
         """The request's chain as runs of equal holder sets: ``[(holder bitmask, depths), ...]``
-        from the first block on, up to the first block nobody holds.
-
-        Because :meth:`insert` keeps every instance's content prefix-closed (holding a block
-        implies holding its predecessors), the holder sets along a request's chain are nested and
-        shrink with depth. So it suffices to binary-search the depths where the holder set
-        changes: O(changes x log(blocks)) dictionary lookups instead of one per block."""
-        get = self._holders.get
-        end = len(hash_ids)
-        runs: list[tuple[int, int]] = []  # (holder mask, number of consecutive depths with it)
-        lo = 0
-        mask = get(hash_ids[0], 0) if end else 0
-        while mask:
-            a, b = lo, end - 1
-            while a < b:
-                mid = (a + b + 1) // 2
-                if get(hash_ids[mid], 0) == mask:
-                    a = mid
-                else:
-                    b = mid - 1
-            runs.append((mask, a - lo + 1))
-            lo = a + 1
-            mask = get(hash_ids[lo], 0) if lo < end else 0
-        return runs
+        from the first block on, up to the first block nobody holds (see :meth:`hits`)."""
+        return self.hits(hash_ids).runs
 
     def prefix_blocks(self, hash_ids: tuple[int, ...] | list[int]) -> np.ndarray:
         """Leading blocks of ``hash_ids`` cached on each instance (array of length n)."""
@@ -65,8 +66,41 @@ class PrefixCacheGroup:
         return out
 
     def hits(self, hash_ids: tuple[int, ...] | list[int]) -> PrefixHits:
-        """:meth:`prefix_blocks` as a :class:`PrefixHits` (expanded only as far as asked)."""
-        return PrefixHits(self, self.prefix_runs(hash_ids))
+        """:meth:`prefix_blocks` as a :class:`PrefixHits`: the chain's runs of equal holder sets
+        and, built in the same pass, :attr:`PrefixHits.writes` (expanded further only as asked).
+
+        Because :meth:`insert` keeps every instance's content prefix-closed (holding a block
+        implies holding its predecessors), the holder sets along a request's chain are nested and
+        shrink with depth, so the index's values (the complements of the holder masks) ascend
+        along it and :func:`bisect.bisect_right` finds where each run ends: O(changes x
+        log(blocks)) lookups, made in C. A run of one block (the shared first block of a system
+        prompt, a conversation held by one instance more than its next turn) is checked first."""
+        end = len(hash_ids)
+        runs: list[tuple[int, int]] = []  # (holder mask, number of consecutive depths with it)
+        out: list | None = []
+        base = 0
+        if end:
+            key = self._holders.__getitem__  # ~holder mask; ~0 = -1 for a block nobody holds
+            everyone = ~self.full
+            lo = 0
+            v = key(hash_ids[0])
+            while v != -1:
+                nxt = lo + 1
+                w = key(hash_ids[nxt]) if nxt < end else -1
+                if w == v:
+                    nxt = bisect_right(hash_ids, v, nxt + 1, end, key=key)
+                    w = key(hash_ids[nxt]) if nxt < end else -1
+                mask = ~v
+                runs.append((mask, nxt - lo))
+                if v == everyone:  # held everywhere (the first run only): the base
+                    base = nxt
+                elif out is not None:
+                    if ~w & v:  # the deeper holders are not a subset (never, see PrefixHits.layers)
+                        out = None
+                    else:  # this layer's instances that no deeper one holds: mask & ~deeper
+                        out.append((self.few(mask & w) if mask.bit_count() <= FEW else self.members(mask), nxt))
+                lo, v = nxt, w
+        return PrefixHits(self, runs, None if out is None else (base, out))
 
     def _bits(self, mask: int) -> np.ndarray:
         """0/1 int64 array of the instances in ``mask``; the same masks recur request after
@@ -81,18 +115,29 @@ class PrefixCacheGroup:
             self._bits_cache[mask] = bits
         return bits
 
+    def few(self, mask: int) -> tuple[int, ...]:
+        """Indices of the instances in ``mask``, a mask of few bits, as a tuple (no n-wide array;
+        memoised like :meth:`_bits`: a conversation's holders recur turn after turn)."""
+        idx = self._few.get(mask)
+        if idx is None:
+            out = []
+            m = mask
+            while m:
+                low = m & -m
+                out.append(low.bit_length() - 1)
+                m ^= low
+            idx = tuple(out)
+            if len(self._few) > 4096:
+                self._few.clear()
+            self._few[mask] = idx
+        return idx
+
     def members(self, mask: int) -> np.ndarray:
         """Indices of the instances in ``mask`` (int64 array; memoised like :meth:`_bits`)."""
         idx = self._members.get(mask)
         if idx is None:
-            if mask.bit_count() <= 8:  # a conversation's few holders: no n-wide bit array
-                out = []
-                m = mask
-                while m:
-                    low = m & -m
-                    out.append(low.bit_length() - 1)
-                    m ^= low
-                idx = np.array(out, dtype=np.int64)
+            if mask.bit_count() <= FEW:  # a conversation's few holders: no n-wide bit array
+                idx = np.array(self.few(mask), dtype=np.int64)
             else:
                 idx = np.flatnonzero(self._bits(mask))
             idx.flags.writeable = False
@@ -121,24 +166,24 @@ class PrefixCacheGroup:
             return
         lru = self._lru[i]
         bit = 1 << i
-        holders = self._holders
+        holders = self._holders  # complements: ~(mask | bit) = ~mask & ~bit
         get = holders.get
         touch = lru.move_to_end
+        add = ~bit
         for h in reversed(hash_ids[:capacity]):
             if h in lru:
                 touch(h)
             else:
                 lru[h] = None
-                holders[h] = get(h, 0) | bit
+                holders[h] = get(h, -1) & add
         excess = len(lru) - capacity
         if excess > 0:
             pop = lru.popitem
-            keep = ~bit
             for _ in range(excess):
                 old = pop(last=False)[0]
-                m = holders[old] & keep
-                if m:
-                    holders[old] = m
+                v = holders[old] | bit  # ~(mask & ~bit)
+                if v != -1:
+                    holders[old] = v
                 else:
                     del holders[old]
 
@@ -154,11 +199,19 @@ class PrefixHits:
     length (often every instance holds the system prompt and one the conversation), which lets
     a decision compute one value per layer instead of one per instance."""
 
-    __slots__ = ("group", "runs", "_dense", "_layers")
+    __slots__ = ("group", "runs", "writes", "_dense", "_layers")
 
-    def __init__(self, group: PrefixCacheGroup, runs: list[tuple[int, int]]) -> None:
+    def __init__(self, group: PrefixCacheGroup, runs: list[tuple[int, int]],
+                 writes: tuple[int, list[tuple[tuple[int, ...] | np.ndarray, int]]] | None) -> None:
         self.group = group
         self.runs = runs
+        self.writes = writes
+        """:meth:`layers` as the writes that build :meth:`dense` with the fewest operations:
+        ``(base, [(instances, blocks), ...])``; writing the groups in order over an array filled
+        with ``base`` gives :meth:`dense`. A layer of more than :data:`FEW` instances is its
+        memoised index array (the same holder sets recur), which deeper layers then overwrite; a
+        smaller one is a tuple of the instances no deeper layer holds, each written once. None
+        when :meth:`layers` is."""
         self._dense: np.ndarray | None = None
         self._layers: tuple | None | bool = False  # False: not computed yet
 
@@ -169,7 +222,7 @@ class PrefixHits:
         :meth:`dense`. None if the runs are not nested (never, while :meth:`PrefixCacheGroup.insert`
         keeps every cache prefix-closed)."""
         if self._layers is False:
-            full = (1 << self.group.n) - 1
+            full = self.group.full
             runs = self.runs
             base = k = 0
             while k < len(runs) and runs[k][0] == full:  # held everywhere: part of the base

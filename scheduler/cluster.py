@@ -106,6 +106,17 @@ def role_map(tree: FatTree, roles: Roles) -> dict[str, str]:
             for s in range(tree.n_gpus // tree.gps)}
 
 
+def operand(value: float) -> np.ndarray:
+    """A constant of the decision path as a read-only 0-d float64 array: numpy applies a Python
+    float to an array slower than a 0-d array (the same IEEE operation on the same value)."""
+    out = np.array(value, dtype=np.float64)
+    out.flags.writeable = False
+    return out
+
+
+_ZERO = operand(0.0)
+
+
 @dataclass
 class Decision:
     prefill: int  # index into Cluster.prefill_ids
@@ -137,10 +148,10 @@ class DecisionContext:
 
     The prefix caches answer with :class:`~scheduler.cache.PrefixHits`, whose instances fall into
     a few layers of equal hit length; the prefill estimate, the decode miss fraction and the
-    oracle cost are computed once per layer and written over its instances instead of through
-    dense per-instance arrays of hit lengths and bytes. Each entry is computed by the same
-    operations on the same operands as the dense computation, so every view is the same to the
-    last bit.
+    oracle cost are computed once per layer and written over its instances (``PrefixHits.writes``)
+    instead of through dense per-instance arrays of hit lengths and bytes. Each entry is computed
+    by the same operations on the same operands as the dense computation (a few instances' with
+    Python floats: the same IEEE operations), so every view is the same to the last bit.
 
     ``turn`` is the decision's index in its run (1 for the first): policies that rotate among
     equally good instances (like a router breaking ties round-robin) rotate with it, so a
@@ -189,25 +200,36 @@ class DecisionContext:
 
     @_lazy
     def prefill_queue_s(self) -> np.ndarray:
-        return np.maximum(self.cluster.prefill_busy_until - self.now, 0.0)
+        return self._prefill_queue()
+
+    def _prefill_queue(self) -> np.ndarray:
+        return np.maximum(self.cluster.prefill_busy_until - self.now, _ZERO)
 
     @_lazy
     def prefill_estimate_s(self) -> np.ndarray:
         """Queue + prefill compute given each instance's cache hit (Mooncake Conductor's TTFT terms)."""
         t = self.cluster.timing
         inp = self.request.input_tokens
-        queue = self.prefill_queue_s
-        layers = self.prefill_hits.layers()
-        if layers is None:
+        views = self.__dict__  # the views used here, set without the lazy attributes' two calls
+        queue = views.get("prefill_queue_s")
+        if queue is None:
+            queue = views["prefill_queue_s"] = self._prefill_queue()
+        hits = views.get("prefill_hits")
+        if hits is None:
+            hits = views["prefill_hits"] = self.cluster.prefill_cache.hits(self.request.hash_ids)
+        part = hits.writes
+        if part is None:
             return queue + t.prefill_s_array(inp, self.prefill_cached_tokens)
-        base, groups = layers
-        compute = t.prefill_s_values(inp, [min(b * BLOCK_TOKENS, inp) for b in [base] + [b for _, b in groups]],
-                                     queue.size)
+        base, groups = part
+        cached = [min(base * BLOCK_TOKENS, inp)]
+        for _, b in groups:
+            cached.append(min(b * BLOCK_TOKENS, inp))
+        compute = t.prefill_s_values(inp, cached, queue.size)
         est = queue + compute[0]
         for (idx, _), c in zip(groups, compute[1:]):
-            if idx.size <= 4:
-                for i in idx.tolist():
-                    est[i] = queue[i] + c
+            if type(idx) is tuple:  # a few instances: Python floats (the same IEEE addition)
+                for i in idx:
+                    est[i] = queue.item(i) + c
             else:
                 est[idx] = queue[idx] + c
         return est
@@ -231,19 +253,21 @@ class DecisionContext:
         """Fraction of the prompt's KV each decode candidate lacks (0..1): cache-load's cache term."""
         inp = self.request.input_tokens
         denom = max(inp, 1)
-        layers = self.decode_hits.layers()
-        if layers is None:
+        part = self.decode_hits.writes
+        if part is None:
             return 1.0 - self.decode_cached_tokens / denom
-        base, groups = layers
+        base, groups = part
         miss = np.full(self.n_decode, 1.0 - min(base * BLOCK_TOKENS, inp) / denom)
         for idx, b in groups:
-            miss[idx] = 1.0 - min(b * BLOCK_TOKENS, inp) / denom
+            value = 1.0 - min(b * BLOCK_TOKENS, inp) / denom
+            for i in (idx if type(idx) is tuple else (idx,)):  # entry by entry, or one fancy write
+                miss[i] = value
         return miss
 
     @_lazy
     def decode_load(self) -> np.ndarray:
         """Tokens assigned to each decode instance (running + on their way) / its running capacity."""
-        return self.cluster.decode_assigned_tokens / self.cluster.decode_capacity_tokens
+        return self.cluster.decode_assigned_tokens / self.cluster.decode_capacity_0d
 
     def decode_tiers(self, prefill: int) -> np.ndarray:
         """Tier (0..3) from prefill instance ``prefill`` to every decode instance."""
@@ -252,10 +276,10 @@ class DecisionContext:
     def transfer_delay_s(self, prefill: int) -> float:
         """Seconds from now until the KV leaves prefill instance ``prefill``: its queue and the
         prefill compute (after-prefill streaming) or the queue and one layer (layer-wise)."""
-        compute = float(self.prefill_estimate_s[prefill] - self.prefill_queue_s[prefill])
         if self.cluster.layer_wise:
+            compute = float(self.prefill_estimate_s[prefill] - self.prefill_queue_s[prefill])
             return float(self.prefill_queue_s[prefill]) + compute / self.cluster.cfg.model.layers
-        return float(self.prefill_estimate_s[prefill])
+        return self.prefill_estimate_s.item(prefill)
 
     def raw_transfer_cost_s(self, prefill: int) -> np.ndarray:
         """Oracle cost (seconds) of moving each candidate's bytes from prefill instance ``prefill``."""
@@ -274,7 +298,7 @@ class DecisionContext:
         :meth:`NetworkOracle._finish` prices it."""
         cl = self.cluster
         req = self.request
-        query = OracleQuery(int(cl.prefill_ids[prefill]), cl.decode_ids, None, self.now, req.req_id,
+        query = OracleQuery(cl.prefill_gpus[prefill], cl.decode_ids, None, self.now, req.req_id,
                             self.now + self.transfer_delay_s(prefill))
         if cl.tp > 1:  # striped over the instances' ranks: the slowest shard's cost
             return self.oracle.striped_cost(query._replace(nbytes=self.decode_bytes), cl.decode_rank_ids)
@@ -282,10 +306,13 @@ class DecisionContext:
         if table is None:
             return self.oracle.cost(query._replace(nbytes=self.decode_bytes))
         latency, inv = table
-        layers = self.decode_hits.layers()
-        if layers is None:
+        hits = self.__dict__.get("decode_hits")  # the view, set without the lazy attribute's calls
+        if hits is None:
+            hits = self.__dict__["decode_hits"] = cl.decode_cache.hits(req.hash_ids)
+        part = hits.writes
+        if part is None:
             return NetworkOracle._finish(latency, self.decode_bytes, inv)
-        base, groups = layers
+        base, groups = part
         inp, kvpt = req.input_tokens, cl.timing.kv_bytes_per_token
         nbytes = float(inp - min(base * BLOCK_TOKENS, inp)) * kvpt
         if nbytes > 0:
@@ -295,9 +322,9 @@ class DecisionContext:
             cost = np.zeros(inv.shape)
         for idx, b in groups:
             nbytes = float(inp - min(b * BLOCK_TOKENS, inp)) * kvpt
-            if idx.size <= 4:
-                for i in idx.tolist():
-                    cost[i] = nbytes * inv[i] + latency[i] if nbytes > 0 else 0.0
+            if type(idx) is tuple:  # a few instances: Python floats (the same IEEE operations)
+                for i in idx:
+                    cost[i] = nbytes * inv.item(i) + latency.item(i) if nbytes > 0 else 0.0
             else:
                 cost[idx] = inv[idx] * nbytes + latency[idx] if nbytes > 0 else 0.0
         return cost
@@ -327,10 +354,12 @@ class Cluster:
         # instances by their leader GPU (rank r of an instance is leader + r)
         self.prefill_ids = instance_leaders(self.roles.prefill, self.tp)
         self.decode_ids = instance_leaders(self.roles.decode, self.tp)
+        self.prefill_gpus: list[int] = self.prefill_ids.tolist()  # as Python ints, for oracle queries
         # the GPUs of rank r of every decode instance, one array per rank (the oracle's candidates)
         self.decode_rank_ids = [self.decode_ids + r for r in range(self.tp)]
         self.gpu_to_decode = {int(g): i for i, g in enumerate(self.decode_ids)}
         self.decode_capacity_tokens = decode_capacity_tokens(cfg, self.timing)
+        self.decode_capacity_0d = operand(self.decode_capacity_tokens)  # exact (an int < 2**53)
         kv_tokens = self.timing.kv_capacity_tokens
         self.prefill_cache = PrefixCacheGroup(self.prefill_ids.size,
                                               int(kv_tokens * cfg.cluster.prefill_cache_fraction) // BLOCK_TOKENS)

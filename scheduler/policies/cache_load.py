@@ -21,10 +21,9 @@ def best_prefill(ctx: DecisionContext, turn: int) -> int:
     request onto the lowest-numbered instance and its links."""
     est = ctx.prefill_estimate_s
     best = int(est.argmin())
-    near = est <= est[best] + TIE_TOLERANCE_S
-    if np.count_nonzero(near) == 1:  # the usual case: no tie, the minimum alone
+    ties = (est <= est.item(best) + TIE_TOLERANCE_S).nonzero()[0]
+    if ties.size == 1:  # no tie, the minimum alone
         return best
-    ties = near.nonzero()[0]
     return int(ties[turn % ties.size])
 
 

@@ -7,7 +7,7 @@ is a choice (``netkv:static``, ``netkv:inflight``, ``netkv:perfect``; default ``
 the same greedy isolates what each kind of network information buys."""
 from __future__ import annotations
 
-from scheduler.cluster import Decision, DecisionContext
+from scheduler.cluster import Decision, DecisionContext, operand
 from scheduler.policies.base import Policy, register
 from scheduler.policies.cache_load import best_prefill
 
@@ -20,8 +20,12 @@ class NetKV(Policy):
     default_weight = 0.1
     grid = "netkv_weights_s"
     needs_oracle = True
+    _weight: tuple = (None, None)  # (load_weight_s, it as a 0-d array): see cluster.operand
 
     def choose(self, ctx: DecisionContext) -> Decision:
         p = best_prefill(ctx, ctx.turn)
-        score = ctx.transfer_cost_s(p) + self.weight * ctx.decode_load
+        w = self._weight
+        if w[0] != self.weight:
+            w = self._weight = (self.weight, operand(self.weight))
+        score = ctx.transfer_cost_s(p) + ctx.decode_load * w[1]
         return Decision(p, int(score.argmin()))
