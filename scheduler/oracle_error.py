@@ -16,7 +16,7 @@ import csv
 import io
 import math
 import tempfile
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -53,13 +53,53 @@ def _stats(rows: Sequence[OracleError]) -> dict:
             "p90_rel_error": float(np.percentile(rel, 90)), "median_bias": float(np.median(signed))}
 
 
-def summarize(rows: Sequence[OracleError]) -> dict:
+def calibrated(rows: Sequence[OracleError], fits: Mapping[str, dict | None]) -> list[OracleError]:
+    """The rows of the tiers with a fit, their prices mapped through it (``intercept_s + slope x
+    predicted``: :func:`scheduler.emulate.calibration.affine_fit`)."""
+    out = []
+    for r in rows:
+        fit = fits.get(str(r.tier))
+        if fit:
+            out.append(replace(r, predicted_s=fit["intercept_s"] + fit["slope"] * r.predicted_s))
+    return out
+
+
+def summarize(rows: Sequence[OracleError], fits: Mapping[str, dict | None] | None = None) -> dict:
     """``summary.json``'s ``oracle_error`` of one policy: transfers, median and p90 of the relative
     error, the median signed error (``median_bias`` > 0: the oracle over-priced), overall and per
-    tier (``by_tier``: one entry per tier that saw a transfer)."""
+    tier (``by_tier``: one entry per tier that saw a transfer). With ``fits`` (the emulator's
+    calibration, tier -> fit), ``calibrated`` holds the same for the prices mapped through the fit
+    of their tier: how far the oracle is from the packets once the emulator's fixed per-transfer
+    cost and goodput, measured before the replay, are accounted for."""
+    out = _by_tier(rows)
+    if fits:
+        fitted = calibrated(rows, fits)
+        if fitted:
+            out["calibrated"] = {**_by_tier(fitted), "fits": {t: f for t, f in fits.items() if f},
+                                 "source": "calibration.json (tiers' fit)"}
+    out["file"] = CSV_NAME
+    return out
+
+
+def console_line(rows: Sequence[OracleError], fits: Mapping[str, dict | None] | None = None) -> str:
+    """One line for the terminal: median relative error per tier over ``rows`` (every policy's),
+    as priced and, where the tier has a calibration fit, through it."""
+    raw, fitted = _by_tier(rows)["by_tier"], _by_tier(calibrated(rows, fits or {}))["by_tier"]
+
+    def cell(t: str) -> str:
+        s = raw[t]
+        text = f"tier {t}: {100 * s['median_rel_error']:.0f}%" if s["median_rel_error"] is not None else f"tier {t}: -"
+        c = fitted.get(t)
+        if c and c["median_rel_error"] is not None:
+            text += f" ({100 * c['median_rel_error']:.0f}% calibrated)"
+        return text + f" of {s['transfers']}"
+    return ("oracle error, median |predicted - measured| / measured per KV transfer (all policies): "
+            + "; ".join(cell(t) for t in raw))
+
+
+def _by_tier(rows: Sequence[OracleError]) -> dict:
     out = _stats(rows)
     out["by_tier"] = {str(t): _stats([r for r in rows if r.tier == t]) for t in sorted({r.tier for r in rows})}
-    out["file"] = CSV_NAME
     return out
 
 

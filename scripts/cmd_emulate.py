@@ -207,10 +207,12 @@ def run(args: argparse.Namespace) -> int:
                       "hosts": ev.get("hosts")},
         "simulate_reference": ev.get("simulate_reference"), "agreement": ev.get("agreement"),
         "transfer_agreement": ev.get("transfer_agreement"),
+        "paired_transfer_agreement": ev.get("paired_transfer_agreement"),
         "scenario_spans": [{"start_s": a, "end_s": b, "label": label} for a, b, label in spans],
         "link_utilisation": {"source": links.source, "file": LINK_CSV} if links is not None else None}, args)
     extra.update(scenario_files(exp))
-    extra.update(oracle_error.result_files(ev.pop("oracle_rows", {}), experiment_caption(summary), target, args.format))
+    oracle_rows = ev.pop("oracle_rows", {})
+    extra.update(oracle_error.result_files(oracle_rows, experiment_caption(summary), target, args.format))
     extra["calibration.json"] = (json.dumps(ev.get("calibration"), indent=2, default=float) + "\n").encode()
     path = write_results(out, summary, records, exp.slo(), extra_files=extra, target=target, fmt=args.format,
                          spans=spans, links=links)
@@ -225,19 +227,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"WARNING: calibration {miss}: transfers on that tier are the emulator's as much as the network's "
               "(see fidelity below; a slow or shared machine shows first on NVLink, the fastest link)")
     for base, a in (ev.get("agreement") or {}).items():
-        print(f"agreement, netkv vs {base}: emulate {a['emulate_pct']:+.1f}%, simulate {a['simulate_pct']:+.1f}% "
-              f"({'same sign' if a['same_sign'] else 'DIFFERENT SIGN'}, magnitudes x{a['magnitude_ratio']:.2f})")
+        print(f"agreement, netkv vs {base}: emulate {a['emulate_pct']:+.1f}%, simulate {a['simulate_pct']:+.1f}%"
+              + (" (no effect on either backend)" if a.get("no_effect") else
+                 f" ({'same sign' if a['same_sign'] else 'DIFFERENT SIGN'}, magnitudes x{a['magnitude_ratio']:.2f})"))
     tiers = ev.get("transfer_agreement") or {}
     if tiers:
         print("KV transfer time by tier during the runs, emulate / simulate (all policies): " + "; ".join(
             f"tier {t}: {a['emulate_ms']:.1f} / {a['simulate_ms']:.1f} ms (x{a['ratio']:.2f})" for t, a in sorted(tiers.items())))
+    paired = (ev.get("paired_transfer_agreement") or {}).get("by_tier") or {}
+    if paired:
+        print("the same decisions on both backends (the simulator replaying each emulated run's choices), per tier: "
+              + "; ".join(f"tier {t}: {a['emulate_ms']:.1f} / {a['simulate_ms']:.1f} ms (x{a['ratio']:.2f}, median "
+                          f"transfer x{a['median_ratio']:.2f}, {a['transfers']} transfers)" for t, a in sorted(paired.items())))
+    if oracle_rows:
+        fits = {t: c.get("fit") for t, c in cal.get("tiers", {}).items()}
+        print(oracle_error.console_line([r for rows in oracle_rows.values() for r in rows], fits))
     for name, row in policies.items():
         for line in reroute_lines(name, row) + fault_lines(name, row):
             print(line)
     fid = ev.get("fidelity") or {}
     probe = fid.get("probe") or {}
     if tiers:
-        slow = [t for t, a in sorted(tiers.items()) if a["ratio"] > TRANSFER_RATIO_NOTE and a["transfers_emulate"] >= 10]
+        judged = paired or tiers  # the same decisions on both backends when there are any
+        slow = [t for t, a in sorted(judged.items()) if a["ratio"] > TRANSFER_RATIO_NOTE
+                and a.get("transfers", a.get("transfers_emulate", 0)) >= 10]
         idle, busy = probe.get("idle_rtt_ms_p50"), probe.get("run_rtt_ms_p50")
         if slow and idle and busy and busy >= PROBE_RISE_NOTE * idle:
             print(f"note: tier {', '.join(slow)} KV transfers ran over x{TRANSFER_RATIO_NOTE:g} of the fluid model's time "
@@ -246,9 +259,10 @@ def run(args: argparse.Namespace) -> int:
                   "the network (--time-scale 2 halves the load)")
         elif slow:
             print(f"note: tier {', '.join(slow)} KV transfers ran over x{TRANSFER_RATIO_NOTE:g} of the fluid model's time "
-                  "during the runs while the idle-path probe RTT held: not the datapath, but TCP at the congested "
-                  "links (drop-tail losses and their retransmission timeouts: a tail of slow transfers the fluid "
-                  "max-min model does not have); see transfer_s in requests.csv")
+                  "during the runs while the idle-path probe RTT held: the emulator's own latency per packet and hop "
+                  "(userspace forwarding and the agents' wake-ups on a shared machine, paid on every TCP round trip) "
+                  "and TCP's losses behind congested links, which the fluid model has not; --time-scale 2 halves the "
+                  "first (docs/calibration.md#paired-agreement); see transfer_s in requests.csv")
     if probe.get("idle_rtt_ms_p50") is not None and probe.get("run_rtt_ms_p50") is not None:
         print(f"fidelity: idle-path probe RTT {probe['idle_rtt_ms_p50']:.2f} ms idle, {probe['run_rtt_ms_p50']:.2f} ms "
               f"during the run; ovs-vswitchd CPU mean {fid['ovs_vswitchd_cpu_percent']['mean']:.0f}% of a core")

@@ -36,6 +36,8 @@ def run_emulated(args: argparse.Namespace, out: Path) -> int:
     if not args.time_scale > 0 or (args.scale is not None and not args.scale > 0):
         raise UsageError(f"--scale and --time-scale must be > 0, got {args.scale}, {args.time_scale}")
     values = _values(args)
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
     target = studied_policy(args.policies)
     scenarios = list(st.QUICK_SCENARIOS) if args.quick else [args.scenario]
     if args.quick and args.max_requests is None:
@@ -68,14 +70,15 @@ def run_emulated(args: argparse.Namespace, out: Path) -> int:
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     log(f"staleness: {len(exps)} scenario(s) x {len(values)} values on the fabric, {len(exps[0].requests)} "
-        f"requests each (~{sum(e.requests[-1].arrival_s for e in exps) * (len(values) + 1) * args.time_scale / 60:.0f} "
+        f"requests each, {args.repeats} replay(s) of each value (~"
+        f"{sum(e.requests[-1].arrival_s for e in exps) * (len(values) * args.repeats + 1) * args.time_scale / 60:.0f} "
         f"min of replay)")
     results = []
     try:
         for exp in exps:
             results.append(st.run_scenario(exp, target, values, scale, args.time_scale,
                                            args.ofp_port or DEFAULT_OFP_PORT, args.rest_port or DEFAULT_REST_PORT,
-                                           not args.no_progress, log))
+                                           not args.no_progress, log, args.repeats))
     except (EmulationError, FabricError) as exc:
         print(f"netkv staleness: failed: {exc}; nothing was written", file=sys.stderr)
         return EXIT_FAILED
@@ -93,7 +96,7 @@ def run_emulated(args: argparse.Namespace, out: Path) -> int:
         files[f"requests-{r['scenario']}.csv"] = st.records_csv(r.pop("records"))
     summary = {"kind": "staleness", "backend": "emulate", "provenance": provenance(args), "command": command,
                "param": "oracle.staleness_s", "policy": target, "values": values, "scale": scale,
-               "time_scale": args.time_scale, "scenarios": results}
+               "time_scale": args.time_scale, "repeats": args.repeats, "scenarios": results}
     files.update({"summary.json": dumps_json(summary).encode(), "staleness.csv": buf.getvalue().encode(),
                   "staleness.txt": ("\n\n".join(texts) + "\n").encode()})
     for r in results:

@@ -62,6 +62,9 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="with --backend emulate: scenarios decode-flap, hotspot, rolling at staleness 0,1,5 s on 60 "
                         "requests each (~10 min on 2 cores)")
+    p.add_argument("--repeats", type=int, default=1, metavar="R",
+                   help="with --backend emulate: replay every value R times (interleaved) and judge the regret "
+                        "trend against the replays' spread (default %(default)s)")
     p.add_argument("--scale", type=float, default=None, metavar="F", help="with --backend emulate: as for emulate")
     p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
                    help="with --backend emulate: as for emulate (default %(default)s)")
@@ -134,6 +137,8 @@ def cmd_staleness(args: argparse.Namespace) -> int:
         return run_emulated(args, out)
     if args.quick:
         raise UsageError("--quick is for --backend emulate (the simulator's study takes seconds: choose --values)")
+    if args.repeats != 1:
+        raise UsageError("--repeats is for --backend emulate (the simulator is deterministic: use --seeds)")
     values = sw.parse_values(args.values)
     if not all(isinstance(v, float) and v >= 0 for v in values):
         raise UsageError(f"--values {args.values!r}: expected non-negative seconds, e.g. 0,1,5")

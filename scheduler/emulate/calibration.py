@@ -16,6 +16,11 @@ sequentially on the idle fabric, through the host agents already connected to ``
     fit :data:`REFERENCE_BUDGET_S` of predicted transfer time, at most
     :data:`REFERENCE_MAX_REPEATS`; the median counts (why so many on NVLink:
     docs/calibration.md#calibration-references).
+(c) **small reference**: the same for ``small_tokens`` (default :data:`SMALL_REFERENCE_TOKENS`),
+    so that the two references fit ``measured = intercept_s + slope x predicted`` per tier
+    (:func:`affine_fit`, ``fit`` in the tier's entry): the emulator's fixed cost per transfer
+    (frame store-and-forward at the scaled rates, agent stamps) and its goodput. The oracle-error
+    summary reads it (:func:`scheduler.oracle_error.summarize`); decisions do not.
 
 Transfer and request ids start at 10**12, so they never collide with the orchestrator's.
 """
@@ -41,6 +46,9 @@ REFERENCE_BUDGET_S = 0.1
 2.4 ms NVLink reference gets enough samples for a steady median (docs/calibration.md#calibration-references)."""
 REFERENCE_MAX_REPEATS = 41
 """Most reference transfers per tier (an odd count, so the median is one sample)."""
+SMALL_REFERENCE_TOKENS = 512
+"""Tokens of the small reference transfer: one prefix-cache block, the smallest KV a request can
+miss (one or two frames at the default scale), so the fit's intercept is the fixed cost."""
 _IDS = itertools.count(CALIBRATION_ID_BASE)
 
 
@@ -96,6 +104,16 @@ def reference_count(repeats: int, predicted_wall_s: float) -> int:
     return max(1, repeats, min(REFERENCE_MAX_REPEATS, fit | 1))
 
 
+def affine_fit(small: tuple[float, float], ref: tuple[float, float]) -> dict[str, float] | None:
+    """``measured = intercept_s + slope x predicted`` through two (predicted, measured) points,
+    None when they cannot define one (equal predictions, or a slope <= 0)."""
+    (p0, m0), (p1, m1) = small, ref
+    if not p1 - p0 > 0 or not m1 - m0 > 0:
+        return None
+    slope = (m1 - m0) / (p1 - p0)
+    return {"intercept_s": m0 - slope * p0, "slope": slope}
+
+
 def within(ratio: float, tolerance: float = TIME_TOLERANCE) -> bool:
     return abs(ratio - 1.0) <= tolerance + 1e-9  # 0.85 and 1.15 count as inside
 
@@ -114,9 +132,20 @@ def _transfer(control: ControlServer, tree: FatTree, fab: Any, src: int, dst: in
     return evs["sent"], evs["received"]
 
 
+def _reference_times(control: ControlServer, tree: FatTree, fab: Any, src: int, dst: int, port: int,
+                     nbytes: int, timeout_s: float, time_scale: float, count: int) -> list[float]:
+    """``count`` transfers of ``nbytes``: (receiver end - sender connect) / time_scale each."""
+    out = []
+    for _ in range(count):
+        sent, recv = _transfer(control, tree, fab, src, dst, port, nbytes, timeout_s)
+        out.append((recv.t_end - sent.t_connect) / time_scale)
+    return out
+
+
 def calibrate(fab: Any, tree: FatTree, control: ControlServer, agent_port: int, scale: float,
               time_scale: float, kv_bytes_per_token: int, setup_s: float,
-              reference_tokens: int = 8192, goodput_seconds: float = 1.5, goodput_repeats: int = 3,
+              reference_tokens: int = 8192, small_tokens: int = SMALL_REFERENCE_TOKENS,
+              goodput_seconds: float = 1.5, goodput_repeats: int = 3,
               timeout_s: float = 60.0, reference_repeats: int = 5,
               pairs: dict[int, tuple[int, int]] | None = None) -> dict:
     """Goodput and reference-transfer time per tier on the idle fabric (see the module doc), for
@@ -137,11 +166,14 @@ def calibrate(fab: Any, tree: FatTree, control: ControlServer, agent_port: int, 
             goodputs.append(nbytes * 8 / wire_s / 1e6 if wire_s > 0 else float("inf"))
         achieved = float(np.median(goodputs))
         predicted = predicted_seconds(tree, setup_s, src, dst, real)
-        samples = []
-        for _ in range(reference_count(reference_repeats, predicted * time_scale)):
-            sent, recv = _transfer(control, tree, fab, src, dst, agent_port, emulated, timeout_s)
-            samples.append((recv.t_end - sent.t_connect) / time_scale)
+        samples = _reference_times(control, tree, fab, src, dst, agent_port, emulated, timeout_s, time_scale,
+                                   reference_count(reference_repeats, predicted * time_scale))
         measured = float(np.median(samples))
+        small_real, small_emulated = reference_bytes(small_tokens, kv_bytes_per_token, scale)
+        small_predicted = predicted_seconds(tree, setup_s, src, dst, small_real)
+        small_samples = _reference_times(control, tree, fab, src, dst, agent_port, small_emulated, timeout_s,
+                                         time_scale, reference_count(reference_repeats, small_predicted * time_scale))
+        small_measured = float(np.median(small_samples))
         ratio = measured / predicted if predicted > 0 else float("inf")
         tiers[str(tier)] = {
             "src": tree.gpu_name(src), "dst": tree.gpu_name(dst),
@@ -158,6 +190,11 @@ def calibrate(fab: Any, tree: FatTree, control: ControlServer, agent_port: int, 
             "predicted_s": predicted,
             "time_ratio": round(ratio, 4),
             "time_ok": within(ratio),
+            "small_reference_bytes_emulated": small_emulated,
+            "small_measured_s": small_measured,
+            "small_measured_samples_s": small_samples,
+            "small_predicted_s": small_predicted,
+            "fit": affine_fit((small_predicted, small_measured), (predicted, measured)),
         }
     return {
         "scale": scale,

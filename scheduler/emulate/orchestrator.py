@@ -10,7 +10,7 @@ connections; calibrate the tiers KV transfers take under the placement (per-tier
 transfer time against the simulator's prediction); then for each policy replay the trace window
 in (optionally dilated) real time with the scenario's events executed on the fabric, the oracle
 reading the controller's telemetry over REST, and ``--fault`` s injected along its clock
-(:mod:`scheduler.emulate.faults`). Each step is one method of :class:`_EmulationRun` (~430 lines:
+(:mod:`scheduler.emulate.faults`). Each step is one method of :class:`_EmulationRun` (~450 lines:
 the steps of one run, in their order, read together).
 
 Where the work happens: the orchestrator (``RealtimeReplay``) only decides and records. Before
@@ -45,6 +45,7 @@ from scheduler.emulate import failures, faults
 from scheduler.cluster import assign_roles
 from scheduler.config import ExperimentConfig
 from scheduler.emulate.calibration import calibrate
+from scheduler.emulate.agreement import agreement, paired_agreement, transfer_agreement
 from scheduler.emulate.emulable import BackgroundLoad, background_warning, check_emulable
 from scheduler.emulate.fidelity import CpuMonitor, RttProbe, rtt_verdict
 from scheduler.emulate.replay import Clock, EmulationError, RealtimeReplay
@@ -52,8 +53,8 @@ from scheduler.emulate.scenario_exec import ScenarioExecutor
 from scheduler.emulate.transport import AgentTransport, TelemetryPoller  # (both also imported from here)
 from scheduler.experiment import (Experiment, agreement_summary, inherited_weights, make_policy, run_simulation,
                                   tune_policy)
-from scheduler.metrics import compare, summarize_policy
-from scheduler.policies import TARGET, PolicySpec
+from scheduler.metrics import summarize_policy
+from scheduler.policies import PolicySpec
 from scheduler.records import RequestRecord
 from scheduler.scenario import Action
 from scheduler.telemetry import TelemetryHistory
@@ -412,7 +413,8 @@ class _EmulationRun:
             summary["agreement"] = agreement_summary(replay.dispatch.agreement)
         errors = replay.dispatch.oracle_errors()  # the oracle's prices against the agents' transfers
         if errors:
-            summary["oracle_error"] = oracle_error.summarize(errors)
+            fits = {t: c.get("fit") for t, c in (self.evidence.get("calibration") or {}).get("tiers", {}).items()}
+            summary["oracle_error"] = oracle_error.summarize(errors, fits)
             self.evidence["oracle_rows"][item.label] = errors
         return summary, recs
 
@@ -445,50 +447,5 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
     evidence["simulate_reference"] = sim_policies
     evidence["agreement"] = agreement(run.policies, sim_policies)
     evidence["transfer_agreement"] = transfer_agreement(run.policies, sim_policies)
+    evidence["paired_transfer_agreement"] = paired_agreement(exp, run.records)
     return run.policies, run.records, evidence
-
-
-def agreement(emu: dict, sim: dict, target: str = TARGET) -> dict:
-    """NetKV's mean-TTFT change against each baseline on both backends: same sign, and the ratio
-    of magnitudes (target: within a factor of 1.5)."""
-    out = {}
-    ce, cs = compare(emu, target), compare(sim, target)
-    for base in ce:
-        e, s = ce[base]["ttft_mean_pct"], cs.get(base, {}).get("ttft_mean_pct", float("nan"))
-        ratio = max(abs(e), abs(s)) / max(min(abs(e), abs(s)), 1e-9)
-        out[base] = {"emulate_pct": e, "simulate_pct": s, "same_sign": bool(np.sign(e) == np.sign(s)),
-                     "magnitude_ratio": ratio, "within_1_5x": bool(ratio <= 1.5)}
-    return out
-
-
-def _tier_means(policies: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(transfers, mean seconds) per tier over every policy, weighting each policy's tier mean by
-    its transfer count."""
-    n = max((len(row.get("tier_histogram") or []) for row in policies.values()), default=0)
-    counts, total = np.zeros(n), np.zeros(n)
-    for row in policies.values():
-        for tier, (count, mean) in enumerate(zip(row.get("tier_histogram") or [],
-                                                 row.get("transfer_mean_s_by_tier") or [])):
-            if count and mean is not None:
-                counts[tier] += count
-                total[tier] += count * mean
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return counts, total / counts
-
-
-def transfer_agreement(emu: dict, sim: dict) -> dict:
-    """Mean KV transfer time per tier on both backends, over all policies (each policy's tier mean
-    weighted by its transfers), and their ratio: where the emulated network is slower or faster
-    than the fluid model during the run, not only on the idle fabric. The two backends' transfers
-    are not paired (a policy reading live telemetry may pick other instances), so this is a
-    per-tier indicator; tiers without transfers on either backend are left out."""
-    ce, me = _tier_means(emu)
-    cs, ms = _tier_means(sim)
-    out = {}
-    for tier in range(min(len(ce), len(cs))):
-        if ce[tier] > 0 and cs[tier] > 0 and ms[tier] > 0:
-            out[str(tier)] = {"emulate_ms": float(me[tier] * 1e3), "simulate_ms": float(ms[tier] * 1e3),
-                              "ratio": float(me[tier] / ms[tier]),
-                              "transfers_emulate": int(ce[tier]), "transfers_simulate": int(cs[tier])}
-    return out
-

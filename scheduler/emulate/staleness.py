@@ -9,7 +9,11 @@ window at the same values (with ``netkv:perfect``). Regret: on both backends the
 against the same backend's staleness-0 run (``regret_vs_fresh_ms``: what age costs, free of the
 emulator's systematic transfer-time offset), and on the simulator also against ``netkv:perfect``.
 The target: the live fabric's agreement curves near the simulator's, and the same sign of the
-regret trend (largest value against the smallest). ``--quick``: :data:`QUICK_SCENARIOS` x
+regret trend (largest value against the smallest). A 60-request mean moves by several percent
+between identical replays, so ``repeats`` replays every value that many times (interleaved: all
+values, then again, so the machine's drift spreads over them); the emulated row is their mean,
+``regret_se_ms`` its standard error, and a trend within two standard errors is ``0`` (within
+noise), not a sign. ``--quick``: :data:`QUICK_SCENARIOS` x
 :data:`QUICK_VALUES` on :data:`QUICK_REQUESTS` requests (~3 min a scenario on 2 cores).
 """
 from __future__ import annotations
@@ -34,8 +38,9 @@ REFERENCE = "cache-load"
 PERFECT = "netkv:perfect"
 
 
-def label(target: str, value: float) -> str:
-    return f"{target}@{value:g}s"
+def label(target: str, value: float, repeat: int = 0) -> str:
+    """``netkv@1s`` (the first replay of a value), ``netkv@1s#2`` (its second), ..."""
+    return f"{target}@{value:g}s" + (f"#{repeat + 1}" if repeat else "")
 
 
 def with_staleness(exp: Experiment, value: float) -> Any:
@@ -44,11 +49,14 @@ def with_staleness(exp: Experiment, value: float) -> Any:
     return dataclasses.replace(cfg, oracle=dataclasses.replace(cfg.oracle, staleness_s=float(value)))
 
 
-def emulate_plan(exp: Experiment, target: str, values: list[float]) -> list[Replay]:
-    """cache-load once, then ``target`` at every staleness value (shadowed where stale)."""
+def emulate_plan(exp: Experiment, target: str, values: list[float], repeats: int = 1) -> list[Replay]:
+    """cache-load once, then ``target`` at every staleness value (shadowed where stale), the whole
+    round ``repeats`` times."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     ref, tgt = resolve(REFERENCE)[0], resolve(target)[0]
-    return [Replay(REFERENCE, ref)] + [Replay(label(target, v), tgt, with_staleness(exp, v), shadow=v > 0)
-                                       for v in values]
+    return [Replay(REFERENCE, ref)] + [Replay(label(target, v, k), tgt, with_staleness(exp, v), shadow=v > 0)
+                                       for k in range(repeats) for v in values]
 
 
 def simulate_points(exp: Experiment, target: str, values: list[float], weights: dict[str, float]) -> dict[float, dict]:
@@ -89,26 +97,93 @@ def _row(backend: str, value: float, pol: dict, fresh: dict | None, ref: dict | 
             "decisions": agree.get("decisions") if stale else pol["requests"]}
 
 
-def rows(emu: dict, sim: dict[float, dict], target: str, values: list[float]) -> list[dict]:
-    """One row per (backend, value). Staleness 0 agrees with itself by definition."""
-    out = []
-    fresh_v = min(values)
-    for v in values:
-        out.append(_row("emulate", v, emu[label(target, v)], emu[label(target, fresh_v)], emu.get(REFERENCE), None))
-    for v in values:
-        out.append(_row("simulate", v, sim[v][target], sim[fresh_v][target], sim[v].get(REFERENCE), sim[v].get(PERFECT)))
+def _replays(emu: dict, target: str, value: float) -> list[dict]:
+    """Every replay of ``value`` in ``emu`` (``netkv@1s``, ``netkv@1s#2``, ...)."""
+    out, k = [], 0
+    while label(target, value, k) in emu:
+        out.append(emu[label(target, value, k)])
+        k += 1
     return out
 
 
+def _mean_policy(reps: list[dict]) -> dict:
+    """One policy row from repeated replays: mean TTFT and mean agreement figures (None-safe)."""
+    if len(reps) == 1:
+        return reps[0]
+    agree: dict[str, Any] = {}
+    for key in ("same_tier_fraction", "same_instance_fraction", "kendall_tau", "kendall_tau_within_tier"):
+        xs = [r["agreement"][key] for r in reps if (r.get("agreement") or {}).get(key) is not None]
+        agree[key] = sum(xs) / len(xs) if xs else None
+    agree["decisions"] = sum((r.get("agreement") or {}).get("decisions") or 0 for r in reps)
+    return {"ttft_mean_s": sum(r["ttft_mean_s"] for r in reps) / len(reps),
+            "requests": sum(r["requests"] for r in reps), "agreement": agree}
+
+
+def _se_ms(a: list[dict], b: list[dict]) -> float | None:
+    """Standard error (ms) of mean(a) - mean(b) from the replays' spread; None with fewer than
+    two replays of either."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+
+    def var(xs: list[float]) -> float:
+        m = sum(xs) / len(xs)
+        return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    va, vb = var([r["ttft_mean_s"] for r in a]), var([r["ttft_mean_s"] for r in b])
+    return 1e3 * math.sqrt(va / len(a) + vb / len(b))
+
+
+def rows(emu: dict, sim: dict[float, dict], target: str, values: list[float]) -> list[dict]:
+    """One row per (backend, value), an emulated value's replays averaged (``replays``,
+    ``regret_se_ms``). Staleness 0 agrees with itself by definition."""
+    out = []
+    fresh_v = min(values)
+    fresh = _replays(emu, target, fresh_v)
+    for v in values:
+        reps = _replays(emu, target, v)
+        row = _row("emulate", v, _mean_policy(reps), _mean_policy(fresh), emu.get(REFERENCE), None)
+        row["replays"] = len(reps)
+        row["regret_se_ms"] = None if v == fresh_v else _se_ms(reps, fresh)
+        out.append(row)
+    for v in values:
+        row = _row("simulate", v, sim[v][target], sim[fresh_v][target], sim[v].get(REFERENCE), sim[v].get(PERFECT))
+        row["replays"], row["regret_se_ms"] = 1, None
+        out.append(row)
+    return out
+
+
+TREND_FLAT_MS = 1.0
+"""A regret this small (ms) is no trend on either backend."""
+TREND_NOISE_SE = 2.0
+"""An emulated regret within this many standard errors of the replays' spread is within noise."""
+
+
 def trend(table: list[dict]) -> dict:
-    """Sign of the regret trend on each backend (regret vs fresh at the largest value; 0 = flat
-    within 1 ms) and whether the two agree."""
-    out = {}
+    """Sign of the regret trend on each backend (regret vs fresh at the largest value; 0 = flat:
+    within :data:`TREND_FLAT_MS`, or on the fabric within :data:`TREND_NOISE_SE` standard errors
+    when the values were replayed more than once), whether the two agree, and ``verdict``: "same
+    sign", "different sign", or "within noise" (the fabric's regret not resolved from 0 while the
+    simulator's is)."""
+    out: dict[str, Any] = {}
+    noise = None
     for backend in ("emulate", "simulate"):
-        pts = sorted((r["value"], r["regret_vs_fresh_ms"]) for r in table if r["backend"] == backend)
+        pts = sorted((r["value"], r["regret_vs_fresh_ms"], r.get("regret_se_ms")) for r in table
+                     if r["backend"] == backend)
         last = pts[-1][1] if pts else None
-        out[backend] = None if last is None else (0 if abs(last) < 1.0 else int(math.copysign(1, last)))
+        band = TREND_FLAT_MS
+        if pts and pts[-1][2] is not None:
+            noise = pts[-1][2]
+            band = max(band, TREND_NOISE_SE * noise)
+        out[backend] = None if last is None else (0 if abs(last) < band else int(math.copysign(1, last)))
     out["same_sign"] = out["emulate"] is not None and out["emulate"] == out["simulate"]
+    out["noise_ms"] = noise
+    if out["emulate"] is None or out["simulate"] is None:
+        out["verdict"] = None
+    elif out["same_sign"]:
+        out["verdict"] = "same sign"
+    elif out["emulate"] == 0 and noise is not None:
+        out["verdict"] = "within noise"
+    else:
+        out["verdict"] = "different sign"
     return out
 
 
@@ -128,9 +203,11 @@ def table_text(scenario: str, target: str, table: list[dict], tr: dict) -> str:
               f"{_fmt(r['regret_vs_perfect_ms'], '+.1f'):>10} {_fmt(r['same_tier_fraction'], '.1f', 100) + '%':>10} "
               f"{_fmt(r['same_instance_fraction'], '.1f', 100) + '%':>10} {_fmt(r['kendall_tau'], '.2f'):>6} "
               f"{_fmt(r['kendall_tau_within_tier'], '.2f'):>8}", file=buf)
+    noise = f" (fabric noise: standard error {tr['noise_ms']:.1f} ms)" if tr.get("noise_ms") is not None else ""
+    verdict = (tr.get("verdict") or "").upper() if tr.get("verdict") == "different sign" else tr.get("verdict")
     print(f"regret trend (vs fresh, at the largest staleness): emulate {tr['emulate']:+d}, simulate {tr['simulate']:+d}: "
-          f"{'same sign' if tr['same_sign'] else 'DIFFERENT SIGN'}" if tr["emulate"] is not None and tr["simulate"]
-          is not None else "regret trend: -", file=buf)
+          f"{verdict}{noise}" if tr["emulate"] is not None and tr["simulate"] is not None else "regret trend: -",
+          file=buf)
     return buf.getvalue().rstrip()
 
 
@@ -154,7 +231,9 @@ def plot(scenario: str, target: str, table: list[dict], command: str) -> bytes:
         ax1.plot(xs, ys("same_instance_fraction", 100), color="#ff7f0e", label=f"same instance ({backend})", **kw)
         ax2.plot(xs, ys("kendall_tau"), color="#2ca02c", label=f"tau, all ({backend})", **kw)
         ax2.plot(xs, ys("kendall_tau_within_tier"), color="#9467bd", label=f"tau, within tiers ({backend})", **kw)
-        ax3.plot(xs, ys("regret_vs_fresh_ms"), color="#d62728", label=f"vs fresh ({backend})", **kw)
+        se = [0.0 if r.get("regret_se_ms") is None else 2 * r["regret_se_ms"] for r in rs]
+        ax3.errorbar(xs, ys("regret_vs_fresh_ms"), yerr=se if any(se) else None, color="#d62728", capsize=3,
+                     label=f"vs fresh ({backend}{', 2 SE' if any(se) else ''})", **kw)
         if backend == "simulate":
             ax3.plot(xs, ys("regret_vs_perfect_ms"), color="#17becf", linestyle=":", marker="^",
                      label=f"vs {PERFECT} (simulate)")
@@ -192,10 +271,10 @@ def records_csv(records: dict[str, list]) -> bytes:
 
 
 def run_scenario(exp: Experiment, target: str, values: list[float], scale: float, time_scale: float,
-                 ofp_port: int, rest_port: int, progress: bool, log: Callable[[str], Any]) -> dict:
+                 ofp_port: int, rest_port: int, progress: bool, log: Callable[[str], Any], repeats: int = 1) -> dict:
     """One scenario's study on both backends: its rows, trend and the emulate run's evidence."""
     emu, records, ev = run_emulation(exp, scale, time_scale, ofp_port, rest_port, progress=progress, log=log,
-                                     plan=emulate_plan(exp, target, values))
+                                     plan=emulate_plan(exp, target, values, repeats))
     log(f"staleness: simulating scenario {exp.scenario.name} at {', '.join(f'{v:g}' for v in values)} s")
     sim = simulate_points(exp, target, values, emulated_weights(emu, target, values))
     table = rows(emu, sim, target, values)

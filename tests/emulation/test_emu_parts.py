@@ -162,8 +162,13 @@ def test_greedy_background_flow_loads_core_link(fabric, executor):
     poll = fabric.controller.poll_interval_s
     nic = fabric.topo.rates_mbit["nic"]
 
+    # two polls for the counters to hold one full interval of the flow, plus the sender's process
+    # start and TCP's ramp: 0.3-0.5 s on a quiet machine, 1.75-2.05 s measured in CI while another
+    # job loaded both cores, hence 1 s of allowance (a stuck poller or wrong link still fails)
+    rise_limit_s = 2 * poll + 1.0
+
     def good(r: dict) -> bool:
-        return r["util"] > 0.8 and r["steady"] > 0.8 and r["up_s"] <= 2 * poll + 0.5 and r["mbit_s"] > 0.8 * nic
+        return r["util"] > 0.8 and r["steady"] > 0.8 and r["up_s"] <= rise_limit_s and r["mbit_s"] > 0.8 * nic
 
     runs = []
     for attempt, (src, dst) in enumerate(GREEDY_PAIRS):
@@ -173,7 +178,7 @@ def test_greedy_background_flow_loads_core_link(fabric, executor):
             break
     best = max(runs, key=lambda r: (good(r), min(r["steady"], r["util"]), r["mbit_s"]))
     assert best["util"] > 0.8 and best["steady"] > 0.8, runs
-    assert best["up_s"] <= 2 * poll + 0.5, f"utilisation rose later than 2 poll intervals after the sender started: {runs}"
+    assert best["up_s"] <= rise_limit_s, f"utilisation rose later than {rise_limit_s:g} s after the sender started: {runs}"
     assert best["mbit_s"] > 0.8 * nic, runs
 
 
@@ -261,7 +266,9 @@ def test_calibration_all_tiers(fabric, agents, goodput_bounds):
         print(f"  tier {tier} {t['src']}->{t['dst']}: goodput {t['achieved_mbit_s']:.2f}/"
               f"{t['configured_mbit_s']:.1f} Mbit/s = {t['goodput_ratio']:.3f}; reference "
               f"{t['reference_bytes_emulated']} B: measured {t['measured_s'] * 1000:.2f} ms vs predicted "
-              f"{t['predicted_s'] * 1000:.2f} ms (ratio {t['time_ratio']:.3f}, ok={t['time_ok']})")
+              f"{t['predicted_s'] * 1000:.2f} ms (ratio {t['time_ratio']:.3f}, ok={t['time_ok']}); small "
+              f"{t['small_reference_bytes_emulated']} B: {t['small_measured_s'] * 1000:.2f} vs "
+              f"{t['small_predicted_s'] * 1000:.2f} ms; fit {t['fit']}")
     print(f"[measured] CPU during calibration: {cpu}")
     assert sorted(rep["tiers"]) == ["0", "1", "2", "3"]
     for tier, t in rep["tiers"].items():
@@ -273,6 +280,10 @@ def test_calibration_all_tiers(fabric, agents, goodput_bounds):
         assert t["goodput_ratio"] <= best + 1e-9
         assert t["goodput_ok"] == (t["goodput_ratio"] >= GOODPUT_MIN_RATIO)
     assert all(len(t["goodput_samples_mbit_s"]) == 3 for t in rep["tiers"].values())
+    for t in rep["tiers"].values():  # the small reference is smaller and faster, so the two define a fit
+        assert t["small_reference_bytes_emulated"] < t["reference_bytes_emulated"]
+        assert t["small_measured_s"] < t["measured_s"] and t["fit"] is not None
+        assert t["fit"]["slope"] > 0.5 and -0.002 < t["fit"]["intercept_s"] < 0.02, t["fit"]  # not noise
     assert rep["warning"] is None
 
 

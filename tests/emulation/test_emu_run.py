@@ -92,6 +92,16 @@ def test_short_emulate_run_writes_every_result_file(tmp_path: Path, goodput_boun
     assert set(summary["ablation"]["vs"]) == {"cache-load", "netkv:inflight"}
     for tier, t in summary["transfer_agreement"].items():
         assert t["transfers_emulate"] > 0 and t["ratio"] == pytest.approx(t["emulate_ms"] / t["simulate_ms"])
+    # the same decisions on both backends: every emulated transfer with a fluid twin
+    paired = summary["paired_transfer_agreement"]
+    assert set(paired["by_policy"]) == {"cache-load", "netkv:inflight", "netkv"}
+    moved = sum(1 for line in (out / "requests.csv").read_text().splitlines()[1:] if int(line.split(",")[10]) > 0)
+    assert sum(t["transfers"] for t in paired["by_tier"].values()) == moved
+    for t in paired["by_tier"].values():
+        assert 0.2 < t["median_ratio"] < 5.0, paired  # twins, not unrelated transfers
+    # the calibration's fit, and the oracle error through it
+    assert all(t["fit"] and t["fit"]["slope"] > 0 for t in cal["tiers"].values()), cal
+    assert set(err["calibrated"]["by_tier"]) <= {"2", "3"} and err["calibrated"]["transfers"] == err["transfers"]
     # telemetry saw decode-flap's halves in turn: the decode NICs of pods 0 and 2, then 1 and 3
     lines = (out / "telemetry.csv").read_text().splitlines()
     assert lines[0] == "policy,time_s,link,utilisation"

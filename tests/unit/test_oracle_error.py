@@ -59,3 +59,28 @@ def test_summary_and_csv_shape():
     lines = csv_bytes({"netkv": rows}).decode().splitlines()
     assert lines[0] == "policy,req_id,tier,kv_bytes,predicted_s,measured_s,relative_error"
     assert lines[1] == "netkv,1,2,1000,0.5,1.0,0.5" and lines[3].endswith(",nan")
+
+
+def test_two_reference_transfers_define_the_calibration_fit():
+    from scheduler.emulate.calibration import affine_fit
+
+    fit = affine_fit((0.001, 0.005), (0.021, 0.026))  # 4 ms fixed cost, 5% slower per byte
+    assert fit["slope"] == pytest.approx(1.05)
+    assert fit["intercept_s"] == pytest.approx(0.005 - 1.05 * 0.001)
+    assert affine_fit((0.02, 0.01), (0.02, 0.03)) is None  # equal prices: no line
+    assert affine_fit((0.001, 0.03), (0.02, 0.02)) is None  # bigger transfer faster: not a fit
+
+
+def test_the_calibrated_error_maps_prices_through_their_tier_fit_only():
+    rows = [OracleError("netkv", 1, 2, 10, 0.010, 0.015), OracleError("netkv", 2, 2, 20, 0.020, 0.025),
+            OracleError("netkv", 3, 3, 30, 0.010, 0.020)]
+    fits = {"2": {"intercept_s": 0.005, "slope": 1.0}, "3": None}
+    s = summarize(rows, fits)
+    assert s["by_tier"]["2"]["median_rel_error"] == pytest.approx((5 / 15 + 5 / 25) / 2)
+    cal = s["calibrated"]
+    assert cal["by_tier"]["2"]["median_rel_error"] == pytest.approx(0.0)
+    assert "3" not in cal["by_tier"]  # no fit for the tier: left out, not passed through raw
+    assert cal["fits"] == {"2": fits["2"]}
+    assert "calibrated" not in summarize(rows)  # the simulator's summary: no calibration
+    line = __import__("scheduler.oracle_error", fromlist=["console_line"]).console_line(rows, fits)
+    assert "tier 2: 27% (0% calibrated) of 2" in line and "tier 3: 50% of 1" in line

@@ -430,8 +430,7 @@ def test_clock_dilation():
 
 
 def test_agreement_and_transfer_agreement_arithmetic():
-    pytest.importorskip("mininet", reason="scheduler.emulate.orchestrator imports the Mininet topology")
-    from scheduler.emulate.orchestrator import agreement, transfer_agreement
+    from scheduler.emulate.agreement import agreement, transfer_agreement
 
     def row(ttft, hist, means):
         return {"ttft_mean_s": ttft, "tier_histogram": hist, "transfer_mean_s_by_tier": means}
@@ -443,6 +442,14 @@ def test_agreement_and_transfer_agreement_arithmetic():
     a = agreement(emu, sim)["cache-load"]
     assert a["emulate_pct"] == pytest.approx(-10.0) and a["simulate_pct"] == pytest.approx(-12.0)
     assert a["same_sign"] and a["magnitude_ratio"] == pytest.approx(1.2) and a["within_1_5x"]
+    assert not a["no_effect"]
+    # no change worth the name on either backend (the idle scenario): no sign, no ratio to judge
+    flat = agreement({"cache-load": row(0.500, [1], [0.01]), "netkv": row(0.5002, [1], [0.01])},
+                     {"cache-load": row(0.500, [1], [0.01]), "netkv": row(0.4999, [1], [0.01])})["cache-load"]
+    assert flat["no_effect"] and flat["same_sign"] and flat["magnitude_ratio"] is None
+    opposite = agreement({"cache-load": row(0.50, [1], [0.01]), "netkv": row(0.52, [1], [0.01])},
+                         {"cache-load": row(0.50, [1], [0.01]), "netkv": row(0.48, [1], [0.01])})["cache-load"]
+    assert not opposite["no_effect"] and not opposite["same_sign"]
     t = transfer_agreement(emu, sim)
     # tier 0: emulate (2 x 4 + 4 x 10) / 6 = 8 ms, simulate (1 x 2 + 4 x 4) / 5 = 3.6 ms
     assert t["0"]["emulate_ms"] == pytest.approx(8.0) and t["0"]["simulate_ms"] == pytest.approx(3.6)

@@ -45,10 +45,39 @@ def test_rows_regret_against_the_same_backends_fresh_run_and_trend() -> None:
     assert by[("simulate", 5.0)]["regret_vs_perfect_ms"] == pytest.approx(40.0)
     assert by[("simulate", 5.0)]["kendall_tau_within_tier"] is None
     tr = st.trend(rows)
-    assert tr == {"emulate": 1, "simulate": 1, "same_sign": True}
+    assert tr == {"emulate": 1, "simulate": 1, "same_sign": True, "noise_ms": None, "verdict": "same sign"}
     emu["netkv@5s"] = _pol(0.7995, _agree(1, 1, 1, 1))  # within 1 ms of fresh: flat, not the simulator's sign
     assert st.trend(st.rows(emu, sim, "netkv", [0.0, 5.0]))["same_sign"] is False
     text = st.table_text("decode-flap", "netkv", rows, tr)
     assert "same sign" in text and text.count("\n") == 6
     assert st.emulated_weights({"netkv@0s": _pol(0.8, weight=0.1), "cache-load": {"params": {"load_weight": 3.0}}},
                                "netkv", [0.0, 5.0]) == {"netkv": 0.1, "cache-load": 3.0}
+
+
+def test_repeated_replays_are_averaged_and_a_trend_inside_their_noise_is_not_a_sign() -> None:
+    exp = experiment("decode-flap", policies="netkv,cache-load")
+    plan = st.emulate_plan(exp, "netkv", [0.0, 5.0], repeats=2)
+    assert [r.label for r in plan] == ["cache-load", "netkv@0s", "netkv@5s", "netkv@0s#2", "netkv@5s#2"]
+    with pytest.raises(ValueError):
+        st.emulate_plan(exp, "netkv", [0.0], repeats=0)
+    sim = {0.0: {"netkv": _pol(0.5), "netkv:perfect": _pol(0.48), "cache-load": _pol(0.55)},
+           5.0: {"netkv": _pol(0.52, _agree(0.95, 0.7, 0.6, None)), "netkv:perfect": _pol(0.48),
+                 "cache-load": _pol(0.55)}}
+    # regret +10 ms, but the replays of each value spread by 40 ms: within noise
+    noisy = {"cache-load": _pol(1.0), "netkv@0s": _pol(0.78), "netkv@0s#2": _pol(0.82),
+             "netkv@5s": _pol(0.79, _agree(0.8, 0.5, 0.4, 0.3)), "netkv@5s#2": _pol(0.83, _agree(1.0, 0.7, None, 0.5))}
+    rows = st.rows(noisy, sim, "netkv", [0.0, 5.0])
+    by = {(r["backend"], r["value"]): r for r in rows}
+    stale = by[("emulate", 5.0)]
+    assert stale["replays"] == 2 and stale["ttft_mean_s"] == pytest.approx(0.81)
+    assert stale["regret_vs_fresh_ms"] == pytest.approx(10.0)
+    assert stale["regret_se_ms"] == pytest.approx(1e3 * (0.02 ** 2 * 2 / 2 + 0.02 ** 2 * 2 / 2) ** 0.5)
+    assert stale["same_tier_fraction"] == pytest.approx(0.9) and stale["kendall_tau"] == pytest.approx(0.4)
+    tr = st.trend(rows)
+    assert tr["emulate"] == 0 and tr["simulate"] == 1 and tr["verdict"] == "within noise"
+    # the same regret with tight replays: resolved, the simulator's sign
+    tight = dict(noisy, **{"netkv@0s": _pol(0.799), "netkv@0s#2": _pol(0.801), "netkv@5s": _pol(0.809),
+                           "netkv@5s#2": _pol(0.811)})
+    tr = st.trend(st.rows(tight, sim, "netkv", [0.0, 5.0]))
+    assert tr["emulate"] == 1 and tr["verdict"] == "same sign"
+    assert "fabric noise" in st.table_text("decode-flap", "netkv", st.rows(tight, sim, "netkv", [0.0, 5.0]), tr)
