@@ -31,7 +31,7 @@ QUICK_SCENARIOS = ("decode-flap", "hotspot", "rolling")
 """Three scenarios whose congestion moves (flaps, a hotspot, a rolling one), so stale telemetry
 can be wrong; all run on the fabric at --time-scale 1 (scheduler/emulate/emulable.py)."""
 QUICK_VALUES = (0.0, 1.0, 5.0)
-"""Fresh, two poll intervals, ten (past the flap half-periods of decode-flap's default 4 s)."""
+"""Fresh, two poll intervals, ten (a third of decode-flap's 15 s half-period)."""
 QUICK_REQUESTS = 60
 """~19 s of replay per policy at the default load."""
 REFERENCE = "cache-load"
