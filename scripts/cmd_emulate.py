@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from scheduler.emulate.calibration import calibration_misses
+    from scheduler.emulate.calibration import calibration_fits, calibration_misses
     from scheduler.emulate.orchestrator import run_emulation
     from scheduler.metrics import ablation, compare
     from scheduler.emulate.replay import EmulationError
@@ -240,8 +240,7 @@ def run(args: argparse.Namespace) -> int:
               + "; ".join(f"tier {t}: {a['emulate_ms']:.1f} / {a['simulate_ms']:.1f} ms (x{a['ratio']:.2f}, median "
                           f"transfer x{a['median_ratio']:.2f}, {a['transfers']} transfers)" for t, a in sorted(paired.items())))
     if oracle_rows:
-        fits = {t: c.get("fit") for t, c in cal.get("tiers", {}).items()}
-        print(oracle_error.console_line([r for rows in oracle_rows.values() for r in rows], fits))
+        print(oracle_error.console_line([r for rows in oracle_rows.values() for r in rows], calibration_fits(cal)))
     for name, row in policies.items():
         for line in reroute_lines(name, row) + fault_lines(name, row):
             print(line)

@@ -114,6 +114,11 @@ def affine_fit(small: tuple[float, float], ref: tuple[float, float]) -> dict[str
     return {"intercept_s": m0 - slope * p0, "slope": slope}
 
 
+def calibration_fits(calibration: dict | None) -> dict[str, dict | None]:
+    """Tier -> :func:`affine_fit` of a :func:`calibrate` report (what the oracle-error summary reads)."""
+    return {t: c.get("fit") for t, c in (calibration or {}).get("tiers", {}).items()}
+
+
 def within(ratio: float, tolerance: float = TIME_TOLERANCE) -> bool:
     return abs(ratio - 1.0) <= tolerance + 1e-9  # 0.85 and 1.15 count as inside
 

@@ -44,7 +44,7 @@ from scheduler import oracle_error
 from scheduler.emulate import failures, faults
 from scheduler.cluster import assign_roles
 from scheduler.config import ExperimentConfig
-from scheduler.emulate.calibration import calibrate
+from scheduler.emulate.calibration import calibrate, calibration_fits
 from scheduler.emulate.agreement import agreement, paired_agreement, transfer_agreement
 from scheduler.emulate.emulable import BackgroundLoad, background_warning, check_emulable
 from scheduler.emulate.fidelity import CpuMonitor, RttProbe, rtt_verdict
@@ -413,8 +413,7 @@ class _EmulationRun:
             summary["agreement"] = agreement_summary(replay.dispatch.agreement)
         errors = replay.dispatch.oracle_errors()  # the oracle's prices against the agents' transfers
         if errors:
-            fits = {t: c.get("fit") for t, c in (self.evidence.get("calibration") or {}).get("tiers", {}).items()}
-            summary["oracle_error"] = oracle_error.summarize(errors, fits)
+            summary["oracle_error"] = oracle_error.summarize(errors, calibration_fits(self.evidence.get("calibration")))
             self.evidence["oracle_rows"][item.label] = errors
         return summary, recs
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import statistics
 from typing import Any, Callable
 
 from scheduler.emulate.orchestrator import Replay, run_emulation
@@ -124,11 +125,7 @@ def _se_ms(a: list[dict], b: list[dict]) -> float | None:
     two replays of either."""
     if len(a) < 2 or len(b) < 2:
         return None
-
-    def var(xs: list[float]) -> float:
-        m = sum(xs) / len(xs)
-        return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
-    va, vb = var([r["ttft_mean_s"] for r in a]), var([r["ttft_mean_s"] for r in b])
+    va, vb = (statistics.variance([r["ttft_mean_s"] for r in reps]) for reps in (a, b))
     return 1e3 * math.sqrt(va / len(a) + vb / len(b))
 
 
