@@ -36,9 +36,14 @@ def run_emulated(args: argparse.Namespace, out: Path) -> int:
     if not args.time_scale > 0 or (args.scale is not None and not args.scale > 0):
         raise UsageError(f"--scale and --time-scale must be > 0, got {args.scale}, {args.time_scale}")
     values = _values(args)
+    if args.repeats is None:
+        args.repeats = st.QUICK_REPEATS if args.quick else 1
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
     target = studied_policy(args.policies)
+    if args.quick and args.scenario_param:
+        raise UsageError("--quick runs its own scenarios and parameters (scheduler/emulate/staleness.py: "
+                         "QUICK_SCENARIO_PARAMS); drop --scenario-param, or study one --scenario without --quick")
     scenarios = list(st.QUICK_SCENARIOS) if args.quick else [args.scenario]
     if args.quick and args.max_requests is None:
         args.max_requests = st.QUICK_REQUESTS
@@ -53,7 +58,10 @@ def run_emulated(args: argparse.Namespace, out: Path) -> int:
     scale = args.scale or DEFAULT_SCALE
     exps = []
     for name in scenarios:  # every scenario checked before anything is built
-        ns = argparse.Namespace(**{**vars(args), "scenario": name, "policies": f"{target},{st.REFERENCE}"})
+        params = [f"{k}={v:g}" for k, v in st.QUICK_SCENARIO_PARAMS.get(name, {}).items()] if args.quick \
+            else args.scenario_param
+        ns = argparse.Namespace(**{**vars(args), "scenario": name, "scenario_param": params,
+                                   "policies": f"{target},{st.REFERENCE}"})
         exp, _ = prepare_from_args(ns)
         try:
             check_emulable(exp, scale, args.time_scale)
@@ -83,7 +91,7 @@ def run_emulated(args: argparse.Namespace, out: Path) -> int:
         print(f"netkv staleness: failed: {exc}; nothing was written", file=sys.stderr)
         return EXIT_FAILED
     command = "netkv " + " ".join(args.argv)
-    texts = [st.table_text(r["scenario"], target, r["rows"], r["trend"]) for r in results]
+    texts = [st.table_text(r["scenario"], target, r["rows"], r["trend"], r["scenario_params"]) for r in results]
     buf = io.StringIO()
     fields = ["scenario", *results[0]["rows"][0].keys()]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -100,7 +108,7 @@ def run_emulated(args: argparse.Namespace, out: Path) -> int:
     files.update({"summary.json": dumps_json(summary).encode(), "staleness.csv": buf.getvalue().encode(),
                   "staleness.txt": ("\n\n".join(texts) + "\n").encode()})
     for r in results:
-        files[f"staleness-{r['scenario']}.png"] = st.plot(r["scenario"], target, r["rows"], command)
+        files[f"staleness-{r['scenario']}.png"] = st.plot(r["scenario"], target, r["rows"], command, r["scenario_params"])
     path = write_files(out, files)
     print("\n\n".join(texts))
     print(f"\nresults: {path}")

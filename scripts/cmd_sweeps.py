@@ -21,7 +21,7 @@ COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
     "staleness": ("How stale may telemetry get: netkv on telemetry of growing age against netkv:perfect and\n"
                   "cache-load, with decision agreement against a fresh oracle and the regret.",
                   ["netkv staleness --scenario decode-flap --values 0,1,5 --max-requests 2000",
-                   "sudo netkv staleness --backend emulate --quick   # three scenarios on the live fabric, ~10 min"]),
+                   "sudo netkv staleness --backend emulate --quick   # three scenarios on the live fabric, ~15 min"]),
 }
 """Per subcommand: a description and examples for its --help (defaults are shown per option)."""
 
@@ -60,11 +60,11 @@ def register(sub) -> None:
                    help="simulate (default), or emulate: every value replayed on the live fabric (root), the "
                         "simulator's study of the same window beside it")
     p.add_argument("--quick", action="store_true",
-                   help="with --backend emulate: scenarios decode-flap, hotspot, rolling at staleness 0,1,5 s on 60 "
-                        "requests each (~10 min on 2 cores)")
-    p.add_argument("--repeats", type=int, default=1, metavar="R",
+                   help="with --backend emulate: scenarios decode-flap, rolling (dwell 5 s), hotspot at staleness "
+                        "0,2,10 s on 60 requests each, every value replayed twice (~15 min on 2 cores)")
+    p.add_argument("--repeats", type=int, default=None, metavar="R",
                    help="with --backend emulate: replay every value R times (interleaved) and judge the regret "
-                        "trend against the replays' spread (default %(default)s)")
+                        "trend against the replays' spread (default 1; 2 with --quick)")
     p.add_argument("--scale", type=float, default=None, metavar="F", help="with --backend emulate: as for emulate")
     p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
                    help="with --backend emulate: as for emulate (default %(default)s)")
@@ -137,7 +137,7 @@ def cmd_staleness(args: argparse.Namespace) -> int:
         return run_emulated(args, out)
     if args.quick:
         raise UsageError("--quick is for --backend emulate (the simulator's study takes seconds: choose --values)")
-    if args.repeats != 1:
+    if args.repeats not in (None, 1):
         raise UsageError("--repeats is for --backend emulate (the simulator is deterministic: use --seeds)")
     values = sw.parse_values(args.values)
     if not all(isinstance(v, float) and v >= 0 for v in values):

@@ -13,8 +13,9 @@ regret trend (largest value against the smallest). A 60-request mean moves by se
 between identical replays, so ``repeats`` replays every value that many times (interleaved: all
 values, then again, so the machine's drift spreads over them); the emulated row is their mean,
 ``regret_se_ms`` its standard error, and a trend within two standard errors is ``0`` (within
-noise), not a sign. ``--quick``: :data:`QUICK_SCENARIOS` x
-:data:`QUICK_VALUES` on :data:`QUICK_REQUESTS` requests (~3 min a scenario on 2 cores).
+noise), not a sign. ``--quick``: :data:`QUICK_SCENARIOS` (with :data:`QUICK_SCENARIO_PARAMS`) x
+:data:`QUICK_VALUES`, :data:`QUICK_REPEATS` replays each, on :data:`QUICK_REQUESTS` requests
+(~5 min a scenario on 2 cores).
 """
 from __future__ import annotations
 
@@ -28,11 +29,22 @@ from scheduler.emulate.orchestrator import Replay, run_emulation
 from scheduler.experiment import Experiment, run_simulation
 from scheduler.policies import resolve
 
-QUICK_SCENARIOS = ("decode-flap", "hotspot", "rolling")
-"""Three scenarios whose congestion moves (flaps, a hotspot, a rolling one), so stale telemetry
-can be wrong; all run on the fabric at --time-scale 1 (scheduler/emulate/emulable.py)."""
-QUICK_VALUES = (0.0, 1.0, 5.0)
-"""Fresh, two poll intervals, ten (a third of decode-flap's 15 s half-period)."""
+QUICK_SCENARIOS = ("decode-flap", "rolling", "hotspot")
+"""Two scenarios whose congestion moves within the window (decode-flap's halves swap every 15 s;
+rolling's hotspot, at :data:`QUICK_SCENARIO_PARAMS`, moves every 5 s), so stale telemetry is
+wrong, and one whose congestion stands still (hotspot: age costs only the first decisions, which
+see the fabric before the hotspot began); all run on the fabric at --time-scale 1
+(scheduler/emulate/emulable.py)."""
+QUICK_SCENARIO_PARAMS = {"rolling": {"dwell": 5.0}}
+"""Scenario parameters of the quick study: rolling's built-in 60 s dwell never moves the hotspot
+inside a 60-request (~19 s) window, which would make its staleness study hotspot's again."""
+QUICK_VALUES = (0.0, 2.0, 10.0)
+"""Fresh, four poll intervals, and old enough to be wrong most of the time in both moving
+scenarios (two of rolling's 5 s dwells: the opposite half; two thirds of decode-flap's 15 s
+half-period): the regret at the largest value is what resolves the trend's sign."""
+QUICK_REPEATS = 2
+"""Replays of every value under ``--quick`` (unless ``--repeats`` says otherwise): the regret's
+standard error needs two; 3 scenarios x (1 + 3 x 2) replays of ~30 s, ~15 min on 2 cores."""
 QUICK_REQUESTS = 60
 """~19 s of replay per policy at the default load."""
 REFERENCE = "cache-load"
@@ -159,13 +171,16 @@ def trend(table: list[dict]) -> dict:
     within :data:`TREND_FLAT_MS`, or on the fabric within :data:`TREND_NOISE_SE` standard errors
     when the values were replayed more than once), whether the two agree, and ``verdict``: "same
     sign", "different sign", or "within noise" (the fabric's regret not resolved from 0 while the
-    simulator's is)."""
+    simulator's is). ``consistent``: whether the simulator's regret lies within the fabric's
+    band (:data:`TREND_NOISE_SE` standard errors around the emulated regret), None without one:
+    a trend within noise may still be the simulator's, too small for the replays to resolve."""
     out: dict[str, Any] = {}
     noise = None
+    last_of: dict[str, float | None] = {}
     for backend in ("emulate", "simulate"):
         pts = sorted((r["value"], r["regret_vs_fresh_ms"], r.get("regret_se_ms")) for r in table
                      if r["backend"] == backend)
-        last = pts[-1][1] if pts else None
+        last = last_of[backend] = pts[-1][1] if pts else None
         band = TREND_FLAT_MS
         if pts and pts[-1][2] is not None:
             noise = pts[-1][2]
@@ -173,6 +188,9 @@ def trend(table: list[dict]) -> dict:
         out[backend] = None if last is None else (0 if abs(last) < band else int(math.copysign(1, last)))
     out["same_sign"] = out["emulate"] is not None and out["emulate"] == out["simulate"]
     out["noise_ms"] = noise
+    emu, sim = last_of.get("emulate"), last_of.get("simulate")
+    out["consistent"] = (None if noise is None or emu is None or sim is None
+                         else abs(sim - emu) <= TREND_NOISE_SE * noise)
     if out["emulate"] is None or out["simulate"] is None:
         out["verdict"] = None
     elif out["same_sign"]:
@@ -188,10 +206,12 @@ def _fmt(x: float | None, spec: str, scale: float = 1.0) -> str:
     return "-" if x is None or not math.isfinite(x) else format(x * scale, spec)
 
 
-def table_text(scenario: str, target: str, table: list[dict], tr: dict) -> str:
+def table_text(scenario: str, target: str, table: list[dict], tr: dict, params: dict | None = None) -> str:
+    """The study's table and trend verdict as printed; ``params``: the scenario's parameters."""
     buf = io.StringIO()
-    print(f"scenario '{scenario}': {target} with telemetry oracle.staleness_s old, on the live fabric and the simulator",
-          file=buf)
+    given = f" ({', '.join(f'{k}={v:g}' for k, v in params.items())})" if params else ""
+    print(f"scenario '{scenario}'{given}: {target} with telemetry oracle.staleness_s old, on the live fabric and "
+          f"the simulator", file=buf)
     print(f"{'backend':>9} {'stale s':>8} {'TTFT s':>8} {'vs c-l':>8} {'regret ms':>10} {'vs perf ms':>10} "
           f"{'same tier':>10} {'same inst':>10} {'tau':>6} {'tau tier':>8}", file=buf)
     for r in table:
@@ -201,6 +221,9 @@ def table_text(scenario: str, target: str, table: list[dict], tr: dict) -> str:
               f"{_fmt(r['same_instance_fraction'], '.1f', 100) + '%':>10} {_fmt(r['kendall_tau'], '.2f'):>6} "
               f"{_fmt(r['kendall_tau_within_tier'], '.2f'):>8}", file=buf)
     noise = f" (fabric noise: standard error {tr['noise_ms']:.1f} ms)" if tr.get("noise_ms") is not None else ""
+    if tr.get("verdict") == "within noise" and tr.get("consistent") is not None:
+        noise += (", the simulator's regret inside the fabric's band: consistent" if tr["consistent"]
+                  else ", the simulator's regret outside the fabric's band")
     verdict = (tr.get("verdict") or "").upper() if tr.get("verdict") == "different sign" else tr.get("verdict")
     print(f"regret trend (vs fresh, at the largest staleness): emulate {tr['emulate']:+d}, simulate {tr['simulate']:+d}: "
           f"{verdict}{noise}" if tr["emulate"] is not None and tr["simulate"] is not None else "regret trend: -",
@@ -208,7 +231,7 @@ def table_text(scenario: str, target: str, table: list[dict], tr: dict) -> str:
     return buf.getvalue().rstrip()
 
 
-def plot(scenario: str, target: str, table: list[dict], command: str) -> bytes:
+def plot(scenario: str, target: str, table: list[dict], command: str, params: dict | None = None) -> bytes:
     """Agreement, tau and regret against staleness: the live fabric (solid) and the simulator (dashed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -248,7 +271,8 @@ def plot(scenario: str, target: str, table: list[dict], command: str) -> bytes:
         ax.set_xlabel("telemetry staleness (s; 0 drawn at 0.05)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="x-small")
-    fig.suptitle(f"{command}: scenario {scenario} (solid: live fabric, dashed: simulator)", fontsize="small")
+    given = f" ({', '.join(f'{k}={v:g}' for k, v in params.items())})" if params else ""
+    fig.suptitle(f"{command}: scenario {scenario}{given} (solid: live fabric, dashed: simulator)", fontsize="small")
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png")
@@ -275,6 +299,7 @@ def run_scenario(exp: Experiment, target: str, values: list[float], scale: float
     log(f"staleness: simulating scenario {exp.scenario.name} at {', '.join(f'{v:g}' for v in values)} s")
     sim = simulate_points(exp, target, values, emulated_weights(emu, target, values))
     table = rows(emu, sim, target, values)
-    return {"scenario": exp.scenario.name, "rows": table, "trend": trend(table), "emulate_policies": emu,
+    return {"scenario": exp.scenario.name, "scenario_params": dict(exp.scenario.params), "rows": table,
+            "trend": trend(table), "emulate_policies": emu,
             "simulate_points": {str(v): p for v, p in sim.items()},
             "calibration": ev.get("calibration"), "fidelity": ev.get("fidelity"), "records": records}

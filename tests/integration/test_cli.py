@@ -393,6 +393,18 @@ def test_fabric_up_bad_topology_refused_before_anything(args, message):
     assert message in res.stderr and "Traceback" not in res.stderr
 
 
+def test_emulated_staleness_quick_refuses_scenario_params(tmp_path):
+    """--quick studies its own scenarios with their own parameters: a --scenario-param meant for
+    one of them is refused by name (exit 2, nothing built or written) instead of silently dropped."""
+    pytest.importorskip("mininet", reason="the emulated study's module imports the Mininet topology")
+    out = tmp_path / "st"
+    res = netkv("staleness", "--backend", "emulate", "--quick", "--scenario-param", "dwell=5", "--out", str(out),
+                timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert "--scenario-param" in res.stderr and "QUICK_SCENARIO_PARAMS" in res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
+
+
 POLICY_FILE = '''
 from scheduler.cluster import Decision
 from scheduler.policies import Policy, register

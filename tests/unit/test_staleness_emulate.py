@@ -45,7 +45,8 @@ def test_rows_regret_against_the_same_backends_fresh_run_and_trend() -> None:
     assert by[("simulate", 5.0)]["regret_vs_perfect_ms"] == pytest.approx(40.0)
     assert by[("simulate", 5.0)]["kendall_tau_within_tier"] is None
     tr = st.trend(rows)
-    assert tr == {"emulate": 1, "simulate": 1, "same_sign": True, "noise_ms": None, "verdict": "same sign"}
+    assert tr == {"emulate": 1, "simulate": 1, "same_sign": True, "noise_ms": None, "verdict": "same sign",
+                  "consistent": None}
     emu["netkv@5s"] = _pol(0.7995, _agree(1, 1, 1, 1))  # within 1 ms of fresh: flat, not the simulator's sign
     assert st.trend(st.rows(emu, sim, "netkv", [0.0, 5.0]))["same_sign"] is False
     text = st.table_text("decode-flap", "netkv", rows, tr)
@@ -75,9 +76,54 @@ def test_repeated_replays_are_averaged_and_a_trend_inside_their_noise_is_not_a_s
     assert stale["same_tier_fraction"] == pytest.approx(0.9) and stale["kendall_tau"] == pytest.approx(0.4)
     tr = st.trend(rows)
     assert tr["emulate"] == 0 and tr["simulate"] == 1 and tr["verdict"] == "within noise"
+    # the simulator's +20 ms lies within 2 SE (~57 ms) of the fabric's +10 ms: unresolved, not contradicted
+    assert tr["consistent"] is True and "consistent" in st.table_text("decode-flap", "netkv", rows, tr)
+    far = {**sim, 5.0: {**sim[5.0], "netkv": _pol(0.60, _agree(0.5, 0.3, 0.1, None))}}  # +100 ms simulated
+    tr_far = st.trend(st.rows(noisy, far, "netkv", [0.0, 5.0]))
+    assert tr_far["verdict"] == "within noise" and tr_far["consistent"] is False
     # the same regret with tight replays: resolved, the simulator's sign
     tight = dict(noisy, **{"netkv@0s": _pol(0.799), "netkv@0s#2": _pol(0.801), "netkv@5s": _pol(0.809),
                            "netkv@5s#2": _pol(0.811)})
     tr = st.trend(st.rows(tight, sim, "netkv", [0.0, 5.0]))
-    assert tr["emulate"] == 1 and tr["verdict"] == "same sign"
+    assert tr["emulate"] == 1 and tr["verdict"] == "same sign" and tr["consistent"] is False  # +10 vs +20 ms, SE 1.4
     assert "fabric noise" in st.table_text("decode-flap", "netkv", st.rows(tight, sim, "netkv", [0.0, 5.0]), tr)
+
+
+def _congested_decode_gpus(exp, at_s: float) -> frozenset[int]:
+    """Destinations of the background flows running at ``at_s`` in ``exp``'s scenario."""
+    from topology.model import FatTree
+
+    tree = FatTree(exp.cfg.topology)
+    last = exp.requests[-1].arrival_s
+    running: dict[str, int] = {}
+    for a in exp.scenario.actions(tree, last + 5.0, last):
+        if a.time_s > at_s:
+            break
+        if a.kind == "flow_start":
+            running[a.flow_id] = a.dst
+        elif a.kind == "flow_stop":
+            running.pop(a.flow_id, None)
+    return frozenset(running.values())
+
+
+@pytest.mark.parametrize("name", st.QUICK_SCENARIOS)
+def test_quick_scenarios_congestion_moves_inside_the_window_where_it_should(name: str) -> None:
+    """--quick studies staleness on scenarios whose congestion moves within its 60-request
+    window (else age could cost nothing and the trend's sign says nothing), and on hotspot,
+    whose congestion stands still; its largest value is old enough to see another state."""
+    exp = experiment(name, policies="netkv,cache-load", params=st.QUICK_SCENARIO_PARAMS.get(name),
+                     n=st.QUICK_REQUESTS)
+    last = exp.requests[-1].arrival_s
+    then, now = (_congested_decode_gpus(exp, t) for t in (last - max(st.QUICK_VALUES), last))
+    assert now, f"{name}: nothing congested at the window's end"
+    if name == "hotspot":
+        assert then == now
+    else:
+        assert then != now, f"{name}: the stalest view at the window's end is still right"
+
+
+def test_quick_rolling_without_its_parameters_would_not_move() -> None:
+    """Why QUICK_SCENARIO_PARAMS exists: rolling's built-in dwell outlasts the quick window."""
+    exp = experiment("rolling", policies="netkv,cache-load", n=st.QUICK_REQUESTS)
+    last = exp.requests[-1].arrival_s
+    assert _congested_decode_gpus(exp, last - max(st.QUICK_VALUES)) == _congested_decode_gpus(exp, last)
