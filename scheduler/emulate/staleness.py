@@ -293,7 +293,8 @@ def records_csv(records: dict[str, list]) -> bytes:
 
 def run_scenario(exp: Experiment, target: str, values: list[float], scale: float, time_scale: float,
                  ofp_port: int, rest_port: int, progress: bool, log: Callable[[str], Any], repeats: int = 1) -> dict:
-    """One scenario's study on both backends: its rows, trend and the emulate run's evidence."""
+    """One scenario's study on both backends: its rows, trend and the emulate run's evidence
+    (calibration, fidelity, and its replays' KV transfers against their fluid twins)."""
     emu, records, ev = run_emulation(exp, scale, time_scale, ofp_port, rest_port, progress=progress, log=log,
                                      plan=emulate_plan(exp, target, values, repeats))
     log(f"staleness: simulating scenario {exp.scenario.name} at {', '.join(f'{v:g}' for v in values)} s")
@@ -302,4 +303,5 @@ def run_scenario(exp: Experiment, target: str, values: list[float], scale: float
     return {"scenario": exp.scenario.name, "scenario_params": dict(exp.scenario.params), "rows": table,
             "trend": trend(table), "emulate_policies": emu,
             "simulate_points": {str(v): p for v, p in sim.items()},
-            "calibration": ev.get("calibration"), "fidelity": ev.get("fidelity"), "records": records}
+            "calibration": ev.get("calibration"), "fidelity": ev.get("fidelity"),
+            "paired_transfer_agreement": ev.get("paired_transfer_agreement"), "records": records}

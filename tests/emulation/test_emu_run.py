@@ -261,6 +261,9 @@ def test_staleness_study_on_the_fabric(tmp_path: Path) -> None:
     rows = {(r["backend"], r["value"]): r for r in sc["rows"]}
     assert set(rows) == {("emulate", 0.0), ("emulate", 2.0), ("simulate", 0.0), ("simulate", 2.0)}
     assert rows[("simulate", 2.0)]["regret_vs_perfect_ms"] is not None
+    # the replays' KV transfers against their fluid twins (the same decisions), per replay
+    assert set(sc["paired_transfer_agreement"]["by_policy"]) <= {"cache-load", "netkv@0s", "netkv@2s"}
+    assert sc["paired_transfer_agreement"]["by_tier"]
     assert (out / "staleness-decode-flap.png").is_file() and (out / "staleness.csv").is_file()
     assert "regret trend" in res.stdout
     _assert_nothing_left(FatTree())
