@@ -104,9 +104,10 @@ def register(sub) -> None:
                    help="emulated link rate and KV bytes per real unit (default 2.5e-5: 400 Gb/s NIC -> 10 Mbit/s)")
     p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
                    help="time dilation: links K x slower and compute K x longer; virtual times stay real, the "
-                        "emulator's own per-packet latency weighs 1/K (default %(default)s; make demo uses 2; 4 for "
-                        "the oracle's error against the packets, docs/calibration.md#oracle-time-scale; raise it "
-                        "when the fidelity check says the datapath saturated)")
+                        "emulator's own per-packet latency weighs 1/K (default %(default)s; make demo uses 2; 8 with "
+                        "--scale 5e-5 to measure the oracle's error against the packets, "
+                        "docs/calibration.md#oracle-time-scale; raise it when the fidelity check says the datapath "
+                        "saturated)")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="inject a component fault into every policy's replay at the same virtual time: "
                         "controller@T[+D] kills the Ryu controller T s into the replay and restarts it D s later "
