@@ -220,25 +220,34 @@ class DecisionContext:
         cl = self.cluster
         if cl.prefill_ids.size > LIST_MAX_PREFILL:
             return self.prefill_estimate_s
-        hits = self.__dict__.get("prefill_hits")
-        if hits is None:
-            hits = self.__dict__["prefill_hits"] = cl.prefill_cache.hits(self.request.hash_ids)
-        part = hits.writes
+        part = self._prefill_hits().writes
         if part is None:
             return self.prefill_estimate_s.tolist()
-        now, inp = self.now, self.request.input_tokens
+        now = self.now
         queue = [b - now if b > now else 0.0 for b in cl.prefill_busy_until.tolist()]  # max(b - now, 0)
+        compute = self._layer_prefill_s(part, len(queue))
+        c0 = compute[0]
+        est = [q + c0 for q in queue]
+        for (idx, _), c in zip(part[1], compute[1:]):  # deeper layers overwrite, as in the array
+            for i in (idx if type(idx) is tuple else idx.tolist()):
+                est[i] = queue[i] + c
+        return est
+
+    def _prefill_hits(self) -> PrefixHits:
+        """The ``prefill_hits`` view, set without the lazy attribute's two calls."""
+        hits = self.__dict__.get("prefill_hits")
+        if hits is None:
+            hits = self.__dict__["prefill_hits"] = self.cluster.prefill_cache.hits(self.request.hash_ids)
+        return hits
+
+    def _layer_prefill_s(self, part: tuple, n: int) -> list[float]:
+        """Prefill compute of the base and of every layer of ``part`` (:attr:`PrefixHits.writes`)."""
+        inp = self.request.input_tokens
         base, groups = part
         cached = [min(base * BLOCK_TOKENS, inp)]
         for _, b in groups:
             cached.append(min(b * BLOCK_TOKENS, inp))
-        compute = cl.timing.prefill_s_values(inp, cached, len(queue))
-        c0 = compute[0]
-        est = [q + c0 for q in queue]
-        for (idx, _), c in zip(groups, compute[1:]):  # deeper layers overwrite, as in the array
-            for i in (idx if type(idx) is tuple else idx.tolist()):
-                est[i] = queue[i] + c
-        return est
+        return self.cluster.timing.prefill_s_values(inp, cached, n)
 
     @_lazy
     def prefill_estimate_s(self) -> np.ndarray:
@@ -246,25 +255,16 @@ class DecisionContext:
         values = self.__dict__.get("prefill_estimate_values")
         if type(values) is list:
             return np.array(values)
-        t = self.cluster.timing
-        inp = self.request.input_tokens
-        views = self.__dict__  # the views used here, set without the lazy attributes' two calls
+        views = self.__dict__  # the view used here, set without the lazy attribute's two calls
         queue = views.get("prefill_queue_s")
         if queue is None:
             queue = views["prefill_queue_s"] = self._prefill_queue()
-        hits = views.get("prefill_hits")
-        if hits is None:
-            hits = views["prefill_hits"] = self.cluster.prefill_cache.hits(self.request.hash_ids)
-        part = hits.writes
+        part = self._prefill_hits().writes
         if part is None:
-            return queue + t.prefill_s_array(inp, self.prefill_cached_tokens)
-        base, groups = part
-        cached = [min(base * BLOCK_TOKENS, inp)]
-        for _, b in groups:
-            cached.append(min(b * BLOCK_TOKENS, inp))
-        compute = t.prefill_s_values(inp, cached, queue.size)
+            return queue + self.cluster.timing.prefill_s_array(self.request.input_tokens, self.prefill_cached_tokens)
+        compute = self._layer_prefill_s(part, queue.size)
         est = queue + compute[0]
-        for (idx, _), c in zip(groups, compute[1:]):
+        for (idx, _), c in zip(part[1], compute[1:]):
             if type(idx) is tuple:  # a few instances: Python floats (the same IEEE addition)
                 for i in idx:
                     est[i] = queue.item(i) + c

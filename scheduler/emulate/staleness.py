@@ -206,11 +206,15 @@ def _fmt(x: float | None, spec: str, scale: float = 1.0) -> str:
     return "-" if x is None or not math.isfinite(x) else format(x * scale, spec)
 
 
+def _params_text(params: dict | None) -> str:
+    """`` (dwell=5, offset=0.7)``: a scenario's parameters after its name; empty without any."""
+    return f" ({', '.join(f'{k}={v:g}' for k, v in params.items())})" if params else ""
+
+
 def table_text(scenario: str, target: str, table: list[dict], tr: dict, params: dict | None = None) -> str:
     """The study's table and trend verdict as printed; ``params``: the scenario's parameters."""
     buf = io.StringIO()
-    given = f" ({', '.join(f'{k}={v:g}' for k, v in params.items())})" if params else ""
-    print(f"scenario '{scenario}'{given}: {target} with telemetry oracle.staleness_s old, on the live fabric and "
+    print(f"scenario '{scenario}'{_params_text(params)}: {target} with telemetry oracle.staleness_s old, on the live fabric and "
           f"the simulator", file=buf)
     print(f"{'backend':>9} {'stale s':>8} {'TTFT s':>8} {'vs c-l':>8} {'regret ms':>10} {'vs perf ms':>10} "
           f"{'same tier':>10} {'same inst':>10} {'tau':>6} {'tau tier':>8}", file=buf)
@@ -271,8 +275,7 @@ def plot(scenario: str, target: str, table: list[dict], command: str, params: di
         ax.set_xlabel("telemetry staleness (s; 0 drawn at 0.05)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="x-small")
-    given = f" ({', '.join(f'{k}={v:g}' for k, v in params.items())})" if params else ""
-    fig.suptitle(f"{command}: scenario {scenario}{given} (solid: live fabric, dashed: simulator)", fontsize="small")
+    fig.suptitle(f"{command}: scenario {scenario}{_params_text(params)} (solid: live fabric, dashed: simulator)", fontsize="small")
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png")
