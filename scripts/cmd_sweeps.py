@@ -17,7 +17,7 @@ COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
                "netkv sweep --param scenario.period --values 2,10,30 --scenario decode-flap "
                "--trace ../shared/data/mooncake/conversation_trace.jsonl --max-requests 3000 --seeds 0,1,2"]),
     "report": ("Regenerate docs/results.md and its figures from fresh simulator runs (the full report\n"
-               "takes ~40 min on 2 cores, --quick ~6 min).", ["netkv report --quick", "netkv report"]),
+               "takes 17-42 min on 2 cores, quiet to busy; --quick ~6 min).", ["netkv report --quick", "netkv report"]),
     "staleness": ("How stale may telemetry get: netkv on telemetry of growing age against netkv:perfect and\n"
                   "cache-load, with decision agreement against a fresh oracle and the regret.",
                   ["netkv staleness --scenario decode-flap --values 0,1,5 --max-requests 2000",
