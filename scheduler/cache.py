@@ -95,7 +95,7 @@ class PrefixCacheGroup:
                 if v == everyone:  # held everywhere (the first run only): the base
                     base = nxt
                 elif out is not None:
-                    if ~w & v:  # the deeper holders are not a subset (never, see PrefixHits.layers)
+                    if ~w & v:  # the deeper holders are not a subset (never: every cache is prefix-closed)
                         out = None
                     else:  # this layer's instances that no deeper one holds: mask & ~deeper
                         out.append((self.few(mask & w) if mask.bit_count() <= FEW else self.members(mask), nxt))
@@ -194,51 +194,27 @@ class PrefixCacheGroup:
 class PrefixHits:
     """Leading blocks of one prompt cached on every instance of a group, as the holder runs of
     :meth:`PrefixCacheGroup.prefix_runs`, expanded on demand: into the dense array
-    (:meth:`dense`, equal to :meth:`PrefixCacheGroup.prefix_blocks`), or into :meth:`layers`:
+    (:meth:`dense`, equal to :meth:`PrefixCacheGroup.prefix_blocks`), or as :attr:`writes`:
     the runs' holder sets are nested, so the instances fall into a few layers of equal hit
     length (often every instance holds the system prompt and one the conversation), which lets
     a decision compute one value per layer instead of one per instance."""
 
-    __slots__ = ("group", "runs", "writes", "_dense", "_layers")
+    __slots__ = ("group", "runs", "writes", "_dense")
 
     def __init__(self, group: PrefixCacheGroup, runs: list[tuple[int, int]],
                  writes: tuple[int, list[tuple[tuple[int, ...] | np.ndarray, int]]] | None) -> None:
         self.group = group
         self.runs = runs
         self.writes = writes
-        """:meth:`layers` as the writes that build :meth:`dense` with the fewest operations:
-        ``(base, [(instances, blocks), ...])``; writing the groups in order over an array filled
-        with ``base`` gives :meth:`dense`. A layer of more than :data:`FEW` instances is its
+        """The layers as the writes that build :meth:`dense` with the fewest operations:
+        ``(base, [(instances, blocks), ...])``, every instance holding ``base`` blocks but those
+        of the groups; writing the groups in order over an array filled with ``base`` gives
+        :meth:`dense`. A layer of more than :data:`FEW` instances is its
         memoised index array (the same holder sets recur), which deeper layers then overwrite; a
         smaller one is a tuple of the instances no deeper layer holds, each written once. None
-        when :meth:`layers` is."""
+        if the holder sets are not nested (never, while :meth:`PrefixCacheGroup.insert` keeps
+        every cache prefix-closed)."""
         self._dense: np.ndarray | None = None
-        self._layers: tuple | None | bool = False  # False: not computed yet
-
-    def layers(self) -> tuple[int, list[tuple[np.ndarray, int]]] | None:
-        """``(base, [(instances, blocks), ...])``: every instance holds ``base`` blocks except
-        those of the listed groups, each group (an index array) a subset of the one before and
-        holding ``blocks``; writing the groups in order over an array filled with ``base`` gives
-        :meth:`dense`. None if the runs are not nested (never, while :meth:`PrefixCacheGroup.insert`
-        keeps every cache prefix-closed)."""
-        if self._layers is False:
-            full = self.group.full
-            runs = self.runs
-            base = k = 0
-            while k < len(runs) and runs[k][0] == full:  # held everywhere: part of the base
-                base += runs[k][1]
-                k += 1
-            groups: list[tuple[np.ndarray, int]] | None = []
-            blocks, prev = base, full
-            for mask, count in runs[k:]:
-                if mask & ~prev:
-                    groups = None
-                    break
-                blocks += count
-                groups.append((self.group.members(mask), blocks))
-                prev = mask
-            self._layers = None if groups is None else (base, groups)
-        return self._layers
 
     def dense(self) -> np.ndarray:
         """Blocks per instance (int64 array of length n); computed once."""

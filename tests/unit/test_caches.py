@@ -13,7 +13,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from scheduler.cache import PrefixCacheGroup
 from scheduler.cluster import Cluster
 from scheduler.config import build_config
 from scheduler.maxmin import _EPS
@@ -247,25 +246,6 @@ def test_context_views_equal_the_dense_computations(overrides):
             assert ctx.prefill_cached_at(p) == pre[p]
         d = int(rng.integers(cl.decode_ids.size))
         assert ctx.decode_cached_at(d) == dec[d]
-
-
-def test_prefix_layers_rebuild_the_dense_blocks():
-    rng = np.random.default_rng(6)
-    group = PrefixCacheGroup(40, 60)
-    reqs = synthetic_trace(dataclasses.replace(SyntheticConfig(), n_requests=300), seed=3)
-    for r in reqs[:200]:
-        group.insert(int(rng.integers(40)), r.hash_ids)
-    for r in reqs:
-        hits = group.hits(r.hash_ids)
-        base, groups = hits.layers()
-        rebuilt = np.full(40, base, dtype=np.int64)
-        prev = None
-        for idx, blocks in groups:
-            assert prev is None or set(idx.tolist()) <= prev  # nested
-            prev = set(idx.tolist())
-            rebuilt[idx] = blocks
-        assert np.array_equal(rebuilt, group.prefix_blocks(r.hash_ids))
-        assert [hits.at(i) for i in range(40)] == rebuilt.tolist()
 
 
 def test_prefill_values_match_the_array_entries_on_both_sides_of_the_scalar_limit():
