@@ -193,9 +193,9 @@ class PrefixCacheGroup:
 
 class PrefixHits:
     """Leading blocks of one prompt cached on every instance of a group, as the holder runs of
-    :meth:`PrefixCacheGroup.prefix_runs`, expanded on demand: into the dense array
-    (:meth:`dense`, equal to :meth:`PrefixCacheGroup.prefix_blocks`), or as :attr:`writes`:
-    the runs' holder sets are nested, so the instances fall into a few layers of equal hit
+    :meth:`PrefixCacheGroup.prefix_runs`, expanded on demand into the dense array (:meth:`dense`,
+    equal to :meth:`PrefixCacheGroup.prefix_blocks`), and as the layer writes built with them
+    (:attr:`writes`): the runs' holder sets are nested, so the instances fall into a few layers of equal hit
     length (often every instance holds the system prompt and one the conversation), which lets
     a decision compute one value per layer instead of one per instance."""
 

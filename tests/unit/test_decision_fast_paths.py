@@ -76,6 +76,7 @@ def test_hits_and_writes_match_a_block_by_block_scan(n, capacity):
             assert hits.runs == scan(group, q) == group.prefix_runs(q)
             dense = np.array([group.prefix_blocks_of(i, q) for i in range(n)], dtype=np.int64)
             assert np.array_equal(hits.dense(), dense)
+            assert [hits.at(i) for i in range(n)] == dense.tolist()
             base, writes = hits.writes
             rebuilt = np.full(n, base, dtype=np.int64)
             for k, (idx, blocks) in enumerate(writes):
