@@ -12,7 +12,7 @@ decides and records):
 
 * compute (``reset``, ``prefill``, ``expect``): the instance's prefill FIFO or decode batch,
   modelled by ``hosts.compute.ComputeEngine`` with the simulator's timing model
-  (``scheduler.instance.InstanceModel``) on the agent's own clock. A prefill agent streams the
+  (``scheduler.model.instance.InstanceModel``) on the agent's own clock. A prefill agent streams the
   KV bytes when a prompt's prefill ends (with ``timing.kv_streaming = "layer-wise"``: from its
   first layer on, each layer's bytes as that layer completes); a decode agent admits a request
   when its KV has been received and reports ``first_token`` and ``finished``;

@@ -1,6 +1,6 @@
 """The compute of one host agent's GPU instance on the wall clock.
 
-A :class:`ComputeEngine` wraps a :class:`scheduler.instance.InstanceModel` (the simulator's timing:
+A :class:`ComputeEngine` wraps a :class:`scheduler.model.instance.InstanceModel` (the simulator's timing:
 prefill FIFO, continuous decode batches) and a thread that releases the model's events when the
 wall clock reaches them. It knows nothing of sockets: ``emit`` reports events (``hosts.messages``
 reports) and ``send`` starts a KV stream (a ``Send`` command), so the same engine runs in the
@@ -48,7 +48,7 @@ from hosts.messages import (
 )
 
 if TYPE_CHECKING:
-    from scheduler.instance import InstanceModel
+    from scheduler.model.instance import InstanceModel
 
 MAX_UNCLAIMED = 4096
 """KV arrivals kept while no ``expect`` names them (calibration streams, a late ``expect``)."""
@@ -89,8 +89,8 @@ class ComputeEngine:
         clock restarts now. Returns the ``reset`` reply; ``ProtocolError`` on a bad config."""
         # Imported here: numpy and the model cost each of 64 agents CPU at start-up, and only
         # agents that model compute need them.
-        from scheduler.config import ConfigError, config_from_dict
-        from scheduler.instance import InstanceModel
+        from scheduler.model.config import ConfigError, config_from_dict
+        from scheduler.model.instance import InstanceModel
 
         try:
             cfg = config_from_dict(config)

@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
-ROLES = ("prefill", "decode")  # = scheduler.instance.ROLES (a test checks); not imported: it needs numpy
+ROLES = ("prefill", "decode")  # = scheduler.model.instance.ROLES (a test checks); not imported: it needs numpy
 
 
 class ControlError(RuntimeError):

@@ -86,7 +86,7 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
 
 def add_format_option(p: argparse.ArgumentParser) -> None:
     """``--format``: the file format of a command's figures."""
-    from scheduler.plotting import FIGURE_FORMATS
+    from scheduler.results.plotting import FIGURE_FORMATS
 
     p.add_argument("--format", choices=FIGURE_FORMATS, default="png",
                    help="figure file format (default: %(default)s)")
@@ -102,8 +102,8 @@ def load_policy_modules(args: argparse.Namespace) -> list:
 def prepare_from_args(args: argparse.Namespace):
     """The experiment of the common options (:func:`add_experiment_options`), validated, with
     warnings on stderr for what the run will not do as asked; (experiment, trace info)."""
-    from scheduler.config import build_config
-    from scheduler.experiment import prepare
+    from scheduler.model.config import build_config
+    from scheduler.study.experiment import prepare
 
     policy_files = load_policy_modules(args)
     overrides = list(args.overrides or [])
@@ -184,8 +184,8 @@ def build_summary(backend: str, exp, info: dict, policies: dict, extra: dict | N
                   args: argparse.Namespace | None = None) -> dict:
     """summary.json: ``backend``, ``provenance`` (command, commit, time, versions), ``config``
     (every constant, derived topology and roles, scenario, trace, seed) and ``policies``."""
-    from scheduler.cluster import Cluster
-    from scheduler.provenance import collect
+    from scheduler.model.cluster import Cluster
+    from scheduler.results.provenance import collect
 
     config = exp.cfg.to_dict()
     config["topology_derived"] = exp.tree.describe()
@@ -215,6 +215,6 @@ def scenario_files(exp) -> dict[str, bytes]:
 
 def provenance(args: argparse.Namespace) -> dict:
     """summary.json's ``provenance`` of this invocation (command line, commit, start time)."""
-    from scheduler.provenance import collect
+    from scheduler.results.provenance import collect
 
     return collect(getattr(args, "argv", None), getattr(args, "started", None))

@@ -52,7 +52,7 @@ def reroute_lines(policy: str, row: dict) -> list[str]:
 
 def serving_hosts(exp) -> dict[str, str]:
     """GPU host name -> "prefill" / "decode" for every instance of the placement (each runs an agent)."""
-    from scheduler.cluster import assign_roles
+    from scheduler.model.cluster import assign_roles
 
     c = exp.cfg.cluster
     prefill, decode, _ = assign_roles(exp.tree, c.placement, c.prefill_fraction, c.reserved_servers_per_pod)
@@ -171,14 +171,14 @@ def run(args: argparse.Namespace) -> int:
 
     from scheduler.emulate.calibration import calibration_fits, calibration_misses
     from scheduler.emulate.orchestrator import run_emulation
-    from scheduler.metrics import ablation, compare
+    from scheduler.results.metrics import ablation, compare
     from scheduler.emulate.replay import EmulationError
-    from scheduler.heatmap import LinkSeries
-    from scheduler.resultfiles import LINK_CSV, write_results
-    from scheduler.tables import format_table
-    from scheduler import oracle_error
-    from scheduler.plotting import experiment_caption
-    from scheduler.timeline import scenario_spans
+    from scheduler.results.heatmap import LinkSeries
+    from scheduler.results.files import LINK_CSV, write_results
+    from scheduler.results.tables import format_table
+    from scheduler.decision import oracle_error
+    from scheduler.results.plotting import experiment_caption
+    from scheduler.results.timeline import scenario_spans
     from topology.fabric import FabricError
     from topology.mininet_topo import EmulationScaleError
 

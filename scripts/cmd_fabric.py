@@ -161,7 +161,7 @@ def _topology(args: argparse.Namespace) -> dict:
     experiment commands validate them). Raises ValueError naming the option."""
     import dataclasses
 
-    from scheduler.config import build_config
+    from scheduler.model.config import build_config
     from topology.model import FatTreeConfig
 
     try:

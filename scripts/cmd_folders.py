@@ -42,7 +42,7 @@ def register(sub) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from scheduler.replot import replot
+    from scheduler.results.replot import replot
 
     dest, texts = replot(Path(args.dir), args.format, Path(args.out) if args.out else None)
     for name, text in texts.items():
@@ -51,7 +51,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from scheduler.replot import default_compare_out, run_compare
+    from scheduler.results.replot import default_compare_out, run_compare
 
     out = Path(args.out) if args.out else default_compare_out(RESULTS_DIR)
     check_out(out)

@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
-    from scheduler.scenario import list_builtin
+    from scheduler.model.scenario import list_builtin
 
     rows = list_builtin()
     width = max(len(n) for n, _ in rows)
@@ -46,7 +46,7 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 
 
 def cmd_constants(args: argparse.Namespace) -> int:
-    from scheduler.config import DEFAULT_TP, GPU_PRESETS, MODEL_PRESETS, describe_constants
+    from scheduler.model.config import DEFAULT_TP, GPU_PRESETS, MODEL_PRESETS, describe_constants
 
     rows = describe_constants()
     if args.json:
@@ -63,7 +63,7 @@ def cmd_constants(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from scheduler.bench import run_bench
+    from scheduler.study.bench import run_bench
 
     if args.trace and not Path(args.trace).is_file():
         raise UsageError(f"--trace {args.trace}: no such file")
@@ -71,6 +71,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
-        from scheduler.bench import format_bench
+        from scheduler.study.bench import format_bench
         print(format_bench(figures))
     return EXIT_OK

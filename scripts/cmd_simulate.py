@@ -38,14 +38,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out("simulate", args.scenario)
     check_out(out)
     exp, info = prepare_from_args(args)
-    from scheduler import oracle_error
-    from scheduler.experiment import LinkRecording, run_simulation
-    from scheduler.plotting import experiment_caption
-    from scheduler.metrics import ablation, compare
-    from scheduler.heatmap import LinkSeries
-    from scheduler.resultfiles import LINK_CSV, write_results
-    from scheduler.tables import format_table
-    from scheduler.timeline import scenario_spans
+    from scheduler.decision import oracle_error
+    from scheduler.study.experiment import LinkRecording, run_simulation
+    from scheduler.results.plotting import experiment_caption
+    from scheduler.results.metrics import ablation, compare
+    from scheduler.results.heatmap import LinkSeries
+    from scheduler.results.files import LINK_CSV, write_results
+    from scheduler.results.tables import format_table
+    from scheduler.results.timeline import scenario_spans
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     log(f"simulate: {len(exp.requests)} requests from {info['source']}, scenario '{exp.scenario.name}', "

@@ -13,7 +13,7 @@ from scripts.cli_common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError,
 
 
 def _values(args: argparse.Namespace) -> list[float]:
-    from scheduler import sweep as sw
+    from scheduler.study import sweep as sw
     from scheduler.emulate.staleness import QUICK_VALUES
 
     if args.quick:
@@ -28,8 +28,8 @@ def run_emulated(args: argparse.Namespace, out: Path) -> int:
     from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
     from scheduler.emulate import staleness as st
     from scheduler.emulate.emulable import EmulationUnsupportedError, check_emulable
-    from scheduler.resultfiles import dumps_json, write_files
-    from scheduler.staleness import studied_policy
+    from scheduler.results.files import dumps_json, write_files
+    from scheduler.study.staleness import studied_policy
 
     if args.seeds not in ("0", str(args.seed)):
         raise UsageError("--seeds: the emulated study replays one window (use --seed)")

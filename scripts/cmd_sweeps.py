@@ -74,9 +74,9 @@ def register(sub) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from scheduler import sweep as sw
-    from scheduler.resultfiles import dumps_json, write_files
-    from scheduler.sweep_plot import plot
+    from scheduler.study import sweep as sw
+    from scheduler.results.files import dumps_json, write_files
+    from scheduler.study.sweep_plot import plot
 
     out = Path(args.out) if args.out else default_out(f"sweep-{args.param}", args.scenario)
     check_out(out)
@@ -93,7 +93,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     agg = sw.aggregate(sweep, table, target)
     text = sw.format_table(sweep, agg, target)
     command = "netkv " + " ".join(args.argv)
-    from scheduler.provenance import collect
+    from scheduler.results.provenance import collect
 
     summary = {"kind": "sweep", "backend": "simulate", "provenance": collect(args.argv, args.started),
                "command": command, "comparison_target": target,
@@ -111,7 +111,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from scheduler.results import generate
+    from scheduler.study.report import generate
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
@@ -124,8 +124,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_staleness(args: argparse.Namespace) -> int:
-    from scheduler import sweep as sw
-    from scheduler.staleness import run_staleness
+    from scheduler.study import sweep as sw
+    from scheduler.study.staleness import run_staleness
 
     out = Path(args.out) if args.out else default_out("staleness", args.scenario)
     check_out(out)
@@ -152,9 +152,9 @@ def cmd_staleness(args: argparse.Namespace) -> int:
 
 
 def sweep_base(args: argparse.Namespace, policies: str | None = None):
-    """The experiment every point of a sweep shares (:class:`scheduler.sweep.Base`) from the
+    """The experiment every point of a sweep shares (:class:`scheduler.study.sweep.Base`) from the
     common experiment options."""
-    from scheduler.sweep import Base
+    from scheduler.study.sweep import Base
 
     load_policy_modules(args)
     overrides = list(args.overrides or [])

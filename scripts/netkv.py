@@ -25,7 +25,7 @@ OPTIONAL_COMMANDS = ("scripts.cmd_fabric", "scripts.cmd_emulate")
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``netkv`` argument parser: every subcommand of :data:`COMMANDS`, then the optional ones."""
-    from scheduler.provenance import version
+    from scheduler.results.provenance import version
 
     parser = argparse.ArgumentParser(prog="netkv", description="NetKV testbed: network-aware KV-cache scheduling "
                                      "for disaggregated LLM inference, simulated and emulated.")
@@ -45,18 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``netkv`` on ``argv`` (default: the command line); returns the exit code."""
-    from scheduler.config import ConfigError
-    from scheduler.oracle import UnknownOracleError
+    from scheduler.model.config import ConfigError
+    from scheduler.decision.oracle import UnknownOracleError
     from scheduler.policies import UnknownPolicyError
-    from scheduler.simulator import UnfinishedRequestsError
-    from scheduler.results import ReportError
-    from scheduler.staleness import StalenessError
-    from scheduler.sweep import SweepError
-    from scheduler.replot import ResultFolderError
-    from scheduler.resultfiles import ResultsExistError
-    from scheduler.scenario import ScenarioError
-    from scheduler.trace import TraceError
-    from scheduler.transform import TransformError
+    from scheduler.sim.simulator import UnfinishedRequestsError
+    from scheduler.study.report import ReportError
+    from scheduler.study.staleness import StalenessError
+    from scheduler.study.sweep import SweepError
+    from scheduler.results.replot import ResultFolderError
+    from scheduler.results.files import ResultsExistError
+    from scheduler.model.scenario import ScenarioError
+    from scheduler.model.trace import TraceError
+    from scheduler.model.transform import TransformError
     from topology.cleanup import StopSignal
     from topology.model import TopologyError
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scheduler.cluster import Decision
+from scheduler.model.cluster import Decision
 from scheduler.policies.base import Policy
 
 
@@ -32,8 +32,8 @@ class Fixed(Policy):
 
 def experiment(scenario: str = "idle", policies: str = "cache-load,netkv", overrides=(), params=None, n: int = 60):
     """A prepared, untuned experiment on the synthetic trace's first ``n`` requests."""
-    from scheduler.config import build_config
-    from scheduler.experiment import prepare
+    from scheduler.model.config import build_config
+    from scheduler.study.experiment import prepare
 
     exp, _ = prepare(build_config(overrides=list(overrides)), None, scenario, policies, n, 0, params, tune=False)
     return exp

@@ -4,5 +4,5 @@ It drives what runs elsewhere: the Mininet fabric (``topology.fabric``), the Ryu
 (``controller``) and the host agents (``hosts``), and decides with the same dispatcher as the
 simulator. Nothing in ``scheduler`` outside this package imports Mininet, the agents or the
 controller; ``hosts`` (what runs inside an emulated GPU host) imports only the compute model
-(``scheduler.instance``, ``scheduler.timing``) from here.
+(``scheduler.model.instance``, ``scheduler.model.timing``) from here.
 """

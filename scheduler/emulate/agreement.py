@@ -20,13 +20,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from scheduler.cluster import Decision, DecisionContext
-from scheduler.experiment import Experiment
-from scheduler.metrics import compare
+from scheduler.model.cluster import Decision, DecisionContext
+from scheduler.study.experiment import Experiment
+from scheduler.results.metrics import compare
 from scheduler.policies import TARGET
 from scheduler.policies.base import Policy
-from scheduler.records import RequestRecord
-from scheduler.simulator import Simulator
+from scheduler.model.records import RequestRecord
+from scheduler.sim.simulator import Simulator
 
 NO_EFFECT_PCT = 0.5
 """Mean-TTFT changes this small (%) on both backends are no effect on either: the ``idle``

@@ -20,7 +20,7 @@ sequentially on the idle fabric, through the host agents already connected to ``
     so that the two references fit ``measured = intercept_s + slope x predicted`` per tier
     (:func:`affine_fit`, ``fit`` in the tier's entry): the emulator's fixed cost per transfer
     (frame store-and-forward at the scaled rates, agent stamps) and its goodput. The oracle-error
-    summary reads it (:func:`scheduler.oracle_error.summarize`); decisions do not.
+    summary reads it (:func:`scheduler.decision.oracle_error.summarize`); decisions do not.
 
 Transfer and request ids start at 10**12, so they never collide with the orchestrator's.
 """
@@ -33,7 +33,7 @@ import numpy as np
 
 from hosts.control import ControlServer
 from hosts.messages import Received, Send, Sent
-from scheduler.oracle import OracleQuery, StaticTierOracle
+from scheduler.decision.oracle import OracleQuery, StaticTierOracle
 from topology.emulated import kind_rates_mbit
 from topology.fabric import tier_samples
 from topology.model import FatTree

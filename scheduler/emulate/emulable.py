@@ -1,6 +1,6 @@
 """What the ``emulate`` backend can run faithfully, checked before anything is built.
 
-:func:`check_emulable` runs on the prepared :class:`scheduler.experiment.Experiment` (no root, no
+:func:`check_emulable` runs on the prepared :class:`scheduler.study.experiment.Experiment` (no root, no
 Mininet import: the CLI calls it before its root check, so a bad request fails the same way for
 every user and nothing is created). It refuses, naming the policy or the scenario event and the
 reason:
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.cluster import assign_roles
-from scheduler.experiment import Experiment
-from scheduler.network import max_min_rates
-from scheduler.scenario import Action
+from scheduler.model.cluster import assign_roles
+from scheduler.study.experiment import Experiment
+from scheduler.sim.network import max_min_rates
+from scheduler.model.scenario import Action
 from topology.emulated import emulated_mbit, kind_rates_mbit
 
 FORWARDING_BUDGET_MBIT_BRIDGES = 525.0

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from controller.client import ControllerUnavailable
-from scheduler.records import RequestRecord
+from scheduler.model.records import RequestRecord
 from topology.model import FatTree
 
 REROUTE_REPORT_TIMEOUT_S = 5.0

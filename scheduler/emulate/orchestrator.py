@@ -40,10 +40,10 @@ import numpy as np
 from hosts.control import ControlServer
 from hosts.framing import KV_PORT
 from hosts.messages import Error, Report, Warm, Warmed
-from scheduler import oracle_error
+from scheduler.decision import oracle_error
 from scheduler.emulate import failures, faults
-from scheduler.cluster import assign_roles
-from scheduler.config import ExperimentConfig
+from scheduler.model.cluster import assign_roles
+from scheduler.model.config import ExperimentConfig
 from scheduler.emulate.calibration import calibrate, calibration_fits
 from scheduler.emulate.agreement import agreement, paired_agreement, transfer_agreement
 from scheduler.emulate.emulable import BackgroundLoad, background_warning, check_emulable
@@ -51,13 +51,13 @@ from scheduler.emulate.fidelity import CpuMonitor, RttProbe, rtt_verdict
 from scheduler.emulate.replay import Clock, EmulationError, RealtimeReplay
 from scheduler.emulate.scenario_exec import ScenarioExecutor
 from scheduler.emulate.transport import AgentTransport, TelemetryPoller  # (both also imported from here)
-from scheduler.experiment import (Experiment, agreement_summary, inherited_weights, make_policy, run_simulation,
+from scheduler.study.experiment import (Experiment, agreement_summary, inherited_weights, make_policy, run_simulation,
                                   tune_policy)
-from scheduler.metrics import summarize_policy
+from scheduler.results.metrics import summarize_policy
 from scheduler.policies import PolicySpec
-from scheduler.records import RequestRecord
-from scheduler.scenario import Action
-from scheduler.telemetry import TelemetryHistory
+from scheduler.model.records import RequestRecord
+from scheduler.model.scenario import Action
+from scheduler.decision.telemetry import TelemetryHistory
 from controller.process import controlled_fabric
 from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
 from topology.fabric import Fabric

@@ -5,7 +5,7 @@ The ``emulate`` backend decides exactly as the simulator does (policies on the o
 mirror of the cluster: predicted prefill queues, decode assignments, both prefix caches), but
 times nothing itself. At a request's arrival it tells the chosen decode instance's agent to
 ``expect`` the request and the chosen prefill instance's agent to ``prefill`` it; the agents model
-their instance's compute with the simulator's timing (``scheduler.instance.InstanceModel``: the
+their instance's compute with the simulator's timing (``scheduler.model.instance.InstanceModel``: the
 prefill FIFO, the continuous decode batch), stream the KV bytes through the emulated fabric, and
 report ``prefilled``, ``received``, ``first_token`` and ``finished`` with wall-clock stamps. The
 records are built from those measured times. Arrivals and scenario actions are released when the
@@ -31,13 +31,13 @@ import time
 from typing import Callable, Protocol, Sequence
 
 from hosts.messages import AgentEvent, AgentFailure, Finished, FirstToken, KvReceived, Prefilled
-from scheduler.config import ExperimentConfig
-from scheduler.dispatch import Dispatcher, RequestState, build_oracles, oracle_kind
+from scheduler.model.config import ExperimentConfig
+from scheduler.decision.dispatch import Dispatcher, RequestState, build_oracles, oracle_kind
 from scheduler.policies.base import Policy
 from scheduler.progress import Progress
-from scheduler.records import RequestRecord
-from scheduler.scenario import Action
-from scheduler.trace import Request
+from scheduler.model.records import RequestRecord
+from scheduler.model.scenario import Action
+from scheduler.model.trace import Request
 from topology.model import FatTree
 
 
@@ -113,8 +113,8 @@ agent reports never enter the heap."""
 
 class RealtimeReplay:
     """The emulate backend's event loop: arrivals and scenario actions released on a wall clock,
-    every decision made by the shared :class:`~scheduler.dispatch.Dispatcher`, every request
-    computed and moved by the host agents (this class is its :class:`~scheduler.dispatch.Execution`)."""
+    every decision made by the shared :class:`~scheduler.decision.dispatch.Dispatcher`, every request
+    computed and moved by the host agents (this class is its :class:`~scheduler.decision.dispatch.Execution`)."""
 
     label = "emulate"
 

@@ -37,7 +37,7 @@ from typing import IO, Any, Callable
 import numpy as np
 
 from hosts.standby import START_SIGNAL, STOP_SIGNAL
-from scheduler.scenario import Action
+from scheduler.model.scenario import Action
 from topology.cleanup import switch_intf_name
 from topology.emulated import emulated_mbit
 from topology.mininet_topo import (

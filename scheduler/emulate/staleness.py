@@ -4,7 +4,7 @@ For each scenario one fabric, one calibration, and the same trace window replaye
 value: ``cache-load`` once (network-blind reference), then the studied policy (netkv) with its
 oracle answering from the controller's telemetry history at ``now - staleness``, a fresh shadow
 oracle on the same history deciding beside it (same tier, same instance, Kendall's tau-b of the
-two cost orderings across and within tiers; :mod:`scheduler.ranking`). The simulator runs the same
+two cost orderings across and within tiers; :mod:`scheduler.decision.ranking`). The simulator runs the same
 window at the same values (with ``netkv:perfect``). Regret: on both backends the extra mean TTFT
 against the same backend's staleness-0 run (``regret_vs_fresh_ms``: what age costs, free of the
 emulator's systematic transfer-time offset), and on the simulator also against ``netkv:perfect``.
@@ -26,7 +26,7 @@ import statistics
 from typing import Any, Callable
 
 from scheduler.emulate.orchestrator import Replay, run_emulation
-from scheduler.experiment import Experiment, run_simulation
+from scheduler.study.experiment import Experiment, run_simulation
 from scheduler.policies import resolve
 
 QUICK_SCENARIOS = ("decode-flap", "rolling", "hotspot")
@@ -284,7 +284,7 @@ def plot(scenario: str, target: str, table: list[dict], command: str, params: di
 
 def records_csv(records: dict[str, list]) -> bytes:
     """Every emulated replay's requests, the replay's label first (``netkv@1s``)."""
-    from scheduler.records import RequestRecord
+    from scheduler.model.records import RequestRecord
 
     cols = RequestRecord.columns()
     lines = [",".join(["replay", *cols])]

@@ -27,9 +27,9 @@ from hosts.messages import (
     ResetDone,
     replay_event,
 )
-from scheduler.config import ExperimentConfig
+from scheduler.model.config import ExperimentConfig
 from scheduler.emulate.replay import Clock, EmulationError
-from scheduler.telemetry import TelemetryHistory, snapshot_from_json
+from scheduler.decision.telemetry import TelemetryHistory, snapshot_from_json
 from topology.model import FatTree, peer_ip
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.oracle import ORACLES
+from scheduler.decision.oracle import ORACLES
 from scheduler.policies.base import REGISTRY, Policy, register
 
 BUILTIN_ORDER = ("round_robin", "least_loaded", "cache_load", "topology_filter", "topology_affinity", "netkv")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler.cluster import Decision, DecisionContext
+from scheduler.model.cluster import Decision, DecisionContext
 from scheduler.policies.base import Policy, register
 
 

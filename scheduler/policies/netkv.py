@@ -7,7 +7,7 @@ is a choice (``netkv:static``, ``netkv:inflight``, ``netkv:perfect``; default ``
 the same greedy isolates what each kind of network information buys."""
 from __future__ import annotations
 
-from scheduler.cluster import Decision, DecisionContext, operand
+from scheduler.model.cluster import Decision, DecisionContext, operand
 from scheduler.policies.base import Policy, register
 from scheduler.policies.cache_load import best_prefill
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler.cluster import Decision, DecisionContext
+from scheduler.model.cluster import Decision, DecisionContext
 from scheduler.policies.base import Policy, register
 from scheduler.policies.cache_load import CacheLoad, best_prefill, decode_score
 

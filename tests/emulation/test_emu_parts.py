@@ -16,7 +16,7 @@ import pytest
 
 from scheduler.emulate.calibration import GOODPUT_MIN_RATIO, goodput_bytes
 from scheduler.emulate.scenario_exec import ScenarioExecutor, background_window_bytes, egress_intf_name
-from scheduler.scenario import Action
+from scheduler.model.scenario import Action
 from topology.fabric import tier_samples
 from topology.model import FatTree
 

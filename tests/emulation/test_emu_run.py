@@ -120,8 +120,8 @@ def test_exception_mid_replay_leaves_nothing_behind(tmp_path: Path) -> None:
     _no_foreign_fabric()
     script = """
 import sys
-from scheduler.config import build_config
-from scheduler.experiment import prepare
+from scheduler.model.config import build_config
+from scheduler.study.experiment import prepare
 from scheduler.emulate import replay
 from scheduler.emulate.orchestrator import run_emulation
 

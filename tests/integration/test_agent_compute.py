@@ -95,9 +95,9 @@ def _by(events: list[Report], kind: type, tid: int) -> Any:
 
 
 def test_agents_model_prefill_and_decode_with_the_simulators_timing(pair: Fleet) -> None:
-    from scheduler.config import build_config
-    from scheduler.instance import InstanceModel
-    from scheduler.timing import TimingModel
+    from scheduler.model.config import build_config
+    from scheduler.model.instance import InstanceModel
+    from scheduler.model.timing import TimingModel
 
     cfg = build_config()
     timing = TimingModel(cfg)
@@ -149,8 +149,8 @@ def test_agents_model_prefill_and_decode_with_the_simulators_timing(pair: Fleet)
 
 
 def test_kv_received_before_expect_is_held_until_expect(pair: Fleet) -> None:
-    from scheduler.config import build_config
-    from scheduler.timing import TimingModel
+    from scheduler.model.config import build_config
+    from scheduler.model.timing import TimingModel
 
     cfg = build_config()
     _reset(pair, {"p0t0s0g0": "prefill", "p0t0s0g1": "decode"}, cfg, time_scale=1.0)
@@ -175,7 +175,7 @@ def test_layer_wise_prefill_streams_each_layer_as_it_is_computed(pair: Fleet) ->
     """timing.kv_streaming = layer-wise: the prefill agent opens the stream once the first layer
     is computed and the last bytes leave at the prefill's end (after-prefill: the stream starts
     at the end, as the test above checks)."""
-    from scheduler.config import build_config
+    from scheduler.model.config import build_config
 
     cfg = build_config(overrides=["timing.kv_streaming=layer-wise"])
     layers = cfg.model.layers
@@ -237,13 +237,13 @@ def test_realtime_replay_through_real_agents_matches_the_simulator() -> None:
     processes on loopback (2 prefill, 2 decode), against the simulator on the same requests."""
     import numpy as np
 
-    from scheduler.config import build_config
+    from scheduler.model.config import build_config
     from scheduler.emulate.replay import Clock, RealtimeReplay
     from scheduler.emulate.transport import AgentTransport
     from scheduler.policies import REGISTRY
-    from scheduler.simulator import Simulator
-    from scheduler.telemetry import TelemetryHistory
-    from scheduler.trace import Request
+    from scheduler.sim.simulator import Simulator
+    from scheduler.decision.telemetry import TelemetryHistory
+    from scheduler.model.trace import Request
     from topology.model import FatTree
 
     cfg = build_config(overrides=["topology.pods=1", "topology.tors_per_pod=1", "topology.servers_per_tor=1",
@@ -319,7 +319,7 @@ def test_invalid_compute_commands_yield_errors(pair: Fleet, target: str, msg: di
 
 
 def test_compute_commands_for_the_wrong_role_or_twice_are_refused(pair: Fleet) -> None:
-    from scheduler.config import build_config
+    from scheduler.model.config import build_config
 
     _reset(pair, {"p0t0s0g0": "prefill", "p0t0s0g1": "decode"}, build_config())
     expect = Expect(70, 7, 10, 2)

@@ -18,7 +18,7 @@ import pytest
 
 from hosts.background import START_SIGNAL, STOP_SIGNAL, BackgroundError, run_sender, run_sink
 from scheduler.emulate.scenario_exec import BACKGROUND_BASE_RTT_S, BACKGROUND_WINDOW_SEGMENTS, MSS, background_window_bytes
-from scheduler.config import build_config
+from scheduler.model.config import build_config
 from topology.model import FatTree
 
 from helpers import free_port  # noqa: E402

@@ -167,7 +167,7 @@ def test_simulate_writes_summary_csv_and_plots(runs):
     for name in PLOTS + ["oracle_error.png"]:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
-    # the oracle consumers' prices against their transfers' times (scheduler/oracle_error.py)
+    # the oracle consumers' prices against their transfers' times (scheduler/decision/oracle_error.py)
     priced = {n for n, p in summary["policies"].items() if "oracle_error" in p}
     assert priced == {"netkv:static", "netkv", "netkv:perfect"}
     with open(out / "oracle_error.csv", newline="") as fh:
@@ -406,7 +406,7 @@ def test_emulated_staleness_quick_refuses_scenario_params(tmp_path):
 
 
 POLICY_FILE = '''
-from scheduler.cluster import Decision
+from scheduler.model.cluster import Decision
 from scheduler.policies import Policy, register
 from scheduler.policies.cache_load import best_prefill
 

@@ -1,4 +1,4 @@
-"""The sweep engine (scheduler/sweep.py), `netkv sweep` and `netkv staleness` end to end."""
+"""The sweep engine (scheduler/study/sweep.py), `netkv sweep` and `netkv staleness` end to end."""
 from __future__ import annotations
 
 import csv
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import sweep as sw
-from scheduler.config import ConfigError
-from scheduler.scenario import ScenarioError
+from scheduler.study import sweep as sw
+from scheduler.model.config import ConfigError
+from scheduler.model.scenario import ScenarioError
 
 ROOT = Path(__file__).resolve().parents[2]
 NETKV = ROOT / "scripts" / "netkv"

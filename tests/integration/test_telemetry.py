@@ -21,13 +21,13 @@ from controller.telemetry import (
     UnknownLinkError,
     rate_bps,
 )
-from scheduler.telemetry import (
+from scheduler.decision.telemetry import (
     TelemetryFormatError,
     TelemetryHistory,
     TelemetrySnapshot,
     snapshot_from_json,
 )
-from scheduler.telemetry import UnknownLinkError as SchedUnknownLinkError
+from scheduler.decision.telemetry import UnknownLinkError as SchedUnknownLinkError
 from topology.model import FatTree, switch_dpid, switch_ports
 
 
@@ -293,7 +293,7 @@ def test_poller_stamps_snapshots_taken_before_the_replay_clock_started(tree: Fat
     pytest.importorskip("mininet", reason="scheduler.emulate.orchestrator imports the Mininet topology")
     from scheduler.emulate.orchestrator import TelemetryPoller
     from scheduler.emulate.replay import Clock
-    from scheduler.telemetry import TelemetryHistory
+    from scheduler.decision.telemetry import TelemetryHistory
 
     lt = LinkTelemetry(tree)
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler.cluster import Cluster, assign_roles
-from scheduler.config import ConfigError, build_config
-from scheduler.decode import decode_capacity_tokens
-from scheduler.experiment import prepare
-from scheduler.oracle import OracleQuery, StaticTierOracle
-from scheduler.simulator import Simulator
-from scheduler.timing import TimingModel
-from scheduler.trace import Request, n_blocks
+from scheduler.model.cluster import Cluster, assign_roles
+from scheduler.model.config import ConfigError, build_config
+from scheduler.model.decode import decode_capacity_tokens
+from scheduler.study.experiment import prepare
+from scheduler.decision.oracle import OracleQuery, StaticTierOracle
+from scheduler.sim.simulator import Simulator
+from scheduler.model.timing import TimingModel
+from scheduler.model.trace import Request, n_blocks
 from topology.model import GBIT, FatTree
 from helpers import NETKV_BIN, Fixed
 

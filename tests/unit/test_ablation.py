@@ -7,18 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from scheduler.cluster import Decision
-from scheduler.config import build_config
-from scheduler.metrics import ablation
-from scheduler.network import FlowNetwork
-from scheduler.oracle import InflightOracle, OracleQuery, PerfectOracle, StaticTierOracle, TelemetryOracle
+from scheduler.model.cluster import Decision
+from scheduler.model.config import build_config
+from scheduler.results.metrics import ablation
+from scheduler.sim.network import FlowNetwork
+from scheduler.decision.oracle import InflightOracle, OracleQuery, PerfectOracle, StaticTierOracle, TelemetryOracle
 from scheduler.policies import parse_spec
 from scheduler.policies.base import Policy
-from scheduler.scenario import Action, load_scenario
-from scheduler.simulator import Simulator
-from scheduler.telemetry import TelemetrySnapshot
-from scheduler.timing import TimingModel
-from scheduler.trace import Request, n_blocks
+from scheduler.model.scenario import Action, load_scenario
+from scheduler.sim.simulator import Simulator
+from scheduler.decision.telemetry import TelemetrySnapshot
+from scheduler.model.timing import TimingModel
+from scheduler.model.trace import Request, n_blocks
 from topology.model import FatTree
 from helpers import Fixed
 
@@ -159,7 +159,7 @@ def test_layer_wise_transfer_against_a_hand_computed_case(nic):
 
 def test_layer_wise_netkv_weighs_only_the_visible_part():
     cfg = build_config(overrides=["timing.kv_streaming=layer-wise"])
-    from scheduler.cluster import Cluster
+    from scheduler.model.cluster import Cluster
 
     cl = Cluster(cfg, TREE)
     r = Request(0, 0.0, 12000, 5, tuple(range(1, n_blocks(12000) + 1)))
@@ -190,7 +190,7 @@ def test_ablation_block_arithmetic():
 
 # ----------------------------------------------------------------------------- scenarios that must bite
 def _run(spec: str, scenario: str, params=None, n=300):
-    from scheduler.synthetic import SyntheticConfig, synthetic_trace
+    from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
     import dataclasses
 
     cfg = build_config()
@@ -253,7 +253,7 @@ def test_a_failed_link_is_unreachable_only_once_the_oracle_can_know(kind, unreac
     """The decode NIC fails at 1.2 s. Telemetry polls at 1.0 and 1.5 s: the live oracle learns of it
     at the 1.5 s snapshot, the perfect one at once, the static one never."""
     cfg = build_config()
-    from scheduler.cluster import Cluster
+    from scheduler.model.cluster import Cluster
 
     cl = Cluster(cfg, TREE)
     d_gpu = int(cl.decode_ids[3])

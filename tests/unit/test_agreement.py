@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 
-from scheduler.config import build_config
+from scheduler.model.config import build_config
 from scheduler.emulate.agreement import FixedDecisions, paired_agreement
-from scheduler.experiment import prepare, run_simulation
+from scheduler.study.experiment import prepare, run_simulation
 
 
 @pytest.fixture(scope="module")

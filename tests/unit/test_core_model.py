@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler.cache import PrefixCacheGroup
-from scheduler.config import MODEL_PRESETS, ConfigError, build_config, describe_constants
-from scheduler.synthetic import SyntheticConfig, synthetic_trace
-from scheduler.timing import TimingModel
-from scheduler.trace import load_trace
+from scheduler.model.cache import PrefixCacheGroup
+from scheduler.model.config import MODEL_PRESETS, ConfigError, build_config, describe_constants
+from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.model.timing import TimingModel
+from scheduler.model.trace import load_trace
 
 REAL_TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
 

@@ -31,7 +31,7 @@ from scheduler.emulate.scenario_exec import (
     rate_argv,
     up_argvs,
 )
-from scheduler.scenario import Action
+from scheduler.model.scenario import Action
 from topology.fabric import tier_samples
 from topology.mininet_topo import HtbShape
 from topology.model import FatTree
@@ -321,7 +321,7 @@ def test_emulate_default_policies_are_the_emulable_ablation():
 def test_kv_tier_pairs_and_probe_pair_follow_the_placement():
     pytest.importorskip("mininet", reason="scheduler.emulate.orchestrator imports the Mininet topology")
     from scheduler.emulate.orchestrator import _probe_pair, kv_tier_pairs
-    from scheduler.cluster import assign_roles
+    from scheduler.model.cluster import assign_roles
 
     roles = assign_roles(TREE, "by-rack", 0.5, 1)
     assert kv_tier_pairs(TREE, roles.prefill, roles.decode) == {

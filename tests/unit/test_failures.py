@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from scheduler.emulate.failures import reroute_report, stall_seconds
-from scheduler.records import RequestRecord
+from scheduler.model.records import RequestRecord
 from scripts.cmd_emulate import reroute_lines
 from topology.model import FatTree
 

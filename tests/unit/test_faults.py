@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from scheduler.emulate.faults import DEFAULT_CONTROLLER_OUTAGE_S, Fault, FaultSpecError, check_faults, parse_fault
-from scheduler.oracle import OracleQuery, StaticTierOracle, make_oracle
-from scheduler.telemetry import TelemetryHistory, TelemetrySnapshot
+from scheduler.decision.oracle import OracleQuery, StaticTierOracle, make_oracle
+from scheduler.decision.telemetry import TelemetryHistory, TelemetrySnapshot
 from topology.model import FatTree
 
 

@@ -1,5 +1,5 @@
-"""The per-instance compute model the host agents run (scheduler/instance.py), the shared decode
-batching it is built on (scheduler/decode.py), and the config round trip the agents receive."""
+"""The per-instance compute model the host agents run (scheduler/model/instance.py), the shared decode
+batching it is built on (scheduler/model/decode.py), and the config round trip the agents receive."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,13 +8,13 @@ import math
 
 import pytest
 
-from scheduler.config import ConfigError, build_config, config_from_dict
-from scheduler.decode import DecodeBatch, decode_capacity_tokens
-from scheduler.instance import FINISHED, FIRST_TOKEN, InstanceModel, RoleError
+from scheduler.model.config import ConfigError, build_config, config_from_dict
+from scheduler.model.decode import DecodeBatch, decode_capacity_tokens
+from scheduler.model.instance import FINISHED, FIRST_TOKEN, InstanceModel, RoleError
 from scheduler.policies import REGISTRY
-from scheduler.simulator import Simulator
-from scheduler.synthetic import SyntheticConfig, synthetic_trace
-from scheduler.timing import TimingModel
+from scheduler.sim.simulator import Simulator
+from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.model.timing import TimingModel
 
 SMALL = ["topology.pods=1", "topology.tors_per_pod=1", "cluster.placement=mixed",
          "cluster.reserved_servers_per_pod=0"]  # 2 servers: 4 prefill + 4 decode GPUs
@@ -147,7 +147,7 @@ def test_roles_are_enforced():
 
 
 def test_cluster_and_instance_share_the_decode_capacity():
-    from scheduler.cluster import Cluster
+    from scheduler.model.cluster import Cluster
     from topology.model import FatTree
 
     cfg = build_config(overrides=["cluster.decode_cache_fraction=0.3"])

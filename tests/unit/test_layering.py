@@ -101,7 +101,7 @@ def test_one_default_for_the_controller_ports_and_poll_interval():
     from controller import run
     from controller.client import DEFAULT_URL
     from controller.telemetry import LinkTelemetry
-    from scheduler.config import build_config
+    from scheduler.model.config import build_config
     from scripts import cmd_fabric
 
     assert (DEFAULT_OFP_PORT, DEFAULT_REST_PORT, DEFAULT_POLL_INTERVAL_S) == (6653, 8080, 0.5)
@@ -162,7 +162,7 @@ def test_controller_process_ports_state_and_refusal():
 # --------------------------------------------------------------------------- one error class
 def test_one_unknown_link_error():
     from controller import telemetry as controller_telemetry
-    from scheduler import telemetry as scheduler_telemetry
+    from scheduler.decision import telemetry as scheduler_telemetry
     from topology.errors import UnknownLinkError
 
     assert controller_telemetry.UnknownLinkError is scheduler_telemetry.UnknownLinkError is UnknownLinkError

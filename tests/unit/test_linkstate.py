@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from controller.linkstate import PORT_DESC_POLL, PORT_STATUS, LinkStatus, port_is_down
 from controller.telemetry import LinkTelemetry
-from scheduler.telemetry import snapshot_from_json
+from scheduler.decision.telemetry import snapshot_from_json
 from topology.model import FatTree, switch_dpid, switch_ports
 
 OFPPS_LINK_DOWN, OFPPC_PORT_DOWN = 1, 1  # OpenFlow 1.3's bit values

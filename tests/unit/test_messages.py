@@ -95,6 +95,6 @@ def test_codec_rejects_malformed_messages_naming_the_field(obj: object, needle: 
 def test_roles_match_the_instance_model() -> None:
     """``hosts.messages.ROLES`` is a copy (importing the instance model would load numpy)."""
     from hosts.messages import ROLES
-    from scheduler.instance import ROLES as MODEL_ROLES
+    from scheduler.model.instance import ROLES as MODEL_ROLES
 
     assert ROLES == MODEL_ROLES

@@ -1,4 +1,4 @@
-"""Hand-computed checks of scheduler/metrics.py on small record lists."""
+"""Hand-computed checks of scheduler/results/metrics.py on small record lists."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from scheduler.metrics import SloConfig, compare, percentile, slo_attainment_curve, summarize_policy
-from scheduler.records import RequestRecord
+from scheduler.results.metrics import SloConfig, compare, percentile, slo_attainment_curve, summarize_policy
+from scheduler.model.records import RequestRecord
 
 NAN = float("nan")
 
@@ -56,8 +56,9 @@ def test_slo_defaults_and_validation() -> None:
 def test_one_slo_class_for_the_config_and_the_metrics() -> None:
     """The ``slo`` config section is the class the metrics take: summary.json's ``config.slo`` keeps
     its fields and order, and a bad objective is a ConfigError naming the ``slo.`` parameter."""
-    from scheduler import config, metrics
-    from scheduler.config import ConfigError, build_config
+    from scheduler.model import config
+    from scheduler.results import metrics
+    from scheduler.model.config import ConfigError, build_config
 
     assert metrics.SloConfig is config.SloConfig is SloConfig and config.SECTIONS["slo"] is SloConfig
     cfg = build_config(overrides=["slo.ttft_s=3", "slo.definition=per-request"])
@@ -74,7 +75,7 @@ def test_one_slo_class_for_the_config_and_the_metrics() -> None:
 def test_slo_definitions_on_a_hand_case() -> None:
     """fixed: TTFT <= 2 s and TBT <= 100 ms; ttft-only: TTFT alone; per-request: TTFT <= 0.2 s +
     0.065 ms x prompt tokens (a 10k-token prompt: 0.85 s) and TBT."""
-    from scheduler.metrics import attainment, summarize_policy
+    from scheduler.results.metrics import attainment, summarize_policy
 
     def r(i, tokens, ttft, tbt):
         return rec(req_id=i, input_tokens=tokens, ttft_s=ttft, tbt_mean_ms=tbt)

@@ -1,10 +1,10 @@
-"""Flow-level network: max-min fair rates and FlowNetwork byte accounting (scheduler/network.py)."""
+"""Flow-level network: max-min fair rates and FlowNetwork byte accounting (scheduler/sim/network.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from scheduler.network import FlowNetwork, max_min_rates
+from scheduler.sim.network import FlowNetwork, max_min_rates
 
 INF = np.inf
 

@@ -1,10 +1,10 @@
-"""Network cost oracle contract (scheduler/oracle.py docstring)."""
+"""Network cost oracle contract (scheduler/decision/oracle.py docstring)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from scheduler.oracle import (
+from scheduler.decision.oracle import (
     InflightOracle,
     UnknownOracleError,
     OracleQuery,
@@ -12,7 +12,7 @@ from scheduler.oracle import (
     TelemetryOracle,
     make_oracle,
 )
-from scheduler.telemetry import TelemetryHistory, TelemetrySnapshot
+from scheduler.decision.telemetry import TelemetryHistory, TelemetrySnapshot
 from topology.model import FatTree, FatTreeConfig
 
 GB = 1e9

@@ -1,17 +1,17 @@
 """The oracle's price of each transfer at decision time against the transfer's time
-(scheduler/oracle_error.py), from the dispatcher both backends share."""
+(scheduler/decision/oracle_error.py), from the dispatcher both backends share."""
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 
-from scheduler.config import build_config
-from scheduler.oracle_error import CSV_NAME, OracleError, csv_bytes, summarize
+from scheduler.model.config import build_config
+from scheduler.decision.oracle_error import CSV_NAME, OracleError, csv_bytes, summarize
 from scheduler.policies import parse_spec
-from scheduler.scenario import load_scenario
-from scheduler.simulator import Simulator
-from scheduler.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.model.scenario import load_scenario
+from scheduler.sim.simulator import Simulator
+from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from topology.model import FatTree
 
 
@@ -82,5 +82,5 @@ def test_the_calibrated_error_maps_prices_through_their_tier_fit_only():
     assert "3" not in cal["by_tier"]  # no fit for the tier: left out, not passed through raw
     assert cal["fits"] == {"2": fits["2"]}
     assert "calibrated" not in summarize(rows)  # the simulator's summary: no calibration
-    line = __import__("scheduler.oracle_error", fromlist=["console_line"]).console_line(rows, fits)
+    line = __import__("scheduler.decision.oracle_error", fromlist=["console_line"]).console_line(rows, fits)
     assert "tier 2: 27% (0% calibrated) of 2" in line and "tier 3: 50% of 1" in line

@@ -7,14 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from scheduler.cluster import Cluster, assign_roles, role_map
-from scheduler.config import build_config
-from scheduler.oracle import TelemetryOracle
+from scheduler.model.cluster import Cluster, assign_roles, role_map
+from scheduler.model.config import build_config
+from scheduler.decision.oracle import TelemetryOracle
 from scheduler.policies import DEFAULT_POLICIES, REGISTRY, PolicySpec, UnknownPolicyError, parse_spec, resolve
 from scheduler.policies.topology_affinity import TIER_SCORES
-from scheduler.synthetic import SyntheticConfig, synthetic_trace
-from scheduler.telemetry import TelemetrySnapshot
-from scheduler.trace import BLOCK_TOKENS, Request, n_blocks
+from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.decision.telemetry import TelemetrySnapshot
+from scheduler.model.trace import BLOCK_TOKENS, Request, n_blocks
 from topology.model import FatTree
 
 # 16 GPUs: 2 pods x 2 ToRs x 2 servers x 2 GPUs (all four tiers); mixed placement -> each
@@ -94,7 +94,7 @@ def test_reserved_servers_are_the_last_of_each_pod_and_serve_nothing(placement, 
 
 
 def test_bad_placements_are_rejected_with_the_parameter():
-    from scheduler.config import ConfigError
+    from scheduler.model.config import ConfigError
 
     with pytest.raises(ConfigError, match="reserved_servers_per_pod.*0..3"):
         assign_roles(FatTree(), "by-server", 0.5, 4)  # a pod has 4 servers: one must serve
@@ -367,8 +367,8 @@ def test_a_tunable_policy_is_one_class_registered_and_tuned_on_its_own_grid():
     """A policy defined outside the package (here, in the test) is one decorated class: the
     registry resolves it by name, and the experiment tunes its weight on the grid the class gives,
     with the same rule as every other policy, and runs it."""
-    from scheduler.cluster import Decision
-    from scheduler.experiment import pick_weight, prepare, run_simulation, tune_policy
+    from scheduler.model.cluster import Decision
+    from scheduler.study.experiment import pick_weight, prepare, run_simulation, tune_policy
     from scheduler.policies import Policy, register
     from scheduler.policies.cache_load import best_prefill
 

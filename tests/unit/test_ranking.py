@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from scheduler.ranking import kendall_tau_b, within_groups
+from scheduler.decision.ranking import kendall_tau_b, within_groups
 
 
 def _reference(a, b) -> float:

@@ -29,8 +29,8 @@ from hosts.messages import (
     Sent,
     replay_event,
 )
-from scheduler.config import ExperimentConfig, build_config
-from scheduler.oracle import OracleQuery, StaticTierOracle
+from scheduler.model.config import ExperimentConfig, build_config
+from scheduler.decision.oracle import OracleQuery, StaticTierOracle
 from scheduler.policies import REGISTRY
 from scheduler.emulate.replay import (
     AgentFailure,
@@ -42,9 +42,9 @@ from scheduler.emulate.replay import (
     Prefilled,
     RealtimeReplay,
 )
-from scheduler.simulator import Simulator
-from scheduler.telemetry import TelemetryHistory
-from scheduler.trace import Request
+from scheduler.sim.simulator import Simulator
+from scheduler.decision.telemetry import TelemetryHistory
+from scheduler.model.trace import Request
 from topology.model import FatTree
 
 MIXED = ["cluster.placement=mixed", "cluster.reserved_servers_per_pod=0"]
@@ -240,7 +240,7 @@ class BatchActions:
 def test_scenario_actions_of_one_instant_reach_the_executor_together():
     """The replay hands each instant's actions to the executor in one batch, in the scenario's
     order (stops before starts), both the pre-roll (t <= 0) and the ones released mid-run."""
-    from scheduler.scenario import Action
+    from scheduler.model.scenario import Action
 
     cfg = build_config(overrides=MIXED)
     acts = [Action(0.0, "flow_start", "a", 0, 5), Action(0.0, "flow_start", "b", 1, 6),

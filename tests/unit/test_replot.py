@@ -1,4 +1,4 @@
-"""`netkv plot` and `netkv compare` (scheduler/replot.py), event spans and link utilisation in
+"""`netkv plot` and `netkv compare` (scheduler/results/replot.py), event spans and link utilisation in
 simulate's result folder, on tiny runs through the command line's ``main``."""
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scheduler import plotting, resultfiles
-from scheduler.config import build_config
-from scheduler.experiment import LinkRecording, prepare, run_simulation
-from scheduler.replot import ResultFolderError, load_folder, read_link_series, read_records
+from scheduler.results import plotting
+from scheduler.results import files as resultfiles
+from scheduler.model.config import build_config
+from scheduler.study.experiment import LinkRecording, prepare, run_simulation
+from scheduler.results.replot import ResultFolderError, load_folder, read_link_series, read_records
 from scripts.netkv import EXIT_BAD_INPUT, EXIT_OK, main
 from topology.model import FatTree
 

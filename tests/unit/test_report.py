@@ -1,4 +1,4 @@
-"""Tests for the result folder (scheduler/resultfiles.py), its figures (plotting, figures, timeline,
+"""Tests for the result folder (scheduler/results/files.py), its figures (plotting, figures, timeline,
 heatmap), the text table (tables) and scheduler/progress.py.
 (Over 400 lines: one file for the result folder and its figures, which a run writes together.)"""
 from __future__ import annotations
@@ -13,14 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler import figures, heatmap, plotting, resultfiles, tables, timeline
-from scheduler.heatmap import heatmap_links, plot_link_heatmap
-from scheduler.metrics import SloConfig, summarize_policy
-from scheduler.plotting import TARGET_COLOUR, policy_colours
+from scheduler.results import figures
+from scheduler.results import heatmap
+from scheduler.results import plotting
+from scheduler.results import files as resultfiles
+from scheduler.results import tables
+from scheduler.results import timeline
+from scheduler.results.heatmap import heatmap_links, plot_link_heatmap
+from scheduler.results.metrics import SloConfig, summarize_policy
+from scheduler.results.plotting import TARGET_COLOUR, policy_colours
 from scheduler.progress import Progress
-from scheduler.records import RequestRecord
-from scheduler.resultfiles import RESULT_FILES, ResultsExistError, dumps_json, write_results
-from scheduler.tables import format_table
+from scheduler.model.records import RequestRecord
+from scheduler.results.files import RESULT_FILES, ResultsExistError, dumps_json, write_results
+from scheduler.results.tables import format_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SLO = SloConfig(ttft_s=2.0, tbt_ms=100.0)
@@ -369,8 +374,8 @@ def test_time_windows_resolve_spans_within_limits() -> None:
 
 # -- scenario spans ------------------------------------------------------------------------------
 def test_scenario_spans_from_builtin_scenarios() -> None:
-    from scheduler.config import build_config
-    from scheduler.scenario import load_scenario
+    from scheduler.model.config import build_config
+    from scheduler.model.scenario import load_scenario
     from topology.model import FatTree
 
     tree = FatTree(build_config().topology)
@@ -387,7 +392,7 @@ def test_scenario_spans_from_builtin_scenarios() -> None:
 
 
 def test_scenario_spans_merge_a_fast_burst() -> None:
-    from scheduler.scenario import Action
+    from scheduler.model.scenario import Action
 
     actions = []
     for k in range(timeline.MAX_SPANS_PER_EVENT + 1):
@@ -402,7 +407,7 @@ def test_scenario_spans_merge_a_fast_burst() -> None:
 
 # -- link series ---------------------------------------------------------------------------------
 def test_link_series_binning_and_csv(tmp_path: Path) -> None:
-    from scheduler.replot import read_link_series
+    from scheduler.results.replot import read_link_series
 
     n = 2 * heatmap.MAX_HEATMAP_COLUMNS + 1
     times = 0.5 * np.arange(1, n + 1)

@@ -1,4 +1,4 @@
-"""Tests for scheduler/scenario.py and the built-in scenarios/*.toml.
+"""Tests for scheduler/model/scenario.py and the built-in scenarios/*.toml.
 (Over 400 lines: the scenario format's every error case, each naming the file and field, kept with the format.)"""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 
 import numpy as np
 
-from scheduler.cluster import Decision, assign_roles
+from scheduler.model.cluster import Decision, assign_roles
 from scheduler.policies.base import Policy
-from scheduler.scenario import BUILTIN_DIR, Action, ScenarioError, list_builtin, load_scenario
+from scheduler.model.scenario import BUILTIN_DIR, Action, ScenarioError, list_builtin, load_scenario
 from topology.model import FatTree, FatTreeConfig
 
 TREE = FatTree()
@@ -93,10 +93,10 @@ def test_decode_flap_congests_the_decode_nics_of_half_the_pool_at_a_time() -> No
 
 
 def test_decode_flap_on_phase_gives_a_transfer_a_fifth_of_the_decode_nic() -> None:
-    from scheduler.config import build_config
-    from scheduler.simulator import Simulator
-    from scheduler.timing import TimingModel
-    from scheduler.trace import Request, n_blocks
+    from scheduler.model.config import build_config
+    from scheduler.sim.simulator import Simulator
+    from scheduler.model.timing import TimingModel
+    from scheduler.model.trace import Request, n_blocks
 
     class Fixed(Policy):
         name = "fixed"

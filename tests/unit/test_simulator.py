@@ -1,4 +1,4 @@
-"""Flow-level simulator (scheduler/simulator.py) and the experiment's trace split (experiment.py)."""
+"""Flow-level simulator (scheduler/sim/simulator.py) and the experiment's trace split (experiment.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler.config import build_config
-from scheduler.experiment import prepare, split_trace
+from scheduler.model.config import build_config
+from scheduler.study.experiment import prepare, split_trace
 from scheduler.policies import REGISTRY
-from scheduler.scenario import Action, load_scenario
-from scheduler.simulator import Simulator, UnfinishedRequestsError
-from scheduler.synthetic import SyntheticConfig, synthetic_trace
-from scheduler.timing import TimingModel
-from scheduler.trace import Request, n_blocks
+from scheduler.model.scenario import Action, load_scenario
+from scheduler.sim.simulator import Simulator, UnfinishedRequestsError
+from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.model.timing import TimingModel
+from scheduler.model.trace import Request, n_blocks
 from topology.model import FatTree
 
 from helpers import Fixed
@@ -246,11 +246,11 @@ def test_netkv_runs_with_stale_telemetry(trace, staleness):
 
 _ECMP_SCRIPT = """
 import dataclasses, hashlib, sys
-from scheduler.config import build_config
+from scheduler.model.config import build_config
 from scheduler.policies import REGISTRY
-from scheduler.scenario import load_scenario
-from scheduler.simulator import Simulator, UnfinishedRequestsError
-from scheduler.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.model.scenario import load_scenario
+from scheduler.sim.simulator import Simulator, UnfinishedRequestsError
+from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from topology.model import FatTree
 cfg = build_config(overrides=["topology.routing=ecmp"])
 tree = FatTree(cfg.topology)
@@ -329,10 +329,10 @@ def test_staleness_shadow_does_not_change_decisions_and_agrees_with_itself():
     with (policies keep tie-breaking state), and at (practically) zero staleness it agrees 100%."""
     import dataclasses as dc
 
-    from scheduler.config import build_config
-    from scheduler.experiment import prepare
+    from scheduler.model.config import build_config
+    from scheduler.study.experiment import prepare
     from scheduler.policies import REGISTRY
-    from scheduler.simulator import Simulator, UnfinishedRequestsError
+    from scheduler.sim.simulator import Simulator, UnfinishedRequestsError
 
     cfg = build_config(overrides=["cluster.placement=by-server", "oracle.staleness_s=1e-9"])
     exp, _ = prepare(cfg, None, "hotspot", "netkv", 150, 0, tune=False)

@@ -1,4 +1,4 @@
-"""Tests for scheduler/synthetic.py: determinism, the 512-token rule, Mooncake-like statistics."""
+"""Tests for scheduler/model/synthetic.py: determinism, the 512-token rule, Mooncake-like statistics."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler.synthetic import SyntheticConfig, SyntheticConfigError, synthetic_trace
-from scheduler.trace import BLOCK_TOKENS, load_trace, trace_stats
+from scheduler.model.synthetic import SyntheticConfig, SyntheticConfigError, synthetic_trace
+from scheduler.model.trace import BLOCK_TOKENS, load_trace, trace_stats
 
 MOONCAKE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mooncake"
 CONVERSATION = MOONCAKE_DIR / "conversation_trace.jsonl"

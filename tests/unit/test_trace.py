@@ -1,4 +1,4 @@
-"""Tests for scheduler/trace.py: Mooncake JSONL loading, validation messages, statistics."""
+"""Tests for scheduler/model/trace.py: Mooncake JSONL loading, validation messages, statistics."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.trace import BLOCK_TOKENS, Request, TraceError, load_trace, trace_stats
+from scheduler.model.trace import BLOCK_TOKENS, Request, TraceError, load_trace, trace_stats
 
 MOONCAKE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mooncake"
 CONVERSATION = MOONCAKE_DIR / "conversation_trace.jsonl"

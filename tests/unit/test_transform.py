@@ -1,4 +1,4 @@
-"""Rate and context scaling of traces (scheduler/transform.py)."""
+"""Rate and context scaling of traces (scheduler/model/transform.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.synthetic import SyntheticConfig, synthetic_trace
-from scheduler.trace import BLOCK_TOKENS, Request, load_trace, n_blocks, reusable_block_fraction
-from scheduler.transform import SPLIT, TransformError, context_scale, rate_scale
+from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.model.trace import BLOCK_TOKENS, Request, load_trace, n_blocks, reusable_block_fraction
+from scheduler.model.transform import SPLIT, TransformError, context_scale, rate_scale
 
 REAL_TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
 

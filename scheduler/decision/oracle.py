@@ -1,0 +1,438 @@
+"""The network cost oracle: what does moving B bytes from prefill p to each decode candidate cost now.
+
+Contract (stated once, every implementation keeps it):
+- ``cost(query)`` returns seconds, one value per candidate, aligned with ``query.dsts``;
+- lower is better; values are >= 0; +inf means unreachable (a link on the path is down);
+- more bytes or more congestion never cost less; on an idle fabric a higher tier is never cheaper;
+- zero bytes cost nothing (no transfer is started), whatever the path.
+Implementations are vectorised over candidates with numpy: O(|D|) per query.
+(411 lines: the four kinds below and the contract they share are kept in one file, to be read
+together; each kind is one class.)
+
+Kinds (``ORACLES``, resolved by :func:`make_oracle`), from least to most information:
+
+- ``static``: topology only (nominal capacities and routes); what a static topology scorer knows.
+- ``telemetry``: the controller's port-counter snapshot (with ``oracle.staleness_s``): available
+  bandwidth per link, links reported down (priced on the routes the controller moves to).
+- ``inflight``: ``telemetry`` plus the KV transfers this scheduler has committed that the snapshot
+  cannot show yet (decided after it was taken): each shares its links with the new transfer.
+- ``perfect``: the simulator's true state at the decision instant: current routes, capacities, and
+  the max-min rate a new flow would get on every link. No router has it; it bounds what better
+  telemetry could buy (it still cannot see the future: transfers start after the prefill).
+
+Cost tables: every built-in oracle prices a query as ``latency + bytes x inverse bottleneck
+bandwidth`` per candidate; :meth:`NetworkOracle.table` returns those two vectors. Under
+deterministic routing they depend only on the source, the candidate set and the oracle's state
+(the snapshot and its down set, the ground truth's shares and routes), not on the bytes, so each
+source's table is built once per state and reused by every decision until the state changes: a
+decision then costs two vector operations instead of a path gather and a maximum over the hops.
+The cached values are the ones the uncached computation gives, bit for bit.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from topology.model import FatTree
+
+ORACLES = ("static", "telemetry", "inflight", "perfect")
+
+
+class UnknownOracleError(ValueError):
+    """An oracle kind that does not exist, or one a backend cannot provide; the message says which."""
+
+
+class OracleQuery(NamedTuple):
+    """One question to the oracle (a NamedTuple: built on every decision, so it must be cheap)."""
+
+    src: int  # prefill GPU index
+    dsts: np.ndarray  # candidate decode GPU indices
+    nbytes: np.ndarray  # bytes each candidate needs moved (depends on its cached prefix)
+    now: float  # seconds since run start
+    flow_key: int | None = None  # the transfer's flow key (only matters with ECMP routing)
+    start: float | None = None  # when the transfer is expected to start (default: now)
+
+
+class SnapshotSource(Protocol):
+    """Where telemetry comes from: the simulator's sampler or the controller's REST client."""
+
+    def at(self, time_s: float):  # -> TelemetrySnapshot | None
+        ...
+
+
+class GroundTruth(Protocol):
+    """The simulated network's true state (the ``perfect`` oracle's source)."""
+
+    def routing_down(self) -> frozenset[int]:
+        """Links the routing currently avoids."""
+        ...
+
+    def entrant_share(self) -> np.ndarray:
+        """Bytes/s a new flow would get on every link now (length n_links + 1, padding +inf)."""
+        ...
+
+
+class NetworkOracle(ABC):
+    name: str = "oracle"
+    tracks_commitments: bool = False
+    """True when :meth:`commit` matters (the backend then reports every committed transfer)."""
+
+    def __init__(self, tree: FatTree, setup_s: float = 30e-6) -> None:
+        self.tree = tree
+        self.setup_s = setup_s
+        self._latency = tree.latency_s
+        self._paths: dict[tuple[int, frozenset[int]], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._inv_static: np.ndarray | None = None
+
+    def paths(self, query: OracleQuery, down: frozenset[int] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+        """(paths, latency + setup per candidate) on the routes that avoid ``down``. Deterministic
+        routing makes both static per (src, candidate set, down links), so they are computed once
+        and cached; ECMP paths depend on the flow."""
+        if self.tree.config.routing != "dst":
+            paths = self.tree.paths(query.src, query.dsts, query.flow_key, down)
+            return paths, self._latency[paths].sum(axis=1) + self.setup_s
+        key = (query.src, down)
+        hit = self._paths.get(key)
+        # the candidate array is the cluster's decode list, the same object decision after
+        # decision: identity is checked first, contents only when a caller passes another array
+        if hit is None or (hit[0] is not query.dsts and not np.array_equal(hit[0], query.dsts)):
+            if len(self._paths) > 4096:  # many failure sets over a long run: keep memory bounded
+                self._paths.clear()
+            paths = self.tree.paths(query.src, query.dsts, down=down)
+            hit = self._paths[key] = (query.dsts, paths, self._latency[paths].sum(axis=1) + self.setup_s)
+        return hit[1], hit[2]
+
+    @abstractmethod
+    def cost(self, query: OracleQuery) -> np.ndarray:
+        """Seconds to move ``query.nbytes[i]`` from ``query.src`` to ``query.dsts[i]`` now."""
+
+    def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray] | None:
+        """(latency + setup, seconds per byte of the bottleneck) per candidate of ``query`` (its
+        ``nbytes`` are not read), such that :meth:`cost` is ``_finish(latency, nbytes, that)``;
+        None when the oracle has no such form (then callers use :meth:`cost`). Asking for a
+        table has the same effects on the oracle's state as asking for a cost. The arrays may be
+        cached and shared: never modify them."""
+        return None
+
+    def _priced(self, query: OracleQuery) -> np.ndarray:
+        latency, inv_bottleneck = self.table(query)
+        return self._finish(latency, np.asarray(query.nbytes, dtype=float), inv_bottleneck)
+
+    def _cached_table(self, cache: dict, query: OracleQuery, down: frozenset[int],
+                      inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The table of ``query`` for seconds per byte ``inv`` per link on the routes avoiding
+        ``down``, memoised in ``cache`` (which the caller empties when ``inv`` or ``down``
+        change) under deterministic routing; ECMP paths depend on the flow, so no memo then."""
+        if self.tree.config.routing != "dst":
+            paths, latency = self.paths(query, down)
+            return latency, inv[paths].max(axis=1)
+        hit = cache.get(query.src)
+        if hit is None or (hit[0] is not query.dsts and not np.array_equal(hit[0], query.dsts)):
+            paths, latency = self.paths(query, down)
+            bottleneck = inv[paths].max(axis=1)
+            bottleneck.flags.writeable = False  # shared by every decision from this source
+            hit = cache[query.src] = (query.dsts, latency, bottleneck)
+        return hit[1], hit[2]
+
+    def striped_cost(self, query: OracleQuery, rank_dsts: list[np.ndarray]) -> np.ndarray:
+        """Seconds to move a KV cache striped over ``tp = len(rank_dsts)`` ranks: rank r of the
+        source instance (GPU ``query.src + r``) sends ``nbytes / tp`` to rank r of every candidate
+        (``rank_dsts[r]``), in parallel over the ranks' own NICs, and the transfer ends when the
+        last shard lands: the maximum over ranks of each rank's :meth:`cost`. Shards of one
+        transfer that share a fabric link are priced as if each had it alone. ``cost(query)`` at
+        tp = 1."""
+        tp = len(rank_dsts)
+        if tp == 1:
+            return self.cost(query)
+        shard = np.asarray(query.nbytes, dtype=float) / tp
+        worst = None
+        for r, dsts in enumerate(rank_dsts):
+            c = self.cost(query._replace(src=query.src + r, dsts=dsts, nbytes=shard))
+            worst = c if worst is None else np.maximum(worst, c)
+        return worst
+
+    def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
+               nbytes: float = 0.0, key: int | None = None, tp: int = 1) -> None:
+        """The scheduler committed transfer ``key`` of ``nbytes`` from ``src`` to ``dst``, expected
+        over ``[start, end)`` (seconds since run start); with ``tp`` > 1 striped, rank r from
+        ``src + r`` to ``dst + r``. Oracles that do not track commitments ignore it (and
+        :meth:`done`)."""
+
+    def done(self, key: int, t: float) -> None:
+        """Transfer ``key`` (see :meth:`commit`) finished at ``t``."""
+
+    @staticmethod
+    def _finish(latency: np.ndarray, nbytes: np.ndarray, inv_bottleneck: np.ndarray) -> np.ndarray:
+        """latency + bytes x (1 / bottleneck bandwidth); zero bytes cost 0 even on a dead path."""
+        moving = nbytes > 0
+        t = np.zeros(nbytes.shape)
+        np.multiply(nbytes, inv_bottleneck, out=t, where=moving)  # skips 0 x inf on dead paths
+        np.add(t, latency, out=t, where=moving)
+        return t
+
+    @staticmethod
+    def _inverse(avail: np.ndarray) -> np.ndarray:
+        """Seconds per byte of each link (+inf where nothing gets through)."""
+        inv = np.full(avail.shape, np.inf)
+        np.divide(1.0, avail, out=inv, where=avail > 0)
+        return inv
+
+
+class StaticTierOracle(NetworkOracle):
+    """Topology only: latency + bytes / nominal bottleneck capacity on the nominal routes. No live
+    congestion, no failures."""
+
+    name = "static"
+
+    def __init__(self, tree: FatTree, setup_s: float = 30e-6) -> None:
+        super().__init__(tree, setup_s)
+        self._tables: dict = {}
+
+    def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
+        if self._inv_static is None:
+            self._inv_static = self._inverse(self.tree.capacity)
+        return self._cached_table(self._tables, query, frozenset(), self._inv_static)
+
+    def cost(self, query: OracleQuery) -> np.ndarray:
+        return self._priced(query)
+
+
+def down_links(snap) -> frozenset[int]:
+    """Links a telemetry snapshot reports down (capacity factor 0), as the routing avoids them."""
+    if snap is None:
+        return frozenset()
+    factor = snap.capacity_factor[:-1]
+    if factor.min() > 0:
+        return frozenset()
+    return frozenset(int(i) for i in np.flatnonzero(factor <= 0))
+
+
+class TelemetryOracle(NetworkOracle):
+    """Latency per hop + bytes / available bandwidth of the path bottleneck from a utilisation
+    snapshot. Available = capacity x capacity_factor x max(1 - utilisation, min_available_fraction):
+    a new flow on a saturated link still receives a fair share against the flows already there.
+    Links the snapshot reports down are priced on the routes that avoid them (the controller's
+    rerouting); a candidate with no surviving route costs +inf. Without any snapshot yet it
+    answers like :class:`StaticTierOracle`, and so it does while the newest snapshot it may use is
+    older than ``fallback_age_s`` (telemetry stopped: the controller is down), counting those
+    decisions (``stale_decisions``) and the spells (``stale_spells``) until telemetry returns."""
+
+    name = "telemetry"
+
+    def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
+                 setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None) -> None:
+        super().__init__(tree, setup_s)
+        if not staleness_s >= 0:
+            raise ValueError(f"staleness_s must be >= 0, got {staleness_s}")
+        if fallback_age_s is not None and not fallback_age_s > 0:
+            raise ValueError(f"fallback_age_s must be > 0 or None, got {fallback_age_s}")
+        self.fallback_age_s = fallback_age_s
+        self.stale_decisions = 0
+        self.stale_spells: list[list[float]] = []  # [first, last] decision time of each spell
+        self._stale = False
+        self.source = source
+        self.floor = min_available_fraction
+        self.staleness_s = staleness_s
+        self._for = None
+        self._inv: np.ndarray | None = None
+        self._down: frozenset[int] = frozenset()
+        self._tables: dict = {}  # source -> (candidates, latency, seconds per byte) under ``_for``
+
+    def snapshot_time(self, now: float) -> float:
+        """Time of the newest snapshot the oracle may use at ``now``: ``now - staleness_s``."""
+        return now - self.staleness_s
+
+    def snapshot(self, now: float):
+        """The snapshot the oracle answers from at ``now``: the newest at ``now - staleness_s``, or
+        None (static pricing) when there is none or it is older than ``fallback_age_s``."""
+        t = self.snapshot_time(now)
+        snap = self.source.at(t)
+        if snap is None or self.fallback_age_s is None or t - snap.time_s <= self.fallback_age_s:
+            self._stale = False
+            return snap
+        self.stale_decisions += 1
+        if not self._stale:
+            self.stale_spells.append([now, now])
+            self._stale = True
+        self.stale_spells[-1][1] = now
+        return None
+
+    def available(self, snap) -> np.ndarray:
+        """Available bytes/s per link under ``snap``."""
+        if snap is None:
+            return self.tree.capacity
+        free = np.maximum(1.0 - np.clip(snap.utilisation, 0.0, 1.0), self.floor)
+        return self.tree.capacity * snap.capacity_factor * free
+
+    def _refresh(self, snap) -> None:
+        """Seconds per byte of every link and the down set, computed once per snapshot."""
+        if self._for is not snap or self._inv is None:
+            self._inv = self._inverse(self.available(snap))
+            self._down = down_links(snap)
+            self._for = snap
+            self._tables = {}
+
+    def seconds_per_byte(self, snap) -> np.ndarray:
+        """1 / available bandwidth per link, computed once per snapshot."""
+        self._refresh(snap)
+        return self._inv
+
+    def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
+        """Cached per source for the snapshot in use (a new snapshot, with its down set, starts
+        new tables)."""
+        self._refresh(self.snapshot(query.now))
+        return self._cached_table(self._tables, query, self._down, self._inv)
+
+    def cost(self, query: OracleQuery) -> np.ndarray:
+        return self._priced(query)
+
+
+class InflightOracle(TelemetryOracle):
+    """:class:`TelemetryOracle` corrected by what the scheduler knows of its own transfers.
+
+    Port counters cannot tell one KV transfer from many background flows, and they lag: a link
+    busy with the scheduler's own transfer looks as congested as one shared with four tenant
+    flows, and a transfer committed a moment ago does not show at all. This oracle keeps a ledger
+    of every transfer the scheduler committed (expected start and end, path, bytes) and
+    (1) subtracts from each link's measured load the rate of its own transfers the snapshot saw
+    (moving at the snapshot's time), leaving the background; (2) splits what the background leaves
+    free among the new transfer and its own transfers still expected to move when the new one
+    starts: available = max(capacity - background, floor x capacity) / (1 + own transfers).
+    Finished transfers leave the ledger when the backend reports them (:meth:`done`), or at their
+    expected end."""
+
+    name = "inflight"
+    tracks_commitments = True
+
+    def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
+                 setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None) -> None:
+        super().__init__(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
+        self._ledger: dict[int, list] = {}  # key -> [start, end, path, bytes/s, done at]
+        self._routes: dict[tuple, np.ndarray] = {}  # (src, dst, down) -> path of a committed transfer
+
+    def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
+               nbytes: float = 0.0, key: int | None = None, tp: int = 1) -> None:
+        if tp == 1:
+            path = self._route(src, dst, flow_key)
+            rate = nbytes / max(end - start, 1e-9)
+        else:  # one entry for the striped transfer: its shards' paths, each at its shard's rate
+            path = np.concatenate([self._route(src + r, dst + r, flow_key) for r in range(tp)])
+            rate = nbytes / tp / max(end - start, 1e-9)
+        self._ledger[len(self._ledger) if key is None else key] = [start, end, path, rate, np.inf]
+
+    def _route(self, src: int, dst: int, flow_key: int | None) -> np.ndarray:
+        """Path of a committed transfer from ``src`` to ``dst`` on the routes in force."""
+        if self.tree.config.routing == "dst":  # the route does not depend on the flow: memoised
+            route = (src, dst, self._down)
+            path = self._routes.get(route)
+            if path is None:
+                if len(self._routes) > 65536:
+                    self._routes.clear()
+                path = self._routes[route] = self.tree.paths(src, np.array([dst]), flow_key, self._down)[0]
+                path.flags.writeable = False
+            return path
+        return self.tree.paths(src, np.array([dst]), flow_key, self._down)[0]
+
+    def done(self, key: int, t: float) -> None:
+        """Transfer ``key`` finished at ``t`` (its last byte arrived)."""
+        entry = self._ledger.get(key)
+        if entry is not None:
+            entry[4] = t
+
+    def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
+        """The snapshot's cached table when none of the scheduler's own transfers counts, else
+        one built for this query."""
+        snap = self.snapshot(query.now)
+        self._refresh(snap)
+        now = query.now
+        start = now if query.start is None else query.start
+        # transfers done before the oldest snapshot the oracle may still read are of no use
+        horizon = now - self.staleness_s - 2.0
+        for k in [k for k, e in self._ledger.items() if min(e[1], e[4]) < horizon and e[4] <= now]:
+            del self._ledger[k]
+        inv = self._inv
+        if self._ledger:
+            n = inv.shape[0]
+            seen_t = snap.time_s if snap is not None else -np.inf
+            seen = [e for e in self._ledger.values() if e[0] <= seen_t < min(e[1], e[4])]
+            later = [e[2] for e in self._ledger.values() if e[0] <= start < e[1] and e[4] > now]
+            if seen or later:
+                cap = self.tree.capacity * (snap.capacity_factor if snap is not None else 1.0)
+                util = np.clip(snap.utilisation, 0.0, 1.0) if snap is not None else np.zeros(n)
+                own = np.zeros(n)
+                for e in seen:
+                    np.add.at(own, e[2], e[3])
+                own[-1] = 0.0
+                with np.errstate(invalid="ignore"):  # the padding link: 0 x inf
+                    background = np.maximum(util * cap - own, 0.0)
+                background[-1] = 0.0  # the padding link carries nothing and costs nothing
+                free = np.maximum(cap - background, self.floor * cap)
+                sharers = np.bincount(np.concatenate(later), minlength=n).astype(float) if later else np.zeros(n)
+                sharers[-1] = 0.0
+                inv = self._inverse(free / (1.0 + sharers))
+        if inv is self._inv:
+            return self._cached_table(self._tables, query, self._down, inv)
+        paths, latency = self.paths(query, self._down)
+        return latency, inv[paths].max(axis=1)
+
+    def cost(self, query: OracleQuery) -> np.ndarray:
+        return self._priced(query)
+
+
+class PerfectOracle(NetworkOracle):
+    """The simulator's ground truth at the decision instant: the routes in force, and per link the
+    rate a new flow would get under max-min sharing if no other flow's bottleneck moved
+    (:meth:`scheduler.sim.network.FlowNetwork.entrant_share`). An upper bound on what telemetry can
+    tell, not on performance: it knows the present, not the transfers still to come."""
+
+    name = "perfect"
+
+    def __init__(self, tree: FatTree, truth: GroundTruth, setup_s: float = 30e-6) -> None:
+        super().__init__(tree, setup_s)
+        self.truth = truth
+        self._share_for: np.ndarray | None = None  # the entrant_share() array the tables price
+        self._down_for: frozenset[int] | None = None
+        self._inv: np.ndarray | None = None
+        self._tables: dict = {}
+
+    def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
+        """Cached per source until the truth's routes or shares change (a new ``entrant_share()``
+        array object: :class:`scheduler.sim.network.FlowNetwork` returns the same one until its rates
+        change, and a ground truth must never modify one it has returned)."""
+        down = self.truth.routing_down()
+        share = self.truth.entrant_share()
+        if share is not self._share_for:
+            self._inv = self._inverse(share)
+            self._share_for = share
+            self._tables = {}
+        if down != self._down_for:
+            self._down_for = down
+            self._tables = {}
+        return self._cached_table(self._tables, query, down, self._inv)
+
+    def cost(self, query: OracleQuery) -> np.ndarray:
+        return self._priced(query)
+
+
+def make_oracle(kind: str, tree: FatTree, source: SnapshotSource | None, staleness_s: float,
+                min_available_fraction: float, setup_s: float, truth: GroundTruth | None = None,
+                fallback_age_s: float | None = None) -> NetworkOracle:
+    """Oracle by name (one of :data:`ORACLES`). ``telemetry`` and ``inflight`` need a snapshot
+    source (and fall back to static pricing on snapshots older than ``fallback_age_s``),
+    ``perfect`` the simulator's ground truth; a backend without it gets
+    :class:`UnknownOracleError` naming what is missing."""
+    if kind == "static":
+        return StaticTierOracle(tree, setup_s)
+    if kind in ("telemetry", "inflight"):
+        if source is None:
+            raise UnknownOracleError(f"oracle {kind!r} needs a telemetry source")
+        cls = TelemetryOracle if kind == "telemetry" else InflightOracle
+        return cls(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
+    if kind == "perfect":
+        if truth is None:
+            raise UnknownOracleError("oracle 'perfect' reads the simulator's true network state; "
+                                     "this backend has none (a real fabric shows itself only through telemetry)")
+        return PerfectOracle(tree, truth, setup_s)
+    raise UnknownOracleError(f"unknown oracle {kind!r} (known: {', '.join(ORACLES)})")
