@@ -22,7 +22,7 @@ def get_json(url: str, timeout_s: float = 1.0, what: str = "controller") -> dict
     Raises :class:`ControllerUnavailable` on connection failure, timeout, HTTP error status,
     or a body that is not a JSON object."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (local URL)
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             body = resp.read()
     except urllib.error.HTTPError as exc:
         raise ControllerUnavailable(f"{what} at {url} answered HTTP {exc.code} {exc.reason}") from exc

@@ -31,15 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import select
+import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Sequence
+from typing import Any
 
 from hosts.compute import ComputeEngine
 from hosts.control import AgentClient

@@ -28,8 +28,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Callable, Sequence
 
 from hosts.standby import START_SIGNAL, STOP_SIGNAL, run_standby
 from hosts.tcpflow import (

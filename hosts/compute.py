@@ -33,7 +33,8 @@ import heapq
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from hosts.messages import (
     Expect,

@@ -25,8 +25,9 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from hosts.codec import MAX_LINE, decode_line, encode_line
 from hosts.messages import (

@@ -156,7 +156,7 @@ def send_transfer(dst_ip: str, dst_port: int, transfer_id: int, request_id: int,
                   src_gpu: int, dst_gpu: int, *, connect_timeout: float = 10.0,
                   io_timeout: float = 120.0, sndbuf: int = 0,
                   payload: memoryview | None = None,
-                  register: "set[socket.socket] | None" = None) -> Sent:
+                  register: set[socket.socket] | None = None) -> Sent:
     """Connect, send one transfer, wait for the receiver's DONE, close; raises ``TransferError``.
 
     ``sndbuf`` > 0 sets SO_SNDBUF (which disables the kernel's send-buffer autotuning);

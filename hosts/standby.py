@@ -15,8 +15,8 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Callable
 from types import FrameType
-from typing import Callable
 
 from hosts.tcpflow import POLL_S, BackgroundError, FlowStats, abort_on_close, connect, family, pace_chunk
 

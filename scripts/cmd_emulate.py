@@ -119,8 +119,16 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scripts.cli_common import (EXIT_BAD_INPUT, EXIT_FAILED, build_summary, check_out, default_out, prepare_from_args,
-                              check_target, scenario_files)
+    from scripts.cli_common import (
+        EXIT_BAD_INPUT,
+        EXIT_FAILED,
+        build_summary,
+        check_out,
+        check_target,
+        default_out,
+        prepare_from_args,
+        scenario_files,
+    )
 
     if not args.time_scale > 0:
         print(f"netkv emulate: error: --time-scale must be > 0, got {args.time_scale}", file=sys.stderr)
@@ -169,15 +177,15 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from scheduler.decision import oracle_error
     from scheduler.emulate.calibration import calibration_fits, calibration_misses
     from scheduler.emulate.orchestrator import run_emulation
-    from scheduler.results.metrics import ablation, compare
     from scheduler.emulate.replay import EmulationError
-    from scheduler.results.heatmap import LinkSeries
     from scheduler.results.files import LINK_CSV, write_results
-    from scheduler.results.tables import format_table
-    from scheduler.decision import oracle_error
+    from scheduler.results.heatmap import LinkSeries
+    from scheduler.results.metrics import ablation, compare
     from scheduler.results.plotting import experiment_caption
+    from scheduler.results.tables import format_table
     from scheduler.results.timeline import scenario_spans
     from topology.fabric import FabricError
     from topology.mininet_topo import EmulationScaleError

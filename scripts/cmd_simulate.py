@@ -5,8 +5,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from scripts.cli_common import (EXIT_OK, add_command, add_experiment_options, add_format_option, build_summary,
-                                check_out, check_target, default_out, prepare_from_args, scenario_files)
+from scripts.cli_common import (
+    EXIT_OK,
+    add_command,
+    add_experiment_options,
+    add_format_option,
+    build_summary,
+    check_out,
+    check_target,
+    default_out,
+    prepare_from_args,
+    scenario_files,
+)
 
 COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
     "simulate": ("Flow-level simulation of every policy on the same trace, scenario and cluster, with the\n"
@@ -39,13 +49,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     check_out(out)
     exp, info = prepare_from_args(args)
     from scheduler.decision import oracle_error
-    from scheduler.study.experiment import LinkRecording, run_simulation
-    from scheduler.results.plotting import experiment_caption
-    from scheduler.results.metrics import ablation, compare
-    from scheduler.results.heatmap import LinkSeries
     from scheduler.results.files import LINK_CSV, write_results
+    from scheduler.results.heatmap import LinkSeries
+    from scheduler.results.metrics import ablation, compare
+    from scheduler.results.plotting import experiment_caption
     from scheduler.results.tables import format_table
     from scheduler.results.timeline import scenario_spans
+    from scheduler.study.experiment import LinkRecording, run_simulation
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     log(f"simulate: {len(exp.requests)} requests from {info['source']}, scenario '{exp.scenario.name}', "

@@ -13,8 +13,8 @@ from scripts.cli_common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError,
 
 
 def _values(args: argparse.Namespace) -> list[float]:
-    from scheduler.study import sweep as sw
     from scheduler.emulate.staleness import QUICK_VALUES
+    from scheduler.study import sweep as sw
 
     if args.quick:
         return list(QUICK_VALUES)

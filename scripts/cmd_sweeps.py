@@ -7,8 +7,18 @@ import sys
 from pathlib import Path
 
 from scheduler.paths import DOCS_DIR
-from scripts.cli_common import (EXIT_OK, UsageError, add_command, add_experiment_options, check_out, check_target,
-                                default_out, load_policy_modules, parse_params, provenance)
+from scripts.cli_common import (
+    EXIT_OK,
+    UsageError,
+    add_command,
+    add_experiment_options,
+    check_out,
+    check_target,
+    default_out,
+    load_policy_modules,
+    parse_params,
+    provenance,
+)
 
 COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
     "sweep": ("Sweep one parameter over values and seeds for chosen policies; points run in parallel;\n"
@@ -74,8 +84,8 @@ def register(sub) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from scheduler.study import sweep as sw
     from scheduler.results.files import dumps_json, write_files
+    from scheduler.study import sweep as sw
     from scheduler.study.sweep_plot import plot
 
     out = Path(args.out) if args.out else default_out(f"sweep-{args.param}", args.scenario)

@@ -45,25 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``netkv`` on ``argv`` (default: the command line); returns the exit code."""
-    from scheduler.model.config import ConfigError
     from scheduler.decision.oracle import UnknownOracleError
+    from scheduler.model.config import ConfigError
+    from scheduler.model.scenario import ScenarioError
+    from scheduler.model.trace import TraceError
+    from scheduler.model.transform import TransformError
     from scheduler.policies import UnknownPolicyError
+    from scheduler.results.files import ResultsExistError
+    from scheduler.results.replot import ResultFolderError
     from scheduler.sim.simulator import UnfinishedRequestsError
     from scheduler.study.report import ReportError
     from scheduler.study.staleness import StalenessError
     from scheduler.study.sweep import SweepError
-    from scheduler.results.replot import ResultFolderError
-    from scheduler.results.files import ResultsExistError
-    from scheduler.model.scenario import ScenarioError
-    from scheduler.model.trace import TraceError
-    from scheduler.model.transform import TransformError
     from topology.cleanup import StopSignal
     from topology.model import TopologyError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    args.started = dt.datetime.now(dt.timezone.utc)
+    args.started = dt.datetime.now(dt.UTC)
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `netkv constants | head`: the reader left; leave quietly

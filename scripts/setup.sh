@@ -25,7 +25,7 @@ if [ ! -x "$PY" ]; then
 fi
 
 stamp="$VENV/.requirements.sha256"
-want="$(cat "$ROOT/requirements-build.txt" "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$ROOT/requirements-build.txt" "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
     if [ "$(id -u)" = 0 ]; then
@@ -40,6 +40,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing requirements-build.txt and requirements.txt"
   "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements-build.txt" >&2
   "$VENV/bin/python" -m pip install -q --no-build-isolation -r "$ROOT/requirements.txt" >&2
+  log "installing requirements-dev.txt (pytest, ruff, mypy)"
+  "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements-dev.txt" >&2
   log "installing the netkv package (editable: pip install -e .)"
   "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e "$ROOT" >&2
   echo "$want" > "$stamp"

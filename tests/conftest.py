@@ -15,7 +15,6 @@ import subprocess
 import pytest
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "emulation: builds the Mininet + Open vSwitch fabric (root, Mininet, running OVS)")

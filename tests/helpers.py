@@ -9,7 +9,6 @@ import numpy as np
 from scheduler.model.cluster import Decision
 from scheduler.policies.base import Policy
 
-
 NETKV_BIN = str(Path(sys.executable).with_name("netkv"))
 """The installed ``netkv`` command of the interpreter running the tests (``pip install -e .``)."""
 

@@ -383,7 +383,7 @@ class Fabric:
             if self.net is not None:
                 try:
                     self._stop_network()
-                except Exception as exc:  # noqa: BLE001 -- keep tearing down, report at the end
+                except Exception as exc:
                     errors.append(f"network stop: {type(exc).__name__}: {exc}")
                 self.net = None
             if self.controller is not None:

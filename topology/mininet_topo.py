@@ -239,7 +239,7 @@ class FatTreeTopo(Topo):
     Host ``eth0`` (port 0) is the scale-out NIC to its ToR, ``eth1`` (port 1) the NVLink interface
     to its server switch. Link options carry ``bw`` (Mbit/s) for :class:`ShapedLink`."""
 
-    def build(self, tree: FatTree, scale: float = DEFAULT_SCALE, nvlink_cap_mbit: float | None = None) -> None:  # noqa: D401
+    def build(self, tree: FatTree, scale: float = DEFAULT_SCALE, nvlink_cap_mbit: float | None = None) -> None:
         self.tree = tree
         self.scale = scale
         self.rates_mbit = rates = link_rates_mbit(tree, scale, nvlink_cap_mbit)

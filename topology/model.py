@@ -30,9 +30,9 @@ cores_per_agg`` inside that aggregation switch's group; downward hops are unique
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
-from typing import Iterator
 
 import numpy as np
 

@@ -19,15 +19,15 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from scheduler.model.cluster import Cluster
-from scheduler.model.config import ConfigError, ExperimentConfig
 from scheduler.decision.oracle import GroundTruth, NetworkOracle, SnapshotSource, make_oracle
 from scheduler.decision.oracle_error import OracleError
-from scheduler.policies.base import Policy
 from scheduler.decision.ranking import kendall_tau_b, within_groups
+from scheduler.model.cluster import Cluster
+from scheduler.model.config import ConfigError, ExperimentConfig
 from scheduler.model.records import RequestRecord
 from scheduler.model.scenario import Action
 from scheduler.model.trace import Request
+from scheduler.policies.base import Policy
 from topology.model import FatTree
 
 

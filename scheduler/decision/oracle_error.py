@@ -16,9 +16,9 @@ import csv
 import io
 import math
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

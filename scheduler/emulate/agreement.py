@@ -16,17 +16,17 @@ retransmission timeouts).
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from scheduler.model.cluster import Decision, DecisionContext
-from scheduler.study.experiment import Experiment
-from scheduler.results.metrics import compare
+from scheduler.model.records import RequestRecord
 from scheduler.policies import TARGET
 from scheduler.policies.base import Policy
-from scheduler.model.records import RequestRecord
+from scheduler.results.metrics import compare
 from scheduler.sim.simulator import Simulator
+from scheduler.study.experiment import Experiment
 
 NO_EFFECT_PCT = 0.5
 """Mean-TTFT changes this small (%) on both backends are no effect on either: the ``idle``

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from scheduler.model.cluster import assign_roles
-from scheduler.study.experiment import Experiment
-from scheduler.sim.network import max_min_rates
 from scheduler.model.scenario import Action
+from scheduler.sim.network import max_min_rates
+from scheduler.study.experiment import Experiment
 from topology.emulated import emulated_mbit, kind_rates_mbit
 
 FORWARDING_BUDGET_MBIT_BRIDGES = 525.0

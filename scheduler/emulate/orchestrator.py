@@ -31,35 +31,42 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from controller.process import controlled_fabric
+from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
 from hosts.control import ControlServer
 from hosts.framing import KV_PORT
 from hosts.messages import Error, Report, Warm, Warmed
 from scheduler.decision import oracle_error
+from scheduler.decision.telemetry import TelemetryHistory
 from scheduler.emulate import failures, faults
-from scheduler.model.cluster import assign_roles
-from scheduler.model.config import ExperimentConfig
-from scheduler.emulate.calibration import calibrate, calibration_fits
 from scheduler.emulate.agreement import agreement, paired_agreement, transfer_agreement
+from scheduler.emulate.calibration import calibrate, calibration_fits
 from scheduler.emulate.emulable import BackgroundLoad, background_warning, check_emulable
 from scheduler.emulate.fidelity import CpuMonitor, RttProbe, rtt_verdict
 from scheduler.emulate.replay import Clock, EmulationError, RealtimeReplay
 from scheduler.emulate.scenario_exec import ScenarioExecutor
 from scheduler.emulate.transport import AgentTransport, TelemetryPoller  # (both also imported from here)
-from scheduler.study.experiment import (Experiment, agreement_summary, inherited_weights, make_policy, run_simulation,
-                                  tune_policy)
-from scheduler.results.metrics import summarize_policy
-from scheduler.policies import PolicySpec
+from scheduler.model.cluster import assign_roles
+from scheduler.model.config import ExperimentConfig
 from scheduler.model.records import RequestRecord
 from scheduler.model.scenario import Action
-from scheduler.decision.telemetry import TelemetryHistory
-from controller.process import controlled_fabric
-from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
+from scheduler.policies import PolicySpec
+from scheduler.results.metrics import summarize_policy
+from scheduler.study.experiment import (
+    Experiment,
+    agreement_summary,
+    inherited_weights,
+    make_policy,
+    run_simulation,
+    tune_policy,
+)
 from topology.fabric import Fabric
 from topology.mininet_topo import DEFAULT_SCALE, link_capacity_bps
 from topology.model import FatTree, peer_ip

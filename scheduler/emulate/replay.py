@@ -28,16 +28,17 @@ import heapq
 import queue
 import threading
 import time
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from hosts.messages import AgentEvent, AgentFailure, Finished, FirstToken, KvReceived, Prefilled
-from scheduler.model.config import ExperimentConfig
 from scheduler.decision.dispatch import Dispatcher, RequestState, build_oracles, oracle_kind
-from scheduler.policies.base import Policy
-from scheduler.progress import Progress
+from scheduler.model.config import ExperimentConfig
 from scheduler.model.records import RequestRecord
 from scheduler.model.scenario import Action
 from scheduler.model.trace import Request
+from scheduler.policies.base import Policy
+from scheduler.progress import Progress
 from topology.model import FatTree
 
 
@@ -55,7 +56,7 @@ class Transport(Protocol):
     Commands raise :class:`EmulationError` when they cannot be delivered; ``reset`` returns once
     every agent has a fresh instance of its role (or raises)."""
 
-    events: "queue.Queue[AgentEvent]"
+    events: queue.Queue[AgentEvent]
 
     def reset(self, cfg: ExperimentConfig, prefill_gpus: Sequence[int], decode_gpus: Sequence[int],
               time_scale: float) -> None:
@@ -220,7 +221,7 @@ class RealtimeReplay:
                 return
             try:
                 self._execute(batch)
-            except Exception as exc:  # noqa: BLE001 - surfaced in the replay thread
+            except Exception as exc:
                 self._action_error = exc
 
     def _execute(self, actions: list[Action]) -> None:

@@ -23,11 +23,12 @@ import dataclasses
 import io
 import math
 import statistics
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from scheduler.emulate.orchestrator import Replay, run_emulation
-from scheduler.study.experiment import Experiment, run_simulation
 from scheduler.policies import resolve
+from scheduler.study.experiment import Experiment, run_simulation
 
 QUICK_SCENARIOS = ("decode-flap", "rolling", "hotspot")
 """Two scenarios whose congestion moves within the window (decode-flap's halves swap every 15 s;

@@ -9,7 +9,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,9 +28,9 @@ from hosts.messages import (
     ResetDone,
     replay_event,
 )
-from scheduler.model.config import ExperimentConfig
-from scheduler.emulate.replay import Clock, EmulationError
 from scheduler.decision.telemetry import TelemetryHistory, snapshot_from_json
+from scheduler.emulate.replay import Clock, EmulationError
+from scheduler.model.config import ExperimentConfig
 from topology.model import FatTree, peer_ip
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ class TelemetryPoller:
                 continue
             try:
                 payload = self.fab.telemetry(timeout_s=1.0)
-            except Exception:  # noqa: BLE001 - a missed poll is counted, the replay goes on
+            except Exception:
                 self.errors += 1
                 continue
             if payload.get("time") is None or payload["time"] == self._last_time:

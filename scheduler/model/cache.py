@@ -12,7 +12,6 @@ from collections import OrderedDict
 
 import numpy as np
 
-
 FEW = 8
 """Layers of :attr:`PrefixHits.writes` with at most this many instances are index tuples, which
 callers write entry by entry (with Python floats: the same IEEE operations as numpy's, without an
@@ -199,7 +198,7 @@ class PrefixHits:
     length (often every instance holds the system prompt and one the conversation), which lets
     a decision compute one value per layer instead of one per instance."""
 
-    __slots__ = ("group", "runs", "writes", "_dense")
+    __slots__ = ("_dense", "group", "runs", "writes")
 
     def __init__(self, group: PrefixCacheGroup, runs: list[tuple[int, int]],
                  writes: tuple[int, list[tuple[tuple[int, ...] | np.ndarray, int]]] | None) -> None:

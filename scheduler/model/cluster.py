@@ -10,16 +10,25 @@ from typing import NamedTuple
 
 import numpy as np
 
+from scheduler.decision.oracle import NetworkOracle, OracleQuery
 from scheduler.model.cache import PrefixCacheGroup, PrefixHits
 from scheduler.model.config import ConfigError, ExperimentConfig
 from scheduler.model.decode import DecodeBatch, decode_capacity_tokens
-from scheduler.decision.oracle import NetworkOracle, OracleQuery
 from scheduler.model.timing import TimingModel
 from scheduler.model.trace import BLOCK_TOKENS, Request
 from topology.model import FatTree
 
-__all__ = ["Cluster", "Decision", "DecisionContext", "DecodeBatch", "PLACEMENTS", "Roles", "assign_roles",
-           "instance_leaders", "role_map"]
+__all__ = [
+    "PLACEMENTS",
+    "Cluster",
+    "Decision",
+    "DecisionContext",
+    "DecodeBatch",
+    "Roles",
+    "assign_roles",
+    "instance_leaders",
+    "role_map",
+]
 
 
 PLACEMENTS = ("by-server", "mixed", "by-rack")
@@ -164,7 +173,7 @@ class DecisionContext:
     equally good instances (like a router breaking ties round-robin) rotate with it, so a
     decision replayed with another oracle (a staleness study's shadow) breaks ties the same way."""
 
-    def __init__(self, cluster: "Cluster", request: Request, now: float, oracle: NetworkOracle | None,
+    def __init__(self, cluster: Cluster, request: Request, now: float, oracle: NetworkOracle | None,
                  turn: int = 1) -> None:
         self.cluster = cluster
         self.request = request

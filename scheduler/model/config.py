@@ -22,7 +22,7 @@ class ConfigError(ValueError):
     """A configuration value or override is invalid; the message names the parameter."""
 
 
-def param(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's keyword
+def param(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 

@@ -24,9 +24,18 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from scheduler.model.scenario_events import (
+    RunScaled,
+    ScenarioError,
+    check_event,
+    check_params,
+    check_shape,
+    gpu_pairs,
+    is_number,
+    link_changes,
+    resolve,
+)
 from scheduler.paths import SCENARIOS_DIR
-from scheduler.model.scenario_events import (RunScaled, ScenarioError, check_event, check_params, check_shape, gpu_pairs,
-                                       is_number, link_changes, resolve)
 from topology.model import FatTree
 
 __all__ = ["BUILTIN_DIR", "MAX_BURST_FLOWS", "Action", "RunScaled", "Scenario", "ScenarioError", "list_builtin",

@@ -26,7 +26,7 @@ from typing import ClassVar, TypeVar
 from scheduler.model.cluster import Decision, DecisionContext
 from scheduler.model.config import ConfigError, TuningConfig
 
-REGISTRY: dict[str, type["Policy"]] = {}
+REGISTRY: dict[str, type[Policy]] = {}
 """Every registered policy class by its ``name`` (what ``--policies`` resolves)."""
 
 P = TypeVar("P", bound=type["Policy"])

@@ -10,7 +10,6 @@ import numpy as np
 from scheduler.model.cluster import Decision, DecisionContext
 from scheduler.policies.base import Policy, register
 
-
 TIE_TOLERANCE_S = 1e-6
 """Estimates closer than this are ties (idle instances with no cache hit all estimate the same)."""
 

@@ -14,11 +14,23 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
+from scheduler.model.records import RequestRecord
 from scheduler.results.heatmap import LinkSeries, plot_link_heatmap
 from scheduler.results.metrics import N_TIERS, SloConfig, slo_attainment_curve, summarize_policy
-from scheduler.results.plotting import (LINK_FIGURE, TARGET_POLICY, FigureText, check_format, draw_line, experiment_caption,
-                                finish_figure, legend_label, log_axis, new_figure, policy_colours, policy_styles)
-from scheduler.model.records import RequestRecord
+from scheduler.results.plotting import (
+    LINK_FIGURE,
+    TARGET_POLICY,
+    FigureText,
+    check_format,
+    draw_line,
+    experiment_caption,
+    finish_figure,
+    legend_label,
+    log_axis,
+    new_figure,
+    policy_colours,
+    policy_styles,
+)
 from scheduler.results.timeline import plot_ttft_over_time
 
 TIER_LABELS = ("0 same server", "1 same rack", "2 same pod", "3 cross-pod")

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from scheduler.model.records import RequestRecord
 from scheduler.results.figures import render_figures
 from scheduler.results.heatmap import LinkSeries
 from scheduler.results.metrics import SloConfig
 from scheduler.results.plotting import FIGURE_FORMATS, FIGURES, TARGET_POLICY, check_format, figure_names
-from scheduler.model.records import RequestRecord
 
 LINK_CSV = "link_utilisation.csv"
 #: Files ``write_results`` always produces (figures in the default format, png).

@@ -35,7 +35,7 @@ class LinkSeries:
     utilisation: np.ndarray
     source: str = ""
 
-    def binned(self, max_columns: int = MAX_HEATMAP_COLUMNS) -> "LinkSeries":
+    def binned(self, max_columns: int = MAX_HEATMAP_COLUMNS) -> LinkSeries:
         """At most ``max_columns`` time columns: consecutive samples averaged in equal groups
         (times averaged too), so a full-trace run stays a readable figure and a small CSV."""
         n = len(self.times_s)

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from scheduler.model.config import SLO_DEFINITIONS, SloConfig
-from scheduler.policies import TARGET
 from scheduler.model.records import RequestRecord
+from scheduler.policies import TARGET
 
 #: Number of network tiers: 0 same server, 1 same rack, 2 same pod, 3 cross-pod.
 N_TIERS = 4

@@ -45,13 +45,13 @@ def collect(argv: list[str] | None = None, started: dt.datetime | None = None) -
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             packages[name] = None
-    started = started or dt.datetime.now(dt.timezone.utc)
+    started = started or dt.datetime.now(dt.UTC)
     return {
         "command": " ".join(["netkv", *argv]),
         "argv": argv,
         "commit": _git("rev-parse", "HEAD"),
         "dirty": None if status is None else bool(status),
-        "started_utc": started.astimezone(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started_utc": started.astimezone(dt.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": packages,

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from scheduler.model.records import RequestRecord
 from scheduler.results.figures import plot_compare_cdf, render_figures
+from scheduler.results.files import LINK_CSV, dumps_json, write_files
 from scheduler.results.heatmap import LinkSeries
 from scheduler.results.metrics import SloConfig
 from scheduler.results.plotting import TARGET_POLICY, FigureText, check_format, experiment_caption
-from scheduler.model.records import RequestRecord
-from scheduler.results.files import LINK_CSV, dumps_json, write_files
 from scheduler.results.tables import fmt_number
 
 COMPARE_METRICS = (("ttft_mean_s", "mean TTFT", "s"), ("ttft_p99_s", "p99 TTFT", "s"),

@@ -13,9 +13,17 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 
-from scheduler.results.metrics import SloConfig
-from scheduler.results.plotting import TARGET_POLICY, FigureText, draw_line, finish_figure, legend_label, log_axis, new_figure
 from scheduler.model.records import RequestRecord
+from scheduler.results.metrics import SloConfig
+from scheduler.results.plotting import (
+    TARGET_POLICY,
+    FigureText,
+    draw_line,
+    finish_figure,
+    legend_label,
+    log_axis,
+    new_figure,
+)
 
 #: ``ttft_over_time``: windows average at least this many requests on average, and are at most this many.
 MIN_REQUESTS_PER_WINDOW = 12

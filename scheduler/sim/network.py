@@ -26,7 +26,7 @@ class Flow:
     without a size) and ``rate`` (bytes/s) are read from the network's arrays while the flow is
     in it, and frozen at their last values once it is removed."""
 
-    __slots__ = ("flow_id", "path", "cap", "tag", "_net", "_remaining", "_rate")
+    __slots__ = ("_net", "_rate", "_remaining", "cap", "flow_id", "path", "tag")
 
     def __init__(self, flow_id: int, path: np.ndarray, remaining: float, cap: float, tag: object = None,
                  rate: float = 0.0) -> None:

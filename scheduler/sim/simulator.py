@@ -26,16 +26,17 @@ import zlib
 
 import numpy as np
 
+from scheduler.decision.dispatch import Dispatcher, RequestState, build_oracles
+from scheduler.decision.dispatch import oracle_kind as resolve_oracle_kind
+from scheduler.decision.telemetry import SimTelemetry
 from scheduler.model.cluster import DecodeBatch
 from scheduler.model.config import ExperimentConfig
-from scheduler.decision.dispatch import Dispatcher, RequestState, build_oracles, oracle_kind as resolve_oracle_kind
-from scheduler.sim.network import FlowNetwork
-from scheduler.policies.base import Policy
-from scheduler.progress import Progress
 from scheduler.model.records import RequestRecord
 from scheduler.model.scenario import Action
-from scheduler.decision.telemetry import SimTelemetry
 from scheduler.model.trace import Request
+from scheduler.policies.base import Policy
+from scheduler.progress import Progress
+from scheduler.sim.network import FlowNetwork
 from topology.model import GBIT, FatTree
 
 # Event kinds; the order only matters for ties at the same instant (after time, before sequence).

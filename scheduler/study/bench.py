@@ -29,17 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
+from scheduler.decision.oracle import TelemetryOracle, make_oracle
+from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.cluster import Cluster
 from scheduler.model.config import build_config
-from scheduler.study.experiment import SCENARIO_SLACK_S
-from scheduler.sim.network import FlowNetwork
-from scheduler.decision.oracle import TelemetryOracle, make_oracle
-from scheduler.policies import parse_spec
 from scheduler.model.scenario import load_scenario
-from scheduler.sim.simulator import Simulator
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
-from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.trace import load_trace
+from scheduler.policies import parse_spec
+from scheduler.sim.network import FlowNetwork
+from scheduler.sim.simulator import Simulator
+from scheduler.study.experiment import SCENARIO_SLACK_S
 from topology.model import FatTree
 
 CONVERSATION_TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"

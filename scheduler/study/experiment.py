@@ -15,19 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
+from scheduler.decision import oracle_error
+from scheduler.model import transform
 from scheduler.model.cluster import assign_roles
 from scheduler.model.config import ConfigError, ExperimentConfig
-from scheduler.results.metrics import SloConfig, summarize_policy
-from scheduler.policies import REGISTRY, PolicySpec, parse_spec, resolve
-from scheduler.policies.base import Policy
 from scheduler.model.records import RequestRecord
 from scheduler.model.scenario import Scenario, load_scenario
-from scheduler.sim.simulator import Simulator
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.model.timing import TimingModel
 from scheduler.model.trace import Request, load_trace, trace_stats
-from scheduler.decision import oracle_error
-from scheduler.model import transform
+from scheduler.policies import REGISTRY, PolicySpec, parse_spec, resolve
+from scheduler.policies.base import Policy
+from scheduler.results.metrics import SloConfig, summarize_policy
+from scheduler.sim.simulator import Simulator
 from topology.model import FatTree
 
 SCENARIO_SLACK_S = 300.0

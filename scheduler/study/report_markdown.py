@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from scheduler.study import sweep as sw
 from scheduler.model.config import SLO_DEFINITIONS
+from scheduler.results.tables import fmt_number
+from scheduler.study import sweep as sw
 from scheduler.study.report_plan import HEADLINE_POLICIES, PLACEMENTS, Plan, SweepSpec, rel_path
 from scheduler.study.sweep_plot import plot as plot_sweep
-from scheduler.results.tables import fmt_number
 
 PAPER = {"vs round-robin": -21.2, "vs tuned cache+load": -17.6, "SLO gain up to pp": 20.1, "TBT overhead below ms": 0.5}
 """The NetKV paper's headline figures (reference.md section 1)."""

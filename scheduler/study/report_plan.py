@@ -12,8 +12,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from scheduler.study import sweep as sw
 from scheduler.paths import MOONCAKE_DIR, REPO_ROOT
+from scheduler.study import sweep as sw
 
 TRACE = MOONCAKE_DIR / "conversation_trace.jsonl"
 """The real trace the report runs on (read in place, never copied); synthetic when absent."""

@@ -15,8 +15,8 @@ import io
 import math
 from pathlib import Path
 
-from scheduler.study import sweep as sw
 from scheduler.policies import resolve
+from scheduler.study import sweep as sw
 
 REFERENCES = ("netkv:perfect", "cache-load")
 PARAM = "oracle.staleness_s"

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.results.metrics import SLO_DEFINITIONS
 from scheduler.policies import TARGET
+from scheduler.results.metrics import SLO_DEFINITIONS
 
 ROW_FIELDS = ("param", "value", "seed", "policy", "requests", "ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
               "slo_attainment", *(f"slo_{d.replace('-', '_')}" for d in SLO_DEFINITIONS), "tbt_mean_ms",

@@ -9,8 +9,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from scheduler.results.plotting import policy_colours
 from scheduler.policies import TARGET
+from scheduler.results.plotting import policy_colours
 from scheduler.study.sweep import Sweep
 
 

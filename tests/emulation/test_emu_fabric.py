@@ -296,12 +296,11 @@ def test_exception_while_running_leaves_nothing(tmp_path):
 
     _no_foreign_fabric()
     fab = _small(tmp_path)
-    with pytest.raises(ZeroDivisionError):
-        with fab:
-            state = dict(fab.state)
-            fab.host("p0t0s0g0").cmd("sleep 300 &")  # a process inside a host must go too
-            assert " 0% packet loss" in fab.host("p0t0s0g0").cmd(f"ping -c1 -W1 {fab.peer_ip(0, 7)}")
-            1 / 0
+    with pytest.raises(ZeroDivisionError), fab:
+        state = dict(fab.state)
+        fab.host("p0t0s0g0").cmd("sleep 300 &")  # a process inside a host must go too
+        assert " 0% packet loss" in fab.host("p0t0s0g0").cmd(f"ping -c1 -W1 {fab.peer_ip(0, 7)}")
+        1 / 0
     assert _leftovers(fab.tree, state).empty()
     assert not [p for p in state["host_pids"].values() if cleanup.cmdline(p)]
     assert cleanup.read_state() is None

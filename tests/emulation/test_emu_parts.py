@@ -13,15 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import experiment as _exp
 
 from scheduler.emulate.calibration import GOODPUT_MIN_RATIO, goodput_bytes
 from scheduler.emulate.scenario_exec import ScenarioExecutor, background_window_bytes, egress_intf_name
 from scheduler.model.scenario import Action
 from topology.fabric import tier_samples
 from topology.model import FatTree
-
-
-from helpers import experiment as _exp  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = FatTree()

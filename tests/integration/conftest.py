@@ -1,10 +1,9 @@
 """Fixtures of the integration tests: a fleet of loopback agents (tests/integration/fleet.py)."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-
 from fleet import Fleet
 
 

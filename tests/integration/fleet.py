@@ -8,9 +8,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
 
 from hosts.control import ControlServer
 from hosts.messages import (

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import time
 
+from fleet import MB, Fleet
+from fleet import check_pair as _check_pair
+from fleet import wait_event as _wait_event
+from helpers import free_port
+
 from hosts.messages import (
     Error,
     Ping,
@@ -15,9 +20,6 @@ from hosts.messages import (
     Warm,
     Warmed,
 )
-
-from fleet import MB, Fleet, check_pair as _check_pair, wait_event as _wait_event
-from helpers import free_port
 
 
 def test_hello_reports_identity(pair: Fleet) -> None:

@@ -15,11 +15,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
+from fleet import MB, NETNS, ROOT, Fleet
+from fleet import check_pair as _check_pair
+from fleet import wait_event as _wait_event
 
 from hosts.codec import encode
 from hosts.control import ControlError, ControlServer, ControlTimeout
@@ -42,9 +46,6 @@ from hosts.messages import (
     Sent,
     Stop,
 )
-
-from fleet import MB, NETNS, ROOT, Fleet, check_pair as _check_pair, wait_event as _wait_event
-
 
 # --------------------------------------------------------------------------- compute ops
 TS = 2.0  # time scale of the compute tests: every virtual second lasts two wall seconds
@@ -237,13 +238,13 @@ def test_realtime_replay_through_real_agents_matches_the_simulator() -> None:
     processes on loopback (2 prefill, 2 decode), against the simulator on the same requests."""
     import numpy as np
 
-    from scheduler.model.config import build_config
+    from scheduler.decision.telemetry import TelemetryHistory
     from scheduler.emulate.replay import Clock, RealtimeReplay
     from scheduler.emulate.transport import AgentTransport
+    from scheduler.model.config import build_config
+    from scheduler.model.trace import Request
     from scheduler.policies import REGISTRY
     from scheduler.sim.simulator import Simulator
-    from scheduler.decision.telemetry import TelemetryHistory
-    from scheduler.model.trace import Request
     from topology.model import FatTree
 
     cfg = build_config(overrides=["topology.pods=1", "topology.tors_per_pod=1", "topology.servers_per_tor=1",

@@ -11,17 +11,21 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from helpers import free_port
 
 from hosts.background import START_SIGNAL, STOP_SIGNAL, BackgroundError, run_sender, run_sink
-from scheduler.emulate.scenario_exec import BACKGROUND_BASE_RTT_S, BACKGROUND_WINDOW_SEGMENTS, MSS, background_window_bytes
+from scheduler.emulate.scenario_exec import (
+    BACKGROUND_BASE_RTT_S,
+    BACKGROUND_WINDOW_SEGMENTS,
+    MSS,
+    background_window_bytes,
+)
 from scheduler.model.config import build_config
 from topology.model import FatTree
-
-from helpers import free_port  # noqa: E402
 
 MB = 1_000_000
 ROOT = Path(__file__).resolve().parents[2]

@@ -103,7 +103,7 @@ def test_randomised_invocations_no_traceback_no_partial_folder(tmp_path: Path, c
             code = netkv.main(argv)
         except SystemExit as exc:  # argparse: usage errors, --help
             code = exc.code if isinstance(exc.code, int) else 2
-        except BaseException as exc:  # noqa: BLE001 - the point of the test
+        except BaseException as exc:
             pytest.fail(f"{where}: {type(exc).__name__}: {exc}")
         err = capsys.readouterr().err
         assert "Traceback" not in err, f"{where}\n{err}"

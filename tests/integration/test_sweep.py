@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.study import sweep as sw
 from scheduler.model.config import ConfigError
 from scheduler.model.scenario import ScenarioError
+from scheduler.study import sweep as sw
 
 ROOT = Path(__file__).resolve().parents[2]
 NETKV = ROOT / "scripts" / "netkv"

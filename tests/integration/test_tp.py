@@ -7,17 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import NETKV_BIN, Fixed
 
+from scheduler.decision.oracle import OracleQuery, StaticTierOracle
 from scheduler.model.cluster import Cluster, assign_roles
 from scheduler.model.config import ConfigError, build_config
 from scheduler.model.decode import decode_capacity_tokens
-from scheduler.study.experiment import prepare
-from scheduler.decision.oracle import OracleQuery, StaticTierOracle
-from scheduler.sim.simulator import Simulator
 from scheduler.model.timing import TimingModel
 from scheduler.model.trace import Request, n_blocks
+from scheduler.sim.simulator import Simulator
+from scheduler.study.experiment import prepare
 from topology.model import GBIT, FatTree
-from helpers import NETKV_BIN, Fixed
 
 ROOT = Path(__file__).resolve().parents[2]
 KVPT_8B = 131072  # Llama-3-8B: 2 x 32 layers x 8 KV heads x 128 x 2 bytes

@@ -6,21 +6,21 @@ import math
 
 import numpy as np
 import pytest
+from helpers import Fixed
 
+from scheduler.decision.oracle import InflightOracle, OracleQuery, PerfectOracle, StaticTierOracle, TelemetryOracle
+from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.cluster import Decision
 from scheduler.model.config import build_config
-from scheduler.results.metrics import ablation
-from scheduler.sim.network import FlowNetwork
-from scheduler.decision.oracle import InflightOracle, OracleQuery, PerfectOracle, StaticTierOracle, TelemetryOracle
-from scheduler.policies import parse_spec
-from scheduler.policies.base import Policy
 from scheduler.model.scenario import Action, load_scenario
-from scheduler.sim.simulator import Simulator
-from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.timing import TimingModel
 from scheduler.model.trace import Request, n_blocks
+from scheduler.policies import parse_spec
+from scheduler.policies.base import Policy
+from scheduler.results.metrics import ablation
+from scheduler.sim.network import FlowNetwork
+from scheduler.sim.simulator import Simulator
 from topology.model import FatTree
-from helpers import Fixed
 
 TREE = FatTree()
 GB = 1e9
@@ -190,8 +190,9 @@ def test_ablation_block_arithmetic():
 
 # ----------------------------------------------------------------------------- scenarios that must bite
 def _run(spec: str, scenario: str, params=None, n=300):
-    from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
     import dataclasses
+
+    from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 
     cfg = build_config()
     reqs = synthetic_trace(dataclasses.replace(SyntheticConfig(), n_requests=n), seed=3)

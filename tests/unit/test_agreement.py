@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
-from scheduler.model.config import build_config
 from scheduler.emulate.agreement import FixedDecisions, paired_agreement
+from scheduler.model.config import build_config
 from scheduler.study.experiment import prepare, run_simulation
 
 

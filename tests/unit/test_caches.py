@@ -13,18 +13,25 @@ import dataclasses
 import numpy as np
 import pytest
 
+from scheduler.decision.oracle import (
+    InflightOracle,
+    NetworkOracle,
+    OracleQuery,
+    PerfectOracle,
+    StaticTierOracle,
+    TelemetryOracle,
+    down_links,
+)
+from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.cluster import Cluster
 from scheduler.model.config import build_config
+from scheduler.model.scenario import load_scenario
+from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.model.trace import BLOCK_TOKENS
+from scheduler.policies import parse_spec
 from scheduler.sim.maxmin import _EPS
 from scheduler.sim.network import FlowNetwork, max_min_rates
-from scheduler.decision.oracle import (InflightOracle, NetworkOracle, OracleQuery, PerfectOracle, StaticTierOracle,
-                              TelemetryOracle, down_links)
-from scheduler.policies import parse_spec
-from scheduler.model.scenario import load_scenario
 from scheduler.sim.simulator import Simulator
-from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
-from scheduler.decision.telemetry import TelemetrySnapshot
-from scheduler.model.trace import BLOCK_TOKENS
 from topology.model import FatTree
 
 TREE = FatTree()

@@ -15,15 +15,15 @@ import types
 import numpy as np
 import pytest
 
+from scheduler.decision.oracle import OracleQuery, StaticTierOracle, TelemetryOracle
+from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.cache import FEW, PrefixCacheGroup
 from scheduler.model.cluster import LIST_MAX_PREFILL, Cluster
 from scheduler.model.config import build_config
-from scheduler.decision.oracle import OracleQuery, StaticTierOracle, TelemetryOracle
+from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.model.trace import BLOCK_TOKENS
 from scheduler.policies import parse_spec
 from scheduler.policies.cache_load import TIE_TOLERANCE_S, best_prefill
-from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
-from scheduler.decision.telemetry import TelemetrySnapshot
-from scheduler.model.trace import BLOCK_TOKENS
 from topology.model import FatTree
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from helpers import NETKV_BIN
+from helpers import experiment as _exp
 
 from scheduler.emulate.calibration import (
     CALIBRATION_ID_BASE,
@@ -35,10 +37,6 @@ from scheduler.model.scenario import Action
 from topology.fabric import tier_samples
 from topology.mininet_topo import HtbShape
 from topology.model import FatTree
-
-from helpers import NETKV_BIN  # noqa: E402
-
-from helpers import experiment as _exp  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = FatTree()
@@ -252,8 +250,13 @@ def test_emulable_refuses_layer_wise_streaming_with_the_fabrics_packet_floor():
 
 def test_background_load_estimate():
     """Peak emulated background traffic x bridges crossed, from the flows' max-min rates."""
-    from scheduler.emulate.emulable import (FORWARDING_BUDGET_MBIT_BRIDGES, EmulationUnsupportedError, background_load,
-                                background_warning, check_emulable)
+    from scheduler.emulate.emulable import (
+        FORWARDING_BUDGET_MBIT_BRIDGES,
+        EmulationUnsupportedError,
+        background_load,
+        background_warning,
+        check_emulable,
+    )
 
     def load(scenario, nic=200, ts=1.0, params=None):
         exp = _exp(scenario, overrides=[f"topology.nic_gbit_s={nic}"], params=params)

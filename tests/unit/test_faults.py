@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from scheduler.emulate.faults import DEFAULT_CONTROLLER_OUTAGE_S, Fault, FaultSpecError, check_faults, parse_fault
 from scheduler.decision.oracle import OracleQuery, StaticTierOracle, make_oracle
 from scheduler.decision.telemetry import TelemetryHistory, TelemetrySnapshot
+from scheduler.emulate.faults import DEFAULT_CONTROLLER_OUTAGE_S, Fault, FaultSpecError, check_faults, parse_fault
 from topology.model import FatTree
 
 

@@ -11,10 +11,10 @@ import pytest
 from scheduler.model.config import ConfigError, build_config, config_from_dict
 from scheduler.model.decode import DecodeBatch, decode_capacity_tokens
 from scheduler.model.instance import FINISHED, FIRST_TOKEN, InstanceModel, RoleError
-from scheduler.policies import REGISTRY
-from scheduler.sim.simulator import Simulator
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.model.timing import TimingModel
+from scheduler.policies import REGISTRY
+from scheduler.sim.simulator import Simulator
 
 SMALL = ["topology.pods=1", "topology.tors_per_pod=1", "cluster.placement=mixed",
          "cluster.reserved_servers_per_pod=0"]  # 2 servers: 4 prefill + 4 decode GPUs

@@ -108,7 +108,7 @@ def test_one_default_for_the_controller_ports_and_poll_interval():
     assert run.ControllerConfig().poll_interval_s == DEFAULT_POLL_INTERVAL_S
     args = run.build_parser().parse_args([])
     assert (args.ofp_port, args.rest_port) == (DEFAULT_OFP_PORT, DEFAULT_REST_PORT)
-    assert DEFAULT_URL == f"http://127.0.0.1:{DEFAULT_REST_PORT}/netkv/telemetry"
+    assert f"http://127.0.0.1:{DEFAULT_REST_PORT}/netkv/telemetry" == DEFAULT_URL
     assert LinkTelemetry(FatTree(SMALL)).poll_interval_s == DEFAULT_POLL_INTERVAL_S
     assert build_config().oracle.poll_interval_s == DEFAULT_POLL_INTERVAL_S
     parser = argparse.ArgumentParser()
@@ -136,7 +136,7 @@ def test_cleanup_finds_the_controller_by_the_module_it_runs():
     from controller.process import CONTROLLER_MODULE
     from topology.cleanup import CONTROLLER_MARK
 
-    assert CONTROLLER_MARK == f"-m {CONTROLLER_MODULE}"
+    assert f"-m {CONTROLLER_MODULE}" == CONTROLLER_MARK
 
 
 def test_controller_process_ports_state_and_refusal():
@@ -173,8 +173,13 @@ def test_one_unknown_link_error():
 # --------------------------------------------------------------------------- host settings
 def test_host_setup_commands():
     pytest.importorskip("mininet", reason="topology.host_setup uses the Mininet topology's interface names")
-    from topology.host_setup import (HOST_RTO_MIN_MS, HOST_SLOW_START_AFTER_IDLE, HOST_TCP_CONGESTION,
-                                     host_arp_lines, host_command)
+    from topology.host_setup import (
+        HOST_RTO_MIN_MS,
+        HOST_SLOW_START_AFTER_IDLE,
+        HOST_TCP_CONGESTION,
+        host_arp_lines,
+        host_command,
+    )
 
     tree = FatTree(SMALL)
     lines = host_arp_lines(tree, 0)

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from scheduler.results.metrics import SloConfig, compare, percentile, slo_attainment_curve, summarize_policy
 from scheduler.model.records import RequestRecord
+from scheduler.results.metrics import SloConfig, compare, percentile, slo_attainment_curve, summarize_policy
 
 NAN = float("nan")
 
@@ -57,8 +57,8 @@ def test_one_slo_class_for_the_config_and_the_metrics() -> None:
     """The ``slo`` config section is the class the metrics take: summary.json's ``config.slo`` keeps
     its fields and order, and a bad objective is a ConfigError naming the ``slo.`` parameter."""
     from scheduler.model import config
-    from scheduler.results import metrics
     from scheduler.model.config import ConfigError, build_config
+    from scheduler.results import metrics
 
     assert metrics.SloConfig is config.SloConfig is SloConfig and config.SECTIONS["slo"] is SloConfig
     cfg = build_config(overrides=["slo.ttft_s=3", "slo.definition=per-request"])

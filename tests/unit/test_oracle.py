@@ -6,10 +6,10 @@ import pytest
 
 from scheduler.decision.oracle import (
     InflightOracle,
-    UnknownOracleError,
     OracleQuery,
     StaticTierOracle,
     TelemetryOracle,
+    UnknownOracleError,
     make_oracle,
 )
 from scheduler.decision.telemetry import TelemetryHistory, TelemetrySnapshot

@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from scheduler.model.config import build_config
 from scheduler.decision.oracle_error import CSV_NAME, OracleError, csv_bytes, summarize
-from scheduler.policies import parse_spec
+from scheduler.model.config import build_config
 from scheduler.model.scenario import load_scenario
-from scheduler.sim.simulator import Simulator
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
+from scheduler.policies import parse_spec
+from scheduler.sim.simulator import Simulator
 from topology.model import FatTree
 
 

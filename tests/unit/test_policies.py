@@ -7,14 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
+from scheduler.decision.oracle import TelemetryOracle
+from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.cluster import Cluster, assign_roles, role_map
 from scheduler.model.config import build_config
-from scheduler.decision.oracle import TelemetryOracle
-from scheduler.policies import DEFAULT_POLICIES, REGISTRY, PolicySpec, UnknownPolicyError, parse_spec, resolve
-from scheduler.policies.topology_affinity import TIER_SCORES
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
-from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.trace import BLOCK_TOKENS, Request, n_blocks
+from scheduler.policies import DEFAULT_POLICIES, REGISTRY, UnknownPolicyError, parse_spec, resolve
+from scheduler.policies.topology_affinity import TIER_SCORES
 from topology.model import FatTree
 
 # 16 GPUs: 2 pods x 2 ToRs x 2 servers x 2 GPUs (all four tiers); mixed placement -> each
@@ -368,9 +368,9 @@ def test_a_tunable_policy_is_one_class_registered_and_tuned_on_its_own_grid():
     registry resolves it by name, and the experiment tunes its weight on the grid the class gives,
     with the same rule as every other policy, and runs it."""
     from scheduler.model.cluster import Decision
-    from scheduler.study.experiment import pick_weight, prepare, run_simulation, tune_policy
     from scheduler.policies import Policy, register
     from scheduler.policies.cache_load import best_prefill
+    from scheduler.study.experiment import pick_weight, prepare, run_simulation, tune_policy
 
     @register
     class NearestThenLoad(Policy):

@@ -29,22 +29,22 @@ from hosts.messages import (
     Sent,
     replay_event,
 )
-from scheduler.model.config import ExperimentConfig, build_config
 from scheduler.decision.oracle import OracleQuery, StaticTierOracle
-from scheduler.policies import REGISTRY
+from scheduler.decision.telemetry import TelemetryHistory
 from scheduler.emulate.replay import (
     AgentFailure,
     Clock,
     EmulationError,
-    FirstToken,
     Finished,
+    FirstToken,
     KvReceived,
     Prefilled,
     RealtimeReplay,
 )
-from scheduler.sim.simulator import Simulator
-from scheduler.decision.telemetry import TelemetryHistory
+from scheduler.model.config import ExperimentConfig, build_config
 from scheduler.model.trace import Request
+from scheduler.policies import REGISTRY
+from scheduler.sim.simulator import Simulator
 from topology.model import FatTree
 
 MIXED = ["cluster.placement=mixed", "cluster.reserved_servers_per_pod=0"]

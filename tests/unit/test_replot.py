@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scheduler.results import plotting
-from scheduler.results import files as resultfiles
 from scheduler.model.config import build_config
-from scheduler.study.experiment import LinkRecording, prepare, run_simulation
+from scheduler.results import files as resultfiles
+from scheduler.results import plotting
 from scheduler.results.replot import ResultFolderError, load_folder, read_link_series, read_records
+from scheduler.study.experiment import LinkRecording, prepare, run_simulation
 from scripts.netkv import EXIT_BAD_INPUT, EXIT_OK, main
 from topology.model import FatTree
 

@@ -13,18 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler.results import figures
-from scheduler.results import heatmap
-from scheduler.results import plotting
+from scheduler.model.records import RequestRecord
+from scheduler.progress import Progress
+from scheduler.results import figures, heatmap, plotting, tables, timeline
 from scheduler.results import files as resultfiles
-from scheduler.results import tables
-from scheduler.results import timeline
+from scheduler.results.files import RESULT_FILES, ResultsExistError, dumps_json, write_results
 from scheduler.results.heatmap import heatmap_links, plot_link_heatmap
 from scheduler.results.metrics import SloConfig, summarize_policy
 from scheduler.results.plotting import TARGET_COLOUR, policy_colours
-from scheduler.progress import Progress
-from scheduler.model.records import RequestRecord
-from scheduler.results.files import RESULT_FILES, ResultsExistError, dumps_json, write_results
 from scheduler.results.tables import format_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

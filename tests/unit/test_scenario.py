@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-import numpy as np
-
 from scheduler.model.cluster import Decision, assign_roles
-from scheduler.policies.base import Policy
 from scheduler.model.scenario import BUILTIN_DIR, Action, ScenarioError, list_builtin, load_scenario
+from scheduler.policies.base import Policy
 from topology.model import FatTree, FatTreeConfig
 
 TREE = FatTree()
@@ -94,9 +93,9 @@ def test_decode_flap_congests_the_decode_nics_of_half_the_pool_at_a_time() -> No
 
 def test_decode_flap_on_phase_gives_a_transfer_a_fifth_of_the_decode_nic() -> None:
     from scheduler.model.config import build_config
-    from scheduler.sim.simulator import Simulator
     from scheduler.model.timing import TimingModel
     from scheduler.model.trace import Request, n_blocks
+    from scheduler.sim.simulator import Simulator
 
     class Fixed(Policy):
         name = "fixed"

@@ -9,18 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import Fixed
 
 from scheduler.model.config import build_config
-from scheduler.study.experiment import prepare, split_trace
-from scheduler.policies import REGISTRY
 from scheduler.model.scenario import Action, load_scenario
-from scheduler.sim.simulator import Simulator, UnfinishedRequestsError
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.model.timing import TimingModel
 from scheduler.model.trace import Request, n_blocks
+from scheduler.policies import REGISTRY
+from scheduler.sim.simulator import Simulator, UnfinishedRequestsError
+from scheduler.study.experiment import prepare, split_trace
 from topology.model import FatTree
-
-from helpers import Fixed
 
 ROOT = Path(__file__).resolve().parents[2]
 MIXED = ["cluster.placement=mixed", "cluster.reserved_servers_per_pod=0"]
@@ -330,9 +329,9 @@ def test_staleness_shadow_does_not_change_decisions_and_agrees_with_itself():
     import dataclasses as dc
 
     from scheduler.model.config import build_config
-    from scheduler.study.experiment import prepare
     from scheduler.policies import REGISTRY
-    from scheduler.sim.simulator import Simulator, UnfinishedRequestsError
+    from scheduler.sim.simulator import Simulator
+    from scheduler.study.experiment import prepare
 
     cfg = build_config(overrides=["cluster.placement=by-server", "oracle.staleness_s=1e-9"])
     exp, _ = prepare(cfg, None, "hotspot", "netkv", 150, 0, tune=False)

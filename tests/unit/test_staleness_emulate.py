@@ -5,9 +5,9 @@ import pytest
 
 pytest.importorskip("mininet", reason="scheduler.emulate.orchestrator imports the Mininet topology")
 
-from scheduler.emulate import staleness as st  # noqa: E402
+from helpers import experiment
 
-from helpers import experiment  # noqa: E402
+from scheduler.emulate import staleness as st
 
 
 def _pol(ttft: float, agree: dict | None = None, requests: int = 10, weight: float | None = 0.3) -> dict:
