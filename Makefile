@@ -1,5 +1,5 @@
 # Convenience targets; each one sets itself up (scripts/setup.sh) like the README's commands.
-.PHONY: simulate demo test bench fabric-up fabric-down
+.PHONY: simulate demo test test-fast lint bench fabric-up fabric-down
 
 # The flow-level simulator with embedded defaults (no root).
 simulate:
@@ -18,6 +18,18 @@ demo:
 
 test:
 	scripts/test
+
+# The edit loop: the unit tier (in process, no root, no subprocess fabric), without the tests
+# marked `slow` (end-to-end replays and figure renders; `make test` runs them).
+test-fast:
+	scripts/setup.sh
+	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not emulation and not slow" tests/unit
+
+# ruff and mypy with the configuration in pyproject.toml (mypy's `files` lists the packages).
+lint:
+	scripts/setup.sh
+	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 bench:
 	scripts/netkv bench

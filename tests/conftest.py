@@ -1,5 +1,6 @@
-"""Shared pytest set-up: the ``emulation`` marker and its skip rules (the package itself is
-installed editable by ``scripts/setup.sh``, so tests import it like any user).
+"""Shared pytest set-up: the ``emulation`` marker's skip rule (the markers themselves are declared
+in pyproject.toml's ``[tool.pytest.ini_options]``; the package is installed editable by
+``scripts/setup.sh``, so tests import it like any user).
 
 Tests marked ``emulation`` build the Mininet/Open vSwitch fabric: they are skipped, with the
 reason, unless running as root on a machine with Mininet and a running Open vSwitch
@@ -13,13 +14,6 @@ import shutil
 import subprocess
 
 import pytest
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "emulation: builds the Mininet + Open vSwitch fabric (root, Mininet, running OVS)")
-    # Debian's Mininet 2.3.0 compares OVS versions with distutils (deprecated, harmless here).
-    config.addinivalue_line("filterwarnings", "ignore:distutils Version classes are deprecated:DeprecationWarning")
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,12 +5,24 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from scheduler.model.cluster import Decision
+from scheduler.paths import MOONCAKE_DIR
 from scheduler.policies.base import Policy
 
 NETKV_BIN = str(Path(sys.executable).with_name("netkv"))
 """The installed ``netkv`` command of the interpreter running the tests (``pip install -e .``)."""
+
+CONVERSATION_TRACE = MOONCAKE_DIR / "conversation_trace.jsonl"
+"""The public Mooncake conversation trace, read where the CLI's examples read it
+(``scheduler.paths.MOONCAKE_DIR``, beside the checkout)."""
+
+
+def needs_mooncake(path: Path = CONVERSATION_TRACE) -> pytest.MarkDecorator:
+    """Skip the test, naming the path, where the Mooncake trace ``path`` is absent (it is shared
+    data beside the checkout, never part of the repository)."""
+    return pytest.mark.skipif(not path.exists(), reason=f"Mooncake trace not found at {path}")
 
 
 class Fixed(Policy):

@@ -67,12 +67,11 @@ def agents(fabric, tmp_path_factory):
     try:
         for g in AGENT_GPUS:
             name = TREE.gpu_name(g)
-            log = open(run / f"{name}.log", "wb")
-            procs.append(fabric.host(name).popen(
-                [sys.executable, "-m", "hosts.agent", "--name", name, "--gpu", str(g), "--listen-host", "0.0.0.0",
-                 "--port", str(AGENT_PORT), "--control", str(run / "control.sock")],
-                cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
-            log.close()
+            with (run / f"{name}.log").open("wb") as log:  # the agent keeps its own copy of the descriptor
+                procs.append(fabric.host(name).popen(
+                    [sys.executable, "-m", "hosts.agent", "--name", name, "--gpu", str(g), "--listen-host", "0.0.0.0",
+                     "--port", str(AGENT_PORT), "--control", str(run / "control.sock")],
+                    cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
         control.wait_hello([TREE.gpu_name(g) for g in AGENT_GPUS], timeout=20)
         yield control
     finally:
@@ -179,7 +178,8 @@ def test_greedy_background_flow_loads_core_link(fabric, executor):
             break
     best = max(runs, key=lambda r: (good(r), min(r["steady"], r["util"]), r["mbit_s"]))
     assert best["util"] > 0.8 and best["steady"] > 0.8, runs
-    assert best["up_s"] <= rise_limit_s, f"utilisation rose later than {rise_limit_s:g} s after the sender started: {runs}"
+    assert best["up_s"] <= rise_limit_s, \
+        f"utilisation rose later than {rise_limit_s:g} s after the sender started: {runs}"
     assert best["mbit_s"] > 0.8 * nic, runs
 
 
@@ -366,7 +366,8 @@ def test_link_down_reroutes_every_switch_and_up_restores(fabric, agents, executo
     snap = fabric.telemetry()["links"]
     assert snap["p1a0->p1t0"]["down"] and snap["p1t0->p1a0"]["capacity_bps"] == 0.0
     print(f"\n[measured] link p1a0<->p1t0 down: seen by {r['source']} after {1e3 * seen:.1f} ms, {r['entries']} "
-          f"entries on {len(r['switches'])} switches confirmed after {1e3 * routed:.1f} ms (target {2e3 * poll:.0f} ms)")
+          f"entries on {len(r['switches'])} switches confirmed after {1e3 * routed:.1f} ms "
+          f"(target {2e3 * poll:.0f} ms)")
     assert routed <= 2 * poll
     t_up = time.time()
     executor.apply(Action(0.0, "link_capacity", links=(link, back), factor=1.0))

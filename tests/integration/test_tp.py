@@ -223,7 +223,7 @@ def test_emulate_refuses_tp_above_one():
     from scheduler.emulate.emulable import EmulationUnsupportedError, check_emulable
 
     exp, _ = prepare(build_config(overrides=["cluster.tp=2"]), None, "idle", "cache-load,netkv", 40, 0, tune=False)
-    with pytest.raises(EmulationUnsupportedError, match="cluster.tp=2: an instance spans 2 GPUs"):
+    with pytest.raises(EmulationUnsupportedError, match=r"cluster\.tp=2: an instance spans 2 GPUs"):
         check_emulable(exp, 0.01, 1.0)
     exp1, _ = prepare(build_config(), None, "idle", "cache-load,netkv", 40, 0, tune=False)
     check_emulable(exp1, 0.01, 1.0)

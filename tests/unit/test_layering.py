@@ -1,5 +1,6 @@
-"""One definition each for what the fabric, controller, calibration and scheduler used to write
-twice, and topology free of controller/scheduler imports (no root: nothing is built)."""
+"""The package boundaries (an import scan of every module, top-level and function-level imports
+alike, ``TYPE_CHECKING`` ones included), and one definition each for what the fabric, controller,
+calibration and scheduler used to write twice (no root: nothing is built)."""
 from __future__ import annotations
 
 import argparse
@@ -19,18 +20,58 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALL = FatTreeConfig(pods=2, tors_per_pod=1, servers_per_tor=2, gpus_per_server=2, aggs_per_pod=2, cores=2)
 
 
+FIRST_PARTY = ("topology", "controller", "hosts", "scheduler", "scripts")
+"""The repository's top-level packages: the boundaries below restrict imports of these only."""
+
+
+def _is_module(dotted: str) -> bool:
+    """Whether ``dotted`` names a module or package of the repository (not a name inside one)."""
+    path = ROOT.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+    """Every module the file ``path`` imports (see :func:`_scan`)."""
+    return _scan(path.read_text(), path.relative_to(ROOT).parent.parts)
+
+
+def _scan(source: str, package: tuple[str, ...]) -> set[str]:
+    """Every module ``source`` (a module of ``package``) imports, wherever the statement sits
+    (module level, inside a function, under ``if TYPE_CHECKING``). ``from pkg import mod`` counts
+    as ``pkg.mod`` when ``mod`` is a module of the repository; relative imports are resolved."""
     names = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join((*package[:len(package) - node.level + 1], *([node.module] if node.module else [])))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                names.add(sub if _is_module(sub) else base)
     return names
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "topology").glob("*.py")), ids=lambda p: p.name)
+def _modules(*packages: str) -> list[Path]:
+    """Every .py file under the given repository folders."""
+    return sorted(p for pkg in packages for p in (ROOT / pkg).rglob("*.py"))
+
+
+def _first_party(path: Path) -> set[str]:
+    return {m for m in _imports(path) if m.split(".")[0] in FIRST_PARTY}
+
+
+def _within(module: str, allowed: tuple[str, ...]) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in allowed)
+
+
+def _ids(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+@pytest.mark.parametrize("path", _modules("topology"), ids=_ids)
 def test_topology_imports_neither_controller_nor_scheduler(path):
     bad = {m for m in _imports(path) if m.split(".")[0] in ("controller", "scheduler")}
     assert not bad, f"{path.name} imports {sorted(bad)}: topology is the bottom layer"
@@ -38,6 +79,73 @@ def test_topology_imports_neither_controller_nor_scheduler(path):
 
 def test_controller_settings_import_no_topology():
     assert not {m for m in _imports(ROOT / "controller" / "settings.py") if m.startswith("topology")}
+
+
+def test_controller_settings_import_nothing_of_the_repository():
+    """scheduler.model.config takes the poll interval's default from it: it must stay a leaf."""
+    assert not _first_party(ROOT / "controller" / "settings.py")
+
+
+# What each scheduler sub-package may import from the repository, bottom layer first. A module of
+# the package may import anything of its own package; the lists name the others.
+LAYERS: dict[str, tuple[str, ...]] = {
+    # requests, cluster state, timing, caches, scenarios: the model every layer above reads.
+    # controller.settings is the one default of the telemetry poll interval (a leaf, checked above).
+    "scheduler/model": ("scheduler.model", "scheduler.paths", "topology", "controller.settings"),
+    # oracles, telemetry, ranking and the dispatcher both backends share: no backend, no figures.
+    "scheduler/decision": ("scheduler.model", "scheduler.decision", "scheduler.policies", "topology"),
+    # one policy per file: decides on the model through the decision context.
+    "scheduler/policies": ("scheduler.model", "scheduler.decision", "scheduler.policies"),
+    # the flow-level backend.
+    "scheduler/sim": ("scheduler.model", "scheduler.decision", "scheduler.policies", "scheduler.sim",
+                      "scheduler.progress", "topology"),
+}
+
+
+@pytest.mark.parametrize(("path", "allowed"), [pytest.param(p, allowed, id=_ids(p))
+                                               for pkg, allowed in LAYERS.items() for p in _modules(pkg)])
+def test_scheduler_layers_import_only_the_layers_below(path, allowed):
+    bad = sorted(m for m in _first_party(path) if not _within(m, allowed))
+    assert not bad, f"{_ids(path)} imports {bad}; its package may import only {list(allowed)}"
+
+
+@pytest.mark.parametrize("path", _modules("scheduler/results"), ids=_ids)
+def test_results_import_no_study_simulator_or_emulator(path):
+    """A result folder is read back (netkv plot, compare, report) without running anything."""
+    bad = sorted(m for m in _first_party(path)
+                 if _within(m, ("scheduler.study", "scheduler.sim", "scheduler.emulate")))
+    assert not bad, f"{_ids(path)} imports {bad}: results only write and read result folders"
+
+
+@pytest.mark.parametrize("path", _modules("hosts"), ids=_ids)
+def test_hosts_take_only_the_model_from_the_scheduler(path):
+    """The agents run the instance compute model inside emulated hosts, nothing else of scheduler/."""
+    bad = sorted(m for m in _first_party(path)
+                 if m.split(".")[0] == "scheduler" and not _within(m, ("scheduler.model",)))
+    assert not bad, f"{_ids(path)} imports {bad}: hosts/ may import scheduler.model only"
+
+
+@pytest.mark.parametrize("path", [p for p in _modules("topology", "controller", "hosts", "scheduler")
+                                  if not _within(".".join(p.relative_to(ROOT).parts[:2]), ("scheduler.emulate",))],
+                         ids=_ids)
+def test_only_the_cli_drives_the_emulator(path):
+    """scheduler.emulate needs root and Mininet: only it and scripts/ may import it."""
+    bad = sorted(m for m in _first_party(path) if _within(m, ("scheduler.emulate",)))
+    assert not bad, f"{_ids(path)} imports {bad}: only scheduler/emulate/ and scripts/ may"
+
+
+def test_the_import_scan_sees_function_level_relative_and_type_only_imports():
+    """The boundaries rest on the scan: imports inside functions and under TYPE_CHECKING count,
+    ``from pkg import module`` names the module, relative imports resolve."""
+    code = ("from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from scheduler.sim.network import FlowNetwork\n"
+            "def f():\n    import scheduler.emulate.replay\n    from scheduler import progress\n"
+            "from . import cache\nfrom .timing import TimingModel\nfrom ..decision.oracle import NetworkOracle\n")
+    assert _scan(code, ("scheduler", "model")) == {
+        "typing", "scheduler.sim.network", "scheduler.emulate.replay", "scheduler.progress",
+        "scheduler.model.cache", "scheduler.model.timing", "scheduler.decision.oracle"}
+    assert _within("scheduler.model.cache", ("scheduler.model",))
+    assert not _within("scheduler.modelx", ("scheduler.model",))
 
 
 # --------------------------------------------------------------------------- the rate formula
@@ -91,7 +199,8 @@ def test_tc_argv_lists_are_the_shell_commands_the_interfaces_run():
             assert htb_commands("p0t0-eth1", mbit, htb_shape(kind)) == [" ".join(a) for a in argvs]
             assert [a.split() for a in htb_commands("p0t0-eth1", mbit, htb_shape(kind))] == argvs  # no spaces inside
             assert rate_argv("p0t0-eth1", mbit, htb_shape(kind)) == argvs[1]
-            assert leaf_command("x", mbit) == " ".join(leaf_argv("x", mbit)) and argvs[2] == leaf_argv("p0t0-eth1", mbit)
+            assert leaf_command("x", mbit) == " ".join(leaf_argv("x", mbit))
+            assert argvs[2] == leaf_argv("p0t0-eth1", mbit)
             assert up_argvs("x", mbit)[1] == leaf_argv("x", mbit, verb="add")
 
 
