@@ -226,8 +226,8 @@ class ControllerProcess:
 def controlled_fabric(tree: FatTree, scale: float, run_dir: str | Path, ofp_port: int = DEFAULT_OFP_PORT,
                       rest_port: int = DEFAULT_REST_PORT, poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
                       **options) -> Fabric:
-    """A :class:`topology.fabric.Fabric` with our controller (the positional order of the
-    fabric's constructor before the controller moved out of it); ``options`` go to the fabric."""
+    """A :class:`topology.fabric.Fabric` with our controller on ``rest_port``, polling every
+    ``poll_interval_s``; ``options`` go to the fabric."""
     from topology.fabric import Fabric  # imports Mininet: only where a fabric is built
 
     return Fabric(tree, scale, run_dir, ofp_port, ControllerProcess(rest_port, poll_interval_s), **options)
