@@ -161,11 +161,7 @@ class ControllerProcess:
         spec, proc = self._running()
         cleanup.kill_pids([proc.pid], grace_s=STOP_GRACE_S)
         proc.wait(timeout=5)
-        deadline = time.monotonic() + RESTART_PORTS_TIMEOUT_S
-        while not (port_free(spec.ofp_port) and port_free(self.rest_port)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.start(spec)
-        self.wait_ready()
+        self._start_again(spec)
 
     def crash(self) -> None:
         """Kill the process at once (SIGKILL: a crash, for fault injection); :meth:`recover` starts
@@ -182,10 +178,15 @@ class ControllerProcess:
         spec = self._crashed
         if spec is None:
             raise ControllerError("controller did not crash: nothing to recover")
+        self._crashed = None
+        self._start_again(spec)
+
+    def _start_again(self, spec: ControllerSpec) -> None:
+        """Start on the old process's ports once they are free (or :data:`RESTART_PORTS_TIMEOUT_S`
+        passed) and return once every switch has its routes re-installed."""
         deadline = time.monotonic() + RESTART_PORTS_TIMEOUT_S
         while not (port_free(spec.ofp_port) and port_free(self.rest_port)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        self._crashed = None
         self.start(spec)
         self.wait_ready()
 

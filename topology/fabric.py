@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -182,11 +183,7 @@ class Fabric:
         """Restart the controller (the switches keep their flows meanwhile: fail-mode secure);
         returns seconds until every switch has its routes re-installed."""
         self._net()  # the fabric must be running
-        controller = self._controller()
-        t0 = time.monotonic()
-        controller.restart()
-        self._save_state(controller_pid=controller.pid)
-        return time.monotonic() - t0
+        return self._timed_controller_start(self._controller().restart)
 
     def crash_controller(self) -> None:
         """Kill the controller (fault injection); the switches forward on what they hold."""
@@ -195,10 +192,14 @@ class Fabric:
 
     def recover_controller(self) -> float:
         """Start the crashed controller again; seconds until every switch has its routes."""
-        controller = self._controller()
+        return self._timed_controller_start(self._controller().recover)
+
+    def _timed_controller_start(self, start: Callable[[], None]) -> float:
+        """Run ``start`` (it returns once every switch has its routes), record the controller's new
+        pid in the state file; the seconds it took."""
         t0 = time.monotonic()
-        controller.recover()
-        self._save_state(controller_pid=controller.pid)
+        start()
+        self._save_state(controller_pid=self._controller().pid)
         return time.monotonic() - t0
 
     def __enter__(self) -> Fabric:
