@@ -11,7 +11,7 @@ from controller.settings import DEFAULT_REST_PORT
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_REST_PORT}/netkv/telemetry"
 
 
-class ControllerUnavailable(RuntimeError):
+class ControllerUnavailable(RuntimeError):  # noqa: N818 -- public name used by scheduler/, scripts/ and tests
     """A controller endpoint could not be reached or answered something that is not a JSON
     object; the message names the URL and the cause."""
 

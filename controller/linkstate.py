@@ -85,7 +85,7 @@ class LinkStatus:
     def down_links(self) -> frozenset[int]:
         """Directed link indices of every physical link that is down now."""
         out: set[int] = set()
-        for name, ports in self._down_ports.items():
+        for ports in self._down_ports.values():
             if ports:
                 dpid, port = next(iter(ports))
                 out.update(self._port_link[(dpid, port)][1])

@@ -3,24 +3,23 @@
 Two sources feed :class:`controller.linkstate.LinkStatus`: OpenFlow port-status messages, when
 the switch sends them, and a port-description request to every switch each ``poll_interval_s``
 (like the telemetry poll), because a link-down does not always produce a port-status message
-(docs/DESIGN.md#link-failures-on-the-fabric has what was measured here). Every change of a
-physical link is sent to the other apps as :class:`EventLinksChanged`: the routing app re-routes,
-the telemetry app marks the link's capacity 0. After a controller restart the first poll
-rediscovers links that are still down.
+(docs/DESIGN.md#link-failures-on-the-fabric). Every change of a physical link is sent to the
+other apps as :class:`EventLinksChanged`: the routing app re-routes, the telemetry app marks the
+link's capacity 0. After a controller restart the first poll rediscovers links that are still down.
 """
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ryu.base import app_manager
 from ryu.controller import event, ofp_event
-from ryu.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
-from ryu.lib import hub
-from ryu.ofproto import ofproto_v1_3
+from ryu.controller.handler import MAIN_DISPATCHER, set_ev_cls
 
+from controller.base_app import PollingApp
 from controller.linkstate import PORT_DESC_POLL, PORT_STATUS, LinkChange, LinkStatus, port_is_down
-from controller.run import ControllerConfig
-from topology.model import FatTree
+
+if TYPE_CHECKING:  # annotations only: importing it before ryu.base.app_manager is circular
+    from ryu.controller.controller import Datapath
 
 
 class EventLinksChanged(event.EventBase):
@@ -33,41 +32,24 @@ class EventLinksChanged(event.EventBase):
         self.down = down
 
 
-class LinkStateApp(app_manager.RyuApp):
+class LinkStateApp(PollingApp):
     """Tracks port liveness from port-status messages and polled port descriptions."""
 
-    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
-    _EVENTS = [EventLinksChanged]
+    _EVENTS: ClassVar[list[type]] = [EventLinksChanged]
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.config = ControllerConfig.load()
-        self.status = LinkStatus(FatTree(self.config.topology))
-        self.datapaths: dict[int, object] = {}
+        self.status = LinkStatus(self.tree)
         self.port_status_messages = 0
-        self.monitor_thread = hub.spawn(self._monitor)
 
-    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
-    def _state_change_handler(self, ev) -> None:
-        dp = ev.datapath
-        if ev.state == MAIN_DISPATCHER and dp.id is not None:
-            self.datapaths[dp.id] = dp
-            self._request_desc(dp)
-        elif ev.state == DEAD_DISPATCHER:
-            self.datapaths.pop(dp.id, None)
+    def switch_joined(self, dp: Datapath) -> None:
+        self.poll(dp)  # a (re)connected switch reports its ports at once, not one interval later
 
-    def _monitor(self) -> None:
-        while True:
-            hub.sleep(self.config.poll_interval_s)
-            for dp in list(self.datapaths.values()):
-                self._request_desc(dp)
-
-    @staticmethod
-    def _request_desc(dp) -> None:
+    def poll(self, dp: Datapath) -> None:
         dp.send_msg(dp.ofproto_parser.OFPPortDescStatsRequest(dp, 0))
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
-    def _port_status_handler(self, ev) -> None:
+    def _port_status_handler(self, ev: Any) -> None:
         msg, ofp = ev.msg, ev.msg.datapath.ofproto
         self.port_status_messages += 1
         desc = msg.desc
@@ -76,7 +58,7 @@ class LinkStateApp(app_manager.RyuApp):
         self._observe(msg.datapath.id, desc.port_no, down, PORT_STATUS)
 
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
-    def _port_desc_stats_reply_handler(self, ev) -> None:
+    def _port_desc_stats_reply_handler(self, ev: Any) -> None:
         dp = ev.msg.datapath
         ofp = dp.ofproto
         for desc in ev.msg.body:

@@ -92,7 +92,8 @@ class ControllerProcess:
     def check_ports(self, ofp_port: int) -> None:
         for port in (ofp_port, self.rest_port):
             if not port_free(port):
-                raise ControllerError(f"TCP port {port} on 127.0.0.1 is in use; choose another (--ofp-port/--rest-port)")
+                raise ControllerError(f"TCP port {port} on 127.0.0.1 is in use; "
+                                      "choose another (--ofp-port/--rest-port)")
 
     # ------------------------------------------------------------------ REST
     def telemetry(self, timeout_s: float = 2.0) -> dict:
@@ -111,20 +112,17 @@ class ControllerProcess:
             poll_interval_s=self.poll_interval_s,
             link_capacity_bps=spec.link_capacity_bps,
         ).to_json())
-        log = open(spec.run_dir / "controller.log", "ab")
-        try:
+        with open(spec.run_dir / "controller.log", "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 [self.python, "-m", CONTROLLER_MODULE, "--config", str(cfg),
                  "--ofp-port", str(spec.ofp_port), "--rest-port", str(self.rest_port)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        finally:
-            log.close()
 
     def wait_listening(self, timeout_s: float = LISTEN_TIMEOUT_S) -> None:
         """Return once the OpenFlow port accepts connections."""
-        spec = self._running()
+        spec, _ = self._running()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_alive()
@@ -139,7 +137,7 @@ class ControllerProcess:
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict:
         """Return the controller's status once every switch of the tree is connected with its
         routes installed."""
-        tree = self._running().tree
+        tree = self._running()[0].tree
         deadline = time.monotonic() + timeout_s
         status: dict = {}
         expected = len(tree.switch_names())
@@ -160,21 +158,17 @@ class ControllerProcess:
     def restart(self) -> None:
         """Stop the process and start a new one on the same ports (the switches keep their flows
         meanwhile: fail-mode secure); returns once every switch has its routes re-installed."""
-        spec = self._running()
-        cleanup.kill_pids([self.proc.pid], grace_s=STOP_GRACE_S)
-        self.proc.wait(timeout=5)
-        deadline = time.monotonic() + RESTART_PORTS_TIMEOUT_S
-        while not (port_free(spec.ofp_port) and port_free(self.rest_port)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.start(spec)
-        self.wait_ready()
+        spec, proc = self._running()
+        cleanup.kill_pids([proc.pid], grace_s=STOP_GRACE_S)
+        proc.wait(timeout=5)
+        self._start_again(spec)
 
     def crash(self) -> None:
         """Kill the process at once (SIGKILL: a crash, for fault injection); :meth:`recover` starts
         it again. The switches keep their flows meanwhile (fail-mode secure)."""
-        spec = self._running()
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=5)
+        spec, proc = self._running()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
         self.proc = None
         self._crashed = spec
 
@@ -184,10 +178,15 @@ class ControllerProcess:
         spec = self._crashed
         if spec is None:
             raise ControllerError("controller did not crash: nothing to recover")
+        self._crashed = None
+        self._start_again(spec)
+
+    def _start_again(self, spec: ControllerSpec) -> None:
+        """Start on the old process's ports once they are free (or :data:`RESTART_PORTS_TIMEOUT_S`
+        passed) and return once every switch has its routes re-installed."""
         deadline = time.monotonic() + RESTART_PORTS_TIMEOUT_S
         while not (port_free(spec.ofp_port) and port_free(self.rest_port)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        self._crashed = None
         self.start(spec)
         self.wait_ready()
 
@@ -213,21 +212,23 @@ class ControllerProcess:
             return "(no controller log)"
         return f"log {path}:\n" + "\n".join(text[-lines:])
 
-    def _running(self) -> ControllerSpec:
+    def _running(self) -> tuple[ControllerSpec, subprocess.Popen]:
+        """The spec and process of the running controller; ControllerError when there is none."""
         if self.proc is None or self.spec is None:
             raise ControllerError("controller is not running")
-        return self.spec
+        return self.spec, self.proc
 
     def _check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise ControllerError(f"controller exited with {self.proc.returncode}: {self.log_tail()}")
+        _, proc = self._running()
+        if proc.poll() is not None:
+            raise ControllerError(f"controller exited with {proc.returncode}: {self.log_tail()}")
 
 
 def controlled_fabric(tree: FatTree, scale: float, run_dir: str | Path, ofp_port: int = DEFAULT_OFP_PORT,
                       rest_port: int = DEFAULT_REST_PORT, poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
                       **options) -> Fabric:
-    """A :class:`topology.fabric.Fabric` with our controller (the positional order of the
-    fabric's constructor before the controller moved out of it); ``options`` go to the fabric."""
+    """A :class:`topology.fabric.Fabric` with our controller on ``rest_port``, polling every
+    ``poll_interval_s``; ``options`` go to the fabric."""
     from topology.fabric import Fabric  # imports Mininet: only where a fabric is built
 
     return Fabric(tree, scale, run_dir, ofp_port, ControllerProcess(rest_port, poll_interval_s), **options)

@@ -10,6 +10,7 @@ does). The other apps are found with ``app_manager.lookup_service_brick`` by cla
 from __future__ import annotations
 
 import json
+from typing import Any, ClassVar
 
 from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route
 from ryu.base import app_manager
@@ -25,9 +26,9 @@ def _json(payload: dict, status: int = 200) -> Response:
 class RestApp(app_manager.RyuApp):
     """Registers :class:`NetkvRestController` with Ryu's WSGI application."""
 
-    _CONTEXTS = {"wsgi": WSGIApplication}
+    _CONTEXTS: ClassVar[dict[str, type]] = {"wsgi": WSGIApplication}
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         kwargs["wsgi"].register(NetkvRestController, {REST_APP_KEY: self})
 
@@ -51,23 +52,24 @@ class RestApp(app_manager.RyuApp):
             "links_down": links.status.down_names() if links is not None else [],
             "link_changes": [c.to_dict() for c in links.status.changes] if links is not None else [],
             "port_status_messages": links.port_status_messages if links is not None else 0,
-            "reroutes": [{k: (sorted(v) if isinstance(v, set) else v) for k, v in r.items() if k != "pending"}
-                         for r in (routing.reroutes if routing is not None else [])],
+            "reroutes": [r.to_dict() for r in routing.reroutes] if routing is not None else [],
         }
 
 
 class NetkvRestController(ControllerBase):
-    def __init__(self, req, link, data, **config) -> None:
+    """The ``/netkv/...`` routes, answered from :class:`RestApp`."""
+
+    def __init__(self, req: Any, link: Any, data: dict[str, Any], **config: Any) -> None:
         super().__init__(req, link, data, **config)
         self.rest_app: RestApp = data[REST_APP_KEY]
 
     @route("netkv", "/netkv/telemetry", methods=["GET"])
-    def get_telemetry(self, req, **kwargs) -> Response:
+    def get_telemetry(self, req: Any, **kwargs: Any) -> Response:
         snap = self.rest_app.telemetry_snapshot()
         if snap is None:
             return _json({"error": "telemetry app not loaded"}, status=503)
         return _json(snap)
 
     @route("netkv", "/netkv/status", methods=["GET"])
-    def get_status(self, req, **kwargs) -> Response:
+    def get_status(self, req: Any, **kwargs: Any) -> Response:
         return _json(self.rest_app.status())

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from controller.settings import DEFAULT_POLL_INTERVAL_S
 from topology.errors import UnknownLinkError
 from topology.model import FatTree, switch_dpid, switch_ports
@@ -177,7 +179,7 @@ class LinkTelemetry:
         caps = [0.0 if s.down else s.capacity_bps for s in states]
         # the bits of one second at the measured rate against the capacity, every link at once
         # (the simulator's formula)
-        util = utilisation([s.tx_bps for s in states], 1.0, caps).tolist()
+        util = utilisation(np.array([s.tx_bps for s in states]), 1.0, np.array(caps)).tolist()
         links: dict[str, dict] = {}
         for (name, s), u, cap in zip(self._links.items(), util, caps):
             links[name] = {

@@ -187,7 +187,6 @@ def run_sink(host: str, port: int, duration: float | None = None,
         lst.close()
 
 
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m hosts.background",
                                  description="background TCP sender (greedy/paced) or sink")
@@ -223,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.standby:
         try:
-            run_standby(*args.dst, args.rate_mbit, args.connect_timeout, args.congestion,
+            host, port = args.dst
+            run_standby(host, port, args.rate_mbit, args.connect_timeout, args.congestion,
                         lambda d: print(json.dumps(d), flush=True))
         except (BackgroundError, OSError) as exc:
             print(f"background: {exc}", file=sys.stderr)
@@ -238,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         if args.dst is not None:
-            stats = run_sender(*args.dst, args.duration, args.rate_mbit, stop,
+            host, port = args.dst
+            stats = run_sender(host, port, args.duration, args.rate_mbit, stop,
                                args.connect_timeout, args.congestion)
         else:
             def ready(port: int) -> None:
@@ -248,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             def flow(st: FlowStats) -> None:
                 print(json.dumps(st.summary()), flush=True)
 
-            stats = run_sink(*args.listen, args.duration, stop, ready, flow, args.window_clamp)
+            host, port = args.listen
+            stats = run_sink(host, port, args.duration, stop, ready, flow, args.window_clamp)
     except (BackgroundError, OSError) as exc:
         print(f"background: {exc}", file=sys.stderr)
         return 1

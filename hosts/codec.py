@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import MISSING, fields
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from hosts.messages import Message, ProtocolError, is_int, message_class
+
+M = TypeVar("M", bound=Message)
 
 MAX_LINE = 1 << 16
 """Longest control line in bytes (the longest, a ``reset`` with the whole default config, is 1.4 KiB)."""
@@ -47,6 +49,10 @@ def _field_value(kind: str, name: str, hint: str, value: object) -> object:
     return value
 
 
+@overload
+def decode(obj: object) -> Message: ...
+@overload
+def decode(obj: object, expect: type[M]) -> M: ...
 def decode(obj: object, expect: type[Message] = Message) -> Message:
     """The message a JSON object carries (a ``Command`` when ``expect`` is ``Command``, a
     ``Report`` when ``Report``, either by default); ``ProtocolError`` naming the message and the
@@ -57,7 +63,7 @@ def decode(obj: object, expect: type[Message] = Message) -> Message:
     ids = (tid if is_int(tid) else None, rid if is_int(rid) else None)
     tag = expect.TAG or ("ev" if "ev" in obj else "op")
     cls = message_class(tag, obj.get(tag))
-    if cls is None:
+    if cls is None or not issubclass(cls, expect):
         raise ProtocolError(f"unknown {tag} {obj.get(tag)!r}", *ids)
     try:
         values = {f.name: _field_value(cls.KIND, f.name, str(f.type), obj.get(f.name))
@@ -90,6 +96,10 @@ def encode_line(msg: Message | dict[str, Any]) -> bytes:
     return line
 
 
+@overload
+def decode_line(line: bytes) -> Message: ...
+@overload
+def decode_line(line: bytes, expect: type[M]) -> M: ...
 def decode_line(line: bytes, expect: type[Message] = Message) -> Message:
     """The message of one JSON line; ``ProtocolError`` if it is not JSON or not a valid message."""
     try:

@@ -43,7 +43,7 @@ from hosts.messages import (
 )
 
 __all__ = ["AgentClient", "ControlError", "ControlServer", "ControlTimeout", "ProtocolError"]
-class ControlTimeout(ControlError, TimeoutError):
+class ControlTimeout(ControlError, TimeoutError):  # noqa: N818 -- public name used by scheduler/ and tests
     """Waiting for agents or events timed out; the message says what is missing."""
 
 
@@ -280,17 +280,6 @@ class ControlServer:
                                          f"{timeout:g} s: {pending[:10]}")
                 self._cond.wait(left)
 
-    def broadcast(self, msg: Command) -> list[str]:
-        """Send ``msg`` to every connected agent; returns the names it reached."""
-        reached = []
-        for name in list(self.agents()):
-            try:
-                self.send(name, msg)
-                reached.append(name)
-            except ControlError:
-                pass
-        return reached
-
     def close(self) -> None:
         """Stop accepting, close every agent connection (agents then exit), remove the socket."""
         if self._closed:
@@ -350,7 +339,7 @@ class AgentClient:
         try:
             for line in read_lines(self.sock):
                 try:
-                    yield decode_line(line, Command)  # type: ignore[misc]
+                    yield decode_line(line, Command)
                 except ProtocolError as exc:
                     self.emit(Error(exc.transfer_id, str(exc), request_id=exc.request_id))
         except ProtocolError as exc:

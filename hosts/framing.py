@@ -33,7 +33,7 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 KV_PORT = 9470
 """Default TCP port of the agents' KV data listener (outside Linux's ephemeral range)."""
@@ -155,7 +155,7 @@ def load_scapy_layer() -> type:
             """Scapy view of the header; see the module docstring for the layout."""
 
             name = "NetKV KV-stream header"
-            fields_desc = [
+            fields_desc: ClassVar[list[Any]] = [
                 StrFixedLenField("magic", MAGIC, 2),
                 ByteField("version", VERSION),
                 ByteEnumField("msg_type", MSG_DATA, MSG_TYPES),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Any
 
 from hosts.framing import (
     FLAG_ACK_REQ,
@@ -46,15 +47,15 @@ class TransferError(RuntimeError):
         self.transfer_id, self.request_id = transfer_id, request_id
 
 
-def _recv_exact(sock: socket.socket, n: int) -> tuple[bytes, float | None]:
-    """Read exactly ``n`` bytes; returns them and the time the first byte arrived."""
+def _recv_exact(sock: socket.socket, n: int) -> tuple[bytes, float]:
+    """Read exactly ``n`` (> 0) bytes; returns them and the time the first byte arrived."""
     buf = bytearray()
-    t_first = None
+    t_first = 0.0
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
         if not chunk:
             raise TransferError(f"connection closed after {len(buf)} of {n} header bytes")
-        if t_first is None:
+        if not buf:
             t_first = time.time()
         buf += chunk
     return bytes(buf), t_first
@@ -87,12 +88,13 @@ def connect(dst_ip: str, dst_port: int, *, connect_timeout: float = 10.0, sndbuf
     return sock
 
 
-def check_schedule(schedule: object, nbytes: int) -> list[tuple[float, int]]:
+def check_schedule(schedule: Any, nbytes: int) -> list[tuple[float, int]]:
     """A layer schedule (``[[wall time, bytes so far], ...]``, see ``hosts.compute``) as a list
     of (time, bytes): times non-decreasing, bytes non-decreasing within 0..``nbytes``, the last
-    entry ``nbytes``; raises ``TransferError`` otherwise."""
+    entry ``nbytes``; raises ``TransferError`` otherwise. ``schedule`` is whatever the command's JSON
+    held, hence ``Any``: anything that is not such a list is refused here."""
     try:
-        steps = [(float(t), int(b)) for t, b in schedule]  # type: ignore[union-attr]
+        steps = [(float(t), int(b)) for t, b in schedule]
     except (TypeError, ValueError) as exc:
         raise TransferError(f"layer_schedule must be [[time, bytes], ...]: {exc}") from None
     ok = bool(steps) and steps[-1][1] == nbytes and all(
@@ -125,8 +127,11 @@ def send_on(sock: socket.socket, dst_ip: str, dst_port: int, transfer_id: int, r
         chunk = len(view)
         for t_ready, upto in schedule or [(t_start, nbytes)]:
             wait = t_ready - time.time()
-            if wait > 0 and (stop.wait(wait) if stop is not None else time.sleep(wait)):
-                raise TransferError(f"stopped after {sent} of {nbytes} bytes (the agent is shutting down)", sent)
+            if wait > 0:
+                if stop is None:
+                    time.sleep(wait)
+                elif stop.wait(wait):
+                    raise TransferError(f"stopped after {sent} of {nbytes} bytes (the agent is shutting down)", sent)
             while sent < upto:
                 n = min(chunk, upto - sent)
                 sock.sendall(view[:n])
@@ -223,7 +228,6 @@ def receive_transfer(conn: socket.socket, *, my_gpu: int | None = None,
     except OSError as exc:
         raise TransferError(f"transfer {hdr.transfer_id} from {peer} failed after {got} "
                             f"bytes: {exc}", got, hdr.transfer_id, hdr.request_id) from exc
-    assert t_start is not None  # _recv_exact read at least one byte
     return Received(hdr.transfer_id, hdr.request_id, got, t_start, t_end, "recv", peer,
                     hdr.src_gpu, hdr.dst_gpu)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 ROLES = ("prefill", "decode")  # = scheduler.model.instance.ROLES (a test checks); not imported: it needs numpy
 
@@ -352,7 +352,7 @@ class AgentFailure:
     role: str | None = None
 
 
-AgentEvent = Union[Prefilled, KvReceived, FirstToken, Finished, AgentFailure]
+AgentEvent = Prefilled | KvReceived | FirstToken | Finished | AgentFailure
 """What the real-time replay (``scheduler.emulate.replay``) consumes."""
 
 

@@ -5,8 +5,8 @@ are in place and then sends only between :data:`START_SIGNAL` (a new connection)
 :data:`STOP_SIGNAL` (the connection is reset, and ``{"mode": "send", ..., "activation": k}``
 printed for it), as often as asked, until SIGTERM. The scenario executor starts every flow slot a
 scenario needs before the clock starts, so an on/off scenario switching dozens of flows costs two
-signals per flow, not the start-up of dozens of Python processes while the replay runs (the
-switch times measured both ways: docs/calibration.md#flow-slots).
+signals per flow, not the start-up of dozens of Python processes while the replay runs
+(docs/calibration.md#flow-slots).
 """
 from __future__ import annotations
 

@@ -109,7 +109,9 @@ def cmdline(pid: int) -> str:
 
 def pid_matches(pid: int | None, mark: str) -> bool:
     """True when ``pid`` is alive and its command line contains ``mark``."""
-    return bool(pid) and mark in cmdline(int(pid))
+    if not pid:
+        return False
+    return mark in cmdline(int(pid))
 
 
 def owner_alive(state: dict) -> bool:
@@ -232,7 +234,8 @@ def delete_links(names: list[str]) -> None:
     done = subprocess.run(["ip", "-force", "-batch", "-"], input=batch, capture_output=True, text=True, check=False)
     still = present_links(names)
     if still:
-        raise CleanupError(f"could not delete {len(still)} interfaces ({', '.join(still[:5])}...): {done.stderr.strip()}")
+        raise CleanupError(f"could not delete {len(still)} interfaces ({', '.join(still[:5])}...): "
+                           f"{done.stderr.strip()}")
 
 
 @dataclass
@@ -262,7 +265,7 @@ def leftovers(trees: list[FatTree], state: dict | None = None) -> CleanupReport:
     if state:
         procs = host_processes(state) + switch_shells(state)
         ctl = state.get("controller_pid")
-        if pid_matches(ctl, CONTROLLER_MARK):
+        if ctl is not None and pid_matches(ctl, CONTROLLER_MARK):
             procs.append(int(ctl))
     return CleanupReport(sorted(set(procs)), present_bridges(bridges), present_links(links + bridges))
 

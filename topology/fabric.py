@@ -28,10 +28,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from topology import cleanup
 from topology.cleanup import STATE_FILE, read_state, remove_state, write_state
@@ -40,6 +41,9 @@ from topology.host_setup import configure_hosts, reconfigure_host
 from topology.mininet_topo import FatTreeTopo, ShapedLink, default_datapath, link_capacity_bps
 from topology.model import FatTree, FatTreeConfig, nic_ip, nvlink_ip, peer_ip
 from topology.signals import StopSignalHandlers, mask_stop_signals, unmask_stop_signals
+
+if TYPE_CHECKING:
+    from mininet.net import Mininet
 
 CONTROLLER_NAME = "ryu"  # Mininet node name of the RemoteController ('c0' is a core switch)
 ROOT_REASON = ("the emulated fabric needs root: it creates network namespaces, veth pairs, tc (HTB) "
@@ -92,10 +96,12 @@ def require_root() -> None:
 
 def require_ovs() -> None:
     if shutil.which("ovs-vsctl") is None or shutil.which("mnexec") is None:
-        raise FabricError("Open vSwitch / Mininet are not installed; run: sudo scripts/setup.sh --emulation")
+        raise FabricError("Open vSwitch / Mininet are not installed; "
+                          "run: sudo scripts/setup.sh --emulation")
     done = subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True, text=True, check=False)
     if done.returncode:
-        raise FabricError(f"Open vSwitch is not running ({done.stderr.strip()}); run: sudo scripts/setup.sh --emulation")
+        raise FabricError(f"Open vSwitch is not running ({done.stderr.strip()}); "
+                          "run: sudo scripts/setup.sh --emulation")
 
 
 def tier_samples(tree: FatTree) -> dict[int, tuple[int, int]]:
@@ -140,7 +146,7 @@ class Fabric:
         self.state_file = Path(state_file)
         self.check_reachability = check_reachability
         self.handle_signals = handle_signals
-        self.net = None
+        self.net: Mininet | None = None
         self.state: dict = {}
         self.timings: dict[str, float] = {}
         self.reachability: dict[int, dict] = {}
@@ -149,12 +155,10 @@ class Fabric:
         self._stopping = False
 
     # ----------------------------------------------------------------- public API
-    def host(self, name: str):
+    def host(self, name: str) -> Any:
         """Mininet host object (``.cmd()``, ``.popen()``, ``.pid``) of GPU host ``name``."""
         self.tree.gpu_index(name)  # clear error for unknown names
-        if self.net is None:
-            raise FabricError("fabric is not running")
-        return self.net.get(name)
+        return self._net().get(name)
 
     def peer_ip(self, src: int, dst: int) -> str:
         """Address GPU ``src`` uses for GPU ``dst`` (NVLink IP inside a server, NIC IP otherwise)."""
@@ -164,13 +168,12 @@ class Fabric:
         """Both interfaces of the link ``upper`` <-> ``lower`` up or down (Mininet's link status:
         the switch end reports the port change to the controller). A GPU host's settings on that
         link (routes, ARP) are put back when it comes up."""
-        if self.net is None:
-            raise FabricError("fabric is not running")
-        if not self.net.linksBetween(self.net.get(upper), self.net.get(lower)):
+        net = self._net()
+        if not net.linksBetween(net.get(upper), net.get(lower)):
             raise FabricError(f"no link {upper} <-> {lower} in this fabric")
-        self.net.configLinkStatus(upper, lower, "up" if up else "down")
+        net.configLinkStatus(upper, lower, "up" if up else "down")
         if up and lower in self.tree.gpu_names:
-            reconfigure_host(self.net, self.tree, lower, self.run_dir)
+            reconfigure_host(net, self.tree, lower, self.run_dir)
 
     def telemetry(self, timeout_s: float = 2.0) -> dict:
         """The controller's telemetry snapshot (DESIGN.md schema)."""
@@ -179,24 +182,24 @@ class Fabric:
     def restart_controller(self) -> float:
         """Restart the controller (the switches keep their flows meanwhile: fail-mode secure);
         returns seconds until every switch has its routes re-installed."""
-        if self.net is None:
-            raise FabricError("fabric is not running")
-        t0 = time.monotonic()
-        self._controller().restart()
-        self._save_state(controller_pid=self.controller.pid)
-        return time.monotonic() - t0
+        self._net()  # the fabric must be running
+        return self._timed_controller_start(self._controller().restart)
 
     def crash_controller(self) -> None:
         """Kill the controller (fault injection); the switches forward on what they hold."""
-        if self.net is None:
-            raise FabricError("fabric is not running")
+        self._net()  # the fabric must be running
         self._controller().crash()
 
     def recover_controller(self) -> float:
         """Start the crashed controller again; seconds until every switch has its routes."""
+        return self._timed_controller_start(self._controller().recover)
+
+    def _timed_controller_start(self, start: Callable[[], None]) -> float:
+        """Run ``start`` (it returns once every switch has its routes), record the controller's new
+        pid in the state file; the seconds it took."""
         t0 = time.monotonic()
-        self._controller().recover()
-        self._save_state(controller_pid=self.controller.pid)
+        start()
+        self._save_state(controller_pid=self._controller().pid)
         return time.monotonic() - t0
 
     def __enter__(self) -> Fabric:
@@ -229,6 +232,12 @@ class Fabric:
             self.stop()
             raise
         return self
+
+    def _net(self) -> Mininet:
+        """The running Mininet network; FabricError when the fabric is not running."""
+        if self.net is None:
+            raise FabricError("fabric is not running")
+        return self.net
 
     def _controller(self) -> FabricController:
         if self.controller is None:
@@ -299,17 +308,17 @@ class Fabric:
         datapath = self.datapath or default_datapath()
         switch = partial(OVSSwitch, datapath=datapath, batch=True, protocols="OpenFlow13", failMode="secure")
         t0 = time.monotonic()
-        self.net = Mininet(topo=self.topo, switch=switch, link=ShapedLink, controller=None, build=False,
-                           autoSetMacs=False, autoStaticArp=False, waitConnected=False)
+        self.net = net = Mininet(topo=self.topo, switch=switch, link=ShapedLink, controller=None, build=False,
+                                 autoSetMacs=False, autoStaticArp=False, waitConnected=False)
         # Record the shells right after build, so a crash later on is cleanable from the state file.
-        self.net.build()
+        net.build()
         self._save_state(
             datapath=datapath,
-            host_pids={h.name: h.pid for h in self.net.hosts},
-            host_netns={h.name: cleanup.netns_id(h.pid) for h in self.net.hosts},
-            switch_pids={s.name: s.pid for s in self.net.switches},
+            host_pids={h.name: h.pid for h in net.hosts},
+            host_netns={h.name: cleanup.netns_id(h.pid) for h in net.hosts},
+            switch_pids={s.name: s.pid for s in net.switches},
             hosts={h.name: {"pid": h.pid, "nic_ip": nic_ip(self.tree, g), "nvlink_ip": nvlink_ip(self.tree, g)}
-                   for g, h in enumerate(self.net.get(*self.tree.gpu_names))},
+                   for g, h in enumerate(net.get(*self.tree.gpu_names))},
         )
         self._configure_hosts()
         self.timings["build_s"] = time.monotonic() - t0
@@ -317,15 +326,15 @@ class Fabric:
             self.controller.wait_listening()
 
         class _ListeningController(RemoteController):
-            def checkListening(self) -> None:
+            def checkListening(self) -> None:  # noqa: N802 -- overrides Mininet's camelCase method
                 """Already checked by ``FabricController.wait_listening``. Mininet's own probe telnets
                 to the port and decodes what comes back as UTF-8; when Ryu's binary OpenFlow
                 HELLO (a random xid) arrives before telnet hangs up, that raises
-                UnicodeDecodeError (seen once in CI on a loaded machine)."""
+                UnicodeDecodeError."""
 
-        self.net.addController(_ListeningController(CONTROLLER_NAME, ip="127.0.0.1", port=self.ofp_port))
+        net.addController(_ListeningController(CONTROLLER_NAME, ip="127.0.0.1", port=self.ofp_port))
         t1 = time.monotonic()
-        self.net.start()
+        net.start()
         self._check_shaping()
         self.timings["start_s"] = time.monotonic() - t1
 
@@ -334,7 +343,7 @@ class Fabric:
         shown = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=False).stdout
         shaped = {line.split(" dev ", 1)[1].split()[0] for line in shown.splitlines()
                   if line.startswith("qdisc htb 5:") and " dev " in line}
-        for sw in self.net.switches:
+        for sw in self._net().switches:
             for intf in sw.intfList():
                 if getattr(intf, "bw", None) is not None and intf.name not in shaped:
                     intf.config(**intf.params)
@@ -342,15 +351,17 @@ class Fabric:
                         raise FabricError(f"could not shape {intf.name} at {intf.bw} Mbit/s")
 
     def _configure_hosts(self) -> None:
-        configure_hosts(self.net, self.tree, self.run_dir)
+        configure_hosts(self._net(), self.tree, self.run_dir)
 
     def ping_tiers(self, count: int = 1, attempts: int = 3) -> dict[int, dict]:
         """Ping one pair of every tier; {tier: {"src", "dst", "ip", "ok", "rtt_ms"}}."""
         out: dict[int, dict] = {}
+        net = self._net()
         for tier, (src, dst) in tier_samples(self.tree).items():
             ip = self.peer_ip(src, dst)
-            host = self.net.get(self.tree.gpu_name(src))
-            res = {"src": self.tree.gpu_name(src), "dst": self.tree.gpu_name(dst), "ip": ip, "ok": False, "rtt_ms": None}
+            host = net.get(self.tree.gpu_name(src))
+            res = {"src": self.tree.gpu_name(src), "dst": self.tree.gpu_name(dst), "ip": ip, "ok": False,
+                   "rtt_ms": None}
             for _ in range(attempts):
                 text = host.cmd(f"ping -c{count} -W1 -q {ip}")
                 if " 0% packet loss" in text:
@@ -411,13 +422,13 @@ class Fabric:
             raise FabricError("teardown incomplete: " + "; ".join(errors))
 
     def _stop_network(self) -> None:
-        """Mininet's ``net.stop()`` in bulk (8 s -> ~2 s for 64 GPUs): it deletes 320 interfaces
-        one shell command at a time (~14 ms each) and the bridges with their ports afterwards.
+        """Mininet's ``net.stop()`` in bulk: Mininet deletes the interfaces one shell command at a
+        time and the bridges with their ports afterwards, which dominates teardown on a large tree.
         Here every process in the hosts' namespaces goes first, so the kernel destroys the
         namespaces -- and the host veth pairs in them -- in one batch; then all bridges in one
         ovs-vsctl call, the remaining switch-to-switch veths in one ``ip -batch``, and the
         switch shells."""
-        net = self.net
+        net = self._net()
         hosts = cleanup.host_processes(self.state) if self.state.get("host_pids") else []
         cleanup.kill_pids(hosts, grace_s=1.0)
         for host in net.hosts:

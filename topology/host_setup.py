@@ -18,8 +18,8 @@ HOST_RTO_MIN_MS = 10
 """TCP minimum RTO on the fabric routes: Linux's 200 ms turns each tail drop into a stall longer than the
 transfer (docs/calibration.md#host-rto-min)."""
 HOST_TCP_CONGESTION = "reno"
-"""Congestion control in every host, explicit so results do not follow the VM's default (BBR here, which
-retransmitted 30-50% of short transfers' bytes; docs/calibration.md#host-tcp-congestion)."""
+"""Congestion control in every host, explicit so results do not follow the VM's default
+(docs/calibration.md#host-tcp-congestion says why this one)."""
 HOST_SLOW_START_AFTER_IDLE = 0
 """Pooled KV connections keep their window across idle gaps, as an RDMA engine starts at the path's rate
 (docs/calibration.md#host-slow-start-after-idle)."""

@@ -74,7 +74,8 @@ def default_datapath() -> str:
     return "kernel" if kernel_has_ovs_module() else "user"
 
 
-def link_rates_mbit(tree: FatTree, scale: float = DEFAULT_SCALE, nvlink_cap_mbit: float | None = None) -> dict[str, float]:
+def link_rates_mbit(tree: FatTree, scale: float = DEFAULT_SCALE,
+                    nvlink_cap_mbit: float | None = None) -> dict[str, float]:
     """Emulated rate (Mbit/s) per link kind ('nvlink', 'nic', 'tor_agg', 'agg_core').
 
     Raises :class:`EmulationScaleError` when a rate falls outside
@@ -92,7 +93,8 @@ def link_rates_mbit(tree: FatTree, scale: float = DEFAULT_SCALE, nvlink_cap_mbit
     return rates
 
 
-def link_capacity_bps(tree: FatTree, scale: float = DEFAULT_SCALE, nvlink_cap_mbit: float | None = None) -> dict[str, float]:
+def link_capacity_bps(tree: FatTree, scale: float = DEFAULT_SCALE,
+                      nvlink_cap_mbit: float | None = None) -> dict[str, float]:
     """Emulated capacity in bits/s of every directed link, keyed by ``FatTree.link_name``."""
     rates = link_rates_mbit(tree, scale, nvlink_cap_mbit)
     return {tree.link_name(i): rates[tree.link_kind(i)] * 1e6 for i in range(tree.n_links)}
@@ -243,7 +245,8 @@ class FatTreeTopo(Topo):
         self.tree = tree
         self.scale = scale
         self.rates_mbit = rates = link_rates_mbit(tree, scale, nvlink_cap_mbit)
-        too_long = [n for n in (*switch_intf_names(tree), host_intf_name(tree.gpu_names[-1], True)) if len(n) > IFNAMSIZ]
+        names = (*switch_intf_names(tree), host_intf_name(tree.gpu_names[-1], True))
+        too_long = [n for n in names if len(n) > IFNAMSIZ]
         if too_long:
             raise EmulationScaleError(
                 f"interface names longer than {IFNAMSIZ} characters ({too_long[0]!r}): this fat-tree shape is "

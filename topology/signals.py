@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from topology.cleanup import StopSignal
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Signals that tear a running fabric down instead of killing its owner: Ctrl-C, ``kill``, and the
 hang-up a dropped SSH session sends to ``sudo netkv emulate``."""
+
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+"""What ``signal.signal`` returns and accepts: a handler, ``SIG_DFL``/``SIG_IGN``, or None."""
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -23,7 +28,7 @@ class StopSignalHandlers:
     """Our handlers for :data:`STOP_SIGNALS` (main thread only; elsewhere nothing happens)."""
 
     def __init__(self) -> None:
-        self._old: dict[int, object] = {}
+        self._old: dict[int, SignalHandler] = {}
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
