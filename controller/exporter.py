@@ -32,8 +32,8 @@ from controller.telemetry import LinkTelemetry
 
 class LinkCounters:
     """Cumulative per link bytes and drops from successive telemetry snapshots: each new poll adds
-    ``tx_bps / 8 x`` the time since the previous poll it saw, and its drops (a poll's drops are
-    that interval's)."""
+    ``tx_bps / 8 x`` the time since the previous poll it saw (the poll interval for a link's first
+    one), and its drops (a poll's drops are that interval's)."""
 
     def __init__(self) -> None:
         self.bytes: dict[str, float] = {}
@@ -42,6 +42,7 @@ class LinkCounters:
 
     def update(self, snapshot: dict) -> None:
         """Count the polls of ``snapshot`` (the DESIGN.md schema) not counted yet."""
+        interval = float(snapshot.get("poll_interval_s") or 0.0)
         for name, link in snapshot.get("links", {}).items():
             self.bytes.setdefault(name, 0.0)
             self.drops.setdefault(name, 0.0)
@@ -50,10 +51,9 @@ class LinkCounters:
                 continue
             prev = self._seen.get(name)
             self._seen[name] = t
-            if prev is None:
-                continue  # the first measured interval: its length is unknown here
-            if t > prev:
-                self.bytes[name] += float(link.get("tx_bps", 0.0)) / 8.0 * (t - prev)
+            span = interval if prev is None else t - prev
+            if span > 0:
+                self.bytes[name] += float(link.get("tx_bps", 0.0)) / 8.0 * span
                 self.drops[name] += float(link.get("drops", 0))
 
 

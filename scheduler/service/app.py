@@ -57,10 +57,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class _BodyTooLargeError(Exception):
-    pass
-
-
 class OracleService:
     """The service's state: pricer, telemetry monitor, reservations and metrics."""
 
@@ -137,21 +133,33 @@ class _Guard:
             if early is not None:
                 await early(scope, receive, send_status)
                 return
-            received = 0
-
-            async def limited() -> Message:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                # read the body here, so the limit holds without a Content-Length (chunked) too;
+                # FastAPI would turn an exception raised while it reads into a 400
+                chunks: list[bytes] = []
+                received, more = 0, True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunks.append(message.get("body", b""))
+                    received += len(chunks[-1])
                     if received > self.max_body:
-                        raise _BodyTooLargeError
-                return message
+                        await _error(413, f"request body over {self.max_body} bytes")(scope, receive, send_status)
+                        return
+                    more = message.get("more_body", False)
+                whole: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-            try:
-                await self.app(scope, limited, send_status)
-            except _BodyTooLargeError:
-                await _error(413, f"request body over {self.max_body} bytes")(scope, receive, send_status)
+                async def replay() -> Message:
+                    nonlocal whole
+                    if whole is None:  # after the body: what the client does next (disconnect)
+                        return await receive()
+                    message, whole = whole, None
+                    return message
+
+                await self.app(scope, replay, send_status)
+            else:
+                await self.app(scope, receive, send_status)
         finally:
             known = route if route in _ROUTES else "other"
             self.service.queries.labels(known, str(status_box[0])).inc()
