@@ -24,9 +24,10 @@ declare -A probe=(
   [iproute2]=/usr/sbin/tc
   [psmisc]=/usr/bin/killall
   [iputils-ping]=/usr/bin/ping
+  [prometheus]=/usr/bin/prometheus
 )
 missing=()
-for pkg in mininet openvswitch-switch iperf3 ethtool tcpdump iproute2 psmisc iputils-ping; do
+for pkg in mininet openvswitch-switch iperf3 ethtool tcpdump iproute2 psmisc iputils-ping prometheus; do
   [ -e "${probe[$pkg]}" ] || missing+=("$pkg")
 done
 # Debian's Mininet lives in /usr/bin/python3's dist-packages; the venv sees it via system site packages.

@@ -1,0 +1,72 @@
+"""`netkv oracle serve`: the network cost oracle as an HTTP service (docs/oracle-service.md)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from scripts.cli_common import EXIT_OK, UsageError, add_command
+
+DEFAULT_PORT = 8470
+"""The service's default TCP port (next to the agents' KV port 9470 range, clear of 8080 REST)."""
+
+DESCRIPTION = ("Serve the network cost oracle over HTTP: POST /v1/cost, /v1/select, /v1/reservations;\n"
+               "GET /v1/topology, /healthz, /metrics; OpenAPI at /docs. Telemetry from the Ryu controller,\n"
+               "a Prometheus server or a recorded telemetry.csv; static pricing without one. Requests need\n"
+               "'Authorization: Bearer $NETKV_ORACLE_TOKEN' when that variable is set.")
+EXAMPLES = ["netkv oracle serve --port 8470",
+            "netkv oracle serve --telemetry ryu:http://127.0.0.1:8080",
+            "netkv oracle serve --telemetry prometheus:http://127.0.0.1:9090 --set cluster.placement=by-server",
+            "netkv oracle serve --telemetry replay:results/run/telemetry.csv"]
+
+
+def register(sub) -> None:
+    """Add ``oracle serve`` to the ``netkv`` subparsers ``sub``."""
+    p = add_command(sub, "oracle", DESCRIPTION, EXAMPLES, help="the network cost oracle as an HTTP service")
+    osub = p.add_subparsers(dest="oracle_command", metavar="ACTION")
+    osub.required = True
+    s = add_command(osub, "serve", DESCRIPTION, EXAMPLES, help="serve the oracle over HTTP")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default: %(default)s)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; anything else "
+                   "exposes the service beyond this machine)")
+    s.add_argument("--telemetry", metavar="ryu:URL|prometheus:URL|replay:FILE",
+                   help="telemetry source (default: none, static pricing)")
+    s.add_argument("--poll-interval", type=float, default=0.5, metavar="S",
+                   help="telemetry poll interval, s; snapshots older than 4 intervals are not used "
+                        "(default: %(default)s)")
+    s.add_argument("--capacity-scale", type=float, default=1.0, metavar="K",
+                   help="the telemetry's link capacities are the model's x K (an emulated fabric's --scale; "
+                        "default: %(default)s)")
+    s.add_argument("--model", default="llama-3-8b", help="model preset (KV bytes per token; default: %(default)s)")
+    s.add_argument("--set", action="append", dest="overrides", metavar="SECTION.FIELD=VALUE",
+                   help="override a model constant, as for simulate (repeatable)")
+    s.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from scheduler.service.app import TOKEN_ENV, OracleService, create_app
+    from scheduler.service.pricing import load_pricer
+    from scheduler.service.sources import SourceSpecError, TelemetryMonitor, make_source
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be 1..65535, got {args.port}")
+    if not args.poll_interval > 0:
+        raise UsageError(f"--poll-interval must be > 0, got {args.poll_interval}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"netkv oracle serve: warning: binding {args.host} exposes the oracle beyond this machine"
+              f"{'' if os.environ.get(TOKEN_ENV) else f' without a token (set {TOKEN_ENV})'}", file=sys.stderr)
+    pricer = load_pricer(args.overrides, args.model, args.capacity_scale)
+    try:
+        source = make_source(args.telemetry, pricer)
+    except SourceSpecError as exc:
+        raise UsageError(str(exc)) from None
+    monitor = TelemetryMonitor(source, args.poll_interval)
+    app = create_app(OracleService(pricer, monitor), token=os.environ.get(TOKEN_ENV) or None)
+    monitor.start()
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    finally:
+        monitor.stop()
+    return EXIT_OK
