@@ -1,7 +1,8 @@
 """The controller's per link telemetry as Prometheus metrics (prometheus_client, no Ryu import).
 
 A :class:`LinkCollector` reads a :class:`controller.telemetry.LinkTelemetry` at every scrape, so
-the telemetry app only has to create one, serve it, and call ``observe()`` after each poll round::
+the telemetry app only has to create one and serve it (the controller's REST app serves it at
+``/metrics`` on its own port)::
 
     registry = CollectorRegistry()
     registry.register(LinkCollector(telemetry))
@@ -9,12 +10,12 @@ the telemetry app only has to create one, serve it, and call ``observe()`` after
 
 Metrics, one sample per directed link (label ``link="p0t0->p0a0"``):
 
-- ``netkv_link_transmit_bytes_total``: bytes sent on the link since the first poll (a counter,
-  integrated from the measured rates over the controller's poll intervals, so Prometheus'
-  ``rate()`` gives the link's rate back);
+- ``netkv_link_transmit_bytes_total``: the switch port's own byte counter for the link at the
+  controller's newest poll (tx of the sending port; rx for a host's link into its switch), so
+  Prometheus' ``rate()`` over it is the rate the switch measured, sampled at the scrape interval;
 - ``netkv_link_capacity_bytes_per_second``: its capacity (0 while down);
 - ``netkv_link_up``: 1, or 0 while the controller reports it down;
-- ``netkv_link_drops_total``: packets dropped on it since the first poll;
+- ``netkv_link_drops_total``: the port's dropped-packet counter;
 - ``netkv_telemetry_poll_age_seconds``: seconds since the controller's newest poll (-1: none yet).
 """
 from __future__ import annotations
@@ -30,43 +31,17 @@ from prometheus_client.registry import Collector
 from controller.telemetry import LinkTelemetry
 
 
-class LinkCounters:
-    """Cumulative per link bytes and drops from successive telemetry snapshots: each new poll adds
-    ``tx_bps / 8 x`` the time since the previous poll it saw (the poll interval for a link's first
-    one), and its drops (a poll's drops are that interval's)."""
-
-    def __init__(self) -> None:
-        self.bytes: dict[str, float] = {}
-        self.drops: dict[str, float] = {}
-        self._seen: dict[str, float] = {}  # link -> sample_time already counted
-
-    def update(self, snapshot: dict) -> None:
-        """Count the polls of ``snapshot`` (the DESIGN.md schema) not counted yet."""
-        interval = float(snapshot.get("poll_interval_s") or 0.0)
-        for name, link in snapshot.get("links", {}).items():
-            self.bytes.setdefault(name, 0.0)
-            self.drops.setdefault(name, 0.0)
-            t = link.get("sample_time")
-            if t is None:
-                continue
-            prev = self._seen.get(name)
-            self._seen[name] = t
-            span = interval if prev is None else t - prev
-            if span > 0:
-                self.bytes[name] += float(link.get("tx_bps", 0.0)) / 8.0 * span
-                self.drops[name] += float(link.get("drops", 0))
-
-
-def metrics(snapshot: dict, counters: LinkCounters, now: float) -> list[Metric]:
-    """The metric families of one telemetry snapshot (pure: ``counters`` already updated)."""
+def metrics(snapshot: dict, counters: dict[str, tuple[int, int]], now: float) -> list[Metric]:
+    """The metric families of one telemetry snapshot and the switches' counters (pure)."""
     sent = CounterMetricFamily("netkv_link_transmit_bytes", "Bytes sent on the directed link", labels=["link"])
     drops = CounterMetricFamily("netkv_link_drops", "Packets dropped on the directed link", labels=["link"])
     cap = GaugeMetricFamily("netkv_link_capacity_bytes_per_second", "Capacity of the directed link (0: down)",
                             labels=["link"])
     up = GaugeMetricFamily("netkv_link_up", "1 when the directed link is up", labels=["link"])
     for name, link in snapshot.get("links", {}).items():
-        sent.add_metric([name], counters.bytes.get(name, 0.0))
-        drops.add_metric([name], counters.drops.get(name, 0.0))
+        if name in counters:  # a counter appears with its link's first poll, as a switch's would
+            sent.add_metric([name], float(counters[name][0]))
+            drops.add_metric([name], float(counters[name][1]))
         cap.add_metric([name], float(link.get("capacity_bps", 0.0)) / 8.0)
         up.add_metric([name], 0.0 if link.get("down") else 1.0)
     t = snapshot.get("time")
@@ -81,20 +56,11 @@ class LinkCollector(Collector):
     def __init__(self, telemetry: LinkTelemetry, clock: Callable[[], float] = time.time) -> None:
         self.telemetry = telemetry
         self.clock = clock
-        self.counters = LinkCounters()
         self._lock = threading.Lock()
-
-    def observe(self) -> None:
-        """Count the telemetry's newest poll now: the telemetry app calls it after every poll
-        round, so scrapes slower than polls lose no interval's bytes."""
-        with self._lock:
-            self.counters.update(self.telemetry.snapshot())
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            snap = self.telemetry.snapshot()
-            self.counters.update(snap)
-            families = metrics(snap, self.counters, self.clock())
+            families = metrics(self.telemetry.snapshot(), self.telemetry.counters(), self.clock())
         yield from families
 
 

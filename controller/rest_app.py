@@ -1,6 +1,9 @@
 """Ryu app: the controller's REST API on Ryu's WSGI server (one concern: serving JSON).
 
 ``GET /netkv/telemetry`` -> the DESIGN.md telemetry snapshot (from :class:`TelemetryApp`).
+``GET /metrics``         -> the same telemetry as Prometheus metrics (:mod:`controller.exporter`:
+the switches' per-link byte and drop counters, capacities, up/down, the poll's age), for a
+Prometheus server to scrape.
 ``GET /netkv/status``    -> switches expected / connected / with routes installed, poll count,
 links down, link changes and the reroutes they caused (with their timings).
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route
 from ryu.base import app_manager
 
@@ -35,6 +39,10 @@ class RestApp(app_manager.RyuApp):
     def telemetry_snapshot(self) -> dict | None:
         app = app_manager.lookup_service_brick("TelemetryApp")
         return None if app is None else app.telemetry.snapshot()
+
+    def metrics_text(self) -> bytes | None:
+        app = app_manager.lookup_service_brick("TelemetryApp")
+        return None if app is None else generate_latest(app.registry)
 
     def status(self) -> dict:
         routing = app_manager.lookup_service_brick("RoutingApp")
@@ -69,6 +77,13 @@ class NetkvRestController(ControllerBase):
         if snap is None:
             return _json({"error": "telemetry app not loaded"}, status=503)
         return _json(snap)
+
+    @route("netkv", "/metrics", methods=["GET"])
+    def get_metrics(self, req: Any, **kwargs: Any) -> Response:
+        text = self.rest_app.metrics_text()
+        if text is None:
+            return _json({"error": "telemetry app not loaded"}, status=503)
+        return Response(status=200, content_type=CONTENT_TYPE_LATEST.split(";")[0], charset="utf-8", body=text)
 
     @route("netkv", "/netkv/status", methods=["GET"])
     def get_status(self, req: Any, **kwargs: Any) -> Response:

@@ -171,6 +171,22 @@ class LinkTelemetry:
         state.drops = max(0, drops)
         state.sample_time = now
 
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """Per directed link the switch's own cumulative counters at its newest poll: (bytes sent,
+        packets dropped), from the tx counters of the port that sends on it (rx for a host's link
+        into its switch). What a switch exporter hands Prometheus: ``rate()`` over these is the
+        link's rate, measured by the switch, not integrated by the controller. Links no poll has
+        reached yet are absent."""
+        out: dict[str, tuple[int, int]] = {}
+        for key, sample in self._prev.items():
+            links = self.port_map.get(key)
+            if links is None:
+                continue
+            out[links.tx_link] = (sample.tx_bytes, sample.tx_dropped)
+            if links.rx_link is not None:
+                out[links.rx_link] = (sample.rx_bytes, sample.rx_dropped)
+        return out
+
     def snapshot(self) -> dict:
         """``{"time", "poll_interval_s", "links": {name: {capacity_bps, tx_bps, utilisation,
         drops, sample_time, down}}}``; ``time`` is the newest poll seen (null before any); a link

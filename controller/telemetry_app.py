@@ -4,7 +4,8 @@ Like Ryu's ``simple_monitor_13``: every connected switch is asked for all its po
 ``poll_interval_s`` (:class:`controller.base_app.PollingApp`), and each reply feeds
 :class:`controller.telemetry.LinkTelemetry` (pure counter arithmetic, rates from the switch's own
 port durations). Capacities are the emulated ones from the controller config, so ``utilisation``
-is relative to what the shaped links can carry. A link the link-state app reports down
+is relative to what the shaped links can carry. The same telemetry is exported for Prometheus
+(:mod:`controller.exporter`, served at the REST app's ``/metrics``). A link the link-state app reports down
 (:class:`controller.linkstate_app.EventLinksChanged`) shows capacity 0 until it is back up.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ryu.controller import ofp_event
 from ryu.controller.handler import MAIN_DISPATCHER, set_ev_cls
 
 from controller.base_app import PollingApp
+from controller.exporter import export
 from controller.linkstate_app import EventLinksChanged
 from controller.telemetry import LinkTelemetry, PortSample, UnknownDatapathError
 
@@ -30,6 +32,7 @@ class TelemetryApp(PollingApp):
         super().__init__(*args, **kwargs)
         self.telemetry = LinkTelemetry(self.tree, self.config.link_capacity_bps or None,
                                        poll_interval_s=self.config.poll_interval_s)
+        self.registry = export(self.telemetry)  # served by the REST app at /metrics
 
     def poll(self, dp: Datapath) -> None:
         dp.send_msg(dp.ofproto_parser.OFPPortStatsRequest(dp, 0, dp.ofproto.OFPP_ANY))

@@ -331,13 +331,14 @@ def test_exporter_turns_port_counters_into_link_metrics(pricer) -> None:
     registry = CollectorRegistry()
     registry.register(collector)
     link = f"{tor}->{tree.agg_name(0, 0)}"
+    assert f'netkv_link_transmit_bytes_total{{link="{link}"}}' not in generate_latest(registry).decode()
     for k in range(4):  # 1 MB per 0.5 s on the uplink's tx counter
-        tel.update(dpid, up_port, PortSample(k * 1_000_000, 0, 0, 0, k * 0.5), NOW + k * 0.5)
-        collector.observe()
+        tel.update(dpid, up_port, PortSample(5_000 + k * 1_000_000, 0, 7 * k, 0, k * 0.5), NOW + k * 0.5)
     tel.set_down(link, True)
     clock.t = NOW + 2.0
     text = generate_latest(registry).decode()
-    assert f'netkv_link_transmit_bytes_total{{link="{link}"}} 3e+06' in text  # three measured intervals
+    assert f'netkv_link_transmit_bytes_total{{link="{link}"}} 3.005e+06' in text  # the switch's own counter
+    assert f'netkv_link_drops_total{{link="{link}"}} 21.0' in text
     assert f'netkv_link_up{{link="{link}"}} 0.0' in text
     assert f'netkv_link_capacity_bytes_per_second{{link="{link}"}} 0.0' in text
     assert "netkv_telemetry_poll_age_seconds 0.5" in text
