@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from pathlib import Path
 
 from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
+from scripts.cli_common import (
+    check_root,
+    check_target,
+    emulation_scale,
+    log,
+    out_folder,
+    prepare_from_args,
+    provenance,
+)
 
 EMULATE_DEFAULT_REQUESTS = 100
 """Default trace window of `emulate` (replayed in real time per policy: ~35 s each at 3.4 req/s),
@@ -119,114 +125,32 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scripts.cli_common import (
-        EXIT_BAD_INPUT,
-        EXIT_FAILED,
-        build_summary,
-        check_out,
-        check_target,
-        default_out,
-        prepare_from_args,
-        scenario_files,
-    )
+    from scheduler.decision import oracle_error
+    from scheduler.emulate.calibration import calibration_fits, calibration_misses
+    from scheduler.emulate.emulable import check_emulable
+    from scheduler.emulate.faults import check_faults, parse_fault
+    from scheduler.emulate.orchestrator import run_emulation
+    from scheduler.emulate.results import write_emulation
+    from scheduler.results.tables import format_table
 
-    if not args.time_scale > 0:
-        print(f"netkv emulate: error: --time-scale must be > 0, got {args.time_scale}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.scale is not None and not args.scale > 0:
-        print(f"netkv emulate: error: --scale must be > 0, got {args.scale}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    scale = emulation_scale(args)
     if args.max_requests is None:
         args.max_requests = EMULATE_DEFAULT_REQUESTS
-    out = Path(args.out) if args.out else default_out("emulate", args.scenario)
-    check_out(out)
+    out = out_folder(args, "emulate")
     # Input first, environment second: what the emulator cannot run is refused for every user,
     # before the root check and before anything is built (scheduler.emulate.emulable).
     exp, info = prepare_from_args(args)
-    from scheduler.emulate.emulable import EmulationUnsupportedError, check_emulable
-
-    if args.scale is not None:
-        scale = args.scale
-    else:
-        try:
-            from topology.mininet_topo import DEFAULT_SCALE  # the mininet package, not root
-        except ImportError as exc:
-            print(f"netkv emulate: Mininet is not installed ({exc}); run: sudo scripts/setup.sh --emulation",
-                  file=sys.stderr)
-            return EXIT_BAD_INPUT
-        scale = DEFAULT_SCALE
-    try:
-        check_emulable(exp, scale, args.time_scale)
-    except EmulationUnsupportedError as exc:
-        print(f"netkv emulate: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    from scheduler.emulate.faults import FaultSpecError, check_faults, parse_fault
-
-    try:
-        fault_list = [parse_fault(f) for f in args.fault]
-        check_faults(fault_list, exp.requests[-1].arrival_s, serving_hosts(exp))
-    except FaultSpecError as exc:
-        print(f"netkv emulate: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if os.geteuid() != 0:
-        print("netkv emulate: needs root: it builds Open vSwitch bridges, veth links and network namespaces "
-              "(Mininet) and shapes links with tc; run it with sudo", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
-    import json
-
-    import numpy as np
-
-    from scheduler.decision import oracle_error
-    from scheduler.emulate.calibration import calibration_fits, calibration_misses
-    from scheduler.emulate.orchestrator import run_emulation
-    from scheduler.emulate.replay import EmulationError
-    from scheduler.results.files import LINK_CSV, write_results
-    from scheduler.results.heatmap import LinkSeries
-    from scheduler.results.metrics import ablation, compare
-    from scheduler.results.plotting import experiment_caption
-    from scheduler.results.tables import format_table
-    from scheduler.results.timeline import scenario_spans
-    from topology.fabric import FabricError
-    from topology.mininet_topo import EmulationScaleError
-
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    try:
-        policies, records, ev = run_emulation(exp, scale, args.time_scale, args.ofp_port, args.rest_port,
-                                              progress=not args.no_progress, log=log, fault_list=fault_list)
-    except EmulationScaleError as exc:
-        print(f"netkv emulate: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (EmulationError, FabricError) as exc:
-        print(f"netkv emulate: failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    extra = {"calibration.json": None, "telemetry.csv": ev.pop("telemetry_csv")}
-    rows = ev.pop("telemetry_rows")
+    check_emulable(exp, scale, args.time_scale)
+    fault_list = [parse_fault(f) for f in args.fault]
+    check_faults(fault_list, exp.requests[-1].arrival_s, serving_hosts(exp))
+    check_root("it builds Open vSwitch bridges, veth links and network namespaces (Mininet) and shapes links "
+               "with tc")
     target = check_target(args)
-    spans = scenario_spans(exp.actions(), exp.horizon_s, exp.scenario.events, exp.tree.link_name)
-    links = None
-    if rows:
-        # one axis for the whole run: wall seconds since the first sample (policies replay in turn)
-        keep = [r for k, r in enumerate(rows) if k == 0 or r[2] > rows[k - 1][2]]
-        links = LinkSeries(np.array([r[2] - keep[0][2] for r in keep]),
-                           [exp.tree.link_name(i) for i in range(exp.tree.n_links)], np.stack([r[3] for r in keep]),
-                           "controller telemetry, wall s since the first poll, every policy's replay in turn")
-    summary = build_summary("emulate", exp, info, policies, {
-        "comparison_target": target, "comparison": compare(policies, target), "ablation": ablation(policies),
-        "fidelity": ev.get("fidelity"), "calibration": ev.get("calibration"),
-        "emulation": {"scale": scale, "time_scale": args.time_scale, "fabric": ev.get("fabric"),
-                      "hosts": ev.get("hosts")},
-        "simulate_reference": ev.get("simulate_reference"), "agreement": ev.get("agreement"),
-        "transfer_agreement": ev.get("transfer_agreement"),
-        "paired_transfer_agreement": ev.get("paired_transfer_agreement"),
-        "scenario_spans": [{"start_s": a, "end_s": b, "label": label} for a, b, label in spans],
-        "link_utilisation": {"source": links.source, "file": LINK_CSV} if links is not None else None}, args)
-    extra.update(scenario_files(exp))
-    oracle_rows = ev.pop("oracle_rows", {})
-    extra.update(oracle_error.result_files(oracle_rows, experiment_caption(summary), target, args.format))
-    extra["calibration.json"] = (json.dumps(ev.get("calibration"), indent=2, default=float) + "\n").encode()
-    path = write_results(out, summary, records, exp.slo(), extra_files=extra, target=target, fmt=args.format,
-                         spans=spans, links=links)
+    policies, records, ev = run_emulation(exp, scale, args.time_scale, args.ofp_port, args.rest_port,
+                                          progress=not args.no_progress, log=log, fault_list=fault_list)
+    oracle_rows = ev.get("oracle_rows") or {}
+    path, summary = write_emulation(out, exp, info, policies, records, ev, scale, args.time_scale, target=target,
+                                    provenance=provenance(args), fmt=args.format)
     print(format_table(summary, target))
     cal = ev.get("calibration") or {}
     print("\ncalibration (idle fabric, per tier): " + "; ".join(
