@@ -24,11 +24,9 @@ telemetry); `netkv:perfect` needs the simulator's ground truth, and each policy 
 replay, so four keep `sudo make demo` within five minutes."""
 TRANSFER_RATIO_NOTE = 1.5
 """A tier whose KV transfers took more than this multiple of the simulator's mean during the runs
-(at least 10 transfers) gets a note: the calibration shows the idle fabric, this the loaded one.
-The old hotspot demo (mixed placement) read x3.2-4.6 on NVLink, the forwarding thread's doing; the
-decode-flap demo (by-rack) reads tier 2 x0.84-1.15 and tier 3 x1.44-1.66 with an unchanged probe
-RTT: medians at the fluid share (hot decode NICs x5.2 of line rate, fluid x5.0), and a tail of
-transfers that met drop-tail losses and retransmission timeouts (tier 3 hot: mean x10)."""
+(at least 10 transfers) gets a note: the calibration shows the idle fabric, this the loaded one
+(the emulator's forwarding thread under the scenario's traffic, or TCP losses the fluid model has
+not; docs/calibration.md#paired-agreement)."""
 PROBE_RISE_NOTE = 1.5
 """The note blames the forwarding thread when the idle-path probe's median RTT during the runs was
 at least this multiple of its idle median (the saturation verdict itself needs x3, scheduler.emulate.fidelity)."""

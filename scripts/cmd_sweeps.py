@@ -53,7 +53,9 @@ def register(sub) -> None:
     p = add_command(sub, "report", *COMMAND_HELP["report"],
                     help="regenerate docs/results.md and its figures from fresh simulator runs")
     p.add_argument("--quick", action="store_true", help="a few-minute version (shorter windows, fewer scenarios)")
-    p.add_argument("--out", default=str(DOCS_DIR / "results.md"), help="markdown file (default: %(default)s)")
+    p.add_argument("--out", default=str(DOCS_DIR / "results.md"), metavar="FILE.md|DIR",
+                   help="markdown file, its figures in the folder of its name beside it; or a folder, for "
+                        "results.md and results/ (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per core)")
     p.add_argument("--max-requests", type=int, default=None, help="cap every window (a smoke run)")
     p.add_argument("--scenarios", default=None, metavar="A,B", help="restrict the headline matrix")

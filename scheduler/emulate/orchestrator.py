@@ -10,8 +10,8 @@ connections; calibrate the tiers KV transfers take under the placement (per-tier
 transfer time against the simulator's prediction); then for each policy replay the trace window
 in (optionally dilated) real time with the scenario's events executed on the fabric, the oracle
 reading the controller's telemetry over REST, and ``--fault`` s injected along its clock
-(:mod:`scheduler.emulate.faults`). Each step is one method of :class:`_EmulationRun` (~450 lines:
-the steps of one run, in their order, read together).
+(:mod:`scheduler.emulate.faults`). Each step is one method of :class:`_EmulationRun` (the steps
+of one run, in their order, read together).
 
 Where the work happens: the orchestrator (``RealtimeReplay``) only decides and records. Before
 each policy's replay :class:`AgentTransport` (``scheduler.emulate.transport``) resets every agent
