@@ -128,14 +128,15 @@ def prepare_from_args(args: argparse.Namespace):
                              f"the requests that are evaluated. Use a longer trace, fewer tuning requests "
                              f"(--set tuning.tune_requests=N), --no-tune or --weight, or accept it with "
                              f"--allow-overlapping-tuning")
-        print("WARNING: weights tuned on requests that are also evaluated (--allow-overlapping-tuning)", file=sys.stderr)
+        log("WARNING: weights tuned on requests that are also evaluated (--allow-overlapping-tuning)")
     skipped, skipped_tune = info["skipped_too_long"], tuning["skipped_too_long"]
     if skipped or skipped_tune:
         c = exp.cfg
         ids = ", ".join(map(str, info["skipped_too_long_req_ids"]))
         print(f"WARNING: {skipped} evaluated request(s) (e.g. {ids or 'none'}) and {skipped_tune} of the tuning slice "
               f"skipped: their KV (prompt + output tokens) exceeds a decode instance's "
-              f"{info['decode_kv_capacity_tokens']}-token KV capacity (model '{c.model.name}', cluster.tp={c.cluster.tp} "
+              f"{info['decode_kv_capacity_tokens']}-token KV capacity (model '{c.model.name}', "
+              f"cluster.tp={c.cluster.tp} "
               f"x '{c.gpu.name}'), so no decode instance could ever hold them; a larger cluster.tp holds more "
               f"(summary.json: config.trace.skipped_too_long)", file=sys.stderr)
     if args.max_requests and info["evaluated"]["count"] + skipped < args.max_requests:

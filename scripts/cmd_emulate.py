@@ -75,7 +75,8 @@ def fault_lines(policy: str, row: dict) -> list[str]:
         elif ev.get("down_at_s") is not None:
             back = ev.get("ready_at_s")
             out.append(f"fault under {policy}: controller killed at {ev['down_at_s']:.1f} s, back with every switch's "
-                       f"routes at {'-' if back is None else f'{back:.1f}'} s (flows kept forwarding: fail-mode secure)")
+                       f"routes at {'-' if back is None else f'{back:.1f}'} s "
+                       "(flows kept forwarding: fail-mode secure)")
     lost = row.get("failed_requests")
     if lost and lost["count"]:
         why = "; ".join(f"{n} {reason}" for reason, n in sorted(lost["by_reason"].items()))
@@ -83,7 +84,8 @@ def fault_lines(policy: str, row: dict) -> list[str]:
                    f"the other {lost['of'] - lost['count']}'s")
     fb = row.get("telemetry_fallback")
     if fb:
-        out.append(f"WARNING: {policy}: telemetry older than {fb['after_age_s']:g} s (controller down?): {fb['decisions']} "
+        out.append(f"WARNING: {policy}: telemetry older than {fb['after_age_s']:g} s (controller down?): "
+                   f"{fb['decisions']} "
                    f"decision(s) priced by the static oracle in {fb['spells']} spell(s), {fb['first_s']:.1f}-"
                    f"{fb['last_s']:.1f} s")
     return out
@@ -99,7 +101,8 @@ def register(sub) -> None:
                     "simulator's run of the same window as the reference. Needs root; refuses what the fabric\n"
                     "cannot execute faithfully (perfect oracle, one-way link failures, layer-wise streaming) before\n"
                     "building anything.",
-        epilog="examples:\n  sudo netkv emulate --scenario decode-flap --set topology.nic_gbit_s=200 --max-requests 100\n"
+        epilog="examples:\n"
+               "  sudo netkv emulate --scenario decode-flap --set topology.nic_gbit_s=200 --max-requests 100\n"
                "  sudo make demo",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_options(p)
@@ -166,12 +169,14 @@ def run(args: argparse.Namespace) -> int:
     tiers = ev.get("transfer_agreement") or {}
     if tiers:
         print("KV transfer time by tier during the runs, emulate / simulate (all policies): " + "; ".join(
-            f"tier {t}: {a['emulate_ms']:.1f} / {a['simulate_ms']:.1f} ms (x{a['ratio']:.2f})" for t, a in sorted(tiers.items())))
+            f"tier {t}: {a['emulate_ms']:.1f} / {a['simulate_ms']:.1f} ms (x{a['ratio']:.2f})"
+            for t, a in sorted(tiers.items())))
     paired = (ev.get("paired_transfer_agreement") or {}).get("by_tier") or {}
     if paired:
         print("the same decisions on both backends (the simulator replaying each emulated run's choices), per tier: "
               + "; ".join(f"tier {t}: {a['emulate_ms']:.1f} / {a['simulate_ms']:.1f} ms (x{a['ratio']:.2f}, median "
-                          f"transfer x{a['median_ratio']:.2f}, {a['transfers']} transfers)" for t, a in sorted(paired.items())))
+                          f"transfer x{a['median_ratio']:.2f}, {a['transfers']} transfers)"
+                          for t, a in sorted(paired.items())))
     if oracle_rows:
         print(oracle_error.console_line([r for rows in oracle_rows.values() for r in rows], calibration_fits(cal)))
     for name, row in policies.items():
@@ -185,12 +190,14 @@ def run(args: argparse.Namespace) -> int:
                 and a.get("transfers", a.get("transfers_emulate", 0)) >= 10]
         idle, busy = probe.get("idle_rtt_ms_p50"), probe.get("run_rtt_ms_p50")
         if slow and idle and busy and busy >= PROBE_RISE_NOTE * idle:
-            print(f"note: tier {', '.join(slow)} KV transfers ran over x{TRANSFER_RATIO_NOTE:g} of the fluid model's time "
+            print(f"note: tier {', '.join(slow)} KV transfers ran over x{TRANSFER_RATIO_NOTE:g} of the fluid model's "
+                  "time "
                   f"during the runs and the idle-path probe RTT rose x{busy / idle:.1f}: where the idle calibration "
                   "above is near x1, that is the emulator's forwarding thread shared with the scenario's traffic, not "
                   "the network (--time-scale 2 halves the load)")
         elif slow:
-            print(f"note: tier {', '.join(slow)} KV transfers ran over x{TRANSFER_RATIO_NOTE:g} of the fluid model's time "
+            print(f"note: tier {', '.join(slow)} KV transfers ran over x{TRANSFER_RATIO_NOTE:g} of the fluid model's "
+                  "time "
                   "during the runs while the idle-path probe RTT held: the emulator's own latency per packet and hop "
                   "(userspace forwarding and the agents' wake-ups on a shared machine, paid on every TCP round trip) "
                   "and TCP's losses behind congested links, which the fluid model has not; --time-scale 2 halves the "
@@ -200,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
               f"during the run; ovs-vswitchd CPU mean {fid['ovs_vswitchd_cpu_percent']['mean']:.0f}% of a core")
     load = fid.get("background_load") or {}
     if load.get("peak_flows"):
-        print(f"background: up to {load['peak_flows']} scenario flows, {load['peak_mbit_x_bridges']:.0f} Mbit/s x bridges "
+        print(f"background: up to {load['peak_flows']} scenario flows, {load['peak_mbit_x_bridges']:.0f} Mbit/s x "
+              "bridges "
               f"at the emulated rates, {100 * load['fraction_of_budget']:.0f}% of the datapath's forwarding budget")
     if fid.get("background_note"):
         print(f"note: {fid['background_note']}")

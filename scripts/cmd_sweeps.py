@@ -47,7 +47,8 @@ def register(sub) -> None:
                    help="rate-scale, context-scale, SECTION.FIELD (any constant) or scenario.NAME")
     p.add_argument("--values", required=True, metavar="A,B,C", help="values of the parameter")
     p.add_argument("--seeds", default="0", metavar="S,T",
-                   help="seeds: synthetic traces, or for --trace disjoint windows of --max-requests (default: %(default)s)")
+                   help="seeds: synthetic traces, or for --trace disjoint windows of --max-requests "
+                        "(default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per core)")
     p.set_defaults(func=cmd_sweep, policies="cache-load,topology-affinity,netkv:static,netkv")
     p = add_command(sub, "report", *COMMAND_HELP["report"],

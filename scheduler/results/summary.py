@@ -57,8 +57,8 @@ def build_summary(backend: str, exp: Experiment, info: dict, policies: dict, pro
                   sections: Mapping[str, object] | None = None) -> dict:
     """summary.json: ``kind`` and ``backend``, ``provenance`` (command, commit, time, versions),
     ``config`` (:func:`run_config`), ``policies``, then ``sections`` in their order."""
-    summary = {"kind": backend, "backend": backend, "provenance": provenance, "config": run_config(exp, info),
-               "policies": policies}
+    summary: dict[str, object] = {"kind": backend, "backend": backend, "provenance": provenance,
+                                  "config": run_config(exp, info), "policies": policies}
     summary.update(sections or {})
     return summary
 
