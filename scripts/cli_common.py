@@ -1,6 +1,5 @@
 """What the `netkv` subcommands share: exit codes, usage errors, the experiment options and their
-checks, result-folder names and the summary.json skeleton (``scripts/cmd_emulate.py`` uses them
-too, through ``scripts.netkv``)."""
+checks, and the result folders' names and checks."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +17,11 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 class UsageError(Exception):
     """Bad command-line input (exit code 2)."""
+
+
+def log(msg: str) -> None:
+    """A command's progress and notes: on stderr, so stdout holds only its results."""
+    print(msg, file=sys.stderr)
 
 
 def parse_params(items: list[str] | None, flag: str) -> dict[str, float]:
@@ -124,14 +128,15 @@ def prepare_from_args(args: argparse.Namespace):
                              f"the requests that are evaluated. Use a longer trace, fewer tuning requests "
                              f"(--set tuning.tune_requests=N), --no-tune or --weight, or accept it with "
                              f"--allow-overlapping-tuning")
-        print("WARNING: weights tuned on requests that are also evaluated (--allow-overlapping-tuning)", file=sys.stderr)
+        log("WARNING: weights tuned on requests that are also evaluated (--allow-overlapping-tuning)")
     skipped, skipped_tune = info["skipped_too_long"], tuning["skipped_too_long"]
     if skipped or skipped_tune:
         c = exp.cfg
         ids = ", ".join(map(str, info["skipped_too_long_req_ids"]))
         print(f"WARNING: {skipped} evaluated request(s) (e.g. {ids or 'none'}) and {skipped_tune} of the tuning slice "
               f"skipped: their KV (prompt + output tokens) exceeds a decode instance's "
-              f"{info['decode_kv_capacity_tokens']}-token KV capacity (model '{c.model.name}', cluster.tp={c.cluster.tp} "
+              f"{info['decode_kv_capacity_tokens']}-token KV capacity (model '{c.model.name}', "
+              f"cluster.tp={c.cluster.tp} "
               f"x '{c.gpu.name}'), so no decode instance could ever hold them; a larger cluster.tp holds more "
               f"(summary.json: config.trace.skipped_too_long)", file=sys.stderr)
     if args.max_requests and info["evaluated"]["count"] + skipped < args.max_requests:
@@ -162,10 +167,14 @@ def default_out(backend: str, scenario: str) -> Path:
     return RESULTS_DIR / f"{stamp}-{backend}-{name}"
 
 
-def check_out(path: Path) -> None:
-    """The result folder must be new (or empty) and creatable: checked before any work."""
+def check_out(path: Path, existing_ok: bool = False) -> None:
+    """``--out`` names a folder the command can create: not an existing file, new or empty (or,
+    with ``existing_ok``, any existing folder), inside a folder it may write in. Checked before any
+    work; a ``UsageError`` naming ``--out`` and the path otherwise."""
     try:
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"--out {path}: exists and is not a folder; choose a new folder")
+        if path.is_dir() and not existing_ok and any(path.iterdir()):
             raise UsageError(f"--out {path}: exists and is not empty; choose a new folder")
         parent = path.resolve().parent
         existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
@@ -173,6 +182,8 @@ def check_out(path: Path) -> None:
         raise UsageError(f"--out {path}: cannot look at it: {exc.strerror or exc}") from None
     if existing is None or not existing.is_dir():
         raise UsageError(f"--out {path}: {existing} is not a folder")
+    if existing_ok and path.is_dir():
+        existing = path  # written into, file by file
     try:  # what the result writer will do: a hidden sibling folder, renamed at the end
         probe = tempfile.mkdtemp(prefix=".netkv-write-check-", dir=existing)
         os.rmdir(probe)
@@ -180,37 +191,33 @@ def check_out(path: Path) -> None:
         raise UsageError(f"--out {path}: cannot create a folder in {existing}: {exc.strerror or exc}") from None
 
 
-def build_summary(backend: str, exp, info: dict, policies: dict, extra: dict | None = None,
-                  args: argparse.Namespace | None = None) -> dict:
-    """summary.json: ``backend``, ``provenance`` (command, commit, time, versions), ``config``
-    (every constant, derived topology and roles, scenario, trace, seed) and ``policies``."""
-    from scheduler.model.cluster import Cluster
-    from scheduler.results.provenance import collect
-
-    config = exp.cfg.to_dict()
-    config["topology_derived"] = exp.tree.describe()
-    config["cluster_derived"] = Cluster(exp.cfg, exp.tree).describe()
-    config["scenario"] = {"name": exp.scenario.name, "source": exp.scenario.source, "params": exp.scenario.params}
-    config["trace"] = info
-    config["seed"] = exp.seed
-    config["policies"] = [c.name for c in exp.policies]
-    if exp.policy_files:
-        config["policy_modules"] = [f.describe() for f in exp.policy_files]
-    summary = {"kind": backend, "backend": backend,
-               "provenance": collect(getattr(args, "argv", None), getattr(args, "started", None)),
-               "config": config, "policies": policies}
-    if extra:
-        summary.update(extra)
-    return summary
+def out_folder(args: argparse.Namespace, kind: str) -> Path:
+    """The result folder of a command writing one: ``--out``, else :func:`default_out` of ``kind``
+    and the scenario; checked (:func:`check_out`) before any work."""
+    out = Path(args.out) if args.out else default_out(kind, args.scenario)
+    check_out(out)
+    return out
 
 
-def scenario_files(exp) -> dict[str, bytes]:
-    """The scenario file as it was loaded (``scenario.toml``) and every ``--policy-module`` file
-    (``policy-<name>.py``), for the result folder."""
-    files = {"scenario.toml": exp.scenario.text.encode()} if exp.scenario.text else {}
-    for f in exp.policy_files:
-        files[f"policy-{Path(f.path).name}"] = f.text.encode()
-    return files
+def emulation_scale(args: argparse.Namespace) -> float:
+    """``--scale`` (default: the Mininet topology's), with ``--time-scale``, checked > 0."""
+    if not args.time_scale > 0:
+        raise UsageError(f"--time-scale must be > 0, got {args.time_scale}")
+    if args.scale is not None:
+        if not args.scale > 0:
+            raise UsageError(f"--scale must be > 0, got {args.scale}")
+        return float(args.scale)
+    try:
+        from topology.mininet_topo import DEFAULT_SCALE  # the mininet package, not root
+    except ImportError as exc:
+        raise UsageError(f"Mininet is not installed ({exc}); run: sudo scripts/setup.sh --emulation") from None
+    return DEFAULT_SCALE
+
+
+def check_root(why: str) -> None:
+    """The emulator's commands build a fabric: a ``UsageError`` saying ``why`` unless root."""
+    if os.geteuid() != 0:
+        raise UsageError(f"needs root: {why}; run it with sudo")
 
 
 def provenance(args: argparse.Namespace) -> dict:

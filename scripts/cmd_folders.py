@@ -44,7 +44,10 @@ def register(sub) -> None:
 def cmd_plot(args: argparse.Namespace) -> int:
     from scheduler.results.replot import replot
 
-    dest, texts = replot(Path(args.dir), args.format, Path(args.out) if args.out else None)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_out(out, existing_ok=True)
+    dest, texts = replot(Path(args.dir), args.format, out)
     for name, text in texts.items():
         print(f"{dest / name}: {text.title}")
     return EXIT_OK

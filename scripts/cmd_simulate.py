@@ -2,20 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from scripts.cli_common import (
     EXIT_OK,
     add_command,
     add_experiment_options,
     add_format_option,
-    build_summary,
-    check_out,
     check_target,
-    default_out,
+    log,
+    out_folder,
     prepare_from_args,
-    scenario_files,
+    provenance,
 )
 
 COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
@@ -45,19 +42,13 @@ def link_policy(exp, target: str) -> str:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else default_out("simulate", args.scenario)
-    check_out(out)
-    exp, info = prepare_from_args(args)
-    from scheduler.decision import oracle_error
-    from scheduler.results.files import LINK_CSV, write_results
     from scheduler.results.heatmap import LinkSeries
-    from scheduler.results.metrics import ablation, compare
-    from scheduler.results.plotting import experiment_caption
+    from scheduler.results.summary import write_experiment
     from scheduler.results.tables import format_table
-    from scheduler.results.timeline import scenario_spans
     from scheduler.study.experiment import LinkRecording, run_simulation
 
-    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    out = out_folder(args, "simulate")
+    exp, info = prepare_from_args(args)
     log(f"simulate: {len(exp.requests)} requests from {info['source']}, scenario '{exp.scenario.name}', "
         f"{exp.tree.n_gpus} GPUs, policies {', '.join(c.name for c in exp.policies)}")
     if info.get("prompts_capped_at_context_window"):
@@ -68,16 +59,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     oracle_rows: dict = {}
     policies, records = run_simulation(exp, progress=not args.no_progress, log=log, links=recording,
                                        oracle_rows=oracle_rows)
-    spans = scenario_spans(exp.actions(), exp.horizon_s, exp.scenario.events, exp.tree.link_name)
     source = f"simulated telemetry of {recording.policy}, a poll every {exp.cfg.oracle.poll_interval_s:g} s"
     links = LinkSeries(recording.times_s, recording.link_names, recording.utilisation, source)
-    summary = build_summary("simulate", exp, info, policies, {
-        "comparison_target": target, "comparison": compare(policies, target), "ablation": ablation(policies),
-        "scenario_spans": [{"start_s": a, "end_s": b, "label": label} for a, b, label in spans],
-        "link_utilisation": {"policy": recording.policy, "source": source, "file": LINK_CSV}}, args)
-    path = write_results(out, summary, records, exp.slo(), {**scenario_files(exp), **oracle_error.result_files(
-                             oracle_rows, experiment_caption(summary), target, args.format)},
-                         target, fmt=args.format, spans=spans, links=links)
+    path, summary = write_experiment(out, "simulate", exp, info, policies, records, target=target,
+                                     provenance=provenance(args), fmt=args.format, links=links,
+                                     link_policy=recording.policy, oracle_rows=oracle_rows)
     print(format_table(summary, target))
     print(f"\nresults: {path}")
     return EXIT_OK

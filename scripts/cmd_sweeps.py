@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 from scheduler.paths import DOCS_DIR
@@ -12,11 +11,14 @@ from scripts.cli_common import (
     UsageError,
     add_command,
     add_experiment_options,
-    check_out,
+    check_root,
     check_target,
-    default_out,
+    emulation_scale,
     load_policy_modules,
+    log,
+    out_folder,
     parse_params,
+    prepare_from_args,
     provenance,
 )
 
@@ -45,13 +47,16 @@ def register(sub) -> None:
                    help="rate-scale, context-scale, SECTION.FIELD (any constant) or scenario.NAME")
     p.add_argument("--values", required=True, metavar="A,B,C", help="values of the parameter")
     p.add_argument("--seeds", default="0", metavar="S,T",
-                   help="seeds: synthetic traces, or for --trace disjoint windows of --max-requests (default: %(default)s)")
+                   help="seeds: synthetic traces, or for --trace disjoint windows of --max-requests "
+                        "(default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per core)")
     p.set_defaults(func=cmd_sweep, policies="cache-load,topology-affinity,netkv:static,netkv")
     p = add_command(sub, "report", *COMMAND_HELP["report"],
                     help="regenerate docs/results.md and its figures from fresh simulator runs")
     p.add_argument("--quick", action="store_true", help="a few-minute version (shorter windows, fewer scenarios)")
-    p.add_argument("--out", default=str(DOCS_DIR / "results.md"), help="markdown file (default: %(default)s)")
+    p.add_argument("--out", default=str(DOCS_DIR / "results.md"), metavar="FILE.md|DIR",
+                   help="markdown file, its figures in the folder of its name beside it; or a folder, for "
+                        "results.md and results/ (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per core)")
     p.add_argument("--max-requests", type=int, default=None, help="cap every window (a smoke run)")
     p.add_argument("--scenarios", default=None, metavar="A,B", help="restrict the headline matrix")
@@ -88,14 +93,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from scheduler.study import sweep as sw
     from scheduler.study.sweep_plot import plot
 
-    out = Path(args.out) if args.out else default_out(f"sweep-{args.param}", args.scenario)
-    check_out(out)
+    out = out_folder(args, f"sweep-{args.param}")
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     target = check_target(args)
     sweep = sw.Sweep(args.param, sw.parse_values(args.values), sw.parse_seeds(args.seeds), sweep_base(args))
     sw.validate(sweep)
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     log(f"sweep: {args.param} over {len(sweep.values)} values x {len(sweep.seeds)} seeds, policies {args.policies}, "
         f"scenario '{args.scenario}'")
     results = sw.run(sweep, args.jobs, progress=not args.no_progress, log=log)
@@ -127,7 +130,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()] if args.scenarios else None
     path = generate(Path(args.out), args.quick, args.jobs, args.max_requests, scenarios, not args.no_progress,
-                    lambda m: print(m, file=sys.stderr), command="netkv " + " ".join(args.argv),
+                    log, command="netkv " + " ".join(args.argv),
                     overrides=tuple(args.overrides or ()))
     print(f"report: {path} (figures in {path.parent / path.stem})")
     return EXIT_OK
@@ -137,14 +140,11 @@ def cmd_staleness(args: argparse.Namespace) -> int:
     from scheduler.study import sweep as sw
     from scheduler.study.staleness import run_staleness
 
-    out = Path(args.out) if args.out else default_out("staleness", args.scenario)
-    check_out(out)
+    out = out_folder(args, "staleness")
     if args.target is not None:
         raise UsageError("--target: staleness always studies netkv (against netkv:perfect and cache-load)")
     if args.backend == "emulate":
-        from scripts.cmd_staleness_emulate import run_emulated
-
-        return run_emulated(args, out)
+        return staleness_emulated(args, out)
     if args.quick:
         raise UsageError("--quick is for --backend emulate (the simulator's study takes seconds: choose --values)")
     if args.repeats not in (None, 1):
@@ -153,9 +153,60 @@ def cmd_staleness(args: argparse.Namespace) -> int:
     if not all(isinstance(v, float) and v >= 0 for v in values):
         raise UsageError(f"--values {args.values!r}: expected non-negative seconds, e.g. 0,1,5")
     path, text = run_staleness(sweep_base(args), values, sw.parse_seeds(args.seeds), out, args.jobs,
-                               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+                               progress=not args.no_progress, log=log,
                                command="netkv " + " ".join(args.argv),
                                provenance=provenance(args))
+    print(text)
+    print(f"\nresults: {path}")
+    return EXIT_OK
+
+
+def staleness_emulated(args: argparse.Namespace, out: Path) -> int:
+    """`netkv staleness --backend emulate`: the study on the live fabric (root), per scenario, beside
+    the simulator's (:mod:`scheduler.emulate.staleness`); one result folder for all scenarios."""
+    from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
+    from scheduler.emulate import staleness as st
+    from scheduler.emulate.emulable import check_emulable
+    from scheduler.study import sweep as sw
+    from scheduler.study.staleness import studied_policy
+
+    if args.seeds not in ("0", str(args.seed)):
+        raise UsageError("--seeds: the emulated study replays one window (use --seed)")
+    if args.quick:
+        values = list(st.QUICK_VALUES)
+    else:
+        values = sw.parse_values(args.values)
+        if not values or not all(isinstance(v, float) and v >= 0 for v in values):
+            raise UsageError(f"--values {args.values!r}: expected non-negative seconds, e.g. 0,1,5")
+        values = sorted(values)
+    if args.repeats is None:
+        args.repeats = st.QUICK_REPEATS if args.quick else 1
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    target = studied_policy(args.policies)
+    if args.quick and args.scenario_param:
+        raise UsageError("--quick runs its own scenarios and parameters (scheduler/emulate/staleness.py: "
+                         "QUICK_SCENARIO_PARAMS); drop --scenario-param, or study one --scenario without --quick")
+    scenarios = list(st.QUICK_SCENARIOS) if args.quick else [args.scenario]
+    if args.quick and args.max_requests is None:
+        args.max_requests = st.QUICK_REQUESTS
+    if args.max_requests is None:
+        raise UsageError("--max-requests: the emulated study replays in real time; give a window (e.g. 60)")
+    scale = emulation_scale(args)
+    exps = []
+    for name in scenarios:  # every scenario checked before anything is built
+        params = [f"{k}={v:g}" for k, v in st.QUICK_SCENARIO_PARAMS.get(name, {}).items()] if args.quick \
+            else args.scenario_param
+        ns = argparse.Namespace(**{**vars(args), "scenario": name, "scenario_param": params,
+                                   "policies": f"{target},{st.REFERENCE}"})
+        exp, _ = prepare_from_args(ns)
+        check_emulable(exp, scale, args.time_scale)
+        exps.append(exp)
+    check_root("--backend emulate builds the Mininet fabric")
+    results = st.run_study(exps, target, values, scale, args.time_scale, args.ofp_port or DEFAULT_OFP_PORT,
+                           args.rest_port or DEFAULT_REST_PORT, not args.no_progress, log, args.repeats)
+    path, text = st.write_study(out, results, target, values, scale, args.time_scale, args.repeats,
+                                "netkv " + " ".join(args.argv), provenance(args))
     print(text)
     print(f"\nresults: {path}")
     return EXIT_OK

@@ -15,7 +15,7 @@ import os
 import sys
 
 from scripts import cmd_folders, cmd_info, cmd_simulate, cmd_sweeps
-from scripts.cli_common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from scripts.cli_common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 COMMANDS = (cmd_simulate, cmd_info, cmd_sweeps, cmd_folders)
 """The subcommand modules, in the order ``netkv --help`` lists them."""
@@ -43,22 +43,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ERRORS: tuple[tuple[str, str, int], ...] = (
+    ("scripts.cli_common", "UsageError", EXIT_BAD_INPUT),
+    ("scheduler.model.config", "ConfigError", EXIT_BAD_INPUT),
+    ("scheduler.policies", "UnknownPolicyError", EXIT_BAD_INPUT),
+    ("scheduler.decision.oracle", "UnknownOracleError", EXIT_BAD_INPUT),
+    ("scheduler.model.scenario_events", "ScenarioError", EXIT_BAD_INPUT),
+    ("scheduler.model.trace", "TraceError", EXIT_BAD_INPUT),
+    ("scheduler.model.transform", "TransformError", EXIT_BAD_INPUT),
+    ("topology.model", "TopologyError", EXIT_BAD_INPUT),
+    ("scheduler.results.files", "ResultsExistError", EXIT_BAD_INPUT),
+    ("scheduler.results.replot", "ResultFolderError", EXIT_BAD_INPUT),
+    ("scheduler.study.sweep", "SweepError", EXIT_BAD_INPUT),
+    ("scheduler.study.staleness", "StalenessError", EXIT_BAD_INPUT),
+    ("scheduler.study.report", "ReportError", EXIT_BAD_INPUT),
+    ("scheduler.emulate.emulable", "EmulationUnsupportedError", EXIT_BAD_INPUT),
+    ("scheduler.emulate.faults", "FaultSpecError", EXIT_BAD_INPUT),
+    ("topology.mininet_topo", "EmulationScaleError", EXIT_BAD_INPUT),
+    ("scheduler.sim.simulator", "UnfinishedRequestsError", EXIT_FAILED),
+    ("scheduler.emulate.replay", "EmulationError", EXIT_FAILED),
+    ("topology.errors", "FabricError", EXIT_FAILED),
+)
+"""Library exception (module, class) -> exit code: 2 bad input (``error:``), 1 the run failed
+(``failed:``). A class is looked up only when its module is loaded (otherwise nothing can have
+raised it), so the emulator's modules are not imported for a simulator run."""
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code :data:`ERRORS` gives ``exc``, or None when it is not one of them."""
+    for module, name, code in ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return code
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``netkv`` on ``argv`` (default: the command line); returns the exit code."""
-    from scheduler.decision.oracle import UnknownOracleError
-    from scheduler.model.config import ConfigError
-    from scheduler.model.scenario import ScenarioError
-    from scheduler.model.trace import TraceError
-    from scheduler.model.transform import TransformError
-    from scheduler.policies import UnknownPolicyError
-    from scheduler.results.files import ResultsExistError
-    from scheduler.results.replot import ResultFolderError
-    from scheduler.sim.simulator import UnfinishedRequestsError
-    from scheduler.study.report import ReportError
-    from scheduler.study.staleness import StalenessError
-    from scheduler.study.sweep import SweepError
     from topology.cleanup import StopSignal
-    from topology.model import TopologyError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -69,20 +91,21 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `netkv constants | head`: the reader left; leave quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except (UsageError, ConfigError, UnknownPolicyError, UnknownOracleError, ScenarioError, TraceError,
-            TopologyError, ResultsExistError, TransformError, SweepError, StalenessError,
-            ReportError, ResultFolderError) as exc:
-        print(f"netkv {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except UnfinishedRequestsError as exc:
-        print(f"netkv {args.command}: failed: {exc}; nothing was written", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"\nnetkv {args.command}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except StopSignal as exc:
         print(f"\nnetkv {args.command}: stopped by {exc.signame}; nothing was written", file=sys.stderr)
         return int(exc.code)
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise
+        if code == EXIT_BAD_INPUT:
+            print(f"netkv {args.command}: error: {exc}", file=sys.stderr)
+        else:
+            print(f"netkv {args.command}: failed: {exc}; nothing was written", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

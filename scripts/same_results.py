@@ -8,7 +8,8 @@ Compares every ``summary.json`` (and ``sweep.csv``/``staleness.json`` if present
 latencies (``decision_us*``), wall times (``wall_s``), the command line and the ``decision_us`` column of
 ``requests.csv``. With ``--checkouts``, paths inside the first checkout (a scenario's
 ``source``) compare equal to the same paths inside the second. Prints each difference with its
-path; exit 0 if none, 1 otherwise, 2 on bad arguments. Used to show a restructuring preserved behaviour (docs/DESIGN.md).
+path; exit 0 if none, 1 otherwise, 2 on bad arguments: a restructuring must keep every
+result (docs/DESIGN.md).
 """
 from __future__ import annotations
 

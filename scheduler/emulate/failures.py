@@ -26,7 +26,7 @@ REROUTE_REPORT_TIMEOUT_S = 5.0
 """After a replay with link failures, wait this long at most for the controller to confirm the
 reroute of the last repair (it takes milliseconds: docs/DESIGN.md#link-failures-on-the-fabric)."""
 REROUTE_TARGET_POLLS = 2
-"""Issue 10's target: every switch on the new routes within this many telemetry poll intervals."""
+"""The target: every switch on the new routes within this many telemetry poll intervals."""
 MATCH_SLACK_S = 0.05
 """A controller event may carry a stamp this much before the executor's (both read time.time();
 the executor stamps just before the interfaces change, so a negative gap is clock resolution)."""

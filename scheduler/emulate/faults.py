@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_CONTROLLER_OUTAGE_S = 5.0
-"""Virtual seconds the controller stays down when ``--fault controller@T`` gives no ``+D``: issue
-10's test case (ten poll intervals: long enough for every oracle to notice, short against a replay)."""
+"""Virtual seconds the controller stays down when ``--fault controller@T`` gives no ``+D``: ten
+poll intervals, long enough for every oracle to notice, short against a replay."""
 
 _CONTROLLER_RE = re.compile(r"^controller@(?P<at>[0-9.eE+-]+?)(?:\+(?P<dur>[0-9.eE+-]+))?$")
 _AGENT_RE = re.compile(r"^agent:(?P<host>[A-Za-z0-9]+)@(?P<at>[0-9.eE+-]+)$")

@@ -10,8 +10,8 @@ connections; calibrate the tiers KV transfers take under the placement (per-tier
 transfer time against the simulator's prediction); then for each policy replay the trace window
 in (optionally dilated) real time with the scenario's events executed on the fabric, the oracle
 reading the controller's telemetry over REST, and ``--fault`` s injected along its clock
-(:mod:`scheduler.emulate.faults`). Each step is one method of :class:`_EmulationRun` (~450 lines:
-the steps of one run, in their order, read together).
+(:mod:`scheduler.emulate.faults`). Each step is one method of :class:`_EmulationRun` (the steps
+of one run, in their order, read together).
 
 Where the work happens: the orchestrator (``RealtimeReplay``) only decides and records. Before
 each policy's replay :class:`AgentTransport` (``scheduler.emulate.transport``) resets every agent
@@ -58,7 +58,7 @@ from scheduler.model.config import ExperimentConfig
 from scheduler.model.records import RequestRecord
 from scheduler.model.scenario import Action
 from scheduler.policies import PolicySpec
-from scheduler.results.metrics import summarize_policy
+from scheduler.results.summary import policy_summary
 from scheduler.study.experiment import (
     Experiment,
     agreement_summary,
@@ -395,33 +395,24 @@ class _EmulationRun:
             recs = failures.stall_seconds(self.tree, recs, executor.link_events, reroutes, clock.virtual)
             reroute = failures.reroute_report(executor.link_events, reroutes, cfg.oracle.poll_interval_s,
                                               clock.virtual)
-        summary = summarize_policy(recs, exp.slo())
-        if reroute is not None:
-            summary["reroute"] = reroute
-        if self.faults:
-            summary["faults"] = fault_events
         lost = replay.dispatch.failures()
+        failed = None
         if lost or injector.killed:
             by: dict[str, int] = {}
             for f in lost:
                 by[f["reason"]] = by.get(f["reason"], 0) + 1
-            summary["failed_requests"] = {"count": len(lost), "of": len(exp.requests), "by_reason": by,
-                                          "requests": lost[:50]}
-        fallback = faults.fallback_summary(replay.dispatch.oracle)
-        if fallback is not None:
-            summary["telemetry_fallback"] = fallback
-        summary["params"] = policy.params()
-        summary["tuning"] = table
-        summary["wall_s"] = round(time.monotonic() - t1, 2)
-        summary["replay_lag_s"] = {"p50": float(np.percentile(replay.lag_s, 50)),
-                                   "p99": float(np.percentile(replay.lag_s, 99)),
-                                   "max": float(np.max(replay.lag_s))}
-        if item.shadow:
-            summary["agreement"] = agreement_summary(replay.dispatch.agreement)
+            failed = {"count": len(lost), "of": len(exp.requests), "by_reason": by, "requests": lost[:50]}
         errors = replay.dispatch.oracle_errors()  # the oracle's prices against the agents' transfers
         if errors:
-            summary["oracle_error"] = oracle_error.summarize(errors, calibration_fits(self.evidence.get("calibration")))
             self.evidence["oracle_rows"][item.label] = errors
+        summary = policy_summary(recs, exp.slo(), policy.params(), table, round(time.monotonic() - t1, 2), measured={
+            "reroute": reroute, "faults": fault_events if self.faults else None, "failed_requests": failed,
+            "telemetry_fallback": faults.fallback_summary(replay.dispatch.oracle)}, after={
+            "replay_lag_s": {"p50": float(np.percentile(replay.lag_s, 50)),
+                             "p99": float(np.percentile(replay.lag_s, 99)), "max": float(np.max(replay.lag_s))},
+            "agreement": agreement_summary(replay.dispatch.agreement) if item.shadow else None,
+            "oracle_error": oracle_error.summarize(errors, calibration_fits(self.evidence.get("calibration")))
+            if errors else None})
         return summary, recs
 
 

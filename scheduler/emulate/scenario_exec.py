@@ -363,9 +363,6 @@ class ScenarioExecutor:
         a link that is down keeps its last one (telemetry reports the link down by itself)."""
         return self._shaped.copy()
 
-    def active_flows(self) -> list[str]:
-        return [fid for fid, slot in self._flows.items() if slot.proc.popen.poll() is None]
-
     def close(self) -> None:
         """Stop every slot and sink this executor started (running flows are ended and
         reported first); idempotent. Shaping stays."""

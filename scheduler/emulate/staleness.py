@@ -19,11 +19,13 @@ noise), not a sign. ``--quick``: :data:`QUICK_SCENARIOS` (with :data:`QUICK_SCEN
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import math
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from scheduler.emulate.orchestrator import Replay, run_emulation
@@ -309,3 +311,44 @@ def run_scenario(exp: Experiment, target: str, values: list[float], scale: float
             "simulate_points": {str(v): p for v, p in sim.items()},
             "calibration": ev.get("calibration"), "fidelity": ev.get("fidelity"),
             "paired_transfer_agreement": ev.get("paired_transfer_agreement"), "records": records}
+
+
+def run_study(exps: list[Experiment], target: str, values: list[float], scale: float, time_scale: float,
+              ofp_port: int, rest_port: int, progress: bool, log: Callable[[str], Any], repeats: int = 1
+              ) -> list[dict]:
+    """:func:`run_scenario` of every experiment in ``exps`` (one scenario each), in turn."""
+    log(f"staleness: {len(exps)} scenario(s) x {len(values)} values on the fabric, {len(exps[0].requests)} "
+        f"requests each, {repeats} replay(s) of each value (~"
+        f"{sum(e.requests[-1].arrival_s for e in exps) * (len(values) * repeats + 1) * time_scale / 60:.0f} "
+        f"min of replay)")
+    return [run_scenario(exp, target, values, scale, time_scale, ofp_port, rest_port, progress, log, repeats)
+            for exp in exps]
+
+
+def write_study(out: Path, results: list[dict], target: str, values: list[float], scale: float, time_scale: float,
+                repeats: int, command: str, provenance: dict | None) -> tuple[Path, str]:
+    """Write the study's result folder at ``out`` (atomically): ``summary.json`` (every scenario's
+    :func:`run_scenario`, its records aside), ``staleness.csv`` (every scenario's rows),
+    ``staleness.txt``, one ``staleness-<scenario>.png`` and ``requests-<scenario>.csv`` per
+    scenario. Returns (the folder, the tables' text)."""
+    from scheduler.results.files import dumps_json, write_files
+
+    texts = [table_text(r["scenario"], target, r["rows"], r["trend"], r["scenario_params"]) for r in results]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["scenario", *results[0]["rows"][0].keys()], lineterminator="\n")
+    w.writeheader()
+    for r in results:
+        for row in r["rows"]:
+            w.writerow({"scenario": r["scenario"], **row})
+    files: dict[str, bytes] = {}
+    for r in results:
+        files[f"requests-{r['scenario']}.csv"] = records_csv(r.pop("records"))
+    summary = {"kind": "staleness", "backend": "emulate", "provenance": provenance, "command": command,
+               "param": "oracle.staleness_s", "policy": target, "values": values, "scale": scale,
+               "time_scale": time_scale, "repeats": repeats, "scenarios": results}
+    text = "\n\n".join(texts)
+    files.update({"summary.json": dumps_json(summary).encode(), "staleness.csv": buf.getvalue().encode(),
+                  "staleness.txt": (text + "\n").encode()})
+    for r in results:
+        files[f"staleness-{r['scenario']}.png"] = plot(r["scenario"], target, r["rows"], command, r["scenario_params"])
+    return write_files(out, files), text

@@ -18,7 +18,7 @@ shares are recomputed before every decision, as the simulator's change between d
 Simulator speed: wall time of ``Simulator(cfg, requests, policy, actions).run()`` on the default
 64-GPU fabric and placement: how it grows with the number of requests, the full trace per policy
 and oracle under the ``idle`` and ``decode-flap`` scenarios, and how it grows with the GPUs.
-The targets of issue 7 are printed next to the figures (:data:`TARGETS`), never asserted.
+The project's targets are printed next to the figures (:data:`TARGETS`), never asserted.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ TARGETS = {
     "decision_p99_us": {"netkv": {"32": 50.0, "4096": 300.0}},
     "simulator_full_trace_s": 5.0,
 }
-"""Issue 7's targets on the project's 2-core VM: netkv's decision p99 at |D| = 32 and 4096, and the
+"""The targets on the project's 2-core VM: netkv's decision p99 at |D| = 32 and 4096, and the
 simulator's wall time for the full conversation trace (12,031 requests) under one policy."""
 
 REPEATS = 3

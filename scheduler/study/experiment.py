@@ -26,7 +26,8 @@ from scheduler.model.timing import TimingModel
 from scheduler.model.trace import Request, load_trace, trace_stats
 from scheduler.policies import REGISTRY, PolicySpec, parse_spec, resolve
 from scheduler.policies.base import Policy
-from scheduler.results.metrics import SloConfig, summarize_policy
+from scheduler.results.metrics import SloConfig
+from scheduler.results.summary import policy_summary
 from scheduler.sim.simulator import Simulator
 from topology.model import FatTree
 
@@ -269,20 +270,13 @@ def run_simulation(exp: Experiment, progress: bool = True, log=print, shadow: bo
         wall = time.perf_counter() - t1
         if record:
             _fill_recording(links, sim)
-        summary = summarize_policy(recs, slo)
-        summary["params"] = policy.params()
-        summary["tuning"] = table
-        summary["wall_s"] = round(wall, 3)
-        summary["events"] = sim.events
-        summary["reroutes"] = sim.reroutes
         errors = sim.dispatch.oracle_errors()
-        if errors:
-            summary["oracle_error"] = oracle_error.summarize(errors)
-            if oracle_rows is not None:
-                oracle_rows[spec.name] = errors
-        if shadow and policy.needs_oracle:
-            summary["agreement"] = agreement_summary(sim.agreement)
-        out[spec.name] = summary
+        if errors and oracle_rows is not None:
+            oracle_rows[spec.name] = errors
+        out[spec.name] = policy_summary(recs, slo, policy.params(), table, round(wall, 3), after={
+            "events": sim.events, "reroutes": sim.reroutes,
+            "oracle_error": oracle_error.summarize(errors) if errors else None,
+            "agreement": agreement_summary(sim.agreement) if shadow and policy.needs_oracle else None})
         records[spec.name] = recs
     return out, records
 

@@ -31,7 +31,36 @@ class ReportError(ValueError):
     """A report option is invalid; the message names it."""
 
 
-def write_report(out_md: Path, text_fn, fig_names: list[str] | None = None) -> None:
+REPORT_NAME = "results.md"
+"""The markdown file's name when ``--out`` is a folder (the figures go into ``results/`` beside it)."""
+
+
+def report_paths(out: Path) -> tuple[Path, Path]:
+    """(markdown file, figure folder) for ``--out``: a ``.md`` name is the markdown file and its
+    figures go into the folder of its stem beside it; anything else (an existing folder, a new
+    name) is a folder holding :data:`REPORT_NAME` and its figures. Raises :class:`ReportError`
+    naming ``--out`` when either cannot be written there; checked before any run."""
+    out = Path(out)
+    md = out / REPORT_NAME if out.is_dir() or out.suffix != ".md" else out
+    figs = md.parent / md.stem
+    if md.is_dir():
+        raise ReportError(f"--out {out}: {md} is a folder, where the markdown file goes")
+    if figs.exists() and not figs.is_dir():
+        raise ReportError(f"--out {out}: {figs} exists and is not a folder, where the figures go")
+    try:
+        existing = next(p for p in (md.parent, *md.parent.resolve().parents) if p.exists())
+    except StopIteration:
+        raise ReportError(f"--out {out}: no existing folder above it") from None
+    if not existing.is_dir():
+        raise ReportError(f"--out {out}: {existing} is not a folder")
+    try:  # what write_report does: temporary siblings, renamed at the end
+        os.rmdir(tempfile.mkdtemp(prefix=".netkv-write-check-", dir=existing))
+    except OSError as exc:
+        raise ReportError(f"--out {out}: cannot write in {existing}: {exc.strerror or exc}") from None
+    return md, figs
+
+
+def write_report(out_md: Path, text_fn) -> None:
     """Write the markdown and its figure folder (``<out_md.stem>/``) atomically enough: into
     temporary siblings, then renamed over the old ones."""
     out_md = Path(out_md)
@@ -61,11 +90,12 @@ def generate(out_md: Path, quick: bool = False, jobs: int | None = None, max_req
             raise ReportError(f"--scenarios: {sc!r} is not a built-in scenario ({', '.join(SCENARIOS)})")
     if max_requests is not None and max_requests < 1:
         raise ReportError(f"--max-requests must be >= 1, got {max_requests}")
+    out_md, fig_dir = report_paths(out_md)
     plan = make_plan(quick, max_requests, scenarios, overrides=tuple(overrides))
     log(f"report: {len(plan.cells)} runs and {sum(len(s.values) for s in plan.sweeps) * len(plan.seeds)} sweep "
         f"points on {jobs or os.cpu_count()} processes")
     t0 = time.perf_counter()
     results = run_plan(plan, jobs, progress, log)
     wall = time.perf_counter() - t0
-    write_report(out_md, lambda fig_dir: render(plan, results, fig_dir, command, wall))
-    return Path(out_md)
+    write_report(out_md, lambda tmp_dir: render(plan, results, tmp_dir, command, wall, fig_dir.name))
+    return out_md

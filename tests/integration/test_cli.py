@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -475,3 +476,48 @@ def test_policy_module_errors_name_the_file(tmp_path, text, suffix, needle):
     assert res.returncode == 2, res.stderr
     assert f"--policy-module {f}{suffix}" in res.stderr and needle in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and not out.exists()
+
+
+# ----------------------------------------------------------------------------- --out forms
+def test_check_out_accepts_new_or_empty_folders_and_names_what_it_refuses(tmp_path):
+    from scripts.cli_common import UsageError, check_out
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    (tmp_path / "file").write_text("x")
+    check_out(tmp_path / "empty")
+    check_out(tmp_path / "new" / "deeper")
+    check_out(tmp_path / "full", existing_ok=True)  # plot --out: figures written into it
+    for out, why in [(tmp_path / "full", "exists and is not empty"), (tmp_path / "file", "is not a folder"),
+                     (tmp_path / "file" / "sub", "is not a folder"), (Path("/proc/netkv-nope"), "cannot create"),
+                     (tmp_path / "file", "is not a folder")]:
+        with pytest.raises(UsageError, match=f"--out {out}: .*{why}"):
+            check_out(out, existing_ok=out.name == "file")
+
+
+def test_every_out_is_checked_before_any_work(tmp_path):
+    """An --out naming an existing file is refused by every command that writes one, exit 2 with
+    --out and the path, before anything runs (the report's markdown and figure folder included)."""
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    (tmp_path / "figs.md").write_text("x")
+    (tmp_path / "figs").write_text("x")
+    jobs = {
+        "simulate": simulate_args(taken),
+        "sweep": ["sweep", "--param", "rate-scale", "--values", "1", "--max-requests", "5", "--out", str(taken)],
+        "staleness": ["staleness", "--values", "0", "--max-requests", "5", "--out", str(taken)],
+        "staleness-emulate": ["staleness", "--backend", "emulate", "--max-requests", "5", "--out", str(taken)],
+        "report": ["report", "--quick", "--out", str(taken)],
+        "report-figures": ["report", "--quick", "--out", str(tmp_path / "figs.md")],
+        "plot": ["plot", str(tmp_path / "none"), "--out", str(taken)],
+        "compare": ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(taken)],
+    }
+    results = run_concurrently(jobs)
+    # emulate without the wrapper, whose setup --emulation would look after Open vSwitch first
+    results["emulate"] = subprocess.run([sys.executable, "-m", "scripts.netkv", "emulate", "--out", str(taken)],
+                                        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    for name, res in results.items():
+        assert res.returncode == 2, (name, res.stderr[-600:])
+        assert res.stderr.startswith(f"netkv {name.split('-')[0]}: error: --out {tmp_path}"), (name, res.stderr[-600:])
+        assert "not a folder" in res.stderr and res.stderr.count("\n") == 1, (name, res.stderr[-600:])

@@ -4,6 +4,7 @@ heatmap), the text table (tables) and scheduler/progress.py.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -432,3 +433,120 @@ def test_link_series_binning_and_csv(tmp_path: Path) -> None:
     assert back.link_names == ["a->b", "b->a"]
     assert np.allclose(back.utilisation, binned.utilisation, atol=1e-4)
     assert path.read_text().splitlines()[1].endswith(",0.4,1")  # compact: no trailing zeros
+
+
+# -- summary.json of an experiment (both backends) -----------------------------------------------
+SUMMARY_HEAD = ["kind", "backend", "provenance", "config", "policies", "comparison_target", "comparison", "ablation"]
+SUMMARY_TAIL = ["scenario_spans", "link_utilisation"]
+EMULATE_SECTIONS = ["fidelity", "calibration", "emulation", "simulate_reference", "agreement", "transfer_agreement",
+                    "paired_transfer_agreement"]
+
+
+def _small_experiment():
+    from scheduler.model.config import build_config
+    from scheduler.study.experiment import prepare
+
+    return prepare(build_config(), None, "decode-flap", "round-robin,netkv", 8, 0, tune=False)
+
+
+def _fake_run(exp) -> tuple[dict, dict[str, list[RequestRecord]]]:
+    from scheduler.results.summary import policy_summary
+
+    records = {spec.name: [dataclasses.replace(rec(spec.name, r.req_id, 0.5 + 0.1 * k, tier=k % 4),
+                                               arrival_s=r.arrival_s) for r in exp.requests]
+               for k, spec in enumerate(exp.policies)}
+    policies = {name: policy_summary(recs, exp.slo(), {"load_weight": 1.0}, [], 0.1, after={"events": 3})
+                for name, recs in records.items()}
+    return policies, records
+
+
+def test_policy_summary_orders_sections_and_drops_the_absent() -> None:
+    from scheduler.results.summary import policy_summary
+
+    recs = make_records()["netkv"]
+    entry = policy_summary(recs, SLO, {"w": 1.0}, [{"weight": 1.0}], 1.5,
+                           measured={"reroute": {"n": 1}, "faults": None}, after={"replay_lag_s": {"p50": 0.0}, "agreement": None, "oracle_error": {"n": 2}})
+    metrics = list(summarize_policy(recs, SLO))
+    assert list(entry) == [*metrics, "reroute", "params", "tuning", "wall_s", "replay_lag_s", "oracle_error"]
+    assert entry["params"] == {"w": 1.0} and entry["wall_s"] == 1.5 and entry["reroute"] == {"n": 1}
+
+
+def test_write_experiment_writes_the_simulate_folder(tmp_path: Path) -> None:
+    from scheduler.results.summary import write_experiment
+
+    exp, info = _small_experiment()
+    policies, records = _fake_run(exp)
+    links = heatmap.LinkSeries(np.array([0.0, 0.5]), [exp.tree.link_name(i) for i in range(exp.tree.n_links)],
+                               np.zeros((2, exp.tree.n_links)), "polls")
+    path, summary = write_experiment(tmp_path / "run", "simulate", exp, info, policies, records, target="netkv",
+                                     provenance={"command": "test"}, links=links, link_policy="netkv")
+    assert list(summary) == [*SUMMARY_HEAD, *SUMMARY_TAIL]
+    assert summary["kind"] == summary["backend"] == "simulate" and summary["comparison_target"] == "netkv"
+    assert summary["link_utilisation"] == {"policy": "netkv", "source": "polls", "file": resultfiles.LINK_CSV}
+    assert summary["config"]["trace"] is info and summary["config"]["policies"] == ["round-robin", "netkv"]
+    assert summary["scenario_spans"], "decode-flap's events are drawn"
+    on_disk = json.loads((path / "summary.json").read_text())
+    assert list(on_disk) == list(summary) and on_disk["policies"]["netkv"]["events"] == 3
+    assert "round-robin" in on_disk["comparison"] and (path / resultfiles.LINK_CSV).exists()
+    with (path / "requests.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 2 * len(exp.requests)
+
+
+def test_write_emulation_keeps_the_emulate_sections(tmp_path: Path) -> None:
+    from scheduler.emulate.results import TELEMETRY_SOURCE, write_emulation
+
+    exp, info = _small_experiment()
+    policies, records = _fake_run(exp)
+    n = exp.tree.n_links
+    ev = {"calibration": {"tiers": {"2": {"time_ratio": 1.1}}}, "fidelity": {"warning": None},
+          "fabric": {"up_s": 1.0}, "hosts": {"agents": 8}, "simulate_reference": policies, "agreement": {},
+          "transfer_agreement": {}, "paired_transfer_agreement": {"by_tier": {}}, "telemetry_csv": b"t,link\n",
+          "telemetry_rows": [(0, 0, 10.0, np.zeros(n)), (0, 0, 10.0, np.ones(n)), (0, 0, 10.5, np.ones(n))],
+          "oracle_rows": {}}
+    path, summary = write_emulation(tmp_path / "emu", exp, info, policies, records, ev, 2.5e-5, 2.0, target="netkv",
+                                    provenance=None)
+    assert list(summary) == [*SUMMARY_HEAD, *EMULATE_SECTIONS, *SUMMARY_TAIL]
+    assert summary["emulation"] == {"scale": 2.5e-5, "time_scale": 2.0, "fabric": {"up_s": 1.0},
+                                    "hosts": {"agents": 8}}
+    assert summary["link_utilisation"] == {"source": TELEMETRY_SOURCE, "file": resultfiles.LINK_CSV}
+    assert json.loads((path / "calibration.json").read_text()) == ev["calibration"]
+    assert (path / "telemetry.csv").read_bytes() == b"t,link\n"
+    link_rows = (path / resultfiles.LINK_CSV).read_text().splitlines()
+    assert len(link_rows) == 1 + 2 and link_rows[-1].startswith("0.5")  # the poll that repeats a time is dropped
+
+
+# -- netkv report --out --------------------------------------------------------------------------
+def test_report_out_is_a_markdown_file_or_a_folder(tmp_path: Path) -> None:
+    from scheduler.study.report import ReportError, report_paths
+
+    assert report_paths(tmp_path / "doc.md") == (tmp_path / "doc.md", tmp_path / "doc")
+    assert report_paths(tmp_path / "rep") == (tmp_path / "rep" / "results.md", tmp_path / "rep" / "results")
+    (tmp_path / "made").mkdir()
+    assert report_paths(tmp_path / "made") == (tmp_path / "made" / "results.md", tmp_path / "made" / "results")
+    (tmp_path / "old.md").write_text("previous report\n")  # a report is regenerated in place
+    assert report_paths(tmp_path / "old.md")[0] == tmp_path / "old.md"
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "figs.md").write_text("x")
+    (tmp_path / "figs").write_text("not a folder")
+    for out, why in [(tmp_path / "file", "is not a folder"), (tmp_path / "figs.md", "where the figures go"),
+                     (Path("/proc/netkv-nope.md"), "cannot write in /proc")]:
+        with pytest.raises(ReportError, match=f"--out {out}: .*{why}"):
+            report_paths(out)
+
+
+def test_report_into_a_folder_writes_results_md_and_figures(tmp_path: Path, monkeypatch) -> None:
+    """A folder (new or existing) gets results.md and results/ with the figures the markdown links."""
+    from scheduler.study import report
+
+    def render(plan, results, fig_dir, command, wall_s, fig_link):
+        (fig_dir / "load.png").write_bytes(PNG_MAGIC)
+        return f"![load]({fig_link}/load.png)\n"
+
+    monkeypatch.setattr(report, "run_plan", lambda *a, **k: {})
+    monkeypatch.setattr(report, "render", render)
+    for out in (tmp_path / "rep", tmp_path / "rep", tmp_path / "other.md"):  # twice: a rerun replaces it
+        md = report.generate(out, quick=True, progress=False, log=lambda m: None)
+        link = md.read_text().split("(")[1].rstrip(")\n")
+        assert (md.parent / link).read_bytes() == PNG_MAGIC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "other.md", "rep"]
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["results", "results.md"]
