@@ -259,7 +259,8 @@ class Pricer:
             best_inv[better] = worst[better]
             best_link[better] = links[better]
         pad = self.tree.pad
-        return [None if link == pad else self.link_names[link] for link in best_link.tolist()]
+        indices: list[int] = best_link.tolist()
+        return [None if link == pad else self.link_names[link] for link in indices]
 
     # ------------------------------------------------------------------ reservations
     def reserve(self, src: int, dst: int, nbytes: int, start: float, end: float) -> int:
