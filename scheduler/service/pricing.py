@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -259,7 +260,7 @@ class Pricer:
             best_inv[better] = worst[better]
             best_link[better] = links[better]
         pad = self.tree.pad
-        indices: list[int] = best_link.tolist()
+        indices = cast(list[int], best_link.tolist())
         return [None if link == pad else self.link_names[link] for link in indices]
 
     # ------------------------------------------------------------------ reservations
