@@ -66,7 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(OracleService(pricer, monitor), token=os.environ.get(TOKEN_ENV) or None)
     monitor.start()
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        # uvloop and httptools (C event loop and HTTP parser): several times less CPU per request
+        uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
+                    log_level="warning", access_log=False)
     finally:
         monitor.stop()
     return EXIT_OK

@@ -22,7 +22,6 @@ reservations, 401 without the bearer token when one is configured.
 """
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import time
@@ -30,6 +29,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -144,8 +144,8 @@ def fast_handler(model: type[BaseModel], answer: Callable[[Any], dict]) -> FastH
 
 
 async def _send_json(send: Send, status: int, payload: Any) -> None:
-    """``payload`` as a JSON response, encoded as Starlette's JSONResponse does."""
-    content = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    """``payload`` (plain JSON types, finite numbers) as a compact UTF-8 JSON response."""
+    content = orjson.dumps(payload)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": content})
@@ -268,7 +268,7 @@ def create_app(service: OracleService, token: str | None = None, max_body_bytes:
 
     def price(req: CostRequest | SelectRequest) -> tuple[Priced, TelemetryState, float, float | None]:
         src = pricer.resolve(req.prefill, "prefill", ("prefill",))
-        dsts = [pricer.resolve(c, "decode", ("candidates", i)) for i, c in enumerate(req.candidates)]
+        dsts = pricer.resolve_all(req.candidates, "decode", "candidates")
         nbytes = sizes(req)
         state, now, age = service.telemetry()
         service.expire(now)
@@ -287,7 +287,7 @@ def create_app(service: OracleService, token: str | None = None, max_body_bytes:
 
     def cost_answer(req: CostRequest) -> dict:
         priced, state, _, age = price(req)
-        return {"seconds": [_finite(s) for s in priced.seconds], "tier": priced.tiers,
+        return {"seconds": [s if math.isfinite(s) else None for s in priced.seconds], "tier": priced.tiers,
                 "bottleneck": priced.bottleneck, "telemetry_age_s": age, "source": state.source,
                 "degraded": state.degraded, "degraded_reason": state.reason}
 

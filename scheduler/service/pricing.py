@@ -144,6 +144,14 @@ class Pricer:
                                        f"(its role: {what})")
         return g
 
+    def resolve_all(self, names: list[str], role: str, field: str) -> list[int]:
+        """GPU index of each of ``names`` (as :meth:`resolve`; an error names ``(field, i)``)."""
+        known = self._by_role[role]
+        try:
+            return [known[name] for name in names]
+        except KeyError:
+            return [self.resolve(name, role, (field, i)) for i, name in enumerate(names)]
+
     def kv_bytes(self, tokens: list[int], model: str | None, field: tuple[str | int, ...]) -> list[int]:
         """KV bytes of ``tokens`` of ``model`` (default: the config's model)."""
         if model is None:
