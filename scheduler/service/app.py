@@ -10,6 +10,12 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
   see it sharing its links (the ``inflight`` oracle's commitments), until deleted or expired;
 - ``GET /v1/topology``, ``GET /healthz`` (ok, or degraded and why), ``GET /metrics`` (Prometheus).
 
+The two hot endpoints, ``/v1/cost`` and ``/v1/select``, are answered by the ASGI layer in front
+of FastAPI (:class:`_Guard`): the body is validated by the same pydantic models straight from its
+JSON bytes and the answer, already plain JSON types, is written without FastAPI's dependency
+solving and response re-validation, which cost more than the pricing itself. Their FastAPI routes
+run the same functions and define their OpenAPI contract.
+
 Bad input never gets a 5xx: 422 with the field's location for invalid bodies and unknown
 instances, 413 for bodies over ``max_body_bytes``, 415 for non-JSON bodies, 404 for unknown
 reservations, 401 without the bearer token when one is configured.
@@ -23,10 +29,12 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ValidationError
 
 from scheduler.service.pricing import InstanceError, Priced, Pricer
 from scheduler.service.schemas import (
@@ -55,6 +63,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+FastHandler = Callable[[bytes], tuple[int, Any]]
+"""A POST endpoint served by :class:`_Guard` itself: body bytes -> (status, JSON-able answer)."""
 
 
 class OracleService:
@@ -105,15 +115,54 @@ def _error(status: int, detail: Any) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
+def _invalid_detail(errors: list[Any], prefix: tuple[str, ...]) -> list[dict]:
+    """pydantic errors as 422 details: loc and msg only (the default echoes the input, which may
+    hold NaN, not valid JSON), each loc under ``prefix`` as FastAPI places a body's fields."""
+    return [{"loc": [*prefix, *e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in errors]
+
+
+def _instance_detail(exc: InstanceError) -> list[dict]:
+    return [{"loc": ["body", *exc.field], "msg": str(exc), "type": "value_error"}]
+
+
+def fast_handler(model: type[BaseModel], answer: Callable[[Any], dict]) -> FastHandler:
+    """Serve ``answer`` to a body validated as ``model``; 422 with FastAPI's detail format for an
+    invalid body or an unknown instance."""
+
+    def handle(body: bytes) -> tuple[int, Any]:
+        try:
+            req = model.model_validate_json(body)
+        except ValidationError as exc:
+            return 422, {"detail": _invalid_detail(exc.errors(), ("body",))}
+        try:
+            return 200, answer(req)
+        except InstanceError as exc:
+            return 422, {"detail": _instance_detail(exc)}
+
+    return handle
+
+
+async def _send_json(send: Send, status: int, payload: Any) -> None:
+    """``payload`` (plain JSON types, finite numbers) as a compact UTF-8 JSON response."""
+    content = orjson.dumps(payload)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": content})
+
+
 class _Guard:
     """Pure ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware): bearer token, JSON
-    content type and body size of every request, and per endpoint count and latency metrics."""
+    content type and body size of every request, and per endpoint count and latency metrics.
+    POSTs to a path of ``fast`` are answered here (see the module doc), the rest by FastAPI."""
 
-    def __init__(self, app: ASGIApp, service: OracleService, token: str | None, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, service: OracleService, token: str | None, max_body_bytes: int,
+                 fast: dict[str, FastHandler] | None = None) -> None:
         self.app = app
         self.service = service
         self.token = f"Bearer {token}".encode() if token else None
         self.max_body = max_body_bytes
+        self.fast = fast or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -148,6 +197,11 @@ class _Guard:
                         await _error(413, f"request body over {self.max_body} bytes")(scope, receive, send_status)
                         return
                     more = message.get("more_body", False)
+                handler = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
+                if handler is not None:
+                    status, payload = handler(b"".join(chunks))
+                    await _send_json(send_status, status, payload)
+                    return
                 whole: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
                 async def replay() -> Message:
@@ -200,14 +254,11 @@ def create_app(service: OracleService, token: str | None = None, max_body_bytes:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        # the default handler echoes the input, which may hold NaN (not valid JSON): loc and msg only
-        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-                  for e in exc.errors()]
-        return _error(422, detail)
+        return _error(422, _invalid_detail(list(exc.errors()), ()))
 
     @app.exception_handler(InstanceError)
     async def _instance(_request: Request, exc: InstanceError) -> JSONResponse:
-        return _error(422, [{"loc": ["body", *exc.field], "msg": str(exc), "type": "value_error"}])
+        return _error(422, _instance_detail(exc))
 
     def sizes(req: CostRequest | SelectRequest) -> list[int]:
         if req.bytes is not None:
@@ -217,7 +268,7 @@ def create_app(service: OracleService, token: str | None = None, max_body_bytes:
 
     def price(req: CostRequest | SelectRequest) -> tuple[Priced, TelemetryState, float, float | None]:
         src = pricer.resolve(req.prefill, "prefill", ("prefill",))
-        dsts = [pricer.resolve(c, "decode", ("candidates", i)) for i, c in enumerate(req.candidates)]
+        dsts = pricer.resolve_all(req.candidates, "decode", "candidates")
         nbytes = sizes(req)
         state, now, age = service.telemetry()
         service.expire(now)
@@ -234,29 +285,36 @@ def create_app(service: OracleService, token: str | None = None, max_body_bytes:
         service.held.set(len(service.reservations))
         return Reservation(id=rid, expires_at=expires)
 
-    @app.post("/v1/cost", response_model=CostResponse)
-    async def cost(req: CostRequest) -> dict:
-        """Transfer time, tier and bottleneck link per candidate."""
+    def cost_answer(req: CostRequest) -> dict:
         priced, state, _, age = price(req)
-        return {"seconds": [_finite(s) for s in priced.seconds], "tier": priced.tiers,
+        return {"seconds": [s if math.isfinite(s) else None for s in priced.seconds], "tier": priced.tiers,
                 "bottleneck": priced.bottleneck, "telemetry_age_s": age, "source": state.source,
                 "degraded": state.degraded, "degraded_reason": state.reason}
 
-    @app.post("/v1/select", response_model=SelectResponse)
-    async def select(req: SelectRequest) -> dict:
-        """NetKV's decode choice: argmin over candidates of seconds + load_weight_s x load."""
+    def select_answer(req: SelectRequest) -> dict:
         priced, state, now, age = price(req)
         scores = [s + req.load_weight_s * load for s, load in zip(priced.seconds, req.loads)]
         i = min(range(len(scores)), key=scores.__getitem__)
-        reservation = None
+        reservation: dict | None = None
         if req.reserve:
             src = pricer.resolve(req.prefill, "prefill", ("prefill",))
             dst = pricer.resolve(req.candidates[i], "decode", ("candidates", i))
-            reservation = reserve(src, dst, sizes(req)[i], now, req.start_s, req.duration_s, priced.seconds[i])
+            held = reserve(src, dst, sizes(req)[i], now, req.start_s, req.duration_s, priced.seconds[i])
+            reservation = {"id": held.id, "expires_at": held.expires_at}
         return {"choice": req.candidates[i], "index": i, "seconds": _finite(priced.seconds[i]),
                 "score": _finite(scores[i]), "tier": priced.tiers[i],
                 "bottleneck": priced.bottleneck[i], "reservation": reservation, "telemetry_age_s": age,
                 "source": state.source, "degraded": state.degraded, "degraded_reason": state.reason}
+
+    @app.post("/v1/cost", response_model=CostResponse)
+    async def cost(req: CostRequest) -> dict:
+        """Transfer time, tier and bottleneck link per candidate."""
+        return cost_answer(req)
+
+    @app.post("/v1/select", response_model=SelectResponse)
+    async def select(req: SelectRequest) -> dict:
+        """NetKV's decode choice: argmin over candidates of seconds + load_weight_s x load."""
+        return select_answer(req)
 
     @app.post("/v1/reservations", response_model=ReservationResponse, status_code=201)
     async def create_reservation(req: ReservationRequest) -> dict:
@@ -306,5 +364,7 @@ def create_app(service: OracleService, token: str | None = None, max_body_bytes:
         service.expire(service.clock())
         return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(_Guard, service=service, token=token, max_body_bytes=max_body_bytes)
+    fast = {"/v1/cost": fast_handler(CostRequest, cost_answer),
+            "/v1/select": fast_handler(SelectRequest, select_answer)}
+    app.add_middleware(_Guard, service=service, token=token, max_body_bytes=max_body_bytes, fast=fast)
     return app

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -34,6 +35,9 @@ __all__ = [
 
 SETUP_S = 30e-6
 """Per-transfer setup latency the oracle adds (the simulator's and ``netkv bench``'s value)."""
+ROUTE_CACHE_SIZE = 4096
+"""Most (prefill, candidate set, down links) routes kept; past it the cache starts over, so a
+long-lived service asked about many candidate sets keeps its memory bounded."""
 
 
 class InstanceError(ValueError):
@@ -51,6 +55,18 @@ class Priced:
     seconds: list[float]
     tiers: list[int]
     bottleneck: list[str | None]
+
+
+@dataclass(frozen=True)
+class _Route:
+    """One (prefill, candidate set): its key, candidate array (read-only), candidate arrays per
+    tensor-parallel rank, tiers, and the paths per rank by down-link set (filled on demand)."""
+
+    key: tuple
+    dsts: np.ndarray
+    rank_dsts: list[np.ndarray]
+    tiers: list[int]
+    paths: dict[frozenset[int], list[np.ndarray]]
 
 
 class _Holder:
@@ -89,6 +105,13 @@ class Pricer:
         self.nominal_bps = {tree.link_name(i): rates[tree.link_kind(i)] * 1e6 for i in range(tree.n_links)}
         """Capacity in bits/s each link has when up (scaled for an emulated fabric)."""
         self.link_names = [tree.link_name(i) for i in range(tree.n_links)]
+        self._by_role: dict[str, dict[str, int]] = {"prefill": {}, "decode": {}}
+        for name, g in self._names.items():  # the fast path of resolve(): a valid name of that role
+            if g in self._role:
+                self._by_role[self._role[g]][name] = g
+        self._routes: dict[tuple, _Route] = {}
+        self._bottleneck_for: tuple[np.ndarray, frozenset[int]] | None = None  # (inv, down) of _bottleneck_memo
+        self._bottleneck_memo: dict[tuple, list[str | None]] = {}
         self._holder = _Holder()
         oracle = make_oracle("inflight", tree, self._holder, 0.0, cfg.oracle.min_available_fraction, SETUP_S)
         assert isinstance(oracle, InflightOracle)
@@ -99,6 +122,9 @@ class Pricer:
     # ------------------------------------------------------------------ names
     def resolve(self, name: str, role: str, field: tuple[str | int, ...]) -> int:
         """GPU index of instance ``name`` (host name, ``ip`` or ``ip:port``) whose role is ``role``."""
+        g = self._by_role[role].get(name)
+        if g is not None:
+            return g
         key = name
         host, sep, port = name.rpartition(":")
         if sep and port.isdigit():
@@ -117,6 +143,14 @@ class Pricer:
             raise InstanceError(field, f"{name!r} ({self.tree.gpu_name(g)}) is not a {role} instance "
                                        f"(its role: {what})")
         return g
+
+    def resolve_all(self, names: list[str], role: str, field: str) -> list[int]:
+        """GPU index of each of ``names`` (as :meth:`resolve`; an error names ``(field, i)``)."""
+        known = self._by_role[role]
+        try:
+            return [known[name] for name in names]
+        except KeyError:
+            return [self.resolve(name, role, (field, i)) for i, name in enumerate(names)]
 
     def kv_bytes(self, tokens: list[int], model: str | None, field: tuple[str | int, ...]) -> list[int]:
         """KV bytes of ``tokens`` of ``model`` (default: the config's model)."""
@@ -162,40 +196,80 @@ class Pricer:
     def price(self, src: int, dsts: list[int], nbytes: list[int], now: float, start: float) -> Priced:
         """Seconds to move ``nbytes[i]`` from ``src`` to ``dsts[i]`` starting at ``start``, with tiers
         and the bottleneck link per candidate (the hop with the least bandwidth left for it)."""
-        d = np.asarray(dsts, dtype=np.int64)
+        route = self._route(src, dsts)
         b = np.asarray(nbytes, dtype=float)
         self._expire(now)
-        query = OracleQuery(src, d, b, now, start=start)
+        query = OracleQuery(src, route.dsts, b, now, start=start)
         if self.tp == 1:
             seconds = self.oracle.cost(query)
         else:
-            seconds = self.oracle.striped_cost(query, [d + r for r in range(self.tp)])
-        return Priced([float(x) for x in seconds], [int(t) for t in self.tree.tiers(src, d)],
-                      self._bottlenecks(src, d, b, start))
+            seconds = self.oracle.striped_cost(query, route.rank_dsts)
+        links = self._bottlenecks(route, start)
+        return Priced(seconds.tolist(), route.tiers,
+                      [None if nb <= 0 else link for link, nb in zip(links, nbytes)])
 
-    def _bottlenecks(self, src: int, d: np.ndarray, b: np.ndarray, start: float) -> list[str | None]:
+    def _route(self, src: int, dsts: list[int]) -> _Route:
+        """The candidate array, its per-rank arrays and tiers of one (prefill, candidate set): built
+        once, and the same array objects each time, so the oracle's own per-source tables hit on
+        identity."""
+        key = (src, tuple(dsts))
+        route = self._routes.get(key)
+        if route is None:
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            d = np.asarray(dsts, dtype=np.int64)
+            d.flags.writeable = False
+            route = self._routes[key] = _Route(key, d, [d + r for r in range(self.tp)],
+                                               self.tree.tiers(src, d).tolist(), {})
+        return route
+
+    def _bottlenecks(self, route: _Route, start: float) -> list[str | None]:
         """Per candidate the link with the most seconds per byte on its path (over the ranks of a
-        striped transfer), the link share of the reservations moving at ``start`` counted."""
+        striped transfer), the link share of the reservations moving at ``start`` counted.
+
+        The routes depend on (prefill, candidates, down links) only and are kept in ``route``;
+        without reservations moving at ``start`` the answer depends on the snapshot too, and is
+        memoised until the snapshot (its seconds per byte and down set) changes."""
         snap = self._holder.snapshot
-        inv = self.oracle.seconds_per_byte(snap).copy()
+        inv = self.oracle.seconds_per_byte(snap)
+        down = self.oracle._down
         later = [e[2] for e in self.oracle._ledger.values() if e[0] <= start < e[1]]
         if later:
             sharers = np.bincount(np.concatenate(later), minlength=inv.shape[0]).astype(float)
             sharers[-1] = 0.0
-            inv = inv * (1.0 + sharers)
-        down = self.oracle._down
+            return self._worst_links(route, inv * (1.0 + sharers), down)
+        if self._bottleneck_for is None or self._bottleneck_for[0] is not inv or self._bottleneck_for[1] != down:
+            self._bottleneck_for = (inv, down)
+            self._bottleneck_memo = {}
+        hit = self._bottleneck_memo.get(route.key)
+        if hit is None:
+            if len(self._bottleneck_memo) >= ROUTE_CACHE_SIZE:
+                self._bottleneck_memo.clear()
+            hit = self._bottleneck_memo[route.key] = self._worst_links(route, inv, down)
+        return hit
+
+    def _worst_links(self, route: _Route, inv: np.ndarray, down: frozenset[int]) -> list[str | None]:
+        """Per candidate of ``route`` the name of its link with the largest ``inv`` (None: no link)."""
+        paths = route.paths.get(down)
+        if paths is None:
+            if len(route.paths) >= 16:  # many failure sets: keep the route small
+                route.paths.clear()
+            src = route.key[0]
+            paths = route.paths[down] = [self.tree.paths(src + r, route.dsts + r, down=down) for r in range(self.tp)]
+        d = route.dsts
         best_inv = np.full(d.shape, -1.0)
         best_link = np.full(d.shape, self.tree.pad, dtype=np.int64)
-        for r in range(self.tp):
-            paths = self.tree.paths(src + r, d + r, down=down)
-            hop = inv[paths].argmax(axis=1)
-            rows = np.arange(d.size)
-            worst = inv[paths[rows, hop]]
+        rows = np.arange(d.size)
+        for rank_paths in paths:
+            hop = inv[rank_paths].argmax(axis=1)
+            links = rank_paths[rows, hop]
+            worst = inv[links]
             better = worst > best_inv
             best_inv[better] = worst[better]
-            best_link[better] = paths[rows, hop][better]
-        return [None if (link == self.tree.pad or nb <= 0) else self.link_names[int(link)]
-                for link, nb in zip(best_link, b)]
+            best_link[better] = links[better]
+        pad = self.tree.pad
+        indices = cast(list[int], best_link.tolist())
+        return [None if link == pad else self.link_names[link] for link in indices]
 
     # ------------------------------------------------------------------ reservations
     def reserve(self, src: int, dst: int, nbytes: int, start: float, end: float) -> int:

@@ -66,7 +66,7 @@ class Telemetry(BaseModel):
 
 
 class CostResponse(Telemetry):
-    seconds: list[float] = Field(description="transfer time per candidate, s (null: unreachable)")
+    seconds: list[float | None] = Field(description="transfer time per candidate, s (null: unreachable)")
     tier: list[int] = Field(description="0 same server, 1 same rack, 2 same pod, 3 cross-pod")
     bottleneck: list[str | None] = Field(description="the link with the least bandwidth left per candidate")
 

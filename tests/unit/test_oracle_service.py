@@ -343,3 +343,36 @@ def test_exporter_turns_port_counters_into_link_metrics(pricer) -> None:
     assert f'netkv_link_capacity_bytes_per_second{{link="{link}"}} 0.0' in text
     assert "netkv_telemetry_poll_age_seconds 0.5" in text
     assert export(LinkTelemetry(tree)) is not None
+
+
+def test_a_new_snapshot_moves_the_bottleneck_of_a_query_asked_before(service, client) -> None:
+    """The same query asked again answers from the snapshot now held: a congested link of its path
+    becomes its bottleneck, and a failed one is routed around."""
+    p = service.pricer
+    src = p.prefill[0]
+    far = next(g for g in p.decode if p.tree.tier(src, g) == 3)
+    req = {"prefill": p.tree.gpu_name(src), "candidates": [p.tree.gpu_name(far)], "bytes": [256 << 20]}
+    idle = client.post("/v1/cost", json=req).json()
+    path = [int(i) for i in p.tree.paths(src, np.array([far]))[0] if i != p.tree.pad]
+    hot = next(i for i in path if p.link_names[i] != idle["bottleneck"][0] and i >= p.tree.b_tor_agg)
+    snap = TelemetrySnapshot.idle(p.tree, NOW)
+    snap.utilisation[hot] = 0.99
+    source = FlakySource(snap)
+    source.down = False
+    service.monitor = TelemetryMonitor(source, interval_s=0.5, clock=service.clock)
+    service.monitor.poll_once()
+    busy = client.post("/v1/cost", json=req).json()
+    assert busy["bottleneck"] == [p.link_names[hot]] and busy["seconds"][0] > idle["seconds"][0]
+    source.snap = failed = TelemetrySnapshot.idle(p.tree, NOW)
+    failed.capacity_factor[hot] = 0.0
+    service.monitor.poll_once()
+    rerouted = client.post("/v1/cost", json=req).json()
+    assert rerouted["bottleneck"] != [p.link_names[hot]] and rerouted["seconds"][0] is not None
+
+
+def test_openapi_documents_the_cost_and_select_bodies(client) -> None:
+    spec = client.request("GET", "/openapi.json").json()
+    for path, model in (("/v1/cost", "CostRequest"), ("/v1/select", "SelectRequest")):
+        schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith(model)
+    assert "prefill" in spec["components"]["schemas"]["CostRequest"]["required"]
