@@ -181,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
     from scheduler.emulate.calibration import calibration_fits, calibration_misses
     from scheduler.emulate.orchestrator import run_emulation
     from scheduler.emulate.replay import EmulationError
+    from scheduler.results import oracle_error_plot
     from scheduler.results.files import LINK_CSV, write_results
     from scheduler.results.heatmap import LinkSeries
     from scheduler.results.metrics import ablation, compare
@@ -223,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         "link_utilisation": {"source": links.source, "file": LINK_CSV} if links is not None else None}, args)
     extra.update(scenario_files(exp))
     oracle_rows = ev.pop("oracle_rows", {})
-    extra.update(oracle_error.result_files(oracle_rows, experiment_caption(summary), target, args.format))
+    extra.update(oracle_error_plot.result_files(oracle_rows, experiment_caption(summary), target, args.format))
     extra["calibration.json"] = (json.dumps(ev.get("calibration"), indent=2, default=float) + "\n").encode()
     path = write_results(out, summary, records, exp.slo(), extra_files=extra, target=target, fmt=args.format,
                          spans=spans, links=links)

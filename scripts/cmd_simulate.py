@@ -48,7 +48,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out("simulate", args.scenario)
     check_out(out)
     exp, info = prepare_from_args(args)
-    from scheduler.decision import oracle_error
+    from scheduler.results import oracle_error_plot
     from scheduler.results.files import LINK_CSV, write_results
     from scheduler.results.heatmap import LinkSeries
     from scheduler.results.metrics import ablation, compare
@@ -75,7 +75,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "comparison_target": target, "comparison": compare(policies, target), "ablation": ablation(policies),
         "scenario_spans": [{"start_s": a, "end_s": b, "label": label} for a, b, label in spans],
         "link_utilisation": {"policy": recording.policy, "source": source, "file": LINK_CSV}}, args)
-    path = write_results(out, summary, records, exp.slo(), {**scenario_files(exp), **oracle_error.result_files(
+    path = write_results(out, summary, records, exp.slo(), {**scenario_files(exp), **oracle_error_plot.result_files(
                              oracle_rows, experiment_caption(summary), target, args.format)},
                          target, fmt=args.format, spans=spans, links=links)
     print(format_table(summary, target))

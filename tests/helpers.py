@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scheduler.model.cluster import Decision
+from scheduler.decision.context import Decision
 from scheduler.policies.base import Policy
 
 NETKV_BIN = str(Path(sys.executable).with_name("netkv"))

@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 TIER_NAMES = ("same-server", "same-rack", "same-pod", "cross-pod")
 MAX_HOPS = 6  # longest path: gpu->tor->agg->core->agg->tor->gpu
+ROUTE_CACHE_MAX = 65536
+"""Routes :meth:`FatTree.route` keeps before it starts over (bounds memory over many failure sets)."""
 GBIT = 1e9 / 8  # bytes per second in one Gbit/s
 GBYTE = 1e9
 
@@ -82,10 +84,6 @@ class FatTreeConfig:
         if self.routing not in ("dst", "ecmp"):
             raise TopologyError(f"topology parameter 'routing' must be 'dst' or 'ecmp', got {self.routing!r}")
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -116,6 +114,7 @@ class FatTree:
         self.b_core_agg = self.b_agg_core + self.n_agg_core
         self.n_links = self.b_core_agg + self.n_agg_core
         self.pad = self.n_links  # padding link index in path arrays (infinite capacity)
+        self._routes: dict[tuple[int, int, frozenset[int]], np.ndarray] = {}  # see route()
 
     # ----------------------------------------------------------------- capacities
     @cached_property
@@ -350,6 +349,24 @@ class FatTree:
         out[m3, 4] = self.b_agg_tor + dst_tor[m3] * a + k[m3]
         out[m3, 5] = self.b_nic_down + d[m3]
         return out
+
+    def route(self, src: int, dst: int, flow_key: int | None = None,
+              down: frozenset[int] = frozenset()) -> np.ndarray:
+        """``paths(src, [dst], flow_key, down)[0]``, read-only. Destination-based routing makes it
+        independent of the flow, so it is computed once per (src, dst, down) and shared (the
+        simulator's flows and the inflight oracle's ledger ask for the same routes over and over);
+        ECMP routes depend on the flow and are computed each time."""
+        if self.config.routing != "dst":
+            return self.paths(src, np.array([dst]), flow_key, down)[0]
+        key = (src, dst, down)
+        hit = self._routes.get(key)
+        if hit is None:
+            if len(self._routes) > ROUTE_CACHE_MAX:  # many failure sets over a long run
+                self._routes.clear()
+            hit = self.paths(src, np.array([dst]), flow_key, down)[0]
+            hit.flags.writeable = False
+            self._routes[key] = hit
+        return hit
 
     def path(self, src: int, dst: int, flow_key: int | None = None,
              down: frozenset[int] | set[int] | None = None) -> list[int]:

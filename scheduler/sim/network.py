@@ -181,10 +181,6 @@ class FlowNetwork:
         self._caps[self._ids.index(fid)] = f.cap
         self._recompute()
 
-    def set_path(self, fid: int, path: np.ndarray) -> None:
-        """Move flow ``fid`` to ``path`` (rerouting), its remaining bytes unchanged."""
-        self.set_paths({fid: path})
-
     def set_paths(self, moves: dict[int, np.ndarray]) -> None:
         """Move several flows at once (one recomputation)."""
         for fid, path in moves.items():
@@ -321,28 +317,3 @@ class FlowNetwork:
         j = int(t.argmin())
         return float(t[j]), self._ids[int(moving[j])]
 
-    def completion_bound(self) -> float | None:
-        """An upper bound on the time :meth:`next_completion` gives, from the flows alone (no rates,
-        so it holds while a recomputation is deferred): None when it gives None (no sized flow),
-        NaN when the flows cannot tell (every sized flow crosses a dead link or has cap 0).
-
-        Progressive filling freezes a flow at its cap or when a link of its path saturates, and
-        a link saturates only once its k flows, none faster than the level, fill its capacity c:
-        so every flow gets at least min(cap, min over its links of c / k), up to the 1e-9
-        saturation tolerance and rounding; half of that is a safe floor of its rate."""
-        n = self._n
-        if not n:
-            return None
-        rem = self._rem[:n]
-        sized = rem < np.inf
-        if not sized.any():
-            return None
-        paths = self._paths[:n]
-        counts = np.bincount(paths.reshape(-1), minlength=self.capacity.shape[0]).astype(float)
-        counts[self.pad] = 1.0
-        fair = (self.capacity / np.maximum(counts, 1.0))[paths].min(axis=1)
-        floor = 0.5 * np.minimum(fair, self._caps[:n])[sized]
-        ok = floor > 0
-        if not ok.any():
-            return float("nan")
-        return self.now + float((np.maximum(rem[sized][ok], 0.0) / floor[ok]).min())

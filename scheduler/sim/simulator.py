@@ -26,8 +26,7 @@ import zlib
 
 import numpy as np
 
-from scheduler.decision.dispatch import Dispatcher, RequestState, build_oracles
-from scheduler.decision.dispatch import oracle_kind as resolve_oracle_kind
+from scheduler.decision.dispatch import Dispatcher, RequestState, build_oracles, oracle_kind
 from scheduler.decision.telemetry import SimTelemetry
 from scheduler.model.cluster import DecodeBatch
 from scheduler.model.config import ExperimentConfig
@@ -56,9 +55,8 @@ class Simulator:
     label = "simulate"
 
     def __init__(self, cfg: ExperimentConfig, requests: list[Request], policy: Policy,
-                 actions: list[Action] | None = None, oracle_kind: str | None = None,
-                 progress: bool = False, record_telemetry: bool = False, shadow_fresh: bool = False,
-                 telemetry_source=None) -> None:
+                 actions: list[Action] | None = None, progress: bool = False, record_telemetry: bool = False,
+                 shadow_fresh: bool = False) -> None:
         self.cfg = cfg
         self.tree = FatTree(cfg.topology)
         self.requests = requests
@@ -66,19 +64,16 @@ class Simulator:
         self.actions = actions or []
         self.net = FlowNetwork(self.tree.capacity, self.tree.pad)
         self.telemetry: SimTelemetry | None = None
-        kind = resolve_oracle_kind(cfg, policy, oracle_kind)
-        self.oracle_kind = kind if policy.needs_oracle else None
-        needs_telemetry = telemetry_source is None and (
-            (policy.needs_oracle and kind in ("telemetry", "inflight")) or record_telemetry or shadow_fresh)
-        if needs_telemetry:
+        self.oracle_kind = oracle_kind(cfg, policy)
+        if self.oracle_kind in ("telemetry", "inflight") or record_telemetry or shadow_fresh:
             keep = cfg.oracle.staleness_s + 4 * cfg.oracle.poll_interval_s + 1.0
             self.telemetry = SimTelemetry(self.tree, self.net, cfg.oracle.poll_interval_s, keep)
             self.telemetry.record_samples = record_telemetry
-        source = self.telemetry if telemetry_source is None else telemetry_source
         # Staleness studies: also ask a fresh-telemetry oracle and record whether its choice's tier
         # (and exact instance) agree with the stale one's.
         fresh = self.telemetry if shadow_fresh else None
-        oracle, shadow = build_oracles(cfg, self.tree, policy, kind, source, truth=self, fresh_source=fresh)
+        oracle, shadow = build_oracles(cfg, self.tree, self.oracle_kind, self.telemetry, truth=self,
+                                       fresh_source=fresh)
         self.dispatch = Dispatcher(cfg, self.tree, requests, policy, oracle, shadow)
         self.cluster = self.dispatch.cluster
         self.batches = [DecodeBatch(self.cluster.timing, self.cluster.decode_capacity_tokens)
@@ -94,12 +89,8 @@ class Simulator:
         self._down: set[int] = set()  # links at capacity 0 now
         self._routing_down: frozenset[int] = frozenset()  # links the routing avoids now
         self.reroutes = 0
-        self.events = 0
-        self._routes: dict[tuple[int, int, frozenset[int]], np.ndarray] = {}  # see _route
-        self._dst_routing = cfg.topology.routing == "dst"
         self._batch_scenario = True  # scenario changes at one instant share one rate recomputation
         # (see _superseded_net); tests switch it off to compare with applying them one by one
-        self._last_arrival = max((r.arrival_s for r in requests), default=0.0)
 
     @property
     def states(self) -> list[RequestState]:
@@ -120,23 +111,12 @@ class Simulator:
     def entrant_share(self) -> np.ndarray:
         return self.net.entrant_share()
 
-    def _route(self, src: int, dst: int, flow_key: int | None, down: frozenset[int]) -> np.ndarray:
-        """Path of a flow from GPU ``src`` to ``dst`` avoiding ``down``; with destination-based
-        routing it does not depend on the flow, so it is computed once per (src, dst, down) and
-        shared (read-only)."""
-        if not self._dst_routing:
-            return self.tree.paths(src, np.array([dst]), flow_key, down)[0]
-        key = (src, dst, down)
-        hit = self._routes.get(key)
-        if hit is None:
-            if len(self._routes) > 65536:  # many failure sets over a long run: keep memory bounded
-                self._routes.clear()
-            hit = self.tree.paths(src, np.array([dst]), flow_key, down)[0]
-            hit.flags.writeable = False
-            self._routes[key] = hit
-        return hit
-
     # ------------------------------------------------------------------ event plumbing
+    @property
+    def events(self) -> int:
+        """Events pushed onto the event queue so far (each takes the next sequence number)."""
+        return self._seq
+
     def _push(self, t: float, kind: int, payload: object) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (t, kind, self._seq, payload))
@@ -154,22 +134,10 @@ class Simulator:
 
     def _superseded_net(self) -> None:
         """:meth:`_schedule_net` after a network change that the next event, another scenario
-        change at the same instant, supersedes. The ``_NET`` event it would push is stale before
-        it can fire (the next change schedules anew first), so it changes nothing but the count
-        of handled events, by one if it would fire before the run ends. Its time needs the rates
-        of this intermediate state; a bound on it (:meth:`FlowNetwork.completion_bound`) that lies
-        before the last arrival settles it without them (the run ends after the last arrival).
-        Otherwise the rates are computed and the event pushed as usual."""
-        bound = self.net.completion_bound()
-        if bound is None:  # no sized flow: _schedule_net would push nothing
-            self._net_version += 1
-        elif bound <= self._last_arrival:
-            self._net_version += 1
-            self._seq += 1  # the sequence number it would have taken
-            self.events += 1  # handled (and ignored as stale) before the run ends
-        else:
-            self.net.release()
-            self._schedule_net()
+        change at the same instant, supersedes: the ``_NET`` event it would push would be stale
+        before it could fire (the next change schedules anew first), so only the version moves
+        and the held rates are left for the last change to compute."""
+        self._net_version += 1
 
     def _schedule_decode(self, d: int) -> None:
         nxt = self.batches[d].next_finish()
@@ -218,7 +186,6 @@ class Simulator:
 
     def _handle(self, t: float, kind: int, payload: object) -> None:
         states = self.dispatch.states
-        self.events += 1
         if kind == _ARRIVAL:
             self._sync(t)
             self.dispatch.arrive(payload, t, self)
@@ -322,7 +289,7 @@ class Simulator:
         prefill instance sending ``nbytes / tp`` from GPU ``src + r`` to ``dst + r``, in parallel."""
         tp = self.cluster.tp
         if tp == 1:
-            path = self._route(src, dst, s.req.req_id, self._routing_down)
+            path = self.tree.route(src, dst, s.req.req_id, self._routing_down)
             fid = self.net.add(path, s.nbytes, cap=cap)
             s.fids, s.shards = (fid,), 1
             self._flow_owner[fid] = i
@@ -331,7 +298,7 @@ class Simulator:
             self.net.hold()  # the shards start together: one rate computation
             fids = []
             for r in range(tp):
-                path = self._route(src + r, dst + r, s.req.req_id, self._routing_down)
+                path = self.tree.route(src + r, dst + r, s.req.req_id, self._routing_down)
                 fid = self.net.add(path, s.nbytes / tp, cap=cap / tp)
                 fids.append(fid)
                 self._flow_owner[fid] = i
@@ -367,7 +334,7 @@ class Simulator:
         self.reroutes += 1
         moves = {}
         for fid, (src, dst, key) in self._flow_ends.items():
-            path = self._route(src, dst, key, new)
+            path = self.tree.route(src, dst, key, new)
             if not np.array_equal(path, self.net.flows[fid].path):
                 moves[fid] = path
         if moves:
@@ -379,7 +346,7 @@ class Simulator:
             if a.src == a.dst:
                 return
             key = zlib.crc32(a.flow_id.encode())
-            path = self._route(a.src, a.dst, key, self._routing_down)
+            path = self.tree.route(a.src, a.dst, key, self._routing_down)
             cap = np.inf if a.rate_gbit_s is None else a.rate_gbit_s * GBIT
             fid = self._bg_flows[a.flow_id] = self.net.add(path, np.inf, cap=cap, tag=a.flow_id)
             self._flow_ends[fid] = (a.src, a.dst, key)

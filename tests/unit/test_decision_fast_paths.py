@@ -15,10 +15,12 @@ import types
 import numpy as np
 import pytest
 
+from scheduler.decision.context import DecisionContext
 from scheduler.decision.oracle import OracleQuery, StaticTierOracle, TelemetryOracle
 from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.cache import FEW, PrefixCacheGroup
-from scheduler.model.cluster import LIST_MAX_PREFILL, Cluster
+from scheduler.decision.context import LIST_MAX_PREFILL
+from scheduler.model.cluster import Cluster
 from scheduler.model.config import build_config
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.model.trace import BLOCK_TOKENS
@@ -149,7 +151,7 @@ def test_netkv_decides_as_the_dense_computation(overrides, kind):
         cl.prefill_busy_until[:] = np.where(rng.random(cl.prefill_ids.size) < 0.5, 0.0,
                                             rng.uniform(0, 2.0, cl.prefill_ids.size))  # idle ones tie
         now = 1.0
-        ctx = cl.context(r, now, oracle, turn)
+        ctx = DecisionContext(cl, r, now, oracle, turn)
         dec = policy.choose(ctx)
         inp = r.input_tokens
         pre = np.minimum(cl.prefill_cache.prefix_blocks(r.hash_ids) * BLOCK_TOKENS, inp)
