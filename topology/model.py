@@ -56,16 +56,30 @@ class FatTreeConfig:
     tors_per_pod: int = field(default=2, metadata={"help": "ToR (rack) switches per pod."})
     servers_per_tor: int = field(default=2, metadata={"help": "GPU servers under each ToR."})
     gpus_per_server: int = field(default=4, metadata={"help": "GPUs per server, joined by the server's NVLink switch."})
-    aggs_per_pod: int = field(default=2, metadata={"help": "Aggregation switches per pod; each ToR has one uplink to each of them."})
-    cores: int = field(default=4, metadata={"help": "Core switches; must be a multiple of aggs_per_pod (one group per aggregation index)."})
-    nvlink_gbyte_s: float = field(default=450.0, metadata={"help": "NVLink 4 bandwidth per direction per GPU, GB/s (H100 SXM: ~900 GB/s bidirectional)."})
-    nic_gbit_s: float = field(default=400.0, metadata={"help": "Scale-out NIC per GPU, Gbit/s (ConnectX-7 class; Mooncake pairs H800 with 200-400 Gb/s)."})
-    tor_oversubscription: float = field(default=2.0, metadata={"help": "ToR downlink (GPU NICs) : uplink capacity ratio. 2:1 is a common cost-optimised choice for inference clusters that are not rail-optimised training fabrics; 1.0 = non-blocking."})
-    agg_oversubscription: float = field(default=2.0, metadata={"help": "Aggregation downlink : core uplink ratio. With the ToR ratio, the default makes cross-pod bisection 4:1, which is where live congestion bites and where the paper's claims live."})
-    hop_latency_us: float = field(default=2.0, metadata={"help": "Per switch hop latency, microseconds (reference: ~1-3 us per hop)."})
-    nvlink_latency_us: float = field(default=1.0, metadata={"help": "Latency of the NVLink switch hop inside a server, microseconds."})
-    routing: str = field(default="dst", metadata={"help": "``dst``: deterministic destination-based paths (default); ``ecmp``: hash of the flow."})
-    reroute_delay_s: float = field(default=0.5, metadata={"help": "Time from a link going down (or back up) to every switch forwarding on the new routes, s: the controller learns it from a port-status message or at the latest from its next port-stats poll (0.5 s, the worst case taken as default), then reinstalls routes avoiding the link."})
+    aggs_per_pod: int = field(default=2, metadata={"help": (
+        "Aggregation switches per pod; each ToR has one uplink to each of them.")})
+    cores: int = field(default=4, metadata={"help": (
+        "Core switches; must be a multiple of aggs_per_pod (one group per aggregation index).")})
+    nvlink_gbyte_s: float = field(default=450.0, metadata={"help": (
+        "NVLink 4 bandwidth per direction per GPU, GB/s (H100 SXM: ~900 GB/s bidirectional).")})
+    nic_gbit_s: float = field(default=400.0, metadata={"help": (
+        "Scale-out NIC per GPU, Gbit/s (ConnectX-7 class; Mooncake pairs H800 with 200-400 Gb/s).")})
+    tor_oversubscription: float = field(default=2.0, metadata={"help": (
+        "ToR downlink (GPU NICs) : uplink capacity ratio. 2:1 is a common cost-optimised choice for inference "
+        "clusters that are not rail-optimised training fabrics; 1.0 = non-blocking.")})
+    agg_oversubscription: float = field(default=2.0, metadata={"help": (
+        "Aggregation downlink : core uplink ratio. With the ToR ratio, the default makes cross-pod bisection "
+        "4:1, which is where live congestion bites and where the paper's claims live.")})
+    hop_latency_us: float = field(default=2.0, metadata={"help": (
+        "Per switch hop latency, microseconds (reference: ~1-3 us per hop).")})
+    nvlink_latency_us: float = field(default=1.0, metadata={"help": (
+        "Latency of the NVLink switch hop inside a server, microseconds.")})
+    routing: str = field(default="dst", metadata={"help": (
+        "``dst``: deterministic destination-based paths (default); ``ecmp``: hash of the flow.")})
+    reroute_delay_s: float = field(default=0.5, metadata={"help": (
+        "Time from a link going down (or back up) to every switch forwarding on the new routes, s: the "
+        "controller learns it from a port-status message or at the latest from its next port-stats poll (0.5 s, "
+        "the worst case taken as default), then reinstalls routes avoiding the link.")})
 
     def __post_init__(self) -> None:
         for f in ("pods", "tors_per_pod", "servers_per_tor", "gpus_per_server", "aggs_per_pod", "cores"):
@@ -272,7 +286,8 @@ class FatTree:
         t[dsts // self.gps == src // self.gps] = 0
         return t
 
-    def _up_choice(self, src: int | np.ndarray, dsts: np.ndarray, flow_key: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _up_choice(self, src: int | np.ndarray, dsts: np.ndarray,
+                   flow_key: int | None) -> tuple[np.ndarray, np.ndarray]:
         a, cpa = self.config.aggs_per_pod, self.cores_per_agg
         if self.config.routing == "dst" or flow_key is None:
             h = np.asarray(dsts)

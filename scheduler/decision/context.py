@@ -37,7 +37,7 @@ class Decision:
     decode: int  # index into Cluster.decode_ids
 
 
-class _lazy:
+class _Lazy:
     """``functools.cached_property`` without its per-access lock (Python 3.11 takes one on every
     first access, which shows at a decision's microsecond scale): computed on first access, then
     an ordinary instance attribute."""
@@ -88,12 +88,12 @@ class DecisionContext:
     def n_decode(self) -> int:
         return self.cluster.decode_ids.size
 
-    @_lazy
+    @_Lazy
     def prefill_hits(self) -> PrefixHits:
         """The prompt's cached prefix on every prefill instance."""
         return self.cluster.prefill_cache.hits(self.request.hash_ids)
 
-    @_lazy
+    @_Lazy
     def decode_hits(self) -> PrefixHits:
         """The prompt's cached prefix on every decode instance."""
         return self.cluster.decode_cache.hits(self.request.hash_ids)
@@ -104,7 +104,7 @@ class DecisionContext:
     def _cached_at(self, hits: PrefixHits, i: int) -> int:
         return min(hits.at(i) * BLOCK_TOKENS, self.request.input_tokens)
 
-    @_lazy
+    @_Lazy
     def prefill_cached_tokens(self) -> np.ndarray:
         return self._cached_tokens(self.prefill_hits)
 
@@ -112,14 +112,14 @@ class DecisionContext:
         """``prefill_cached_tokens[prefill]`` without the array."""
         return self._cached_at(self.prefill_hits, prefill)
 
-    @_lazy
+    @_Lazy
     def prefill_queue_s(self) -> np.ndarray:
         return self._prefill_queue()
 
     def _prefill_queue(self) -> np.ndarray:
         return np.maximum(self.cluster.prefill_busy_until - self.now, _ZERO)
 
-    @_lazy
+    @_Lazy
     def prefill_estimate_values(self) -> list[float] | np.ndarray:
         """:attr:`prefill_estimate_s` as the decision path reads it: a list of Python floats on a
         cluster of at most :data:`LIST_MAX_PREFILL` prefill instances (the same values to the last
@@ -156,7 +156,7 @@ class DecisionContext:
             cached.append(min(b * BLOCK_TOKENS, inp))
         return self.cluster.timing.prefill_s_values(inp, cached, n)
 
-    @_lazy
+    @_Lazy
     def prefill_estimate_s(self) -> np.ndarray:
         """Queue + prefill compute given each instance's cache hit (Mooncake Conductor's TTFT terms)."""
         values = self.__dict__.get("prefill_estimate_values")
@@ -179,7 +179,7 @@ class DecisionContext:
                 est[idx] = queue[idx] + c
         return est
 
-    @_lazy
+    @_Lazy
     def decode_cached_tokens(self) -> np.ndarray:
         return self._cached_tokens(self.decode_hits)
 
@@ -187,13 +187,13 @@ class DecisionContext:
         """``decode_cached_tokens[decode]`` without the array."""
         return self._cached_at(self.decode_hits, decode)
 
-    @_lazy
+    @_Lazy
     def decode_bytes(self) -> np.ndarray:
         """KV bytes each decode candidate needs moved: the prompt blocks it does not already hold."""
         missing = self.request.input_tokens - self.decode_cached_tokens
         return missing.astype(float) * self.cluster.timing.kv_bytes_per_token
 
-    @_lazy
+    @_Lazy
     def decode_miss(self) -> np.ndarray:
         """Fraction of the prompt's KV each decode candidate lacks (0..1): cache-load's cache term."""
         inp = self.request.input_tokens
@@ -209,7 +209,7 @@ class DecisionContext:
                 miss[i] = value
         return miss
 
-    @_lazy
+    @_Lazy
     def decode_load(self) -> np.ndarray:
         """Tokens assigned to each decode instance (running + on their way) / its running capacity."""
         return self.cluster.decode_assigned_tokens / self.cluster.decode_capacity_0d

@@ -152,7 +152,8 @@ class Dispatcher:
             a = self.agreement
             a["decisions"] += 1
             a["same_instance"] += fresh == s.d
-            a["same_tier"] += self.tree.tier(src, int(cl.decode_ids[fresh])) == self.tree.tier(src, int(cl.decode_ids[s.d]))
+            tier = self.tree.tier
+            a["same_tier"] += tier(src, int(cl.decode_ids[fresh])) == tier(src, int(cl.decode_ids[s.d]))
             stale_cost, fresh_cost = ctx.raw_transfer_cost_s(s.p), fresh_ctx.raw_transfer_cost_s(s.p)
             tau = kendall_tau_b(stale_cost, fresh_cost)
             if tau is not None:

@@ -155,14 +155,14 @@ class NetworkOracle(ABC):
             worst = c if worst is None else np.maximum(worst, c)
         return worst
 
-    def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
-               nbytes: float = 0.0, key: int | None = None, tp: int = 1) -> None:
+    def commit(self, src: int, dst: int, start: float, end: float,  # noqa: B027  # a hook, no-op by default
+               flow_key: int | None = None, nbytes: float = 0.0, key: int | None = None, tp: int = 1) -> None:
         """The scheduler committed transfer ``key`` of ``nbytes`` from ``src`` to ``dst``, expected
         over ``[start, end)`` (seconds since run start); with ``tp`` > 1 striped, rank r from
         ``src + r`` to ``dst + r``. Oracles that do not track commitments ignore it (and
         :meth:`done`)."""
 
-    def done(self, key: int, t: float) -> None:
+    def done(self, key: int, t: float) -> None:  # noqa: B027  # a hook, no-op by default
         """Transfer ``key`` (see :meth:`commit`) finished at ``t``."""
 
     @staticmethod

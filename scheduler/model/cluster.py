@@ -95,7 +95,7 @@ def _assign_roles(tree: FatTree, placement: str, prefill_fraction: float, reserv
         # serving units in GPU order, numbered 0.. (a rack's reserved servers are not part of it)
         _, units = np.unique(serving // unit, return_inverse=True)
         n_units = int(units.max()) + 1 if units.size else 0
-    k = int(round(n_units * prefill_fraction))
+    k = round(n_units * prefill_fraction)
     chosen = sorted({int(i * n_units / k) for i in range(k)}) if k else []
     is_prefill = np.isin(units, chosen)
     prefill, decode = serving[is_prefill], serving[~is_prefill]

@@ -57,7 +57,8 @@ def check_shape(written_for: object, tree: FatTree, file: str) -> None:
         raise ScenarioError(f"{file}: written_for: must be a table of topology fields, e.g. {{ pods = 4 }}")
     unknown = set(written_for) - set(_SHAPE_KEYS)
     if unknown:
-        raise ScenarioError(f"{file}: written_for: unknown field(s) {sorted(unknown)} (known: {', '.join(_SHAPE_KEYS)})")
+        raise ScenarioError(f"{file}: written_for: unknown field(s) {sorted(unknown)} "
+                            f"(known: {', '.join(_SHAPE_KEYS)})")
     want = {k: written_for[k] for k in _SHAPE_KEYS if k in written_for}
     have = {k: getattr(tree.config, k) for k in want}
     if want != have:

@@ -9,6 +9,8 @@ cache-load. The affinity weight is tuned on the same grid budget and rule as eve
 the load weight is cache-load's tuned one (a baseline that gets cache-load's tuning for free)."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 from scheduler.decision.context import Decision, DecisionContext
 from scheduler.policies.base import Policy, register
 from scheduler.policies.cache_load import CacheLoad, best_prefill, decode_score
@@ -24,7 +26,7 @@ class TopologyAffinity(Policy):
     tuned_param = "affinity_weight"
     default_weight = 1.0
     grid = "affinity_weights"
-    inherits = {"load_weight": CacheLoad.name}
+    inherits: ClassVar[dict[str, str]] = {"load_weight": CacheLoad.name}
 
     def choose(self, ctx: DecisionContext) -> Decision:
         p = best_prefill(ctx, ctx.turn)

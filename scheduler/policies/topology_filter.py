@@ -8,6 +8,8 @@ pod, else everywhere); among those, cache-load's decode score with cache-load's 
 weight decides. No weight of its own to tune."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from scheduler.decision.context import Decision, DecisionContext
@@ -19,7 +21,7 @@ from scheduler.policies.cache_load import CacheLoad, best_prefill, decode_score
 class TopologyFilter(Policy):
     name = "topology-filter"
     description = "cache-load restricted to the nearest tier holding a decode instance (Dynamo 'preferred')"
-    inherits = {"load_weight": CacheLoad.name}
+    inherits: ClassVar[dict[str, str]] = {"load_weight": CacheLoad.name}
 
     def choose(self, ctx: DecisionContext) -> Decision:
         p = best_prefill(ctx, ctx.turn)

@@ -33,7 +33,8 @@ def plot(rows_by_policy: Mapping[str, Sequence[PriceCheck]], path: Path, caption
     styles = policy_styles(list(rows_by_policy), target)
     for ax, tier in zip(axes, tiers):
         for name, rows in rows_by_policy.items():
-            x = np.sort([(r.predicted_s - r.measured_s) / r.measured_s for r in rows if r.tier == tier and r.measured_s > 0])
+            x = np.sort([(r.predicted_s - r.measured_s) / r.measured_s
+                         for r in rows if r.tier == tier and r.measured_s > 0])
             if x.size:
                 draw_line(ax, x, np.arange(1, x.size + 1) / x.size, name, styles, target, step=True,
                           label=legend_label(name, target, int(x.size)))

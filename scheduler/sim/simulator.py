@@ -168,7 +168,7 @@ class Simulator:
         """Which requests cannot finish and what each waits for."""
         stuck = [(i, s) for i, s in enumerate(self.states) if s.finish == 0.0 and s.p >= 0]
         lines = []
-        for i, s in stuck[:5]:
+        for _, s in stuck[:5]:
             src, dst = int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d])
             who = f"request {s.req.req_id} ({self.tree.gpu_name(src)} -> {self.tree.gpu_name(dst)})"
             flows = [self.net.flows[f] for f in s.fids if f in self.net.flows]
