@@ -136,7 +136,7 @@ class DecisionContext:
         c0 = compute[0]
         est = [q + c0 for q in queue]
         for (idx, _), c in zip(part[1], compute[1:]):  # deeper layers overwrite, as in the array
-            for i in (idx if type(idx) is tuple else idx.tolist()):
+            for i in (idx if isinstance(idx, tuple) else idx.tolist()):
                 est[i] = queue[i] + c
         return est
 
@@ -256,10 +256,10 @@ class DecisionContext:
         if hit is None:
             if self.oracle is None:
                 raise RuntimeError("this policy needs a network cost oracle but none was configured")
-            hit = self._costs[prefill] = self._oracle_cost(prefill)
+            hit = self._costs[prefill] = self._oracle_cost(self.oracle, prefill)
         return hit
 
-    def _oracle_cost(self, prefill: int) -> np.ndarray:
+    def _oracle_cost(self, oracle: NetworkOracle, prefill: int) -> np.ndarray:
         """The oracle's cost vector; a striped transfer (``cluster.tp`` > 1) is priced by
         :meth:`NetworkOracle.striped_cost`. From its cost table (latency, seconds per byte of the
         bottleneck) when it has one: the candidates of one cache layer all need the same bytes,
@@ -270,10 +270,10 @@ class DecisionContext:
         query = OracleQuery(cl.prefill_gpus[prefill], cl.decode_ids, None, self.now, req.req_id,
                             self.now + self.transfer_delay_s(prefill))
         if cl.tp > 1:  # striped over the instances' ranks: the slowest shard's cost
-            return self.oracle.striped_cost(query._replace(nbytes=self.decode_bytes), cl.decode_rank_ids)
-        table = self.oracle.table(query)
+            return oracle.striped_cost(query._replace(nbytes=self.decode_bytes), cl.decode_rank_ids)
+        table = oracle.table(query)
         if table is None:
-            return self.oracle.cost(query._replace(nbytes=self.decode_bytes))
+            return oracle.cost(query._replace(nbytes=self.decode_bytes))
         latency, inv = table
         hits = self.__dict__.get("decode_hits")  # the view, set without the lazy attribute's calls
         if hits is None:

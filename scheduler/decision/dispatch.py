@@ -107,7 +107,7 @@ class Dispatcher:
         self.remaining = len(self.states)
         self.decisions = 0
         self.layer_wise = cfg.timing.kv_streaming == "layer-wise"
-        self.agreement = {"decisions": 0, "same_tier": 0, "same_instance": 0,
+        self.agreement: dict[str, float] = {"decisions": 0, "same_tier": 0, "same_instance": 0,
                           "tau_sum": 0.0, "tau_n": 0, "tau_within_sum": 0.0, "tau_within_n": 0}
         """With a shadow oracle: decisions, how many picked the fresh oracle's tier / instance, and
         Kendall's tau-b of the two oracles' cost orderings of the candidates (across them all, and

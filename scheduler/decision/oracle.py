@@ -50,7 +50,7 @@ class OracleQuery(NamedTuple):
 
     src: int  # prefill GPU index
     dsts: np.ndarray  # candidate decode GPU indices
-    nbytes: np.ndarray  # bytes each candidate needs moved (depends on its cached prefix)
+    nbytes: np.ndarray | None  # bytes each candidate needs moved (None: only a table is asked for)
     now: float  # seconds since run start
     flow_key: int | None = None  # the transfer's flow key (only matters with ECMP routing)
     start: float | None = None  # when the transfer is expected to start (default: now)
@@ -149,10 +149,9 @@ class NetworkOracle(ABC):
         if tp == 1:
             return self.cost(query)
         shard = np.asarray(query.nbytes, dtype=float) / tp
-        worst = None
-        for r, dsts in enumerate(rank_dsts):
-            c = self.cost(query._replace(src=query.src + r, dsts=dsts, nbytes=shard))
-            worst = c if worst is None else np.maximum(worst, c)
+        worst = self.cost(query._replace(dsts=rank_dsts[0], nbytes=shard))
+        for r in range(1, tp):
+            worst = np.maximum(worst, self.cost(query._replace(src=query.src + r, dsts=rank_dsts[r], nbytes=shard)))
         return worst
 
     def commit(self, src: int, dst: int, start: float, end: float,  # noqa: B027  # a hook, no-op by default
@@ -265,19 +264,21 @@ class TelemetryOracle(NetworkOracle):
         free = np.maximum(1.0 - np.clip(snap.utilisation, 0.0, 1.0), self.floor)
         return self.tree.capacity * snap.capacity_factor * free
 
-    def _refresh(self, snap) -> None:
-        """Seconds per byte of every link and the down set, computed once per snapshot."""
-        if self._for is not snap or self._inv is None:
-            self._inv = self._inverse(self.available(snap))
+    def _refresh(self, snap) -> np.ndarray:
+        """Seconds per byte of every link (returned) and the down set, computed once per snapshot."""
+        inv = self._inv
+        if self._for is not snap or inv is None:
+            inv = self._inv = self._inverse(self.available(snap))
             self._down = down_links(snap)
             self._for = snap
             self._tables = {}
+        return inv
 
     def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
         """Cached per source for the snapshot in use (a new snapshot, with its down set, starts
         new tables)."""
-        self._refresh(self.snapshot(query.now))
-        return self._cached_table(self._tables, query, self._down, self._inv)
+        inv = self._refresh(self.snapshot(query.now))
+        return self._cached_table(self._tables, query, self._down, inv)
 
 
 @dataclass(slots=True)
@@ -334,14 +335,13 @@ class InflightOracle(TelemetryOracle):
         """The snapshot's cached table when none of the scheduler's own transfers counts, else
         one built for this query."""
         snap = self.snapshot(query.now)
-        self._refresh(snap)
+        snapshot_inv = inv = self._refresh(snap)
         now = query.now
         start = now if query.start is None else query.start
         # transfers done before the oldest snapshot the oracle may still read are of no use
         horizon = now - self.staleness_s - 2.0
         for k in [k for k, e in self._ledger.items() if min(e.end, e.done_at) < horizon and e.done_at <= now]:
             del self._ledger[k]
-        inv = self._inv
         if self._ledger:
             n = inv.shape[0]
             seen_t = snap.time_s if snap is not None else -np.inf
@@ -361,7 +361,7 @@ class InflightOracle(TelemetryOracle):
                 sharers = np.bincount(np.concatenate(later), minlength=n).astype(float) if later else np.zeros(n)
                 sharers[-1] = 0.0
                 inv = self._inverse(free / (1.0 + sharers))
-        if inv is self._inv:
+        if inv is snapshot_inv:
             return self._cached_table(self._tables, query, self._down, inv)
         paths, latency = self.paths(query, self._down)
         return latency, inv[paths].max(axis=1)
@@ -389,14 +389,15 @@ class PerfectOracle(NetworkOracle):
         change, and a ground truth must never modify one it has returned)."""
         down = self.truth.routing_down()
         share = self.truth.entrant_share()
-        if share is not self._share_for:
-            self._inv = self._inverse(share)
+        inv = self._inv
+        if share is not self._share_for or inv is None:
+            inv = self._inv = self._inverse(share)
             self._share_for = share
             self._tables = {}
         if down != self._down_for:
             self._down_for = down
             self._tables = {}
-        return self._cached_table(self._tables, query, down, self._inv)
+        return self._cached_table(self._tables, query, down, inv)
 
 
 OracleFactory = Callable[..., NetworkOracle]

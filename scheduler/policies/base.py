@@ -81,7 +81,7 @@ class Policy(ABC):
 
     def params(self) -> dict:
         """The parameters this instance decides with (defaults filled in), for summary.json."""
-        out = {self.tuned_param: self.weight} if self.tuned_param else {}
+        out: dict[str, float | str | None] = {self.tuned_param: self.weight} if self.tuned_param else {}
         out.update(self.inherited)
         if self.oracle_kind:
             out["oracle"] = self.oracle_kind

@@ -37,6 +37,7 @@ class CacheLoad(Policy):
     tuned_param = "load_weight"
     default_weight = 1.0
     grid = "cache_load_weights"
+    weight: float  # a tuned policy always has one (its default_weight)
 
     def choose(self, ctx: DecisionContext) -> Decision:
         p = best_prefill(ctx, ctx.turn)

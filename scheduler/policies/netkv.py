@@ -20,6 +20,7 @@ class NetKV(Policy):
     default_weight = 0.1
     grid = "netkv_weights_s"
     needs_oracle = True
+    weight: float  # a tuned policy always has one (its default_weight)
 
     def choose(self, ctx: DecisionContext) -> Decision:
         p = best_prefill(ctx, ctx.turn)

@@ -27,6 +27,7 @@ class TopologyAffinity(Policy):
     default_weight = 1.0
     grid = "affinity_weights"
     inherits: ClassVar[dict[str, str]] = {"load_weight": CacheLoad.name}
+    weight: float  # a tuned policy always has one (its default_weight)
 
     def choose(self, ctx: DecisionContext) -> Decision:
         p = best_prefill(ctx, ctx.turn)

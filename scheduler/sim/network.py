@@ -38,31 +38,35 @@ class Flow:
         self._remaining = float(remaining)
         self._rate = float(rate)
 
-    def _row(self) -> int:
-        return self._net._ids.index(self.flow_id)
+    def _row(self, net: FlowNetwork) -> int:
+        return net._ids.index(self.flow_id)
 
     @property
     def remaining(self) -> float:
-        return float(self._net._rem[self._row()]) if self._net is not None else self._remaining
+        net = self._net
+        return float(net._rem[self._row(net)]) if net is not None else self._remaining
 
     @remaining.setter
     def remaining(self, value: float) -> None:
-        if self._net is not None:
-            self._net._rem[self._row()] = value
+        net = self._net
+        if net is not None:
+            net._rem[self._row(net)] = value
         else:
             self._remaining = float(value)
 
     @property
     def rate(self) -> float:
-        if self._net is None:
+        net = self._net
+        if net is None:
             return self._rate
-        self._net._settle()
-        return float(self._net._rate[self._row()])
+        net._settle()
+        return float(net._rate[self._row(net)])
 
     @rate.setter
     def rate(self, value: float) -> None:
-        if self._net is not None:
-            self._net._rate[self._row()] = value
+        net = self._net
+        if net is not None:
+            net._rate[self._row(net)] = value
         else:
             self._rate = float(value)
 
@@ -96,7 +100,7 @@ class FlowNetwork:
         # flow arrays, one row per flow in insertion order (the order of ``flows``)
         self._ids: list[int] = []
         self._n = 0
-        self._paths: np.ndarray | None = None  # (rows, 8) link indices, padded
+        self._paths = np.empty((0, 0), dtype=np.int64)  # (rows, 8) link indices, padded; sized by the first flow
         self._width = self._wide = 0
         self._caps = np.empty(0)
         self._rem = np.empty(0)
@@ -127,7 +131,7 @@ class FlowNetwork:
         self.now = t
 
     def _grow(self, width: int) -> None:
-        if self._paths is None:
+        if self._paths.shape[0] == 0:
             self._width = width
             # rows padded to 8 links (the padding link) when they fit: see _progressive_fill
             self._wide = 8 if width <= 8 else width
@@ -135,7 +139,7 @@ class FlowNetwork:
         paths = np.full((size, self._wide), self.pad, dtype=np.int64)
         caps, rem, rate = np.zeros(size), np.zeros(size), np.zeros(size)
         n = self._n
-        if self._paths is not None:
+        if n:
             paths[:n] = self._paths[:n]
             caps[:n], rem[:n], rate[:n] = self._caps[:n], self._rem[:n], self._rate[:n]
         self._paths, self._caps, self._rem, self._rate = paths, caps, rem, rate
@@ -144,7 +148,7 @@ class FlowNetwork:
         fid = self._next_id
         self._next_id += 1
         flow = Flow(fid, path, float(size), float(cap), tag)
-        if self._paths is None or self._n == self._paths.shape[0]:
+        if self._n == self._paths.shape[0]:
             self._grow(np.shape(path)[0])
         if np.shape(path) != (self._width,):
             raise ValueError(f"path of shape {np.shape(path)}, the network's paths have ({self._width},)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import zlib
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ class Simulator:
                         for _ in range(self.cluster.decode_ids.size)]
         self.show_progress = progress
         self.layer_wise = cfg.timing.kv_streaming == "layer-wise"
-        self._heap: list[tuple[float, int, int, object]] = []
+        self._heap: list[tuple[float, int, int, Any]] = []  # (time, kind, sequence, payload of the kind)
         self._seq = 0
         self._net_version = 0
         self._flow_owner: dict[int, int] = {}  # network flow id -> request index
@@ -101,7 +102,7 @@ class Simulator:
         return self.dispatch.remaining
 
     @property
-    def agreement(self) -> dict[str, int]:
+    def agreement(self) -> dict[str, float]:
         return self.dispatch.agreement
 
     # ------------------------------------------------------------------ ground truth (perfect oracle)
@@ -117,7 +118,7 @@ class Simulator:
         """Events pushed onto the event queue so far (each takes the next sequence number)."""
         return self._seq
 
-    def _push(self, t: float, kind: int, payload: object) -> None:
+    def _push(self, t: float, kind: int, payload: Any) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (t, kind, self._seq, payload))
 
@@ -184,7 +185,9 @@ class Simulator:
                 + "; ".join(lines) + more + ". A scenario link that stays down with no other route (a GPU's "
                 "own NIC or NVLink) cuts those GPUs off; give the outage a duration or use another link.")
 
-    def _handle(self, t: float, kind: int, payload: object) -> None:
+    def _handle(self, t: float, kind: int, payload: Any) -> None:
+        """One event; ``payload`` is what its kind carries (a request index, a ``(decode, batch
+        version)`` pair, a network version, a scenario :class:`Action`, or None)."""
         states = self.dispatch.states
         if kind == _ARRIVAL:
             self._sync(t)
@@ -342,20 +345,26 @@ class Simulator:
         self._mark_stalls(t)
 
     def apply(self, a: Action) -> None:
+        """Carry out one scenario action on the fluid network."""
         if a.kind == "flow_start":
-            if a.src == a.dst:
+            flow_id, src, dst = a.flow_id, a.src, a.dst
+            if flow_id is None or src is None or dst is None:
+                raise ValueError(f"a flow_start action needs flow_id, src and dst, got {a}")
+            if src == dst:
                 return
-            key = zlib.crc32(a.flow_id.encode())
-            path = self.tree.route(a.src, a.dst, key, self._routing_down)
+            key = zlib.crc32(flow_id.encode())
+            path = self.tree.route(src, dst, key, self._routing_down)
             cap = np.inf if a.rate_gbit_s is None else a.rate_gbit_s * GBIT
-            fid = self._bg_flows[a.flow_id] = self.net.add(path, np.inf, cap=cap, tag=a.flow_id)
-            self._flow_ends[fid] = (a.src, a.dst, key)
+            fid = self._bg_flows[flow_id] = self.net.add(path, np.inf, cap=cap, tag=flow_id)
+            self._flow_ends[fid] = (src, dst, key)
         elif a.kind == "flow_stop":
-            fid = self._bg_flows.pop(a.flow_id, None)
-            if fid is not None:
-                self.net.remove(fid)
-                self._flow_ends.pop(fid, None)
+            stopped = self._bg_flows.pop(a.flow_id, None) if a.flow_id is not None else None
+            if stopped is not None:
+                self.net.remove(stopped)
+                self._flow_ends.pop(stopped, None)
         elif a.kind == "link_capacity":
+            if a.factor is None:
+                raise ValueError(f"a link_capacity action needs a factor, got {a}")
             self.net.set_capacity(list(a.links), float(a.factor))
             before = set(self._down)
             if a.factor == 0:
