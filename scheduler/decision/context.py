@@ -21,13 +21,6 @@ __all__ = ["Decision", "DecisionContext"]
 _ZERO = operand(0.0)
 _operand = lru_cache(maxsize=64)(operand)  # a policy's weight, converted once
 
-LIST_MAX_PREFILL = 64
-"""Up to this many prefill instances the prefill estimate is computed with Python floats (the
-same IEEE operations, :attr:`DecisionContext.prefill_estimate_values`): on a small cluster
-numpy's ~1 us per call outweighs a loop over the instances. At |D| = 32 (``netkv bench``'s
-cluster, 3,000 decisions, fastest of 3, the two paths interleaved in one process) netkv's whole
-decision took x0.91-0.95 at the median and x0.89-0.92 at p99 (docs/calibration.md#decision-jitter)."""
-
 
 @dataclass
 class Decision:
@@ -119,27 +112,6 @@ class DecisionContext:
     def _prefill_queue(self) -> np.ndarray:
         return np.maximum(self.cluster.prefill_busy_until - self.now, _ZERO)
 
-    @_Lazy
-    def prefill_estimate_values(self) -> list[float] | np.ndarray:
-        """:attr:`prefill_estimate_s` as the decision path reads it: a list of Python floats on a
-        cluster of at most :data:`LIST_MAX_PREFILL` prefill instances (the same values to the last
-        bit), else that array."""
-        cl = self.cluster
-        if cl.prefill_ids.size > LIST_MAX_PREFILL:
-            return self.prefill_estimate_s
-        part = self._prefill_hits().writes
-        if part is None:
-            return self.prefill_estimate_s.tolist()
-        now = self.now
-        queue = [b - now if b > now else 0.0 for b in cl.prefill_busy_until.tolist()]  # max(b - now, 0)
-        compute = self._layer_prefill_s(part, len(queue))
-        c0 = compute[0]
-        est = [q + c0 for q in queue]
-        for (idx, _), c in zip(part[1], compute[1:]):  # deeper layers overwrite, as in the array
-            for i in (idx if isinstance(idx, tuple) else idx.tolist()):
-                est[i] = queue[i] + c
-        return est
-
     def _prefill_hits(self) -> PrefixHits:
         """The ``prefill_hits`` view, set without the lazy attribute's two calls."""
         hits = self.__dict__.get("prefill_hits")
@@ -159,9 +131,6 @@ class DecisionContext:
     @_Lazy
     def prefill_estimate_s(self) -> np.ndarray:
         """Queue + prefill compute given each instance's cache hit (Mooncake Conductor's TTFT terms)."""
-        values = self.__dict__.get("prefill_estimate_values")
-        if type(values) is list:
-            return np.array(values)
         views = self.__dict__  # the view used here, set without the lazy attribute's two calls
         queue = views.get("prefill_queue_s")
         if queue is None:
@@ -247,8 +216,7 @@ class DecisionContext:
         if self.cluster.layer_wise:
             compute = float(self.prefill_estimate_s[prefill] - self.prefill_queue_s[prefill])
             return float(self.prefill_queue_s[prefill]) + compute / self.cluster.cfg.model.layers
-        est = self.__dict__.get("prefill_estimate_values")
-        return est[prefill] if type(est) is list else self.prefill_estimate_s.item(prefill)
+        return self.prefill_estimate_s.item(prefill)
 
     def raw_transfer_cost_s(self, prefill: int) -> np.ndarray:
         """Oracle cost (seconds) of moving each candidate's bytes from prefill instance ``prefill``."""

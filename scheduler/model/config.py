@@ -2,8 +2,8 @@
 
 Each config is a dataclass whose fields carry their help text in ``metadata["help"]`` (the
 Vidur style), so ``netkv constants`` can list them and ``summary.json`` can record them.
-(Over 400 lines on purpose: every section and its validation in one file, the one place a reader
-looks up a constant, its default and its source.)
+Every section and its validation are in this one file: the one place a reader looks up a
+constant, its default and its source.
 """
 from __future__ import annotations
 
