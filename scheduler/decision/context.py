@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from scheduler.decision.oracle import NetworkOracle, OracleQuery
-from scheduler.model.cache import PrefixHits
+from scheduler.model.cache import PrefixCacheGroup, PrefixHits
 from scheduler.model.cluster import Cluster, operand
 from scheduler.model.trace import BLOCK_TOKENS, Request
 
@@ -112,11 +112,12 @@ class DecisionContext:
     def _prefill_queue(self) -> np.ndarray:
         return np.maximum(self.cluster.prefill_busy_until - self.now, _ZERO)
 
-    def _prefill_hits(self) -> PrefixHits:
-        """The ``prefill_hits`` view, set without the lazy attribute's two calls."""
-        hits = self.__dict__.get("prefill_hits")
+    def _view_hits(self, view: str, cache: PrefixCacheGroup) -> PrefixHits:
+        """The ``prefill_hits`` or ``decode_hits`` view (``cache``'s answer), set without the lazy
+        attribute's two calls."""
+        hits = self.__dict__.get(view)
         if hits is None:
-            hits = self.__dict__["prefill_hits"] = self.cluster.prefill_cache.hits(self.request.hash_ids)
+            hits = self.__dict__[view] = cache.hits(self.request.hash_ids)
         return hits
 
     def _layer_prefill_s(self, part: tuple, n: int) -> list[float]:
@@ -135,7 +136,7 @@ class DecisionContext:
         queue = views.get("prefill_queue_s")
         if queue is None:
             queue = views["prefill_queue_s"] = self._prefill_queue()
-        part = self._prefill_hits().writes
+        part = self._view_hits("prefill_hits", self.cluster.prefill_cache).writes
         if part is None:
             return queue + self.cluster.timing.prefill_s_array(self.request.input_tokens, self.prefill_cached_tokens)
         compute = self._layer_prefill_s(part, queue.size)
@@ -243,10 +244,7 @@ class DecisionContext:
         if table is None:
             return oracle.cost(query._replace(nbytes=self.decode_bytes))
         latency, inv = table
-        hits = self.__dict__.get("decode_hits")  # the view, set without the lazy attribute's calls
-        if hits is None:
-            hits = self.__dict__["decode_hits"] = cl.decode_cache.hits(req.hash_ids)
-        part = hits.writes
+        part = self._view_hits("decode_hits", cl.decode_cache).writes
         if part is None:
             return NetworkOracle._finish(latency, self.decode_bytes, inv)
         base, groups = part
