@@ -1,7 +1,7 @@
 """Policy contract: pick (prefill, decode) for one request.
 
 Every policy implements one method, :meth:`Policy.choose`, over a
-:class:`~scheduler.model.cluster.DecisionContext` (the request, the time, the decision's index
+:class:`~scheduler.decision.context.DecisionContext` (the request, the time, the decision's index
 ``ctx.turn`` and lazily computed views of the cluster: prefill queues and cache hits, decode cache
 hits, bytes to move, loads, and the network cost oracle). Ties break deterministically (lowest
 index, or rotating with ``ctx.turn`` where piling onto one instance would distort the result), so
