@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler.model.cluster import Decision
+from scheduler.decision.context import Decision
 from scheduler.paths import MOONCAKE_DIR
 from scheduler.policies.base import Policy
 

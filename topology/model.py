@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 TIER_NAMES = ("same-server", "same-rack", "same-pod", "cross-pod")
 MAX_HOPS = 6  # longest path: gpu->tor->agg->core->agg->tor->gpu
+ROUTE_CACHE_MAX = 65536
+"""Routes :meth:`FatTree.route` keeps before it starts over (bounds memory over many failure sets)."""
 GBIT = 1e9 / 8  # bytes per second in one Gbit/s
 GBYTE = 1e9
 
@@ -54,16 +56,30 @@ class FatTreeConfig:
     tors_per_pod: int = field(default=2, metadata={"help": "ToR (rack) switches per pod."})
     servers_per_tor: int = field(default=2, metadata={"help": "GPU servers under each ToR."})
     gpus_per_server: int = field(default=4, metadata={"help": "GPUs per server, joined by the server's NVLink switch."})
-    aggs_per_pod: int = field(default=2, metadata={"help": "Aggregation switches per pod; each ToR has one uplink to each of them."})
-    cores: int = field(default=4, metadata={"help": "Core switches; must be a multiple of aggs_per_pod (one group per aggregation index)."})
-    nvlink_gbyte_s: float = field(default=450.0, metadata={"help": "NVLink 4 bandwidth per direction per GPU, GB/s (H100 SXM: ~900 GB/s bidirectional)."})
-    nic_gbit_s: float = field(default=400.0, metadata={"help": "Scale-out NIC per GPU, Gbit/s (ConnectX-7 class; Mooncake pairs H800 with 200-400 Gb/s)."})
-    tor_oversubscription: float = field(default=2.0, metadata={"help": "ToR downlink (GPU NICs) : uplink capacity ratio. 2:1 is a common cost-optimised choice for inference clusters that are not rail-optimised training fabrics; 1.0 = non-blocking."})
-    agg_oversubscription: float = field(default=2.0, metadata={"help": "Aggregation downlink : core uplink ratio. With the ToR ratio, the default makes cross-pod bisection 4:1, which is where live congestion bites and where the paper's claims live."})
-    hop_latency_us: float = field(default=2.0, metadata={"help": "Per switch hop latency, microseconds (reference: ~1-3 us per hop)."})
-    nvlink_latency_us: float = field(default=1.0, metadata={"help": "Latency of the NVLink switch hop inside a server, microseconds."})
-    routing: str = field(default="dst", metadata={"help": "``dst``: deterministic destination-based paths (default); ``ecmp``: hash of the flow."})
-    reroute_delay_s: float = field(default=0.5, metadata={"help": "Time from a link going down (or back up) to every switch forwarding on the new routes, s: the controller learns it from a port-status message or at the latest from its next port-stats poll (0.5 s, the worst case taken as default), then reinstalls routes avoiding the link."})
+    aggs_per_pod: int = field(default=2, metadata={"help": (
+        "Aggregation switches per pod; each ToR has one uplink to each of them.")})
+    cores: int = field(default=4, metadata={"help": (
+        "Core switches; must be a multiple of aggs_per_pod (one group per aggregation index).")})
+    nvlink_gbyte_s: float = field(default=450.0, metadata={"help": (
+        "NVLink 4 bandwidth per direction per GPU, GB/s (H100 SXM: ~900 GB/s bidirectional).")})
+    nic_gbit_s: float = field(default=400.0, metadata={"help": (
+        "Scale-out NIC per GPU, Gbit/s (ConnectX-7 class; Mooncake pairs H800 with 200-400 Gb/s).")})
+    tor_oversubscription: float = field(default=2.0, metadata={"help": (
+        "ToR downlink (GPU NICs) : uplink capacity ratio. 2:1 is a common cost-optimised choice for inference "
+        "clusters that are not rail-optimised training fabrics; 1.0 = non-blocking.")})
+    agg_oversubscription: float = field(default=2.0, metadata={"help": (
+        "Aggregation downlink : core uplink ratio. With the ToR ratio, the default makes cross-pod bisection "
+        "4:1, which is where live congestion bites and where the paper's claims live.")})
+    hop_latency_us: float = field(default=2.0, metadata={"help": (
+        "Per switch hop latency, microseconds (reference: ~1-3 us per hop).")})
+    nvlink_latency_us: float = field(default=1.0, metadata={"help": (
+        "Latency of the NVLink switch hop inside a server, microseconds.")})
+    routing: str = field(default="dst", metadata={"help": (
+        "``dst``: deterministic destination-based paths (default); ``ecmp``: hash of the flow.")})
+    reroute_delay_s: float = field(default=0.5, metadata={"help": (
+        "Time from a link going down (or back up) to every switch forwarding on the new routes, s: the "
+        "controller learns it from a port-status message or at the latest from its next port-stats poll (0.5 s, "
+        "the worst case taken as default), then reinstalls routes avoiding the link.")})
 
     def __post_init__(self) -> None:
         for f in ("pods", "tors_per_pod", "servers_per_tor", "gpus_per_server", "aggs_per_pod", "cores"):
@@ -81,10 +97,6 @@ class FatTreeConfig:
             )
         if self.routing not in ("dst", "ecmp"):
             raise TopologyError(f"topology parameter 'routing' must be 'dst' or 'ecmp', got {self.routing!r}")
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +128,7 @@ class FatTree:
         self.b_core_agg = self.b_agg_core + self.n_agg_core
         self.n_links = self.b_core_agg + self.n_agg_core
         self.pad = self.n_links  # padding link index in path arrays (infinite capacity)
+        self._routes: dict[tuple[int, int, frozenset[int]], np.ndarray] = {}  # see route()
 
     # ----------------------------------------------------------------- capacities
     @cached_property
@@ -273,7 +286,8 @@ class FatTree:
         t[dsts // self.gps == src // self.gps] = 0
         return t
 
-    def _up_choice(self, src: int | np.ndarray, dsts: np.ndarray, flow_key: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _up_choice(self, src: int | np.ndarray, dsts: np.ndarray,
+                   flow_key: int | None) -> tuple[np.ndarray, np.ndarray]:
         a, cpa = self.config.aggs_per_pod, self.cores_per_agg
         if self.config.routing == "dst" or flow_key is None:
             h = np.asarray(dsts)
@@ -350,6 +364,24 @@ class FatTree:
         out[m3, 4] = self.b_agg_tor + dst_tor[m3] * a + k[m3]
         out[m3, 5] = self.b_nic_down + d[m3]
         return out
+
+    def route(self, src: int, dst: int, flow_key: int | None = None,
+              down: frozenset[int] = frozenset()) -> np.ndarray:
+        """``paths(src, [dst], flow_key, down)[0]``, read-only. Destination-based routing makes it
+        independent of the flow, so it is computed once per (src, dst, down) and shared (the
+        simulator's flows and the inflight oracle's ledger ask for the same routes over and over);
+        ECMP routes depend on the flow and are computed each time."""
+        if self.config.routing != "dst":
+            return self.paths(src, np.array([dst]), flow_key, down)[0]
+        key = (src, dst, down)
+        hit = self._routes.get(key)
+        if hit is None:
+            if len(self._routes) > ROUTE_CACHE_MAX:  # many failure sets over a long run
+                self._routes.clear()
+            hit = self.paths(src, np.array([dst]), flow_key, down)[0]
+            hit.flags.writeable = False
+            self._routes[key] = hit
+        return hit
 
     def path(self, src: int, dst: int, flow_key: int | None = None,
              down: frozenset[int] | set[int] | None = None) -> list[int]:

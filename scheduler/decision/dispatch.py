@@ -19,13 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from scheduler.decision.context import DecisionContext
 from scheduler.decision.oracle import GroundTruth, NetworkOracle, SnapshotSource, make_oracle
-from scheduler.decision.oracle_error import OracleError
+from scheduler.decision.oracle_error import PriceCheck
 from scheduler.decision.ranking import kendall_tau_b, within_groups
 from scheduler.model.cluster import Cluster
 from scheduler.model.config import ConfigError, ExperimentConfig
 from scheduler.model.records import RequestRecord
-from scheduler.model.scenario import Action
 from scheduler.model.trace import Request
 from scheduler.policies.base import Policy
 from topology.model import FatTree
@@ -58,23 +58,27 @@ class RequestState:
 
 
 class Execution(Protocol):
-    """What a backend does with decided requests and scenario actions."""
+    """What a backend does with a decided request."""
 
     def start(self, state: RequestState, index: int) -> None:
         """Compute the decided request ``index`` and move its KV bytes; report the times back
         through the dispatcher (``kv_arrived``, ``joined``, ``finished``)."""
 
-    def apply(self, action: Action) -> None:
-        """Carry out one scenario action on the network."""
 
-
-def build_oracles(cfg: ExperimentConfig, tree: FatTree, policy: Policy, kind: str | None,
-                  source: SnapshotSource | None, truth: GroundTruth | None,
-                  fresh_source: SnapshotSource | None = None) -> tuple[NetworkOracle | None, NetworkOracle | None]:
-    """(the policy's oracle, a fresh-telemetry shadow oracle) or None where the policy needs
-    none. ``kind`` overrides the policy's own; the shadow (staleness studies) reads
-    ``fresh_source`` with no added age."""
+def oracle_kind(cfg: ExperimentConfig, policy: Policy) -> str | None:
+    """The oracle kind a run gives ``policy``: None when it needs none, else its own
+    (``netkv:static``), else the experiment's ``oracle.kind``."""
     if not policy.needs_oracle:
+        return None
+    return policy.oracle_kind or cfg.oracle.kind
+
+
+def build_oracles(cfg: ExperimentConfig, tree: FatTree, kind: str | None, source: SnapshotSource | None,
+                  truth: GroundTruth | None,
+                  fresh_source: SnapshotSource | None = None) -> tuple[NetworkOracle | None, NetworkOracle | None]:
+    """(the oracle of ``kind``, a fresh-telemetry shadow oracle), both None when ``kind`` is None
+    (:func:`oracle_kind`). The shadow (staleness studies) reads ``fresh_source`` with no added age."""
+    if kind is None:
         return None, None
     c = cfg.oracle
     oracle = make_oracle(kind, tree, source, c.staleness_s, c.min_available_fraction,
@@ -84,12 +88,6 @@ def build_oracles(cfg: ExperimentConfig, tree: FatTree, policy: Policy, kind: st
         shadow = make_oracle("telemetry", tree, fresh_source, 0.0, c.min_available_fraction,
                              cfg.timing.transfer_setup_s)
     return oracle, shadow
-
-
-def oracle_kind(cfg: ExperimentConfig, policy: Policy, override: str | None = None) -> str:
-    """The oracle a run gives ``policy``: ``override``, else its own (``netkv:static``), else
-    the experiment's ``oracle.kind``."""
-    return override or getattr(policy, "oracle_kind", None) or cfg.oracle.kind
 
 
 class Dispatcher:
@@ -109,7 +107,7 @@ class Dispatcher:
         self.remaining = len(self.states)
         self.decisions = 0
         self.layer_wise = cfg.timing.kv_streaming == "layer-wise"
-        self.agreement = {"decisions": 0, "same_tier": 0, "same_instance": 0,
+        self.agreement: dict[str, float] = {"decisions": 0, "same_tier": 0, "same_instance": 0,
                           "tau_sum": 0.0, "tau_n": 0, "tau_within_sum": 0.0, "tau_within_n": 0}
         """With a shadow oracle: decisions, how many picked the fresh oracle's tier / instance, and
         Kendall's tau-b of the two oracles' cost orderings of the candidates (across them all, and
@@ -143,18 +141,19 @@ class Dispatcher:
         cl = self.cluster
         self.decisions += 1
         t0 = time.perf_counter_ns()
-        ctx = cl.context(s.req, t, self.oracle, turn=self.decisions)
+        ctx = DecisionContext(cl, s.req, t, self.oracle, self.decisions)
         dec = self.policy.choose(ctx)
         s.decision_us = (time.perf_counter_ns() - t0) / 1e3
         s.p, s.d = dec.prefill, dec.decode
         if self.shadow is not None:  # the same decision (same turn) on fresh telemetry
-            fresh_ctx = cl.context(s.req, t, self.shadow, turn=self.decisions)
+            fresh_ctx = DecisionContext(cl, s.req, t, self.shadow, self.decisions)
             fresh = self.policy.choose(fresh_ctx).decode
             src = int(cl.prefill_ids[s.p])
             a = self.agreement
             a["decisions"] += 1
             a["same_instance"] += fresh == s.d
-            a["same_tier"] += self.tree.tier(src, int(cl.decode_ids[fresh])) == self.tree.tier(src, int(cl.decode_ids[s.d]))
+            tier = self.tree.tier
+            a["same_tier"] += tier(src, int(cl.decode_ids[fresh])) == tier(src, int(cl.decode_ids[s.d]))
             stale_cost, fresh_cost = ctx.raw_transfer_cost_s(s.p), fresh_ctx.raw_transfer_cost_s(s.p)
             tau = kendall_tau_b(stale_cost, fresh_cost)
             if tau is not None:
@@ -232,11 +231,11 @@ class Dispatcher:
         return (f"request {s.req.req_id} ({name(int(self.cluster.prefill_ids[s.p]))} -> "
                 f"{name(int(self.cluster.decode_ids[s.d]))})")
 
-    def oracle_errors(self) -> list[OracleError]:
+    def oracle_errors(self) -> list[PriceCheck]:
         """The oracle's price of every finished transfer it priced, against the time the transfer
         took from when it could start (:mod:`scheduler.decision.oracle_error`)."""
         tiers = self.cluster.decode_tiers
-        return [OracleError(self.policy.name, s.req.req_id, int(tiers(s.p)[s.d]), int(s.nbytes), s.predicted_s,
+        return [PriceCheck(self.policy.name, s.req.req_id, int(tiers(s.p)[s.d]), int(s.nbytes), s.predicted_s,
                             s.kv_arrived - self.transfer_start(s))
                 for s in self.states if s.finish > 0 and not math.isnan(s.predicted_s)]
 

@@ -6,10 +6,10 @@ Contract (stated once, every implementation keeps it):
 - more bytes or more congestion never cost less; on an idle fabric a higher tier is never cheaper;
 - zero bytes cost nothing (no transfer is started), whatever the path.
 Implementations are vectorised over candidates with numpy: O(|D|) per query.
-(411 lines: the four kinds below and the contract they share are kept in one file, to be read
-together; each kind is one class.)
+The four kinds below and the contract they share are kept in one file, to be read together;
+each kind is one class.
 
-Kinds (``ORACLES``, resolved by :func:`make_oracle`), from least to most information:
+Kinds (:data:`ORACLES`, built by :func:`make_oracle`), from least to most information:
 
 - ``static``: topology only (nominal capacities and routes); what a static topology scorer knows.
 - ``telemetry``: the controller's port-counter snapshot (with ``oracle.staleness_s``): available
@@ -30,14 +30,15 @@ The cached values are the ones the uncached computation gives, bit for bit.
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from topology.model import FatTree
-
-ORACLES = ("static", "telemetry", "inflight", "perfect")
 
 
 class UnknownOracleError(ValueError):
@@ -49,7 +50,7 @@ class OracleQuery(NamedTuple):
 
     src: int  # prefill GPU index
     dsts: np.ndarray  # candidate decode GPU indices
-    nbytes: np.ndarray  # bytes each candidate needs moved (depends on its cached prefix)
+    nbytes: np.ndarray | None  # bytes each candidate needs moved (None: only a table is asked for)
     now: float  # seconds since run start
     flow_key: int | None = None  # the transfer's flow key (only matters with ECMP routing)
     start: float | None = None  # when the transfer is expected to start (default: now)
@@ -104,21 +105,22 @@ class NetworkOracle(ABC):
             hit = self._paths[key] = (query.dsts, paths, self._latency[paths].sum(axis=1) + self.setup_s)
         return hit[1], hit[2]
 
-    @abstractmethod
     def cost(self, query: OracleQuery) -> np.ndarray:
-        """Seconds to move ``query.nbytes[i]`` from ``query.src`` to ``query.dsts[i]`` now."""
+        """Seconds to move ``query.nbytes[i]`` from ``query.src`` to ``query.dsts[i]`` now: the
+        :meth:`table`'s latency + bytes x seconds per byte. An oracle without a table overrides it."""
+        table = self.table(query)
+        if table is None:
+            raise NotImplementedError(f"{type(self).__name__} has no cost table: it must override cost()")
+        latency, inv_bottleneck = table
+        return self._finish(latency, np.asarray(query.nbytes, dtype=float), inv_bottleneck)
 
+    @abstractmethod
     def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray] | None:
         """(latency + setup, seconds per byte of the bottleneck) per candidate of ``query`` (its
         ``nbytes`` are not read), such that :meth:`cost` is ``_finish(latency, nbytes, that)``;
-        None when the oracle has no such form (then callers use :meth:`cost`). Asking for a
+        None when the oracle has no such form (it then overrides :meth:`cost`). Asking for a
         table has the same effects on the oracle's state as asking for a cost. The arrays may be
         cached and shared: never modify them."""
-        return None
-
-    def _priced(self, query: OracleQuery) -> np.ndarray:
-        latency, inv_bottleneck = self.table(query)
-        return self._finish(latency, np.asarray(query.nbytes, dtype=float), inv_bottleneck)
 
     def _cached_table(self, cache: dict, query: OracleQuery, down: frozenset[int],
                       inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,20 +149,19 @@ class NetworkOracle(ABC):
         if tp == 1:
             return self.cost(query)
         shard = np.asarray(query.nbytes, dtype=float) / tp
-        worst = None
-        for r, dsts in enumerate(rank_dsts):
-            c = self.cost(query._replace(src=query.src + r, dsts=dsts, nbytes=shard))
-            worst = c if worst is None else np.maximum(worst, c)
+        worst = self.cost(query._replace(dsts=rank_dsts[0], nbytes=shard))
+        for r in range(1, tp):
+            worst = np.maximum(worst, self.cost(query._replace(src=query.src + r, dsts=rank_dsts[r], nbytes=shard)))
         return worst
 
-    def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
-               nbytes: float = 0.0, key: int | None = None, tp: int = 1) -> None:
+    def commit(self, src: int, dst: int, start: float, end: float,  # noqa: B027  # a hook, no-op by default
+               flow_key: int | None = None, nbytes: float = 0.0, key: int | None = None, tp: int = 1) -> None:
         """The scheduler committed transfer ``key`` of ``nbytes`` from ``src`` to ``dst``, expected
         over ``[start, end)`` (seconds since run start); with ``tp`` > 1 striped, rank r from
         ``src + r`` to ``dst + r``. Oracles that do not track commitments ignore it (and
         :meth:`done`)."""
 
-    def done(self, key: int, t: float) -> None:
+    def done(self, key: int, t: float) -> None:  # noqa: B027  # a hook, no-op by default
         """Transfer ``key`` (see :meth:`commit`) finished at ``t``."""
 
     @staticmethod
@@ -194,9 +195,6 @@ class StaticTierOracle(NetworkOracle):
         if self._inv_static is None:
             self._inv_static = self._inverse(self.tree.capacity)
         return self._cached_table(self._tables, query, frozenset(), self._inv_static)
-
-    def cost(self, query: OracleQuery) -> np.ndarray:
-        return self._priced(query)
 
 
 def down_links(snap) -> frozenset[int]:
@@ -266,27 +264,33 @@ class TelemetryOracle(NetworkOracle):
         free = np.maximum(1.0 - np.clip(snap.utilisation, 0.0, 1.0), self.floor)
         return self.tree.capacity * snap.capacity_factor * free
 
-    def _refresh(self, snap) -> None:
-        """Seconds per byte of every link and the down set, computed once per snapshot."""
-        if self._for is not snap or self._inv is None:
-            self._inv = self._inverse(self.available(snap))
+    def _refresh(self, snap) -> np.ndarray:
+        """Seconds per byte of every link (returned) and the down set, computed once per snapshot."""
+        inv = self._inv
+        if self._for is not snap or inv is None:
+            inv = self._inv = self._inverse(self.available(snap))
             self._down = down_links(snap)
             self._for = snap
             self._tables = {}
-
-    def seconds_per_byte(self, snap) -> np.ndarray:
-        """1 / available bandwidth per link, computed once per snapshot."""
-        self._refresh(snap)
-        return self._inv
+        return inv
 
     def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
         """Cached per source for the snapshot in use (a new snapshot, with its down set, starts
         new tables)."""
-        self._refresh(self.snapshot(query.now))
-        return self._cached_table(self._tables, query, self._down, self._inv)
+        inv = self._refresh(self.snapshot(query.now))
+        return self._cached_table(self._tables, query, self._down, inv)
 
-    def cost(self, query: OracleQuery) -> np.ndarray:
-        return self._priced(query)
+
+@dataclass(slots=True)
+class Commitment:
+    """One transfer in :class:`InflightOracle`'s ledger: when the scheduler expects it to move,
+    its links (every shard's, for a striped transfer) and its rate per shard."""
+
+    start: float
+    end: float
+    path: np.ndarray
+    rate: float  # bytes/s on each of its links
+    done_at: float = math.inf  # when the backend reported its last byte (inf: not yet)
 
 
 class InflightOracle(TelemetryOracle):
@@ -309,61 +313,46 @@ class InflightOracle(TelemetryOracle):
     def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
                  setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None) -> None:
         super().__init__(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
-        self._ledger: dict[int, list] = {}  # key -> [start, end, path, bytes/s, done at]
-        self._routes: dict[tuple, np.ndarray] = {}  # (src, dst, down) -> path of a committed transfer
+        self._ledger: dict[int, Commitment] = {}
 
     def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
                nbytes: float = 0.0, key: int | None = None, tp: int = 1) -> None:
         if tp == 1:
-            path = self._route(src, dst, flow_key)
+            path = self.tree.route(src, dst, flow_key, self._down)
             rate = nbytes / max(end - start, 1e-9)
         else:  # one entry for the striped transfer: its shards' paths, each at its shard's rate
-            path = np.concatenate([self._route(src + r, dst + r, flow_key) for r in range(tp)])
+            path = np.concatenate([self.tree.route(src + r, dst + r, flow_key, self._down) for r in range(tp)])
             rate = nbytes / tp / max(end - start, 1e-9)
-        self._ledger[len(self._ledger) if key is None else key] = [start, end, path, rate, np.inf]
-
-    def _route(self, src: int, dst: int, flow_key: int | None) -> np.ndarray:
-        """Path of a committed transfer from ``src`` to ``dst`` on the routes in force."""
-        if self.tree.config.routing == "dst":  # the route does not depend on the flow: memoised
-            route = (src, dst, self._down)
-            path = self._routes.get(route)
-            if path is None:
-                if len(self._routes) > 65536:
-                    self._routes.clear()
-                path = self._routes[route] = self.tree.paths(src, np.array([dst]), flow_key, self._down)[0]
-                path.flags.writeable = False
-            return path
-        return self.tree.paths(src, np.array([dst]), flow_key, self._down)[0]
+        self._ledger[len(self._ledger) if key is None else key] = Commitment(start, end, path, rate)
 
     def done(self, key: int, t: float) -> None:
         """Transfer ``key`` finished at ``t`` (its last byte arrived)."""
         entry = self._ledger.get(key)
         if entry is not None:
-            entry[4] = t
+            entry.done_at = t
 
     def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
         """The snapshot's cached table when none of the scheduler's own transfers counts, else
         one built for this query."""
         snap = self.snapshot(query.now)
-        self._refresh(snap)
+        snapshot_inv = inv = self._refresh(snap)
         now = query.now
         start = now if query.start is None else query.start
         # transfers done before the oldest snapshot the oracle may still read are of no use
         horizon = now - self.staleness_s - 2.0
-        for k in [k for k, e in self._ledger.items() if min(e[1], e[4]) < horizon and e[4] <= now]:
+        for k in [k for k, e in self._ledger.items() if min(e.end, e.done_at) < horizon and e.done_at <= now]:
             del self._ledger[k]
-        inv = self._inv
         if self._ledger:
             n = inv.shape[0]
             seen_t = snap.time_s if snap is not None else -np.inf
-            seen = [e for e in self._ledger.values() if e[0] <= seen_t < min(e[1], e[4])]
-            later = [e[2] for e in self._ledger.values() if e[0] <= start < e[1] and e[4] > now]
+            seen = [e for e in self._ledger.values() if e.start <= seen_t < min(e.end, e.done_at)]
+            later = [e.path for e in self._ledger.values() if e.start <= start < e.end and e.done_at > now]
             if seen or later:
                 cap = self.tree.capacity * (snap.capacity_factor if snap is not None else 1.0)
                 util = np.clip(snap.utilisation, 0.0, 1.0) if snap is not None else np.zeros(n)
                 own = np.zeros(n)
                 for e in seen:
-                    np.add.at(own, e[2], e[3])
+                    np.add.at(own, e.path, e.rate)
                 own[-1] = 0.0
                 with np.errstate(invalid="ignore"):  # the padding link: 0 x inf
                     background = np.maximum(util * cap - own, 0.0)
@@ -372,13 +361,10 @@ class InflightOracle(TelemetryOracle):
                 sharers = np.bincount(np.concatenate(later), minlength=n).astype(float) if later else np.zeros(n)
                 sharers[-1] = 0.0
                 inv = self._inverse(free / (1.0 + sharers))
-        if inv is self._inv:
+        if inv is snapshot_inv:
             return self._cached_table(self._tables, query, self._down, inv)
         paths, latency = self.paths(query, self._down)
         return latency, inv[paths].max(axis=1)
-
-    def cost(self, query: OracleQuery) -> np.ndarray:
-        return self._priced(query)
 
 
 class PerfectOracle(NetworkOracle):
@@ -403,17 +389,50 @@ class PerfectOracle(NetworkOracle):
         change, and a ground truth must never modify one it has returned)."""
         down = self.truth.routing_down()
         share = self.truth.entrant_share()
-        if share is not self._share_for:
-            self._inv = self._inverse(share)
+        inv = self._inv
+        if share is not self._share_for or inv is None:
+            inv = self._inv = self._inverse(share)
             self._share_for = share
             self._tables = {}
         if down != self._down_for:
             self._down_for = down
             self._tables = {}
-        return self._cached_table(self._tables, query, down, self._inv)
+        return self._cached_table(self._tables, query, down, inv)
 
-    def cost(self, query: OracleQuery) -> np.ndarray:
-        return self._priced(query)
+
+OracleFactory = Callable[..., NetworkOracle]
+"""Builds one kind: ``(tree, source, truth, staleness_s, min_available_fraction, setup_s,
+fallback_age_s) -> NetworkOracle`` (keyword arguments), raising :class:`UnknownOracleError` when
+the backend lacks what the kind reads."""
+
+
+def _telemetry_kind(cls: type[TelemetryOracle]) -> OracleFactory:
+    def build(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s):
+        if source is None:
+            raise UnknownOracleError(f"oracle {cls.name!r} needs a telemetry source")
+        return cls(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
+    return build
+
+
+def _static(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s) -> NetworkOracle:
+    return StaticTierOracle(tree, setup_s)
+
+
+def _perfect(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s) -> NetworkOracle:
+    if truth is None:
+        raise UnknownOracleError("oracle 'perfect' reads the simulator's true network state; "
+                                 "this backend has none (a real fabric shows itself only through telemetry)")
+    return PerfectOracle(tree, truth, setup_s)
+
+
+ORACLE_REGISTRY: dict[str, OracleFactory] = {
+    "static": _static,
+    "telemetry": _telemetry_kind(TelemetryOracle),
+    "inflight": _telemetry_kind(InflightOracle),
+    "perfect": _perfect,
+}
+"""Every oracle kind by name, from least to most information (what ``NAME:ORACLE`` resolves)."""
+ORACLES = tuple(ORACLE_REGISTRY)
 
 
 def make_oracle(kind: str, tree: FatTree, source: SnapshotSource | None, staleness_s: float,
@@ -423,16 +442,8 @@ def make_oracle(kind: str, tree: FatTree, source: SnapshotSource | None, stalene
     source (and fall back to static pricing on snapshots older than ``fallback_age_s``),
     ``perfect`` the simulator's ground truth; a backend without it gets
     :class:`UnknownOracleError` naming what is missing."""
-    if kind == "static":
-        return StaticTierOracle(tree, setup_s)
-    if kind in ("telemetry", "inflight"):
-        if source is None:
-            raise UnknownOracleError(f"oracle {kind!r} needs a telemetry source")
-        cls = TelemetryOracle if kind == "telemetry" else InflightOracle
-        return cls(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
-    if kind == "perfect":
-        if truth is None:
-            raise UnknownOracleError("oracle 'perfect' reads the simulator's true network state; "
-                                     "this backend has none (a real fabric shows itself only through telemetry)")
-        return PerfectOracle(tree, truth, setup_s)
-    raise UnknownOracleError(f"unknown oracle {kind!r} (known: {', '.join(ORACLES)})")
+    build = ORACLE_REGISTRY.get(kind)
+    if build is None:
+        raise UnknownOracleError(f"unknown oracle {kind!r} (known: {', '.join(ORACLES)})")
+    return build(tree=tree, source=source, truth=truth, staleness_s=staleness_s,
+                 min_available_fraction=min_available_fraction, setup_s=setup_s, fallback_age_s=fallback_age_s)

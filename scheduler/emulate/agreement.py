@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from scheduler.model.cluster import Decision, DecisionContext
+from scheduler.decision.context import Decision, DecisionContext
 from scheduler.model.records import RequestRecord
 from scheduler.policies import TARGET
 from scheduler.policies.base import Policy

@@ -63,7 +63,6 @@ from scheduler.study.experiment import (
     Experiment,
     agreement_summary,
     inherited_weights,
-    make_policy,
     run_simulation,
     tune_policy,
 )
@@ -365,7 +364,7 @@ class _EmulationRun:
         cfg = item.cfg or self.cfg
         weight, table = tune_policy(exp, spec)  # the simulator's tuned weight (see _simulate_first)
         table = self.sim_policies.get(spec.name, {}).get("tuning", table)
-        policy = make_policy(spec, weight, exp.seed, cfg, inherited_weights(exp, spec))
+        policy = spec.make(weight, exp.seed, cfg.oracle.kind, **inherited_weights(exp, spec))
         transport = router.transport = AgentTransport(control, self.tree)
         executor = ScenarioExecutor(fab, self.tree, self.scale, self.time_scale, self.run_dir)
         history = TelemetryHistory(max_age_s=cfg.oracle.staleness_s + 10.0)

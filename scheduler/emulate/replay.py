@@ -131,7 +131,7 @@ class RealtimeReplay:
         # a real fabric has no ground truth: the perfect oracle is refused (truth=None), as the
         # emulate command does before it builds anything
         # ``shadow``: a fresh oracle on the same history (no added age) decides beside the stale one
-        oracle, fresh = build_oracles(cfg, self.tree, policy, oracle_kind(cfg, policy), telemetry_source, truth=None,
+        oracle, fresh = build_oracles(cfg, self.tree, oracle_kind(cfg, policy), telemetry_source, truth=None,
                                       fresh_source=telemetry_source if shadow else None)
         self.dispatch = Dispatcher(cfg, self.tree, requests, policy, oracle, fresh)
         self.cluster = self.dispatch.cluster

@@ -1,32 +1,29 @@
-"""Cluster model shared by both backends: instance roles, prefill FIFOs, prefix caches, decode
-batches, and the per-request decision context handed to policies.
+"""Cluster model shared by both backends: instance roles, prefill FIFOs, prefix caches and decode
+batches (the per-request view policies read is :mod:`scheduler.decision.context`).
 
 ``DecodeBatch`` lives in ``scheduler.model.decode`` (shared with the agents' instance model) and is
 re-exported here."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from scheduler.decision.oracle import NetworkOracle, OracleQuery
-from scheduler.model.cache import PrefixCacheGroup, PrefixHits
+from scheduler.model.cache import PrefixCacheGroup
 from scheduler.model.config import ConfigError, ExperimentConfig
 from scheduler.model.decode import DecodeBatch, decode_capacity_tokens
 from scheduler.model.timing import TimingModel
-from scheduler.model.trace import BLOCK_TOKENS, Request
+from scheduler.model.trace import BLOCK_TOKENS
 from topology.model import FatTree
 
 __all__ = [
     "PLACEMENTS",
     "Cluster",
-    "Decision",
-    "DecisionContext",
     "DecodeBatch",
     "Roles",
     "assign_roles",
     "instance_leaders",
+    "operand",
     "role_map",
 ]
 
@@ -54,8 +51,28 @@ def reserved_servers(tree: FatTree, per_pod: int) -> np.ndarray:
     return np.sort((pods + np.arange(spp - per_pod, spp)[None, :]).reshape(-1))
 
 
+_ROLES: dict[tuple, Roles] = {}
+"""Roles already assigned, by (topology, placement, fraction, reserved, tp): an experiment builds a
+cluster per policy and per tuning run on the same layout."""
+
+
 def assign_roles(tree: FatTree, placement: str, prefill_fraction: float, reserved_per_pod: int = 0,
                  tp: int = 1) -> Roles:
+    """Roles of every GPU (see :func:`_assign_roles`), as read-only arrays computed once per layout."""
+    key = (tree.config, placement, prefill_fraction, reserved_per_pod, tp)
+    roles = _ROLES.get(key)
+    if roles is None:
+        roles = _assign_roles(tree, placement, prefill_fraction, reserved_per_pod, tp)
+        for a in roles:
+            a.flags.writeable = False
+        if len(_ROLES) > 64:  # sweeps over many layouts: keep memory bounded
+            _ROLES.clear()
+        _ROLES[key] = roles
+    return roles
+
+
+def _assign_roles(tree: FatTree, placement: str, prefill_fraction: float, reserved_per_pod: int,
+                  tp: int) -> Roles:
     """Roles of every GPU. The last ``reserved_per_pod`` servers of each pod are reserved (other
     jobs: they serve nothing, scenarios may use them as traffic endpoints). On the serving GPUs:
     ``by-server`` gives whole servers one role, ``by-rack`` whole ToRs (their serving servers),
@@ -78,7 +95,7 @@ def assign_roles(tree: FatTree, placement: str, prefill_fraction: float, reserve
         # serving units in GPU order, numbered 0.. (a rack's reserved servers are not part of it)
         _, units = np.unique(serving // unit, return_inverse=True)
         n_units = int(units.max()) + 1 if units.size else 0
-    k = int(round(n_units * prefill_fraction))
+    k = round(n_units * prefill_fraction)
     chosen = sorted({int(i * n_units / k) for i in range(k)}) if k else []
     is_prefill = np.isin(units, chosen)
     prefill, decode = serving[is_prefill], serving[~is_prefill]
@@ -123,272 +140,6 @@ def operand(value: float) -> np.ndarray:
     return out
 
 
-_ZERO = operand(0.0)
-
-LIST_MAX_PREFILL = 64
-"""Up to this many prefill instances the prefill estimate is computed with Python floats (the
-same IEEE operations, :attr:`DecisionContext.prefill_estimate_values`): on a small cluster
-numpy's ~1 us per call outweighs a loop over the instances. At |D| = 32 (``netkv bench``'s
-cluster, 3,000 decisions, fastest of 3, the two paths interleaved in one process) netkv's whole
-decision took x0.91-0.95 at the median and x0.89-0.92 at p99 (docs/calibration.md#decision-jitter)."""
-
-
-@dataclass
-class Decision:
-    prefill: int  # index into Cluster.prefill_ids
-    decode: int  # index into Cluster.decode_ids
-
-
-class _lazy:
-    """``functools.cached_property`` without its per-access lock (Python 3.11 takes one on every
-    first access, which shows at a decision's microsecond scale): computed on first access, then
-    an ordinary instance attribute."""
-
-    def __init__(self, fn) -> None:
-        self.fn = fn
-        self.name = fn.__name__
-        self.__doc__ = fn.__doc__
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj, cls=None):
-        if obj is None:
-            return self
-        value = obj.__dict__[self.name] = self.fn(obj)
-        return value
-
-
-class DecisionContext:
-    """Everything a policy may look at for one request; each view is computed at most once.
-
-    The prefix caches answer with :class:`~scheduler.model.cache.PrefixHits`, whose instances fall into
-    a few layers of equal hit length; the prefill estimate, the decode miss fraction and the
-    oracle cost are computed once per layer and written over its instances (``PrefixHits.writes``)
-    instead of through dense per-instance arrays of hit lengths and bytes. Each entry is computed
-    by the same operations on the same operands as the dense computation (a few instances' with
-    Python floats: the same IEEE operations), so every view is the same to the last bit.
-
-    ``turn`` is the decision's index in its run (1 for the first): policies that rotate among
-    equally good instances (like a router breaking ties round-robin) rotate with it, so a
-    decision replayed with another oracle (a staleness study's shadow) breaks ties the same way."""
-
-    def __init__(self, cluster: Cluster, request: Request, now: float, oracle: NetworkOracle | None,
-                 turn: int = 1) -> None:
-        self.cluster = cluster
-        self.request = request
-        self.now = now
-        self.oracle = oracle
-        self.turn = turn
-        self._costs: dict[int, np.ndarray] = {}
-
-    @property
-    def n_prefill(self) -> int:
-        return self.cluster.prefill_ids.size
-
-    @property
-    def n_decode(self) -> int:
-        return self.cluster.decode_ids.size
-
-    @_lazy
-    def prefill_hits(self) -> PrefixHits:
-        """The prompt's cached prefix on every prefill instance."""
-        return self.cluster.prefill_cache.hits(self.request.hash_ids)
-
-    @_lazy
-    def decode_hits(self) -> PrefixHits:
-        """The prompt's cached prefix on every decode instance."""
-        return self.cluster.decode_cache.hits(self.request.hash_ids)
-
-    def _cached_tokens(self, hits: PrefixHits) -> np.ndarray:
-        return np.minimum(hits.dense() * BLOCK_TOKENS, self.request.input_tokens)
-
-    def _cached_at(self, hits: PrefixHits, i: int) -> int:
-        return min(hits.at(i) * BLOCK_TOKENS, self.request.input_tokens)
-
-    @_lazy
-    def prefill_cached_tokens(self) -> np.ndarray:
-        return self._cached_tokens(self.prefill_hits)
-
-    def prefill_cached_at(self, prefill: int) -> int:
-        """``prefill_cached_tokens[prefill]`` without the array."""
-        return self._cached_at(self.prefill_hits, prefill)
-
-    @_lazy
-    def prefill_queue_s(self) -> np.ndarray:
-        return self._prefill_queue()
-
-    def _prefill_queue(self) -> np.ndarray:
-        return np.maximum(self.cluster.prefill_busy_until - self.now, _ZERO)
-
-    @_lazy
-    def prefill_estimate_values(self) -> list[float] | np.ndarray:
-        """:attr:`prefill_estimate_s` as the decision path reads it: a list of Python floats on a
-        cluster of at most :data:`LIST_MAX_PREFILL` prefill instances (the same values to the last
-        bit), else that array."""
-        cl = self.cluster
-        if cl.prefill_ids.size > LIST_MAX_PREFILL:
-            return self.prefill_estimate_s
-        part = self._prefill_hits().writes
-        if part is None:
-            return self.prefill_estimate_s.tolist()
-        now = self.now
-        queue = [b - now if b > now else 0.0 for b in cl.prefill_busy_until.tolist()]  # max(b - now, 0)
-        compute = self._layer_prefill_s(part, len(queue))
-        c0 = compute[0]
-        est = [q + c0 for q in queue]
-        for (idx, _), c in zip(part[1], compute[1:]):  # deeper layers overwrite, as in the array
-            for i in (idx if type(idx) is tuple else idx.tolist()):
-                est[i] = queue[i] + c
-        return est
-
-    def _prefill_hits(self) -> PrefixHits:
-        """The ``prefill_hits`` view, set without the lazy attribute's two calls."""
-        hits = self.__dict__.get("prefill_hits")
-        if hits is None:
-            hits = self.__dict__["prefill_hits"] = self.cluster.prefill_cache.hits(self.request.hash_ids)
-        return hits
-
-    def _layer_prefill_s(self, part: tuple, n: int) -> list[float]:
-        """Prefill compute of the base and of every layer of ``part`` (:attr:`PrefixHits.writes`)."""
-        inp = self.request.input_tokens
-        base, groups = part
-        cached = [min(base * BLOCK_TOKENS, inp)]
-        for _, b in groups:
-            cached.append(min(b * BLOCK_TOKENS, inp))
-        return self.cluster.timing.prefill_s_values(inp, cached, n)
-
-    @_lazy
-    def prefill_estimate_s(self) -> np.ndarray:
-        """Queue + prefill compute given each instance's cache hit (Mooncake Conductor's TTFT terms)."""
-        values = self.__dict__.get("prefill_estimate_values")
-        if type(values) is list:
-            return np.array(values)
-        views = self.__dict__  # the view used here, set without the lazy attribute's two calls
-        queue = views.get("prefill_queue_s")
-        if queue is None:
-            queue = views["prefill_queue_s"] = self._prefill_queue()
-        part = self._prefill_hits().writes
-        if part is None:
-            return queue + self.cluster.timing.prefill_s_array(self.request.input_tokens, self.prefill_cached_tokens)
-        compute = self._layer_prefill_s(part, queue.size)
-        est = queue + compute[0]
-        for (idx, _), c in zip(part[1], compute[1:]):
-            if type(idx) is tuple:  # a few instances: Python floats (the same IEEE addition)
-                for i in idx:
-                    est[i] = queue.item(i) + c
-            else:
-                est[idx] = queue[idx] + c
-        return est
-
-    @_lazy
-    def decode_cached_tokens(self) -> np.ndarray:
-        return self._cached_tokens(self.decode_hits)
-
-    def decode_cached_at(self, decode: int) -> int:
-        """``decode_cached_tokens[decode]`` without the array."""
-        return self._cached_at(self.decode_hits, decode)
-
-    @_lazy
-    def decode_bytes(self) -> np.ndarray:
-        """KV bytes each decode candidate needs moved: the prompt blocks it does not already hold."""
-        missing = self.request.input_tokens - self.decode_cached_tokens
-        return missing.astype(float) * self.cluster.timing.kv_bytes_per_token
-
-    @_lazy
-    def decode_miss(self) -> np.ndarray:
-        """Fraction of the prompt's KV each decode candidate lacks (0..1): cache-load's cache term."""
-        inp = self.request.input_tokens
-        denom = max(inp, 1)
-        part = self.decode_hits.writes
-        if part is None:
-            return 1.0 - self.decode_cached_tokens / denom
-        base, groups = part
-        miss = np.full(self.n_decode, 1.0 - min(base * BLOCK_TOKENS, inp) / denom)
-        for idx, b in groups:
-            value = 1.0 - min(b * BLOCK_TOKENS, inp) / denom
-            for i in (idx if type(idx) is tuple else (idx,)):  # entry by entry, or one fancy write
-                miss[i] = value
-        return miss
-
-    @_lazy
-    def decode_load(self) -> np.ndarray:
-        """Tokens assigned to each decode instance (running + on their way) / its running capacity."""
-        return self.cluster.decode_assigned_tokens / self.cluster.decode_capacity_0d
-
-    def decode_tiers(self, prefill: int) -> np.ndarray:
-        """Tier (0..3) from prefill instance ``prefill`` to every decode instance."""
-        return self.cluster.decode_tiers(prefill)
-
-    def transfer_delay_s(self, prefill: int) -> float:
-        """Seconds from now until the KV leaves prefill instance ``prefill``: its queue and the
-        prefill compute (after-prefill streaming) or the queue and one layer (layer-wise)."""
-        if self.cluster.layer_wise:
-            compute = float(self.prefill_estimate_s[prefill] - self.prefill_queue_s[prefill])
-            return float(self.prefill_queue_s[prefill]) + compute / self.cluster.cfg.model.layers
-        est = self.__dict__.get("prefill_estimate_values")
-        return est[prefill] if type(est) is list else self.prefill_estimate_s.item(prefill)
-
-    def raw_transfer_cost_s(self, prefill: int) -> np.ndarray:
-        """Oracle cost (seconds) of moving each candidate's bytes from prefill instance ``prefill``."""
-        hit = self._costs.get(prefill)
-        if hit is None:
-            if self.oracle is None:
-                raise RuntimeError("this policy needs a network cost oracle but none was configured")
-            hit = self._costs[prefill] = self._oracle_cost(prefill)
-        return hit
-
-    def _oracle_cost(self, prefill: int) -> np.ndarray:
-        """The oracle's cost vector; a striped transfer (``cluster.tp`` > 1) is priced by
-        :meth:`NetworkOracle.striped_cost`. From its cost table (latency, seconds per byte of the
-        bottleneck) when it has one: the candidates of one cache layer all need the same bytes,
-        so a multiply-add over the table prices a layer, each entry as
-        :meth:`NetworkOracle._finish` prices it."""
-        cl = self.cluster
-        req = self.request
-        query = OracleQuery(cl.prefill_gpus[prefill], cl.decode_ids, None, self.now, req.req_id,
-                            self.now + self.transfer_delay_s(prefill))
-        if cl.tp > 1:  # striped over the instances' ranks: the slowest shard's cost
-            return self.oracle.striped_cost(query._replace(nbytes=self.decode_bytes), cl.decode_rank_ids)
-        table = self.oracle.table(query)
-        if table is None:
-            return self.oracle.cost(query._replace(nbytes=self.decode_bytes))
-        latency, inv = table
-        hits = self.__dict__.get("decode_hits")  # the view, set without the lazy attribute's calls
-        if hits is None:
-            hits = self.__dict__["decode_hits"] = cl.decode_cache.hits(req.hash_ids)
-        part = hits.writes
-        if part is None:
-            return NetworkOracle._finish(latency, self.decode_bytes, inv)
-        base, groups = part
-        inp, kvpt = req.input_tokens, cl.timing.kv_bytes_per_token
-        nbytes = float(inp - min(base * BLOCK_TOKENS, inp)) * kvpt
-        if nbytes > 0:
-            cost = inv * nbytes
-            cost += latency
-        else:
-            cost = np.zeros(inv.shape)
-        for idx, b in groups:
-            nbytes = float(inp - min(b * BLOCK_TOKENS, inp)) * kvpt
-            if type(idx) is tuple:  # a few instances: Python floats (the same IEEE operations)
-                for i in idx:
-                    cost[i] = nbytes * inv.item(i) + latency.item(i) if nbytes > 0 else 0.0
-            else:
-                cost[idx] = inv[idx] * nbytes + latency[idx] if nbytes > 0 else 0.0
-        return cost
-
-    def transfer_cost_s(self, prefill: int) -> np.ndarray:
-        """The part of each candidate's transfer that lands in TTFT: the whole oracle cost after
-        the prefill; streamed layer by layer, what the prefill compute cannot hide (at least the
-        last layer's share): max(cost / layers, cost - compute x (layers - 1) / layers)."""
-        cost = self.raw_transfer_cost_s(prefill)
-        if not self.cluster.layer_wise:
-            return cost
-        layers = self.cluster.cfg.model.layers
-        compute = float(self.prefill_estimate_s[prefill] - self.prefill_queue_s[prefill])
-        return np.maximum(cost / layers, cost - compute * (layers - 1) / layers)
-
-
 class Cluster:
     """Mutable state of all instances during one replay."""
 
@@ -415,6 +166,9 @@ class Cluster:
                                              int(kv_tokens * cfg.cluster.decode_cache_fraction) // BLOCK_TOKENS)
         self.layer_wise = cfg.timing.kv_streaming == "layer-wise"
         self._tiers: dict[int, np.ndarray] = {}
+        self.memo: dict[tuple, np.ndarray] = {}
+        """Static views of the decision path (functions of the roles and the topology only),
+        memoised for the run by :class:`scheduler.decision.context.DecisionContext`."""
         self.prefill_busy_until = np.zeros(self.prefill_ids.size)
         self.decode_assigned_tokens = np.zeros(self.decode_ids.size)
 
@@ -424,10 +178,6 @@ class Cluster:
         if hit is None:
             hit = self._tiers[prefill] = self.tree.tiers(int(self.prefill_ids[prefill]), self.decode_ids)
         return hit
-
-    def context(self, request: Request, now: float, oracle: NetworkOracle | None, turn: int = 1) -> DecisionContext:
-        """The decision context of ``request`` at ``now``, the run's ``turn``-th decision."""
-        return DecisionContext(self, request, now, oracle, turn)
 
     def describe(self) -> dict:
         return {

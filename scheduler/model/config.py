@@ -2,8 +2,8 @@
 
 Each config is a dataclass whose fields carry their help text in ``metadata["help"]`` (the
 Vidur style), so ``netkv constants`` can list them and ``summary.json`` can record them.
-(Over 400 lines on purpose: every section and its validation in one file, the one place a reader
-looks up a constant, its default and its source.)
+Every section and its validation are in this one file: the one place a reader looks up a
+constant, its default and its source.
 """
 from __future__ import annotations
 
@@ -149,7 +149,8 @@ class OracleConfig:
     """Telemetry the network cost oracle sees (same cadence as the Ryu controller's polling)."""
 
     kind: str = param("telemetry", "default oracle of oracle-consuming policies (a policy spec such as "
-                      "'netkv:static' picks its own): static, telemetry, inflight, perfect (see scheduler/decision/oracle.py)")
+                      "'netkv:static' picks its own): static, telemetry, inflight, perfect "
+                      "(see scheduler/decision/oracle.py)")
     poll_interval_s: float = param(DEFAULT_POLL_INTERVAL_S, "port-statistics polling interval, s (controller default)")
     staleness_s: float = param(0.0, "age of the telemetry snapshot the oracle answers from, s")
     min_available_fraction: float = param(0.1, "a new flow on a saturated link still gets at least this "
@@ -342,7 +343,8 @@ def _coerce(cls: type, fname: str, raw: str) -> Any:
     return raw
 
 
-def build_config(model: str = "llama-3-8b", gpu: str | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+def build_config(model: str = "llama-3-8b", gpu: str | None = None,
+                 overrides: list[str] | None = None) -> ExperimentConfig:
     """Presets plus ``section.field=value`` overrides; errors name the parameter."""
     if model not in MODEL_PRESETS:
         raise ConfigError(f"unknown --model {model!r} (presets: {', '.join(MODEL_PRESETS)})")
@@ -417,13 +419,16 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"parameter 'timing.kv_streaming' must be one of {', '.join(KV_STREAMING)}, "
                           f"got {cfg.timing.kv_streaming!r}")
     if cfg.oracle.kind not in ("static", "telemetry", "inflight", "perfect"):
-        raise ConfigError(f"parameter 'oracle.kind' must be static, telemetry, inflight or perfect, got {cfg.oracle.kind!r}")
+        raise ConfigError(f"parameter 'oracle.kind' must be static, telemetry, inflight or perfect, "
+                          f"got {cfg.oracle.kind!r}")
     if cfg.oracle.staleness_s < 0:
         raise ConfigError(f"parameter 'oracle.staleness_s' must be >= 0, got {cfg.oracle.staleness_s}")
     if cfg.cluster.placement not in ("mixed", "by-server", "by-rack"):
-        raise ConfigError(f"parameter 'cluster.placement' must be by-server, mixed or by-rack, got {cfg.cluster.placement!r}")
+        raise ConfigError(f"parameter 'cluster.placement' must be by-server, mixed or by-rack, "
+                          f"got {cfg.cluster.placement!r}")
     if cfg.cluster.reserved_servers_per_pod < 0:
-        raise ConfigError(f"parameter 'cluster.reserved_servers_per_pod' must be >= 0, got {cfg.cluster.reserved_servers_per_pod}")
+        raise ConfigError(f"parameter 'cluster.reserved_servers_per_pod' must be >= 0, "
+                          f"got {cfg.cluster.reserved_servers_per_pod}")
     validate_tp(cfg)
 
 

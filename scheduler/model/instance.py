@@ -63,7 +63,7 @@ class InstanceModel:
                        cached_tokens: int) -> tuple[float, float]:
         """Queue a prompt arriving at ``t``; returns its (start, end). FIFO: it starts when the
         instance is free, and runs ``TimingModel.prefill_s(input_tokens, cached_tokens)``."""
-        self._require("prefill")
+        self._require_role("prefill")
         start, end = self.timing.prefill_fifo(t, self.busy_until, input_tokens, cached_tokens)
         self.busy_until = end
         return start, end
@@ -76,7 +76,7 @@ class InstanceModel:
         Departures due strictly before ``t`` are applied first (at the same instant an arrival
         comes before a departure, as in the simulator). A ``t`` earlier than a change already
         applied is moved up to it: a real-time caller may learn of an arrival late."""
-        batch = self._require("decode")
+        batch = self._decode_batch()
         t = max(t, self._now)
         self._settle(t, inclusive=False)
         self._now = t
@@ -98,7 +98,7 @@ class InstanceModel:
     def due(self, t: float) -> list[DecodeEvent]:
         """Every decode event at or before ``t``, in time order (a request's first token before
         any finish at the same instant); departures admit waiting requests as they happen."""
-        self._require("decode")
+        self._require_role("decode")
         self._settle(t, inclusive=True)
         out = []
         while self._outbox and self._outbox[0][0] <= t:
@@ -114,9 +114,15 @@ class InstanceModel:
         return len(self.batch.waiting) if self.batch is not None else 0
 
     # ------------------------------------------------------------------ internals
-    def _require(self, role: str) -> DecodeBatch | None:
+    def _require_role(self, role: str) -> None:
         if self.role != role:
             raise RoleError(f"this is a {self.role} instance; {role} work was asked of it")
+
+    def _decode_batch(self) -> DecodeBatch:
+        """The decode batch (a decode instance always has one)."""
+        self._require_role("decode")
+        if self.batch is None:
+            raise RoleError("this decode instance has no batch")
         return self.batch
 
     def _post(self, ev: DecodeEvent) -> None:

@@ -57,7 +57,8 @@ def check_shape(written_for: object, tree: FatTree, file: str) -> None:
         raise ScenarioError(f"{file}: written_for: must be a table of topology fields, e.g. {{ pods = 4 }}")
     unknown = set(written_for) - set(_SHAPE_KEYS)
     if unknown:
-        raise ScenarioError(f"{file}: written_for: unknown field(s) {sorted(unknown)} (known: {', '.join(_SHAPE_KEYS)})")
+        raise ScenarioError(f"{file}: written_for: unknown field(s) {sorted(unknown)} "
+                            f"(known: {', '.join(_SHAPE_KEYS)})")
     want = {k: written_for[k] for k in _SHAPE_KEYS if k in written_for}
     have = {k: getattr(tree.config, k) for k in want}
     if want != have:
@@ -143,7 +144,7 @@ def _number(ev: dict, key: str, params: dict[str, float], where: str) -> float |
     return float(value)
 
 
-def _value(x: float | RunScaled | None) -> float | None:
+def _value(x: float | RunScaled) -> float:
     """The number a sign check compares: a run-scaled value at a one-second run (its sign for any
     run when both parts share it)."""
     return x.at(1.0) if isinstance(x, RunScaled) else x
@@ -174,9 +175,9 @@ def check_event(ev: dict, params: dict[str, float], tree: FatTree, where: str) -
         raise ScenarioError(f"{where}.{sorted(unknown)[0]}: unknown key for a {kind!r} event (allowed: {allowed})")
     out: dict = {"kind": kind}
     at = _number(ev, "at", params, where)
-    out["at"] = 0.0 if at is None else at
-    if _value(out["at"]) < 0:
-        raise ScenarioError(f"{where}.at: must be >= 0 seconds, got {_value(out['at']):g}")
+    out["at"] = at = 0.0 if at is None else at
+    if _value(at) < 0:
+        raise ScenarioError(f"{where}.at: must be >= 0 seconds, got {_value(at):g}")
     if kind in ("flow", "burst"):
         out["src"], out["dst"] = _names(ev, "src", where), _names(ev, "dst", where)
         rate = _number(ev, "rate_gbit_s", params, where)
@@ -192,6 +193,8 @@ def check_event(ev: dict, params: dict[str, float], tree: FatTree, where: str) -
         out["duration"] = duration
     if kind == "burst":
         period, duty = _number(ev, "period", params, where), _number(ev, "duty", params, where)
+        if period is None or duty is None:  # both required of a burst (checked above)
+            raise ScenarioError(f"{where}: a 'burst' event needs period and duty")
         if isinstance(duty, RunScaled):
             raise ScenarioError(f"{where}.duty: a duty cycle cannot scale with $run_s")
         if _value(period) <= 0:

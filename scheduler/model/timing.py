@@ -101,4 +101,5 @@ class TimingModel:
 
     def decode_step_s(self, context_tokens_in_batch: float) -> float:
         """One decode step of a batch: weights plus every running request's KV read from HBM."""
-        return (self._weight_bytes + context_tokens_in_batch * self.kv_bytes_per_token) / self._hbm_rate + self._step_overhead
+        moved = self._weight_bytes + context_tokens_in_batch * self.kv_bytes_per_token
+        return moved / self._hbm_rate + self._step_overhead

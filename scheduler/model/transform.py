@@ -71,7 +71,7 @@ def context_scale(requests: list[Request], k: float, max_tokens: int) -> Context
         return ContextScaled(list(requests), 0, max_tokens)
     out, capped = [], 0
     for r in requests:
-        tokens = max(int(round(r.input_tokens * k)), 1)
+        tokens = max(round(r.input_tokens * k), 1)
         if tokens > max_tokens:
             tokens, capped = max_tokens, capped + 1
         blocks = n_blocks(tokens)

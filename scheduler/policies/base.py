@@ -1,7 +1,7 @@
 """Policy contract: pick (prefill, decode) for one request.
 
 Every policy implements one method, :meth:`Policy.choose`, over a
-:class:`~scheduler.model.cluster.DecisionContext` (the request, the time, the decision's index
+:class:`~scheduler.decision.context.DecisionContext` (the request, the time, the decision's index
 ``ctx.turn`` and lazily computed views of the cluster: prefill queues and cache hits, decode cache
 hits, bytes to move, loads, and the network cost oracle). Ties break deterministically (lowest
 index, or rotating with ``ctx.turn`` where piling onto one instance would distort the result), so
@@ -23,7 +23,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar, TypeVar
 
-from scheduler.model.cluster import Decision, DecisionContext
+from scheduler.decision.context import Decision, DecisionContext
 from scheduler.model.config import ConfigError, TuningConfig
 
 REGISTRY: dict[str, type[Policy]] = {}
@@ -81,7 +81,7 @@ class Policy(ABC):
 
     def params(self) -> dict:
         """The parameters this instance decides with (defaults filled in), for summary.json."""
-        out = {self.tuned_param: self.weight} if self.tuned_param else {}
+        out: dict[str, float | str | None] = {self.tuned_param: self.weight} if self.tuned_param else {}
         out.update(self.inherited)
         if self.oracle_kind:
             out["oracle"] = self.oracle_kind

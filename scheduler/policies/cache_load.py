@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler.model.cluster import Decision, DecisionContext
+from scheduler.decision.context import Decision, DecisionContext
 from scheduler.policies.base import Policy, register
 
 TIE_TOLERANCE_S = 1e-6
@@ -18,11 +18,7 @@ def best_prefill(ctx: DecisionContext, turn: int) -> int:
     """Minimum estimated TTFT (queue + prefill given the instance's cache hit); ties rotate with
     ``turn`` (like a router breaking ties round-robin), so an idle cluster does not pile every
     request onto the lowest-numbered instance and its links."""
-    est = ctx.prefill_estimate_values
-    if type(est) is list:  # a small cluster's Python floats: the same minimum, ties and rotation
-        lim = min(est) + TIE_TOLERANCE_S
-        ties = [i for i, e in enumerate(est) if e <= lim]
-        return ties[0] if len(ties) == 1 else ties[turn % len(ties)]
+    est = ctx.prefill_estimate_s
     best = int(est.argmin())
     ties = (est <= est.item(best) + TIE_TOLERANCE_S).nonzero()[0]
     if ties.size == 1:  # no tie, the minimum alone
@@ -37,6 +33,7 @@ class CacheLoad(Policy):
     tuned_param = "load_weight"
     default_weight = 1.0
     grid = "cache_load_weights"
+    weight: float  # a tuned policy always has one (its default_weight)
 
     def choose(self, ctx: DecisionContext) -> Decision:
         p = best_prefill(ctx, ctx.turn)

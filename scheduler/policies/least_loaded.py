@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler.model.cluster import Decision, DecisionContext
+from scheduler.decision.context import Decision, DecisionContext
 from scheduler.policies.base import Policy, register
 
 

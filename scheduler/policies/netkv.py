@@ -7,7 +7,7 @@ is a choice (``netkv:static``, ``netkv:inflight``, ``netkv:perfect``; default ``
 the same greedy isolates what each kind of network information buys."""
 from __future__ import annotations
 
-from scheduler.model.cluster import Decision, DecisionContext, operand
+from scheduler.decision.context import Decision, DecisionContext
 from scheduler.policies.base import Policy, register
 from scheduler.policies.cache_load import best_prefill
 
@@ -20,12 +20,9 @@ class NetKV(Policy):
     default_weight = 0.1
     grid = "netkv_weights_s"
     needs_oracle = True
-    _weight: tuple = (None, None)  # (load_weight_s, it as a 0-d array): see cluster.operand
+    weight: float  # a tuned policy always has one (its default_weight)
 
     def choose(self, ctx: DecisionContext) -> Decision:
         p = best_prefill(ctx, ctx.turn)
-        w = self._weight
-        if w[0] != self.weight:
-            w = self._weight = (self.weight, operand(self.weight))
-        score = ctx.transfer_cost_s(p) + ctx.decode_load * w[1]
+        score = ctx.transfer_cost_s(p) + ctx.weighted_load(self.weight)
         return Decision(p, int(score.argmin()))

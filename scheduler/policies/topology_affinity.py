@@ -9,9 +9,9 @@ cache-load. The affinity weight is tuned on the same grid budget and rule as eve
 the load weight is cache-load's tuned one (a baseline that gets cache-load's tuning for free)."""
 from __future__ import annotations
 
-import numpy as np
+from typing import ClassVar
 
-from scheduler.model.cluster import Decision, DecisionContext
+from scheduler.decision.context import Decision, DecisionContext
 from scheduler.policies.base import Policy, register
 from scheduler.policies.cache_load import CacheLoad, best_prefill, decode_score
 
@@ -26,23 +26,11 @@ class TopologyAffinity(Policy):
     tuned_param = "affinity_weight"
     default_weight = 1.0
     grid = "affinity_weights"
-    inherits = {"load_weight": CacheLoad.name}
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._scores = np.array(TIER_SCORES)
-        self._bonus: dict[int, tuple[np.ndarray, float, np.ndarray]] = {}  # p -> (tiers, weight, bonus)
-
-    def affinity_bonus(self, ctx: DecisionContext, p: int) -> np.ndarray:
-        """weight x llm-d's tier score of every decode candidate from prefill instance ``p``;
-        static per cluster, so memoised (against the cluster's tier array and the weight)."""
-        tiers = ctx.decode_tiers(p)
-        hit = self._bonus.get(p)
-        if hit is None or hit[0] is not tiers or hit[1] != self.weight:
-            hit = self._bonus[p] = (tiers, self.weight, self.weight * self._scores[tiers])
-        return hit[2]
+    inherits: ClassVar[dict[str, str]] = {"load_weight": CacheLoad.name}
+    weight: float  # a tuned policy always has one (its default_weight)
 
     def choose(self, ctx: DecisionContext) -> Decision:
         p = best_prefill(ctx, ctx.turn)
         load_weight = self.inherited.get("load_weight", CacheLoad.default_weight)
-        return Decision(p, int((decode_score(ctx, load_weight) - self.affinity_bonus(ctx, p)).argmin()))
+        bonus = ctx.tier_weights(p, TIER_SCORES, self.weight)
+        return Decision(p, int((decode_score(ctx, load_weight) - bonus).argmin()))

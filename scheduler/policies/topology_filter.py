@@ -8,9 +8,11 @@ pod, else everywhere); among those, cache-load's decode score with cache-load's 
 weight decides. No weight of its own to tune."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
-from scheduler.model.cluster import Decision, DecisionContext
+from scheduler.decision.context import Decision, DecisionContext
 from scheduler.policies.base import Policy, register
 from scheduler.policies.cache_load import CacheLoad, best_prefill, decode_score
 
@@ -19,23 +21,10 @@ from scheduler.policies.cache_load import CacheLoad, best_prefill, decode_score
 class TopologyFilter(Policy):
     name = "topology-filter"
     description = "cache-load restricted to the nearest tier holding a decode instance (Dynamo 'preferred')"
-    inherits = {"load_weight": CacheLoad.name}
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._domain: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # p -> (tiers, nearest-tier mask)
-
-    def domain(self, ctx: DecisionContext, p: int) -> np.ndarray:
-        """Mask of the decode candidates in the nearest tier from prefill instance ``p`` that
-        holds any (static per cluster, memoised against the cluster's tier array)."""
-        tiers = ctx.decode_tiers(p)
-        hit = self._domain.get(p)
-        if hit is None or hit[0] is not tiers:
-            hit = self._domain[p] = (tiers, tiers == tiers.min())
-        return hit[1]
+    inherits: ClassVar[dict[str, str]] = {"load_weight": CacheLoad.name}
 
     def choose(self, ctx: DecisionContext) -> Decision:
         p = best_prefill(ctx, ctx.turn)
         score = decode_score(ctx, self.inherited.get("load_weight", CacheLoad.default_weight))
-        score = np.where(self.domain(ctx, p), score, np.inf)
+        score = np.where(ctx.nearest_tier(p), score, np.inf)
         return Decision(p, int(score.argmin()))

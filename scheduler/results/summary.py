@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scheduler.decision import oracle_error
 from scheduler.model.cluster import Cluster
 from scheduler.model.records import RequestRecord
+from scheduler.results import oracle_error_plot
 from scheduler.results.files import LINK_CSV, write_results
 from scheduler.results.heatmap import LinkSeries
 from scheduler.results.metrics import SloConfig, ablation, compare, summarize_policy
@@ -97,6 +97,6 @@ def write_experiment(out: Path, backend: str, exp: Experiment, info: dict, polic
         "scenario_spans": [{"start_s": a, "end_s": b, "label": label} for a, b, label in spans],
         "link_utilisation": link_meta})
     files = {**(extra_files or {}), **scenario_files(exp),
-             **oracle_error.result_files(oracle_rows or {}, experiment_caption(summary), target, fmt)}
+             **oracle_error_plot.result_files(oracle_rows or {}, experiment_caption(summary), target, fmt)}
     path = write_results(out, summary, records, exp.slo(), files, target, fmt=fmt, spans=spans, links=links)
     return path, summary

@@ -38,31 +38,35 @@ class Flow:
         self._remaining = float(remaining)
         self._rate = float(rate)
 
-    def _row(self) -> int:
-        return self._net._ids.index(self.flow_id)
+    def _row(self, net: FlowNetwork) -> int:
+        return net._ids.index(self.flow_id)
 
     @property
     def remaining(self) -> float:
-        return float(self._net._rem[self._row()]) if self._net is not None else self._remaining
+        net = self._net
+        return float(net._rem[self._row(net)]) if net is not None else self._remaining
 
     @remaining.setter
     def remaining(self, value: float) -> None:
-        if self._net is not None:
-            self._net._rem[self._row()] = value
+        net = self._net
+        if net is not None:
+            net._rem[self._row(net)] = value
         else:
             self._remaining = float(value)
 
     @property
     def rate(self) -> float:
-        if self._net is None:
+        net = self._net
+        if net is None:
             return self._rate
-        self._net._settle()
-        return float(self._net._rate[self._row()])
+        net._settle()
+        return float(net._rate[self._row(net)])
 
     @rate.setter
     def rate(self, value: float) -> None:
-        if self._net is not None:
-            self._net._rate[self._row()] = value
+        net = self._net
+        if net is not None:
+            net._rate[self._row(net)] = value
         else:
             self._rate = float(value)
 
@@ -96,7 +100,7 @@ class FlowNetwork:
         # flow arrays, one row per flow in insertion order (the order of ``flows``)
         self._ids: list[int] = []
         self._n = 0
-        self._paths: np.ndarray | None = None  # (rows, 8) link indices, padded
+        self._paths = np.empty((0, 0), dtype=np.int64)  # (rows, 8) link indices, padded; sized by the first flow
         self._width = self._wide = 0
         self._caps = np.empty(0)
         self._rem = np.empty(0)
@@ -127,7 +131,7 @@ class FlowNetwork:
         self.now = t
 
     def _grow(self, width: int) -> None:
-        if self._paths is None:
+        if self._paths.shape[0] == 0:
             self._width = width
             # rows padded to 8 links (the padding link) when they fit: see _progressive_fill
             self._wide = 8 if width <= 8 else width
@@ -135,7 +139,7 @@ class FlowNetwork:
         paths = np.full((size, self._wide), self.pad, dtype=np.int64)
         caps, rem, rate = np.zeros(size), np.zeros(size), np.zeros(size)
         n = self._n
-        if self._paths is not None:
+        if n:
             paths[:n] = self._paths[:n]
             caps[:n], rem[:n], rate[:n] = self._caps[:n], self._rem[:n], self._rate[:n]
         self._paths, self._caps, self._rem, self._rate = paths, caps, rem, rate
@@ -144,7 +148,7 @@ class FlowNetwork:
         fid = self._next_id
         self._next_id += 1
         flow = Flow(fid, path, float(size), float(cap), tag)
-        if self._paths is None or self._n == self._paths.shape[0]:
+        if self._n == self._paths.shape[0]:
             self._grow(np.shape(path)[0])
         if np.shape(path) != (self._width,):
             raise ValueError(f"path of shape {np.shape(path)}, the network's paths have ({self._width},)")
@@ -180,10 +184,6 @@ class FlowNetwork:
         f.cap = float(cap)
         self._caps[self._ids.index(fid)] = f.cap
         self._recompute()
-
-    def set_path(self, fid: int, path: np.ndarray) -> None:
-        """Move flow ``fid`` to ``path`` (rerouting), its remaining bytes unchanged."""
-        self.set_paths({fid: path})
 
     def set_paths(self, moves: dict[int, np.ndarray]) -> None:
         """Move several flows at once (one recomputation)."""
@@ -321,28 +321,3 @@ class FlowNetwork:
         j = int(t.argmin())
         return float(t[j]), self._ids[int(moving[j])]
 
-    def completion_bound(self) -> float | None:
-        """An upper bound on the time :meth:`next_completion` gives, from the flows alone (no rates,
-        so it holds while a recomputation is deferred): None when it gives None (no sized flow),
-        NaN when the flows cannot tell (every sized flow crosses a dead link or has cap 0).
-
-        Progressive filling freezes a flow at its cap or when a link of its path saturates, and
-        a link saturates only once its k flows, none faster than the level, fill its capacity c:
-        so every flow gets at least min(cap, min over its links of c / k), up to the 1e-9
-        saturation tolerance and rounding; half of that is a safe floor of its rate."""
-        n = self._n
-        if not n:
-            return None
-        rem = self._rem[:n]
-        sized = rem < np.inf
-        if not sized.any():
-            return None
-        paths = self._paths[:n]
-        counts = np.bincount(paths.reshape(-1), minlength=self.capacity.shape[0]).astype(float)
-        counts[self.pad] = 1.0
-        fair = (self.capacity / np.maximum(counts, 1.0))[paths].min(axis=1)
-        floor = 0.5 * np.minimum(fair, self._caps[:n])[sized]
-        ok = floor > 0
-        if not ok.any():
-            return float("nan")
-        return self.now + float((np.maximum(rem[sized][ok], 0.0) / floor[ok]).min())

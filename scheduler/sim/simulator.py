@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import heapq
 import zlib
+from typing import Any
 
 import numpy as np
 
-from scheduler.decision.dispatch import Dispatcher, RequestState, build_oracles
-from scheduler.decision.dispatch import oracle_kind as resolve_oracle_kind
+from scheduler.decision.dispatch import Dispatcher, RequestState, build_oracles, oracle_kind
 from scheduler.decision.telemetry import SimTelemetry
 from scheduler.model.cluster import DecodeBatch
 from scheduler.model.config import ExperimentConfig
@@ -56,9 +56,8 @@ class Simulator:
     label = "simulate"
 
     def __init__(self, cfg: ExperimentConfig, requests: list[Request], policy: Policy,
-                 actions: list[Action] | None = None, oracle_kind: str | None = None,
-                 progress: bool = False, record_telemetry: bool = False, shadow_fresh: bool = False,
-                 telemetry_source=None) -> None:
+                 actions: list[Action] | None = None, progress: bool = False, record_telemetry: bool = False,
+                 shadow_fresh: bool = False) -> None:
         self.cfg = cfg
         self.tree = FatTree(cfg.topology)
         self.requests = requests
@@ -66,26 +65,23 @@ class Simulator:
         self.actions = actions or []
         self.net = FlowNetwork(self.tree.capacity, self.tree.pad)
         self.telemetry: SimTelemetry | None = None
-        kind = resolve_oracle_kind(cfg, policy, oracle_kind)
-        self.oracle_kind = kind if policy.needs_oracle else None
-        needs_telemetry = telemetry_source is None and (
-            (policy.needs_oracle and kind in ("telemetry", "inflight")) or record_telemetry or shadow_fresh)
-        if needs_telemetry:
+        self.oracle_kind = oracle_kind(cfg, policy)
+        if self.oracle_kind in ("telemetry", "inflight") or record_telemetry or shadow_fresh:
             keep = cfg.oracle.staleness_s + 4 * cfg.oracle.poll_interval_s + 1.0
             self.telemetry = SimTelemetry(self.tree, self.net, cfg.oracle.poll_interval_s, keep)
             self.telemetry.record_samples = record_telemetry
-        source = self.telemetry if telemetry_source is None else telemetry_source
         # Staleness studies: also ask a fresh-telemetry oracle and record whether its choice's tier
         # (and exact instance) agree with the stale one's.
         fresh = self.telemetry if shadow_fresh else None
-        oracle, shadow = build_oracles(cfg, self.tree, policy, kind, source, truth=self, fresh_source=fresh)
+        oracle, shadow = build_oracles(cfg, self.tree, self.oracle_kind, self.telemetry, truth=self,
+                                       fresh_source=fresh)
         self.dispatch = Dispatcher(cfg, self.tree, requests, policy, oracle, shadow)
         self.cluster = self.dispatch.cluster
         self.batches = [DecodeBatch(self.cluster.timing, self.cluster.decode_capacity_tokens)
                         for _ in range(self.cluster.decode_ids.size)]
         self.show_progress = progress
         self.layer_wise = cfg.timing.kv_streaming == "layer-wise"
-        self._heap: list[tuple[float, int, int, object]] = []
+        self._heap: list[tuple[float, int, int, Any]] = []  # (time, kind, sequence, payload of the kind)
         self._seq = 0
         self._net_version = 0
         self._flow_owner: dict[int, int] = {}  # network flow id -> request index
@@ -94,12 +90,8 @@ class Simulator:
         self._down: set[int] = set()  # links at capacity 0 now
         self._routing_down: frozenset[int] = frozenset()  # links the routing avoids now
         self.reroutes = 0
-        self.events = 0
-        self._routes: dict[tuple[int, int, frozenset[int]], np.ndarray] = {}  # see _route
-        self._dst_routing = cfg.topology.routing == "dst"
         self._batch_scenario = True  # scenario changes at one instant share one rate recomputation
         # (see _superseded_net); tests switch it off to compare with applying them one by one
-        self._last_arrival = max((r.arrival_s for r in requests), default=0.0)
 
     @property
     def states(self) -> list[RequestState]:
@@ -110,7 +102,7 @@ class Simulator:
         return self.dispatch.remaining
 
     @property
-    def agreement(self) -> dict[str, int]:
+    def agreement(self) -> dict[str, float]:
         return self.dispatch.agreement
 
     # ------------------------------------------------------------------ ground truth (perfect oracle)
@@ -120,24 +112,13 @@ class Simulator:
     def entrant_share(self) -> np.ndarray:
         return self.net.entrant_share()
 
-    def _route(self, src: int, dst: int, flow_key: int | None, down: frozenset[int]) -> np.ndarray:
-        """Path of a flow from GPU ``src`` to ``dst`` avoiding ``down``; with destination-based
-        routing it does not depend on the flow, so it is computed once per (src, dst, down) and
-        shared (read-only)."""
-        if not self._dst_routing:
-            return self.tree.paths(src, np.array([dst]), flow_key, down)[0]
-        key = (src, dst, down)
-        hit = self._routes.get(key)
-        if hit is None:
-            if len(self._routes) > 65536:  # many failure sets over a long run: keep memory bounded
-                self._routes.clear()
-            hit = self.tree.paths(src, np.array([dst]), flow_key, down)[0]
-            hit.flags.writeable = False
-            self._routes[key] = hit
-        return hit
-
     # ------------------------------------------------------------------ event plumbing
-    def _push(self, t: float, kind: int, payload: object) -> None:
+    @property
+    def events(self) -> int:
+        """Events pushed onto the event queue so far (each takes the next sequence number)."""
+        return self._seq
+
+    def _push(self, t: float, kind: int, payload: Any) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (t, kind, self._seq, payload))
 
@@ -154,22 +135,10 @@ class Simulator:
 
     def _superseded_net(self) -> None:
         """:meth:`_schedule_net` after a network change that the next event, another scenario
-        change at the same instant, supersedes. The ``_NET`` event it would push is stale before
-        it can fire (the next change schedules anew first), so it changes nothing but the count
-        of handled events, by one if it would fire before the run ends. Its time needs the rates
-        of this intermediate state; a bound on it (:meth:`FlowNetwork.completion_bound`) that lies
-        before the last arrival settles it without them (the run ends after the last arrival).
-        Otherwise the rates are computed and the event pushed as usual."""
-        bound = self.net.completion_bound()
-        if bound is None:  # no sized flow: _schedule_net would push nothing
-            self._net_version += 1
-        elif bound <= self._last_arrival:
-            self._net_version += 1
-            self._seq += 1  # the sequence number it would have taken
-            self.events += 1  # handled (and ignored as stale) before the run ends
-        else:
-            self.net.release()
-            self._schedule_net()
+        change at the same instant, supersedes: the ``_NET`` event it would push would be stale
+        before it could fire (the next change schedules anew first), so only the version moves
+        and the held rates are left for the last change to compute."""
+        self._net_version += 1
 
     def _schedule_decode(self, d: int) -> None:
         nxt = self.batches[d].next_finish()
@@ -200,7 +169,7 @@ class Simulator:
         """Which requests cannot finish and what each waits for."""
         stuck = [(i, s) for i, s in enumerate(self.states) if s.finish == 0.0 and s.p >= 0]
         lines = []
-        for i, s in stuck[:5]:
+        for _, s in stuck[:5]:
             src, dst = int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d])
             who = f"request {s.req.req_id} ({self.tree.gpu_name(src)} -> {self.tree.gpu_name(dst)})"
             flows = [self.net.flows[f] for f in s.fids if f in self.net.flows]
@@ -216,9 +185,10 @@ class Simulator:
                 + "; ".join(lines) + more + ". A scenario link that stays down with no other route (a GPU's "
                 "own NIC or NVLink) cuts those GPUs off; give the outage a duration or use another link.")
 
-    def _handle(self, t: float, kind: int, payload: object) -> None:
+    def _handle(self, t: float, kind: int, payload: Any) -> None:
+        """One event; ``payload`` is what its kind carries (a request index, a ``(decode, batch
+        version)`` pair, a network version, a scenario :class:`Action`, or None)."""
         states = self.dispatch.states
-        self.events += 1
         if kind == _ARRIVAL:
             self._sync(t)
             self.dispatch.arrive(payload, t, self)
@@ -322,7 +292,7 @@ class Simulator:
         prefill instance sending ``nbytes / tp`` from GPU ``src + r`` to ``dst + r``, in parallel."""
         tp = self.cluster.tp
         if tp == 1:
-            path = self._route(src, dst, s.req.req_id, self._routing_down)
+            path = self.tree.route(src, dst, s.req.req_id, self._routing_down)
             fid = self.net.add(path, s.nbytes, cap=cap)
             s.fids, s.shards = (fid,), 1
             self._flow_owner[fid] = i
@@ -331,7 +301,7 @@ class Simulator:
             self.net.hold()  # the shards start together: one rate computation
             fids = []
             for r in range(tp):
-                path = self._route(src + r, dst + r, s.req.req_id, self._routing_down)
+                path = self.tree.route(src + r, dst + r, s.req.req_id, self._routing_down)
                 fid = self.net.add(path, s.nbytes / tp, cap=cap / tp)
                 fids.append(fid)
                 self._flow_owner[fid] = i
@@ -367,7 +337,7 @@ class Simulator:
         self.reroutes += 1
         moves = {}
         for fid, (src, dst, key) in self._flow_ends.items():
-            path = self._route(src, dst, key, new)
+            path = self.tree.route(src, dst, key, new)
             if not np.array_equal(path, self.net.flows[fid].path):
                 moves[fid] = path
         if moves:
@@ -375,20 +345,26 @@ class Simulator:
         self._mark_stalls(t)
 
     def apply(self, a: Action) -> None:
+        """Carry out one scenario action on the fluid network."""
         if a.kind == "flow_start":
-            if a.src == a.dst:
+            flow_id, src, dst = a.flow_id, a.src, a.dst
+            if flow_id is None or src is None or dst is None:
+                raise ValueError(f"a flow_start action needs flow_id, src and dst, got {a}")
+            if src == dst:
                 return
-            key = zlib.crc32(a.flow_id.encode())
-            path = self._route(a.src, a.dst, key, self._routing_down)
+            key = zlib.crc32(flow_id.encode())
+            path = self.tree.route(src, dst, key, self._routing_down)
             cap = np.inf if a.rate_gbit_s is None else a.rate_gbit_s * GBIT
-            fid = self._bg_flows[a.flow_id] = self.net.add(path, np.inf, cap=cap, tag=a.flow_id)
-            self._flow_ends[fid] = (a.src, a.dst, key)
+            fid = self._bg_flows[flow_id] = self.net.add(path, np.inf, cap=cap, tag=flow_id)
+            self._flow_ends[fid] = (src, dst, key)
         elif a.kind == "flow_stop":
-            fid = self._bg_flows.pop(a.flow_id, None)
-            if fid is not None:
-                self.net.remove(fid)
-                self._flow_ends.pop(fid, None)
+            stopped = self._bg_flows.pop(a.flow_id, None) if a.flow_id is not None else None
+            if stopped is not None:
+                self.net.remove(stopped)
+                self._flow_ends.pop(stopped, None)
         elif a.kind == "link_capacity":
+            if a.factor is None:
+                raise ValueError(f"a link_capacity action needs a factor, got {a}")
             self.net.set_capacity(list(a.links), float(a.factor))
             before = set(self._down)
             if a.factor == 0:

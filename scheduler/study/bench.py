@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scheduler.decision.context import DecisionContext
 from scheduler.decision.oracle import TelemetryOracle, make_oracle
 from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.cluster import Cluster
@@ -156,7 +157,7 @@ def decision_latency(n_decode: int, requests, calls: int, seed: int = 0,
             took = []
             for _ in range(repeats):  # choose() leaves cluster and oracle as they were
                 t0 = time.perf_counter_ns()
-                ctx = cluster.context(r, now, oracle, turn[0])
+                ctx = DecisionContext(cluster, r, now, oracle, turn[0])
                 dec = policy.choose(ctx)
                 took.append(time.perf_counter_ns() - t0)
             if commits:  # the simulator's bookkeeping after a decision (not timed there either)
@@ -171,7 +172,7 @@ def decision_latency(n_decode: int, requests, calls: int, seed: int = 0,
         # steady state: per-source path tables are built once per prefill instance and then cached,
         # and warm-up decisions on a disjoint slice of the trace fill the memo of holder sets
         for p in range(cluster.prefill_ids.size):
-            cluster.context(requests[0], 1.0, oracle).transfer_cost_s(p)
+            DecisionContext(cluster, requests[0], 1.0, oracle).transfer_cost_s(p)
         for r in requests[calls: 2 * calls]:
             decide(r)
         samples = np.empty((calls, REPEATS))

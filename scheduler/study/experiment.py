@@ -190,11 +190,6 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
     return exp, info
 
 
-def make_policy(spec: PolicySpec, weight: float | None, seed: int, cfg: ExperimentConfig | None = None,
-                inherited: dict[str, float] | None = None) -> Policy:
-    return spec.make(weight, seed, cfg.oracle.kind if cfg is not None else "telemetry", **(inherited or {}))
-
-
 def pick_weight(table: list[dict], tbt_tolerance_ms: float) -> float:
     """Tuning rule, the same for every tuned policy: the lowest mean TTFT among the grid points
     whose mean TBT is within ``tbt_tolerance_ms`` of the grid's best mean TBT (the paper bounds
@@ -233,7 +228,7 @@ def tune_policy(exp: Experiment, spec: PolicySpec, run=None) -> tuple[float | No
     inherited = inherited_weights(exp, spec, run)
     table = []
     for w in grid:
-        recs = run(make_policy(spec, float(w), exp.seed, exp.cfg, inherited), exp.tune_requests)
+        recs = run(spec.make(float(w), exp.seed, exp.cfg.oracle.kind, **inherited), exp.tune_requests)
         table.append({"weight": float(w), "ttft_mean_s": float(np.mean([r.ttft_s for r in recs])),
                       "tbt_mean_ms": float(np.mean([r.tbt_mean_ms for r in recs]))})
     exp.tuned[spec.name] = result = (pick_weight(table, exp.cfg.tuning.tbt_tolerance_ms), table)
@@ -260,7 +255,7 @@ def run_simulation(exp: Experiment, progress: bool = True, log=print, shadow: bo
         if table:
             log(f"tuned {spec.name}: {spec.tuned_param}={weight:g} ({len(table)} grid points on "
                 f"{len(exp.tune_requests)} held-out requests, {tune_s:.1f} s)")
-        policy = make_policy(spec, weight, exp.seed, exp.cfg, inherited_weights(exp, spec))
+        policy = spec.make(weight, exp.seed, exp.cfg.oracle.kind, **inherited_weights(exp, spec))
         t1 = time.perf_counter()
         stale = shadow and policy.oracle_kind in ("telemetry", "inflight") and exp.cfg.oracle.staleness_s > 0
         record = links is not None and spec.name == links.policy

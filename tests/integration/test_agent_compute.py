@@ -285,7 +285,7 @@ def test_realtime_replay_through_real_agents_matches_the_simulator() -> None:
                 proc.kill()
                 proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-    sim = Simulator(cfg, reqs, REGISTRY["round-robin"](), oracle_kind="static").run()
+    sim = Simulator(cfg, reqs, REGISTRY["round-robin"]()).run()
     print("\n[measured] queue delta ms", [round((r.queue_s - s.queue_s) * 1e3, 1) for r, s in zip(recs, sim)],
           "ttft delta ms", [round((r.ttft_s - s.ttft_s) * 1e3, 1) for r, s in zip(recs, sim)])
     assert [(r.prefill, r.decode) for r in recs] == [(r.prefill, r.decode) for r in sim]

@@ -407,7 +407,7 @@ def test_emulated_staleness_quick_refuses_scenario_params(tmp_path):
 
 
 POLICY_FILE = '''
-from scheduler.model.cluster import Decision
+from scheduler.decision.context import Decision
 from scheduler.policies import Policy, register
 from scheduler.policies.cache_load import best_prefill
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from helpers import Fixed
 
+from scheduler.decision.context import DecisionContext
 from scheduler.decision.oracle import InflightOracle, OracleQuery, PerfectOracle, StaticTierOracle, TelemetryOracle
 from scheduler.decision.telemetry import TelemetrySnapshot
-from scheduler.model.cluster import Decision
+from scheduler.decision.context import Decision
 from scheduler.model.config import build_config
 from scheduler.model.scenario import Action, load_scenario
 from scheduler.model.timing import TimingModel
@@ -163,7 +164,7 @@ def test_layer_wise_netkv_weighs_only_the_visible_part():
 
     cl = Cluster(cfg, TREE)
     r = Request(0, 0.0, 12000, 5, tuple(range(1, n_blocks(12000) + 1)))
-    ctx = cl.context(r, 0.0, StaticTierOracle(TREE))
+    ctx = DecisionContext(cl, r, 0.0, StaticTierOracle(TREE))
     raw = ctx.raw_transfer_cost_s(0)
     P = float(ctx.prefill_estimate_s[0] - ctx.prefill_queue_s[0])
     L = cfg.model.layers

@@ -3,10 +3,9 @@
 Each is checked against a reference written out here the simple way: the prefix index's bisect
 search (:meth:`PrefixCacheGroup.hits`) against a block-by-block scan of every instance's LRU, the
 layer writes (:attr:`PrefixHits.writes`: index tuples written entry by entry, arrays overwritten
-by deeper layers) against the dense hit lengths, ``best_prefill``'s tie test (on an array and on
-a small cluster's list of floats) against counting the near-minimal estimates, and NetKV's
-decisions (and the views they leave) against a dense, per-instance computation through the
-oracle's ``cost``."""
+by deeper layers) against the dense hit lengths, ``best_prefill``'s tie test against counting the
+near-minimal estimates, and NetKV's decisions (and the views they leave) against a dense,
+per-instance computation through the oracle's ``cost``."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,10 +14,11 @@ import types
 import numpy as np
 import pytest
 
+from scheduler.decision.context import DecisionContext
 from scheduler.decision.oracle import OracleQuery, StaticTierOracle, TelemetryOracle
 from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.cache import FEW, PrefixCacheGroup
-from scheduler.model.cluster import LIST_MAX_PREFILL, Cluster
+from scheduler.model.cluster import Cluster
 from scheduler.model.config import build_config
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.model.trace import BLOCK_TOKENS
@@ -106,8 +106,7 @@ def test_best_prefill_matches_counting_the_near_minimal_estimates():
         near = est <= est[best] + TIE_TOLERANCE_S
         ties = near.nonzero()[0]
         want = best if np.count_nonzero(near) == 1 else int(ties[turn % ties.size])
-        for values in (est.copy(), est.tolist()):  # a large cluster's array, a small one's Python floats
-            assert best_prefill(types.SimpleNamespace(prefill_estimate_values=values), turn) == want
+        assert best_prefill(types.SimpleNamespace(prefill_estimate_s=est), turn) == want
 
 
 class Source:
@@ -149,7 +148,7 @@ def test_netkv_decides_as_the_dense_computation(overrides, kind):
         cl.prefill_busy_until[:] = np.where(rng.random(cl.prefill_ids.size) < 0.5, 0.0,
                                             rng.uniform(0, 2.0, cl.prefill_ids.size))  # idle ones tie
         now = 1.0
-        ctx = cl.context(r, now, oracle, turn)
+        ctx = DecisionContext(cl, r, now, oracle, turn)
         dec = policy.choose(ctx)
         inp = r.input_tokens
         pre = np.minimum(cl.prefill_cache.prefix_blocks(r.hash_ids) * BLOCK_TOKENS, inp)
@@ -172,8 +171,6 @@ def test_netkv_decides_as_the_dense_computation(overrides, kind):
         d = int((paid + 0.37 * (cl.decode_assigned_tokens / cl.decode_capacity_tokens)).argmin())
         assert (dec.prefill, dec.decode) == (p, d)
         assert same(ctx.prefill_estimate_s, est) and same(ctx.prefill_queue_s, queue)
-        assert same(ctx.prefill_estimate_values, est)
-        assert type(ctx.prefill_estimate_values) is (list if cl.prefill_ids.size <= LIST_MAX_PREFILL else np.ndarray)
         assert same(ctx.raw_transfer_cost_s(p), cost) and same(ctx.transfer_cost_s(p), paid)
         assert ctx.transfer_delay_s(p) + now == start
         assert ctx.prefill_cached_at(p) == pre[p] and ctx.decode_cached_at(d) == dec_cached[d]

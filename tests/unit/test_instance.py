@@ -43,7 +43,7 @@ def small_sim():
     """A crowded 4-GPU cluster whose decode batches hold several requests and make some wait."""
     cfg = build_config(overrides=[*SMALL, "cluster.decode_cache_fraction=0.93"])
     reqs = synthetic_trace(dataclasses.replace(SyntheticConfig(), n_requests=150), seed=2)
-    sim = Simulator(cfg, reqs, REGISTRY["round-robin"](), oracle_kind="static")
+    sim = Simulator(cfg, reqs, REGISTRY["round-robin"]())
     sim.run()
     return cfg, sim
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from scheduler.decision.oracle_error import CSV_NAME, OracleError, csv_bytes, summarize
+from scheduler.decision.oracle_error import CSV_NAME, PriceCheck, csv_bytes, summarize
 from scheduler.model.config import build_config
 from scheduler.model.scenario import load_scenario
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
@@ -50,8 +50,8 @@ def test_policies_without_an_oracle_price_nothing():
 
 
 def test_summary_and_csv_shape():
-    rows = [OracleError("netkv", 1, 2, 1000, 0.5, 1.0), OracleError("netkv", 2, 3, 1000, 1.5, 1.0),
-            OracleError("netkv", 3, 3, 0, 0.1, 0.0)]
+    rows = [PriceCheck("netkv", 1, 2, 1000, 0.5, 1.0), PriceCheck("netkv", 2, 3, 1000, 1.5, 1.0),
+            PriceCheck("netkv", 3, 3, 0, 0.1, 0.0)]
     s = summarize(rows)
     assert s["transfers"] == 3 and s["median_rel_error"] == pytest.approx(0.5) and s["file"] == CSV_NAME
     assert s["median_bias"] == pytest.approx(0.0) and set(s["by_tier"]) == {"2", "3"}
@@ -72,8 +72,8 @@ def test_two_reference_transfers_define_the_calibration_fit():
 
 
 def test_the_calibrated_error_maps_prices_through_their_tier_fit_only():
-    rows = [OracleError("netkv", 1, 2, 10, 0.010, 0.015), OracleError("netkv", 2, 2, 20, 0.020, 0.025),
-            OracleError("netkv", 3, 3, 30, 0.010, 0.020)]
+    rows = [PriceCheck("netkv", 1, 2, 10, 0.010, 0.015), PriceCheck("netkv", 2, 2, 20, 0.020, 0.025),
+            PriceCheck("netkv", 3, 3, 30, 0.010, 0.020)]
     fits = {"2": {"intercept_s": 0.005, "slope": 1.0}, "3": None}
     s = summarize(rows, fits)
     assert s["by_tier"]["2"]["median_rel_error"] == pytest.approx((5 / 15 + 5 / 25) / 2)

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from scheduler.decision.context import DecisionContext
 from scheduler.decision.oracle import TelemetryOracle
 from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.cluster import Cluster, assign_roles, role_map
@@ -114,7 +115,7 @@ def test_every_policy_returns_valid_indices(name):
     rng = np.random.default_rng(0)
     chosen_p, chosen_d = set(), set()
     for turn, r in enumerate(reqs, 1):
-        dec = policy.choose(cl.context(r, r.arrival_s, oracle, turn))
+        dec = policy.choose(DecisionContext(cl, r, r.arrival_s, oracle, turn))
         assert isinstance(dec.prefill, int) and isinstance(dec.decode, int)
         assert 0 <= dec.prefill < cl.prefill_ids.size
         assert 0 <= dec.decode < cl.decode_ids.size
@@ -133,7 +134,7 @@ def test_round_robin_cycles_through_all_instances():
     _, tree, cl = make()
     rr = REGISTRY["round-robin"](seed=3)
     r = request(0, 2000)
-    decs = [rr.choose(cl.context(r, 0.0, None, turn)) for turn in range(1, 25)]
+    decs = [rr.choose(DecisionContext(cl, r, 0.0, None, turn)) for turn in range(1, 25)]
     ps = [d.prefill for d in decs]
     ds = [d.decode for d in decs]
     assert sorted(ps[:8]) == list(range(8))
@@ -141,9 +142,9 @@ def test_round_robin_cycles_through_all_instances():
     assert ps[8:16] == ps[:8] and ds[16:24] == ds[:8]  # periodic
     # the same seed replays the same cycle
     rr2 = REGISTRY["round-robin"](seed=3)
-    assert [rr2.choose(cl.context(r, 0.0, None, turn)).decode for turn in range(1, 9)] == ds[:8]
+    assert [rr2.choose(DecisionContext(cl, r, 0.0, None, turn)).decode for turn in range(1, 9)] == ds[:8]
     # the turn comes with the context: the same decision index gives the same pick
-    assert rr2.choose(cl.context(r, 0.0, None, 3)).decode == ds[2]
+    assert rr2.choose(DecisionContext(cl, r, 0.0, None, 3)).decode == ds[2]
 
 
 def test_least_loaded_picks_minimum():
@@ -154,7 +155,7 @@ def test_least_loaded_picks_minimum():
         cl.prefill_busy_until[:] = rng.uniform(0, 5, 8)
         cl.decode_assigned_tokens[:] = rng.uniform(0, 1e5, 8)
         now = float(rng.uniform(0, 2))
-        dec = ll.choose(cl.context(request(0, 3000), now, None))
+        dec = ll.choose(DecisionContext(cl, request(0, 3000), now, None))
         queue = np.maximum(cl.prefill_busy_until - now, 0)
         assert queue[dec.prefill] == queue.min()
         assert cl.decode_assigned_tokens[dec.decode] == cl.decode_assigned_tokens.min()
@@ -166,14 +167,14 @@ def test_cache_load_prefers_prefill_with_cached_prefix():
     cl.prefill_cache.insert(5, shared)
     r = request(0, 40 * BLOCK_TOKENS + 300, prefix=shared)
     cl_policy = REGISTRY["cache-load"](weight=1.0)
-    ctx = cl.context(r, 0.0, None)
+    ctx = DecisionContext(cl, r, 0.0, None)
     assert ctx.prefill_cached_tokens[5] == 40 * BLOCK_TOKENS
     assert cl_policy.choose(ctx).prefill == 5
     # netkv uses the same prefill rule
-    assert REGISTRY["netkv"]().choose(cl.context(r, 0.0, idle_oracle(tree))).prefill == 5
+    assert REGISTRY["netkv"]().choose(DecisionContext(cl, r, 0.0, idle_oracle(tree))).prefill == 5
     # a long enough queue in front of the cached instance outweighs the hit
     cl.prefill_busy_until[5] = 100.0
-    assert cl_policy.choose(cl.context(r, 0.0, None)).prefill != 5
+    assert cl_policy.choose(DecisionContext(cl, r, 0.0, None)).prefill != 5
 
 
 def test_cache_load_decode_prefers_cached_decode_when_loads_equal():
@@ -181,13 +182,13 @@ def test_cache_load_decode_prefers_cached_decode_when_loads_equal():
     shared = tuple(range(1, 21))
     cl.decode_cache.insert(6, shared)
     r = request(0, 20 * BLOCK_TOKENS + 100, prefix=shared)
-    assert REGISTRY["cache-load"](weight=1.0).choose(cl.context(r, 0.0, None)).decode == 6
+    assert REGISTRY["cache-load"](weight=1.0).choose(DecisionContext(cl, r, 0.0, None)).decode == 6
 
 
 def test_prefill_ties_rotate_instead_of_piling_onto_one_instance():
     _, tree, cl = make()
     pol = REGISTRY["cache-load"](weight=1.0)
-    picks = [pol.choose(cl.context(request(i, 4000), 0.0, None, i + 1)).prefill for i in range(cl.prefill_ids.size)]
+    picks = [pol.choose(DecisionContext(cl, request(i, 4000), 0.0, None, i + 1)).prefill for i in range(cl.prefill_ids.size)]
     assert sorted(picks) == list(range(cl.prefill_ids.size))  # idle and uncached: every instance once
 
 
@@ -199,7 +200,7 @@ def test_netkv_picks_same_server_decode_on_idle_fabric():
         # steer the prefill choice to instance p_busy by making every other one busy
         cl.prefill_busy_until[:] = 10.0
         cl.prefill_busy_until[p_busy] = 0.0
-        dec = nk.choose(cl.context(request(p_busy, 8000), 0.0, oracle))
+        dec = nk.choose(DecisionContext(cl, request(p_busy, 8000), 0.0, oracle))
         assert dec.prefill == p_busy
         p_gpu, d_gpu = int(cl.prefill_ids[dec.prefill]), int(cl.decode_ids[dec.decode])
         assert tree.tier(p_gpu, d_gpu) == 0
@@ -219,13 +220,13 @@ def test_netkv_avoids_decode_behind_congested_link_when_near_one_is_free():
     cl.prefill_busy_until[:] = 10.0  # steer the prefill choice to instance 0
     cl.prefill_busy_until[0] = 0.0
     nk = REGISTRY["netkv"](weight=0.0)
-    dec = nk.choose(cl.context(request(0, 16000), 0.0, oracle))
+    dec = nk.choose(DecisionContext(cl, request(0, 16000), 0.0, oracle))
     d_gpu = int(cl.decode_ids[dec.decode])
     assert d_gpu not in same_server
     assert tree.tier(p_gpu, d_gpu) == 1  # the nearest free candidate
     assert d_gpu == 3
     # the same fabric without the congestion: back to the same-server decode
-    dec = nk.choose(cl.context(request(0, 16000), 0.0, idle_oracle(tree)))
+    dec = nk.choose(DecisionContext(cl, request(0, 16000), 0.0, idle_oracle(tree)))
     assert int(cl.decode_ids[dec.decode]) == 1
 
 
@@ -245,8 +246,8 @@ def test_netkv_weighs_bytes_against_path_unlike_cache_load():
     oracle = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, util, np.ones(tree.n_links + 1))))
     cl.prefill_busy_until[1:] = 10.0  # prefill on GPU 0
     r = request(0, 64 * BLOCK_TOKENS, prefix=prompt)
-    assert REGISTRY["cache-load"](weight=1.0).choose(cl.context(r, 0.0, None)).decode == far
-    dec = REGISTRY["netkv"](weight=0.1).choose(cl.context(r, 0.0, oracle))
+    assert REGISTRY["cache-load"](weight=1.0).choose(DecisionContext(cl, r, 0.0, None)).decode == far
+    dec = REGISTRY["netkv"](weight=0.1).choose(DecisionContext(cl, r, 0.0, oracle))
     assert dec.decode != far
     assert tree.tier(p_gpu, int(cl.decode_ids[dec.decode])) == 0
 
@@ -257,14 +258,14 @@ def test_netkv_load_term_moves_away_from_loaded_near_decode():
     cl.prefill_busy_until[1:] = 10.0
     same = [i for i, d in enumerate(cl.decode_ids) if tree.tier(0, int(d)) == 0]
     cl.decode_assigned_tokens[same] = cl.decode_capacity_tokens  # full
-    dec = REGISTRY["netkv"](weight=10.0).choose(cl.context(request(0, 4000), 0.0, oracle))
+    dec = REGISTRY["netkv"](weight=10.0).choose(DecisionContext(cl, request(0, 4000), 0.0, oracle))
     assert dec.decode not in same
 
 
 def test_netkv_without_oracle_fails_clearly():
     _, tree, cl = make()
     with pytest.raises(RuntimeError, match="oracle"):
-        REGISTRY["netkv"]().choose(cl.context(request(0, 1000), 0.0, None))
+        REGISTRY["netkv"]().choose(DecisionContext(cl, request(0, 1000), 0.0, None))
 
 
 def test_registry_contents_and_resolution():
@@ -315,10 +316,10 @@ def test_topology_affinity_scores_tiers_on_llm_d_curve():
     r = request(0, 4000)
     # weight 0: exactly cache-load (ties among idle, uncached decodes go to the lowest index)
     ta0 = REGISTRY["topology-affinity"](weight=0.0, load_weight=1.0)
-    assert ta0.choose(cl.context(r, 0.0, None)).decode == REGISTRY["cache-load"](weight=1.0).choose(
-        cl.context(r, 0.0, None)).decode
+    assert ta0.choose(DecisionContext(cl, r, 0.0, None)).decode == REGISTRY["cache-load"](weight=1.0).choose(
+        DecisionContext(cl, r, 0.0, None)).decode
     # any positive weight on an idle, uncached cluster: the nearest tier (same server here)
-    dec = REGISTRY["topology-affinity"](weight=0.5, load_weight=1.0).choose(cl.context(r, 0.0, None))
+    dec = REGISTRY["topology-affinity"](weight=0.5, load_weight=1.0).choose(DecisionContext(cl, r, 0.0, None))
     assert tiers[dec.decode] == 0
     # the decode-side cache hit of a far decode beats affinity only while the weight is small:
     # a cross-pod decode holding 90% of the prompt saves 0.9 of cache-load's score against the
@@ -327,8 +328,8 @@ def test_topology_affinity_scores_tiers_on_llm_d_curve():
     prompt = tuple(range(1, 41))
     cl.decode_cache.insert(far, prompt[:36])
     r = request(1, 40 * BLOCK_TOKENS, prefix=prompt)
-    small = REGISTRY["topology-affinity"](weight=0.8, load_weight=1.0).choose(cl.context(r, 0.0, None))
-    large = REGISTRY["topology-affinity"](weight=1.0, load_weight=1.0).choose(cl.context(r, 0.0, None))
+    small = REGISTRY["topology-affinity"](weight=0.8, load_weight=1.0).choose(DecisionContext(cl, r, 0.0, None))
+    large = REGISTRY["topology-affinity"](weight=1.0, load_weight=1.0).choose(DecisionContext(cl, r, 0.0, None))
     assert small.decode == far
     assert large.decode != far and tiers[large.decode] == 0
     assert TIER_SCORES == (1.0, 0.2, 0.05, 0.02)
@@ -341,13 +342,13 @@ def test_topology_filter_keeps_the_nearest_tier_holding_a_decode():
     near = np.flatnonzero(tiers == 0)
     # the nearest decode full: the filter still picks it (Dynamo 'preferred' has no load allowance)
     cl.decode_assigned_tokens[near] = cl.decode_capacity_tokens
-    dec = REGISTRY["topology-filter"](load_weight=1.0).choose(cl.context(request(0, 4000), 0.0, None))
+    dec = REGISTRY["topology-filter"](load_weight=1.0).choose(DecisionContext(cl, request(0, 4000), 0.0, None))
     assert tiers[dec.decode] == 0
     # where no decode shares the server (default by-rack layout), the nearest tier is the pod
     cfg = build_config()
     tree2 = FatTree(cfg.topology)
     cl2 = Cluster(cfg, tree2)
-    dec = REGISTRY["topology-filter"]().choose(cl2.context(request(0, 4000), 0.0, None))
+    dec = REGISTRY["topology-filter"]().choose(DecisionContext(cl2, request(0, 4000), 0.0, None))
     assert cl2.decode_tiers(dec.prefill)[dec.decode] == 2
 
 
@@ -367,7 +368,7 @@ def test_a_tunable_policy_is_one_class_registered_and_tuned_on_its_own_grid():
     """A policy defined outside the package (here, in the test) is one decorated class: the
     registry resolves it by name, and the experiment tunes its weight on the grid the class gives,
     with the same rule as every other policy, and runs it."""
-    from scheduler.model.cluster import Decision
+    from scheduler.decision.context import Decision
     from scheduler.policies import Policy, register
     from scheduler.policies.cache_load import best_prefill
     from scheduler.study.experiment import pick_weight, prepare, run_simulation, tune_policy

@@ -161,7 +161,7 @@ def _replay_and_simulate(cfg, reqs, byte_scale: float):
         recs = replay.run()
     finally:
         agents.close()
-    return recs, Simulator(cfg, reqs, REGISTRY["round-robin"](), oracle_kind="static").run(), agents, replay
+    return recs, Simulator(cfg, reqs, REGISTRY["round-robin"]()).run(), agents, replay
 
 
 @pytest.mark.parametrize("policy", ["round-robin", "netkv"])
@@ -175,7 +175,7 @@ def test_realtime_replay_matches_the_simulator_on_an_idle_fabric(policy):
     finally:
         agents.close()
     # no telemetry reaches this replay (empty history): compare with the simulator's static oracle
-    sim = Simulator(cfg, reqs, REGISTRY[policy](), oracle_kind="static").run()
+    sim = Simulator(cfg, reqs, REGISTRY[policy](oracle_kind="static")).run()
     assert [r.decode for r in recs] == [r.decode for r in sim]
     assert [r.prefill for r in recs] == [r.prefill for r in sim]
     assert agents.resets == 1
@@ -206,7 +206,7 @@ def test_layer_wise_streaming_replay_matches_the_simulator(nic_gbit_s):
     reqs = _requests(n=5, gap=0.5)
     recs, sim, agents, replay = _replay_and_simulate(cfg, reqs, 1e-3)
     after = Simulator(build_config(overrides=[f"topology.nic_gbit_s={nic_gbit_s}"]), reqs,
-                      REGISTRY["round-robin"](), oracle_kind="static").run()
+                      REGISTRY["round-robin"]()).run()
     layers = cfg.model.layers
     assert [tid for tid, _ in agents.schedules] == [replay.tid_base + i for i in range(len(reqs))]
     for (_, sched), r in zip(agents.schedules, recs):

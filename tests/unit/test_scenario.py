@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler.model.cluster import Decision, assign_roles
+from scheduler.decision.context import Decision
+from scheduler.model.cluster import assign_roles
 from scheduler.model.scenario import BUILTIN_DIR, Action, ScenarioError, list_builtin, load_scenario
 from scheduler.policies.base import Policy
 from topology.model import FatTree, FatTreeConfig
