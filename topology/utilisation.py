@@ -1,7 +1,7 @@
 """Link utilisation from byte counters: the one formula the controller and the simulator share.
 
 The controller's telemetry (:mod:`controller.telemetry`, from OpenFlow port counters) and the
-simulator's (:class:`scheduler.sim.simulator.SimTelemetry`, from its fluid links' byte counters)
+simulator's (:class:`scheduler.sim.telemetry.SimTelemetry`, from its fluid links' byte counters)
 both report a link's utilisation over a poll interval through :func:`utilisation`, so the
 oracle reads the same number from either backend for the same traffic.
 """

@@ -274,6 +274,11 @@ class TelemetryOracle(NetworkOracle):
             self._tables = {}
         return inv
 
+    def seconds_per_byte(self, snap) -> tuple[np.ndarray, frozenset[int]]:
+        """1 / available bandwidth per link under ``snap`` and its down set, computed once per
+        snapshot: what the oracle service names a candidate's bottleneck link from."""
+        return self._refresh(snap), self._down
+
     def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
         """Cached per source for the snapshot in use (a new snapshot, with its down set, starts
         new tables)."""
@@ -330,6 +335,11 @@ class InflightOracle(TelemetryOracle):
         entry = self._ledger.get(key)
         if entry is not None:
             entry.done_at = t
+
+    def moving_at(self, start: float) -> list[np.ndarray]:
+        """The links of every committed transfer expected to be moving at ``start`` (one array
+        per transfer): what shares a new transfer's path then."""
+        return [e.path for e in self._ledger.values() if e.start <= start < e.end]
 
     def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
         """The snapshot's cached table when none of the scheduler's own transfers counts, else

@@ -4,24 +4,19 @@ A :class:`TelemetrySnapshot` holds per directed link arrays aligned to the model
 (length ``tree.n_links + 1``; the last entry is the padding link of path arrays), so an oracle can
 index them with ``tree.paths(...)`` directly. :func:`snapshot_from_json` converts the controller's
 REST payload (DESIGN.md schema); :class:`TelemetryHistory` answers "what did the scheduler know
-at time t" for the staleness experiments. :class:`SimTelemetry` samples the simulator's fluid
-links the way the controller samples port counters (one formula: :mod:`topology.utilisation`).
+at time t" for the staleness experiments. The simulator's sampler is
+:class:`scheduler.sim.telemetry.SimTelemetry`.
 """
 from __future__ import annotations
 
 import bisect
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from topology.errors import UnknownLinkError  # raised here for links a payload names; one class with the controller's
 from topology.model import FatTree
-from topology.utilisation import utilisation
-
-if TYPE_CHECKING:
-    from scheduler.sim.network import FlowNetwork
 
 
 class TelemetryFormatError(ValueError):
@@ -129,36 +124,3 @@ class TelemetryHistory:
 
     def latest(self) -> TelemetrySnapshot | None:
         return self._snaps[-1] if self._snaps else None
-
-
-class SimTelemetry:
-    """Telemetry sampler of the simulated fabric: one snapshot per poll interval, from counters."""
-
-    def __init__(self, tree: FatTree, net: FlowNetwork, interval_s: float, keep_s: float) -> None:
-        self.tree = tree
-        self.net = net
-        self.interval = interval_s
-        self.history = TelemetryHistory(max_age_s=keep_s)
-        self.next_poll = interval_s
-        self._prev_bytes = net.link_bytes.copy()
-        self.samples: list[tuple[float, np.ndarray]] = []
-        self.record_samples = False
-
-    def catch_up(self, t: float) -> None:
-        """Take every poll due at or before ``t``; rates are constant since the last network change,
-        so counters at a past poll instant are exact."""
-        net = self.net
-        while self.next_poll <= t:
-            tp = self.next_poll
-            counters = net.link_bytes + net.link_rate * (tp - net.now)
-            delta = counters - self._prev_bytes
-            self._prev_bytes = counters
-            util = utilisation(delta, self.interval, net.capacity)  # as the controller computes it
-            util[-1] = 0.0  # the padding link
-            self.history.add(TelemetrySnapshot(tp, util, net.capacity_factor()))
-            if self.record_samples:
-                self.samples.append((tp, util[:-1].astype(np.float32)))
-            self.next_poll += self.interval
-
-    def at(self, time_s: float) -> TelemetrySnapshot | None:
-        return self.history.at(time_s)

@@ -10,19 +10,38 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from scheduler.model.cluster import Cluster
+from scheduler.model.config import ExperimentConfig
 from scheduler.model.records import RequestRecord
+from scheduler.model.scenario import Scenario
 from scheduler.results import oracle_error_plot
 from scheduler.results.files import LINK_CSV, write_results
 from scheduler.results.heatmap import LinkSeries
 from scheduler.results.metrics import SloConfig, ablation, compare, summarize_policy
 from scheduler.results.plotting import experiment_caption
 from scheduler.results.timeline import scenario_spans
+from topology.model import FatTree
 
-if TYPE_CHECKING:
-    from scheduler.study.experiment import Experiment
+
+class Experiment(Protocol):
+    """What a result folder reads of an experiment (:class:`scheduler.study.experiment.Experiment`
+    provides it): results depend on this view, not on the study package."""
+
+    cfg: ExperimentConfig
+    tree: FatTree
+    scenario: Scenario
+    policies: list[Any]  # PolicySpec: .name
+    seed: int
+    policy_files: list  # PolicyFile: .path, .text, .describe()
+
+    @property
+    def horizon_s(self) -> float: ...
+
+    def actions(self) -> Any: ...
+
+    def slo(self) -> SloConfig: ...
 
 
 def policy_summary(records: list[RequestRecord], slo: SloConfig, params: dict, tuning: list[dict], wall_s: float,

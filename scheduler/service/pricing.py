@@ -231,9 +231,8 @@ class Pricer:
         without reservations moving at ``start`` the answer depends on the snapshot too, and is
         memoised until the snapshot (its seconds per byte and down set) changes."""
         snap = self._holder.snapshot
-        inv = self.oracle.seconds_per_byte(snap)
-        down = self.oracle._down
-        later = [e[2] for e in self.oracle._ledger.values() if e[0] <= start < e[1]]
+        inv, down = self.oracle.seconds_per_byte(snap)
+        later = self.oracle.moving_at(start)
         if later:
             sharers = np.bincount(np.concatenate(later), minlength=inv.shape[0]).astype(float)
             sharers[-1] = 0.0

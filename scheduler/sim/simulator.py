@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from scheduler.decision.dispatch import Dispatcher, RequestState, build_oracles, oracle_kind
-from scheduler.decision.telemetry import SimTelemetry
 from scheduler.model.cluster import DecodeBatch
 from scheduler.model.config import ExperimentConfig
 from scheduler.model.records import RequestRecord
@@ -37,6 +36,7 @@ from scheduler.model.trace import Request
 from scheduler.policies.base import Policy
 from scheduler.progress import Progress
 from scheduler.sim.network import FlowNetwork
+from scheduler.sim.telemetry import SimTelemetry
 from topology.model import GBIT, FatTree
 
 # Event kinds; the order only matters for ties at the same instant (after time, before sequence).

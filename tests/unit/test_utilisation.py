@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from controller.telemetry import LinkTelemetry, PortSample
-from scheduler.decision.telemetry import SimTelemetry
 from scheduler.sim.network import FlowNetwork
+from scheduler.sim.telemetry import SimTelemetry
 from topology.model import FatTree, FatTreeConfig
 from topology.utilisation import utilisation
 
