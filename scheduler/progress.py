@@ -29,7 +29,7 @@ _CHECK_S = 0.005  # aim to read the clock about this often
 def _fmt_duration(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
         return "--:--"
-    s = int(round(seconds))
+    s = round(seconds)
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from helpers import Fixed
 
-from scheduler.decision.context import DecisionContext
+from scheduler.decision.context import Decision, DecisionContext
 from scheduler.decision.oracle import InflightOracle, OracleQuery, PerfectOracle, StaticTierOracle, TelemetryOracle
 from scheduler.decision.telemetry import TelemetrySnapshot
-from scheduler.decision.context import Decision
 from scheduler.model.config import build_config
 from scheduler.model.scenario import Action, load_scenario
 from scheduler.model.timing import TimingModel
@@ -260,9 +259,11 @@ def test_a_failed_link_is_unreachable_only_once_the_oracle_can_know(kind, unreac
     cl = Cluster(cfg, TREE)
     d_gpu = int(cl.decode_ids[3])
     nic = TREE.path(int(cl.prefill_ids[0]), d_gpu)[-1]
-    down = [Action(1.2, "link_capacity", links=(nic,), factor=0.0), Action(3.0, "link_capacity", links=(nic,), factor=1.0)]
+    down = [Action(1.2, "link_capacity", links=(nic,), factor=0.0),
+            Action(3.0, "link_capacity", links=(nic,), factor=1.0)]
     times = (0.8, 1.25, 1.4, 1.6, 2.5, 3.6)
-    reqs = [Request(i, t, 2000, 3, tuple(range(100 * i + 1, 100 * i + 1 + n_blocks(2000)))) for i, t in enumerate(times)]
+    reqs = [Request(i, t, 2000, 3, tuple(range(100 * i + 1, 100 * i + 1 + n_blocks(2000))))
+            for i, t in enumerate(times)]
     pol = Recorder(3, oracle_kind=kind)
     Simulator(cfg, reqs, pol, down).run()
     for t, cost in pol.seen:

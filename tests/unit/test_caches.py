@@ -232,7 +232,7 @@ def warmed_cluster(overrides, seed):
      "topology.cores=16", "cluster.placement=mixed", "cluster.reserved_servers_per_pod=0"],
 ])
 def test_context_views_equal_the_dense_computations(overrides):
-    cfg, tree, cl, reqs, rng = warmed_cluster(overrides, seed=len(overrides))
+    _cfg, tree, cl, reqs, rng = warmed_cluster(overrides, seed=len(overrides))
     snap = random_snapshot(rng, tree, down=1)
     oracle = TelemetryOracle(tree, Source(snap))
     t = cl.timing
@@ -269,7 +269,7 @@ def test_prefill_values_match_the_array_entries_on_both_sides_of_the_scalar_limi
 @pytest.mark.parametrize("spec", ["cache-load", "topology-affinity", "topology-filter", "netkv", "netkv:static"])
 def test_policy_memos_do_not_change_decisions(spec):
     """Decisions with the cluster's memoised per-prefill tables equal those made on an empty memo."""
-    cfg, tree, cl, reqs, rng = warmed_cluster([], seed=9)
+    _cfg, tree, cl, reqs, rng = warmed_cluster([], seed=9)
     oracle = TelemetryOracle(tree, Source(random_snapshot(rng, tree)))
     policy = parse_spec(spec).make()
     kept = cl.memo

@@ -61,7 +61,8 @@ def test_transfers_stand_still_until_the_reroute_or_the_repair() -> None:
     nic_events = [{"link": "p1t1<->p1t1s0g0", "links": [nic, TREE.link_index[("p1t1s0g0", "p1t1")]], "down": d,
                    "wall": w} for d, w in ((True, 1010.0), (False, 1020.0))]
     nic_reroutes = [{"link": "p1t1<->p1t1s0g0", "down": d, "seen_at": w + 0.02, "source": "port_status",
-                     "switches": [], "entries": 0, "confirmed_at": w + 0.02} for d, w in ((True, 1010.0), (False, 1020.0))]
+                     "switches": [], "entries": 0, "confirmed_at": w + 0.02}
+                    for d, w in ((True, 1010.0), (False, 1020.0))]
     stuck = stall_seconds(TREE, [_rec("p1t1s0g0", 12.0, 9.0)], nic_events, nic_reroutes, _virtual)
     assert stuck[0].stalled_s == pytest.approx(8.0)
     assert stall_seconds(TREE, [via_a0], [], [], _virtual) == [via_a0]  # no failure: unchanged

@@ -103,9 +103,9 @@ def test_rates_never_exceed_capacity_random():
         for i, p in enumerate(paths):
             if np.isfinite(caps[i]) and r[i] >= caps[i] * (1 - 1e-9):
                 continue
-            sat = [l for l in p if load[l] >= cap[l] * (1 - 1e-9)]
+            sat = [link for link in p if load[link] >= cap[link] * (1 - 1e-9)]
             assert sat, f"flow {i} neither capped nor bottlenecked"
-            assert any(all(r[i] >= r[j] * (1 - 1e-9) for j, q in enumerate(paths) if l in q) for l in sat)
+            assert any(all(r[i] >= r[j] * (1 - 1e-9) for j, q in enumerate(paths) if link in q) for link in sat)
 
 
 # ----------------------------------------------------------------------------- FlowNetwork

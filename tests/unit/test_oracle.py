@@ -75,7 +75,7 @@ def test_more_bytes_never_cheaper(tree):
 
 def test_more_utilisation_never_cheaper(tree):
     rng = np.random.default_rng(2)
-    for trial in range(20):
+    for _trial in range(20):
         low = random_snapshot(tree, rng, 0.0, 0.9)
         bump = np.append(rng.uniform(0, 0.5, tree.n_links), 0.0)
         high = TelemetrySnapshot(0.0, np.clip(low.utilisation + bump, 0, 1), low.capacity_factor.copy())

@@ -1,5 +1,5 @@
-"""Scheduling policies (scheduler/policies/*.py) on a small cluster.
-(Over 400 lines: one small cluster fixture for every policy and the registry, to compare policies on the same inputs.)"""
+"""Scheduling policies (scheduler/policies/*.py) on a small cluster: one small cluster fixture
+for every policy and the registry, to compare policies on the same inputs."""
 from __future__ import annotations
 
 import dataclasses
@@ -97,9 +97,9 @@ def test_reserved_servers_are_the_last_of_each_pod_and_serve_nothing(placement, 
 def test_bad_placements_are_rejected_with_the_parameter():
     from scheduler.model.config import ConfigError
 
-    with pytest.raises(ConfigError, match="reserved_servers_per_pod.*0..3"):
+    with pytest.raises(ConfigError, match=r"reserved_servers_per_pod.*0..3"):
         assign_roles(FatTree(), "by-server", 0.5, 4)  # a pod has 4 servers: one must serve
-    with pytest.raises(ConfigError, match="cluster.placement"):
+    with pytest.raises(ConfigError, match=r"cluster\.placement"):
         assign_roles(FatTree(), "random", 0.5)
     with pytest.raises(ConfigError, match="leaves no decode"):
         # 4 servers, 3 reserved per pod: 1 serving server per pod, by-rack -> 4 racks, 3 prefill
@@ -108,7 +108,7 @@ def test_bad_placements_are_rejected_with_the_parameter():
 
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_every_policy_returns_valid_indices(name):
-    cfg, tree, cl = make()
+    _cfg, tree, cl = make()
     oracle = idle_oracle(tree)
     policy = REGISTRY[name](weight=None, seed=0)
     reqs = synthetic_trace(dataclasses.replace(SyntheticConfig(), n_requests=120), seed=1)
@@ -131,7 +131,7 @@ def test_every_policy_returns_valid_indices(name):
 
 
 def test_round_robin_cycles_through_all_instances():
-    _, tree, cl = make()
+    _, _tree, cl = make()
     rr = REGISTRY["round-robin"](seed=3)
     r = request(0, 2000)
     decs = [rr.choose(DecisionContext(cl, r, 0.0, None, turn)) for turn in range(1, 25)]
@@ -148,7 +148,7 @@ def test_round_robin_cycles_through_all_instances():
 
 
 def test_least_loaded_picks_minimum():
-    _, tree, cl = make()
+    _, _tree, cl = make()
     rng = np.random.default_rng(5)
     ll = REGISTRY["least-loaded"]()
     for _ in range(20):
@@ -178,7 +178,7 @@ def test_cache_load_prefers_prefill_with_cached_prefix():
 
 
 def test_cache_load_decode_prefers_cached_decode_when_loads_equal():
-    _, tree, cl = make()
+    _, _tree, cl = make()
     shared = tuple(range(1, 21))
     cl.decode_cache.insert(6, shared)
     r = request(0, 20 * BLOCK_TOKENS + 100, prefix=shared)
@@ -186,9 +186,10 @@ def test_cache_load_decode_prefers_cached_decode_when_loads_equal():
 
 
 def test_prefill_ties_rotate_instead_of_piling_onto_one_instance():
-    _, tree, cl = make()
+    _, _tree, cl = make()
     pol = REGISTRY["cache-load"](weight=1.0)
-    picks = [pol.choose(DecisionContext(cl, request(i, 4000), 0.0, None, i + 1)).prefill for i in range(cl.prefill_ids.size)]
+    picks = [pol.choose(DecisionContext(cl, request(i, 4000), 0.0, None, i + 1)).prefill
+             for i in range(cl.prefill_ids.size)]
     assert sorted(picks) == list(range(cl.prefill_ids.size))  # idle and uncached: every instance once
 
 
@@ -235,7 +236,7 @@ def test_netkv_weighs_bytes_against_path_unlike_cache_load():
     one under netkv, while cache-load (network-blind) takes the far one."""
     _, tree, cl = make()
     p_gpu = 0
-    far = [i for i, d in enumerate(cl.decode_ids) if tree.tier(p_gpu, int(d)) == 3][0]
+    far = next(i for i, d in enumerate(cl.decode_ids) if tree.tier(p_gpu, int(d)) == 3)
     far_gpu = int(cl.decode_ids[far])
     prompt = tuple(range(1, 65))  # 64 blocks
     cl.decode_cache.insert(far, prompt[:32])
@@ -263,7 +264,7 @@ def test_netkv_load_term_moves_away_from_loaded_near_decode():
 
 
 def test_netkv_without_oracle_fails_clearly():
-    _, tree, cl = make()
+    _, _tree, cl = make()
     with pytest.raises(RuntimeError, match="oracle"):
         REGISTRY["netkv"]().choose(DecisionContext(cl, request(0, 1000), 0.0, None))
 
@@ -309,7 +310,7 @@ def _steer_prefill(cl, p: int) -> None:
 
 
 def test_topology_affinity_scores_tiers_on_llm_d_curve():
-    _, tree, cl = make()
+    _, _tree, cl = make()
     _steer_prefill(cl, 0)
     tiers = cl.decode_tiers(0)
     assert sorted(set(tiers.tolist())) == [0, 1, 2, 3]
@@ -336,7 +337,7 @@ def test_topology_affinity_scores_tiers_on_llm_d_curve():
 
 
 def test_topology_filter_keeps_the_nearest_tier_holding_a_decode():
-    _, tree, cl = make()
+    _, _tree, cl = make()
     _steer_prefill(cl, 0)
     tiers = cl.decode_tiers(0)
     near = np.flatnonzero(tiers == 0)

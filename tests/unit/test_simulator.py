@@ -72,7 +72,8 @@ def test_deterministic_and_every_request_finishes(cfg, trace, name):
 
 def test_ttft_is_sum_of_its_parts(cfg, trace):
     timing = TimingModel(cfg)
-    recs = Simulator(cfg, trace, REGISTRY["netkv"](), load_scenario("bursty", FatTree()).actions(FatTree(), 400.0)).run()
+    actions = load_scenario("bursty", FatTree()).actions(FatTree(), 400.0)
+    recs = Simulator(cfg, trace, REGISTRY["netkv"](), actions).run()
     for r in recs:
         first_step = r.ttft_s - (r.queue_s + r.prefill_s + r.transfer_s + r.decode_wait_s)
         assert r.ttft_s == pytest.approx(r.first_token_s - r.arrival_s, abs=1e-9)

@@ -30,7 +30,8 @@ def trace():
 def test_rate_scale_compresses_arrivals_and_keeps_everything_else(trace):
     fast = rate_scale(trace, 4.0)
     assert [r.arrival_s for r in fast] == pytest.approx([r.arrival_s / 4 for r in trace])
-    assert [dataclasses.replace(r, arrival_s=0.0) for r in fast] == [dataclasses.replace(r, arrival_s=0.0) for r in trace]
+    assert ([dataclasses.replace(r, arrival_s=0.0) for r in fast]
+            == [dataclasses.replace(r, arrival_s=0.0) for r in trace])
     slow = rate_scale(trace, 0.5)
     assert slow[-1].arrival_s == pytest.approx(2 * trace[-1].arrival_s)
     assert rate_scale(trace, 1.0) == trace
