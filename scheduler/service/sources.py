@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import bisect
 import csv
-import json
 import statistics
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from controller.client import ControllerUnavailable, fetch_snapshot
-from scheduler.service.pricing import Pricer, TelemetrySnapshot, TopologyError
+from controller.promql import PrometheusUnavailable, telemetry_payload
+from scheduler.service.pricing import Pricer, TelemetrySnapshot
 
 DEFAULT_TIMEOUT_S = 1.0
 """A source that has not answered in this long is down for this poll."""
@@ -78,12 +75,9 @@ class RyuSource:
             raise SourceUnavailableError(f"telemetry at {self.url} unusable: {exc}") from exc
 
 
-def _link_label(sample: dict) -> str:
-    return str(sample.get("metric", {}).get("link", ""))
-
-
 class PrometheusSource:
-    """Link rates, capacities and up flags through the Prometheus HTTP API (``/api/v1/query``)."""
+    """Link rates, capacities and up flags through the Prometheus HTTP API
+    (:func:`controller.promql.telemetry_payload`: the controller's payload schema)."""
 
     kind = "prometheus"
 
@@ -94,36 +88,14 @@ class PrometheusSource:
         self.timeout_s = timeout_s
         self.window_s = window_s
 
-    def query(self, promql: str) -> list[dict]:
-        """The instant vector of ``promql``; SourceUnavailableError on any failure."""
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:
-                body = json.loads(resp.read())
-        except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts; JSON errors
-            raise SourceUnavailableError(f"prometheus at {self.url} failed on {promql!r}: {exc}") from exc
-        if not isinstance(body, dict) or body.get("status") != "success":
-            raise SourceUnavailableError(f"prometheus at {self.url} answered {str(body)[:200]} to {promql!r}")
-        result = body.get("data", {}).get("result")
-        if not isinstance(result, list):
-            raise SourceUnavailableError(f"prometheus at {self.url}: no result vector for {promql!r}")
-        return result
-
     def poll(self) -> TelemetrySnapshot:
-        window = f"{max(1, round(self.window_s * 1000))}ms"
-        rates = self.query(f"rate(netkv_link_transmit_bytes_total[{window}])")
-        stamps = self.query("max(timestamp(netkv_link_transmit_bytes_total))")
-        if not rates or not stamps:
-            raise SourceUnavailableError(f"prometheus at {self.url} has no netkv_link_transmit_bytes_total "
-                                    "samples yet (exporter not scraped, or fewer than two scrapes)")
-        capacity = {_link_label(s): float(s["value"][1]) for s in self.query("netkv_link_capacity_bytes_per_second")}
-        up = {_link_label(s): float(s["value"][1]) > 0 for s in self.query("netkv_link_up")}
-        poll_age = self.query("max(netkv_telemetry_poll_age_seconds)")
-        sampled = float(stamps[0]["value"][1]) - (float(poll_age[0]["value"][1]) if poll_age else 0.0)
         try:
-            return self.pricer.snapshot_from_links(
-                sampled, {_link_label(s): float(s["value"][1]) for s in rates}, capacity, up)
-        except (TopologyError, ValueError) as exc:
+            payload = telemetry_payload(self.url, self.window_s, self.pricer.cfg.oracle.poll_interval_s,
+                                        self.timeout_s)
+            return self.pricer.snapshot_from_payload(payload)
+        except PrometheusUnavailable as exc:
+            raise SourceUnavailableError(str(exc)) from exc
+        except ValueError as exc:  # TelemetryFormatError, UnknownLinkError: series we cannot read
             raise SourceUnavailableError(f"prometheus at {self.url}: {exc}") from exc
 
 
