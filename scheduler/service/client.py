@@ -90,6 +90,15 @@ class OracleClient:
         return Selection(out["choice"], out["index"], out["seconds"], out["score"], res["id"] if res else None,
                          out["degraded"])
 
+    def reserve(self, prefill: str, decode: str, nbytes: int, start_s: float = 0.0,
+                duration_s: float | None = None) -> str:
+        """Hold a committed transfer of ``nbytes`` starting ``start_s`` from now for ``duration_s``
+        (default: its priced time), so later prices count it; its reservation id."""
+        body: dict = {"prefill": prefill, "decode": decode, "bytes": nbytes, "start_s": start_s}
+        if duration_s is not None:
+            body["duration_s"] = duration_s
+        return str(self._call("POST", "/v1/reservations", body)["id"])
+
     def release(self, reservation_id: str) -> None:
         """End a reservation (its transfer finished)."""
         self._call("DELETE", f"/v1/reservations/{reservation_id}")

@@ -147,3 +147,37 @@ def test_real_prometheus_feeds_the_service_the_exporters_rates() -> None:
         server.shutdown()
     assert folder is not None and not folder.exists()
     assert pid is not None and not Path(f"/proc/{pid}").exists()
+
+
+def test_service_oracle_prices_as_the_in_process_oracle_and_reserves(served: str) -> None:
+    """The scheduler's oracle over HTTP (what ``emulate --oracle-service`` decides with) returns the
+    in-process static oracle's prices on an idle fabric, and its commitments make the service's
+    later prices on the shared path dearer until released."""
+    from scheduler.decision.oracle import OracleQuery, make_oracle
+    from scheduler.service.remote import ServiceOracle
+
+    pricer = load_pricer()
+    tree = pricer.tree
+    os.environ["NETKV_ORACLE_TOKEN"] = "t0ken"
+    try:
+        remote = ServiceOracle(tree, served, time_scale=2.0, reserve=True)
+    finally:
+        del os.environ["NETKV_ORACLE_TOKEN"]
+    local = make_oracle("static", tree, None, 0.0, 0.1, 30e-6)
+    rng = np.random.default_rng(3)
+    src = pricer.prefill[0]
+    dsts = np.array(pricer.decode, dtype=np.int64)
+    for _ in range(5):
+        nbytes = rng.integers(1, 1 << 31, size=dsts.size).astype(float)
+        query = OracleQuery(src, dsts, nbytes, now=10.0)
+        assert remote.cost(query) == pytest.approx(local.cost(query), rel=1e-9)
+    one = np.array([1 << 30], dtype=float)
+    far = dsts[-1:]
+    before = remote.cost(OracleQuery(src, far, one, now=10.0))[0]
+    remote.commit(src, int(far[0]), 10.0, 10.0 + before, nbytes=float(1 << 30), key=7)
+    during = remote.cost(OracleQuery(src, far, one, now=10.0))[0]
+    assert during > before * 1.5  # the committed transfer shares the whole path
+    remote.done(7, 10.5)
+    assert remote.cost(OracleQuery(src, far, one, now=10.0))[0] == pytest.approx(before, rel=1e-9)
+    assert remote.calls == 8 and remote.degraded_answers == 0
+    remote.close()
