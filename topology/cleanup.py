@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,7 +269,20 @@ def leftovers(trees: list[FatTree], state: dict | None = None) -> CleanupReport:
         ctl = state.get("controller_pid")
         if ctl is not None and pid_matches(ctl, CONTROLLER_MARK):
             procs.append(int(ctl))
+        procs += [int(h["pid"]) for h in state.get("helpers", []) if pid_matches(h.get("pid"), str(h.get("mark")))]
     return CleanupReport(sorted(set(procs)), present_bridges(bridges), present_links(links + bridges))
+
+
+def helper_folders(state: dict | None) -> list[Path]:
+    """Temporary folders of the helper processes a run recorded (:meth:`Fabric.record_process`)
+    that still exist; only folders under the system's temporary directory named ``netkv-*``."""
+    tmp = Path(tempfile.gettempdir())
+    found = []
+    for h in (state or {}).get("helpers", []):
+        folder = Path(h["folder"]) if h.get("folder") else None
+        if folder is not None and folder.parent == tmp and folder.name.startswith("netkv-") and folder.is_dir():
+            found.append(folder)
+    return found
 
 
 def remove_leftovers(trees: list[FatTree], state: dict | None = None) -> CleanupReport:
@@ -278,6 +293,8 @@ def remove_leftovers(trees: list[FatTree], state: dict | None = None) -> Cleanup
     root-namespace interfaces of ours remain, in one ``ip -batch``."""
     found = leftovers(trees, state)
     kill_pids(found.processes)
+    for folder in helper_folders(state):
+        shutil.rmtree(folder, ignore_errors=True)
     delete_bridges(found.bridges)
     delete_links(present_links(found.links))
     return found

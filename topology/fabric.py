@@ -291,6 +291,17 @@ class Fabric:
         self.state.update(updates)
         write_state(self.state, self.state_file)
 
+    def record_process(self, pid: int, mark: str, folder: str | None = None) -> None:
+        """Record a helper process the run started beside the fabric (e.g. Prometheus, the oracle
+        service), with a substring of its command line and an optional temporary folder of its,
+        so a later start-up removes them if this process dies without its teardown (SIGKILL)."""
+        helpers = [*self.state.get("helpers", []), {"pid": int(pid), "mark": mark, "folder": folder}]
+        self._save_state(helpers=helpers)
+
+    def forget_process(self, pid: int) -> None:
+        """The helper process ``pid`` was stopped and its folder removed by its owner."""
+        self._save_state(helpers=[h for h in self.state.get("helpers", []) if h["pid"] != pid])
+
     def _start_controller(self) -> None:
         if self.controller is None:
             return
