@@ -36,13 +36,15 @@ from scheduler.model.config import build_config
 from scheduler.model.scenario import load_scenario
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.model.trace import load_trace
+from scheduler.paths import MOONCAKE_DIR
 from scheduler.policies import parse_spec
 from scheduler.sim.network import FlowNetwork
 from scheduler.sim.simulator import Simulator
 from scheduler.study.experiment import SCENARIO_SLACK_S
 from topology.model import FatTree
 
-CONVERSATION_TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
+CONVERSATION_TRACE = MOONCAKE_DIR / "conversation_trace.jsonl"
+"""The public Mooncake conversation trace, read in place beside the checkout."""
 
 # Fat-tree shapes, by the |D| they give under PLACEMENT (GPUs / 2).
 SHAPES = {
