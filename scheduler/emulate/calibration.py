@@ -219,7 +219,8 @@ def calibration_misses(calibration: dict) -> list[str]:
         if not t["goodput_ok"]:
             why.append(f"goodput {100 * t['goodput_ratio']:.0f}% < {100 * GOODPUT_MIN_RATIO:.0f}%")
         if not t["time_ok"]:
-            why.append(f"idle KV time x{t['time_ratio']:.2f}, outside x{1 - TIME_TOLERANCE:.2f}-{1 + TIME_TOLERANCE:.2f}")
+            why.append(f"idle KV time x{t['time_ratio']:.2f}, "
+                       f"outside x{1 - TIME_TOLERANCE:.2f}-{1 + TIME_TOLERANCE:.2f}")
         if why:
             out.append(f"tier {tier} ({t['src']} -> {t['dst']}): " + ", ".join(why))
     return out

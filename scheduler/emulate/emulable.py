@@ -116,7 +116,8 @@ def packet_floor_s(exp: Experiment, scale: float) -> float:
     roles = assign_roles(tree, cl.placement, cl.prefill_fraction, cl.reserved_servers_per_pod, cl.tp)
     gbit = tree.link_capacity_gbit_s
     src = int(roles.prefill[0])
-    return max(sum(FRAME_BYTES * 8 / (emulated_mbit(gbit[tree.link_kind(i)], scale) * 1e6) for i in tree.path(src, int(d)))
+    return max(sum(FRAME_BYTES * 8 / (emulated_mbit(gbit[tree.link_kind(i)], scale) * 1e6)
+                   for i in tree.path(src, int(d)))
                for d in roles.decode)
 
 

@@ -63,7 +63,8 @@ def reroute_report(link_events: Sequence[dict], reroutes: Sequence[dict], poll_i
 
 
 def _state_changes(link_events: Sequence[dict], reroutes: Sequence[dict], tree: FatTree,
-                   virtual: Callable[[float], float]) -> tuple[list[tuple[float, frozenset]], list[tuple[float, frozenset]]]:
+                   virtual: Callable[[float], float],
+                   ) -> tuple[list[tuple[float, frozenset]], list[tuple[float, frozenset]]]:
     """(virtual time, down set) after each physical change, and after each confirmed reroute."""
     down: set[int] = set()
     phys = [(-np.inf, frozenset())]

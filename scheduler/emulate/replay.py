@@ -351,7 +351,7 @@ class RealtimeReplay:
         """Hand the decided request to its agents: the decode agent expects it, the prefill agent
         computes it and streams the KV bytes the decode instance lacks (at least one byte, or
         none when it holds the whole prompt)."""
-        nbytes = max(int(round(s.nbytes * self.byte_scale)), 1) if s.nbytes > 0 else 0
+        nbytes = max(round(s.nbytes * self.byte_scale), 1) if s.nbytes > 0 else 0
         tid = self.tid_base + i
         src, dst = int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d])
         lost = self.lost_hosts().intersection(self._ends(i))

@@ -390,7 +390,7 @@ class ScenarioExecutor:
         self._seq += 1
         stem = self.run_dir / f"{self._seq:05d}-{_safe(tag)}"
         out, err = stem.with_suffix(".out"), stem.with_suffix(".err")
-        fout, ferr = open(out, "wb"), open(err, "wb")
+        fout, ferr = open(out, "wb"), open(err, "wb")  # noqa: SIM115 (outlive this call: _Proc.reap closes them)
         try:
             popen = self.fab.host(host_name).popen(argv, stdin=subprocess.DEVNULL,
                                                    stdout=fout, stderr=ferr)

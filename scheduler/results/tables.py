@@ -92,9 +92,11 @@ def format_table(summary: dict, target: str = TARGET_POLICY) -> str:
         out.append(f"ablation, {abl.get('target', 'netkv')} (live telemetry) mean TTFT: " + ", ".join(parts))
         cap = abl.get("captured", float("nan"))
         if cap is not None and math.isfinite(cap):
-            out.append(f"  live telemetry realises {100 * cap:.0f}% of perfect information's gain over the static oracle")
+            out.append(f"  live telemetry realises {100 * cap:.0f}% of perfect information's gain "
+                       "over the static oracle")
         elif "netkv:static" in abl["vs"] and "netkv:perfect" in abl["vs"]:
-            out.append("  perfect information gains nothing over the static oracle here: the network term has nothing to buy")
+            out.append("  perfect information gains nothing over the static oracle here: "
+                       "the network term has nothing to buy")
     fails = {n: s["failure"] for n, s in policies.items() if (s.get("failure") or {}).get("transfers")}
     if fails:
         out.append("")

@@ -55,7 +55,7 @@ def windowed_mean(arrival_s: Sequence[float], values: Sequence[float], width_s: 
                   end_s: float) -> tuple[np.ndarray, np.ndarray]:
     """(window centres, mean of ``values`` per window of ``width_s`` over arrival time 0..``end_s``);
     NaN for a window without a finite value."""
-    n = max(1, int(math.ceil(end_s / width_s))) if end_s > 0 else 1
+    n = max(1, math.ceil(end_s / width_s)) if end_s > 0 else 1
     a = np.asarray(arrival_s, dtype=float)
     v = np.asarray(values, dtype=float)
     ok = np.isfinite(a) & np.isfinite(v)

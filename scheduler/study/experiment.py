@@ -102,7 +102,8 @@ def split_trace(requests: list[Request], max_requests: int | None, tune_requests
             raise ConfigError("a trace window other than the first needs --max-requests (the window's size)")
         start = window * max_requests
         if start + max_requests > len(head):
-            raise ConfigError(f"window {window} of {max_requests} requests (requests {start}..{start + max_requests - 1}) "
+            raise ConfigError(f"window {window} of {max_requests} requests "
+                              f"(requests {start}..{start + max_requests - 1}) "
                               f"lies beyond the trace's {len(head)} evaluable requests; use fewer seeds or a "
                               f"smaller --max-requests")
         first = head[start].arrival_s
@@ -169,7 +170,8 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
             raise ConfigError(f"--weight {name}={w}: a weight must be a finite number >= 0")
         used = {c.name for c in classes} | {o for c in classes for o in c.cls.inherits.values()}
         if spec.name not in used:
-            raise ConfigError(f"--weight {name}=...: {name!r} is not among --policies ({', '.join(c.name for c in classes)}) "
+            raise ConfigError(f"--weight {name}=...: {name!r} is not among --policies "
+                             f"({', '.join(c.name for c in classes)}) "
                              f"nor inherited by one of them, so the weight would be ignored")
     assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction,
                  cfg.cluster.reserved_servers_per_pod, cfg.cluster.tp)  # both roles present?

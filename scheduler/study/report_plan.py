@@ -17,7 +17,8 @@ from scheduler.study import sweep as sw
 
 TRACE = MOONCAKE_DIR / "conversation_trace.jsonl"
 """The real trace the report runs on (read in place, never copied); synthetic when absent."""
-HEADLINE_POLICIES = "round-robin,least-loaded,cache-load,topology-filter,topology-affinity,netkv:static,netkv,netkv:inflight,netkv:perfect"
+HEADLINE_POLICIES = ("round-robin,least-loaded,cache-load,topology-filter,topology-affinity,"
+                     "netkv:static,netkv,netkv:inflight,netkv:perfect")
 """Policies of the headline matrix (and the 200 Gb/s one): every scheduler and every oracle."""
 SHORT_POLICIES = "round-robin,cache-load,topology-affinity,netkv:static,netkv,netkv:perfect"
 """Policies of the placement and layer-wise matrices: the headline's without least-loaded, topology-filter
