@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import SupportsFloat
 
 from scheduler.results.metrics import ablation, compare
 from scheduler.results.plotting import TARGET_POLICY
@@ -10,7 +11,7 @@ from scheduler.results.plotting import TARGET_POLICY
 TABLE_WIDTH = 100
 
 
-def fmt_number(value: object, fmt: str, scale: float = 1.0) -> str:
+def fmt_number(value: SupportsFloat | str | None, fmt: str, scale: float = 1.0) -> str:
     """``value`` x ``scale`` in ``fmt``; ``-`` for None, NaN and infinities (a table cell)."""
     if value is None:
         return "-"

@@ -157,7 +157,7 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
         raise ConfigError(f"every one of the {len(too_long)} evaluated requests needs more KV (prompt + output "
                           f"tokens) than a decode instance holds ({kv_capacity} tokens: model '{cfg.model.name}' on "
                           f"cluster.tp={cfg.cluster.tp} x '{cfg.gpu.name}'); raise cluster.tp")
-    for name in (weights or {}):
+    for name, w in (weights or {}).items():
         try:
             spec = parse_spec(name)
         except ValueError:
@@ -165,7 +165,6 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
         if spec is None or spec.tuned_param is None:
             raise ConfigError(f"--weight {name}=...: policy {name!r} has no tunable weight "
                              f"(tunable: {', '.join(n for n, c in REGISTRY.items() if c.tuned_param)})")
-        w = weights[name]
         if not (w >= 0 and math.isfinite(w)):
             raise ConfigError(f"--weight {name}={w}: a weight must be a finite number >= 0")
         used = {c.name for c in classes} | {o for c in classes for o in c.cls.inherits.values()}
@@ -270,7 +269,7 @@ def run_simulation(exp: Experiment, progress: bool = True, log=print, shadow: bo
                         record_telemetry=record)
         recs = sim.run()
         wall = time.perf_counter() - t1
-        if record:
+        if links is not None and record:
             _fill_recording(links, sim)
         errors = sim.dispatch.oracle_errors()
         if errors and oracle_rows is not None:
