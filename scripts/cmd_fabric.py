@@ -312,7 +312,7 @@ def _exec(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- background owner
 def serve(argv: list[str] | None = None) -> int:
     """Own a fabric until SIGTERM/SIGINT (the process ``netkv fabric up`` leaves running)."""
-    from controller.process import controlled_fabric
+    from controller.process import ControllerProcess, controlled_fabric
     from topology.fabric import FabricError
     from topology.mininet_topo import DEFAULT_SCALE
     from topology.model import FatTree, FatTreeConfig
@@ -329,9 +329,11 @@ def serve(argv: list[str] | None = None) -> int:
     tree = FatTree(FatTreeConfig(**json.loads(args.topology)))
     fabric = controlled_fabric(tree, args.scale, _run_dir(args.run_dir), args.ofp_port, args.rest_port,
                                args.poll_interval, nvlink_cap_mbit=args.nvlink_cap_mbit)
+    controller = fabric.controller
+    assert isinstance(controller, ControllerProcess)  # what controlled_fabric gives every fabric
     try:
         with fabric:
-            print(f"[fabric] up in {fabric.timings['up_s']:.1f} s; {fabric.controller.rest_url}", flush=True)
+            print(f"[fabric] up in {fabric.timings['up_s']:.1f} s; {controller.rest_url}", flush=True)
             while True:
                 signal.pause()
     except (KeyboardInterrupt, SystemExit):

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except StopSignal as exc:
         print(f"\nnetkv {args.command}: stopped by {exc.signame}; nothing was written", file=sys.stderr)
-        return int(exc.code)
+        return 128 + exc.signum  # exc.code: the exit status a shell reports for that signal
     except Exception as exc:
         code = exit_code(exc)
         if code is None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from hosts.control import ControlServer
-from hosts.messages import Received, Send, Sent
+from hosts.messages import Error, Received, Send, Sent
 from scheduler.decision.oracle import OracleQuery, StaticTierOracle
 from topology.emulated import kind_rates_mbit
 from topology.fabric import tier_samples
@@ -132,9 +132,13 @@ def _transfer(control: ControlServer, tree: FatTree, fab: Any, src: int, dst: in
     control.send(src_name, Send(tid, tid, fab.peer_ip(src, dst), port, int(nbytes), dst))
     evs = control.wait_transfers([tid], timeout_s)[tid]
     if "error" in evs:
+        error = evs["error"]
+        assert isinstance(error, Error)  # the reports are keyed by their KIND
         raise CalibrationError(f"calibration transfer {src_name} -> {tree.gpu_name(dst)} "
-                               f"({nbytes} bytes) failed: {evs['error'].reason}")
-    return evs["sent"], evs["received"]
+                               f"({nbytes} bytes) failed: {error.reason}")
+    sent, received = evs["sent"], evs["received"]
+    assert isinstance(sent, Sent) and isinstance(received, Received)  # the reports are keyed by their KIND
+    return sent, received
 
 
 def _reference_times(control: ControlServer, tree: FatTree, fab: Any, src: int, dst: int, port: int,
@@ -143,6 +147,7 @@ def _reference_times(control: ControlServer, tree: FatTree, fab: Any, src: int, 
     out = []
     for _ in range(count):
         sent, recv = _transfer(control, tree, fab, src, dst, port, nbytes, timeout_s)
+        assert sent.t_connect is not None  # a sender always stamps its connect
         out.append((recv.t_end - sent.t_connect) / time_scale)
     return out
 
@@ -219,7 +224,8 @@ def calibration_misses(calibration: dict) -> list[str]:
         if not t["goodput_ok"]:
             why.append(f"goodput {100 * t['goodput_ratio']:.0f}% < {100 * GOODPUT_MIN_RATIO:.0f}%")
         if not t["time_ok"]:
-            why.append(f"idle KV time x{t['time_ratio']:.2f}, outside x{1 - TIME_TOLERANCE:.2f}-{1 + TIME_TOLERANCE:.2f}")
+            why.append(f"idle KV time x{t['time_ratio']:.2f}, "
+                       f"outside x{1 - TIME_TOLERANCE:.2f}-{1 + TIME_TOLERANCE:.2f}")
         if why:
             out.append(f"tier {tier} ({t['src']} -> {t['dst']}): " + ", ".join(why))
     return out

@@ -32,6 +32,7 @@ from scheduler.model.scenario import Action
 from scheduler.sim.network import max_min_rates
 from scheduler.study.experiment import Experiment
 from topology.emulated import emulated_mbit, kind_rates_mbit
+from topology.model import FatTree
 
 FORWARDING_BUDGET_MBIT_BRIDGES = 525.0
 """Emulated traffic the Open vSwitch userspace datapath forwards with its one thread, in Mbit/s x
@@ -90,6 +91,12 @@ def perfect_oracle_problems(exp: Experiment) -> list[str]:
     return out
 
 
+def _reverse_link(tree: FatTree, link: int) -> int:
+    """The other direction of directed link ``link``."""
+    u, v = tree.link_endpoints(link)
+    return tree.link_index[(v, u)]
+
+
 def link_down_problems(exp: Experiment, actions: list[Action]) -> list[str]:
     """One line per link-down action that leaves the other direction of a link up."""
     tree, out = exp.tree, []
@@ -97,7 +104,7 @@ def link_down_problems(exp: Experiment, actions: list[Action]) -> list[str]:
         if a.kind != "link_capacity" or a.factor is None or a.factor > 0:
             continue
         links = {int(i) for i in a.links}
-        lonely = sorted(i for i in links if tree.link_index[tuple(reversed(tree.link_endpoints(i)))] not in links)
+        lonely = sorted(i for i in links if _reverse_link(tree, i) not in links)
         if lonely:
             names = ", ".join(tree.link_name(i) for i in lonely[:4]) + (" ..." if len(lonely) > 4 else "")
             out.append(f"scenario '{exp.scenario.name}' ({exp.scenario.source}) takes {names} down in one direction "
@@ -116,7 +123,8 @@ def packet_floor_s(exp: Experiment, scale: float) -> float:
     roles = assign_roles(tree, cl.placement, cl.prefill_fraction, cl.reserved_servers_per_pod, cl.tp)
     gbit = tree.link_capacity_gbit_s
     src = int(roles.prefill[0])
-    return max(sum(FRAME_BYTES * 8 / (emulated_mbit(gbit[tree.link_kind(i)], scale) * 1e6) for i in tree.path(src, int(d)))
+    return max(sum(FRAME_BYTES * 8 / (emulated_mbit(gbit[tree.link_kind(i)], scale) * 1e6)
+                   for i in tree.path(src, int(d)))
                for d in roles.decode)
 
 
@@ -163,7 +171,7 @@ def background_load(exp: Experiment, actions: list[Action], scale: float, time_s
     tree = exp.tree
     cap = _emulated_capacity_mbit(exp, scale, time_scale)
     end = exp.run_s
-    running: dict[str, tuple[int, int, float]] = {}
+    running: dict[str | None, tuple[int, int, float]] = {}  # by flow_id
     memo: dict[tuple, float] = {}
     best = BackgroundLoad(0.0, 0, 0.0)
     flows = [a for a in actions if a.kind in ("flow_start", "flow_stop")]
@@ -173,6 +181,7 @@ def background_load(exp: Experiment, actions: list[Action], scale: float, time_s
         while k < len(flows) and flows[k].time_s == t:
             a = flows[k]
             if a.kind == "flow_start" and a.src != a.dst:
+                assert a.src is not None and a.dst is not None  # a validated scenario's flow_start
                 rate = np.inf if a.rate_gbit_s is None else emulated_mbit(a.rate_gbit_s, scale, time_scale)
                 running[a.flow_id] = (int(a.src), int(a.dst), rate)
             elif a.kind == "flow_stop":

@@ -63,15 +63,16 @@ def reroute_report(link_events: Sequence[dict], reroutes: Sequence[dict], poll_i
 
 
 def _state_changes(link_events: Sequence[dict], reroutes: Sequence[dict], tree: FatTree,
-                   virtual: Callable[[float], float]) -> tuple[list[tuple[float, frozenset]], list[tuple[float, frozenset]]]:
+                   virtual: Callable[[float], float],
+                   ) -> tuple[list[tuple[float, frozenset]], list[tuple[float, frozenset]]]:
     """(virtual time, down set) after each physical change, and after each confirmed reroute."""
     down: set[int] = set()
-    phys = [(-np.inf, frozenset())]
+    phys: list[tuple[float, frozenset]] = [(-np.inf, frozenset())]
     for ev in sorted(link_events, key=lambda e: e["wall"]):
         (down.update if ev["down"] else down.difference_update)(int(i) for i in ev["links"])
         phys.append((virtual(ev["wall"]), frozenset(down)))
     routed: set[int] = set()
-    routes = [(-np.inf, frozenset())]
+    routes: list[tuple[float, frozenset]] = [(-np.inf, frozenset())]
     for r in sorted((r for r in reroutes if r.get("confirmed_at") is not None), key=lambda r: r["confirmed_at"]):
         u, _, v = r["link"].partition("<->")
         both = {tree.link_index[(u, v)], tree.link_index[(v, u)]}

@@ -163,6 +163,8 @@ class FaultInjector:
         try:
             if self.kill_agent is None:
                 raise RuntimeError("no agent to kill in this run")
+            if f.host is None:
+                raise RuntimeError("an agent fault without a host")  # parse_fault always gives one
             self.killed.add(f.host)
             self.kill_agent(f.host)
             ev["down_at_s"] = round(self.now(), 3)

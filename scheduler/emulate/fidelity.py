@@ -21,7 +21,7 @@ import subprocess
 import threading
 
 import numpy as np
-import psutil
+import psutil  # type: ignore[import-untyped]  # types-psutil is not in requirements-dev.txt
 
 OVS_PROCESS = "ovs-vswitchd"
 OVS_SATURATED_PERCENT = 85.0

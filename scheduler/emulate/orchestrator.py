@@ -416,7 +416,8 @@ class _EmulationRun:
 
 
 def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: float = 1.0,
-                  ofp_port: int = DEFAULT_OFP_PORT, rest_port: int = DEFAULT_REST_PORT, progress: bool = True, log=print,
+                  ofp_port: int = DEFAULT_OFP_PORT, rest_port: int = DEFAULT_REST_PORT, progress: bool = True,
+                  log=print,
                   keep_failed_logs: bool = True, fault_list: Sequence[faults.Fault] = (),
                   plan: Sequence[Replay] | None = None) -> tuple[dict, dict[str, list[RequestRecord]], dict]:
     """Returns (policies section, records, evidence) where evidence holds calibration, telemetry

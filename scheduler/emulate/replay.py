@@ -143,7 +143,8 @@ class RealtimeReplay:
         self.timeout_s = transfer_timeout_s
         self.show_progress = progress
         self.events = 0
-        self._heap: list[tuple[float, int, int, object]] = []
+        # (time, kind, sequence, payload): a request index (_ARRIVAL) or a scenario action (_SCENARIO)
+        self._heap: list[tuple[float, int, int, int | Action]] = []
         self._seq = 0
         self._in_flight: dict[int, float] = {}  # request index -> wall (monotonic) its KV stream began
         self._active: dict[int, str] = {}  # request index handed to the agents -> last stage reported
@@ -161,7 +162,7 @@ class RealtimeReplay:
     def states(self):
         return self.dispatch.states
 
-    def _push(self, t: float, kind: int, payload: object) -> None:
+    def _push(self, t: float, kind: int, payload: int | Action) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (t, kind, self._seq, payload))
 
@@ -180,7 +181,7 @@ class RealtimeReplay:
         if early:
             self._heap = [e for e in self._heap if not (e[1] == _SCENARIO and e[0] <= 0)]
             heapq.heapify(self._heap)
-            self._execute([e[3] for e in sorted(early)])
+            self._execute([a for _, _, _, a in sorted(early) if isinstance(a, Action)])  # all are
             time.sleep(self.preroll_s)
         # Every agent gets a fresh instance (empty queue and batch) of its role.
         self.transport.reset(self.cfg, [int(g) for g in self.cluster.prefill_ids],
@@ -254,13 +255,16 @@ class RealtimeReplay:
             except queue.Empty:
                 continue
 
-    def _handle(self, t: float, kind: int, payload: object) -> None:
+    def _handle(self, t: float, kind: int, payload: int | Action | AgentEvent) -> None:
         self.events += 1
         if kind == _ARRIVAL:
+            assert isinstance(payload, int)  # a request index
             self.dispatch.arrive(payload, t, self)
         elif kind == _SCENARIO:
+            assert isinstance(payload, Action)
             self.apply(payload)
         else:
+            assert not isinstance(payload, int | Action)  # an agent's report
             self._report(payload)
 
     def _ends(self, i: int) -> tuple[str, str]:
@@ -351,7 +355,7 @@ class RealtimeReplay:
         """Hand the decided request to its agents: the decode agent expects it, the prefill agent
         computes it and streams the KV bytes the decode instance lacks (at least one byte, or
         none when it holds the whole prompt)."""
-        nbytes = max(int(round(s.nbytes * self.byte_scale)), 1) if s.nbytes > 0 else 0
+        nbytes = max(round(s.nbytes * self.byte_scale), 1) if s.nbytes > 0 else 0
         tid = self.tid_base + i
         src, dst = int(self.cluster.prefill_ids[s.p]), int(self.cluster.decode_ids[s.d])
         lost = self.lost_hosts().intersection(self._ends(i))

@@ -334,7 +334,7 @@ class ScenarioExecutor:
         together and then waited for (see the module doc)."""
         if self._closed:
             raise ScenarioExecError("executor is closed")
-        running: dict[str, tuple[int, int, float | None]] = {}
+        running: dict[str | None, tuple[int, int, float | None]] = {}  # by flow_id
         need: dict[tuple[int, int, float | None], int] = {}
         sinks = []
         for a in actions:
@@ -390,7 +390,7 @@ class ScenarioExecutor:
         self._seq += 1
         stem = self.run_dir / f"{self._seq:05d}-{_safe(tag)}"
         out, err = stem.with_suffix(".out"), stem.with_suffix(".err")
-        fout, ferr = open(out, "wb"), open(err, "wb")
+        fout, ferr = open(out, "wb"), open(err, "wb")  # noqa: SIM115 (outlive this call: _Proc.reap closes them)
         try:
             popen = self.fab.host(host_name).popen(argv, stdin=subprocess.DEVNULL,
                                                    stdout=fout, stderr=ferr)
@@ -401,7 +401,7 @@ class ScenarioExecutor:
         return _Proc(popen, host_name, out, err, [fout, ferr])
 
     def _clamp(self, src: int, dst: int) -> int | None:
-        if self.window_clamp == "auto":
+        if isinstance(self.window_clamp, str):  # "auto", the only string __init__ accepts
             return background_window_bytes(self.tree, self.scale, self.time_scale, src, dst)
         return self.window_clamp
 
@@ -428,6 +428,7 @@ class ScenarioExecutor:
                                   f"listening after {SINK_READY_TIMEOUT_S:g} s: {waiting[0].err_tail()}")
 
     def _key(self, a: Action) -> tuple[int, int, float | None]:
+        assert a.src is not None and a.dst is not None  # a flow_start between two GPUs
         return int(a.src), int(a.dst), a.rate_gbit_s
 
     def _spawn_slot(self, key: tuple[int, int, float | None]) -> _Slot:
@@ -476,10 +477,12 @@ class ScenarioExecutor:
             self._flows[fid] = slot
 
     def _flow_stops(self, actions: list[Action]) -> None:
+        flow_ids = []
         for a in actions:
             if a.flow_id is None:
                 raise ScenarioExecError(f"flow_stop needs flow_id: {a}")
-        self._stop_flows([a.flow_id for a in actions])  # unknown or already stopped flows: nothing to do
+            flow_ids.append(a.flow_id)
+        self._stop_flows(flow_ids)  # unknown or already stopped flows: nothing to do
 
     def _stop_flows(self, flow_ids: list[str]) -> None:
         """End several flows at once (every stop signal, then every slot's report awaited) and
@@ -544,7 +547,8 @@ class ScenarioExecutor:
         out, seen = [], set()
         for link in links:
             u, v = self.tree.link_endpoints(link)
-            both = tuple(sorted((link, self.tree.link_index[(v, u)])))
+            lo, hi = sorted((link, self.tree.link_index[(v, u)]))
+            both = (lo, hi)
             if both in seen:
                 continue
             seen.add(both)

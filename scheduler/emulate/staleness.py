@@ -217,8 +217,8 @@ def _params_text(params: dict | None) -> str:
 def table_text(scenario: str, target: str, table: list[dict], tr: dict, params: dict | None = None) -> str:
     """The study's table and trend verdict as printed; ``params``: the scenario's parameters."""
     buf = io.StringIO()
-    print(f"scenario '{scenario}'{_params_text(params)}: {target} with telemetry oracle.staleness_s old, on the live fabric and "
-          f"the simulator", file=buf)
+    print(f"scenario '{scenario}'{_params_text(params)}: {target} with telemetry oracle.staleness_s old, "
+          f"on the live fabric and the simulator", file=buf)
     print(f"{'backend':>9} {'stale s':>8} {'TTFT s':>8} {'vs c-l':>8} {'regret ms':>10} {'vs perf ms':>10} "
           f"{'same tier':>10} {'same inst':>10} {'tau':>6} {'tau tier':>8}", file=buf)
     for r in table:
@@ -232,8 +232,9 @@ def table_text(scenario: str, target: str, table: list[dict], tr: dict, params: 
         noise += (", the simulator's regret inside the fabric's band: consistent" if tr["consistent"]
                   else ", the simulator's regret outside the fabric's band")
     verdict = (tr.get("verdict") or "").upper() if tr.get("verdict") == "different sign" else tr.get("verdict")
-    print(f"regret trend (vs fresh, at the largest staleness): emulate {tr['emulate']:+d}, simulate {tr['simulate']:+d}: "
-          f"{verdict}{noise}" if tr["emulate"] is not None and tr["simulate"] is not None else "regret trend: -",
+    print(f"regret trend (vs fresh, at the largest staleness): emulate {tr['emulate']:+d}, "
+          f"simulate {tr['simulate']:+d}: {verdict}{noise}"
+          if tr["emulate"] is not None and tr["simulate"] is not None else "regret trend: -",
           file=buf)
     return buf.getvalue().rstrip()
 
@@ -251,8 +252,8 @@ def plot(scenario: str, target: str, table: list[dict], command: str, params: di
         rs = sorted((r for r in table if r["backend"] == backend), key=lambda r: r["value"])
         xs = [max(r["value"], 0.05) for r in rs]
 
-        def ys(key: str, scale: float = 1.0) -> list[float]:
-            return [math.nan if r[key] is None else r[key] * scale for r in rs]
+        def ys(key: str, scale: float = 1.0, rows: list[dict] = rs) -> list[float]:
+            return [math.nan if r[key] is None else r[key] * scale for r in rows]
 
         ax1.plot(xs, ys("same_tier_fraction", 100), color="#1f77b4", label=f"same tier ({backend})", **kw)
         ax1.plot(xs, ys("same_instance_fraction", 100), color="#ff7f0e", label=f"same instance ({backend})", **kw)
@@ -278,7 +279,8 @@ def plot(scenario: str, target: str, table: list[dict], command: str, params: di
         ax.set_xlabel("telemetry staleness (s; 0 drawn at 0.05)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="x-small")
-    fig.suptitle(f"{command}: scenario {scenario}{_params_text(params)} (solid: live fabric, dashed: simulator)", fontsize="small")
+    fig.suptitle(f"{command}: scenario {scenario}{_params_text(params)} (solid: live fabric, dashed: simulator)",
+                 fontsize="small")
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png")

@@ -314,7 +314,8 @@ def _plot_transfer_by_tier(path: Path, records: dict[str, list[RequestRecord]], 
 
 def render_figures(folder: Path, records: dict[str, list[RequestRecord]], slo: SloConfig, summary: Mapping,
                    target: str = TARGET_POLICY, fmt: str = "png",
-                   spans: Sequence[tuple[float, float, str]] = (), links: LinkSeries | None = None) -> dict[str, FigureText]:
+                   spans: Sequence[tuple[float, float, str]] = (),
+                   links: LinkSeries | None = None) -> dict[str, FigureText]:
     """Draw every figure of a result folder into ``folder`` in ``fmt``, each naming the experiment
     of ``summary`` (:func:`experiment_caption`); returns file name -> its title and caption. The
     link heat map is drawn when ``links`` is given. Figures come from ``records`` alone (the

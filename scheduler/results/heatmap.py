@@ -89,7 +89,7 @@ def heatmap_links(utilisation: np.ndarray) -> np.ndarray:
     return np.sort(busy)
 
 
-def plot_link_heatmap(path: Path, times_s: Sequence[float], link_names: list[str], utilisation: np.ndarray,
+def plot_link_heatmap(path: Path, times_s: Sequence[float] | np.ndarray, link_names: list[str], utilisation: np.ndarray,
                       caption: str = "", source: str = "") -> FigureText:
     """Write a heat map of link utilisation (0..1) over time to ``path`` (format from its suffix:
     png, pdf or svg), atomically (a temporary name renamed at the end); returns its title.

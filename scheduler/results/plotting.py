@@ -81,8 +81,9 @@ def experiment_caption(summary: Mapping) -> str:
         parts.append(str(summary["backend"]))
     name = _config(summary, "scenario", "name")
     if name is not None:
-        params = _config(summary, "scenario", "params") or {}
-        extra = f" ({', '.join(f'{k}={_num_text(v)}' for k, v in params.items())})" if params else ""
+        params = _config(summary, "scenario", "params")
+        extra = (f" ({', '.join(f'{k}={_num_text(v)}' for k, v in params.items())})"
+                 if isinstance(params, Mapping) and params else "")
         parts.append(f"scenario {name}{extra}")
     source = _config(summary, "trace", "source")
     if source is not None:
@@ -103,8 +104,10 @@ def experiment_caption(summary: Mapping) -> str:
     nic = _config(summary, "topology", "nic_gbit_s")
     if nic is not None:
         parts.append(f"NIC {_num_text(nic)} Gbit/s")
-    for key, label in ((("cluster", "placement"), "placement"), (("oracle", "kind"), "oracle"), (("seed",), "seed")):
-        value = _config(summary, *key)
+    fields: tuple[tuple[tuple[str, ...], str], ...] = (
+        (("cluster", "placement"), "placement"), (("oracle", "kind"), "oracle"), (("seed",), "seed"))
+    for keys, label in fields:
+        value = _config(summary, *keys)
         if value is not None:
             parts.append(f"{label} {_num_text(value)}")
     return " | ".join(parts)

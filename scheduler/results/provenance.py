@@ -39,7 +39,7 @@ def collect(argv: list[str] | None = None, started: dt.datetime | None = None) -
     to tracked files), ``started_utc`` (ISO 8601), ``python``, ``platform``, ``packages``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     status = _git("status", "--porcelain", "--untracked-files=no")
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             packages[name] = metadata.version(name)

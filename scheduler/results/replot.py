@@ -81,7 +81,7 @@ class ResultFolder:
 _FIELD_TYPES = typing.get_type_hints(RequestRecord)
 
 
-def _convert(kind: type, text: str) -> object:
+def _convert(kind: type, text: str) -> int | float | str:
     if kind is int:
         return int(text)
     if kind is float:
@@ -114,7 +114,7 @@ def read_records(path: Path) -> dict[str, list[RequestRecord]]:
                 continue
             if len(row) != len(header):
                 raise ResultFolderError(f"{path}: line {line}: {len(row)} fields, the header has {len(header)}")
-            values = {}
+            values: dict[str, typing.Any] = {}  # each column converted to its RequestRecord field's type
             for c in columns:
                 try:
                     values[c] = _convert(_FIELD_TYPES[c], row[index[c]])

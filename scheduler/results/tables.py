@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import SupportsFloat
 
 from scheduler.results.metrics import ablation, compare
 from scheduler.results.plotting import TARGET_POLICY
@@ -10,7 +11,7 @@ from scheduler.results.plotting import TARGET_POLICY
 TABLE_WIDTH = 100
 
 
-def fmt_number(value: object, fmt: str, scale: float = 1.0) -> str:
+def fmt_number(value: SupportsFloat | str | None, fmt: str, scale: float = 1.0) -> str:
     """``value`` x ``scale`` in ``fmt``; ``-`` for None, NaN and infinities (a table cell)."""
     if value is None:
         return "-"
@@ -92,9 +93,11 @@ def format_table(summary: dict, target: str = TARGET_POLICY) -> str:
         out.append(f"ablation, {abl.get('target', 'netkv')} (live telemetry) mean TTFT: " + ", ".join(parts))
         cap = abl.get("captured", float("nan"))
         if cap is not None and math.isfinite(cap):
-            out.append(f"  live telemetry realises {100 * cap:.0f}% of perfect information's gain over the static oracle")
+            out.append(f"  live telemetry realises {100 * cap:.0f}% of perfect information's gain "
+                       "over the static oracle")
         elif "netkv:static" in abl["vs"] and "netkv:perfect" in abl["vs"]:
-            out.append("  perfect information gains nothing over the static oracle here: the network term has nothing to buy")
+            out.append("  perfect information gains nothing over the static oracle here: "
+                       "the network term has nothing to buy")
     fails = {n: s["failure"] for n, s in policies.items() if (s.get("failure") or {}).get("transfers")}
     if fails:
         out.append("")

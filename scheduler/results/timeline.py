@@ -7,8 +7,9 @@ stored in ``summary.json`` (``scenario_spans``) so ``netkv plot`` redraws the fi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -55,7 +56,7 @@ def windowed_mean(arrival_s: Sequence[float], values: Sequence[float], width_s: 
                   end_s: float) -> tuple[np.ndarray, np.ndarray]:
     """(window centres, mean of ``values`` per window of ``width_s`` over arrival time 0..``end_s``);
     NaN for a window without a finite value."""
-    n = max(1, int(math.ceil(end_s / width_s))) if end_s > 0 else 1
+    n = max(1, math.ceil(end_s / width_s)) if end_s > 0 else 1
     a = np.asarray(arrival_s, dtype=float)
     v = np.asarray(values, dtype=float)
     ok = np.isfinite(a) & np.isfinite(v)
@@ -100,7 +101,7 @@ def plot_ttft_over_time(path: Path, records: dict[str, list[RequestRecord]], slo
             continue
         x, y = windowed_mean([r.arrival_s for r in recs], [r.ttft_s for r in recs], width, end)
         if np.isfinite(y).any():
-            dots = {"marker": ".", "markersize": 4} if x.size <= MAX_MARKED_WINDOWS else {}
+            dots: dict[str, Any] = {"marker": ".", "markersize": 4} if x.size <= MAX_MARKED_WINDOWS else {}
             draw_line(ax, x, y, name, styles, target, label=legend_label(name, target), **dots)
             drawn = True
     ax.axhline(slo.ttft_s, color="black", linestyle="--", linewidth=1.0, label=f"TTFT SLO {slo.ttft_s:g} s")
@@ -176,9 +177,9 @@ def scenario_spans(actions: Sequence, end_s: float, events: Sequence[Mapping] | 
     out: list[tuple[float, float, str]] = []
     for event, intervals in flows.items():
         out.extend(_merged(intervals, _flow_label(event, len(n_flows.get(event, ())), events)))
-    for key, intervals in links.items():
+    for key, link_intervals in links.items():
         by_factor: dict[float, list[tuple[float, float]]] = {}
-        for start, stop, factor in intervals:
+        for start, stop, factor in link_intervals:
             by_factor.setdefault(factor, []).append((start, stop))
         for factor, ivs in by_factor.items():
             out.extend(_merged(ivs, _link_label(key, factor, link_name)))
@@ -217,7 +218,7 @@ def _flow_label(event: int, n: int, events: Sequence[Mapping] | None) -> str:
     return text
 
 
-def _hosts(value: object) -> str:
+def _hosts(value: str | Iterable[object]) -> str:
     """A set of GPU host names, short: one GPU by name, whole servers by server name (``p0t1s0``),
     many by count."""
     names = sorted(set([value] if isinstance(value, str) else [str(v) for v in value]))

@@ -30,20 +30,23 @@ from pathlib import Path
 import numpy as np
 
 from scheduler.decision.context import DecisionContext
-from scheduler.decision.oracle import TelemetryOracle, make_oracle
+from scheduler.decision.oracle import NetworkOracle, TelemetryOracle, make_oracle
 from scheduler.decision.telemetry import TelemetrySnapshot
 from scheduler.model.cluster import Cluster
 from scheduler.model.config import build_config
 from scheduler.model.scenario import load_scenario
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.model.trace import load_trace
+from scheduler.paths import MOONCAKE_DIR
 from scheduler.policies import parse_spec
+from scheduler.policies.base import Policy
 from scheduler.sim.network import FlowNetwork
 from scheduler.sim.simulator import Simulator
 from scheduler.study.experiment import SCENARIO_SLACK_S
 from topology.model import FatTree
 
-CONVERSATION_TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
+CONVERSATION_TRACE = MOONCAKE_DIR / "conversation_trace.jsonl"
+"""The public Mooncake conversation trace, read in place beside the checkout."""
 
 # Fat-tree shapes, by the |D| they give under PLACEMENT (GPUs / 2).
 SHAPES = {
@@ -122,6 +125,37 @@ def _bench_oracle(kind: str | None, tree: FatTree, snap: TelemetrySnapshot, rng:
                        truth=_BenchTruth(tree, rng) if kind == "perfect" else None)
 
 
+class _Decider:
+    """Times one policy's decisions on a warmed cluster and, for an oracle that tracks
+    commitments, books each decision the way the simulator does (untimed there too)."""
+
+    def __init__(self, cluster: Cluster, policy: Policy, oracle: NetworkOracle) -> None:
+        self.cluster, self.policy, self.oracle = cluster, policy, oracle
+        self.commits = oracle.tracks_commitments
+        self.clock = 1.0
+        self.turn = 0
+
+    def __call__(self, r, repeats: int = 1) -> list[int]:
+        """Nanoseconds of each of ``repeats`` choose() calls on request ``r`` (choose() leaves
+        cluster and oracle as they were)."""
+        cluster, oracle, now = self.cluster, self.oracle, self.clock
+        self.turn += 1
+        took = []
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            ctx = DecisionContext(cluster, r, now, oracle, self.turn)
+            dec = self.policy.choose(ctx)
+            took.append(time.perf_counter_ns() - t0)
+        if self.commits:  # the simulator's bookkeeping after a decision (not timed there either)
+            start = now + ctx.transfer_delay_s(dec.prefill)
+            cost = float(ctx.raw_transfer_cost_s(dec.prefill)[dec.decode])
+            oracle.commit(int(cluster.prefill_ids[dec.prefill]), int(cluster.decode_ids[dec.decode]),
+                          start, start + cost, r.req_id, float(ctx.decode_bytes[dec.decode]), r.req_id)
+            oracle.done(r.req_id, start + cost)  # as the simulator reports its arrival
+            self.clock += INFLIGHT_CLOCK_STEP_S
+        return took
+
+
 def decision_cluster_config(n_decode: int):
     """The decision-latency config of shape ``SHAPES[n_decode]`` under :data:`PLACEMENT`."""
     return build_config(overrides=_overrides(SHAPES[n_decode]) + list(PLACEMENT))
@@ -142,32 +176,13 @@ def decision_latency(n_decode: int, requests, calls: int, seed: int = 0,
         for r in requests[:2000]:  # warm caches: each request's prefix on one prefill and one decode
             cluster.prefill_cache.insert(int(rng.integers(cluster.prefill_ids.size)), r.hash_ids)
             cluster.decode_cache.insert(int(rng.integers(cluster.decode_ids.size)), r.hash_ids)
-        cluster.decode_assigned_tokens[:] = rng.uniform(0, 0.5, cluster.decode_ids.size) * cluster.decode_capacity_tokens
+        cluster.decode_assigned_tokens[:] = (rng.uniform(0, 0.5, cluster.decode_ids.size)
+                                             * cluster.decode_capacity_tokens)
         cluster.prefill_busy_until[:] = rng.uniform(0, 2.0, cluster.prefill_ids.size)
         snap = TelemetrySnapshot(0.0, np.append(rng.uniform(0, 0.9, tree.n_links), 0.0), np.ones(tree.n_links + 1))
         policy = parse_spec(spec).make(seed=seed)
         oracle = _bench_oracle(policy.oracle_kind, tree, snap, rng)
-        commits = oracle.tracks_commitments
-        clock = [1.0]
-        turn = [0]
-
-        def decide(r, repeats: int = 1) -> list[int]:
-            now = clock[0]
-            turn[0] += 1
-            took = []
-            for _ in range(repeats):  # choose() leaves cluster and oracle as they were
-                t0 = time.perf_counter_ns()
-                ctx = DecisionContext(cluster, r, now, oracle, turn[0])
-                dec = policy.choose(ctx)
-                took.append(time.perf_counter_ns() - t0)
-            if commits:  # the simulator's bookkeeping after a decision (not timed there either)
-                start = now + ctx.transfer_delay_s(dec.prefill)
-                cost = float(ctx.raw_transfer_cost_s(dec.prefill)[dec.decode])
-                oracle.commit(int(cluster.prefill_ids[dec.prefill]), int(cluster.decode_ids[dec.decode]),
-                              start, start + cost, r.req_id, float(ctx.decode_bytes[dec.decode]), r.req_id)
-                oracle.done(r.req_id, start + cost)  # as the simulator reports its arrival
-                clock[0] += INFLIGHT_CLOCK_STEP_S
-            return took
+        decide = _Decider(cluster, policy, oracle)
 
         # steady state: per-source path tables are built once per prefill instance and then cached,
         # and warm-up decisions on a disjoint slice of the trace fill the memo of holder sets
@@ -244,6 +259,16 @@ def run_bench(trace: str | None = None, quick: bool = False, log=print) -> dict:
     return figures
 
 
+def _shape_cell(n: str | int, shapes: dict) -> str:
+    """Column head of the decision-latency table: |D| and the GPUs of that cluster."""
+    return f"|D|={n} ({shapes.get(n, {}).get('gpus', '?')} GPUs)"
+
+
+def _latency_cell(v: dict) -> str:
+    """One decision-latency cell: p50 / p99 of single calls / p99 of each decision's fastest."""
+    return f"{v['p50_us']:.1f} / {v['p99_us']:.1f} / {v.get('min_p99_us', float('nan')):.1f}"
+
+
 def format_bench(f: dict) -> str:
     targets = f.get("targets", TARGETS)
     lat = f["decision_latency"]
@@ -253,21 +278,23 @@ def format_bench(f: dict) -> str:
              f"{next(iter(next(iter(lat.values())).values())).get('repeats', 1)} calls"]
     shapes = f.get("decision_shapes", {})
     lines.append("  " + " " * 22 + "".join(
-        f"{'|D|=%s (%s GPUs)' % (n, shapes.get(n, {}).get('gpus', '?')):>26}" for n in lat))
+        f"{_shape_cell(n, shapes):>26}" for n in lat))
     names = list(next(iter(lat.values())))
     for name in names:
-        cells = "".join(f"{'%.1f / %.1f / %.1f' % (v[name]['p50_us'], v[name]['p99_us'], v[name].get('min_p99_us', float('nan'))):>26}"
-                        for v in lat.values())
+        cells = "".join(f"{_latency_cell(v[name]):>26}" for v in lat.values())
         goal = targets["decision_p99_us"].get(name)
         note = ""
         if goal:
-            met = all(str(n) in lat and lat[str(n)][name].get("min_p99_us", float("inf")) <= t for n, t in goal.items())
-            note = ("   target (fastest-of-repeats p99): " + ", ".join(f"<= {t:g} us at |D|={n}" for n, t in goal.items())
+            met = all(str(n) in lat and lat[str(n)][name].get("min_p99_us", float("inf")) <= t
+                      for n, t in goal.items())
+            note = ("   target (fastest-of-repeats p99): "
+                    + ", ".join(f"<= {t:g} us at |D|={n}" for n, t in goal.items())
                     + (" ok" if met else " not met"))
         lines.append(f"  {name:<22}{cells}{note}")
     lines += ["", f"simulator speed (default placement; target: the full trace under one policy in "
                   f"<= {targets['simulator_full_trace_s']:g} s)",
-              f"  {'policy':<18}{'scenario':<13}{'requests':>9}{'GPUs':>6}{'|D|':>6}{'wall s':>8}{'req/s':>9}{'events':>9}"]
+              f"  {'policy':<18}{'scenario':<13}{'requests':>9}{'GPUs':>6}{'|D|':>6}"
+              f"{'wall s':>8}{'req/s':>9}{'events':>9}"]
     full = f.get("trace_requests")
     for s in f["simulator"]:
         mark = ""

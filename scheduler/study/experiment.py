@@ -102,7 +102,8 @@ def split_trace(requests: list[Request], max_requests: int | None, tune_requests
             raise ConfigError("a trace window other than the first needs --max-requests (the window's size)")
         start = window * max_requests
         if start + max_requests > len(head):
-            raise ConfigError(f"window {window} of {max_requests} requests (requests {start}..{start + max_requests - 1}) "
+            raise ConfigError(f"window {window} of {max_requests} requests "
+                              f"(requests {start}..{start + max_requests - 1}) "
                               f"lies beyond the trace's {len(head)} evaluable requests; use fewer seeds or a "
                               f"smaller --max-requests")
         first = head[start].arrival_s
@@ -156,7 +157,7 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
         raise ConfigError(f"every one of the {len(too_long)} evaluated requests needs more KV (prompt + output "
                           f"tokens) than a decode instance holds ({kv_capacity} tokens: model '{cfg.model.name}' on "
                           f"cluster.tp={cfg.cluster.tp} x '{cfg.gpu.name}'); raise cluster.tp")
-    for name in (weights or {}):
+    for name, w in (weights or {}).items():
         try:
             spec = parse_spec(name)
         except ValueError:
@@ -164,12 +165,12 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
         if spec is None or spec.tuned_param is None:
             raise ConfigError(f"--weight {name}=...: policy {name!r} has no tunable weight "
                              f"(tunable: {', '.join(n for n, c in REGISTRY.items() if c.tuned_param)})")
-        w = weights[name]
         if not (w >= 0 and math.isfinite(w)):
             raise ConfigError(f"--weight {name}={w}: a weight must be a finite number >= 0")
         used = {c.name for c in classes} | {o for c in classes for o in c.cls.inherits.values()}
         if spec.name not in used:
-            raise ConfigError(f"--weight {name}=...: {name!r} is not among --policies ({', '.join(c.name for c in classes)}) "
+            raise ConfigError(f"--weight {name}=...: {name!r} is not among --policies "
+                             f"({', '.join(c.name for c in classes)}) "
                              f"nor inherited by one of them, so the weight would be ignored")
     assign_roles(tree, cfg.cluster.placement, cfg.cluster.prefill_fraction,
                  cfg.cluster.reserved_servers_per_pod, cfg.cluster.tp)  # both roles present?
@@ -263,7 +264,7 @@ def run_simulation(exp: Experiment, progress: bool = True, log=print, shadow: bo
                         record_telemetry=record)
         recs = sim.run()
         wall = time.perf_counter() - t1
-        if record:
+        if links is not None and record:
             _fill_recording(links, sim)
         errors = sim.dispatch.oracle_errors()
         if errors and oracle_rows is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from scheduler.model.config import SLO_DEFINITIONS
 from scheduler.results.tables import fmt_number
 from scheduler.study import sweep as sw
-from scheduler.study.report_plan import HEADLINE_POLICIES, PLACEMENTS, Plan, SweepSpec, rel_path
+from scheduler.study.report_plan import HEADLINE_POLICIES, PLACEMENTS, Cell, Plan, SweepSpec, rel_path
 from scheduler.study.sweep_plot import plot as plot_sweep
 
 PAPER = {"vs round-robin": -21.2, "vs tuned cache+load": -17.6, "SLO gain up to pp": 20.1, "TBT overhead below ms": 0.5}
@@ -42,8 +42,8 @@ def _matrix_table(plan: Plan, results: dict, section: str) -> list[str]:
         return []
     names = [n for n in HEADLINE_POLICIES.split(",") if any(n in results["cells"][i]["policies"] for i, _ in rows)]
     head = ["scenario", *names, "live vs static", "live vs topology-affinity", "live vs perfect",
-            "vs cache-load", "vs round-robin", "p99 vs topology-affinity", "SLO pp vs cache-load", "TBT ms vs cache-load",
-            "netkv tiers 0/1/2/3"]
+            "vs cache-load", "vs round-robin", "p99 vs topology-affinity", "SLO pp vs cache-load",
+            "TBT ms vs cache-load", "netkv tiers 0/1/2/3"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for i, c in rows:
         p = results["cells"][i]["policies"]
@@ -56,8 +56,8 @@ def _matrix_table(plan: Plan, results: dict, section: str) -> list[str]:
                  fmt_number(_pct(live, _ttft(p, "netkv:perfect")), "+.1f") + "%",
                  fmt_number(_pct(live, _ttft(p, "cache-load")), "+.1f") + "%",
                  fmt_number(_pct(live, _ttft(p, "round-robin")), "+.1f") + "%",
-                 fmt_number(_pct((p.get("netkv") or {}).get("ttft_p99_s"), (p.get("topology-affinity") or {}).get("ttft_p99_s")),
-                    "+.1f") + "%",
+                 fmt_number(_pct((p.get("netkv") or {}).get("ttft_p99_s"),
+                                 (p.get("topology-affinity") or {}).get("ttft_p99_s")), "+.1f") + "%",
                  fmt_number(100 * (p["netkv"]["slo_attainment"] - cl.get("slo_attainment", math.nan)), "+.1f"),
                  fmt_number(p["netkv"]["tbt_mean_ms"] - cl.get("tbt_mean_ms", math.nan), "+.2f"),
                  "/".join(str(h) for h in hist)]
@@ -147,6 +147,11 @@ def _best_slo(s: sw.Sweep, table: list[dict]) -> dict[str, str]:
     return out
 
 
+def _any_scenario_command(plan: Plan, cell: Cell) -> str:
+    """The command that runs ``cell``, its scenario replaced by NAME: one line for a section's table."""
+    return cell.command(plan.trace, plan.headline_requests).replace("--scenario " + cell.scenario, "--scenario NAME")
+
+
 def render(plan: Plan, results: dict, fig_dir: Path, command: str, wall_s: float, fig_link: str = "results") -> str:
     """docs/results.md as text (figures written into ``fig_dir``, linked as ``fig_link/<name>``,
     the folder's name beside the markdown file once written)."""
@@ -157,7 +162,8 @@ def render(plan: Plan, results: dict, fig_dir: Path, command: str, wall_s: float
           f"Trace: `{rel_path(plan.trace) if plan.trace else 'synthetic'}`"
           + (f", first {plan.headline_requests} requests" if plan.headline_requests else ", whole (11,531 "
              "evaluated requests, the last 500 held out for tuning)") + ". Sweeps: "
-          f"{len(plan.seeds)} seeds = disjoint windows of {plan.sweep_requests} requests, 95% intervals (Student t).", ""]
+          f"{len(plan.seeds)} seeds = disjoint windows of {plan.sweep_requests} requests, "
+          "95% intervals (Student t).", ""]
     L += ["## Findings", "", "Computed from the runs below (the sections after this one show every number).", "",
           *_findings(plan, results), ""]
     L += ["## Headline: every built-in scenario, default placement (by-rack pools), 400 Gb/s", "",
@@ -170,22 +176,24 @@ def render(plan: Plan, results: dict, fig_dir: Path, command: str, wall_s: float
     for section, title in (("nic200", "The same at 200 Gb/s per GPU (Mooncake's H800 configuration)"),
                            ("placement", "Other placements (by-server, mixed), 400 Gb/s: the scenarios are the same "
                                          "traffic on host names, which these layouts give other roles"),
-                           ("layer-wise", "Layer-wise KV streaming (timing.kv_streaming=layer-wise), default placement")):
+                           ("layer-wise",
+                            "Layer-wise KV streaming (timing.kv_streaming=layer-wise), default placement")):
         rows = [c for c in plan.cells if c.section == section]
         if not rows:
             continue
         L += [f"## {title}", ""]
         if section == "placement":
             for placement in PLACEMENTS[1:]:
-                sub = [(i, c) for i, c in enumerate(plan.cells) if c.section == section and placement in c.overrides[0]]
+                sub = [(i, c) for i, c in enumerate(plan.cells)
+                       if c.section == section and placement in c.overrides[0]]
                 if sub:
-                    L += [f"### {placement}", "", f"`{sub[0][1].command(plan.trace, plan.headline_requests).replace('--scenario ' + sub[0][1].scenario, '--scenario NAME')}`", ""]
+                    L += [f"### {placement}", "", f"`{_any_scenario_command(plan, sub[0][1])}`", ""]
                     tmp = Plan(plan.quick, plan.trace, plan.headline_requests, plan.sweep_requests, plan.seeds,
                                cells=[c for _, c in sub])
                     L += _matrix_table(tmp, {"cells": {k: results["cells"][i] for k, (i, _) in enumerate(sub)}},
                                        section) + [""]
         else:
-            L += [f"`{rows[0].command(plan.trace, plan.headline_requests).replace('--scenario ' + rows[0].scenario, '--scenario NAME')}`", ""]
+            L += [f"`{_any_scenario_command(plan, rows[0])}`", ""]
             L += _matrix_table(plan, results, section) + [""]
     fail = _failure_table(plan, results)
     if fail:
@@ -223,8 +231,8 @@ def _findings(plan: Plan, results: dict) -> list[str]:
         gap = [(c.scenario, p) for c, p in head if "netkv:perfect" in p]
         if gap:
             worst = max(gap, key=lambda t: _cell_gain(t[1], "netkv:perfect"))
-            out.append(f"- Live telemetry against perfect information: at most {_cell_gain(worst[1], 'netkv:perfect'):+.1f}% "
-                       f"({worst[0]}).")
+            out.append("- Live telemetry against perfect information: "
+                       f"at most {_cell_gain(worst[1], 'netkv:perfect'):+.1f}% ({worst[0]}).")
     guard = [(c, p) for i, c in enumerate(plan.cells) for p in [results["cells"][i]["policies"]]
              if c.section in ("headline", "nic200")]
     bad = []
@@ -255,7 +263,8 @@ def _findings(plan: Plan, results: dict) -> list[str]:
             peak = min(sig, key=lambda t: t[1]) if sig else None
             loses = [f"x{v:g}" for v, (m, hw) in pts if math.isfinite(m) and m - (hw if math.isfinite(hw) else 0) > 0]
             out.append(f"- Load vs {base}: " + ", ".join(f"x{v:g} {_ci((m, hw), '%')}" for v, (m, hw) in pts)
-                       + (f"; the largest gain whose interval excludes zero is at rate-scale {peak[0]:g} ({peak[1]:+.1f}%)"
+                       + ("; the largest gain whose interval excludes zero is at "
+                          f"rate-scale {peak[0]:g} ({peak[1]:+.1f}%)"
                           if peak else "; no gain whose interval excludes zero")
                        + (f"; netkv loses (interval above zero) at {', '.join(loses)}" if loses
                           else "; netkv loses nowhere (no interval above zero)") + ".")
@@ -309,7 +318,7 @@ def _failure_table(plan: Plan, results: dict) -> list[str]:
                                                            results["cells"][i]["policies"].values())]
     if not rows:
         return []
-    names = [n for n in ("cache-load", "topology-affinity", "netkv:static", "netkv", "netkv:perfect")]
+    names = ["cache-load", "topology-affinity", "netkv:static", "netkv", "netkv:perfect"]
     out = ["| scenario | run | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 2)]
     for c, p in rows:
         cells = []
@@ -335,13 +344,14 @@ def _no_help(plan: Plan, results: dict) -> list[str]:
         best = min((_ttft(p, n) or math.inf) for n in ("topology-affinity", "netkv:static", "cache-load") if n in p)
         gain = _pct(live, best)
         if math.isfinite(gain) and gain > -1.0:
-            out.append(f"- {c.scenario} ({c.label}): netkv {fmt_number(live, '.3f')} s against the best static scheduler's "
-                       f"{fmt_number(best, '.3f')} s ({gain:+.1f}%)" + (": **netkv is slower**" if gain > 0.5 else ""))
+            out.append(f"- {c.scenario} ({c.label}): netkv {fmt_number(live, '.3f')} s "
+                       f"against the best static scheduler's {fmt_number(best, '.3f')} s ({gain:+.1f}%)"
+                       + (": **netkv is slower**" if gain > 0.5 else ""))
     for spec in plan.sweeps:  # sweep points where netkv loses to a static scheduler
         agg_vs = results.get("_agg", {}).get(spec.key, {})
         for base, d in agg_vs.items():
             for v, (m, hw) in zip(spec.values, d["ttft_mean_pct"]):
                 if math.isfinite(m) and m > 0.5 and base in ("cache-load", "topology-affinity", "netkv:static"):
-                    out.append(f"- sweep {spec.key}, {spec.param} = {v:g}: netkv {m:+.1f}% (+-{hw:.1f}) against {base}: "
-                               f"**netkv is slower**")
+                    out.append(f"- sweep {spec.key}, {spec.param} = {v:g}: netkv {m:+.1f}% (+-{hw:.1f}) "
+                               f"against {base}: **netkv is slower**")
     return out or ["- (every run gained at least 1%)"]

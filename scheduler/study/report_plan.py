@@ -11,13 +11,15 @@ import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from scheduler.paths import MOONCAKE_DIR, REPO_ROOT
 from scheduler.study import sweep as sw
 
 TRACE = MOONCAKE_DIR / "conversation_trace.jsonl"
 """The real trace the report runs on (read in place, never copied); synthetic when absent."""
-HEADLINE_POLICIES = "round-robin,least-loaded,cache-load,topology-filter,topology-affinity,netkv:static,netkv,netkv:inflight,netkv:perfect"
+HEADLINE_POLICIES = ("round-robin,least-loaded,cache-load,topology-filter,topology-affinity,"
+                     "netkv:static,netkv,netkv:inflight,netkv:perfect")
 """Policies of the headline matrix (and the 200 Gb/s one): every scheduler and every oracle."""
 SHORT_POLICIES = "round-robin,cache-load,topology-affinity,netkv:static,netkv,netkv:perfect"
 """Policies of the placement and layer-wise matrices: the headline's without least-loaded, topology-filter
@@ -194,7 +196,8 @@ def run_plan(plan: Plan, jobs: int | None = None, progress: bool = True, log=pri
                          sw.Point(1.0, 0))
     for s in sweeps.values():
         sw.validate(s)
-    first = [("cell", i, (cell, plan.trace, plan.headline_requests)) for i, cell in enumerate(plan.cells)]
+    first: list[tuple[str, Any, tuple]] = [("cell", i, (cell, plan.trace, plan.headline_requests))
+                                          for i, cell in enumerate(plan.cells)]
     first += [("tune", (key, v), (s, v)) for key, s in sweeps.items() for v in s.values]
     n_points = sum(len(s.points()) for s in sweeps.values())
     out: dict = {"cells": {}, "sweeps": {k: {} for k in sweeps}, "wall_s": {}}

@@ -71,7 +71,8 @@ def _fmt(pair: tuple[float, float], fmt: str, scale: float = 1.0) -> str:
 def _table(agg: dict, target: str, scenario: str) -> str:
     pol = agg["policies"]
     buf = io.StringIO()
-    print(f"scenario '{scenario}': {target} with its telemetry {PARAM} old; references {', '.join(REFERENCES)}", file=buf)
+    print(f"scenario '{scenario}': {target} with its telemetry {PARAM} old; references {', '.join(REFERENCES)}",
+          file=buf)
     print(f"{'staleness s':>12} {'mean TTFT s':>16} {'vs cache-load':>16} {'regret ms':>14} {'same tier':>14} "
           f"{'same inst.':>14} {'tau':>12} {'tau in tier':>12}", file=buf)
     for i, v in enumerate(agg["values"]):

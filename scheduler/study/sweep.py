@@ -349,7 +349,7 @@ def format_table(sweep: Sweep, agg: dict, target: str = TARGET) -> str:
     lines = [f"{sweep.param:>16}  " + "  ".join(f"{n:>22}" for n in agg["policies"])]
     for i, v in enumerate(sweep.values):
         cells = []
-        for name, m in agg["policies"].items():
+        for m in agg["policies"].values():
             mean, hw = m["ttft_mean_s"][i]
             cells.append(f"{mean:>13.3f} s" + (f" +-{hw:.3f}" if math.isfinite(hw) else " " * 7))
         lines.append(f"{v!s:>16}  " + "  ".join(f"{c:>22}" for c in cells))

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CONVERSATION_TRACE, needs_mooncake
 
 from scheduler.model.cache import PrefixCacheGroup
 from scheduler.model.config import MODEL_PRESETS, ConfigError, build_config, describe_constants
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.model.timing import TimingModel
 from scheduler.model.trace import load_trace
-
-REAL_TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
 
 
 # ----------------------------------------------------------------------------- KV size
@@ -240,10 +238,10 @@ def test_prefix_blocks_matches_scan_on_synthetic_traces(seed, n, capacity):
     assert _cross_check(reqs, n, capacity, seed) > 0
 
 
-@pytest.mark.skipif(not REAL_TRACE.exists(), reason=f"Mooncake conversation trace not found at {REAL_TRACE}")
+@needs_mooncake()
 @pytest.mark.parametrize("n,capacity", [(8, 150), (24, 1500)])
 def test_prefix_blocks_matches_scan_on_real_trace(n, capacity):
-    reqs = load_trace(REAL_TRACE)[:6000]
+    reqs = load_trace(CONVERSATION_TRACE)[:6000]
     assert _cross_check(reqs, n, capacity, seed=n) > 0
 
 

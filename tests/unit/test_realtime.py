@@ -164,6 +164,7 @@ def _replay_and_simulate(cfg, reqs, byte_scale: float):
     return recs, Simulator(cfg, reqs, REGISTRY["round-robin"]()).run(), agents, replay
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["round-robin", "netkv"])
 def test_realtime_replay_matches_the_simulator_on_an_idle_fabric(policy):
     cfg = build_config(overrides=["topology.nic_gbit_s=20"])  # transfers of tens of ms, never overlapping
@@ -195,6 +196,7 @@ def test_realtime_replay_matches_the_simulator_on_an_idle_fabric(policy):
     assert max(replay.lag_s) < 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nic_gbit_s", [400, 20])
 def test_layer_wise_streaming_replay_matches_the_simulator(nic_gbit_s):
     """timing.kv_streaming = layer-wise: the prefill agents stream each layer's KV as it is
@@ -319,6 +321,7 @@ def test_reports_out_of_order_or_unknown_are_errors():
         _replay(cfg, _requests(1), "round-robin", gone, 1e-6).run()
 
 
+@pytest.mark.slow
 def test_silent_agents_time_out_naming_the_request():
     cfg = build_config()
     mute = ScriptedAgents(lambda tid, t: [Prefilled(tid, t, t)])  # the KV never arrives
@@ -458,6 +461,7 @@ def test_agreement_and_transfer_agreement_arithmetic():
     assert "1" not in t and "3" not in t  # no transfers on one backend / on both
 
 
+@pytest.mark.slow
 def test_a_lost_instance_fails_its_requests_and_the_run_completes_for_the_rest():
     """An agent killed mid-replay (``lost_hosts``): its control connection closes, the requests it
     held fail, so does every later one sent to it; the others finish and have records."""

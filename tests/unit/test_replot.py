@@ -63,6 +63,7 @@ def png_text(path: Path) -> dict[str, str]:
 
 
 # -- what simulate writes ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_simulate_stores_the_scenario_spans(folders: dict[str, Path]) -> None:
     summary = json.loads((folders["timed"] / "summary.json").read_text())
     spans = summary["scenario_spans"]
@@ -120,6 +121,7 @@ def test_link_recording_changes_no_result() -> None:
 
 
 # -- plot ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_plot_redraws_every_figure_in_place(folders: dict[str, Path], tmp_path: Path,
                                             capsys: pytest.CaptureFixture) -> None:
     src = tmp_path / "copy"

@@ -308,6 +308,7 @@ def _png_text(path: Path) -> dict[str, str]:
         return dict(im.text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", plotting.FIGURE_FORMATS)
 def test_figures_in_every_format_carry_the_experiment(tmp_path: Path, fmt: str) -> None:
     records = make_records()
@@ -329,6 +330,7 @@ def test_figures_in_every_format_carry_the_experiment(tmp_path: Path, fmt: str) 
             assert f"<dc:description>{CAPTION}</dc:description>" in data.decode(), name
 
 
+@pytest.mark.slow
 def test_render_figures_returns_titles_and_captions(tmp_path: Path) -> None:
     records = make_records()
     summary = {"backend": "simulate", "config": CONFIG}

@@ -1,16 +1,12 @@
 """Tests for scheduler/model/synthetic.py: determinism, the 512-token rule, Mooncake-like statistics."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import CONVERSATION_TRACE, needs_mooncake
 
 from scheduler.model.synthetic import SyntheticConfig, SyntheticConfigError, synthetic_trace
 from scheduler.model.trace import BLOCK_TOKENS, load_trace, trace_stats
-
-MOONCAKE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mooncake"
-CONVERSATION = MOONCAKE_DIR / "conversation_trace.jsonl"
 
 
 def test_same_seed_identical_different_seed_differs() -> None:
@@ -81,9 +77,9 @@ def test_config_rejects_out_of_range(field: str, value: float) -> None:
         SyntheticConfig(**{field: value})
 
 
-@pytest.mark.skipif(not CONVERSATION.exists(), reason=f"Mooncake conversation trace not found at {CONVERSATION}")
+@needs_mooncake()
 def test_close_to_real_conversation_trace() -> None:
-    real = trace_stats(load_trace(CONVERSATION))
+    real = trace_stats(load_trace(CONVERSATION_TRACE))
     synth = trace_stats(synthetic_trace(SyntheticConfig(n_requests=6000), seed=0))
     for key, rel in [("rate_per_s", 0.05), ("input_median", 0.1), ("input_mean", 0.1), ("output_mean", 0.08)]:
         assert synth[key] == pytest.approx(real[key], rel=rel), key

@@ -6,11 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import CONVERSATION_TRACE, needs_mooncake
 
 from scheduler.model.trace import BLOCK_TOKENS, Request, TraceError, load_trace, trace_stats
-
-MOONCAKE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mooncake"
-CONVERSATION = MOONCAKE_DIR / "conversation_trace.jsonl"
 
 
 def rec(ts: float = 0, inp: int = 1000, out: int = 10, ids: list | None = None) -> dict:
@@ -109,10 +107,10 @@ def test_trace_stats_small(tmp_path: Path) -> None:
         trace_stats([])
 
 
-@pytest.mark.skipif(not CONVERSATION.exists(), reason=f"Mooncake conversation trace not found at {CONVERSATION}")
+@needs_mooncake()
 def test_real_conversation_trace_loads_fast_and_matches_readme() -> None:
     t0 = time.perf_counter()
-    reqs = load_trace(CONVERSATION)
+    reqs = load_trace(CONVERSATION_TRACE)
     elapsed = time.perf_counter() - t0
     assert elapsed < 1.0, f"loading took {elapsed:.2f} s"
     s = trace_stats(reqs)

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
+from helpers import CONVERSATION_TRACE, needs_mooncake
 
 from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.model.trace import BLOCK_TOKENS, Request, load_trace, n_blocks, reusable_block_fraction
 from scheduler.model.transform import SPLIT, TransformError, context_scale, rate_scale
-
-REAL_TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
 
 
 def shared_blocks(a: Request, b: Request) -> int:
@@ -85,9 +83,9 @@ def test_context_scale_caps_at_the_window_and_counts(trace):
             context_scale(trace, bad, 1000)
 
 
-@pytest.mark.skipif(not REAL_TRACE.exists(), reason=f"Mooncake trace not found at {REAL_TRACE}")
+@needs_mooncake()
 def test_context_scale_keeps_the_real_traces_reuse():
-    real = load_trace(REAL_TRACE)[:3000]
+    real = load_trace(CONVERSATION_TRACE)[:3000]
     base = reusable_block_fraction(real)
     for k in (0.5, 2.0):
         scaled = context_scale(real, k, 10**9).requests
