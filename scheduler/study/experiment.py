@@ -25,7 +25,6 @@ from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.model.timing import TimingModel
 from scheduler.model.trace import Request, load_trace, trace_stats
 from scheduler.policies import REGISTRY, PolicySpec, parse_spec, resolve
-from scheduler.policies.base import Policy
 from scheduler.results.metrics import SloConfig
 from scheduler.results.summary import policy_summary
 from scheduler.sim.simulator import Simulator

@@ -225,7 +225,7 @@ def test_oracle_option_and_ablation_block(runs):
 
 
 def test_default_run_has_the_ablation(runs):
-    res, out, _ = runs["a"]
+    _res, out, _ = runs["a"]
     summary = json.loads((out / "summary.json").read_text())
     vs = summary["ablation"]["vs"]
     assert list(vs) == ["netkv:static", "netkv:perfect", "topology-affinity", "cache-load"]
@@ -257,7 +257,7 @@ def test_short_trace_tuning_needs_consent(runs):
 
 
 def test_events_after_the_horizon_are_warned(runs):
-    res, out, _ = runs["late"]
+    res, _out, _ = runs["late"]
     assert res.returncode == 0, res.stderr
     assert "WARNING: scenario 'late': event(s) [0] at 1e+09 s" in res.stderr and "never run" in res.stderr
 
@@ -331,7 +331,7 @@ def test_bench_quick_json():
     assert res.returncode == 0, res.stderr
     figures = json.loads(res.stdout)
     assert "decision_latency" in figures and "simulator" in figures
-    for size, per_policy in figures["decision_latency"].items():
+    for per_policy in figures["decision_latency"].values():
         assert set(per_policy) >= {"cache-load", "topology-affinity", "netkv"}
         for v in per_policy.values():
             assert v["p50_us"] <= v["p99_us"] and v["calls"] > 0
@@ -367,7 +367,8 @@ def test_version_flag():
 
 def test_target_picks_the_comparison_and_must_be_a_policy(tmp_path):
     out = tmp_path / "t"
-    res = netkv(*simulate_args(out, "--no-tune", "--policies", "cache-load,netkv,round-robin", "--target", "cache-load"))
+    res = netkv(*simulate_args(out, "--no-tune", "--policies", "cache-load,netkv,round-robin",
+                               "--target", "cache-load"))
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["comparison_target"] == "cache-load"

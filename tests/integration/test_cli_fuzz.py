@@ -23,7 +23,8 @@ TRACE_LINE = '{{"timestamp": {t}, "input_length": {n}, "output_length": 8, "hash
 
 def _files(tmp: Path) -> dict[str, str]:
     good = tmp / "good.jsonl"
-    good.write_text("\n".join(TRACE_LINE.format(t=200 * i, n=600 + 40 * i, a=i % 3, b=100 + i) for i in range(16)) + "\n")
+    lines = (TRACE_LINE.format(t=200 * i, n=600 + 40 * i, a=i % 3, b=100 + i) for i in range(16))
+    good.write_text("\n".join(lines) + "\n")
     broken = tmp / "broken.jsonl"
     broken.write_text(TRACE_LINE.format(t=0, n=600, a=0, b=1) + "\n{not json\n")
     flap = tmp / "flap.toml"
@@ -58,7 +59,8 @@ def _choices(f: dict[str, str]) -> dict[str, list[list[str]]]:
                      ["--weight", "round-robin=1"]],
         "--no-tune": [["--no-tune"], ["--no-tune"], ["--no-tune"], []],
         "--trace": [[], [], ["--trace", f["good"]], ["--trace", f["broken"]], ["--trace", "/nope.jsonl"]],
-        "--rate-scale": [[], ["--rate-scale", "2"], ["--rate-scale", "0"], ["--rate-scale", "-1"], ["--rate-scale", "nan"]],
+        "--rate-scale": [[], ["--rate-scale", "2"], ["--rate-scale", "0"], ["--rate-scale", "-1"],
+                         ["--rate-scale", "nan"]],
         "--context-scale": [[], ["--context-scale", "0.5"], ["--context-scale", "0"], ["--context-scale", "1e9"]],
         "--target": [[], ["--target", "netkv"], ["--target", "cache-load"], ["--target", "bogus"]],
         "--oracle": [[], ["--oracle", "static"], ["--oracle", "perfect"], ["--oracle", "bogus"]],

@@ -74,7 +74,7 @@ def test_trace_windows_as_seeds(tmp_path):
     assert [r.req_id for r in exp0.requests] == list(range(10))
     assert [r.req_id for r in exp1.requests] == list(range(10, 20))
     assert exp1.requests[0].arrival_s == 0.0  # rebased
-    with pytest.raises(ConfigError, match="window 3 .* beyond"):
+    with pytest.raises(ConfigError, match=r"window 3 .* beyond"):
         sw.validate(sw.Sweep("rate-scale", [1.0], [0, 3], s.base))
 
 
@@ -91,7 +91,8 @@ def test_tiny_sweep_end_to_end(tmp_path):
         (v, s, p) for v in ("100", "400") for s in ("0", "1") for p in ("cache-load", "netkv")}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["command"].startswith("netkv sweep --param topology.nic_gbit_s")
-    assert summary["kind"] == "sweep" and summary["provenance"]["argv"][:3] == ["sweep", "--param", "topology.nic_gbit_s"]
+    assert summary["kind"] == "sweep"
+    assert summary["provenance"]["argv"][:3] == ["sweep", "--param", "topology.nic_gbit_s"]
     agg = summary["aggregate"]
     assert len(agg["vs"]["cache-load"]["ttft_mean_pct"]) == 2
     # the aggregate is the mean of the rows
@@ -109,11 +110,12 @@ def test_staleness_study_end_to_end(tmp_path):
     assert {"staleness.txt", "staleness.png", "sweep.csv", "summary.json"} <= {p.name for p in out.iterdir()}
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     net = [r for r in rows if r["policy"] == "netkv"]
-    assert [float(r["same_tier_fraction"]) for r in net][0] == 1.0  # no staleness: agrees with itself
+    assert next(float(r["same_tier_fraction"]) for r in net) == 1.0  # no staleness: agrees with itself
     assert all(r["regret_ms"] != "" for r in net)
     assert {r["policy"] for r in rows} == {"netkv", "netkv:perfect", "cache-load"}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["kind"] == "staleness" and summary["provenance"]["command"].startswith("netkv staleness --values 0,2")
+    assert summary["kind"] == "staleness"
+    assert summary["provenance"]["command"].startswith("netkv staleness --values 0,2")
     res = netkv("staleness", "--policies", "round-robin", "--out", str(tmp_path / "no"))
     assert res.returncode == 2 and "reads telemetry" in res.stderr and not (tmp_path / "no").exists()
 
@@ -142,7 +144,8 @@ def test_tiny_report_end_to_end_and_reproducible(tmp_path):
         assert res.returncode == 0, res.stderr
     text = a.read_text()
     figures = sorted(p.name for p in (a.parent / "results").iterdir())
-    assert figures == sorted(f"{k}.png" for k in ("load", "context", "context-mixed", "bandwidth", "period", "staleness"))
+    names = ("load", "context", "context-mixed", "bandwidth", "period", "staleness")
+    assert figures == sorted(f"{k}.png" for k in names)
     for name in figures:  # every figure is in the markdown, next to the command that made it
         assert f"](results/{name})" in text
         block = text.split(f"](results/{name})")[0].rsplit("###", 1)[1]

@@ -202,7 +202,8 @@ def test_emulable_refuses_the_perfect_oracle_naming_the_policy():
                                                        r"simulator's ground truth .* a real fabric has none"):
         check_emulable(_exp(policies="cache-load,netkv:perfect"), SCALE, 1.0)
     # --oracle perfect: every oracle consumer given without its own oracle; netkv:static keeps its own
-    with pytest.raises(EmulationUnsupportedError, match=r"policy 'netkv' under --oracle perfect \(oracle.kind=perfect\)"):
+    with pytest.raises(EmulationUnsupportedError,
+                       match=r"policy 'netkv' under --oracle perfect \(oracle.kind=perfect\)"):
         check_emulable(_exp(policies="netkv", overrides=["oracle.kind=perfect"]), SCALE, 1.0)
     check_emulable(_exp(policies="cache-load,netkv:static", overrides=["oracle.kind=perfect"]), SCALE, 1.0)
     check_emulable(_exp(policies="cache-load,topology-affinity,netkv:static,netkv,netkv:inflight"), SCALE, 1.0)
@@ -242,8 +243,9 @@ def test_emulable_refuses_layer_wise_streaming_with_the_fabrics_packet_floor():
     # cross-pod: 4 hops at 5 Mbit/s (NICs, core) and 2 at 10 (ToR-aggregation), 1514-byte frames
     assert packet_floor_s(exp, SCALE) == pytest.approx(4 * 1514 * 8 / 5e6 + 2 * 1514 * 8 / 10e6)
     assert packet_floor_s(exp, 2 * SCALE) == pytest.approx(packet_floor_s(exp, SCALE) / 2)
-    with pytest.raises(EmulationUnsupportedError, match=r"timing.kv_streaming=layer-wise: .*\(at --scale 2.5e-05 one "
-                                                       r"frame's store-and-forward across the slowest KV path takes 12.1 ms"):
+    with pytest.raises(EmulationUnsupportedError,
+                       match=r"timing.kv_streaming=layer-wise: .*\(at --scale 2.5e-05 one "
+                             r"frame's store-and-forward across the slowest KV path takes 12.1 ms"):
         check_emulable(exp, SCALE, 1.0)
     check_emulable(_exp("decode-flap", overrides=["topology.nic_gbit_s=200"]), SCALE, 1.0)  # after-prefill runs
 

@@ -260,7 +260,7 @@ def test_scenario_actions_of_one_instant_reach_the_executor_together():
     assert got == [[(0.0, "flow_start", "a"), (0.0, "flow_start", "b")],
                    [(0.3, "flow_stop", "a"), (0.3, "flow_stop", "b"), (0.3, "flow_start", "c")],
                    [(0.6, "link_capacity", None)]]
-    (t0, _), (t1, _), (t2, _) = executor.batches
+    (_t0, _), (t1, _), (t2, _) = executor.batches
     assert t2 - t1 == pytest.approx(0.3, abs=0.05)  # each batch when its instant comes
 
 
@@ -284,7 +284,8 @@ def test_a_failed_transfer_stops_the_replay_with_the_reason():
     agents = FakeAgents(FatTree(cfg.topology), byte_scale=1e-6, fail=True)
     replay = _replay(cfg, reqs, "round-robin", agents, 1e-6)
     try:
-        with pytest.raises(EmulationError, match=r"KV transfer of request 0 \(p0t0s1g0 -> p0t1s1g3\) failed: gpu4: connection refused"):
+        with pytest.raises(EmulationError,
+                           match=r"KV transfer of request 0 \(p0t0s1g0 -> p0t1s1g3\) failed: gpu4: connection refused"):
             replay.run()
     finally:
         agents.close()
@@ -331,7 +332,7 @@ def test_silent_agents_time_out_naming_the_request():
     stalled = ScriptedAgents(lambda tid, t: [Prefilled(tid, t, t), KvReceived(tid, t, t, 1),
                                              FirstToken(tid, t, t)])  # never finishes
     replay = _replay(cfg, _requests(1), "round-robin", stalled, 1e-6, transfer_timeout_s=0.3)
-    with pytest.raises(EmulationError, match="no agent reported anything for 0.3 s .* last reported 'first_token'"):
+    with pytest.raises(EmulationError, match=r"no agent reported anything for 0.3 s .* last reported 'first_token'"):
         replay.run()
 
 
@@ -346,7 +347,8 @@ def test_event_parsing_of_agent_messages():
     assert event({"ev": "finished", "transfer_id": 3, "t_finish": 4}) == Finished(3, 4.0)
     err = event({"ev": "error", "transfer_id": 3, "agent": "a", "reason": "boom", "role": "recv"})
     assert err == AgentFailure(3, "a", "boom", "recv")
-    assert replay_event(Disconnected(agent="a")) == AgentFailure(None, "a", "control connection closed (the agent exited)")
+    closed = AgentFailure(None, "a", "control connection closed (the agent exited)")
+    assert replay_event(Disconnected(agent="a")) == closed
     with pytest.raises(ProtocolError, match="finished: field 't_finish' must be a number") as bad:
         decode({"ev": "finished", "transfer_id": 3, "agent": "a"})
     assert bad.value.transfer_id == 3
@@ -383,7 +385,7 @@ def test_agent_transport_resets_every_agent_and_formats_commands():
     control = FakeControl(lambda name, msg: ResetDone(msg.role, 0.0))
     tr = control.transport = AgentTransport(control, tree, port=9470, reset_timeout_s=2.0)
     tr.reset(cfg, [0, 2], [1, 3], 4.0)
-    resets = {name: msg for name, msg in control.sent}
+    resets = dict(control.sent)
     assert {n: m.role for n, m in resets.items()} == {
         "p0t0s0g0": "prefill", "p0t0s0g2": "prefill", "p0t0s0g1": "decode", "p0t0s0g3": "decode"}
     assert all(m.time_scale == 4.0 and m.config == cfg.to_dict() for m in resets.values())

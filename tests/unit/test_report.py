@@ -467,7 +467,8 @@ def test_policy_summary_orders_sections_and_drops_the_absent() -> None:
 
     recs = make_records()["netkv"]
     entry = policy_summary(recs, SLO, {"w": 1.0}, [{"weight": 1.0}], 1.5,
-                           measured={"reroute": {"n": 1}, "faults": None}, after={"replay_lag_s": {"p50": 0.0}, "agreement": None, "oracle_error": {"n": 2}})
+                           measured={"reroute": {"n": 1}, "faults": None},
+                           after={"replay_lag_s": {"p50": 0.0}, "agreement": None, "oracle_error": {"n": 2}})
     metrics = list(summarize_policy(recs, SLO))
     assert list(entry) == [*metrics, "reroute", "params", "tuning", "wall_s", "replay_lag_s", "oracle_error"]
     assert entry["params"] == {"w": 1.0} and entry["wall_s"] == 1.5 and entry["reroute"] == {"n": 1}
