@@ -5,6 +5,7 @@ import argparse
 
 from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
 from scripts.cli_common import (
+    UsageError,
     check_root,
     check_target,
     emulation_scale,
@@ -91,6 +92,28 @@ def fault_lines(policy: str, row: dict) -> list[str]:
     return out
 
 
+def telemetry_plan(args: argparse.Namespace, exp):
+    """The run's telemetry path from ``--telemetry``, ``--scrape-interval``, ``--rate-window`` and
+    ``--oracle-service``; UsageError naming the option on what cannot apply."""
+    from scheduler.emulate.telemetry_path import TelemetryPlan
+
+    if args.oracle_service is not None:
+        if exp.cfg.oracle.staleness_s > 0:
+            raise UsageError("--oracle-service prices with the service's newest snapshot: oracle.staleness_s must "
+                             f"be 0 (got {exp.cfg.oracle.staleness_s}); use --telemetry prometheus "
+                             "--scrape-interval S for telemetry as old as a deployment's")
+        if exp.cfg.cluster.tp > 1:
+            raise UsageError("--oracle-service prices one transfer per candidate: cluster.tp must be 1 "
+                             f"(got {exp.cfg.cluster.tp})")
+    if args.telemetry != "prometheus" and (args.rate_window is not None or args.scrape_interval != 1.0):
+        raise UsageError("--scrape-interval and --rate-window apply to --telemetry prometheus")
+    serve_args = ["--model", args.model] + [a for o in (args.overrides or []) for a in ("--set", o)]
+    try:
+        return TelemetryPlan(args.telemetry, args.scrape_interval, args.rate_window, args.oracle_service, serve_args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def register(sub) -> None:
     from scripts.cli_common import add_experiment_options, add_format_option
 
@@ -120,6 +143,20 @@ def register(sub) -> None:
                         "controller@T[+D] kills the Ryu controller T s into the replay and restarts it D s later "
                         "(default 5); agent:HOST@T kills the agent of a prefill or decode instance (its requests "
                         "fail; it is back for the next policy); repeatable")
+    p.add_argument("--telemetry", choices=("ryu", "prometheus"), default="ryu",
+                   help="where the scheduler reads link telemetry: ryu (the controller's REST, every poll) or "
+                        "prometheus (a real Prometheus started for the run scrapes the controller's /metrics every "
+                        "--scrape-interval; the oracle reads rate() over the switches' counters through its query "
+                        "API: the telemetry's age as deployed; default %(default)s)")
+    p.add_argument("--scrape-interval", type=float, default=1.0, metavar="S",
+                   help="Prometheus' scrape interval, wall seconds (with --telemetry prometheus; default %(default)s; "
+                        "many clusters run 15)")
+    p.add_argument("--rate-window", type=float, default=None, metavar="S",
+                   help="the rate() window (default 2.5 scrape intervals: two samples and jitter)")
+    p.add_argument("--oracle-service", nargs="?", const="start", default=None, metavar="URL",
+                   help="price every decision through the oracle service over HTTP: with no URL the run starts "
+                        "`netkv oracle serve` on loopback fed by the same telemetry and stops it after; with a URL "
+                        "it uses one already running (its config must match the experiment's)")
     p.add_argument("--ofp-port", type=int, default=DEFAULT_OFP_PORT, help="controller OpenFlow port on 127.0.0.1")
     p.add_argument("--rest-port", type=int, default=DEFAULT_REST_PORT, help="controller REST port on 127.0.0.1")
     p.set_defaults(func=run, policies=",".join(EMULATE_DEFAULT_POLICIES))
@@ -144,11 +181,13 @@ def run(args: argparse.Namespace) -> int:
     check_emulable(exp, scale, args.time_scale)
     fault_list = [parse_fault(f) for f in args.fault]
     check_faults(fault_list, exp.requests[-1].arrival_s, serving_hosts(exp))
+    telemetry = telemetry_plan(args, exp)
     check_root("it builds Open vSwitch bridges, veth links and network namespaces (Mininet) and shapes links "
                "with tc")
     target = check_target(args)
     policies, records, ev = run_emulation(exp, scale, args.time_scale, args.ofp_port, args.rest_port,
-                                          progress=not args.no_progress, log=log, fault_list=fault_list)
+                                          progress=not args.no_progress, log=log, fault_list=fault_list,
+                                          telemetry=telemetry)
     oracle_rows = ev.get("oracle_rows") or {}
     path, summary = write_emulation(out, exp, info, policies, records, ev, scale, args.time_scale, target=target,
                                     provenance=provenance(args), fmt=args.format)

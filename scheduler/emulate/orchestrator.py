@@ -44,7 +44,6 @@ from hosts.control import ControlServer
 from hosts.framing import KV_PORT
 from hosts.messages import Error, Report, Warm, Warmed
 from scheduler.decision import oracle_error
-from scheduler.decision.telemetry import TelemetryHistory
 from scheduler.emulate import failures, faults
 from scheduler.emulate.agreement import agreement, paired_agreement, transfer_agreement
 from scheduler.emulate.calibration import calibrate, calibration_fits
@@ -52,6 +51,7 @@ from scheduler.emulate.emulable import BackgroundLoad, background_warning, check
 from scheduler.emulate.fidelity import CpuMonitor, RttProbe, rtt_verdict
 from scheduler.emulate.replay import Clock, EmulationError, RealtimeReplay
 from scheduler.emulate.scenario_exec import ScenarioExecutor
+from scheduler.emulate.telemetry_path import AgeRecordingHistory, TelemetryPath, TelemetryPlan, age_summary
 from scheduler.emulate.transport import AgentTransport, TelemetryPoller  # (both also imported from here)
 from scheduler.model.cluster import assign_roles
 from scheduler.model.config import ExperimentConfig
@@ -236,8 +236,12 @@ class _EmulationRun:
 
     def __init__(self, exp: Experiment, scale: float, time_scale: float, nominal: dict[str, float],
                  load: BackgroundLoad, sim_policies: dict, progress: bool, log: Callable[[str], Any],
-                 fault_list: Sequence[faults.Fault] = (), plan: Sequence[Replay] | None = None) -> None:
+                 fault_list: Sequence[faults.Fault] = (), plan: Sequence[Replay] | None = None,
+                 telemetry: TelemetryPlan | None = None) -> None:
         self.exp, self.cfg, self.tree = exp, exp.cfg, exp.tree
+        self.telemetry_plan = telemetry or TelemetryPlan()
+        self.telemetry_path: TelemetryPath | None = None
+        self.rest_port = DEFAULT_REST_PORT
         self.faults = list(fault_list)
         self.plan = list(plan) if plan is not None else [Replay(spec.name, spec) for spec in exp.policies]
         self.scale, self.time_scale, self.nominal, self.load = scale, time_scale, nominal, load
@@ -256,6 +260,7 @@ class _EmulationRun:
     def on_fabric(self, ofp_port: int, rest_port: int) -> None:
         """Build the fabric, run every other step on it, tear it down (both timed)."""
         tree, cfg = self.tree, self.cfg
+        self.rest_port = rest_port
         t0 = time.monotonic()
         with controlled_fabric(tree, self.scale / self.time_scale, self.run_dir / "fabric", ofp_port, rest_port,
                     cfg.oracle.poll_interval_s) as fab:
@@ -282,9 +287,12 @@ class _EmulationRun:
             probe = RttProbe(fab.host(tree.gpu_name(probe_src)), peer_ip(tree, probe_src, probe_dst))
             baseline_rtt = probe.measure(2.0)
             self.evidence["calibration"] = self.calibrate(fab, control)
-            poller = TelemetryPoller(fab, tree, self.nominal, self.cfg.oracle.poll_interval_s)
             monitor = CpuMonitor()
-            with ExitStack() as running:  # unwound in reverse: probe, CPU monitor, poller
+            with ExitStack() as running:  # unwound in reverse: probe, CPU monitor, poller, telemetry path
+                path = self.telemetry_path = TelemetryPath(
+                    self.telemetry_plan, fab, self.rest_port, self.cfg.oracle.poll_interval_s,
+                    self.scale / self.time_scale, self.time_scale, self.run_dir, self.log).enter(running)
+                poller = TelemetryPoller(fab, tree, self.nominal, self.cfg.oracle.poll_interval_s, fetch=path.fetch())
                 poller.start()
                 running.callback(poller.stop)
                 running.enter_context(monitor)
@@ -298,6 +306,7 @@ class _EmulationRun:
             fid["background_load"] = self.load.to_dict()
             fid["background_note"] = background_warning(self.load)
             fid["telemetry_poll_errors"] = poller.errors
+            self.evidence["telemetry_path"] = path.report()
             self.evidence["fidelity"] = fid
             self.evidence["telemetry_csv"] = poller.csv_bytes()
             self.evidence["telemetry_rows"] = poller.rows
@@ -367,12 +376,14 @@ class _EmulationRun:
         policy = spec.make(weight, exp.seed, cfg.oracle.kind, **inherited_weights(exp, spec))
         transport = router.transport = AgentTransport(control, self.tree)
         executor = ScenarioExecutor(fab, self.tree, self.scale, self.time_scale, self.run_dir)
-        history = TelemetryHistory(max_age_s=cfg.oracle.staleness_s + 10.0)
+        history = AgeRecordingHistory(max_age_s=cfg.oracle.staleness_s + 10.0, staleness_s=cfg.oracle.staleness_s)
+        path = self.telemetry_path
         clock = Clock(self.time_scale)
         injector = faults.FaultInjector(fab, self.faults, clock, self.log, kill_agent=self.kill_agent)
         replay = RealtimeReplay(cfg, exp.requests, policy, self.actions, transport, executor, history,
                                 clock, byte_scale=self.scale, transfer_id_base=(k + 1) * 10**9,
-                                progress=self.progress, shadow=item.shadow, lost_hosts=injector.lost)
+                                progress=self.progress, shadow=item.shadow, lost_hosts=injector.lost,
+                                oracle_factory=path.oracle_factory() if path is not None else None)
         poller.attach(item.label, clock, history, executor)
         self.log(f"emulate: replaying {len(exp.requests)} requests with {item.label} "
                  f"(~{exp.requests[-1].arrival_s * self.time_scale:.0f} s of wall time)")
@@ -406,7 +417,8 @@ class _EmulationRun:
             self.evidence["oracle_rows"][item.label] = errors
         summary = policy_summary(recs, exp.slo(), policy.params(), table, round(time.monotonic() - t1, 2), measured={
             "reroute": reroute, "faults": fault_events if self.faults else None, "failed_requests": failed,
-            "telemetry_fallback": faults.fallback_summary(replay.dispatch.oracle)}, after={
+            "telemetry_fallback": faults.fallback_summary(replay.dispatch.oracle),
+            "telemetry_age_at_decision_s": age_summary(history.ages)}, after={
             "replay_lag_s": {"p50": float(np.percentile(replay.lag_s, 50)),
                              "p99": float(np.percentile(replay.lag_s, 99)), "max": float(np.max(replay.lag_s))},
             "agreement": agreement_summary(replay.dispatch.agreement) if item.shadow else None,
@@ -419,7 +431,8 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
                   ofp_port: int = DEFAULT_OFP_PORT, rest_port: int = DEFAULT_REST_PORT, progress: bool = True,
                   log=print,
                   keep_failed_logs: bool = True, fault_list: Sequence[faults.Fault] = (),
-                  plan: Sequence[Replay] | None = None) -> tuple[dict, dict[str, list[RequestRecord]], dict]:
+                  plan: Sequence[Replay] | None = None, telemetry: TelemetryPlan | None = None
+                  ) -> tuple[dict, dict[str, list[RequestRecord]], dict]:
     """Returns (policies section, records, evidence) where evidence holds calibration, telemetry
     rows, fidelity, timings, the simulator's reference figures and the agreement check. The run's
     logs (controller, agents, background flows) live in a temporary folder that is removed, or
@@ -427,7 +440,8 @@ def run_emulation(exp: Experiment, scale: float = DEFAULT_SCALE, time_scale: flo
     nominal = link_capacity_bps(exp.tree, scale / time_scale)  # validates the scale before anything starts
     load = check_emulable(exp, scale, time_scale)  # what the fabric cannot run faithfully: refused here
     sim_policies, exp = _simulate_first(exp, log)
-    run = _EmulationRun(exp, scale, time_scale, nominal, load, sim_policies, progress, log, fault_list, plan)
+    run = _EmulationRun(exp, scale, time_scale, nominal, load, sim_policies, progress, log, fault_list, plan,
+                        telemetry)
     ok = False
     try:
         run.on_fabric(ofp_port, rest_port)

@@ -33,6 +33,7 @@ from typing import Protocol
 
 from hosts.messages import AgentEvent, AgentFailure, Finished, FirstToken, KvReceived, Prefilled
 from scheduler.decision.dispatch import Dispatcher, RequestState, build_oracles, oracle_kind
+from scheduler.decision.oracle import NetworkOracle
 from scheduler.model.config import ExperimentConfig
 from scheduler.model.records import RequestRecord
 from scheduler.model.scenario import Action
@@ -123,7 +124,8 @@ class RealtimeReplay:
                  transport: Transport, executor: ActionExecutor, telemetry_source, clock: Clock,
                  byte_scale: float, transfer_id_base: int = 0, progress: bool = False,
                  transfer_timeout_s: float = 120.0, preroll_s: float = 2.0, shadow: bool = False,
-                 lost_hosts: Callable[[], frozenset[str]] = frozenset) -> None:
+                 lost_hosts: Callable[[], frozenset[str]] = frozenset,
+                 oracle_factory: Callable[[FatTree, str], NetworkOracle | None] | None = None) -> None:
         self.cfg = cfg
         self.tree = FatTree(cfg.topology)
         self.policy = policy
@@ -133,6 +135,11 @@ class RealtimeReplay:
         # ``shadow``: a fresh oracle on the same history (no added age) decides beside the stale one
         oracle, fresh = build_oracles(cfg, self.tree, oracle_kind(cfg, policy), telemetry_source, truth=None,
                                       fresh_source=telemetry_source if shadow else None)
+        # ``oracle_factory``: the oracle service prices instead (an HTTP round trip per decision)
+        kind = oracle_kind(cfg, policy)
+        remote = oracle_factory(self.tree, kind) if oracle_factory is not None and kind is not None else None
+        if remote is not None:
+            oracle = remote
         self.dispatch = Dispatcher(cfg, self.tree, requests, policy, oracle, fresh)
         self.cluster = self.dispatch.cluster
         self.transport = transport

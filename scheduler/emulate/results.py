@@ -38,7 +38,8 @@ def write_emulation(out: Path, exp: Experiment, info: dict, policies: dict, reco
     ev = evidence
     sections = {
         "fidelity": ev.get("fidelity"), "calibration": ev.get("calibration"),
-        "emulation": {"scale": scale, "time_scale": time_scale, "fabric": ev.get("fabric"), "hosts": ev.get("hosts")},
+        "emulation": {"scale": scale, "time_scale": time_scale, "fabric": ev.get("fabric"), "hosts": ev.get("hosts"),
+                      "telemetry_path": ev.get("telemetry_path")},
         "simulate_reference": ev.get("simulate_reference"), "agreement": ev.get("agreement"),
         "transfer_agreement": ev.get("transfer_agreement"),
         "paired_transfer_agreement": ev.get("paired_transfer_agreement")}

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -35,7 +36,9 @@ from scheduler.decision.oracle import NetworkOracle
 from scheduler.decision.telemetry import TelemetryHistory, TelemetrySnapshot
 from scheduler.service.remote import ServiceOracle
 from topology import cleanup
-from topology.fabric import Fabric
+
+if TYPE_CHECKING:  # the Mininet fabric: only its type here
+    from topology.fabric import Fabric
 
 SERVICE_MARK = "-m scripts.netkv oracle serve"
 """The oracle service's command line, as the cleanup of a killed run finds it."""

@@ -131,8 +131,11 @@ class TelemetryPoller:
     counters cannot show; links down come from the controller itself), and keeps every sample
     for telemetry.csv."""
 
-    def __init__(self, fab: Fabric, tree: FatTree, nominal_bps: dict[str, float], interval_s: float) -> None:
+    def __init__(self, fab: Fabric, tree: FatTree, nominal_bps: dict[str, float], interval_s: float,
+                 fetch: Callable[[float], dict] | None = None) -> None:
         self.fab = fab
+        self.fetch = fetch or (lambda timeout_s: fab.telemetry(timeout_s=timeout_s))
+        """Where a payload comes from (timeout in): the controller's REST, or Prometheus."""
         self.tree = tree
         self.nominal = nominal_bps
         self.interval = interval_s
@@ -165,7 +168,7 @@ class TelemetryPoller:
             if target is None:
                 continue
             try:
-                payload = self.fab.telemetry(timeout_s=1.0)
+                payload = self.fetch(1.0)
             except Exception:
                 self.errors += 1
                 continue

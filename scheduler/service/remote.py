@@ -45,6 +45,7 @@ class ServiceOracle(NetworkOracle):
         self.degraded_answers = 0
         self.telemetry_ages: list[float] = []
         """Age of the snapshot each answer was priced with, in the scheduler's seconds."""
+        self.tracks_commitments = reserve
         self._held: dict[int, str] = {}
         self._now = 0.0  # the newest decision's time: commitments are sent relative to it
 
