@@ -299,6 +299,7 @@ class _EmulationRun:
                 probe.start()
                 running.callback(probe.stop)
                 lags = self.replay_all(fab, control, router, poller)
+                self.evidence["telemetry_path"] = path.report()  # before its parts stop
                 run_rtt = probe.stop()
                 probe_names = (tree.gpu_name(probe_src), tree.gpu_name(probe_dst))
                 fid = _fidelity(monitor.stop(), baseline_rtt, run_rtt, probe_names)
@@ -306,7 +307,6 @@ class _EmulationRun:
             fid["background_load"] = self.load.to_dict()
             fid["background_note"] = background_warning(self.load)
             fid["telemetry_poll_errors"] = poller.errors
-            self.evidence["telemetry_path"] = path.report()
             self.evidence["fidelity"] = fid
             self.evidence["telemetry_csv"] = poller.csv_bytes()
             self.evidence["telemetry_rows"] = poller.rows
