@@ -44,6 +44,7 @@ from hosts.control import ControlServer
 from hosts.framing import KV_PORT
 from hosts.messages import Error, Report, Warm, Warmed
 from scheduler.decision import oracle_error
+from scheduler.decision.telemetry import TelemetryHistory
 from scheduler.emulate import failures, faults
 from scheduler.emulate.agreement import agreement, paired_agreement, transfer_agreement
 from scheduler.emulate.calibration import calibrate, calibration_fits
@@ -227,6 +228,9 @@ class Replay:
     spec: PolicySpec
     cfg: ExperimentConfig | None = None
     shadow: bool = False
+    scrape_interval_s: float | None = None
+    """Read telemetry through a Prometheus scraping every this many s, started for this replay
+    (its shadow, if any, on the controller's REST: fresh)."""
 
 
 class _EmulationRun:
@@ -378,13 +382,19 @@ class _EmulationRun:
         executor = ScenarioExecutor(fab, self.tree, self.scale, self.time_scale, self.run_dir)
         history = AgeRecordingHistory(max_age_s=cfg.oracle.staleness_s + 10.0, staleness_s=cfg.oracle.staleness_s)
         path = self.telemetry_path
+        feed = ExitStack()
+        fetch, fresh = None, None
+        if item.scrape_interval_s is not None and path is not None:
+            fetch = path.replay_fetch(feed, item.scrape_interval_s)
+            fresh = TelemetryHistory(max_age_s=10.0)
         clock = Clock(self.time_scale)
         injector = faults.FaultInjector(fab, self.faults, clock, self.log, kill_agent=self.kill_agent)
         replay = RealtimeReplay(cfg, exp.requests, policy, self.actions, transport, executor, history,
                                 clock, byte_scale=self.scale, transfer_id_base=(k + 1) * 10**9,
                                 progress=self.progress, shadow=item.shadow, lost_hosts=injector.lost,
-                                oracle_factory=path.oracle_factory() if path is not None else None)
-        poller.attach(item.label, clock, history, executor)
+                                oracle_factory=path.oracle_factory() if path is not None else None,
+                                fresh_source=fresh)
+        poller.attach(item.label, clock, history, executor, fetch=fetch, fresh_history=fresh)
         self.log(f"emulate: replaying {len(exp.requests)} requests with {item.label} "
                  f"(~{exp.requests[-1].arrival_s * self.time_scale:.0f} s of wall time)")
         t1 = time.monotonic()
@@ -394,6 +404,7 @@ class _EmulationRun:
         finally:
             fault_events = injector.stop()  # a killed controller is back before anything else
             poller.detach()
+            feed.close()  # this replay's own Prometheus, if any
             executor.close()
             _restore_links(executor)
         for host in sorted(injector.killed):  # every policy meets the same fault: the agent is back

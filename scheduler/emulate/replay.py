@@ -125,16 +125,18 @@ class RealtimeReplay:
                  byte_scale: float, transfer_id_base: int = 0, progress: bool = False,
                  transfer_timeout_s: float = 120.0, preroll_s: float = 2.0, shadow: bool = False,
                  lost_hosts: Callable[[], frozenset[str]] = frozenset,
-                 oracle_factory: Callable[[FatTree, str], NetworkOracle | None] | None = None) -> None:
+                 oracle_factory: Callable[[FatTree, str], NetworkOracle | None] | None = None,
+                 fresh_source=None) -> None:
         self.cfg = cfg
         self.tree = FatTree(cfg.topology)
         self.policy = policy
         self.actions = actions or []
         # a real fabric has no ground truth: the perfect oracle is refused (truth=None), as the
         # emulate command does before it builds anything
-        # ``shadow``: a fresh oracle on the same history (no added age) decides beside the stale one
+        # ``shadow``: a fresh oracle (on ``fresh_source``, default the same history with no added
+        # age) decides beside the stale one
         oracle, fresh = build_oracles(cfg, self.tree, oracle_kind(cfg, policy), telemetry_source, truth=None,
-                                      fresh_source=telemetry_source if shadow else None)
+                                      fresh_source=(fresh_source or telemetry_source) if shadow else None)
         # ``oracle_factory``: the oracle service prices instead (an HTTP round trip per decision)
         kind = oracle_kind(cfg, policy)
         remote = oracle_factory(self.tree, kind) if oracle_factory is not None and kind is not None else None

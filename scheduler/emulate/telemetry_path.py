@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from controller.client import ControllerUnavailable
 from controller.prometheus_server import PrometheusServer, free_port
 from controller.promql import rate_window_s, telemetry_payload
 from scheduler.decision.oracle import NetworkOracle
@@ -193,6 +194,28 @@ class TelemetryPath:
             return None
         window = rate_window_s(self.plan.scrape_interval_s, self.plan.rate_window_s)
         return lambda timeout_s: telemetry_payload(prom.url, window, self.poll_interval_s, timeout_s)
+
+    def replay_fetch(self, stack: ExitStack, scrape_interval_s: float) -> Callable[[float], dict]:
+        """A Prometheus scraping the controller every ``scrape_interval_s``, started now for one
+        replay (``stack`` stops it), and the poller's fetch reading through it; waits for the
+        scrapes one rate window needs, so the replay starts with telemetry."""
+        prom = PrometheusServer([f"127.0.0.1:{self.rest_port}"], scrape_interval_s=scrape_interval_s)
+        stack.enter_context(prom)
+        if prom.proc is not None:
+            self.fab.record_process(prom.proc.pid, PROMETHEUS_MARK, str(prom.folder))
+            stack.callback(self.fab.forget_process, prom.proc.pid)
+        window = rate_window_s(scrape_interval_s, None)
+        fetch = lambda timeout_s: telemetry_payload(prom.url, window, self.poll_interval_s, timeout_s)  # noqa: E731
+        deadline = time.monotonic() + window + 2 * scrape_interval_s + 5.0
+        while time.monotonic() < deadline:
+            try:
+                if any(v["sample_time"] is not None for v in fetch(1.0)["links"].values()):
+                    break
+            except ControllerUnavailable:
+                pass
+            time.sleep(min(1.0, scrape_interval_s / 2))
+        self.log(f"emulate: Prometheus at {prom.url} scraping every {scrape_interval_s:g} s for this replay")
+        return fetch
 
     def oracle_factory(self) -> Callable[..., NetworkOracle | None] | None:
         """Builds the service-backed oracle a replay decides with (None: in process)."""

@@ -134,26 +134,33 @@ class TelemetryPoller:
     def __init__(self, fab: Fabric, tree: FatTree, nominal_bps: dict[str, float], interval_s: float,
                  fetch: Callable[[float], dict] | None = None) -> None:
         self.fab = fab
-        self.fetch = fetch or (lambda timeout_s: fab.telemetry(timeout_s=timeout_s))
+        self.fetch = fetch or self._rest
         """Where a payload comes from (timeout in): the controller's REST, or Prometheus."""
         self.tree = tree
         self.nominal = nominal_bps
         self.interval = interval_s
         self.rows: list[tuple] = []  # (policy, virtual time s, wall time, utilisation array)
         self.errors = 0
-        self._target: tuple[str, Clock, TelemetryHistory, ScenarioExecutor] | None = None
-        self._pending: tuple | None = None  # (snapshot, wall time) polled before the replay's clock started
+        self._target: tuple[str, Clock, ScenarioExecutor, list] | None = None
+        self._pending: dict[int, tuple] = {}  # feed -> (snapshot, wall time) polled before the replay's clock started
         self._stop = threading.Event()
-        self._last_time: float | None = None
+        self._last_time: dict[int, float] = {}  # feed -> its newest payload's time
         self._thread = threading.Thread(target=self._loop, name="telemetry-poller", daemon=True)
 
-    def attach(self, policy: str, clock: Clock, history: TelemetryHistory, executor: ScenarioExecutor) -> None:
-        self._pending = None
-        self._target = (policy, clock, history, executor)
+    def attach(self, policy: str, clock: Clock, history: TelemetryHistory, executor: ScenarioExecutor,
+               fetch: Callable[[float], dict] | None = None, fresh_history: TelemetryHistory | None = None) -> None:
+        """Feed ``history`` for the replay ``policy`` (from ``fetch``, default the poller's own)
+        and, with ``fresh_history``, that one from the controller's REST every poll too (a fresh
+        shadow beside telemetry read through a slower path, e.g. Prometheus)."""
+        self._pending = {}
+        feeds = [(fetch or self.fetch, history, True)]
+        if fresh_history is not None:
+            feeds.append((self._rest, fresh_history, False))
+        self._target = (policy, clock, executor, feeds)
 
     def detach(self) -> None:
         self._target = None
-        self._pending = None
+        self._pending = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -162,32 +169,42 @@ class TelemetryPoller:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def _rest(self, timeout_s: float) -> dict:
+        return self.fab.telemetry(timeout_s=timeout_s)
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval / 2):
             target = self._target
             if target is None:
                 continue
-            try:
-                payload = self.fetch(1.0)
-            except Exception:
-                self.errors += 1
-                continue
-            if payload.get("time") is None or payload["time"] == self._last_time:
-                continue
-            self._last_time = payload["time"]
-            policy, clock, history, executor = target
-            snap = snapshot_from_json(self.tree, payload, self.nominal)
-            snap.capacity_factor = np.minimum(snap.capacity_factor, executor.shaping_factor())
-            if not clock.started:
-                # the replay is still preparing (flow slots, pre-roll, agent reset): its virtual
-                # times are not known yet; the newest such snapshot enters the history stamped
-                # before 0 once the clock starts (the pre-rolled flows' load, seen at t = 0)
-                self._pending = (snap, float(payload["time"]))
-                continue
-            pending, self._pending = self._pending, None
-            for snap_, wall in ([pending] if pending is not None else []) + [(snap, float(payload["time"]))]:
-                snap_.time_s = clock.virtual(wall)
-                history.add(snap_)
+            policy, clock, executor, feeds = target
+            for fetch, history, record in feeds:
+                self._poll(fetch, history, record, policy, clock, executor)
+
+    def _poll(self, fetch: Callable[[float], dict], history: TelemetryHistory, record: bool, policy: str,
+              clock: Clock, executor: ScenarioExecutor) -> None:
+        key = id(history) if not record else 0  # the recorded feed's newest time outlives replays
+        try:
+            payload = fetch(1.0)
+        except Exception:
+            self.errors += record
+            return
+        if payload.get("time") is None or payload["time"] == self._last_time.get(key):
+            return
+        self._last_time[key] = payload["time"]
+        snap = snapshot_from_json(self.tree, payload, self.nominal)
+        snap.capacity_factor = np.minimum(snap.capacity_factor, executor.shaping_factor())
+        if not clock.started:
+            # the replay is still preparing (flow slots, pre-roll, agent reset): its virtual
+            # times are not known yet; the newest such snapshot enters the history stamped
+            # before 0 once the clock starts (the pre-rolled flows' load, seen at t = 0)
+            self._pending[key] = (snap, float(payload["time"]))
+            return
+        pending = self._pending.pop(key, None)
+        for snap_, wall in ([pending] if pending is not None else []) + [(snap, float(payload["time"]))]:
+            snap_.time_s = clock.virtual(wall)
+            history.add(snap_)
+            if record:
                 self.rows.append((policy, snap_.time_s, wall, snap_.utilisation[:-1].copy()))
 
     def csv_bytes(self) -> bytes:
