@@ -52,7 +52,7 @@ def test_shared_hash_prefix_is_shared_text_prefix(ids_a: tuple[int, ...], n_a: i
                                                   n_b: int, words: int, keys: int) -> None:
     a, b = prompt_text(ids_a, n_a), prompt_text(ids_b, n_b)
     assert count_tokens(a) == n_a and count_tokens(b) == n_b
-    # two different blocks agree on their first word with chance 1/100: the seeds above do not
+    # two different blocks agree on their first word with chance 1/len(VOCABULARY): the seeds above do not
     assert common_prefix_words(a, b) == words
     assert common_prefix_keys(block_keys(a), block_keys(b)) == keys
 
