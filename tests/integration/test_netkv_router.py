@@ -104,3 +104,19 @@ def test_selector_skips_unhealthy_and_refuses_netkv() -> None:
     assert all(sel.choose("x") == (prefill[1], decode[1]) for _ in range(3))
     with pytest.raises(ValueError, match="decision context"):
         Selector(prefill, decode, "netkv")
+
+
+def test_client_replays_a_trace_open_loop(workers: Workers) -> None:
+    from scheduler.model.trace import Request
+    from scheduler.router.client_bench import replay, summarize
+
+    reqs = [Request(i, 0.05 * i, 600 + 100 * i, 3, (100 + i, 200 + i)) for i in range(4)]
+    router = NetKVRouter(workers.prefill_urls, workers.decode_urls, "least-loaded", health_interval=0.2)
+    with ServerThread(netkv_router.make_app(router)) as srv:
+        timings = replay(srv.url, reqs, time_scale=1.0)
+    s = summarize(timings)
+    assert (s["ok"], s["errors"], s["tokens_short"]) == (4, 0, 0)
+    decode = {r["prompt"]: r for r in workers.records("decode")}
+    for t in timings:
+        assert t.t_send >= t.t_due - 0.01  # never sent before its due time
+        assert t.chunk_times[0] >= decode[t.prompt_digest]["t_first"]
