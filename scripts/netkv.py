@@ -19,7 +19,7 @@ from scripts.cli_common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EX
 
 COMMANDS = (cmd_simulate, cmd_info, cmd_sweeps, cmd_folders)
 """The subcommand modules, in the order ``netkv --help`` lists them."""
-OPTIONAL_COMMANDS = ("scripts.cmd_fabric", "scripts.cmd_emulate", "scripts.cmd_oracle")
+OPTIONAL_COMMANDS = ("scripts.cmd_fabric", "scripts.cmd_emulate", "scripts.cmd_oracle", "scripts.cmd_router")
 """Subcommand modules registered when present (the emulator's)."""
 
 
