@@ -83,6 +83,12 @@ def register(sub) -> None:
     p.add_argument("--scale", type=float, default=None, metavar="F", help="with --backend emulate: as for emulate")
     p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
                    help="with --backend emulate: as for emulate (default %(default)s)")
+    p.add_argument("--telemetry", choices=("ryu", "prometheus"), default="ryu",
+                   help="with --backend emulate: prometheus studies staleness as deployed: netkv reads telemetry "
+                        "through a real Prometheus at each --scrape-intervals value (against the controller's REST), "
+                        "the simulator at the age measured at decision (default %(default)s: --values as added age)")
+    p.add_argument("--scrape-intervals", default=None, metavar="S,T",
+                   help="with --telemetry prometheus: scrape intervals, s (default 1,5,15; --quick: 1,5)")
     p.add_argument("--ofp-port", type=int, default=None, help="with --backend emulate: controller OpenFlow port")
     p.add_argument("--rest-port", type=int, default=None, help="with --backend emulate: controller REST port")
     p.set_defaults(func=cmd_staleness)
@@ -172,7 +178,17 @@ def staleness_emulated(args: argparse.Namespace, out: Path) -> int:
 
     if args.seeds not in ("0", str(args.seed)):
         raise UsageError("--seeds: the emulated study replays one window (use --seed)")
-    if args.quick:
+    scrape = args.telemetry == "prometheus"
+    if args.scrape_intervals is not None and not scrape:
+        raise UsageError("--scrape-intervals applies to --telemetry prometheus")
+    if scrape:
+        spec = args.scrape_intervals or (",".join(f"{v:g}" for v in st.QUICK_SCRAPE_INTERVALS) if args.quick
+                                         else "1,5,15")
+        values = sw.parse_values(spec)
+        if not values or not all(isinstance(v, float) and v > 0 for v in values):
+            raise UsageError(f"--scrape-intervals {spec!r}: expected positive seconds, e.g. 1,5,15")
+        values = sorted(values)
+    elif args.quick:
         values = list(st.QUICK_VALUES)
     else:
         values = sw.parse_values(args.values)
@@ -204,7 +220,8 @@ def staleness_emulated(args: argparse.Namespace, out: Path) -> int:
         exps.append(exp)
     check_root("--backend emulate builds the Mininet fabric")
     results = st.run_study(exps, target, values, scale, args.time_scale, args.ofp_port or DEFAULT_OFP_PORT,
-                           args.rest_port or DEFAULT_REST_PORT, not args.no_progress, log, args.repeats)
+                           args.rest_port or DEFAULT_REST_PORT, not args.no_progress, log, args.repeats,
+                           scrape=scrape)
     path, text = st.write_study(out, results, target, values, scale, args.time_scale, args.repeats,
                                 "netkv " + " ".join(args.argv), provenance(args))
     print(text)

@@ -50,6 +50,10 @@ QUICK_REPEATS = 2
 standard error needs two; 3 scenarios x (1 + 3 x 2) replays of ~30 s, ~15 min on 2 cores."""
 QUICK_REQUESTS = 60
 """~19 s of replay per policy at the default load."""
+QUICK_SCRAPE_INTERVALS = (1.0, 5.0)
+"""Scrape intervals of ``--quick --telemetry prometheus``: Prometheus at a fast setting and at a
+common one within a 60-request window (15 s, what many clusters run, needs a longer window:
+``--scrape-intervals 1,5,15 --max-requests 150``)."""
 REFERENCE = "cache-load"
 PERFECT = "netkv:perfect"
 
@@ -73,6 +77,31 @@ def emulate_plan(exp: Experiment, target: str, values: list[float], repeats: int
     ref, tgt = resolve(REFERENCE)[0], resolve(target)[0]
     return [Replay(REFERENCE, ref)] + [Replay(label(target, v, k), tgt, with_staleness(exp, v), shadow=v > 0)
                                        for k in range(repeats) for v in values]
+
+
+def scrape_plan(exp: Experiment, target: str, intervals: list[float], repeats: int = 1) -> list[Replay]:
+    """cache-load once; then per round ``target`` on the controller's REST telemetry (value 0:
+    no Prometheus in the path) and through a Prometheus scraping every interval of
+    ``intervals`` (each with a fresh shadow on the REST telemetry), the round ``repeats`` times."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    ref, tgt = resolve(REFERENCE)[0], resolve(target)[0]
+    fresh = with_staleness(exp, 0.0)
+    plan = [Replay(REFERENCE, ref)]
+    for k in range(repeats):
+        plan.append(Replay(label(target, 0.0, k), tgt, fresh))
+        plan += [Replay(label(target, s, k), tgt, fresh, shadow=True, scrape_interval_s=s) for s in intervals]
+    return plan
+
+
+def measured_ages(emu: dict, target: str, values: list[float]) -> dict[float, float]:
+    """Per value the median telemetry age at decision on the fabric (s), averaged over its replays."""
+    out = {}
+    for v in values:
+        ages = [r["telemetry_age_at_decision_s"]["p50"] for r in _replays(emu, target, v)
+                if r.get("telemetry_age_at_decision_s")]
+        out[v] = sum(ages) / len(ages) if ages else math.nan
+    return out
 
 
 def simulate_points(exp: Experiment, target: str, values: list[float], weights: dict[str, float]) -> dict[float, dict]:
@@ -217,12 +246,17 @@ def _params_text(params: dict | None) -> str:
 def table_text(scenario: str, target: str, table: list[dict], tr: dict, params: dict | None = None) -> str:
     """The study's table and trend verdict as printed; ``params``: the scenario's parameters."""
     buf = io.StringIO()
-    print(f"scenario '{scenario}'{_params_text(params)}: {target} with telemetry oracle.staleness_s old, "
-          f"on the live fabric and the simulator", file=buf)
-    print(f"{'backend':>9} {'stale s':>8} {'TTFT s':>8} {'vs c-l':>8} {'regret ms':>10} {'vs perf ms':>10} "
+    scrape = any("age_s" in r for r in table)
+    what = ("telemetry read through Prometheus at each scrape interval (0: the controller's REST), the simulator "
+            "at the median age measured at decision" if scrape else "telemetry oracle.staleness_s old")
+    print(f"scenario '{scenario}'{_params_text(params)}: {target} with {what}, on the live fabric and the simulator",
+          file=buf)
+    print(f"{'backend':>9} {'scrape s' if scrape else 'stale s':>8} " + (f"{'age s':>6} " if scrape else "")
+          + f"{'TTFT s':>8} {'vs c-l':>8} {'regret ms':>10} {'vs perf ms':>10} "
           f"{'same tier':>10} {'same inst':>10} {'tau':>6} {'tau tier':>8}", file=buf)
     for r in table:
-        print(f"{r['backend']:>9} {r['value']:>8g} {_fmt(r['ttft_mean_s'], '.3f'):>8} "
+        age = f"{_fmt(r['age_s'], '.2f'):>6} " if scrape else ""
+        print(f"{r['backend']:>9} {r['value']:>8g} {age}{_fmt(r['ttft_mean_s'], '.3f'):>8} "
               f"{_fmt(r['vs_cache_load_pct'], '+.1f') + '%':>8} {_fmt(r['regret_vs_fresh_ms'], '+.1f'):>10} "
               f"{_fmt(r['regret_vs_perfect_ms'], '+.1f'):>10} {_fmt(r['same_tier_fraction'], '.1f', 100) + '%':>10} "
               f"{_fmt(r['same_instance_fraction'], '.1f', 100) + '%':>10} {_fmt(r['kendall_tau'], '.2f'):>6} "
@@ -274,9 +308,11 @@ def plot(scenario: str, target: str, table: list[dict], command: str, params: di
     ax3.axhline(0.0, color="black", linewidth=0.8)
     ax3.set_ylabel("extra mean TTFT (ms)")
     ax3.set_title(f"regret of {target}")
+    scrape = any("age_s" in r for r in table)
     for ax in (ax1, ax2, ax3):
         ax.set_xscale("log")
-        ax.set_xlabel("telemetry staleness (s; 0 drawn at 0.05)")
+        ax.set_xlabel("Prometheus scrape interval (s; 0: the controller's REST, drawn at 0.05)" if scrape
+                      else "telemetry staleness (s; 0 drawn at 0.05)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="x-small")
     fig.suptitle(f"{command}: scenario {scenario}{_params_text(params)} (solid: live fabric, dashed: simulator)",
@@ -315,10 +351,43 @@ def run_scenario(exp: Experiment, target: str, values: list[float], scale: float
             "paired_transfer_agreement": ev.get("paired_transfer_agreement"), "records": records}
 
 
+def run_scrape_scenario(exp: Experiment, target: str, intervals: list[float], scale: float, time_scale: float,
+                        ofp_port: int, rest_port: int, progress: bool, log: Callable[[str], Any],
+                        repeats: int = 1) -> dict:
+    """Staleness as deployed: one scenario with the scheduler reading telemetry through a real
+    Prometheus at each scrape interval, against the controller's REST (value 0); the simulator
+    at the same effective staleness: the median telemetry age measured at decision on the fabric,
+    less the REST path's own (the simulator's fresh telemetry already lags by its polls)."""
+    values = [0.0, *intervals]
+    emu, records, ev = run_emulation(exp, scale, time_scale, ofp_port, rest_port, progress=progress, log=log,
+                                     plan=scrape_plan(exp, target, intervals, repeats))
+    ages = measured_ages(emu, target, values)
+    # the simulator's staleness 0 already has the controller's polling lag (its telemetry samples
+    # every poll interval, as the REST path does): it gets what Prometheus added to the REST's age
+    base = ages[0.0] if math.isfinite(ages[0.0]) else 0.0
+    sim_age = {v: (0.0 if v == 0 or not math.isfinite(a) else round(max(0.0, a - base), 2)) for v, a in ages.items()}
+    log(f"staleness: simulating scenario {exp.scenario.name} at the measured ages "
+        f"{', '.join(f'{a:g}' for a in sim_age.values())} s")
+    by_age = simulate_points(exp, target, sorted(set(sim_age.values())), emulated_weights(emu, target, values))
+    sim = {v: by_age[a] for v, a in sim_age.items()}
+    table = rows(emu, sim, target, values)
+    for r in table:
+        r["age_s"] = ages[r["value"]] if r["backend"] == "emulate" else sim_age[r["value"]]
+    return {"scenario": exp.scenario.name, "scenario_params": dict(exp.scenario.params), "rows": table,
+            "trend": trend(table), "emulate_policies": emu, "measured_age_s": {str(v): a for v, a in ages.items()},
+            "simulate_points": {str(v): p for v, p in sim.items()},
+            "calibration": ev.get("calibration"), "fidelity": ev.get("fidelity"),
+            "paired_transfer_agreement": ev.get("paired_transfer_agreement"), "records": records}
+
+
 def run_study(exps: list[Experiment], target: str, values: list[float], scale: float, time_scale: float,
-              ofp_port: int, rest_port: int, progress: bool, log: Callable[[str], Any], repeats: int = 1
-              ) -> list[dict]:
-    """:func:`run_scenario` of every experiment in ``exps`` (one scenario each), in turn."""
+              ofp_port: int, rest_port: int, progress: bool, log: Callable[[str], Any], repeats: int = 1,
+              scrape: bool = False) -> list[dict]:
+    """:func:`run_scenario` of every experiment in ``exps`` (one scenario each), in turn; with
+    ``scrape`` the values are Prometheus scrape intervals (:func:`run_scrape_scenario`)."""
+    if scrape:
+        return [run_scrape_scenario(exp, target, values, scale, time_scale, ofp_port, rest_port, progress, log,
+                                    repeats) for exp in exps]
     log(f"staleness: {len(exps)} scenario(s) x {len(values)} values on the fabric, {len(exps[0].requests)} "
         f"requests each, {repeats} replay(s) of each value (~"
         f"{sum(e.requests[-1].arrival_s for e in exps) * (len(values) * repeats + 1) * time_scale / 60:.0f} "
@@ -346,7 +415,8 @@ def write_study(out: Path, results: list[dict], target: str, values: list[float]
     for r in results:
         files[f"requests-{r['scenario']}.csv"] = records_csv(r.pop("records"))
     summary = {"kind": "staleness", "backend": "emulate", "provenance": provenance, "command": command,
-               "param": "oracle.staleness_s", "policy": target, "values": values, "scale": scale,
+               "param": "scrape_interval_s" if any("age_s" in r["rows"][0] for r in results) else "oracle.staleness_s",
+               "policy": target, "values": values, "scale": scale,
                "time_scale": time_scale, "repeats": repeats, "scenarios": results}
     text = "\n\n".join(texts)
     files.update({"summary.json": dumps_json(summary).encode(), "staleness.csv": buf.getvalue().encode(),
