@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--trace", metavar="PATH", help="trace for the simulator-speed figure (default: the "
                    "Mooncake conversation trace when present, else a synthetic one of the same size)")
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    p.add_argument("--service", action="store_true",
+                   help="instead: the oracle service's /v1/cost latency and throughput at |D| = 32 for 1, 16 and 64 "
+                        "clients, 30 s each, closed and open loop (`netkv oracle bench` has every option)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -64,6 +67,14 @@ def cmd_constants(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from scheduler.study.bench import run_bench
+
+    if args.service:
+        from scheduler.service.bench import run_service_bench
+
+        if args.trace or args.json:
+            raise UsageError("--service takes no --trace or --json (see `netkv oracle bench` for its options)")
+        run_service_bench((1, 16, 64), 10.0 if args.quick else 30.0, 32)
+        return EXIT_OK
 
     if args.trace and not Path(args.trace).is_file():
         raise UsageError(f"--trace {args.trace}: no such file")

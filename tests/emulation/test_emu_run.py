@@ -23,7 +23,8 @@ pytestmark = pytest.mark.emulation
 
 
 def _our_processes() -> list[str]:
-    out = subprocess.run(["pgrep", "-af", r"hosts\.agent|hosts\.background|controller/run\.py"],
+    out = subprocess.run(["pgrep", "-af", r"hosts\.agent|hosts\.background|controller/run\.py|"
+                          r"netkv-prometheus-|scripts\.netkv oracle serve"],
                          capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "pgrep" not in line]
 
@@ -35,6 +36,7 @@ def _assert_nothing_left(tree: FatTree) -> None:
     assert not left.bridges, f"bridges left: {left.bridges[:5]}"
     assert not left.links, f"interfaces left: {left.links[:5]}"
     assert not _our_processes(), _our_processes()
+    assert not list(Path(tempfile.gettempdir()).glob("netkv-prometheus-*")), "a Prometheus folder was left"
     assert cleanup.read_state() is None or not cleanup.owner_alive(cleanup.read_state())
 
 
@@ -281,4 +283,56 @@ def test_staleness_study_on_the_fabric(tmp_path: Path) -> None:
     assert sc["paired_transfer_agreement"]["by_tier"]
     assert (out / "staleness-decode-flap.png").is_file() and (out / "staleness.csv").is_file()
     assert "regret trend" in res.stdout
+    _assert_nothing_left(FatTree())
+
+
+def test_telemetry_through_prometheus_and_pricing_through_the_oracle_service(tmp_path: Path) -> None:
+    """The path a deployment runs: switch counters -> Ryu -> a real Prometheus -> the oracle service
+    -> the scheduler, every decision priced over HTTP; its health and the telemetry's age at
+    decision in the summary; Prometheus, the service and their folders gone afterwards."""
+    _no_foreign_fabric()
+    out = tmp_path / "prom"
+    res = subprocess.run(
+        [str(ROOT / "scripts" / "netkv"), "emulate", "--max-requests", "12", "--policies", "netkv:static,netkv",
+         "--scenario", "decode-flap", "--scenario-param", "period=3", "--set", "topology.nic_gbit_s=200",
+         "--no-tune", "--telemetry", "prometheus", "--scrape-interval", "0.5", "--oracle-service",
+         "--no-progress", "--out", str(out), "--ofp-port", "16677", "--rest-port", "18095"],
+        capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Prometheus at http://127.0.0.1:" in res.stderr and "oracle service at http://127.0.0.1:" in res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    path = summary["emulation"]["telemetry_path"]
+    assert path["source"] == "prometheus" and path["service"] == "start" and path["rate_window_s"] == 1.25
+    assert path["prometheus_alive_at_end"] and path["service_alive_at_end"]
+    # every netkv decision went over HTTP, none of them degraded: Prometheus had the counters
+    assert path["service_calls"] >= 12 and path["service_degraded_answers"] == 0
+    age = path["service_telemetry_age_s"]
+    assert 0 < age["p50"] <= age["max"] < 10.0  # a scrape or two old, never stale enough to fall back
+    assert summary["policies"]["netkv"]["requests"] == 12
+    _assert_nothing_left(FatTree())
+
+
+def test_staleness_by_scrape_interval_on_the_fabric(tmp_path: Path) -> None:
+    """`netkv staleness --backend emulate --telemetry prometheus`: netkv on the controller's REST and
+    through a real Prometheus at a scrape interval, the age measured at decision growing with it,
+    a fresh shadow on the REST beside the Prometheus-fed oracle, the simulator at the measured age."""
+    _no_foreign_fabric()
+    out = tmp_path / "scrape"
+    res = subprocess.run(
+        [str(ROOT / "scripts" / "netkv"), "staleness", "--backend", "emulate", "--telemetry", "prometheus",
+         "--scrape-intervals", "2", "--scenario", "decode-flap", "--max-requests", "20", "--no-tune",
+         "--no-progress", "--out", str(out), "--ofp-port", "16679", "--rest-port", "18097"],
+        capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["param"] == "scrape_interval_s" and summary["values"] == [2.0]
+    (sc,) = summary["scenarios"]
+    assert set(sc["emulate_policies"]) == {"cache-load", "netkv@0s", "netkv@2s"}
+    ages = {float(k): v for k, v in sc["measured_age_s"].items()}
+    assert 0 < ages[0.0] < ages[2.0]  # Prometheus adds its scrape and rate window to the REST's age
+    stale = sc["emulate_policies"]["netkv@2s"]["agreement"]
+    assert stale["decisions"] == 20 and 0 <= stale["same_instance_fraction"] <= stale["same_tier_fraction"] <= 1
+    rows = {(r["backend"], r["value"]): r for r in sc["rows"]}
+    assert rows[("simulate", 2.0)]["age_s"] == pytest.approx(round(ages[2.0] - ages[0.0], 2))
+    assert "scrape s" in res.stdout and "regret trend" in res.stdout
     _assert_nothing_left(FatTree())
