@@ -115,7 +115,6 @@ def prepare_from_args(args: argparse.Namespace):
         overrides.append(f"oracle.kind={args.oracle}")
     cfg = build_config(args.model, args.gpu, overrides)
     weights = parse_params(args.weight, "--weight")
-    check_target(args)
     exp, info = prepare(cfg, args.trace, args.scenario, args.policies, args.max_requests, args.seed,
                         parse_params(args.scenario_param, "--scenario-param"), not args.no_tune, weights,
                         args.rate_scale, args.context_scale)

@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     out = out_folder(args, "emulate")
     # Input first, environment second: what the emulator cannot run is refused for every user,
     # before the root check and before anything is built (scheduler.emulate.emulable).
+    target = check_target(args)
     exp, info = prepare_from_args(args)
     check_emulable(exp, scale, args.time_scale)
     fault_list = [parse_fault(f) for f in args.fault]
@@ -184,7 +185,6 @@ def run(args: argparse.Namespace) -> int:
     telemetry = telemetry_plan(args, exp)
     check_root("it builds Open vSwitch bridges, veth links and network namespaces (Mininet) and shapes links "
                "with tc")
-    target = check_target(args)
     policies, records, ev = run_emulation(exp, scale, args.time_scale, args.ofp_port, args.rest_port,
                                           progress=not args.no_progress, log=log, fault_list=fault_list,
                                           telemetry=telemetry)

@@ -48,13 +48,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from scheduler.study.experiment import LinkRecording, run_simulation
 
     out = out_folder(args, "simulate")
+    target = check_target(args)
     exp, info = prepare_from_args(args)
     log(f"simulate: {len(exp.requests)} requests from {info['source']}, scenario '{exp.scenario.name}', "
         f"{exp.tree.n_gpus} GPUs, policies {', '.join(c.name for c in exp.policies)}")
     if info.get("prompts_capped_at_context_window"):
         log(f"note: --context-scale {info['context_scale']:g}: {info['prompts_capped_at_context_window']} prompts "
             f"capped at the model's {exp.cfg.model.max_context_tokens}-token context window")
-    target = check_target(args)
     recording = LinkRecording(link_policy(exp, target))
     oracle_rows: dict = {}
     policies, records = run_simulation(exp, progress=not args.no_progress, log=log, links=recording,

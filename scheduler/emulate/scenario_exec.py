@@ -1,6 +1,6 @@
 """Scenario actions on the running emulated fabric (the same :class:`Action` list the simulator runs).
 
-One module (~560 lines) on purpose: the executor and its private process, flow-slot and tc helpers are
+One module on purpose: the executor and its private process, flow-slot and tc helpers are
 one unit (its pure rate, tc-argument and slot-protocol parts live in topology/ and hosts/).
 
 ::
