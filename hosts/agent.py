@@ -72,6 +72,7 @@ from hosts.messages import (
     Warm,
     Warmed,
 )
+from hosts.tcpflow import accept_loop
 
 
 def idle_alive(sock: socket.socket) -> bool:
@@ -141,15 +142,11 @@ class Agent:
 
     # ------------------------------------------------------------------ work
     def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self._open.add(conn)
-            self._spawn(self._receive, conn)
+        accept_loop(self.listener, self._stop, self._accepted)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        self._open.add(conn)
+        self._spawn(self._receive, conn)
 
     def _receive(self, conn: socket.socket) -> None:
         """Serve transfers on one (persistent) connection until the peer closes it."""

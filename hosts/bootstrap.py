@@ -19,6 +19,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from hosts.tcpflow import accept_loop
+
 MAX_ROOMS = 65536
 """Registrations kept (oldest dropped first): a registration is claimed once, within seconds."""
 LINE_LIMIT = 4096
@@ -86,14 +88,8 @@ class BootstrapServer:
         self._thread.start()
 
     def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        accept_loop(self._sock, self._stop,
+                    lambda conn: threading.Thread(target=self._serve, args=(conn,), daemon=True).start())
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:

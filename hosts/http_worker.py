@@ -67,6 +67,7 @@ from hosts.messages import (
     Send,
     Sent,
 )
+from hosts.tcpflow import accept_loop
 from hosts.worker_api import (
     ENDPOINTS,
     SSE_DONE,
@@ -307,15 +308,11 @@ class PdWorker:
 
     def _accept_kv(self) -> None:
         assert self._kv_sock is not None
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._kv_sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self._open.add(conn)
-            threading.Thread(target=self._receive, args=(conn,), daemon=True).start()
+        accept_loop(self._kv_sock, self._stop, self._accepted)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        self._open.add(conn)
+        threading.Thread(target=self._receive, args=(conn,), daemon=True).start()
 
     def _receive(self, conn: socket.socket) -> None:
         try:

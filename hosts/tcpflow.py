@@ -6,6 +6,7 @@ import argparse
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 POLL_S = 0.2  # how often blocked calls look at the stop flag
@@ -81,3 +82,16 @@ def abort_on_close(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
         pass
+
+
+def accept_loop(listener: socket.socket, stop: threading.Event, handle: Callable[[socket.socket], None]) -> None:
+    """Hand every connection ``listener`` accepts to ``handle`` until ``stop`` is set or the
+    listener closes; ``listener`` has a timeout, so ``stop`` is seen within it."""
+    while not stop.is_set():
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        handle(conn)
