@@ -55,6 +55,8 @@ QUICK_SCRAPE_INTERVALS = (1.0, 5.0)
 common one within a 60-request window (15 s, what many clusters run, needs a longer window:
 ``--scrape-intervals 1,5,15 --max-requests 150``)."""
 REFERENCE = "cache-load"
+STATIC = "netkv:static"
+"""What the scrape-interval study asks live telemetry to beat: the same greedy on topology only."""
 PERFECT = "netkv:perfect"
 
 
@@ -80,14 +82,14 @@ def emulate_plan(exp: Experiment, target: str, values: list[float], repeats: int
 
 
 def scrape_plan(exp: Experiment, target: str, intervals: list[float], repeats: int = 1) -> list[Replay]:
-    """cache-load once; then per round ``target`` on the controller's REST telemetry (value 0:
+    """cache-load and netkv:static once; then per round ``target`` on the controller's REST telemetry (value 0:
     no Prometheus in the path) and through a Prometheus scraping every interval of
     ``intervals`` (each with a fresh shadow on the REST telemetry), the round ``repeats`` times."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     ref, tgt = resolve(REFERENCE)[0], resolve(target)[0]
     fresh = with_staleness(exp, 0.0)
-    plan = [Replay(REFERENCE, ref)]
+    plan = [Replay(REFERENCE, ref), Replay(STATIC, resolve(STATIC)[0])]
     for k in range(repeats):
         plan.append(Replay(label(target, 0.0, k), tgt, fresh))
         plan += [Replay(label(target, s, k), tgt, fresh, shadow=True, scrape_interval_s=s) for s in intervals]
@@ -252,11 +254,12 @@ def table_text(scenario: str, target: str, table: list[dict], tr: dict, params: 
     print(f"scenario '{scenario}'{_params_text(params)}: {target} with {what}, on the live fabric and the simulator",
           file=buf)
     print(f"{'backend':>9} {'scrape s' if scrape else 'stale s':>8} " + (f"{'age s':>6} " if scrape else "")
-          + f"{'TTFT s':>8} {'vs c-l':>8} {'regret ms':>10} {'vs perf ms':>10} "
-          f"{'same tier':>10} {'same inst':>10} {'tau':>6} {'tau tier':>8}", file=buf)
+          + f"{'TTFT s':>8} " + (f"{'vs stat':>8} " if scrape else "") + f"{'vs c-l':>8} {'regret ms':>10} "
+          f"{'vs perf ms':>10} {'same tier':>10} {'same inst':>10} {'tau':>6} {'tau tier':>8}", file=buf)
     for r in table:
         age = f"{_fmt(r['age_s'], '.2f'):>6} " if scrape else ""
-        print(f"{r['backend']:>9} {r['value']:>8g} {age}{_fmt(r['ttft_mean_s'], '.3f'):>8} "
+        vs_static = f"{_fmt(r.get('vs_static_pct'), '+.1f') + '%':>8} " if scrape else ""
+        print(f"{r['backend']:>9} {r['value']:>8g} {age}{_fmt(r['ttft_mean_s'], '.3f'):>8} {vs_static}"
               f"{_fmt(r['vs_cache_load_pct'], '+.1f') + '%':>8} {_fmt(r['regret_vs_fresh_ms'], '+.1f'):>10} "
               f"{_fmt(r['regret_vs_perfect_ms'], '+.1f'):>10} {_fmt(r['same_tier_fraction'], '.1f', 100) + '%':>10} "
               f"{_fmt(r['same_instance_fraction'], '.1f', 100) + '%':>10} {_fmt(r['kendall_tau'], '.2f'):>6} "
@@ -371,13 +374,28 @@ def run_scrape_scenario(exp: Experiment, target: str, intervals: list[float], sc
     by_age = simulate_points(exp, target, sorted(set(sim_age.values())), emulated_weights(emu, target, values))
     sim = {v: by_age[a] for v, a in sim_age.items()}
     table = rows(emu, sim, target, values)
+    static_sim = _static_simulated(exp, emu)
     for r in table:
         r["age_s"] = ages[r["value"]] if r["backend"] == "emulate" else sim_age[r["value"]]
+        static = emu.get(STATIC) if r["backend"] == "emulate" else static_sim
+        r["vs_static_pct"] = (100.0 * (r["ttft_mean_s"] - static["ttft_mean_s"]) / static["ttft_mean_s"]
+                              if static else None)
     return {"scenario": exp.scenario.name, "scenario_params": dict(exp.scenario.params), "rows": table,
             "trend": trend(table), "emulate_policies": emu, "measured_age_s": {str(v): a for v, a in ages.items()},
             "simulate_points": {str(v): p for v, p in sim.items()},
             "calibration": ev.get("calibration"), "fidelity": ev.get("fidelity"),
             "paired_transfer_agreement": ev.get("paired_transfer_agreement"), "records": records}
+
+
+def _static_simulated(exp: Experiment, emu: dict) -> dict | None:
+    """The simulator's netkv:static on the same window, with the emulated replay's weight (the
+    static oracle has no age: one run serves every value)."""
+    spec = resolve(STATIC)[0]
+    params = (emu.get(STATIC) or {}).get("params") or {}
+    weights = {STATIC: params[spec.tuned_param]} if spec.tuned_param and spec.tuned_param in params else {}
+    policies, _ = run_simulation(dataclasses.replace(exp, policies=[spec], weights={**exp.weights, **weights},
+                                                     tuned={}), progress=False, log=lambda m: None)
+    return policies.get(STATIC)
 
 
 def run_study(exps: list[Experiment], target: str, values: list[float], scale: float, time_scale: float,

@@ -327,12 +327,13 @@ def test_staleness_by_scrape_interval_on_the_fabric(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["param"] == "scrape_interval_s" and summary["values"] == [2.0]
     (sc,) = summary["scenarios"]
-    assert set(sc["emulate_policies"]) == {"cache-load", "netkv@0s", "netkv@2s"}
+    assert set(sc["emulate_policies"]) == {"cache-load", "netkv:static", "netkv@0s", "netkv@2s"}
     ages = {float(k): v for k, v in sc["measured_age_s"].items()}
     assert 0 < ages[0.0] < ages[2.0]  # Prometheus adds its scrape and rate window to the REST's age
     stale = sc["emulate_policies"]["netkv@2s"]["agreement"]
     assert stale["decisions"] == 20 and 0 <= stale["same_instance_fraction"] <= stale["same_tier_fraction"] <= 1
     rows = {(r["backend"], r["value"]): r for r in sc["rows"]}
     assert rows[("simulate", 2.0)]["age_s"] == pytest.approx(round(ages[2.0] - ages[0.0], 2))
+    assert all(r["vs_static_pct"] is not None for r in sc["rows"])  # what live telemetry buys over the static oracle
     assert "scrape s" in res.stdout and "regret trend" in res.stdout
     _assert_nothing_left(FatTree())
