@@ -306,9 +306,9 @@ def format_bench(f: dict) -> str:
         for name, cell in joint.items():
             sh = cell["shape"]
             for pol, v in cell["policies"].items():
-                goal = targets.get("joint_decision_p99_us", {}).get(pol, {}).get(name)
-                met = "ok" if goal and v["min_p99_us"] <= goal else "not met"
-                note = f"   target: <= {goal:g} us {met}" if goal else ""
+                joint_goal = targets.get("joint_decision_p99_us", {}).get(pol, {}).get(name)
+                verdict = "ok" if joint_goal and v["min_p99_us"] <= joint_goal else "not met"
+                note = f"   target: <= {joint_goal:g} us {verdict}" if joint_goal else ""
                 lines.append(f"  {name:>10} ({sh['gpus']} GPUs, {sh['placement']})  {pol:<14}"
                              f"{v['p50_us']:>9.1f} / {v['p99_us']:.1f} / {v['min_p99_us']:.1f}{note}")
     lines += ["", f"simulator speed (default placement; target: the full trace under one policy in "
