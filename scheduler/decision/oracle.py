@@ -6,7 +6,7 @@ Contract (stated once, every implementation keeps it):
 - more bytes or more congestion never cost less; on an idle fabric a higher tier is never cheaper;
 - zero bytes cost nothing (no transfer is started), whatever the path.
 Implementations are vectorised over candidates with numpy: O(|D|) per query.
-The four kinds below and the contract they share are kept in one file, to be read together;
+The kinds below and the contract they share are kept in one file, to be read together;
 each kind is one class.
 
 Kinds (:data:`ORACLES`, built by :func:`make_oracle`), from least to most information:
@@ -19,6 +19,8 @@ Kinds (:data:`ORACLES`, built by :func:`make_oracle`), from least to most inform
 - ``perfect``: the simulator's true state at the decision instant: current routes, capacities, and
   the max-min rate a new flow would get on every link. No router has it; it bounds what better
   telemetry could buy (it still cannot see the future: transfers start after the prefill).
+- ``predictive``: ``inflight``'s information priced over the transfer's future: from its expected
+  start to its expected finish against the committed transfers' expected windows.
 
 Cost tables: every built-in oracle prices a query as ``latency + bytes x inverse bottleneck
 bandwidth`` per candidate; :meth:`NetworkOracle.table` returns those two vectors. Under
@@ -377,6 +379,150 @@ class InflightOracle(TelemetryOracle):
         return latency, inv[paths].max(axis=1)
 
 
+class PredictiveOracle(InflightOracle):
+    """:class:`InflightOracle`'s ledger and background, priced over the transfer's future.
+
+    A decision is taken a prefill before its transfer starts; at long contexts the transfers
+    committed in between, not the ones moving now, are the fabric's load. This oracle prices each
+    candidate's transfer from its expected start (``query.start``, the prefill's expected end) to
+    its expected finish against the background (the snapshot's load minus the scheduler's own
+    transfers it shows, as :class:`InflightOracle`) and the committed transfers not yet done,
+    each over its own expected window ``[start, end)``: on a link shared with ``n`` of them, the
+    new transfer gets ``free / (1 + n)`` while they move and the whole of ``free`` before they
+    start and after they end (``free = max(capacity - background, floor x capacity)``). The
+    rate is piecewise constant between the commitments' starts and ends, so the finish time of
+    ``B`` bytes is where the integral of the bottleneck rate reaches ``B``: more bytes never
+    finish sooner, a committed transfer raises a later price only on the links it shares and only
+    while the windows overlap, and with nothing committed it is the telemetry price.
+
+    Cost: the candidates whose path crosses no link of a pending commitment keep the cached
+    snapshot table (O(|D|) with a gather of the path links to find them); each of the ``k``
+    others is priced over the ``m <= 2 x pending`` breakpoints, O(k x hops x m). :meth:`table`
+    answers only when nothing is pending (the price is then linear in the bytes); otherwise
+    :meth:`cost` integrates."""
+
+    name = "predictive"
+
+    def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
+                 setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None) -> None:
+        super().__init__(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
+        self._found: tuple[OracleQuery, np.ndarray, list[Commitment]] | None = None  # table()'s, for cost()
+
+    def _pending(self, query: OracleQuery) -> tuple[np.ndarray, list[Commitment]]:
+        """(seconds per byte of every link left free by the background, the commitments not done
+        whose expected window ends after the query's start). Prunes the ledger like
+        :meth:`InflightOracle.table`."""
+        snap = self.snapshot(query.now)
+        inv = self._refresh(snap)
+        now = query.now
+        start = now if query.start is None else query.start
+        horizon = now - self.staleness_s - 2.0
+        for k in [k for k, e in self._ledger.items() if min(e.end, e.done_at) < horizon and e.done_at <= now]:
+            del self._ledger[k]
+        if not self._ledger:
+            return inv, []
+        seen_t = snap.time_s if snap is not None else -np.inf
+        seen = [e for e in self._ledger.values() if e.start <= seen_t < min(e.end, e.done_at)]
+        pending = [e for e in self._ledger.values() if e.end > start and e.done_at > now]
+        if seen:
+            n = inv.shape[0]
+            cap = self.tree.capacity * snap.capacity_factor
+            util = np.clip(snap.utilisation, 0.0, 1.0)
+            own = np.zeros(n)
+            for e in seen:
+                np.add.at(own, e.path, e.rate)
+            own[-1] = 0.0
+            with np.errstate(invalid="ignore"):  # the padding link: 0 x inf
+                background = np.maximum(util * cap - own, 0.0)
+            background[-1] = 0.0
+            inv = self._inverse(np.maximum(cap - background, self.floor * cap))
+        return inv, pending
+
+    # NetworkOracle.table's contract allows None; the telemetry kinds never answer it, this one
+    # does whenever a pending commitment makes the price non-linear in the bytes
+    def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray] | None:  # type: ignore[override]
+        """The linear table when no pending commitment exists (the snapshot's, cached, when the
+        background needs no correction either); None otherwise (:meth:`cost` integrates, reusing
+        what this call found when it prices the same query next)."""
+        inv, pending = self._pending(query)
+        if pending:
+            self._found = (query, inv, pending)
+            return None
+        if inv is self._inv:
+            return self._cached_table(self._tables, query, self._down, inv)
+        paths, latency = self.paths(query, self._down)
+        return latency, inv[paths].max(axis=1)
+
+    def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
+               nbytes: float = 0.0, key: int | None = None, tp: int = 1) -> None:
+        self._found = None
+        super().commit(src, dst, start, end, flow_key, nbytes, key, tp)
+
+    def done(self, key: int, t: float) -> None:
+        self._found = None
+        super().done(key, t)
+
+    def cost(self, query: OracleQuery) -> np.ndarray:
+        found, self._found = self._found, None
+        if found is not None and (found[0].src, found[0].now, found[0].start, found[0].flow_key) == (
+                query.src, query.now, query.start, query.flow_key) and found[0].dsts is query.dsts:
+            inv, pending = found[1], found[2]
+        else:
+            inv, pending = self._pending(query)
+        nbytes = np.asarray(query.nbytes, dtype=float)
+        if inv is self._inv:
+            latency, base = self._cached_table(self._tables, query, self._down, inv)
+        else:
+            paths, latency = self.paths(query, self._down)
+            base = inv[paths].max(axis=1)
+        out = self._finish(latency, nbytes, base)
+        if not pending:
+            return out
+        start = query.now if query.start is None else query.start
+        paths = self.paths(query, self._down)[0]
+        # compact index of every link a pending commitment crosses (-1: none does)
+        links = np.unique(np.concatenate([e.path for e in pending]))
+        links = links[links != self.tree.pad]
+        compact = np.full(inv.shape[0], -1, dtype=np.int64)
+        compact[links] = np.arange(links.size)
+        hops = compact[paths]
+        rows = np.flatnonzero(((hops >= 0).any(axis=1)) & (nbytes > 0))
+        if rows.size == 0:
+            return out
+        # breakpoints after the start: the interval j is [bounds[j], bounds[j + 1])
+        starts = np.array([e.start for e in pending])
+        ends = np.array([e.end for e in pending])
+        bounds = np.unique(np.concatenate(([start], starts[starts > start], ends)))
+        j0 = np.searchsorted(bounds, np.maximum(starts, start), side="right") - 1
+        j1 = np.searchsorted(bounds, ends, side="left")
+        # sharers per (crossed link, interval): +1 where a commitment starts, -1 where it ends
+        sizes = [e.path.size for e in pending]
+        on = compact[np.concatenate([e.path for e in pending])]
+        keep = on >= 0
+        on = on[keep]
+        width = bounds.size + 1
+        cells = (links.size + 1) * width
+        delta = (np.bincount(on * width + np.repeat(j0, sizes)[keep], minlength=cells)
+                 - np.bincount(on * width + np.repeat(j1, sizes)[keep], minlength=cells))
+        counts = np.cumsum(delta.reshape(links.size + 1, width), axis=1)[:, :-1]  # last row: no link
+        per_link = np.zeros(counts.shape)
+        per_link[:-1] = inv[links][:, None] * (1.0 + counts[:-1])
+        with np.errstate(invalid="ignore"):  # inf x 1 stays inf; no 0 x inf here
+            step = per_link[hops[rows]].max(axis=1)  # (k, intervals): shared links' seconds per byte
+        step = np.maximum(step, base[rows][:, None])  # the candidate's other links
+        rate = np.zeros(step.shape)
+        np.divide(1.0, step, out=rate, where=np.isfinite(step))
+        moved = np.zeros(step.shape)  # bytes moved before each interval starts
+        np.cumsum(rate[:, :-1] * np.diff(bounds)[None, :], axis=1, out=moved[:, 1:])
+        want = nbytes[rows]
+        j = (moved < want[:, None]).sum(axis=1) - 1
+        k = np.arange(rows.size)
+        with np.errstate(invalid="ignore"):
+            finish = bounds[j] + (want - moved[k, j]) * step[k, j]
+        out[rows] = latency[rows] + (finish - start)
+        return out
+
+
 class PerfectOracle(NetworkOracle):
     """The simulator's ground truth at the decision instant: the routes in force, and per link the
     rate a new flow would get under max-min sharing if no other flow's bottleneck moved
@@ -440,8 +586,10 @@ ORACLE_REGISTRY: dict[str, OracleFactory] = {
     "telemetry": _telemetry_kind(TelemetryOracle),
     "inflight": _telemetry_kind(InflightOracle),
     "perfect": _perfect,
+    "predictive": _telemetry_kind(PredictiveOracle),
 }
-"""Every oracle kind by name, from least to most information (what ``NAME:ORACLE`` resolves)."""
+"""Every oracle kind by name (what ``NAME:ORACLE`` resolves): from least to most information, then
+``predictive`` (inflight's information, priced over the transfer's future)."""
 ORACLES = tuple(ORACLE_REGISTRY)
 
 

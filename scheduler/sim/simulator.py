@@ -66,7 +66,7 @@ class Simulator:
         self.net = FlowNetwork(self.tree.capacity, self.tree.pad)
         self.telemetry: SimTelemetry | None = None
         self.oracle_kind = oracle_kind(cfg, policy)
-        if self.oracle_kind in ("telemetry", "inflight") or record_telemetry or shadow_fresh:
+        if self.oracle_kind in ("telemetry", "inflight", "predictive") or record_telemetry or shadow_fresh:
             keep = cfg.oracle.staleness_s + 4 * cfg.oracle.poll_interval_s + 1.0
             self.telemetry = SimTelemetry(self.tree, self.net, cfg.oracle.poll_interval_s, keep)
             self.telemetry.record_samples = record_telemetry

@@ -60,18 +60,34 @@ PLACEMENT = ("cluster.placement=mixed", "cluster.reserved_servers_per_pod=0")
 so |P| = |D| = GPUs / 2 (the default ``by-rack`` placement with one reserved server per pod would
 give |D| = 16, 224 and 3968 on these shapes)."""
 
+_JOINT_BIG = [f"topology.{k}={v}" for k, v in dict(pods=16, tors_per_pod=8, servers_per_tor=4, gpus_per_server=8,
+                                                     aggs_per_pod=8, cores=64).items()] + list(PLACEMENT)
+
 DECISION_POLICIES = ("round-robin", "least-loaded", "cache-load", "topology-filter", "topology-affinity",
-                     "netkv:static", "netkv", "netkv:inflight", "netkv:perfect")
+                     "netkv:static", "netkv", "netkv:inflight", "netkv:predictive", "netkv:perfect", "netkv-joint")
 """Policy specs of the decision-latency figures (``netkv``: the telemetry oracle)."""
 
 SIMULATOR_POLICIES = ("cache-load", "topology-affinity", "netkv:static", "netkv", "netkv:inflight", "netkv:perfect")
 SIMULATOR_SCENARIOS = ("idle", "decode-flap")
 
+JOINT_SHAPES = {
+    "32x16": [],
+    "2048x2048": _JOINT_BIG,
+}
+"""The |P| x |D| clusters of the joint-selection latency figures: the default cluster (by-rack
+pools, one reserved server per pod: 32 prefill and 16 decode instances) and 4,096 GPUs in the
+mixed placement without reserved servers."""
+
+JOINT_POLICIES = ("netkv", "netkv-joint")
+"""Policy specs of the joint-selection latency figures (both on the telemetry oracle)."""
+
 TARGETS = {
     "decision_p99_us": {"netkv": {"32": 50.0, "4096": 300.0}},
+    "joint_decision_p99_us": {"netkv-joint": {"32x16": 100.0, "2048x2048": 2000.0}},
     "simulator_full_trace_s": 5.0,
 }
-"""The targets on the project's 2-core VM: netkv's decision p99 at |D| = 32 and 4096, and the
+"""The targets on the project's 2-core VM: netkv's decision p99 at |D| = 32 and 4096, netkv-joint's
+at |P| x |D| = 32 x 16 and 2048 x 2048 (:data:`JOINT_SHAPES`), and the
 simulator's wall time for the full conversation trace (12,031 requests) under one policy."""
 
 REPEATS = 3
@@ -164,15 +180,29 @@ def decision_cluster_config(n_decode: int):
 def decision_latency(n_decode: int, requests, calls: int, seed: int = 0,
                      policies: tuple[str, ...] = DECISION_POLICIES) -> tuple[dict, dict[str, dict]]:
     """(shape: GPUs, |P|, |D| and placement of the cluster built; figures per policy spec)."""
-    cfg = decision_cluster_config(n_decode)
+    return config_latency(decision_cluster_config(n_decode), requests, calls, seed, policies)
+
+
+def joint_latency(shape: str, requests, calls: int, seed: int = 0,
+                  policies: tuple[str, ...] = JOINT_POLICIES) -> tuple[dict, dict[str, dict]]:
+    """:func:`decision_latency` on the cluster ``JOINT_SHAPES[shape]``."""
+    return config_latency(build_config(overrides=JOINT_SHAPES[shape]), requests, calls, seed, policies)
+
+
+def config_latency(cfg, requests, calls: int, seed: int = 0,
+                   policies: tuple[str, ...] = DECISION_POLICIES) -> tuple[dict, dict[str, dict]]:
+    """Decision latency of ``policies`` on the cluster of ``cfg`` (module docstring)."""
     tree = FatTree(cfg.topology)
     rng = np.random.default_rng(seed)
     out: dict[str, dict] = {}
     shape: dict = {}
     for spec in policies:
         cluster = Cluster(cfg, tree)
+        reserved = cfg.cluster.reserved_servers_per_pod
         shape = {"gpus": tree.n_gpus, "prefill": int(cluster.prefill_ids.size),
-                 "decode": int(cluster.decode_ids.size), "placement": "mixed, no reserved servers"}
+                 "decode": int(cluster.decode_ids.size),
+                 "placement": cfg.cluster.placement + (f", {reserved} reserved server(s) per pod" if reserved
+                                                       else ", no reserved servers")}
         for r in requests[:2000]:  # warm caches: each request's prefix on one prefill and one decode
             cluster.prefill_cache.insert(int(rng.integers(cluster.prefill_ids.size)), r.hash_ids)
             cluster.decode_cache.insert(int(rng.integers(cluster.decode_ids.size)), r.hash_ids)
@@ -240,6 +270,11 @@ def run_bench(trace: str | None = None, quick: bool = False, log=print) -> dict:
         key = str(shape["decode"])  # the |D| of the cluster built
         figures["decision_shapes"][key] = shape
         figures["decision_latency"][key] = per_policy
+    figures["joint_latency"] = {}
+    for name in JOINT_SHAPES:
+        log(f"bench: joint decision latency, |P| x |D| = {name}")
+        shape, per_policy = joint_latency(name, requests, 300 if quick else 1000)
+        figures["joint_latency"][name] = {"shape": shape, "policies": per_policy}
     counts = (1000, 3000) if quick else (1000, 4000, len(requests))
     for policy in ("cache-load", "netkv"):
         for k in counts:
@@ -291,6 +326,17 @@ def format_bench(f: dict) -> str:
                     + ", ".join(f"<= {t:g} us at |D|={n}" for n, t in goal.items())
                     + (" ok" if met else " not met"))
         lines.append(f"  {name:<22}{cells}{note}")
+    joint = f.get("joint_latency") or {}
+    if joint:
+        lines += ["", "joint-selection decision latency (us; p50 / p99 / p99 of each decision's fastest call)"]
+        for name, cell in joint.items():
+            sh = cell["shape"]
+            for pol, v in cell["policies"].items():
+                joint_goal = targets.get("joint_decision_p99_us", {}).get(pol, {}).get(name)
+                verdict = "ok" if joint_goal and v["min_p99_us"] <= joint_goal else "not met"
+                note = f"   target: <= {joint_goal:g} us {verdict}" if joint_goal else ""
+                lines.append(f"  {name:>10} ({sh['gpus']} GPUs, {sh['placement']})  {pol:<14}"
+                             f"{v['p50_us']:>9.1f} / {v['p99_us']:.1f} / {v['min_p99_us']:.1f}{note}")
     lines += ["", f"simulator speed (default placement; target: the full trace under one policy in "
                   f"<= {targets['simulator_full_trace_s']:g} s)",
               f"  {'policy':<18}{'scenario':<13}{'requests':>9}{'GPUs':>6}{'|D|':>6}"

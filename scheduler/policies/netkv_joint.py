@@ -1,0 +1,129 @@
+"""NetKV-joint: the (prefill, decode) pair minimising expected TTFT, exactly.
+
+NetKV picks the prefill first (cache-load's) and the decode second; the pair is the real decision.
+Score of a pair, lower is better (seconds)::
+
+    score(p, d) = (transfer(p, d) + w x load(d)) + estimate(p)
+
+``estimate(p)``: prefill queue + compute given p's prefix cache hit (``prefill_estimate_s``);
+``transfer(p, d)``: the oracle's price of the bytes d lacks, the part that lands in TTFT
+(``transfer_cost_s``); ``w x load(d)``: NetKV's decode admission term (``load_weight_s``, tuned on
+NetKV's grid with the same rule). The pair is the argmin over P x D; prefills within
+:data:`~scheduler.policies.cache_load.TIE_TOLERANCE_S` of the best rotate with the decision's turn
+(as cache-load's prefill ties do), and the decode is the argmin of the chosen prefill's row.
+
+Exact at less than |P| x |D| prices (branch and bound over the prefills). A lower bound of every
+prefill's best row comes from the tiers: every oracle prices a route no cheaper per byte than the
+fastest nominal route of its tier (telemetry, commitments and ground truth only take bandwidth
+away; a tier fixes the link kinds a fat-tree route crosses, rerouted or hashed), and a transfer
+costs at least its bytes x that (/ ranks striped; / layers streamed). With ``v_t(d) = w x load(d)
++ bytes(d) x fastest_t`` per tier t, a prefill's bound is ``estimate(p) + min(min v_0 over its
+server's decodes, min v_1 over its rack's, min v_2 over its pod's, min v_3 over all)``: exactly
+the bound's minimum over D, since ``v_t`` grows with t and the groups nest. Prefills are then
+priced in increasing bound order (one oracle cost vector each, O(|D|), the oracle's cached cost
+table under deterministic routing), stopping at the first bound above the best score found
+(+ the tie tolerance): no pruned prefill can win or tie. Cost: O(|D| + |P| log |P|) for the
+bounds, plus O(|D|) per prefill priced; the worst case (every bound below the best) is
+|P| x |D|, as brute force."""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.decision.context import Decision, DecisionContext
+from scheduler.model.cluster import Cluster
+from scheduler.policies.base import Policy, register
+from scheduler.policies.cache_load import TIE_TOLERANCE_S
+
+ROUNDING_SLACK_S = 1e-9
+"""Subtracted from every bound, so floating-point rounding cannot make a bound exceed the score
+it bounds (the scores are seconds; a nanosecond is far below any real difference)."""
+
+
+def tier_fastest(cluster: Cluster) -> np.ndarray:
+    """Seconds per byte of the fastest nominal route of each tier (0..3) among the cluster's
+    (prefill, decode) pairs, every rank's (+inf for a tier without pairs); static for the run,
+    memoised on the cluster."""
+    key = ("joint_tier_fastest",)
+    hit = cluster.memo.get(key)
+    if hit is None:
+        tree = cluster.tree
+        inv = 1.0 / tree.capacity
+        fastest = np.full(4, np.inf)
+        for p in range(cluster.prefill_ids.size):
+            tiers = cluster.decode_tiers(p)
+            for r in range(cluster.tp):
+                src = int(cluster.prefill_ids[p]) + r
+                per_byte = inv[tree.paths(src, cluster.decode_rank_ids[r])].max(axis=1)
+                np.minimum.at(fastest, tiers, per_byte)
+        hit = cluster.memo[key] = fastest
+    return hit
+
+
+def _groups(cluster: Cluster) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per level (server, rack, pod): the decode instances' group starts (decode ids ascend, so a
+    group is contiguous), and each prefill instance's group index at that level (-1: no decode
+    there, pointing at an appended +inf); memoised on the cluster."""
+    key = ("joint_groups",)
+    hit = cluster.memo.get(key)
+    if hit is None:
+        tree = cluster.tree
+        starts, of_prefill, labels = [], [], []
+        for size in (tree.gps, tree.gpt, tree.gpp):
+            group = cluster.decode_ids // size
+            first = np.flatnonzero(np.diff(group, prepend=-1))
+            ids = group[first]
+            pos = np.searchsorted(ids, cluster.prefill_ids // size)
+            pos = np.minimum(pos, ids.size - 1)
+            found = ids[pos] == cluster.prefill_ids // size
+            starts.append(first)
+            of_prefill.append(np.where(found, pos, ids.size))
+            labels.append(ids)
+        hit = cluster.memo[key] = (starts, of_prefill, labels)  # type: ignore[assignment]
+    return hit  # type: ignore[return-value]
+
+
+def prefill_bounds(ctx: DecisionContext, load: np.ndarray) -> np.ndarray:
+    """A lower bound of every prefill's best score (module docstring), O(|D| + |P|)."""
+    cl = ctx.cluster
+    fastest = tier_fastest(cl) / cl.tp
+    if cl.layer_wise:  # at least the last layer's share of the transfer lands in TTFT
+        fastest = fastest / cl.cfg.model.layers
+    nbytes = ctx.decode_bytes
+    starts, of_prefill, _ = _groups(cl)
+    best = np.full(ctx.n_prefill, float(np.min(load + nbytes * fastest[3])) if np.isfinite(fastest[3]) else np.inf)
+    for t, (first, where) in enumerate(zip(starts, of_prefill)):
+        if not np.isfinite(fastest[t]):
+            continue
+        v = load + nbytes * fastest[t]
+        mins = np.append(np.minimum.reduceat(v, first), np.inf)
+        np.minimum(best, mins[where], out=best)
+    return ctx.prefill_estimate_s + best - ROUNDING_SLACK_S
+
+
+@register
+class NetKVJoint(Policy):
+    name = "netkv-joint"
+    description = "argmin over (prefill, decode) of prefill estimate + oracle transfer cost + load term (exact)"
+    tuned_param = "load_weight_s"
+    default_weight = 0.1
+    grid = "netkv_weights_s"
+    needs_oracle = True
+    weight: float  # a tuned policy always has one (its default_weight)
+
+    def choose(self, ctx: DecisionContext) -> Decision:
+        load = ctx.weighted_load(self.weight)
+        bound = prefill_bounds(ctx, load)
+        est = ctx.prefill_estimate_s
+        best = np.inf
+        rows: dict[int, tuple[float, int]] = {}  # prefill -> (its best score, its best decode)
+        for p in np.argsort(bound, kind="stable").tolist():
+            if bound.item(p) > best + TIE_TOLERANCE_S:
+                break
+            row = (ctx.transfer_cost_s(p) + load) + est.item(p)
+            d = int(row.argmin())
+            score = row.item(d)
+            rows[p] = (score, d)
+            best = min(best, score)
+        tied = sorted(p for p, (score, _) in rows.items() if score <= best + TIE_TOLERANCE_S)
+        p = tied[ctx.turn % len(tied)]
+        return Decision(p, rows[p][1])
