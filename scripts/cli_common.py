@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from scheduler.model.config import ORACLE_KINDS
 from scheduler.paths import RESULTS_DIR
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -72,7 +73,7 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", default=None, help="GPU preset (default: per model, h100-sxm for 8B)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", dest="overrides",
                    help="override any model constant, e.g. topology.nic_gbit_s=200 (repeatable; list: netkv constants)")
-    p.add_argument("--oracle", choices=("static", "telemetry", "inflight", "perfect"), default=None,
+    p.add_argument("--oracle", choices=ORACLE_KINDS, default=None,
                    help="network cost oracle of oracle-consuming policies given without one (netkv; "
                         "netkv:static etc. keep theirs); shorthand for --set oracle.kind=KIND (default: telemetry)")
     p.add_argument("--weight", action="append", metavar="POLICY=W",

@@ -343,6 +343,12 @@ def _coerce(cls: type, fname: str, raw: str) -> Any:
     return raw
 
 
+ORACLE_KINDS = ("static", "telemetry", "inflight", "perfect", "predictive")
+"""The network cost oracle kinds ``oracle.kind`` may name: the registry of
+:mod:`scheduler.decision.oracle` (one class each), listed here so the model validates a config
+without importing the decision layer; a test holds the two equal."""
+
+
 def build_config(model: str = "llama-3-8b", gpu: str | None = None,
                  overrides: list[str] | None = None) -> ExperimentConfig:
     """Presets plus ``section.field=value`` overrides; errors name the parameter."""
@@ -418,8 +424,8 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.timing.kv_streaming not in KV_STREAMING:
         raise ConfigError(f"parameter 'timing.kv_streaming' must be one of {', '.join(KV_STREAMING)}, "
                           f"got {cfg.timing.kv_streaming!r}")
-    if cfg.oracle.kind not in ("static", "telemetry", "inflight", "perfect"):
-        raise ConfigError(f"parameter 'oracle.kind' must be static, telemetry, inflight or perfect, "
+    if cfg.oracle.kind not in ORACLE_KINDS:
+        raise ConfigError(f"parameter 'oracle.kind' must be one of {', '.join(ORACLE_KINDS)}, "
                           f"got {cfg.oracle.kind!r}")
     if cfg.oracle.staleness_s < 0:
         raise ConfigError(f"parameter 'oracle.staleness_s' must be >= 0, got {cfg.oracle.staleness_s}")

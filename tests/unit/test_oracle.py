@@ -277,3 +277,11 @@ def test_path_cache_does_not_mix_sources(tree):
     c = StaticTierOracle(tree).cost(q(63, dsts, GB))
     assert np.allclose(b, c)
     assert not np.allclose(a, b)
+
+
+def test_the_config_names_every_registered_oracle_kind() -> None:
+    """``oracle.kind`` and ``--oracle`` accept exactly the kinds the registry builds."""
+    from scheduler.decision.oracle import ORACLES
+    from scheduler.model.config import ORACLE_KINDS
+
+    assert tuple(ORACLES) == ORACLE_KINDS
