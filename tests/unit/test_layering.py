@@ -99,6 +99,14 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # the flow-level backend.
     "scheduler/sim": ("scheduler.model", "scheduler.decision", "scheduler.policies", "scheduler.sim",
                       "scheduler.progress", "topology"),
+    # the oracle as an HTTP service: the decision layer behind an API, fed by the controller's
+    # telemetry (its REST client, Prometheus' query API); no backend, no study.
+    "scheduler/service": ("scheduler.model", "scheduler.decision", "scheduler.service", "topology",
+                          "controller.client", "controller.promql", "controller.prometheus_server"),
+    # routers in front of HTTP workers: the worker protocol (hosts.worker_api), the model's prompts
+    # and traces, and the oracle service; no backend.
+    "scheduler/router": ("scheduler.model", "scheduler.decision", "scheduler.policies", "scheduler.service",
+                         "scheduler.router", "scheduler.paths", "hosts", "topology", "controller"),
 }
 
 
