@@ -1,4 +1,4 @@
-"""`netkv sweep`, `netkv report` and `netkv staleness`: many simulate runs in a process pool."""
+"""`netkv sweep`, `netkv report` and `netkv staleness`: many simulate runs in a process pool (or on Ray)."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +50,7 @@ def register(sub) -> None:
                    help="seeds: synthetic traces, or for --trace disjoint windows of --max-requests "
                         "(default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per core)")
+    add_executor_option(p)
     p.set_defaults(func=cmd_sweep, policies="cache-load,topology-affinity,netkv:static,netkv")
     p = add_command(sub, "report", *COMMAND_HELP["report"],
                     help="regenerate docs/results.md and its figures from fresh simulator runs")
@@ -58,6 +59,7 @@ def register(sub) -> None:
                    help="markdown file, its figures in the folder of its name beside it; or a folder, for "
                         "results.md and results/ (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per core)")
+    add_executor_option(p)
     p.add_argument("--max-requests", type=int, default=None, help="cap every window (a smoke run)")
     p.add_argument("--scenarios", default=None, metavar="A,B", help="restrict the headline matrix")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", dest="overrides",
@@ -71,6 +73,7 @@ def register(sub) -> None:
     p.add_argument("--values", default="0,0.5,1,2,5,10,30", help="staleness values, s (default: %(default)s)")
     p.add_argument("--seeds", default="0", metavar="S,T", help="seeds, as for sweep (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per core)")
+    add_executor_option(p)
     p.add_argument("--backend", choices=("simulate", "emulate"), default="simulate",
                    help="simulate (default), or emulate: every value replayed on the live fabric (root), the "
                         "simulator's study of the same window beside it")
@@ -94,11 +97,31 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_staleness)
 
 
+def add_executor_option(p: argparse.ArgumentParser) -> None:
+    """``--executor``: where the runs execute (:mod:`scheduler.study.executor`)."""
+    p.add_argument("--executor", default="local", metavar="local|ray[=ADDRESS]",
+                   help="where the runs execute: local (this machine's process pool), ray (a local Ray instance "
+                        "of --jobs CPUs) or ray=ADDRESS (an existing cluster: ray=auto, ray=ray://HEAD:10001); "
+                        "Ray is an optional extra: scripts/setup.sh --ray (default: %(default)s)")
+
+
+def check_executor(args: argparse.Namespace) -> str:
+    """``--executor`` checked (well formed, its engine installed) before any work; the spec."""
+    from scheduler.study.executor import ExecutorError, check_available, parse_executor
+
+    try:
+        check_available(parse_executor(args.executor))
+    except ExecutorError as e:
+        raise UsageError(str(e)) from None
+    return args.executor
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from scheduler.results.files import dumps_json, write_files
     from scheduler.study import sweep as sw
     from scheduler.study.sweep_plot import plot
 
+    executor = check_executor(args)
     out = out_folder(args, f"sweep-{args.param}")
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
@@ -107,7 +130,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sw.validate(sweep)
     log(f"sweep: {args.param} over {len(sweep.values)} values x {len(sweep.seeds)} seeds, policies {args.policies}, "
         f"scenario '{args.scenario}'")
-    results = sw.run(sweep, args.jobs, progress=not args.no_progress, log=log)
+    results = sw.run(sweep, args.jobs, progress=not args.no_progress, log=log, executor=executor)
     table = sw.rows(sweep, results)
     agg = sw.aggregate(sweep, table, target)
     text = sw.format_table(sweep, agg, target)
@@ -132,12 +155,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from scheduler.study.report import generate
 
+    executor = check_executor(args)
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()] if args.scenarios else None
     path = generate(Path(args.out), args.quick, args.jobs, args.max_requests, scenarios, not args.no_progress,
                     log, command="netkv " + " ".join(args.argv),
-                    overrides=tuple(args.overrides or ()))
+                    overrides=tuple(args.overrides or ()), executor=executor)
     print(f"report: {path} (figures in {path.parent / path.stem})")
     return EXIT_OK
 
@@ -146,10 +170,13 @@ def cmd_staleness(args: argparse.Namespace) -> int:
     from scheduler.study import sweep as sw
     from scheduler.study.staleness import run_staleness
 
+    executor = check_executor(args)
     out = out_folder(args, "staleness")
     if args.target is not None:
         raise UsageError("--target: staleness always studies netkv (against netkv:perfect and cache-load)")
     if args.backend == "emulate":
+        if executor != "local":
+            raise UsageError("--executor: the emulated study runs on the live fabric of this machine (use local)")
         return staleness_emulated(args, out)
     if args.quick:
         raise UsageError("--quick is for --backend emulate (the simulator's study takes seconds: choose --values)")
@@ -161,7 +188,7 @@ def cmd_staleness(args: argparse.Namespace) -> int:
     path, text = run_staleness(sweep_base(args), values, sw.parse_seeds(args.seeds), out, args.jobs,
                                progress=not args.no_progress, log=log,
                                command="netkv " + " ".join(args.argv),
-                               provenance=provenance(args))
+                               provenance=provenance(args), executor=executor)
     print(text)
     print(f"\nresults: {path}")
     return EXIT_OK

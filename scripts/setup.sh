@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Idempotent setup. Python part always (venv + pinned requirements + this package, editable, which
 # gives .venv/bin/netkv); `--emulation` also installs
-# the Debian packages the packet-level emulator needs and starts Open vSwitch (root only).
+# the Debian packages the packet-level emulator needs and starts Open vSwitch (root only);
+# `--ray` also installs the optional Ray extra (pip install -e '.[ray]': `--executor ray`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY=/usr/bin/python3
 want_emu=0
+want_ray=0
 for a in "$@"; do
   case "$a" in
     --emulation) want_emu=1 ;;
-    *) echo "setup.sh: unknown option $a (known: --emulation)" >&2; exit 2 ;;
+    --ray) want_ray=1 ;;
+    *) echo "setup.sh: unknown option $a (known: --emulation, --ray)" >&2; exit 2 ;;
   esac
 done
 
@@ -45,6 +48,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing the netkv package (editable: pip install -e .)"
   "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e "$ROOT" >&2
   echo "$want" > "$stamp"
+fi
+
+if [ "$want_ray" = 1 ]; then
+  ray_stamp="$VENV/.ray.sha256"
+  ray_want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"  # the extra's pin lives there
+  if [ ! -f "$ray_stamp" ] || [ "$(cat "$ray_stamp")" != "$ray_want" ]; then
+    log "installing the ray extra (pip install -e '.[ray]')"
+    "$VENV/bin/python" -m pip install -q --no-build-isolation -e "$ROOT[ray]" >&2
+    echo "$ray_want" > "$ray_stamp"
+  fi
 fi
 
 if [ "$want_emu" = 1 ]; then

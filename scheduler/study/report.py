@@ -84,7 +84,7 @@ def write_report(out_md: Path, text_fn) -> None:
 
 def generate(out_md: Path, quick: bool = False, jobs: int | None = None, max_requests: int | None = None,
              scenarios: list[str] | None = None, progress: bool = True, log=print, command: str = "netkv report",
-             overrides: tuple[str, ...] = ()) -> Path:
+             overrides: tuple[str, ...] = (), executor: str = "local") -> Path:
     for sc in scenarios or []:
         if sc not in SCENARIOS:
             raise ReportError(f"--scenarios: {sc!r} is not a built-in scenario ({', '.join(SCENARIOS)})")
@@ -92,10 +92,11 @@ def generate(out_md: Path, quick: bool = False, jobs: int | None = None, max_req
         raise ReportError(f"--max-requests must be >= 1, got {max_requests}")
     out_md, fig_dir = report_paths(out_md)
     plan = make_plan(quick, max_requests, scenarios, overrides=tuple(overrides))
+    where = f"{jobs or os.cpu_count()} processes" if executor == "local" else f"--executor {executor}"
     log(f"report: {len(plan.cells)} runs and {sum(len(s.values) for s in plan.sweeps) * len(plan.seeds)} sweep "
-        f"points on {jobs or os.cpu_count()} processes")
+        f"points on {where}")
     t0 = time.perf_counter()
-    results = run_plan(plan, jobs, progress, log)
+    results = run_plan(plan, jobs, progress, log, executor)
     wall = time.perf_counter() - t0
     write_report(out_md, lambda tmp_dir: render(plan, results, tmp_dir, command, wall, fig_dir.name))
     return out_md

@@ -1,13 +1,12 @@
 """What ``netkv report`` runs, and running it: the plan (matrix cells, sweep specs) in one pool.
 
 Every run is independent, so all of them (matrix cells and sweep points) go into one process
-pool; the simulator is deterministic, so a rerun reproduces every figure exactly (wall-clock
-fields aside). :mod:`scheduler.study.report_markdown` renders the results.
+pool (or onto Ray, :mod:`scheduler.study.executor`); the simulator is deterministic, so a rerun
+reproduces every figure exactly (wall-clock fields aside). :mod:`scheduler.study.report_markdown` renders the results.
 """
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 from scheduler.paths import MOONCAKE_DIR, REPO_ROOT
 from scheduler.study import sweep as sw
+from scheduler.study.executor import Executor, make_executor
 
 TRACE = MOONCAKE_DIR / "conversation_trace.jsonl"
 """The real trace the report runs on (read in place, never copied); synthetic when absent."""
@@ -184,8 +184,10 @@ def _run_cell(job):
     return kind, key, policies, time.perf_counter() - t0
 
 
-def run_plan(plan: Plan, jobs: int | None = None, progress: bool = True, log=print) -> dict:
-    """Every cell and sweep point of ``plan`` in one pool; ``{"cells": {...}, "sweeps": {...}}``.
+def run_plan(plan: Plan, jobs: int | None = None, progress: bool = True, log=print,
+             executor: Executor | str = "local") -> dict:
+    """Every cell and sweep point of ``plan`` on one executor (``--executor``, see
+    :mod:`scheduler.study.executor`); ``{"cells": {...}, "sweeps": {...}}``.
     First the matrix cells and one tuning job per sweep value (every seed of a value tunes on
     the same held-out slice, see :func:`scheduler.study.sweep.run`), then the sweep points."""
     from scheduler.progress import Progress
@@ -202,29 +204,20 @@ def run_plan(plan: Plan, jobs: int | None = None, progress: bool = True, log=pri
     n_points = sum(len(s.points()) for s in sweeps.values())
     out: dict = {"cells": {}, "sweeps": {k: {} for k in sweeps}, "wall_s": {}}
     jobs = max(1, jobs or os.cpu_count() or 1)
-    ctx = multiprocessing.get_context("fork")
     weights: dict = {}
-    with Progress(total=len(first) + n_points, label="report", enabled=progress) as bar:
-        pool = ctx.Pool(jobs, initializer=sw.ignore_sigint)
-        try:
-            for phase in (1, 2):
-                work = first if phase == 1 else [
-                    ("point", (key, p.value, p.seed), (s, p, weights.get((key, p.value))))
-                    for key, s in sweeps.items() for p in s.points()]
-                for kind, key, result, wall in pool.imap_unordered(_run_cell, work):
-                    if kind == "cell":
-                        out["cells"][key] = result
-                    elif kind == "tune":
-                        weights[key] = result
-                    else:
-                        out["sweeps"][key[0]][(key[1], key[2])] = result
-                    out["wall_s"][str(key)] = wall
-                    bar.update()
-            pool.close()
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
+    with Progress(total=len(first) + n_points, label="report", enabled=progress) as bar, \
+            (executor if isinstance(executor, Executor) else make_executor(executor, jobs, inline_single=False)) as ex:
+        for phase in (1, 2):
+            work = first if phase == 1 else [
+                ("point", (key, p.value, p.seed), (s, p, weights.get((key, p.value))))
+                for key, s in sweeps.items() for p in s.points()]
+            for kind, key, result, wall in ex.map(_run_cell, work, bar):
+                if kind == "cell":
+                    out["cells"][key] = result
+                elif kind == "tune":
+                    weights[key] = result
+                else:
+                    out["sweeps"][key[0]][(key[1], key[2])] = result
+                out["wall_s"][str(key)] = wall
     out["sweep_objects"] = sweeps
     return out

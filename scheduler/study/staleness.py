@@ -37,7 +37,7 @@ def studied_policy(policies: str) -> str:
 
 def run_staleness(base: sw.Base, values: list[float], seeds: list[int], out: Path, jobs: int | None = None,
                   progress: bool = True, log=print, command: str = "netkv staleness",
-                  provenance: dict | None = None) -> tuple[Path, str]:
+                  provenance: dict | None = None, executor: str = "local") -> tuple[Path, str]:
     from scheduler.results.files import dumps_json, write_files
     from scheduler.study.sweep_plot import plot
 
@@ -47,7 +47,7 @@ def run_staleness(base: sw.Base, values: list[float], seeds: list[int], out: Pat
     sweep = sw.Sweep(PARAM, values, seeds, sw.Base(**{**base.__dict__, "policies": ",".join((target, *REFERENCES))}),
                      shadow=True)
     sw.validate(sweep)
-    results = sw.run(sweep, jobs, progress=progress, log=log)
+    results = sw.run(sweep, jobs, progress=progress, log=log, executor=executor)
     table = sw.rows(sweep, results)
     agg = sw.aggregate(sweep, table, target)
     text = _table(agg, target, base.scenario)

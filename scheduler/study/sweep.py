@@ -3,7 +3,8 @@
 A sweep varies one parameter over values, for every seed, with the same experiment otherwise
 (trace, scenario, policies, constants): each (value, seed) point is a full simulate run, tuning
 included, so every policy is tuned for the conditions it is measured in. Points are independent
-and run in parallel across the machine's cores (one process each).
+and run in parallel across the machine's cores (one process each), or on Ray
+(:mod:`scheduler.study.executor`).
 
 Parameters (``--param``): ``rate-scale`` and ``context-scale`` (the experiment options),
 ``SECTION.FIELD`` (any constant of ``netkv constants``, e.g. ``topology.nic_gbit_s``,
@@ -22,9 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-import multiprocessing
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 
 from scheduler.policies import TARGET
 from scheduler.results.metrics import SLO_DEFINITIONS
+from scheduler.study.executor import Executor, make_executor
 
 ROW_FIELDS = ("param", "value", "seed", "policy", "requests", "ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
               "slo_attainment", *(f"slo_{d.replace('-', '_')}" for d in SLO_DEFINITIONS), "tbt_mean_ms",
@@ -228,14 +228,12 @@ def run_point(job) -> tuple[Point, dict, float]:
     return point, policies, time.perf_counter() - t0
 
 
-def ignore_sigint() -> None:
-    """Pool initializer: workers ignore Ctrl-C, the parent decides (it terminates the pool)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it terminates the pool
-
-
-def run(sweep: Sweep, jobs: int | None = None, progress: bool = True, log=print) -> dict[tuple, dict]:
-    """Run every point (``jobs`` processes, default one per core); ``{(value, seed): policies}``.
-    Ctrl-C terminates the workers and re-raises ``KeyboardInterrupt``."""
+def run(sweep: Sweep, jobs: int | None = None, progress: bool = True, log=print,
+        executor: Executor | str = "local") -> dict[tuple, dict]:
+    """Run every point on ``executor`` (an :class:`~scheduler.study.executor.Executor`, or a
+    ``--executor`` spec: ``local``, ``ray``, ``ray=ADDRESS``; ``jobs`` processes or local Ray CPUs,
+    default one per core); ``{(value, seed): policies}``. Ctrl-C cancels the outstanding points and
+    re-raises ``KeyboardInterrupt``."""
     from scheduler.progress import Progress
 
     points = sweep.points()
@@ -246,28 +244,11 @@ def run(sweep: Sweep, jobs: int | None = None, progress: bool = True, log=print)
     # of the work). Synthetic seeds are different traces: each point tunes for itself.
     tune_first = bool(sweep.base.trace) and sweep.base.tune and len(sweep.seeds) > 1
     total = len(points) + (len(sweep.values) if tune_first else 0)
-    with Progress(total=total, label=f"sweep {sweep.param}", enabled=progress) as bar:
-        ctx = multiprocessing.get_context("fork")
-        pool = ctx.Pool(jobs, initializer=ignore_sigint) if jobs > 1 else None
-        imap = pool.imap_unordered if pool else map
-        try:
-            fixed: dict = {}
-            if tune_first:
-                for value, weights in imap(tune_value, [(sweep, v) for v in sweep.values]):
-                    fixed[value] = weights
-                    bar.update()
-            for point, policies, _ in imap(run_point, [(sweep, p, fixed.get(p.value)) for p in points]):
-                out[(point.value, point.seed)] = policies
-                bar.update()
-            if pool:
-                pool.close()
-        except BaseException:
-            if pool:
-                pool.terminate()
-            raise
-        finally:
-            if pool:
-                pool.join()
+    with Progress(total=total, label=f"sweep {sweep.param}", enabled=progress) as bar, \
+            (executor if isinstance(executor, Executor) else make_executor(executor, jobs)) as ex:
+        fixed: dict = dict(ex.map(tune_value, [(sweep, v) for v in sweep.values], bar)) if tune_first else {}
+        for point, policies, _ in ex.map(run_point, [(sweep, p, fixed.get(p.value)) for p in points], bar):
+            out[(point.value, point.seed)] = policies
     return out
 
 
