@@ -34,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--service", action="store_true",
                    help="instead: the oracle service's /v1/cost latency and throughput at |D| = 32 for 1, 16 and 64 "
                         "clients, 30 s each, closed and open loop (`netkv oracle bench` has every option)")
+    p.add_argument("--executors", action="store_true",
+                   help="instead: the wall time of one sweep on the local process pool and on a local Ray instance "
+                        "(the engine's overhead on one machine; needs scripts/setup.sh --ray)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -67,6 +70,24 @@ def cmd_constants(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from scheduler.study.bench import run_bench
+
+    if args.executors:
+        from scheduler.study.bench import executor_overhead
+        from scheduler.study.executor import ExecutorError
+
+        if args.trace or args.service:
+            raise UsageError("--executors takes no --trace or --service")
+        try:
+            figures = executor_overhead(quick=args.quick, log=lambda m: print(m, file=sys.stderr))
+        except ExecutorError as e:
+            raise UsageError(str(e)) from None
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            print(f"one sweep of {figures['points']} points x {figures['requests']} requests on {figures['jobs']} "
+                  f"CPUs: local pool {figures['local_s']:.1f} s, Ray local instance {figures['ray_s']:.1f} s "
+                  f"(startup included; +{figures['ray_s'] - figures['local_s']:.1f} s)")
+        return EXIT_OK
 
     if args.service:
         from scheduler.service.bench import run_service_bench

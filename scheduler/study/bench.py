@@ -349,3 +349,34 @@ def format_bench(f: dict) -> str:
         lines.append(f"  {s['policy']:<18}{s.get('scenario', 'idle'):<13}{s['requests']:>9}{s['gpus']:>6}"
                      f"{s.get('decode', ''):>6}{s['wall_s']:>8}{s['requests_per_s']:>9}{s['events']:>9}{mark}")
     return "\n".join(lines)
+
+
+EXECUTOR_SWEEP_VALUES = (1.0, 2.0, 4.0, 8.0)
+"""Arrival-rate scales of the sweep :func:`executor_overhead` times on each executor."""
+EXECUTOR_SWEEP_SEEDS = (0, 1)
+"""Its seeds (synthetic traces): 8 points in all."""
+EXECUTOR_SWEEP_REQUESTS = 1500
+"""Requests per point (200 with ``quick``): enough work per point that the engine's startup and
+scheduling show as overhead, not as the whole figure."""
+
+
+def executor_overhead(jobs: int = 2, quick: bool = False, log=print) -> dict:
+    """Wall time of one sweep on the local process pool and on a local Ray instance of ``jobs``
+    CPUs (started and shut down inside the timed span, as ``--executor ray`` does): what the
+    engine costs on one machine. Printed by ``netkv bench --executors``, never asserted; needs the
+    Ray extra."""
+    from scheduler.study import sweep as sw
+    from scheduler.study.executor import ExecutorSpec, check_available
+
+    check_available(ExecutorSpec("ray"))
+    n = 200 if quick else EXECUTOR_SWEEP_REQUESTS
+    sweep = sw.Sweep("rate-scale", list(EXECUTOR_SWEEP_VALUES), list(EXECUTOR_SWEEP_SEEDS),
+                     sw.Base(policies="cache-load,netkv", max_requests=n, tune=False))
+    walls: dict[str, float] = {}
+    for executor in ("local", "ray"):
+        log(f"executor overhead: the sweep on --executor {executor}")
+        t0 = time.perf_counter()
+        sw.run(sweep, jobs, progress=False, executor=executor)
+        walls[executor] = time.perf_counter() - t0
+    return {"points": len(sweep.points()), "requests": n, "jobs": jobs, "local_s": round(walls["local"], 2),
+            "ray_s": round(walls["ray"], 2)}
