@@ -38,6 +38,9 @@ def register(sub) -> None:
                    "exposes the service beyond this machine)")
     s.add_argument("--telemetry", metavar="ryu:URL|prometheus:URL|replay:FILE",
                    help="telemetry source (default: none, static pricing)")
+    s.add_argument("--max-age", type=float, default=None, metavar="S",
+                   help="telemetry older than this is an outage: price statically and say degraded (default 4 "
+                        "poll intervals; through Prometheus give about 4 scrape intervals)")
     s.add_argument("--poll-interval", type=float, default=0.5, metavar="S",
                    help="telemetry poll interval, s; snapshots older than 4 intervals are not used "
                         "(default: %(default)s)")
@@ -84,7 +87,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         source = make_source(args.telemetry, pricer)
     except SourceSpecError as exc:
         raise UsageError(str(exc)) from None
-    monitor = TelemetryMonitor(source, args.poll_interval)
+    if args.max_age is not None and not args.max_age > 0:
+        raise UsageError(f"--max-age must be > 0, got {args.max_age}")
+    monitor = TelemetryMonitor(source, args.poll_interval, args.max_age)
     app = create_app(OracleService(pricer, monitor), token=os.environ.get(TOKEN_ENV) or None)
     monitor.start()
     try:

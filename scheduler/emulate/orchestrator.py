@@ -52,7 +52,13 @@ from scheduler.emulate.emulable import BackgroundLoad, background_warning, check
 from scheduler.emulate.fidelity import CpuMonitor, RttProbe, rtt_verdict
 from scheduler.emulate.replay import Clock, EmulationError, RealtimeReplay
 from scheduler.emulate.scenario_exec import ScenarioExecutor
-from scheduler.emulate.telemetry_path import AgeRecordingHistory, TelemetryPath, TelemetryPlan, age_summary
+from scheduler.emulate.telemetry_path import (
+    AgeRecordingHistory,
+    TelemetryPath,
+    TelemetryPlan,
+    age_summary,
+    with_fallback,
+)
 from scheduler.emulate.transport import AgentTransport, TelemetryPoller  # (both also imported from here)
 from scheduler.model.cluster import assign_roles
 from scheduler.model.config import ExperimentConfig
@@ -375,6 +381,10 @@ class _EmulationRun:
         executor is closed and every link's capacity restored however it ends."""
         exp, spec = self.exp, item.spec
         cfg = item.cfg or self.cfg
+        scrape = item.scrape_interval_s
+        if scrape is None and self.telemetry_plan.source == "prometheus":
+            scrape = self.telemetry_plan.scrape_interval_s
+        cfg = with_fallback(cfg, scrape)  # through Prometheus an outage is scrapes missed, not polls
         weight, table = tune_policy(exp, spec)  # the simulator's tuned weight (see _simulate_first)
         table = self.sim_policies.get(spec.name, {}).get("tuning", table)
         policy = spec.make(weight, exp.seed, cfg.oracle.kind, **inherited_weights(exp, spec))

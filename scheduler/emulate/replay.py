@@ -136,7 +136,8 @@ class RealtimeReplay:
         # ``shadow``: a fresh oracle (on ``fresh_source``, default the same history with no added
         # age) decides beside the stale one
         oracle, fresh = build_oracles(cfg, self.tree, oracle_kind(cfg, policy), telemetry_source, truth=None,
-                                      fresh_source=(fresh_source or telemetry_source) if shadow else None)
+                                      fresh_source=(telemetry_source if fresh_source is None else fresh_source)
+                                      if shadow else None)
         # ``oracle_factory``: the oracle service prices instead (an HTTP round trip per decision)
         kind = oracle_kind(cfg, policy)
         remote = oracle_factory(self.tree, kind) if oracle_factory is not None and kind is not None else None

@@ -16,6 +16,7 @@ the poller its fetch function and the replays their oracle factory.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -94,15 +95,34 @@ class TelemetryPlan:
         return out
 
 
+def fallback_polls(cfg_polls: int, poll_interval_s: float, scrape_interval_s: float | None) -> int:
+    """``oracle.fallback_polls`` for telemetry read through Prometheus: an outage is
+    ``cfg_polls`` scrape intervals without news, not ``cfg_polls`` controller polls (a 5 s scrape
+    makes every snapshot older than four 0.5 s polls: the oracle would price statically always)."""
+    if scrape_interval_s is None:
+        return cfg_polls
+    return max(cfg_polls, math.ceil(cfg_polls * scrape_interval_s / poll_interval_s))
+
+
+def with_fallback(cfg, scrape_interval_s: float | None):
+    """``cfg`` with :func:`fallback_polls` applied (unchanged without Prometheus)."""
+    polls = fallback_polls(cfg.oracle.fallback_polls, cfg.oracle.poll_interval_s, scrape_interval_s)
+    if polls == cfg.oracle.fallback_polls:
+        return cfg
+    return dataclasses.replace(cfg, oracle=dataclasses.replace(cfg.oracle, fallback_polls=polls))
+
+
 class ServiceProcess:
     """``netkv oracle serve`` on a free loopback port, for one run."""
 
-    def __init__(self, telemetry: str, capacity_scale: float, poll_interval_s: float, serve_args: list[str]) -> None:
+    def __init__(self, telemetry: str, capacity_scale: float, poll_interval_s: float, serve_args: list[str],
+                 max_age_s: float | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.argv = [sys.executable, "-m", "scripts.netkv", "oracle", "serve", "--port", str(self.port),
                      "--telemetry", telemetry, "--capacity-scale", repr(capacity_scale),
-                     "--poll-interval", repr(poll_interval_s), *serve_args]
+                     "--poll-interval", repr(poll_interval_s),
+                     *(["--max-age", repr(max_age_s)] if max_age_s is not None else []), *serve_args]
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
 
@@ -174,7 +194,8 @@ class TelemetryPath:
             telemetry = f"prometheus:{prom.url}"
             self.log(f"emulate: Prometheus at {prom.url} scraping the controller every {plan.scrape_interval_s} s")
         if plan.service == "start":
-            service = ServiceProcess(telemetry, self.capacity_scale, self.poll_interval_s, plan.serve_args)
+            max_age = 4.0 * plan.scrape_interval_s if plan.source == "prometheus" else None
+            service = ServiceProcess(telemetry, self.capacity_scale, self.poll_interval_s, plan.serve_args, max_age)
             stack.callback(service.stop)
             service.start(self.run_dir / "oracle-service.log")
             if service.proc is not None:
