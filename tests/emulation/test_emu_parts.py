@@ -152,9 +152,12 @@ def _greedy_run(fabric, executor, src: int, dst: int, name: str, attempt: int) -
           f"flow_start {started * 1000:.0f} ms (sink+sender spawn), {name} utilisation > 80% after {up_s:.2f} s "
           f"(poll {poll} s), steady {steady:.2f}; after flow_stop < 10% in {down_s:.2f} s; sender {res}")
     clamp = background_window_bytes(TREE, SCALE, 1.0, src, dst)
-    assert windows and max(windows) <= clamp + 1460, (clamp, ss)
+    # a sender that never connected (seen once in CI: no socket, no result) is a failed attempt:
+    # the caller tries the next pair, and its assertions on the best attempt still hold
+    assert not windows or max(windows) <= clamp + 1460, (clamp, ss)
     assert low < 0.1 and down_s <= 2 * poll + 0.5
-    return {"util": util, "steady": steady, "up_s": up_s, "mbit_s": res["mbit_s"] if res else 0.0}
+    return {"util": util, "steady": steady, "up_s": up_s, "mbit_s": res["mbit_s"] if res else 0.0,
+            "connected": bool(windows)}
 
 
 @pytest.mark.emulation
@@ -168,7 +171,8 @@ def test_greedy_background_flow_loads_core_link(fabric, executor):
     rise_limit_s = 2 * poll + 1.0
 
     def good(r: dict) -> bool:
-        return r["util"] > 0.8 and r["steady"] > 0.8 and r["up_s"] <= rise_limit_s and r["mbit_s"] > 0.8 * nic
+        return (r["connected"] and r["util"] > 0.8 and r["steady"] > 0.8 and r["up_s"] <= rise_limit_s
+                and r["mbit_s"] > 0.8 * nic)
 
     runs = []
     for attempt, (src, dst) in enumerate(GREEDY_PAIRS):
@@ -177,6 +181,7 @@ def test_greedy_background_flow_loads_core_link(fabric, executor):
         if good(runs[-1]):
             break
     best = max(runs, key=lambda r: (good(r), min(r["steady"], r["util"]), r["mbit_s"]))
+    assert best["connected"], f"no attempt's sender connected (its window clamp unchecked): {runs}"
     assert best["util"] > 0.8 and best["steady"] > 0.8, runs
     assert best["up_s"] <= rise_limit_s, \
         f"utilisation rose later than {rise_limit_s:g} s after the sender started: {runs}"
