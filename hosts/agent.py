@@ -37,7 +37,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -83,6 +83,19 @@ def idle_alive(sock: socket.socket) -> bool:
     except (OSError, ValueError):
         return False
     return not readable
+
+
+def take_idle(pool: dict[tuple[str, int], list[socket.socket]], peer: tuple[str, int],
+              drop: Callable[[socket.socket], None]) -> socket.socket | None:
+    """A pooled connection to ``peer`` that still works, or None; the ones its peer closed
+    meanwhile (the peer restarted) go to ``drop``. The caller holds the pool's lock."""
+    idle = pool.get(peer)
+    while idle:
+        sock = idle.pop()
+        if idle_alive(sock):
+            return sock
+        drop(sock)
+    return None
 
 
 class Agent:
@@ -168,12 +181,9 @@ class Agent:
         """An idle pooled connection to ``peer`` (None as connect time) or a new one. Pooled ones
         the peer has closed meanwhile (its agent restarted) are dropped here."""
         with self._lock:
-            idle = self._pool.get(peer)
-            while idle:
-                sock = idle.pop()
-                if idle_alive(sock):
-                    return sock, None
-                self._drop(sock)
+            pooled = take_idle(self._pool, peer, self._drop)
+        if pooled is not None:
+            return pooled, None
         t_connect = time.time()
         sock = connect(peer[0], peer[1], connect_timeout=self.connect_timeout, sndbuf=self.sndbuf)
         self._open.add(sock)

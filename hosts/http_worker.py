@@ -22,14 +22,10 @@ both workers):
   and the engine's batch produced it; then it streams one token per decode step of the batch the
   request is in (the engine's current step time), the last one when the engine says it finished.
 
-Endpoints (what smg polls and sends in P/D mode): ``GET /health``, ``/health_generate``,
-``/server_info``, ``/model_info`` (and their ``/get_*`` forms), ``/v1/models`` (``owned_by``
-"sglang", so smg treats the worker as SGLang), ``/version``, ``/loads``, ``/v1/loads``, ``/metrics``
-(Prometheus text: SGLang's ``sglang:num_running_reqs``/``sglang:num_queue_reqs`` and vLLM's NIXL
-transfer metrics ``vllm:nixl_xfer_time_seconds``, ``vllm:nixl_bytes_transferred``,
-``vllm:nixl_num_failed_transfers``), ``POST /generate``, ``/v1/completions``,
-``/v1/chat/completions`` (``stream``: server-sent events). ``GET /netkv/records``: the worker's
-per-request records (also appended to ``--records`` as JSON lines).
+Endpoints: what smg polls and sends in P/D mode (health, server and model info, models, version,
+loads, Prometheus metrics with SGLang's and vLLM NIXL's names, ``/generate`` and the OpenAI
+completions and chat endpoints with streaming; docs/serve-bench.md lists them), and
+``GET /netkv/records``: the per-request records (also appended to ``--records`` as JSON lines).
 """
 from __future__ import annotations
 
@@ -49,7 +45,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from hosts.agent import idle_alive
+from hosts.agent import take_idle
 from hosts.bootstrap import BootstrapError, BootstrapServer, KvPeer, RoomRegistry, register_room
 from hosts.compute import ComputeEngine
 from hosts.framing import FramingError
@@ -291,12 +287,9 @@ class PdWorker:
 
     def _take(self, key: tuple[str, int]) -> tuple[socket.socket, float | None]:
         with self._lock:
-            idle = self._pool.get(key)
-            while idle:
-                sock = idle.pop()
-                if idle_alive(sock):
-                    return sock, None
-                self._drop(sock)
+            pooled = take_idle(self._pool, key, self._drop)
+        if pooled is not None:
+            return pooled, None
         t_connect = time.time()
         sock = connect(key[0], key[1])
         self._open.add(sock)

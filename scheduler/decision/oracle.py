@@ -5,9 +5,8 @@ Contract (stated once, every implementation keeps it):
 - lower is better; values are >= 0; +inf means unreachable (a link on the path is down);
 - more bytes or more congestion never cost less; on an idle fabric a higher tier is never cheaper;
 - zero bytes cost nothing (no transfer is started), whatever the path.
-Implementations are vectorised over candidates with numpy: O(|D|) per query.
-The kinds below and the contract they share are kept in one file, to be read together;
-each kind is one class.
+Implementations are vectorised over candidates with numpy: O(|D|) per query. The kinds and the
+contract they share are kept in one file, to be read together; each kind is one class.
 
 Kinds (:data:`ORACLES`, built by :func:`make_oracle`), from least to most information:
 
@@ -24,11 +23,8 @@ Kinds (:data:`ORACLES`, built by :func:`make_oracle`), from least to most inform
 
 Cost tables: every built-in oracle prices a query as ``latency + bytes x inverse bottleneck
 bandwidth`` per candidate; :meth:`NetworkOracle.table` returns those two vectors. Under
-deterministic routing they depend only on the source, the candidate set and the oracle's state
-(the snapshot and its down set, the ground truth's shares and routes), not on the bytes, so each
-source's table is built once per state and reused by every decision until the state changes: a
-decision then costs two vector operations instead of a path gather and a maximum over the hops.
-The cached values are the ones the uncached computation gives, bit for bit.
+deterministic routing they depend on the source, the candidates and the oracle's state, not on
+the bytes, so each source's table is built once per state and reused, bit for bit.
 """
 from __future__ import annotations
 
@@ -343,6 +339,26 @@ class InflightOracle(TelemetryOracle):
         per transfer): what shares a new transfer's path then."""
         return [e.path for e in self._ledger.values() if e.start <= start < e.end]
 
+    def _prune(self, now: float) -> None:
+        """Forget transfers done before the oldest snapshot the oracle may still read."""
+        horizon = now - self.staleness_s - 2.0
+        for k in [k for k, e in self._ledger.items() if min(e.end, e.done_at) < horizon and e.done_at <= now]:
+            del self._ledger[k]
+
+    def _background(self, snap, seen: list[Commitment], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(capacity, background load) per link, bytes/s: what ``snap`` measured less the rate of
+        our own transfers it shows (``seen``); no snapshot: nominal capacity, no load."""
+        cap = self.tree.capacity * (snap.capacity_factor if snap is not None else 1.0)
+        util = np.clip(snap.utilisation, 0.0, 1.0) if snap is not None else np.zeros(n)
+        own = np.zeros(n)
+        for e in seen:
+            np.add.at(own, e.path, e.rate)
+        own[-1] = 0.0
+        with np.errstate(invalid="ignore"):  # the padding link: 0 x inf
+            background = np.maximum(util * cap - own, 0.0)
+        background[-1] = 0.0  # the padding link carries nothing and costs nothing
+        return cap, background
+
     def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
         """The snapshot's cached table when none of the scheduler's own transfers counts, else
         one built for this query."""
@@ -350,25 +366,14 @@ class InflightOracle(TelemetryOracle):
         snapshot_inv = inv = self._refresh(snap)
         now = query.now
         start = now if query.start is None else query.start
-        # transfers done before the oldest snapshot the oracle may still read are of no use
-        horizon = now - self.staleness_s - 2.0
-        for k in [k for k, e in self._ledger.items() if min(e.end, e.done_at) < horizon and e.done_at <= now]:
-            del self._ledger[k]
+        self._prune(now)
         if self._ledger:
             n = inv.shape[0]
             seen_t = snap.time_s if snap is not None else -np.inf
             seen = [e for e in self._ledger.values() if e.start <= seen_t < min(e.end, e.done_at)]
             later = [e.path for e in self._ledger.values() if e.start <= start < e.end and e.done_at > now]
             if seen or later:
-                cap = self.tree.capacity * (snap.capacity_factor if snap is not None else 1.0)
-                util = np.clip(snap.utilisation, 0.0, 1.0) if snap is not None else np.zeros(n)
-                own = np.zeros(n)
-                for e in seen:
-                    np.add.at(own, e.path, e.rate)
-                own[-1] = 0.0
-                with np.errstate(invalid="ignore"):  # the padding link: 0 x inf
-                    background = np.maximum(util * cap - own, 0.0)
-                background[-1] = 0.0  # the padding link carries nothing and costs nothing
+                cap, background = self._background(snap, seen, n)
                 free = np.maximum(cap - background, self.floor * cap)
                 sharers = np.bincount(np.concatenate(later), minlength=n).astype(float) if later else np.zeros(n)
                 sharers[-1] = 0.0
@@ -416,25 +421,14 @@ class PredictiveOracle(InflightOracle):
         inv = self._refresh(snap)
         now = query.now
         start = now if query.start is None else query.start
-        horizon = now - self.staleness_s - 2.0
-        for k in [k for k, e in self._ledger.items() if min(e.end, e.done_at) < horizon and e.done_at <= now]:
-            del self._ledger[k]
+        self._prune(now)
         if not self._ledger:
             return inv, []
         seen_t = snap.time_s if snap is not None else -np.inf
         seen = [e for e in self._ledger.values() if e.start <= seen_t < min(e.end, e.done_at)]
         pending = [e for e in self._ledger.values() if e.end > start and e.done_at > now]
         if seen:
-            n = inv.shape[0]
-            cap = self.tree.capacity * snap.capacity_factor
-            util = np.clip(snap.utilisation, 0.0, 1.0)
-            own = np.zeros(n)
-            for e in seen:
-                np.add.at(own, e.path, e.rate)
-            own[-1] = 0.0
-            with np.errstate(invalid="ignore"):  # the padding link: 0 x inf
-                background = np.maximum(util * cap - own, 0.0)
-            background[-1] = 0.0
+            cap, background = self._background(snap, seen, inv.shape[0])
             inv = self._inverse(np.maximum(cap - background, self.floor * cap))
         return inv, pending
 

@@ -185,12 +185,7 @@ class TelemetryPath:
         plan = self.plan
         telemetry = f"ryu:http://127.0.0.1:{self.rest_port}"
         if plan.source == "prometheus":
-            prom = PrometheusServer([f"127.0.0.1:{self.rest_port}"], scrape_interval_s=plan.scrape_interval_s)
-            stack.enter_context(prom)
-            if prom.proc is not None:
-                self.fab.record_process(prom.proc.pid, PROMETHEUS_MARK, str(prom.folder))
-                stack.callback(self.fab.forget_process, prom.proc.pid)
-            self.prometheus = prom
+            prom = self.prometheus = self._start_prometheus(stack, plan.scrape_interval_s)
             telemetry = f"prometheus:{prom.url}"
             self.log(f"emulate: Prometheus at {prom.url} scraping the controller every {plan.scrape_interval_s} s")
         if plan.service == "start":
@@ -208,6 +203,16 @@ class TelemetryPath:
         stack.callback(self._close_oracles)
         return self
 
+    def _start_prometheus(self, stack: ExitStack, scrape_interval_s: float) -> PrometheusServer:
+        """A Prometheus scraping the controller, stopped by ``stack`` and recorded in the fabric's
+        state file meanwhile (a killed run's is removed by the next start-up)."""
+        prom = PrometheusServer([f"127.0.0.1:{self.rest_port}"], scrape_interval_s=scrape_interval_s)
+        stack.enter_context(prom)
+        if prom.proc is not None:
+            self.fab.record_process(prom.proc.pid, PROMETHEUS_MARK, str(prom.folder))
+            stack.callback(self.fab.forget_process, prom.proc.pid)
+        return prom
+
     def fetch(self) -> Callable[[float], dict] | None:
         """The poller's telemetry fetch (timeout in, payload out); None: the controller's REST."""
         prom = self.prometheus
@@ -220,11 +225,7 @@ class TelemetryPath:
         """A Prometheus scraping the controller every ``scrape_interval_s``, started now for one
         replay (``stack`` stops it), and the poller's fetch reading through it; waits for the
         scrapes one rate window needs, so the replay starts with telemetry."""
-        prom = PrometheusServer([f"127.0.0.1:{self.rest_port}"], scrape_interval_s=scrape_interval_s)
-        stack.enter_context(prom)
-        if prom.proc is not None:
-            self.fab.record_process(prom.proc.pid, PROMETHEUS_MARK, str(prom.folder))
-            stack.callback(self.fab.forget_process, prom.proc.pid)
+        prom = self._start_prometheus(stack, scrape_interval_s)
         window = rate_window_s(scrape_interval_s, None)
         fetch = lambda timeout_s: telemetry_payload(prom.url, window, self.poll_interval_s, timeout_s)  # noqa: E731
         deadline = time.monotonic() + window + 2 * scrape_interval_s + 5.0

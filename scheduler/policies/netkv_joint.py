@@ -31,8 +31,9 @@ import numpy as np
 
 from scheduler.decision.context import Decision, DecisionContext
 from scheduler.model.cluster import Cluster
-from scheduler.policies.base import Policy, register
+from scheduler.policies.base import register
 from scheduler.policies.cache_load import TIE_TOLERANCE_S
+from scheduler.policies.netkv import NetKV
 
 ROUNDING_SLACK_S = 1e-9
 """Subtracted from every bound, so floating-point rounding cannot make a bound exceed the score
@@ -101,14 +102,11 @@ def prefill_bounds(ctx: DecisionContext, load: np.ndarray) -> np.ndarray:
 
 
 @register
-class NetKVJoint(Policy):
+class NetKVJoint(NetKV):
+    """NetKV's weight, grid and oracle; the pair chosen jointly."""
+
     name = "netkv-joint"
     description = "argmin over (prefill, decode) of prefill estimate + oracle transfer cost + load term (exact)"
-    tuned_param = "load_weight_s"
-    default_weight = 0.1
-    grid = "netkv_weights_s"
-    needs_oracle = True
-    weight: float  # a tuned policy always has one (its default_weight)
 
     def choose(self, ctx: DecisionContext) -> Decision:
         load = ctx.weighted_load(self.weight)
