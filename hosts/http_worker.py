@@ -22,6 +22,13 @@ both workers):
   and the engine's batch produced it; then it streams one token per decode step of the batch the
   request is in (the engine's current step time), the last one when the engine says it finished.
 
+On the emulated fabric (``--fabric-map``) the worker binds ``0.0.0.0`` inside its host's namespace
+and is reached by routers over a management interface; the rendezvous and the KV bytes take the
+fabric: a decode worker resolves ``bootstrap_host`` (the prefill worker's management address) to
+that worker's GPU and registers the room at the fabric address it reaches it by
+(:class:`FabricAddresses`), and advertises the address the prefill reaches it by (NVLink inside a
+server, the NIC otherwise), so the KV bytes cross the shaped links as the agents' streams do.
+
 Endpoints: what smg polls and sends in P/D mode (health, server and model info, models, version,
 loads, Prometheus metrics with SGLang's and vLLM NIXL's names, ``/generate`` and the OpenAI
 completions and chat endpoints with streaming; docs/serve-bench.md lists them), and
@@ -77,7 +84,7 @@ from hosts.worker_api import (
     usage_chunk,
 )
 from scheduler.model.cache import PrefixCacheGroup
-from scheduler.model.config import ExperimentConfig, build_config
+from scheduler.model.config import ExperimentConfig, build_config, config_from_dict
 from scheduler.model.prompts import block_keys
 from scheduler.model.timing import TimingModel
 from scheduler.model.trace import BLOCK_TOKENS
@@ -133,6 +140,43 @@ def prompt_digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+class FabricAddresses:
+    """Management address -> GPU of every worker of a bench on the emulated fabric, and the fabric
+    addresses between two GPUs (``topology.wiring.peer_ip``: NVLink inside a server, the NIC
+    otherwise). Read from the JSON file the bench writes: ``{"hosts": {"<mgmt ip>": <gpu>}}``."""
+
+    def __init__(self, cfg: ExperimentConfig, hosts: dict[str, int]) -> None:
+        from topology.model import FatTree
+
+        self.tree = FatTree(cfg.topology)
+        for ip, gpu in hosts.items():
+            if not (isinstance(gpu, int) and 0 <= gpu < self.tree.n_gpus):
+                raise ValueError(f"fabric map: host {ip!r} has GPU {gpu!r}, not in 0..{self.tree.n_gpus - 1}")
+        self.hosts = dict(hosts)
+
+    @classmethod
+    def load(cls, cfg: ExperimentConfig, path: str | Path) -> FabricAddresses:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            hosts = data["hosts"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"fabric map {path}: {exc}") from None
+        if not isinstance(hosts, dict):
+            raise ValueError(f"fabric map {path}: 'hosts' must be an object of address -> GPU")
+        return cls(cfg, hosts)
+
+    def route(self, me: int, bootstrap_host: str) -> tuple[str, str] | None:
+        """For a decode worker on GPU ``me`` and a prefill worker known by ``bootstrap_host``: (the
+        prefill's fabric address seen from ``me``, ``me``'s fabric address seen from the prefill);
+        None when ``bootstrap_host`` is not a worker of the map (then it is used as given)."""
+        from topology.wiring import peer_ip
+
+        peer = self.hosts.get(bootstrap_host)
+        if peer is None:
+            return None
+        return peer_ip(self.tree, me, peer), peer_ip(self.tree, peer, me)
+
+
 class PdWorker:
     """One P/D worker: its engine, bootstrap or KV listener, block cache, records and metrics."""
 
@@ -140,7 +184,7 @@ class PdWorker:
                  host: str = "127.0.0.1", bootstrap_port: int = 0, kv_port: int = 0,
                  time_scale: float = 1.0, byte_scale: float = 1.0, model_name: str = DEFAULT_MODEL_NAME,
                  records_path: str | Path | None = None,
-                 rendezvous_timeout: float = RENDEZVOUS_TIMEOUT_S) -> None:
+                 rendezvous_timeout: float = RENDEZVOUS_TIMEOUT_S, fabric: FabricAddresses | None = None) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         if not (time_scale > 0 and byte_scale > 0):
@@ -148,6 +192,7 @@ class PdWorker:
         self.role, self.cfg, self.name, self.gpu, self.host = role, cfg, name or f"{role}@{host}", gpu, host
         self.time_scale, self.byte_scale, self.model_name = time_scale, byte_scale, model_name
         self.rendezvous_timeout = rendezvous_timeout
+        self.fabric = fabric
         self.records_path = Path(records_path) if records_path else None
         self.timing = TimingModel(cfg)
         kv_tokens = self.timing.kv_capacity_tokens
@@ -386,9 +431,14 @@ class PdWorker:
         except ProtocolError as exc:
             del self._rooms[room]
             raise RequestError(str(exc)) from None
+        bootstrap_host, kv_host = req.bootstrap_host, self.host
+        route = self.fabric.route(self.gpu, bootstrap_host) if self.fabric is not None else None
+        if route is not None:
+            bootstrap_host, kv_host = route
+        rec["bootstrap_fabric"] = f"{bootstrap_host}:{req.bootstrap_port}"
         try:
-            await asyncio.to_thread(register_room, req.bootstrap_host, req.bootstrap_port, room,
-                                    KvPeer(self.host, self.kv_port, self.gpu))
+            await asyncio.to_thread(register_room, bootstrap_host, req.bootstrap_port, room,
+                                    KvPeer(kv_host, self.kv_port, self.gpu))
         except BootstrapError:
             del self._rooms[room]
             raise
@@ -570,6 +620,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--byte-scale", type=float, default=1.0, help="KV bytes sent per modelled KV byte")
     ap.add_argument("--served-model-name", default=DEFAULT_MODEL_NAME)
     ap.add_argument("--records", help="append per-request records here (JSON lines)")
+    ap.add_argument("--config", help="the experiment's config as JSON (ExperimentConfig.to_dict()); replaces "
+                                     "--model and --set")
+    ap.add_argument("--fabric-map", help="on the emulated fabric: JSON {\"hosts\": {management address: GPU}}; "
+                                         "rendezvous and KV bytes then take the fabric's addresses")
     return ap.parse_args(argv)
 
 
@@ -577,10 +631,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     args = parse_args(argv)
-    cfg = build_config(args.model, overrides=args.set)
+    try:
+        if args.config:
+            cfg = config_from_dict(json.loads(Path(args.config).read_text(encoding="utf-8")))
+        else:
+            cfg = build_config(args.model, overrides=args.set)
+        fabric = FabricAddresses.load(cfg, args.fabric_map) if args.fabric_map else None
+    except (OSError, ValueError) as exc:  # ConfigError is a ValueError
+        print(f"http_worker: {args.config or '--set'}: {exc}", file=sys.stderr)
+        return 2
     worker = PdWorker(args.role, cfg, name=args.name, gpu=args.gpu, host=args.host,
                       bootstrap_port=args.bootstrap_port, kv_port=args.kv_port, time_scale=args.time_scale,
-                      byte_scale=args.byte_scale, model_name=args.served_model_name, records_path=args.records)
+                      byte_scale=args.byte_scale, model_name=args.served_model_name, records_path=args.records,
+                      fabric=fabric)
     uvicorn.run(make_app(worker), host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -14,29 +14,62 @@ DESCRIPTION = ("Serve a P/D router with smg's client API (POST /generate, /v1/co
                "answering leaves the rotation and comes back when it answers. GET /workers lists them.")
 EXAMPLES = ["netkv router --prefill http://127.0.0.1:30000@8998 --decode http://127.0.0.1:30001",
             "netkv router --prefill http://10.0.0.1:30000@8998 --prefill http://10.0.0.2:30000@8998 "
-            "--decode http://10.0.0.3:30000 --policy least-loaded --port 8100"]
+            "--decode http://10.0.0.3:30000 --policy least-loaded --port 8100",
+            "netkv router --prefill p0t0s0g0=http://100.64.0.2:30000@8998 --decode p1t0s0g0=http://100.64.0.130:30000 "
+            "--policy netkv --oracle http://127.0.0.1:8470"]
 
 
-def prefill_spec(text: str) -> tuple[str, int | None]:
-    """``URL[@BOOTSTRAP_PORT]`` -> (url, port or None)."""
+def _named(text: str) -> tuple[str | None, str]:
+    """``[NAME=]REST`` -> (name or None, rest)."""
+    name, sep, rest = text.partition("=")
+    if sep and not name.startswith("http") and name:
+        return name, rest
+    return None, text
+
+
+def prefill_spec(text: str) -> tuple[str, int | None, str | None]:
+    """``[NAME=]URL[@BOOTSTRAP_PORT]`` -> (url, port or None, host name or None)."""
+    name, text = _named(text)
     url, sep, port = text.rpartition("@") if "@" in text else (text, "", "")
     if not url.startswith("http://"):
-        raise argparse.ArgumentTypeError(f"expected http://HOST:PORT[@BOOTSTRAP_PORT], got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected [NAME=]http://HOST:PORT[@BOOTSTRAP_PORT], got {text!r}")
     if not sep:
-        return url, None
+        return url, None, name
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"bad bootstrap port in {text!r}")
-    return url, int(port)
+    return url, int(port), name
+
+
+def decode_spec(text: str) -> tuple[str, str | None]:
+    """``[NAME=]URL`` -> (url, host name or None)."""
+    name, url = _named(text)
+    if not url.startswith("http://"):
+        raise argparse.ArgumentTypeError(f"expected [NAME=]http://HOST:PORT, got {text!r}")
+    return url, name
 
 
 def register(sub) -> None:
     """Add ``router`` to the ``netkv`` subparsers ``sub``."""
-    from scheduler.router.netkv_router import FAILURE_THRESHOLD, HEALTH_INTERVAL_S, POLICIES
+    from scheduler.router.netkv_router import (
+        AFFINITY_WEIGHT,
+        FAILURE_THRESHOLD,
+        HEALTH_INTERVAL_S,
+        LOAD_WEIGHT_S,
+        POLICIES,
+    )
 
     p = add_command(sub, "router", DESCRIPTION, EXAMPLES, help="the NetKV P/D router over HTTP workers")
-    p.add_argument("--prefill", action="append", type=prefill_spec, required=True, metavar="URL[@BOOTSTRAP_PORT]",
-                   help="a prefill worker and its bootstrap port (repeatable)")
-    p.add_argument("--decode", action="append", required=True, metavar="URL", help="a decode worker (repeatable)")
+    p.add_argument("--prefill", action="append", type=prefill_spec, required=True,
+                   metavar="[NAME=]URL[@BOOTSTRAP_PORT]",
+                   help="a prefill worker, its bootstrap port, and its host name in the topology (repeatable)")
+    p.add_argument("--decode", action="append", type=decode_spec, required=True, metavar="[NAME=]URL",
+                   help="a decode worker and its host name in the topology (repeatable)")
+    p.add_argument("--oracle", metavar="URL", help="the oracle service (`netkv oracle serve`) the topology-affinity "
+                                                   "and netkv policies ask")
+    p.add_argument("--load-weight", type=float, default=LOAD_WEIGHT_S, metavar="S",
+                   help="netkv: seconds of score per request in flight on a decode worker (default: %(default)s)")
+    p.add_argument("--affinity-weight", type=float, default=AFFINITY_WEIGHT, metavar="N",
+                   help="topology-affinity: requests in flight per unit of tier score (default: %(default)s)")
     p.add_argument("--policy", choices=POLICIES, default="cache-load", help="selection rule (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default: %(default)s)")
@@ -45,6 +78,7 @@ def register(sub) -> None:
     p.add_argument("--failure-threshold", type=int, default=FAILURE_THRESHOLD, metavar="N",
                    help="failed checks in a row that take a worker out (default: %(default)s)")
     p.set_defaults(func=cmd_router)
+    register_serve_bench(sub)
 
 
 def cmd_router(args: argparse.Namespace) -> int:
@@ -56,7 +90,128 @@ def cmd_router(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must be 1..65535, got {args.port}")
     if not args.health_interval > 0 or args.failure_threshold < 1:
         raise UsageError("--health-interval must be > 0 and --failure-threshold >= 1")
-    router = NetKVRouter(args.prefill, args.decode, args.policy, health_interval=args.health_interval,
-                         failure_threshold=args.failure_threshold)
+    names = {url: name for url, *_, name in [*args.prefill, *args.decode] if name}
+    try:
+        router = NetKVRouter([(u, port) for u, port, _ in args.prefill], [u for u, _ in args.decode], args.policy,
+                             health_interval=args.health_interval, failure_threshold=args.failure_threshold,
+                             names=names, oracle_url=args.oracle, load_weight_s=args.load_weight,
+                             affinity_weight=args.affinity_weight)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     uvicorn.run(make_app(router), host=args.host, port=args.port, log_level="warning", access_log=False)
     return EXIT_OK
+
+
+SERVE_DESCRIPTION = (
+    "A P/D router in front of HTTP workers in the emulated GPU hosts, TTFT measured by the official OpenAI\n"
+    "client: smg (SGLang's model gateway, unmodified) or the NetKV router. The client replays the trace's\n"
+    "arrivals open loop through the router; the workers' KV bytes cross the shaped fabric; router traffic takes\n"
+    "a management link per host, beside the fabric (docs/serve-bench.md). Writes summary.json (backend\n"
+    "serve-bench, the router and its version, client and worker TTFT, the router's overhead, per tier against\n"
+    "the simulator replaying the same decisions), requests.csv and the router's log and metrics. Root.")
+SERVE_EXAMPLES = ["sudo netkv serve-bench --router smg --max-requests 100",
+                  "sudo netkv serve-bench --router netkv --policy netkv --scenario decode-flap --max-requests 100",
+                  "sudo netkv serve-bench --router smg --smg-policies round_robin,round_robin",
+                  "sudo netkv serve-bench --router netkv --fault decode:p1t0s1g0@10+5"]
+SERVE_DEFAULT_REQUESTS = 100
+"""Requests a bench replays unless --max-requests says otherwise (about a minute at --time-scale 1)."""
+
+
+def register_serve_bench(sub) -> None:
+    from scheduler.router.netkv_router import POLICIES
+    from scripts.cli_common import add_experiment_options
+
+    p = add_command(sub, "serve-bench", SERVE_DESCRIPTION, SERVE_EXAMPLES,
+                    help="smg or the NetKV router on the emulated fabric, measured at an OpenAI client (root)")
+    add_experiment_options(p)
+    p.add_argument("--router", choices=("smg", "netkv"), default="smg", help="router (default: %(default)s)")
+    p.add_argument("--policy", choices=POLICIES, default="netkv",
+                   help="the NetKV router's selection rule (default: %(default)s)")
+    p.add_argument("--smg-policies", default="cache_aware,power_of_two", metavar="PREFILL,DECODE",
+                   help="smg's prefill and decode policies (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=None, metavar="F", help="as emulate's --scale")
+    p.add_argument("--time-scale", type=float, default=1.0, metavar="K", help="as emulate's --time-scale")
+    p.add_argument("--fault", default=None, metavar="decode:HOST@T[+D]",
+                   help="kill the decode worker of HOST T s into the replay, start it again D s later (default 5)")
+    p.add_argument("--ofp-port", type=int, default=None, help="controller OpenFlow port on 127.0.0.1")
+    p.add_argument("--rest-port", type=int, default=None, help="controller REST port on 127.0.0.1")
+    p.set_defaults(func=cmd_serve_bench, policies="netkv")
+
+
+def cmd_serve_bench(args: argparse.Namespace) -> int:
+    from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
+    from scheduler.emulate.serve_bench import BenchPlan, WorkerFault, check_bench, run_serve_bench
+    from scheduler.emulate.telemetry_path import TelemetryPlan
+    from scheduler.router.smg import POLICIES as SMG_POLICIES
+    from scripts.cli_common import check_root, emulation_scale, log, out_folder, prepare_from_args, provenance
+
+    scale = emulation_scale(args)
+    if args.max_requests is None:
+        args.max_requests = SERVE_DEFAULT_REQUESTS
+    smg = tuple(p.strip() for p in args.smg_policies.split(","))
+    if len(smg) != 2 or any(p not in SMG_POLICIES for p in smg):
+        raise UsageError(f"--smg-policies expects PREFILL,DECODE from {', '.join(SMG_POLICIES)}, "
+                         f"got {args.smg_policies!r}")
+    out = out_folder(args, "serve-bench")
+    args.no_tune = True  # the routers are not tuned on the simulator here: their rules' defaults apply
+    exp, _info = prepare_from_args(args)
+    serve_args = ["--model", args.model] + [a for o in (args.overrides or []) for a in ("--set", o)]
+    try:
+        fault = WorkerFault.parse(args.fault) if args.fault else None
+        plan = BenchPlan(args.router, args.policy, (smg[0], smg[1]), scale, args.time_scale,
+                         TelemetryPlan(service="start", serve_args=serve_args), fault,
+                         args.ofp_port or DEFAULT_OFP_PORT, args.rest_port or DEFAULT_REST_PORT)
+        check_bench(exp, plan)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    check_root("it builds the emulated fabric (Mininet, Open vSwitch, tc) and starts workers in its hosts")
+    summary, rows, files = run_serve_bench(exp, plan, log=log)
+    path = write_bench(out, summary, rows, files, provenance(args))
+    print(format_bench(summary))
+    for w in summary.get("warnings") or []:
+        print(f"WARNING: {w}")
+    print(f"results: {path}")
+    return EXIT_OK
+
+
+def write_bench(out, summary: dict, rows: list[dict], files: dict[str, bytes], prov: dict):
+    import csv
+    import io
+    import json
+
+    from scheduler.results.files import write_files
+
+    buf = io.StringIO()
+    cols = list(rows[0]) if rows else ["index"]
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    body = {**summary, "provenance": prov}
+    return write_files(out, {"summary.json": (json.dumps(body, indent=2, default=float) + "\n").encode(),
+                             "requests.csv": buf.getvalue().encode(), **files})
+
+
+def _ms(x) -> str:
+    return "-" if x is None else f"{1000 * x:.0f}"
+
+
+def format_bench(s: dict) -> str:
+    t, o, wk = s["ttft_s"], s["router_overhead_s"], s["worker_ttft_s"]
+    lines = [f"serve-bench: {s['router']} ({s.get('router_version')}), scenario {s['scenario']}, "
+             f"{s['requests']} requests, {s['errors']} errors",
+             f"  client TTFT ms: mean {_ms(t['mean'])}  p50 {_ms(t['p50'])}  p99 {_ms(t['p99'])}",
+             f"  workers' TTFT ms: mean {_ms(wk['mean'])}  p50 {_ms(wk['p50'])}  p99 {_ms(wk['p99'])}",
+             f"  router overhead (client - workers) ms: p50 {_ms(o['p50'])}  p99 {_ms(o['p99'])}"]
+    sim = s.get("simulate_same_decisions_by_tier") or {}
+    for tier, row in sorted(s["by_tier"].items()):
+        twin = sim.get(tier)
+        lines.append(f"  tier {tier}: {row['requests']} requests, client TTFT {_ms(row['client_ttft_mean_s'])} ms, "
+                     f"transfer {_ms(row['transfer_mean_s'])} ms"
+                     + (f"; simulator, same decisions: {_ms(twin['simulate_ttft_mean_s'])} ms (x{twin['ratio']:.2f})"
+                        if twin else ""))
+    f = s.get("fault")
+    if f:
+        lines.append(f"  fault {f['host']}@{f['at_s']:g}+{f['down_s']:g}: " + ", ".join(
+            f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in f.items()
+            if k not in ("host", "at_s", "down_s")))
+    return "\n".join(lines)

@@ -15,12 +15,20 @@ cache. Policies, named as the registry's (``scheduler.policies``) whose rule the
 
 * ``round-robin``: prefill and decode in turn;
 * ``least-loaded``: fewest requests in flight on each side;
-* ``cache-load``: prefill with the longest mirrored cached prefix, ties (and no hit) to the
-  fewest in flight; decode with the fewest in flight.
+* ``cache-load``: prefill with the least prefill work ahead of this prompt's end, in tokens
+  (the uncached tokens of the prompts it was sent and has not answered, plus this prompt's tokens
+  past its mirrored cached prefix: the registry's min(queue + cached prefill) in token units),
+  ties in turn; decode with the fewest in flight.
 
-The network-aware ``netkv`` policy needs the cost oracle and the workers' places in the topology;
-on the emulated fabric that is the decision context of ``scheduler.decision`` (see
-docs/serve-bench.md), not this loopback bookkeeping, and is refused here.
+Two rules price the network through the oracle service (``oracle_url``, ``netkv oracle serve``),
+so they need every worker's place in the topology: its emulated host name (``name``); prefill is
+cache-load's, decode:
+
+* ``topology-affinity``: llm-d's static label score (host 1 / rack 0.2 / zone 0.05 / region
+  0.02 of the tier the service reports) x ``affinity_weight`` subtracted from the requests in
+  flight: no bytes, no live congestion;
+* ``netkv``: the service's ``/v1/select``: argmin of the transfer's price for the prompt's KV
+  tokens plus ``load_weight_s`` seconds per request in flight.
 
 Health: every ``health_interval`` s each worker's ``GET /health`` is polled; a worker that fails
 ``failure_threshold`` checks in a row (or refuses a request) leaves the rotation, and one that
@@ -37,6 +45,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -44,10 +53,24 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hosts.worker_api import ENDPOINTS, RequestError, parse_request
-from scheduler.model.prompts import block_keys
+from scheduler.model.prompts import block_keys, count_tokens
+from scheduler.model.trace import BLOCK_TOKENS
 
-POLICIES = ("round-robin", "least-loaded", "cache-load")
+POLICIES = ("round-robin", "least-loaded", "cache-load", "topology-affinity", "netkv")
 """The selection rules this router applies (named as the registry's policies)."""
+PRICED = ("topology-affinity", "netkv")
+"""The rules that call the oracle service (they need ``oracle_url`` and every worker's host name)."""
+TIER_SCORES = (1.0, 0.2, 0.05, 0.02)
+"""llm-d's topology-affinity curve (host, rack, zone, region) by tier 0..3, as the registry's policy."""
+AFFINITY_WEIGHT = 1.0
+"""``topology-affinity``: requests in flight one unit of tier score is worth (same host beats one
+more request in flight on the decode side, a rack does not)."""
+LOAD_WEIGHT_S = 0.05
+"""``netkv``: seconds of score per request in flight on a decode worker. A request joins a decode
+batch at a cost of a few decode steps (tens of ms), so a request in flight is worth about a
+congested transfer's extra time; ``--load-weight`` overrides."""
+ORACLE_TIMEOUT_S = 2.0
+"""Seconds an oracle call may take before the request fails over to cache-load's decode choice."""
 HEALTH_INTERVAL_S = 1.0
 """Seconds between health checks of every worker."""
 HEALTH_TIMEOUT_S = 1.0
@@ -73,6 +96,8 @@ class Worker:
     url: str
     role: str
     bootstrap_port: int | None = None
+    name: str | None = None  # its emulated host (the oracle's name for it), for the priced rules
+    queued_tokens: int = 0  # prefill: uncached prompt tokens sent and not answered yet
     healthy: bool = True
     failures: int = 0
     inflight: int = 0
@@ -100,13 +125,25 @@ class Worker:
 
 
 class Selector:
-    """Picks (prefill, decode) among the healthy workers by one of :data:`POLICIES`."""
+    """Picks (prefill, decode) among the healthy workers by one of :data:`POLICIES`; the priced
+    rules ask ``oracle`` (an :class:`scheduler.service.client.OracleClient`)."""
 
-    def __init__(self, prefill: Sequence[Worker], decode: Sequence[Worker], policy: str) -> None:
+    def __init__(self, prefill: Sequence[Worker], decode: Sequence[Worker], policy: str, oracle: Any = None,
+                 *, load_weight_s: float = LOAD_WEIGHT_S, affinity_weight: float = AFFINITY_WEIGHT,
+                 model: str | None = None) -> None:
         if policy not in POLICIES:
-            raise ValueError(f"netkv router policy must be one of {', '.join(POLICIES)}, got {policy!r}"
-                             + (" (netkv needs the fabric's decision context)" if policy.startswith("netkv") else ""))
+            raise ValueError(f"netkv router policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if policy in PRICED:
+            if oracle is None:
+                raise ValueError(f"policy {policy!r} prices the network: give the oracle service's URL")
+            unnamed = [w.url for w in (*prefill, *decode) if not w.name]
+            if unnamed:
+                raise ValueError(f"policy {policy!r} needs every worker's host name (NAME=URL): "
+                                 f"{', '.join(unnamed[:3])} has none")
         self.prefill, self.decode, self.policy = list(prefill), list(decode), policy
+        self.oracle, self.model = oracle, model
+        self.load_weight_s, self.affinity_weight = load_weight_s, affinity_weight
+        self.oracle_failures = 0
         self._turn = itertools.count()
 
     @staticmethod
@@ -117,32 +154,77 @@ class Selector:
         return up
 
     def choose(self, text: str) -> tuple[Worker, Worker]:
+        """The pair for a prompt (see :meth:`choose_work`)."""
+        p, d, _ = self.choose_work(text)
+        return p, d
+
+    def choose_work(self, text: str) -> tuple[Worker, Worker, int]:
+        """The pair for a prompt and the prefill work it adds (uncached tokens, already counted in
+        the prefill worker's ``queued_tokens``: the caller takes it off when the prefill answers).
+        Blocking: the priced rules make one oracle call."""
         p_up, d_up = self._healthy(self.prefill, "prefill"), self._healthy(self.decode, "decode")
         turn = next(self._turn)
-        keys = block_keys(text) if self.policy == "cache-load" else []
+        tokens = count_tokens(text)
+        keys = block_keys(text) if self.policy not in ("round-robin", "least-loaded") else []
         if self.policy == "round-robin":
             p, d = p_up[turn % len(p_up)], d_up[turn % len(d_up)]
         elif self.policy == "least-loaded":
             p = min(p_up, key=lambda w: (w.inflight, w.sent))
             d = min(d_up, key=lambda w: (w.inflight, w.sent))
         else:
-            p = min(p_up, key=lambda w: (-w.cached_blocks(keys), w.inflight, w.sent))
-            d = min(d_up, key=lambda w: (w.inflight, w.sent))
+            ahead = [w.queued_tokens + max(tokens - w.cached_blocks(keys) * BLOCK_TOKENS, 0) for w in p_up]
+            ties = [i for i, a in enumerate(ahead) if a == min(ahead)]
+            p = p_up[ties[turn % len(ties)]]
+            d = self._priced_decode(p, d_up, tokens) if self.policy in PRICED else None
+            d = d or min(d_up, key=lambda w: (w.inflight, w.sent))
+        work = max(tokens - p.cached_blocks(keys) * BLOCK_TOKENS, 0) if keys else tokens
+        p.queued_tokens += work
         if keys:
             p.remember(keys)
-        return p, d
+        return p, d, work
+
+    def _priced_decode(self, p: Worker, d_up: list[Worker], tokens: int) -> Worker | None:
+        """The priced rules' decode choice; None (cache-load's choice, counted) when the oracle failed."""
+        from scheduler.service.client import OracleRequestError
+
+        names = [str(w.name) for w in d_up]
+        try:
+            if self.policy == "netkv":
+                sel = self.oracle.select(str(p.name), names, [float(w.inflight) for w in d_up],
+                                         tokens=[tokens] * len(d_up), model=self.model,
+                                         load_weight_s=self.load_weight_s)
+                return d_up[sel.index]
+            costs = self.oracle.cost(str(p.name), names, tokens=[tokens] * len(d_up), model=self.model)
+        except (OracleRequestError, httpx.HTTPError) as exc:
+            self.oracle_failures += 1
+            log.warning("oracle service failed (%s): cache-load's decode choice instead", exc)
+            return None
+        scores = [w.inflight - self.affinity_weight * TIER_SCORES[min(t, len(TIER_SCORES) - 1)]
+                  for w, t in zip(d_up, costs.tier)]
+        return d_up[min(range(len(d_up)), key=lambda i: (scores[i], d_up[i].sent))]
 
 
 class NetKVRouter:
     """The router's state: its workers, selector, HTTP client and health checker."""
 
     def __init__(self, prefill: Sequence[tuple[str, int | None]], decode: Sequence[str], policy: str = "cache-load",
-                 *, health_interval: float = HEALTH_INTERVAL_S, failure_threshold: int = FAILURE_THRESHOLD) -> None:
+                 *, health_interval: float = HEALTH_INTERVAL_S, failure_threshold: int = FAILURE_THRESHOLD,
+                 names: dict[str, str] | None = None, oracle_url: str | None = None,
+                 load_weight_s: float = LOAD_WEIGHT_S, affinity_weight: float = AFFINITY_WEIGHT,
+                 model: str | None = None) -> None:
         if not prefill or not decode:
             raise ValueError("a P/D router needs at least one prefill and one decode worker")
-        self.prefill = [Worker(url.rstrip("/"), "prefill", port) for url, port in prefill]
-        self.decode = [Worker(url.rstrip("/"), "decode") for url in decode]
-        self.selector = Selector(self.prefill, self.decode, policy)
+        names = {u.rstrip("/"): n for u, n in (names or {}).items()}
+        self.prefill = [Worker(url.rstrip("/"), "prefill", port, name=names.get(url.rstrip("/")))
+                        for url, port in prefill]
+        self.decode = [Worker(url.rstrip("/"), "decode", name=names.get(url.rstrip("/"))) for url in decode]
+        self.oracle = None
+        if oracle_url is not None:
+            from scheduler.service.client import OracleClient
+
+            self.oracle = OracleClient(oracle_url, timeout_s=ORACLE_TIMEOUT_S)
+        self.selector = Selector(self.prefill, self.decode, policy, self.oracle, load_weight_s=load_weight_s,
+                                 affinity_weight=affinity_weight, model=model)
         self.health_interval, self.failure_threshold = health_interval, failure_threshold
         self.prefill_failures = 0
         self.client: httpx.AsyncClient | None = None
@@ -166,6 +248,8 @@ class NetKVRouter:
                 await self._health_task
         if self.client is not None:
             await self.client.aclose()
+        if self.oracle is not None:
+            self.oracle.close()
 
     # ------------------------------------------------------------------ health
     async def _check(self, w: Worker) -> None:
@@ -199,13 +283,16 @@ class NetKVRouter:
         """Serve one client request (see the module doc)."""
         assert self.client is not None
         req = parse_request(ENDPOINTS[path], body)
-        p, d = self.selector.choose(req.text)
+        if self.selector.policy in PRICED:  # an HTTP call to the oracle service: off the event loop
+            p, d, work = await asyncio.to_thread(self.selector.choose_work, req.text)
+        else:
+            p, d, work = self.selector.choose_work(req.text)
         body = body | {"bootstrap_host": p.host, "bootstrap_port": p.bootstrap_port,
                        "bootstrap_room": secrets.randbits(63)}
         for w in (p, d):
             w.inflight += 1
             w.sent += 1
-        prefill_task = asyncio.create_task(self._prefill(p, path, body))
+        prefill_task = asyncio.create_task(self._prefill(p, path, body, work))
         self._tasks.add(prefill_task)  # held until done (the loop keeps only weak references)
         prefill_task.add_done_callback(self._tasks.discard)
         try:
@@ -236,7 +323,7 @@ class NetKVRouter:
             await resp.aclose()
             d.inflight -= 1
 
-    async def _prefill(self, p: Worker, path: str, body: dict) -> None:
+    async def _prefill(self, p: Worker, path: str, body: dict, work: int = 0) -> None:
         assert self.client is not None
         try:
             r = await self.client.post(f"{p.url}{path}", json=body)
@@ -248,10 +335,12 @@ class NetKVRouter:
             log.warning("prefill %s failed: %s", p.url, exc)
         finally:
             p.inflight -= 1
+            p.queued_tokens -= work
 
     def listing(self) -> dict:
         return {"policy": self.selector.policy, "prefill_failures": self.prefill_failures,
-                "workers": [{"url": w.url, "worker_type": w.role, "bootstrap_port": w.bootstrap_port,
+                "oracle_failures": self.selector.oracle_failures,
+                "workers": [{"url": w.url, "name": w.name, "worker_type": w.role, "bootstrap_port": w.bootstrap_port,
                              "is_healthy": w.healthy, "inflight": w.inflight, "sent": w.sent}
                             for w in self.workers]}
 
