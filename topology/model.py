@@ -24,8 +24,8 @@ core switch           ``c{C}``               ``c3``
 Tiers: 0 same server (NVLink; with ``intra_server="nic"`` the NICs through the ToR), 1 same ToR,
 2 same pod, 3 cross-pod. A rail-optimised fabric with the same GPU names and tiers (as placement
 labels) is :class:`topology.rail.RailFabric`; :func:`make_fabric` builds the one ``kind`` names.
-Routing is destination-based
-by default (``routing="dst"``): a transfer's path follows from (src, dst), so the oracle prices it:
+Routing is destination-based by default (``routing="dst"``): a transfer's path follows from
+(src, dst), so the oracle prices it:
 upward hops pick aggregation switch ``dst % aggs_per_pod`` and core ``(dst // aggs_per_pod) %
 cores_per_agg`` inside that aggregation switch's group; downward hops are unique in a fat-tree.
 ``routing="ecmp"`` hashes (src, dst, flow key) instead, like a switch's ECMP select group.
