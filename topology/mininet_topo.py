@@ -36,7 +36,7 @@ from mininet.topo import Topo
 
 from topology.cleanup import switch_intf_names
 from topology.emulated import kind_rates_mbit
-from topology.model import FatTree, gpu_mac, nic_ip, nvlink_ip, switch_dpid, switch_ports
+from topology.model import FatTree, TopologyError, gpu_mac, nic_ip, nvlink_ip, switch_dpid, switch_ports
 
 DEFAULT_SCALE = 2.5e-5
 """Emulated Mbit/s per real Mbit/s: NVLink under HTB's 1000 Mbit/s and the traffic inside the userspace
@@ -242,6 +242,13 @@ class FatTreeTopo(Topo):
     to its server switch. Link options carry ``bw`` (Mbit/s) for :class:`ShapedLink`."""
 
     def build(self, tree: FatTree, scale: float = DEFAULT_SCALE, nvlink_cap_mbit: float | None = None) -> None:
+        c = tree.config
+        if c.kind != "fat-tree" or c.intra_server != "nvlink":
+            # the wiring (ports, addresses) and the controller's routes are the fat-tree's, same-server
+            # traffic on the NVLink switch: anything else would run other paths than the model prices
+            raise TopologyError(f"the emulated fabric is built for topology.kind='fat-tree' with "
+                                f"intra_server='nvlink' only, got kind={c.kind!r}, intra_server={c.intra_server!r}; "
+                                f"run it with `netkv simulate` (docs/rail.md)")
         self.tree = tree
         self.scale = scale
         self.rates_mbit = rates = link_rates_mbit(tree, scale, nvlink_cap_mbit)

@@ -21,8 +21,11 @@ aggregation switch    ``p{P}a{K}``           ``p0a1``
 core switch           ``c{C}``               ``c3``
 ====================  =================  ===================================
 
-Tiers: 0 same server (NVLink), 1 same ToR, 2 same pod, 3 cross-pod. Routing is destination-based
-by default (``routing="dst"``): a transfer's path follows from (src, dst), so the oracle prices it:
+Tiers: 0 same server (NVLink; with ``intra_server="nic"`` the NICs through the ToR), 1 same ToR,
+2 same pod, 3 cross-pod. A rail-optimised fabric with the same GPU names and tiers (as placement
+labels) is :class:`topology.rail.RailFabric`; :func:`make_fabric` builds the one ``kind`` names.
+Routing is destination-based by default (``routing="dst"``): a transfer's path follows from
+(src, dst), so the oracle prices it:
 upward hops pick aggregation switch ``dst % aggs_per_pod`` and core ``(dst // aggs_per_pod) %
 cores_per_agg`` inside that aggregation switch's group; downward hops are unique in a fat-tree.
 ``routing="ecmp"`` hashes (src, dst, flow key) instead, like a switch's ECMP select group.
@@ -42,6 +45,12 @@ ROUTE_CACHE_MAX = 65536
 """Routes :meth:`FatTree.route` keeps before it starts over (bounds memory over many failure sets)."""
 GBIT = 1e9 / 8  # bytes per second in one Gbit/s
 GBYTE = 1e9
+TOPOLOGY_KINDS = ("fat-tree", "rail")
+"""Values of ``topology.kind``: this module's fat-tree, or the rail-optimised fabric of topology/rail.py."""
+CROSS_RAIL_PATHS = ("spine", "pxn")
+"""Values of ``topology.cross_rail`` (rail fabric only; see :class:`topology.rail.RailFabric`)."""
+INTRA_SERVER_PATHS = ("nvlink", "nic")
+"""Values of ``topology.intra_server``: the path between two GPUs of one server."""
 
 
 class TopologyError(ValueError):
@@ -80,6 +89,18 @@ class FatTreeConfig:
         "Time from a link going down (or back up) to every switch forwarding on the new routes, s: the "
         "controller learns it from a port-status message or at the latest from its next port-stats poll (0.5 s, "
         "the worst case taken as default), then reinstalls routes avoiding the link.")})
+    kind: str = field(default="fat-tree", metadata={"help": (
+        "``fat-tree``: the four-tier tree above; ``rail``: a rail-optimised fabric (topology/rail.py): a pod is a "
+        "scalable unit, GPU i of every server in it on rail switch i, ``cores`` spine switches above every rail "
+        "switch; ToRs and aggregation switches do not exist (the ``t`` of a GPU name is then its rack label only).")})
+    cross_rail: str = field(default="spine", metadata={"help": (
+        "Rail fabric only: how a transfer between GPUs on different rails (not on one server) goes. ``spine``: the "
+        "source NIC, its rail switch, a spine, the destination's rail switch; ``pxn``: NVLink to the GPU on the "
+        "destination's rail in the source server first, then that GPU's NIC (NCCL's PXN, NCCL_PXN_DISABLE=0).")})
+    intra_server: str = field(default="nvlink", metadata={"help": (
+        "Path between two GPUs of one server: ``nvlink`` (the server's NVLink switch) or ``nic`` (out of the "
+        "source NIC and back into the destination's over the fabric, as a transfer library that does not use "
+        "NVLink for same-node copies does: same-node then costs what a cross-node transfer costs).")})
 
     def __post_init__(self) -> None:
         for f in ("pods", "tors_per_pod", "servers_per_tor", "gpus_per_server", "aggs_per_pod", "cores"):
@@ -97,6 +118,11 @@ class FatTreeConfig:
             )
         if self.routing not in ("dst", "ecmp"):
             raise TopologyError(f"topology parameter 'routing' must be 'dst' or 'ecmp', got {self.routing!r}")
+        for f, allowed in (("kind", TOPOLOGY_KINDS), ("cross_rail", CROSS_RAIL_PATHS),
+                           ("intra_server", INTRA_SERVER_PATHS)):
+            if getattr(self, f) not in allowed:
+                raise TopologyError(f"topology parameter '{f}' must be one of {', '.join(allowed)}, "
+                                    f"got {getattr(self, f)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,6 +134,10 @@ class FatTree:
 
     def __init__(self, config: FatTreeConfig | None = None) -> None:
         self.config = c = config or FatTreeConfig()
+        if c.kind != "fat-tree":
+            raise TopologyError(f"topology.kind={c.kind!r}: this component is built for fat-trees only (the "
+                                f"simulator runs rail fabrics, docs/rail.md; the Mininet fabric, its controller "
+                                f"and the oracle service do not)")
         self.gps = c.gpus_per_server
         self.gpt = c.gpus_per_server * c.servers_per_tor  # GPUs per ToR
         self.gpp = self.gpt * c.tors_per_pod  # GPUs per pod
@@ -256,6 +286,10 @@ class FatTree:
     def link_index(self) -> dict[tuple[str, str], int]:
         return {self.link_endpoints(i): i for i in range(self.n_links)}
 
+    def sample_fabric_link(self) -> str:
+        """A switch-to-switch link's name, to show what link names look like in a message."""
+        return self.link_name(self.b_tor_agg)
+
     def link_kind(self, link: int) -> str:
         if link < 2 * self.n_gpus:
             return "nvlink"
@@ -345,8 +379,12 @@ class FatTree:
         src_pod, dst_pod = src // self.gpp, d // self.gpp
         # tier 0: nvlink up, nvlink down
         m = (tier == 0) & ~same
-        out[m, 0] = self.b_nv_up + src
-        out[m, 1] = self.b_nv_down + d[m]
+        if self.config.intra_server == "nvlink":
+            out[m, 0] = self.b_nv_up + src
+            out[m, 1] = self.b_nv_down + d[m]
+        else:  # out of the NIC, through the ToR, into the other GPU's NIC: a same-rack route
+            out[m, 0] = self.b_nic_up + src
+            out[m, 1] = self.b_nic_down + d[m]
         # tier >= 1 all start with the NIC uplink and end with the NIC downlink
         m1 = tier == 1
         out[m1, 0] = self.b_nic_up + src
@@ -404,6 +442,15 @@ class FatTree:
             "directed_links": self.n_links,
             "link_capacity_gbit_s": self.link_capacity_gbit_s,
         }
+
+
+def make_fabric(config: FatTreeConfig | None = None) -> FatTree:
+    """The fabric ``config.kind`` names: a :class:`FatTree`, or a :class:`topology.rail.RailFabric`
+    (a subclass answering the same questions: names, tiers, links, capacities, paths)."""
+    if config is not None and config.kind == "rail":
+        from topology.rail import RailFabric  # imports this module
+        return RailFabric(config)
+    return FatTree(config)
 
 
 # the wiring conventions (ports, addresses, MACs, dpids) live in topology/wiring.py

@@ -3,7 +3,12 @@
 Contract (stated once, every implementation keeps it):
 - ``cost(query)`` returns seconds, one value per candidate, aligned with ``query.dsts``;
 - lower is better; values are >= 0; +inf means unreachable (a link on the path is down);
-- more bytes or more congestion never cost less; on an idle fabric a higher tier is never cheaper;
+- more bytes or more congestion never cost less; on an idle fat-tree (same-server traffic on NVLink)
+  a higher tier is never cheaper. On a rail fabric the tiers are placement labels (host, rack,
+  zone, region) and do not order cost: a same-rack GPU on another rail crosses the spine, a
+  same-rail GPU in another rack one switch; its rail classes do (``RailFabric.rail_tiers``: the
+  oracle prices the route, whatever label it carries). With ``topology.intra_server = "nic"``
+  same-server transfers leave through the NIC and cost what a fabric route does;
 - zero bytes cost nothing (no transfer is started), whatever the path.
 Implementations are vectorised over candidates with numpy: O(|D|) per query. The kinds and the
 contract they share are kept in one file, to be read together; each kind is one class.

@@ -18,6 +18,9 @@ reason:
 * ``cluster.tp`` > 1 (tensor-parallel instances of several GPUs): the agents model one GPU per
   instance and stream a request's KV over one connection, while the simulator stripes it rank by
   rank over every GPU of the instance; not built on the emulator yet;
+* ``topology.kind = "rail"`` and ``topology.intra_server = "nic"``: the Mininet fabric, its wiring
+  and the controller's routes are the fat-tree's, with same-server traffic on the NVLink switch;
+  the simulator runs both (docs/rail.md);
 * background traffic the emulator's forwarding plane cannot carry at the chosen scale (see
   :func:`background_load`): the datapath, not the shaped links, would set every transfer's time.
 """
@@ -205,10 +208,28 @@ def _load(tree, flows: list[tuple[int, int, float]], cap: np.ndarray) -> float:
     return float(np.sum(rates * bridges))
 
 
+def topology_problems(exp: Experiment) -> list[str]:
+    """One line per topology option the emulated fabric does not build."""
+    c = exp.cfg.topology
+    out = []
+    if c.kind != "fat-tree":
+        out.append(f"topology.kind={c.kind!r}: the emulated fabric (Mininet topology, addresses, the "
+                   f"controller's routes) is built for fat-trees only; run the rail fabric with `netkv simulate` "
+                   f"(docs/rail.md)")
+    if c.intra_server != "nvlink":
+        out.append(f"topology.intra_server={c.intra_server!r}: the emulated fabric carries same-server "
+                   f"transfers on the server's NVLink switch (the hosts' NVLink addresses); run the NIC path "
+                   f"with `netkv simulate`")
+    return out
+
+
 def check_emulable(exp: Experiment, scale: float, time_scale: float) -> BackgroundLoad:
     """Raise :class:`EmulationUnsupportedError` listing every reason the emulator cannot run
     ``exp`` faithfully at ``scale`` / ``time_scale``; else return the background-load estimate
     (for the run's fidelity block and its warning)."""
+    fabric = topology_problems(exp)
+    if fabric:  # nothing below applies to a fabric that is not built
+        raise EmulationUnsupportedError("the emulator cannot run this experiment faithfully: " + "; ".join(fabric))
     actions = exp.actions()
     problems = (tp_problems(exp) + perfect_oracle_problems(exp) + link_down_problems(exp, actions)
                 + layer_wise_problems(exp, scale))

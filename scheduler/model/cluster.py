@@ -78,7 +78,12 @@ def _assign_roles(tree: FatTree, placement: str, prefill_fraction: float, reserv
     ``by-server`` gives whole servers one role, ``by-rack`` whole ToRs (their serving servers),
     ``mixed`` interleaves roles inside every server, by instance slot (``tp`` consecutive GPUs,
     so every instance's GPUs share a role). ``prefill_fraction`` of the units (servers, racks, or
-    instance slots of a server) are prefill, spread evenly over the units in GPU order."""
+    instance slots of a server) are prefill, spread evenly over the units in GPU order.
+
+    On a rail fabric (``topology.kind = "rail"``) a rack is the servers' rack label (the ``t`` of
+    their names), a pod the scalable unit; ``by-server`` and ``by-rack`` put every decode GPU on
+    the rail of a prefill GPU of the same index, while ``mixed`` gives the roles different slots,
+    so different rails: every cross-server transfer then changes rail."""
     if placement not in PLACEMENTS:
         raise ConfigError(f"parameter 'cluster.placement' must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     n = tree.n_gpus

@@ -48,23 +48,33 @@ def resolve(value, run_s: float):
 
 
 def check_shape(written_for: object, tree: FatTree, file: str) -> None:
-    """Refuse a scenario on a fat-tree other than the one its events are written for: its host
+    """Refuse a scenario on a fabric other than the one its events are written for: its host
     and link names exist on a larger tree too, but cover another share of it (a "every core link"
-    scenario on 8 pods loads half of them)."""
+    scenario on 8 pods loads half of them). ``written_for.kind`` (default ``fat-tree``) is the
+    fabric kind: a fat-tree scenario's hosts exist on a rail fabric of the same shape, but its
+    flows cross other switches there (no ToR, aggregation or core), so it is refused."""
     if written_for is None:
         return
     if not isinstance(written_for, dict) or not written_for:
         raise ScenarioError(f"{file}: written_for: must be a table of topology fields, e.g. {{ pods = 4 }}")
-    unknown = set(written_for) - set(_SHAPE_KEYS)
+    unknown = set(written_for) - set(_SHAPE_KEYS) - {"kind"}
     if unknown:
         raise ScenarioError(f"{file}: written_for: unknown field(s) {sorted(unknown)} "
-                            f"(known: {', '.join(_SHAPE_KEYS)})")
+                            f"(known: kind, {', '.join(_SHAPE_KEYS)})")
+    kind = written_for.get("kind", "fat-tree")
+    if kind != tree.config.kind:
+        raise ScenarioError(
+            f"{file}: written for a {kind} fabric (written_for.kind, default fat-tree); this run has "
+            f"topology.kind={tree.config.kind}. Its events name hosts and links of that fabric: here they would "
+            f"cross other switches than its description says. Write a scenario for this fabric "
+            f"(written_for = {{ kind = \"{tree.config.kind}\", ... }}; docs/rail.md), or run an unwritten-for one "
+            f"such as idle.")
     want = {k: written_for[k] for k in _SHAPE_KEYS if k in written_for}
     have = {k: getattr(tree.config, k) for k in want}
     if want != have:
         diff = ", ".join(f"topology.{k}={have[k]} (written for {want[k]})" for k in want if want[k] != have[k])
         raise ScenarioError(
-            f"{file}: written for the fat-tree {', '.join(f'{k}={v}' for k, v in want.items())}; this run has {diff}. "
+            f"{file}: written for the {kind} {', '.join(f'{k}={v}' for k, v in want.items())}; this run has {diff}. "
             f"Its events name hosts and links of that shape: on this tree they would load another share of the "
             f"fabric than its description says. Write a scenario for this shape (docs/EXTENDING.md).")
 
@@ -271,7 +281,7 @@ def _link_indices(name: str, tree: FatTree, where: str) -> list[int]:
     except KeyError:
         raise ScenarioError(
             f"{where}.link: unknown link {name!r} (no directed link {u}->{v} or {v}->{u} in this fabric; "
-            f"names look like {tree.link_name(tree.b_tor_agg)})"
+            f"names look like {tree.sample_fabric_link()})"
         ) from None
 
 

@@ -37,7 +37,7 @@ from scheduler.policies.base import Policy
 from scheduler.progress import Progress
 from scheduler.sim.network import FlowNetwork
 from scheduler.sim.telemetry import SimTelemetry
-from topology.model import GBIT, FatTree
+from topology.model import GBIT, make_fabric
 
 # Event kinds; the order only matters for ties at the same instant (after time, before sequence).
 _SCENARIO, _REROUTE, _POLL, _NET, _KV_START, _PREFILL_DONE, _KV_ARRIVED, _DECODE_DONE, _ARRIVAL = range(9)
@@ -59,7 +59,7 @@ class Simulator:
                  actions: list[Action] | None = None, progress: bool = False, record_telemetry: bool = False,
                  shadow_fresh: bool = False) -> None:
         self.cfg = cfg
-        self.tree = FatTree(cfg.topology)
+        self.tree = make_fabric(cfg.topology)
         self.requests = requests
         self.policy = policy
         self.actions = actions or []

@@ -28,7 +28,7 @@ from scheduler.policies import REGISTRY, PolicySpec, parse_spec, resolve
 from scheduler.results.metrics import SloConfig
 from scheduler.results.summary import policy_summary
 from scheduler.sim.simulator import Simulator
-from topology.model import FatTree
+from topology.model import FatTree, make_fabric
 
 SCENARIO_SLACK_S = 300.0
 """Scenario events are expanded until this long after the last arrival (requests still finishing)."""
@@ -134,7 +134,7 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
     see :mod:`scheduler.model.transform`) before it is split. Requests whose KV can never fit a decode
     instance (:func:`split_too_long`) are left out of the window and the tuning slice and counted
     (``info["skipped_too_long"]``, ``info["tuning_slice"]["skipped_too_long"]``)."""
-    tree = FatTree(cfg.topology)
+    tree = make_fabric(cfg.topology)
     classes = resolve(policies)
     if max_requests is not None and max_requests < 1:
         raise ConfigError(f"--max-requests must be >= 1, got {max_requests}")
