@@ -131,6 +131,10 @@ def register_serve_bench(sub) -> None:
                    help="smg's prefill and decode policies (default: %(default)s)")
     p.add_argument("--scale", type=float, default=None, metavar="F", help="as emulate's --scale")
     p.add_argument("--time-scale", type=float, default=1.0, metavar="K", help="as emulate's --time-scale")
+    p.add_argument("--compare", action="store_true",
+                   help="bench, one after the other on the same fabric, scenario and trace window: smg "
+                        "(cache_aware/power_of_two, round_robin) and the NetKV router (cache-load, topology-affinity, "
+                        "netkv); --router, --policy and --smg-policies are then ignored")
     p.add_argument("--fault", default=None, metavar="decode:HOST@T[+D]",
                    help="kill the decode worker of HOST T s into the replay, start it again D s later (default 5)")
     p.add_argument("--ofp-port", type=int, default=None, help="controller OpenFlow port on 127.0.0.1")
@@ -140,7 +144,7 @@ def register_serve_bench(sub) -> None:
 
 def cmd_serve_bench(args: argparse.Namespace) -> int:
     from controller.settings import DEFAULT_OFP_PORT, DEFAULT_REST_PORT
-    from scheduler.emulate.serve_bench import BenchPlan, WorkerFault, check_bench, run_serve_bench
+    from scheduler.emulate.serve_bench import BenchPlan, WorkerFault, check_bench, compare_plans, run_serve_bench
     from scheduler.emulate.telemetry_path import TelemetryPlan
     from scheduler.router.smg import POLICIES as SMG_POLICIES
     from scripts.cli_common import check_root, emulation_scale, log, out_folder, prepare_from_args, provenance
@@ -161,34 +165,73 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
         plan = BenchPlan(args.router, args.policy, (smg[0], smg[1]), scale, args.time_scale,
                          TelemetryPlan(service="start", serve_args=serve_args), fault,
                          args.ofp_port or DEFAULT_OFP_PORT, args.rest_port or DEFAULT_REST_PORT)
-        check_bench(exp, plan)
+        if args.compare and fault is not None:
+            raise ValueError("--fault and --compare: run the fault with one router at a time")
+        plans = compare_plans(plan) if args.compare else [plan]
+        for one in plans:
+            check_bench(exp, one)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     check_root("it builds the emulated fabric (Mininet, Open vSwitch, tc) and starts workers in its hosts")
-    summary, rows, files = run_serve_bench(exp, plan, log=log)
-    path = write_bench(out, summary, rows, files, provenance(args))
-    print(format_bench(summary))
-    for w in summary.get("warnings") or []:
-        print(f"WARNING: {w}")
+    results = run_serve_bench(exp, plans, log=log)
+    path = write_bench(out, [(p, *r) for p, r in zip(plans, results)], provenance(args))
+    for summary, _, _ in results:
+        print(format_bench(summary))
+        for w in summary.get("warnings") or []:
+            print(f"WARNING: {summary['router']}: {w}")
+    if len(results) > 1:
+        print(format_comparison([s for s, _, _ in results]))
     print(f"results: {path}")
     return EXIT_OK
 
 
-def write_bench(out, summary: dict, rows: list[dict], files: dict[str, bytes], prov: dict):
+def write_bench(out, results: list, prov: dict):
+    """One router: summary.json, requests.csv and its files; several: summary.json with a
+    ``routers`` list, and every file prefixed with the router's slug."""
     import csv
     import io
     import json
 
     from scheduler.results.files import write_files
 
-    buf = io.StringIO()
-    cols = list(rows[0]) if rows else ["index"]
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    w.writerows(rows)
-    body = {**summary, "provenance": prov}
-    return write_files(out, {"summary.json": (json.dumps(body, indent=2, default=float) + "\n").encode(),
-                             "requests.csv": buf.getvalue().encode(), **files})
+    files: dict[str, bytes] = {}
+    summaries = []
+    for plan, summary, rows, extra in results:
+        prefix = f"{plan.slug}-" if len(results) > 1 else ""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["index"])
+        w.writeheader()
+        w.writerows(rows)
+        files[f"{prefix}requests.csv"] = buf.getvalue().encode()
+        files |= {f"{prefix}{name}": data for name, data in extra.items()}
+        summaries.append(summary)
+    body = ({**summaries[0], "provenance": prov} if len(summaries) == 1 else
+            {"backend": "serve-bench", "routers": summaries, "comparison": comparison_rows(summaries),
+             "provenance": prov})
+    files["summary.json"] = (json.dumps(body, indent=2, default=float) + "\n").encode()
+    return write_files(out, files)
+
+
+def comparison_rows(summaries: list[dict]) -> list[dict]:
+    """Per router: client TTFT mean/p50/p99, its overhead p50/p99, errors, and its mean TTFT
+    against the first router's (virtual seconds)."""
+    base = summaries[0]["ttft_s"]["mean"]
+    return [{"router": s["router"], "ttft_mean_s": s["ttft_s"]["mean"], "ttft_p50_s": s["ttft_s"]["p50"],
+             "ttft_p99_s": s["ttft_s"]["p99"], "overhead_p50_s": s["router_overhead_s"]["p50"],
+             "overhead_p99_s": s["router_overhead_s"]["p99"], "errors": s["errors"],
+             "vs_first_pct": (100 * (s["ttft_s"]["mean"] / base - 1) if base and s["ttft_s"]["mean"] else None)}
+            for s in summaries]
+
+
+def format_comparison(summaries: list[dict]) -> str:
+    lines = ["", f"{'router':<42} {'TTFT mean':>10} {'p50':>7} {'p99':>7} {'overhead p50':>13} {'p99':>6} "
+             f"{'errors':>6} {'vs first':>9}"]
+    for r in comparison_rows(summaries):
+        vs = "" if r["vs_first_pct"] is None else f"{r['vs_first_pct']:+.1f}%"
+        lines.append(f"{r['router']:<42} {_ms(r['ttft_mean_s']):>10} {_ms(r['ttft_p50_s']):>7} "
+                     f"{_ms(r['ttft_p99_s']):>7} {_ms(r['overhead_p50_s']):>13} {_ms(r['overhead_p99_s']):>6} "
+                     f"{r['errors']:>6} {vs:>9}")
+    return "\n".join(lines) + "\n(ms, virtual time; overhead = client TTFT - the workers' own TTFT)"
 
 
 def _ms(x) -> str:

@@ -17,7 +17,9 @@ fabric's teardown kills every process in the hosts, which takes their management
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -66,6 +68,10 @@ PREROLL_S = 2.0
 backend's replay does: at full rate from t = 0, as in the simulator)."""
 
 
+DRAIN_S = 1.0
+"""Pause between routers so one replay's queues and flows do not leak into the next."""
+
+
 class ServeBenchError(EmulationError):
     """A part of the bench failed; the message says which."""
 
@@ -112,10 +118,31 @@ class BenchPlan:
             raise ValueError(f"--router must be one of {', '.join(ROUTERS)}, got {self.router!r}")
 
     @property
+    def slug(self) -> str:
+        """The label as a file-name part."""
+        return self.label.replace(":", "-").replace("/", "-")
+
+    @property
     def label(self) -> str:
         if self.router == "smg":
             return f"smg:{self.smg_policies[0]}/{self.smg_policies[1]}"
         return f"netkv-router:{self.policy}"
+
+
+COMPARE_SET = (("smg", "", ("cache_aware", "power_of_two")), ("smg", "", ("round_robin", "round_robin")),
+               ("netkv", "cache-load", ("", "")), ("netkv", "topology-affinity", ("", "")),
+               ("netkv", "netkv", ("", "")))
+"""``--compare``: smg with its P/D defaults and round robin, the NetKV router with cache-load,
+topology-affinity and netkv."""
+
+
+def compare_plans(base: BenchPlan) -> list[BenchPlan]:
+    """:data:`COMPARE_SET` on ``base``'s fabric settings (no fault: the fault run is its own)."""
+    import dataclasses
+
+    return [dataclasses.replace(base, router=r, policy=pol or base.policy,
+                                smg_policies=smg if smg[0] else base.smg_policies)
+            for r, pol, smg in COMPARE_SET]
 
 
 def check_bench(exp: Experiment, plan: BenchPlan) -> None:
@@ -491,84 +518,122 @@ def bench_summary(exp: Experiment, plan: BenchPlan, rows: Sequence[dict], timing
     }
 
 
-def run_serve_bench(exp: Experiment, plan: BenchPlan, log: Callable[[str], Any] = print
-                    ) -> tuple[dict, list[dict], dict[str, bytes]]:
-    """Run the bench; returns (summary, per-request rows, extra files for the result folder)."""
-    check_bench(exp, plan)
-    roles = _Roles.of(exp.tree, exp.cfg)
-    run_dir = Path(tempfile.mkdtemp(prefix="netkv-serve-"))
+def stop_workers(workers: _Workers) -> None:
+    """Stop every worker (between routers: the next one meets fresh engines and empty caches)."""
+    for proc in workers.procs.values():
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + 5.0
+    for proc in workers.procs.values():
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:  # a worker that ignores SIGTERM is killed
+            proc.kill()
+            proc.wait(timeout=5)
+    for path in workers.run_dir.glob("records-*.jsonl"):
+        path.unlink()
+
+
+def _bench_one(exp: Experiment, plan: BenchPlan, fab: Any, workers: _Workers, log: Callable[[str], Any]
+               ) -> tuple[dict, list[dict], dict[str, bytes]]:
+    """One router's replay on the running fabric, with fresh workers; (summary, rows, files)."""
+    run_dir = workers.run_dir
     evidence: dict[str, Any] = {"sections": {}}
     files: dict[str, bytes] = {}
-    timings: list[client_bench.Timing] = []
-    records: list[dict] = []
     warnings: list[str] = []
-    try:
-        t0 = time.monotonic()
-        with ExitStack() as stack:
-            fab = stack.enter_context(controlled_fabric(exp.tree, plan.scale / plan.time_scale, run_dir / "fabric",
-                                                        plan.ofp_port, plan.rest_port,
-                                                        exp.cfg.oracle.poll_interval_s))
-            up_s = time.monotonic() - t0
-            hosts = [(g, fab.host(exp.tree.gpu_name(g))) for g in roles.serving]
-            mgmt = stack.enter_context(ManagementNet(hosts))
-            log(f"serve-bench: fabric up in {up_s:.1f} s; starting {len(roles.serving)} HTTP workers "
-                f"({len(roles.prefill)} prefill, {len(roles.decode)} decode)")
-            workers = _Workers(fab, exp, roles, mgmt, plan, run_dir)
-            workers.start_all()
-            oracle_url = None
-            if plan.router == "netkv" and plan.policy in ("netkv", "topology-affinity"):
-                path = TelemetryPath(plan.telemetry, fab, plan.rest_port, exp.cfg.oracle.poll_interval_s,
-                                     plan.scale / plan.time_scale, plan.time_scale, run_dir, log).enter(stack)
-                oracle_url = path.service_url
-            router = stack.enter_context(_Router(plan, workers, oracle_url, run_dir, fab))
-            evidence["router_version"] = router.version
-            log(f"serve-bench: {plan.label} at {router.url}; replaying {len(exp.requests)} requests "
-                f"(~{exp.requests[-1].arrival_s * plan.time_scale:.0f} s of wall time)")
-            executor = ScenarioExecutor(fab, exp.tree, plan.scale, plan.time_scale, run_dir)
-            stack.callback(_restore_links, executor)
-            stack.callback(executor.close)
-            clock = Clock(plan.time_scale)
-            scenario = _Scenario(exp, executor, clock)
-            scenario.preroll()
-            fault = _FaultRun(plan.fault, workers, router, clock, log) if plan.fault else None
-            clock.start()
-            scenario.start()
-            stack.callback(scenario.stop)
-            if fault is not None:
-                fault.start()
-                stack.callback(fault.stop)
-            t_replay = time.monotonic()
-            timings = client_bench.replay(router.url, exp.requests, time_scale=plan.time_scale)
-            replay_s = time.monotonic() - t_replay
-            scenario.stop()
-            if fault is not None:
-                fault.stop()
-            records = workers.records()
-            metrics = router.metrics()
-            if metrics:
-                files["smg-metrics.txt"] = metrics
-            if not router.alive():
-                warnings.append(f"the router ({plan.label}) stopped during the run")
-            dead = [h for h in workers.exited() if fault is None or h != plan.fault.host]  # type: ignore[union-attr]
-            if dead:
-                warnings.append(f"HTTP workers exited during the run: {', '.join(dead)}")
-            warnings += [f"scenario action failed {e}" for e in scenario.errors]
-            rows = join_records(exp, timings, records)
-            if fault is not None:
-                evidence["sections"]["fault"] = fault.report(timings, rows)
-            if router.netkv is not None:
-                evidence["sections"]["router_state"] = router.netkv.listing()
-            for name in ("smg.log", "oracle-service.log"):
-                if (run_dir / name).exists():
-                    files[name] = (run_dir / name).read_bytes()
-        evidence["sections"]["timings_s"] = {"fabric_up": round(up_s, 2), "replay": round(replay_s, 2),
-                                             "total": round(time.monotonic() - t0, 2)}
-    finally:
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.monotonic()
+    workers.plan = plan
+    with ExitStack() as stack:
+        workers.start_all()
+        stack.callback(stop_workers, workers)
+        oracle_url = None
+        if plan.router == "netkv" and plan.policy in ("netkv", "topology-affinity"):
+            path = TelemetryPath(plan.telemetry, fab, plan.rest_port, exp.cfg.oracle.poll_interval_s,
+                                 plan.scale / plan.time_scale, plan.time_scale, run_dir, log).enter(stack)
+            oracle_url = path.service_url
+        router = stack.enter_context(_Router(plan, workers, oracle_url, run_dir, fab))
+        evidence["router_version"] = router.version
+        log(f"serve-bench: {plan.label} at {router.url}; replaying {len(exp.requests)} requests "
+            f"(~{exp.requests[-1].arrival_s * plan.time_scale:.0f} s of wall time)")
+        executor = ScenarioExecutor(fab, exp.tree, plan.scale, plan.time_scale, run_dir)
+        stack.callback(_restore_links, executor)
+        stack.callback(executor.close)
+        clock = Clock(plan.time_scale)
+        scenario = _Scenario(exp, executor, clock)
+        scenario.preroll()
+        fault = _FaultRun(plan.fault, workers, router, clock, log) if plan.fault else None
+        clock.start()
+        scenario.start()
+        stack.callback(scenario.stop)
+        if fault is not None:
+            fault.start()
+            stack.callback(fault.stop)
+        t_replay = time.monotonic()
+        timings = client_bench.replay(router.url, exp.requests, time_scale=plan.time_scale)
+        replay_s = time.monotonic() - t_replay
+        scenario.stop()
+        if fault is not None:
+            fault.stop()
+        records = workers.records()
+        metrics = router.metrics()
+        if metrics:
+            files["smg-metrics.txt"] = metrics
+        if not router.alive():
+            warnings.append(f"the router ({plan.label}) stopped during the run")
+        dead = [h for h in workers.exited() if plan.fault is None or h != plan.fault.host]
+        if dead:
+            warnings.append(f"HTTP workers exited during the run: {', '.join(dead)}")
+        warnings += [f"scenario action failed {e}" for e in scenario.errors]
+        rows = join_records(exp, timings, records)
+        if fault is not None:
+            evidence["sections"]["fault"] = fault.report(timings, rows)
+        if router.netkv is not None:
+            evidence["sections"]["router_state"] = router.netkv.listing()
+            if router.netkv.selector.oracle_failures:
+                warnings.append(f"{router.netkv.selector.oracle_failures} oracle calls failed (cache-load's decode "
+                                "choice was taken instead)")
+        for name in ("smg.log", "oracle-service.log"):
+            if (run_dir / name).exists():
+                files[name] = (run_dir / name).read_bytes()
+                (run_dir / name).unlink()
+    evidence["sections"]["timings_s"] = {"replay": round(replay_s, 2), "total": round(time.monotonic() - t0, 2)}
     evidence["sections"]["simulate_same_decisions_by_tier"] = simulator_twin(exp, rows, plan.time_scale)
     evidence["sections"]["warnings"] = warnings
     summary = bench_summary(exp, plan, rows, timings, evidence)
     files["worker-records.jsonl"] = "".join(json.dumps(r) + "\n" for r in records).encode()
     return summary, rows, files
+
+
+def run_serve_bench(exp: Experiment, plans: Sequence[BenchPlan], log: Callable[[str], Any] = print
+                    ) -> list[tuple[dict, list[dict], dict[str, bytes]]]:
+    """Run each plan's router in turn on one fabric (the same links, scenario and trace window),
+    the workers started afresh for each; one (summary, per-request rows, extra files) per plan."""
+    if not plans:
+        raise ValueError("no router to bench")
+    for plan in plans:
+        check_bench(exp, plan)
+    first = plans[0]
+    roles = _Roles.of(exp.tree, exp.cfg)
+    run_dir = Path(tempfile.mkdtemp(prefix="netkv-serve-"))
+    out = []
+    try:
+        t0 = time.monotonic()
+        with ExitStack() as stack:
+            fab = stack.enter_context(controlled_fabric(exp.tree, first.scale / first.time_scale, run_dir / "fabric",
+                                                        first.ofp_port, first.rest_port,
+                                                        exp.cfg.oracle.poll_interval_s))
+            up_s = time.monotonic() - t0
+            hosts = [(g, fab.host(exp.tree.gpu_name(g))) for g in roles.serving]
+            mgmt = stack.enter_context(ManagementNet(hosts))
+            log(f"serve-bench: fabric up in {up_s:.1f} s; {len(roles.serving)} HTTP workers per router "
+                f"({len(roles.prefill)} prefill, {len(roles.decode)} decode)")
+            workers = _Workers(fab, exp, roles, mgmt, first, run_dir)
+            for k, plan in enumerate(plans):
+                if k:
+                    time.sleep(DRAIN_S)
+                summary, rows, files = _bench_one(exp, plan, fab, workers, log)
+                summary["timings_s"]["fabric_up"] = round(up_s, 2)
+                out.append((summary, rows, files))
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return out
