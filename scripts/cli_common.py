@@ -46,8 +46,10 @@ def add_command(sub, name: str, description: str, examples: Sequence[str], **kwa
                           formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
-def add_experiment_options(p: argparse.ArgumentParser) -> None:
-    """Options common to every experiment command (simulate, emulate, staleness)."""
+def add_experiment_options(p: argparse.ArgumentParser, scenario_help: str | None = None) -> None:
+    """Options common to every experiment command (simulate, emulate, staleness). ``--scenario``
+    defaults to ``idle``; a command with ``scenario_help`` (the text after the option's own) leaves
+    it None and resolves its default itself."""
     from scheduler.policies import DEFAULT_POLICIES
 
     p.add_argument("--trace", metavar="PATH", help="Mooncake JSONL trace (default: embedded synthetic generator)")
@@ -56,9 +58,9 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy-module", action="append", metavar="FILE[:CLASS]", dest="policy_modules",
                    help="a Python file of @register-ed policies (or FILE:CLASS, that class) to load first, so "
                         "--policies can name them (repeatable; docs/EXTENDING.md); copied into the result folder")
-    p.add_argument("--scenario", default="idle", metavar="NAME|FILE",
-                   help="built-in congestion scenario name or a scenario TOML file (default: %(default)s; "
-                        "see `netkv scenarios`)")
+    p.add_argument("--scenario", default=None if scenario_help else "idle", metavar="NAME|FILE",
+                   help="built-in congestion scenario name or a scenario TOML file ("
+                        + (scenario_help or "default: %(default)s") + "; see `netkv scenarios`)")
     p.add_argument("--scenario-param", action="append", metavar="NAME=VALUE",
                    help="override a scenario parameter, e.g. period=1.0 (repeatable)")
     p.add_argument("--max-requests", type=int, metavar="N", help="evaluate the first N requests of the trace")

@@ -38,11 +38,20 @@ from scheduler.model.scenario_events import (
 from scheduler.paths import SCENARIOS_DIR
 from topology.model import FatTree
 
-__all__ = ["BUILTIN_DIR", "MAX_BURST_FLOWS", "Action", "RunScaled", "Scenario", "ScenarioError", "list_builtin",
-           "load_scenario"]
+__all__ = ["BUILTIN_DIR", "CONTROL_SCENARIO", "MAIN_JOB_SCENARIO", "MAX_BURST_FLOWS", "Action", "RunScaled", "Scenario",
+           "ScenarioError", "list_builtin", "load_scenario"]
 
 BUILTIN_DIR = SCENARIOS_DIR
 """Built-in scenarios: ``<repo>/scenarios/<name>.toml``."""
+
+MAIN_JOB_SCENARIO = "shared-cluster"
+"""The main job's scenario (``netkv simulate`` without ``--scenario``): a shared cluster's tenant
+load, storage bursts and a link flap, in phases, so that live network information matters in some
+windows of the run and not in others (``scenarios/shared-cluster.toml`` gives each one's source)."""
+
+CONTROL_SCENARIO = "idle"
+"""The main job's control: the same trace window and policies on a quiet fabric, where network
+information has nothing to buy; run beside :data:`MAIN_JOB_SCENARIO` unless ``--control none``."""
 
 _TOP_KEYS = {"name", "description", "params", "event", "written_for"}
 MAX_BURST_FLOWS = 1_000_000

@@ -91,6 +91,15 @@ def scenario_files(exp: Experiment) -> dict[str, bytes]:
     return files
 
 
+def control_section(scenario: Scenario, policies: dict, target: str) -> dict:
+    """summary.json's ``control``: the same trace window and policies run on the control
+    ``scenario`` (``idle`` for the main job), with the comparison against ``target`` and the
+    ablation, so that what the main scenario's network information buys reads beside what it buys
+    on a quiet fabric."""
+    return {"scenario": scenario.describe(), "policies": policies, "comparison": compare(policies, target),
+            "ablation": ablation(policies)}
+
+
 def write_experiment(out: Path, backend: str, exp: Experiment, info: dict, policies: dict,
                      records: dict[str, list[RequestRecord]], *, target: str, provenance: dict | None,
                      fmt: str = "png", sections: Mapping[str, object] | None = None,

@@ -1,4 +1,5 @@
-"""The plain-text comparison table ``netkv simulate`` (and ``emulate``) prints."""
+"""The plain-text comparison tables ``netkv simulate`` (and ``emulate``) prints: the policies on the
+run's scenario and, when the run has one, on its control scenario beside it."""
 from __future__ import annotations
 
 import math
@@ -59,6 +60,9 @@ def format_table(summary: dict, target: str = TARGET_POLICY) -> str:
 
     out = []
     title = f"backend: {summary.get('backend', '?')}"
+    scenario = (summary.get("config") or {}).get("scenario") or {}
+    if scenario.get("name"):
+        title += f"   scenario: {scenario['name']}"
     first = next(iter(policies.values()), {})
     if first.get("slo_ttft_s") is not None and first.get("slo_tbt_ms") is not None:
         title += f"   SLO: TTFT <= {first['slo_ttft_s']:g} s and mean TBT <= {first['slo_tbt_ms']:g} ms"
@@ -104,4 +108,38 @@ def format_table(summary: dict, target: str = TARGET_POLICY) -> str:
         out.append("transfers that met a failed link (count, share, mean / max time stood still): " + "; ".join(
             f"{n} {f['transfers']} ({100 * f['fraction']:.1f}%) {fmt_number(f['stalled_mean_s'], '.2f')} / "
             f"{fmt_number(f['stalled_max_s'], '.2f')} s" for n, f in fails.items()))
+    return "\n".join(out) + "\n"
+
+
+def format_control(summary: dict, target: str = TARGET_POLICY) -> str:
+    """The ``control`` section of ``summary`` as text: its table (:func:`format_table`, on the control
+    scenario), then ``target``'s change against every baseline on the run's scenario beside the same
+    on the control, mean and p99 TTFT; "" without a control section.
+
+    The side-by-side lines are what the main job shows a newcomer: where the scenario's network
+    state gives network awareness something to buy, and the quiet fabric where it buys nothing.
+    """
+    control = summary.get("control")
+    if not control:
+        return ""
+    name = (summary.get("config") or {}).get("scenario", {}).get("name", "scenario")
+    cname = control["scenario"]["name"]
+    out = [f"control: the same requests and policies on scenario '{cname}' "
+           f"({control['scenario'].get('description', '')})", ""]
+    out.append(format_table({"backend": summary.get("backend", "?"), "config": {"scenario": {"name": cname}},
+                             "policies": control["policies"], "ablation": control.get("ablation")}, target))
+    main, ctrl = summary.get("comparison") or compare(summary.get("policies", {}), target), control["comparison"]
+    bases = [b for b in main if b in ctrl]
+    if not bases:
+        return "\n".join(out)
+
+    def cell(c: dict) -> str:
+        return f"{_signed(c['ttft_mean_pct'], '.1f', '%')} / {_signed(c['ttft_p99_pct'], '.1f', '%')}"
+
+    head = [f"{target} vs", name, f"{cname} (control)"]
+    rows = [[b, cell(main[b]), cell(ctrl[b])] for b in bases]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+    out.append(f"{target}'s change in mean / p99 TTFT, on '{name}' and on the control '{cname}':")
+    for r in [head, *rows]:
+        out.append("  ".join([r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].rjust(widths[2])]).rstrip())
     return "\n".join(out) + "\n"

@@ -190,6 +190,13 @@ def prepare(cfg: ExperimentConfig, trace: str | None, scenario: str, policies: s
     return exp, info
 
 
+def control_experiment(exp: Experiment, scenario: str) -> Experiment:
+    """``exp`` on another scenario (``scenario``: a built-in name or a file, with its own defaults):
+    the same trace window, tuning slice, policies, seed and fixed weights, the tuning memo emptied
+    so that tuned weights are tuned again under the control, as a run of that scenario would."""
+    return dataclasses.replace(exp, scenario=load_scenario(scenario, exp.tree), tuned={})
+
+
 def pick_weight(table: list[dict], tbt_tolerance_ms: float) -> float:
     """Tuning rule, the same for every tuned policy: the lowest mean TTFT among the grid points
     whose mean TBT is within ``tbt_tolerance_ms`` of the grid's best mean TBT (the paper bounds

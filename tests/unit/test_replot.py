@@ -54,7 +54,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     scenario = root / "timed-flow.toml"
     scenario.write_text(TIMED)
     return {"timed": simulate(root / "timed", "--scenario", str(scenario)),
-            "idle": simulate(root / "idle", "--format", "pdf")}
+            "idle": simulate(root / "idle", "--scenario", "idle", "--format", "pdf")}
 
 
 def png_text(path: Path) -> dict[str, str]:
