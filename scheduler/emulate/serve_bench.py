@@ -43,6 +43,7 @@ from scheduler.emulate.replay import Clock, EmulationError
 from scheduler.emulate.scenario_exec import ScenarioExecutor
 from scheduler.emulate.telemetry_path import TelemetryPath, TelemetryPlan
 from scheduler.router import client_bench
+from scheduler.router.netkv_router import FAILURE_THRESHOLD, HEALTH_INTERVAL_S, HEALTH_TIMEOUT_S
 from scheduler.sim.simulator import Simulator
 from scheduler.study.experiment import Experiment
 from topology.management import ManagementNet
@@ -68,6 +69,12 @@ PREROLL_S = 2.0
 backend's replay does: at full rate from t = 0, as in the simulator)."""
 
 
+SMG_HEALTH_ARGS = ("--health-check-interval-secs", str(int(HEALTH_INTERVAL_S)),
+                   "--health-check-timeout-secs", str(int(HEALTH_TIMEOUT_S)),
+                   "--health-failure-threshold", str(FAILURE_THRESHOLD), "--health-success-threshold", "1")
+"""smg's health checks set as the NetKV router's (every second, 5 s timeout, out after 2 failures,
+back after 1 success; smg's defaults check every 60 s): both routers detect a dead worker alike,
+so a fault run compares their routing, not their probe settings."""
 DRAIN_S = 1.0
 """Pause between routers so one replay's queues and flows do not leak into the next."""
 
@@ -256,7 +263,8 @@ class _Router:
 
             self.version = smg_version()
             self.smg = SmgRouter(prefill, decode, prefill_policy=self.plan.smg_policies[0],
-                                 decode_policy=self.plan.smg_policies[1], log_path=self.run_dir / "smg.log")
+                                 decode_policy=self.plan.smg_policies[1], log_path=self.run_dir / "smg.log",
+                                 extra_args=SMG_HEALTH_ARGS)
             self.smg.start()
             if self.smg.proc is not None:
                 self.fab.record_process(self.smg.proc.pid, "smg launch")
@@ -486,10 +494,12 @@ def simulator_twin(exp: Experiment, rows: Sequence[dict], time_scale: float) -> 
         twin = sim.get(r["req_id"])
         if twin is not None and r["tier"] is not None and r["client_ttft_s"] is not None:
             by_tier[r["tier"]].append((r["client_ttft_s"] / time_scale, twin.ttft_s))
-    return {str(t): {"requests": len(v), "client_ttft_mean_s": float(np.mean([a for a, _ in v])),
-                     "simulate_ttft_mean_s": float(np.mean([b for _, b in v])),
-                     "ratio": float(np.mean([a for a, _ in v]) / max(np.mean([b for _, b in v]), 1e-12))}
-            for t, v in sorted(by_tier.items())}
+    out = {}
+    for t, v in sorted(by_tier.items()):
+        client, sim_ttft = float(np.mean([a for a, _ in v])), float(np.mean([b for _, b in v]))
+        out[str(t)] = {"requests": len(v), "client_ttft_mean_s": client, "simulate_ttft_mean_s": sim_ttft,
+                       "ratio": client / max(sim_ttft, 1e-12)}
+    return out
 
 
 def bench_summary(exp: Experiment, plan: BenchPlan, rows: Sequence[dict], timings: Sequence[client_bench.Timing],

@@ -73,8 +73,9 @@ ORACLE_TIMEOUT_S = 2.0
 """Seconds an oracle call may take before the request fails over to cache-load's decode choice."""
 HEALTH_INTERVAL_S = 1.0
 """Seconds between health checks of every worker."""
-HEALTH_TIMEOUT_S = 1.0
-"""Seconds a health check waits for its answer."""
+HEALTH_TIMEOUT_S = 5.0
+"""Seconds a health check waits for its answer (smg's default: a worker busy with a large batch
+on a loaded host answers late, not never)."""
 FAILURE_THRESHOLD = 2
 """Failed health checks in a row that take a worker out of the rotation."""
 MIRROR_BLOCKS = 65536
@@ -83,6 +84,11 @@ REQUEST_TIMEOUT_S = 600.0
 """Seconds a worker gets to answer a request (a long decode streams for minutes)."""
 
 log = logging.getLogger("netkv.router")
+
+
+def sse_error(message: str, kind: str = "bad_gateway") -> bytes:
+    """An error event in an OpenAI-style stream (the openai client raises it as an APIError)."""
+    return f"data: {json.dumps({'error': {'message': message, 'type': kind}})}\n\n".encode()
 
 
 class SelectionError(RuntimeError):
@@ -175,8 +181,8 @@ class Selector:
             ahead = [w.queued_tokens + max(tokens - w.cached_blocks(keys) * BLOCK_TOKENS, 0) for w in p_up]
             ties = [i for i, a in enumerate(ahead) if a == min(ahead)]
             p = p_up[ties[turn % len(ties)]]
-            d = self._priced_decode(p, d_up, tokens) if self.policy in PRICED else None
-            d = d or min(d_up, key=lambda w: (w.inflight, w.sent))
+            priced = self._priced_decode(p, d_up, tokens) if self.policy in PRICED else None
+            d = priced or min(d_up, key=lambda w: (w.inflight, w.sent))
         work = max(tokens - p.cached_blocks(keys) * BLOCK_TOKENS, 0) if keys else tokens
         p.queued_tokens += work
         if keys:
@@ -313,29 +319,51 @@ class NetKVRouter:
                 d.inflight -= 1
             return Response(content, status_code=resp.status_code,
                             media_type=resp.headers.get("content-type", "application/json"))
-        return StreamingResponse(self._relay(resp, d), media_type="text/event-stream")
+        return StreamingResponse(self._relay(resp, d, prefill_task), media_type="text/event-stream")
 
-    async def _relay(self, resp: httpx.Response, d: Worker) -> AsyncIterator[bytes]:
+    async def _relay(self, resp: httpx.Response, d: Worker, prefill: asyncio.Task[str | None]) -> AsyncIterator[bytes]:
+        """The decode worker's stream; if the prefill side fails before the first chunk, the decode
+        request is dropped (its KV would never come) and the client gets an SSE error event."""
+        chunks = resp.aiter_raw().__aiter__()
+        started = False
         try:
-            async for chunk in resp.aiter_raw():
+            while True:
+                nxt = asyncio.ensure_future(chunks.__anext__())
+                if not started and not prefill.done():
+                    await asyncio.wait({nxt, prefill}, return_when=asyncio.FIRST_COMPLETED)
+                if not started and not nxt.done() and prefill.done() and prefill.result() is not None:
+                    nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, httpx.HTTPError):
+                        await nxt
+                    yield sse_error(f"prefill side failed: {prefill.result()}")
+                    return
+                try:
+                    chunk = await nxt
+                except StopAsyncIteration:
+                    return
+                started = True
                 yield chunk
         finally:
             await resp.aclose()
             d.inflight -= 1
 
-    async def _prefill(self, p: Worker, path: str, body: dict, work: int = 0) -> None:
+    async def _prefill(self, p: Worker, path: str, body: dict, work: int = 0) -> str | None:
+        """Send the prefill side; None when it answered 200, else why it failed (logged, counted)."""
         assert self.client is not None
+        why: str | None = None
         try:
             r = await self.client.post(f"{p.url}{path}", json=body)
             if r.status_code != 200:
-                self.prefill_failures += 1
-                log.warning("prefill %s answered %d: %s", p.url, r.status_code, r.text[:200])
+                why = f"prefill {p.url} answered {r.status_code}: {r.text[:200]}"
         except httpx.HTTPError as exc:
-            self.prefill_failures += 1
-            log.warning("prefill %s failed: %s", p.url, exc)
+            why = f"prefill {p.url} failed: {type(exc).__name__}: {exc}"
         finally:
             p.inflight -= 1
             p.queued_tokens -= work
+        if why is not None:
+            self.prefill_failures += 1
+            log.warning("%s", why)
+        return why
 
     def listing(self) -> dict:
         return {"policy": self.selector.policy, "prefill_failures": self.prefill_failures,

@@ -96,14 +96,12 @@ def test_selector_rules(policy: str, loads: list[int], want: int) -> None:
     assert (prefill.index(p), decode.index(d)) == (want, want)
 
 
-def test_selector_skips_unhealthy_and_refuses_netkv() -> None:
+def test_selector_skips_unhealthy_workers() -> None:
     prefill = [Worker("http://a:1", "prefill", 1), Worker("http://b:1", "prefill", 1)]
     decode = [Worker("http://c:1", "decode"), Worker("http://d:1", "decode")]
     prefill[0].healthy = decode[0].healthy = False
     sel = Selector(prefill, decode, "round-robin")
     assert all(sel.choose("x") == (prefill[1], decode[1]) for _ in range(3))
-    with pytest.raises(ValueError, match="decision context"):
-        Selector(prefill, decode, "netkv")
 
 
 def test_client_replays_a_trace_open_loop(workers: Workers) -> None:
@@ -120,3 +118,22 @@ def test_client_replays_a_trace_open_loop(workers: Workers) -> None:
     for t in timings:
         assert t.t_send >= t.t_due - 0.01  # never sent before its due time
         assert t.chunk_times[0] >= decode[t.prompt_digest]["t_first"]
+
+
+def test_a_failed_prefill_side_ends_the_decode_stream_with_an_error(workers: Workers) -> None:
+    """The prefill worker's HTTP side unreachable (its bootstrap still is): the decode worker would
+    wait minutes for KV that never comes; the router ends the client's stream with an error event
+    as soon as the prefill request failed."""
+    import openai
+
+    from scheduler.router.smg import free_port
+
+    url, port = workers.prefill_urls[0]
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the prefill POST is refused
+    router = NetKVRouter([(dead, port)], workers.decode_urls[:1], "round-robin", health_interval=30.0)
+    with ServerThread(netkv_router.make_app(router)) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(openai.APIError, match="prefill side failed"):
+            stream_completion(srv.url, prompt_text((30,), 100), 2)
+        assert time.monotonic() - t0 < 10.0
+        assert router.prefill_failures == 1
