@@ -17,6 +17,7 @@ fabric's teardown kills every process in the hosts, which takes their management
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import statistics
 import subprocess
@@ -309,7 +310,14 @@ class _Router:
             if pid is not None:
                 self.fab.forget_process(pid)
         if self.thread is not None:
-            self.thread.stop()
+            uvicorn_log = logging.getLogger("uvicorn.error")
+            level = uvicorn_log.level
+            if exc and exc[0] is not None:  # interrupted: the cut streams' tracebacks are noise
+                uvicorn_log.setLevel(logging.CRITICAL)
+            try:
+                self.thread.stop()
+            finally:
+                uvicorn_log.setLevel(level)
 
 
 class _Scenario:
