@@ -65,11 +65,15 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
 # ----------------------------------------------------------------------------- hardware
 @dataclass(frozen=True)
 class GpuConfig:
-    """One GPU instance's compute and memory (reference section 3)."""
+    """One GPU instance's compute and memory (reference section 3). Presets take NVIDIA's
+    datasheet figures; what a GPU achieves of them is ``timing.prefill_mfu`` and
+    ``timing.decode_hbm_efficiency``, calibrated against Vidur's operator profiles
+    (docs/calibration.md, "Compute model against profiled GPUs")."""
 
     name: str = param("h100-sxm", "GPU preset name")
-    peak_tflops: float = param(989.0, "dense bf16 peak, TFLOP/s (H100 SXM ~989)")
-    hbm_tb_s: float = param(3.35, "HBM bandwidth, TB/s (H100 HBM3 3.35, H200 4.8)")
+    peak_tflops: float = param(989.0, "dense bf16 peak, TFLOP/s (NVIDIA H100 SXM datasheet: 989; A100: 312)")
+    hbm_tb_s: float = param(3.35, "HBM bandwidth, TB/s (datasheets: H100 SXM HBM3 3.35, H200 4.8, "
+                            "A100 80GB SXM HBM2e 2.039)")
     memory_gb: float = param(80.0, "HBM capacity, GB")
     memory_utilisation: float = param(0.9, "fraction of HBM the engine may use (vLLM's default 0.9)")
 
@@ -77,7 +81,12 @@ class GpuConfig:
 GPU_PRESETS: dict[str, GpuConfig] = {
     "h100-sxm": GpuConfig(),
     "h200": GpuConfig("h200", 989.0, 4.8, 141.0, 0.9),
+    # NVIDIA A100 Tensor Core GPU datasheet, 80GB SXM: bf16 dense 312 TFLOP/s, HBM2e 2,039 GB/s;
+    # the GPU of Vidur's a100 profiles (data/profiling/compute/a100, an 80 GB DGX A100)
+    "a100-sxm": GpuConfig("a100-sxm", 312.0, 2.039, 80.0, 0.9),
 }
+"""GPU presets (``--gpu``): datasheet peaks; h100-sxm and a100-sxm are the two GPUs the compute
+model is checked against (docs/calibration.md)."""
 
 DEFAULT_GPU_FOR_MODEL = {"llama-3-70b": "h200"}
 
@@ -103,10 +112,23 @@ SLO_DEFINITIONS = ("fixed", "ttft-only", "per-request")
 class TimingConfig:
     """Roofline-style prefill and memory-bound decode timing."""
 
-    prefill_mfu: float = param(0.5, "model FLOPs utilisation of prefill (large-batch prefill reaches 40-60%)")
-    prefill_overhead_s: float = param(0.005, "fixed per-prefill overhead: scheduling, kernel launches, s")
-    decode_hbm_efficiency: float = param(0.8, "achieved fraction of HBM bandwidth in decode steps")
-    decode_step_overhead_s: float = param(0.001, "fixed per-decode-step overhead (sampling, launch), s")
+    prefill_mfu: float = param(0.71, "achieved fraction of gpu.peak_tflops in prefill, counted on 2 x model.params_b "
+                               "FLOPs per token plus the attention scores: fitted to Vidur's profiled per-layer "
+                               "operators (microsoft/vidur@7d47513 data/profiling/compute/a100/meta-llama/"
+                               "Meta-Llama-3-8B and h100/meta-llama/Llama-2-7b-hf, tp=1) within +-4% from 1k to 16k "
+                               "tokens (docs/calibration.md)")
+    prefill_kv_save_s_per_gb: float = param(0.13, "seconds per GB of new KV a prefill writes into the paged cache "
+                                            "(0 = free): Vidur's attn_kv_cache_save operator, 0.126-0.138 s/GB over "
+                                            "1k-16k-token prefills of Llama-3-8B on an A100 (its attention.csv); "
+                                            "its decode steps' writes are negligible and not charged")
+    prefill_overhead_s: float = param(0.002, "fixed per-prefill time, s: fitted with prefill_mfu to Vidur's operator "
+                                      "sums (which leave out the CPU-side scheduling Vidur models apart)")
+    decode_hbm_efficiency: float = param(0.78, "achieved fraction of gpu.hbm_tb_s in decode steps (weights of "
+                                         "model.params_b plus the batch's KV read once): fitted to Vidur's profiled "
+                                         "decode operators (A100 Llama-3-8B at 4k context, H100 Llama-2-7B linear "
+                                         "layers) within +-5% at batch 1-32 (docs/calibration.md)")
+    decode_step_overhead_s: float = param(0.0005, "fixed per-decode-step time, s: fitted with decode_hbm_efficiency "
+                                          "to the same profiles")
     tp_efficiency: float = param(0.9, "fraction of the ideal tp-fold speedup a tensor-parallel instance reaches "
                                  "in prefill compute and decode memory traffic (each GPU does 1/tp of both; "
                                  "two all-reduces per layer over NVLink cost the rest). 1.0 = ideal scaling; "
@@ -411,6 +433,7 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"parameter '{name}' must be within 0..1, got {value}")
     non_negative = [
         ("timing.prefill_overhead_s", cfg.timing.prefill_overhead_s),
+        ("timing.prefill_kv_save_s_per_gb", cfg.timing.prefill_kv_save_s_per_gb),
         ("timing.decode_step_overhead_s", cfg.timing.decode_step_overhead_s),
         ("timing.transfer_setup_s", cfg.timing.transfer_setup_s),
         ("tuning.tune_requests", cfg.tuning.tune_requests),

@@ -32,6 +32,8 @@ class TimingModel:
         self._hbm_rate = g.hbm_tb_s * 1e12 * t.decode_hbm_efficiency * speedup
         self._weight_bytes = m.weight_bytes
         self._prefill_overhead = t.prefill_overhead_s
+        # seconds per new prompt token to write its KV into the paged cache (each GPU writes 1/tp)
+        self._kv_save_per_token = m.kv_bytes_per_token / 1e9 * t.prefill_kv_save_s_per_gb / speedup
         self._step_overhead = t.decode_step_overhead_s
         self.weight_bytes_per_gpu = m.weight_bytes / tp
         kv_memory_per_gpu = g.memory_gb * 1e9 * g.memory_utilisation - self.weight_bytes_per_gpu
@@ -43,13 +45,25 @@ class TimingModel:
 
     def prefill_s(self, input_tokens: int, cached_tokens: int = 0) -> float:
         """Compute of the ``input_tokens - cached_tokens`` new tokens attending to the whole prefix:
-        max(FLOPs / (peak x MFU), weights read once / HBM) + fixed overhead."""
+        max(FLOPs / (peak x MFU), weights read once / HBM) + their KV written to the paged cache
+        + fixed overhead."""
         new = max(int(input_tokens) - int(cached_tokens), 0)
         if new == 0:
             return self._prefill_overhead
         cached = input_tokens - new
         flops = self._flops_per_token * new + self._attn_flops_per_pair * new * (cached + new / 2.0)
-        return max(flops / self._flop_rate, self._weight_bytes / self._hbm_rate) + self._prefill_overhead
+        return (max(flops / self._flop_rate, self._weight_bytes / self._hbm_rate)
+                + new * self._kv_save_per_token + self._prefill_overhead)
+
+    def prefill_attention_s(self, input_tokens: int, cached_tokens: int = 0) -> float:
+        """The attention-score part of :meth:`prefill_s`'s compute term (its quadratic FLOPs at the
+        same rate): what a comparison against profiles without attention kernels subtracts."""
+        new = max(int(input_tokens) - int(cached_tokens), 0)
+        return self._attn_flops_per_pair * new * (input_tokens - new + new / 2.0) / self._flop_rate
+
+    def prefill_kv_save_s(self, input_tokens: int, cached_tokens: int = 0) -> float:
+        """The KV-write part of :meth:`prefill_s` (``timing.prefill_kv_save_s_per_gb``)."""
+        return max(int(input_tokens) - int(cached_tokens), 0) * self._kv_save_per_token
 
     def prefill_fifo(self, t: float, busy_until: float, input_tokens: int,
                      cached_tokens: int = 0) -> tuple[float, float]:
@@ -81,13 +95,15 @@ class TimingModel:
             out = []
             fpt, attn, rate = self._flops_per_token, self._attn_flops_per_pair, self._flop_rate
             floor, overhead = self._weight_bytes / self._hbm_rate, self._prefill_overhead
+            kv_save = self._kv_save_per_token
             for c in cached_tokens:
                 new = input_tokens - c
                 if new <= 0:
                     out.append(overhead)
                     continue
                 cached = input_tokens - new
-                out.append(max((fpt * new + attn * new * (cached + new / 2.0)) / rate, floor) + overhead)
+                out.append(max((fpt * new + attn * new * (cached + new / 2.0)) / rate, floor)
+                           + new * kv_save + overhead)
             return out
         return self._prefill_s_vector(input_tokens, np.array(cached_tokens, dtype=np.int64)).tolist()
 
@@ -95,7 +111,7 @@ class TimingModel:
         cached = np.minimum(cached_tokens, input_tokens).astype(float)
         new = input_tokens - cached
         flops = new * (self._flops_per_token + self._attn_flops_per_pair * (cached + 0.5 * new))
-        t = np.maximum(flops / self._flop_rate, self._weight_bytes / self._hbm_rate)
+        t = np.maximum(flops / self._flop_rate, self._weight_bytes / self._hbm_rate) + new * self._kv_save_per_token
         t[new <= 0] = 0.0
         return t + self._prefill_overhead
 

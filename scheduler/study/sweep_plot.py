@@ -4,10 +4,12 @@ interval series (the staleness figure's too)."""
 from __future__ import annotations
 
 import io
+import textwrap
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, NullLocator
 
 from scheduler.policies import TARGET
 from scheduler.results.plotting import policy_colours
@@ -22,10 +24,14 @@ def errorbar_series(ax, x, series, scale: float = 1.0, **kw) -> None:
     ax.errorbar(x, m, yerr=np.where(np.isfinite(e), e, 0.0), **kw)
 
 
+TITLE_WRAP = textwrap.TextWrapper(width=150, break_on_hyphens=False)
+"""Long titles (a sweep's whole command line) wrap onto lines that fit the figure's width."""
+
+
 def plot(sweep: Sweep, agg: dict, title: str, target: str = TARGET) -> bytes:
     """PNG: mean TTFT, SLO attainment and the target's change against each baseline over the
     parameter, with 95% intervals over seeds."""
-    fig = Figure(figsize=(15.0, 4.4), dpi=110)
+    fig = Figure(figsize=(15.0, 4.8), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
     values = sweep.values
@@ -49,14 +55,17 @@ def plot(sweep: Sweep, agg: dict, title: str, target: str = TARGET) -> bytes:
         ax.set_ylabel(ylabel)
         ax.set_xlabel(sweep.param)
         ax.grid(True, alpha=0.3)
-        if log:
+        if log:  # ticks at the swept values only: log scales' minor labels overlap into one row
             ax.set_xscale("log")
+            ax.set_xticks(x, [f"{v:g}" for v in values])
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         if not sweep.numeric:
             ax.set_xticks(x, [str(v) for v in values])
     axes[0].legend(fontsize="x-small")
     axes[2].legend(fontsize="x-small")
-    fig.suptitle(f"{title}  (mean of {seeds} seed{'s' if seeds > 1 else ''}, 95% intervals)", fontsize="medium")
-    fig.tight_layout()
+    caption = f"{title}  (mean of {seeds} seed{'s' if seeds > 1 else ''}, 95% intervals)"
+    fig.suptitle(TITLE_WRAP.fill(caption), fontsize="medium")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -55,14 +55,18 @@ def test_tp4_instance_weights_kv_and_compute_by_hand():
     assert t.kv_capacity_tokens == int(4 * (72e9 - 17.65e9) // KVPT_70B) == 663452
     one = TimingModel(build_config("llama-3-70b", "h100-sxm", ["cluster.tp=1"]))
     assert one.kv_capacity_tokens == 4272
-    # compute and memory traffic split over 4 GPUs at tp_efficiency 0.9: speedup 3.6
+    # compute, memory traffic and the KV write split over 4 GPUs at tp_efficiency 0.9: speedup 3.6
+    tm = cfg.timing
     flops = 2 * 70.6e9 * 8000 + 4.0 * 80 * 64 * 128 * 8000 * 4000
-    assert t.prefill_s(8000) == pytest.approx(flops / (989e12 * 0.5 * 3.6) + 0.005, rel=1e-12)
+    kv_save = 8000 * KVPT_70B / 1e9 * tm.prefill_kv_save_s_per_gb / 3.6
+    assert t.prefill_s(8000) == pytest.approx(flops / (989e12 * tm.prefill_mfu * 3.6) + kv_save
+                                              + tm.prefill_overhead_s, rel=1e-12)
     assert t.prefill_s(8000) < one.prefill_s(8000) / 3
-    step = (70.6e9 + 10000 * KVPT_70B) / (3.35e12 * 0.8 * 3.6) + 0.001
+    step = (70.6e9 + 10000 * KVPT_70B) / (3.35e12 * tm.decode_hbm_efficiency * 3.6) + tm.decode_step_overhead_s
     assert t.decode_step_s(10000) == pytest.approx(step, rel=1e-12)
     ideal = TimingModel(build_config("llama-3-70b", "h100-sxm", ["timing.tp_efficiency=1.0"]))
-    assert ideal.decode_step_s(0) - 0.001 == pytest.approx(70.6e9 / (3.35e12 * 0.8 * 4), rel=1e-12)
+    assert ideal.decode_step_s(0) - tm.decode_step_overhead_s == pytest.approx(
+        70.6e9 / (3.35e12 * tm.decode_hbm_efficiency * 4), rel=1e-12)
 
 
 def test_instances_are_tp_consecutive_gpus_of_one_server_named_by_their_leader():

@@ -203,7 +203,7 @@ def test_layer_wise_streaming_replay_matches_the_simulator(nic_gbit_s):
     computed (a schedule of model.layers steps from the first layer's end to the prefill's end),
     and the replay's records follow the simulator's rate-capped flows, with a fast network
     (only the last layer's bytes move after the prefill: well under a ms) and with a slow one (the
-    network, not the prefill, is the bottleneck: the transfer ends tens of ms after the prefill)."""
+    network, not the prefill, is the bottleneck: the transfer ends several ms after the prefill)."""
     cfg = build_config(overrides=[f"topology.nic_gbit_s={nic_gbit_s}", "timing.kv_streaming=layer-wise"])
     reqs = _requests(n=5, gap=0.5)
     recs, sim, agents, replay = _replay_and_simulate(cfg, reqs, 1e-3)
@@ -221,7 +221,7 @@ def test_layer_wise_streaming_replay_matches_the_simulator(nic_gbit_s):
         assert r.ttft_s == pytest.approx(s.ttft_s, abs=0.05)
         assert s.transfer_s < a.transfer_s  # the streaming hid part of the transfer
     if nic_gbit_s < 100:  # network-bound: streaming from the first layer on hides a third of it
-        assert min(s.transfer_s for s in sim) > 0.01
+        assert min(s.transfer_s for s in sim) > 0.005
     else:  # only the last layer's bytes are left after the prefill (after-prefill: 2-7 ms)
         assert max(s.transfer_s for s in sim) < 0.001
 
