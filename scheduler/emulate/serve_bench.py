@@ -17,7 +17,6 @@ fabric's teardown kills every process in the hosts, which takes their management
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import statistics
 import subprocess
@@ -65,6 +64,8 @@ ROUTER_WATCH_S = 0.25
 FAULT_RESTART_S = 5.0
 """Default seconds a killed decode worker stays down."""
 FAULT_MARK = "decode:"
+ROUTER_MARKS = {"smg": "smg launch", "netkv": "-m scripts.netkv router"}
+"""The routers' command lines, as the cleanup of a killed run finds them (fabric state file)."""
 PREROLL_S = 2.0
 """Seconds the scenario's steady background flows run before the first request (as the emulate
 backend's replay does: at full rate from t = 0, as in the simulator)."""
@@ -246,13 +247,11 @@ class _Workers:
 
 
 class _Router:
-    """The bench's router: smg (its own process group) or ``netkv router`` (a server thread)."""
+    """The bench's router, a process of its own either way: smg or ``netkv router``."""
 
     def __init__(self, plan: BenchPlan, workers: _Workers, oracle_url: str | None, run_dir: Path, fab: Any) -> None:
         self.plan, self.workers, self.oracle_url, self.run_dir, self.fab = plan, workers, oracle_url, run_dir, fab
-        self.smg: Any = None
-        self.thread: Any = None
-        self.netkv: Any = None
+        self.proc: Any = None
         self.version: str | None = None
 
     def __enter__(self) -> _Router:
@@ -263,61 +262,51 @@ class _Router:
             from scheduler.router.smg import SmgRouter, smg_version
 
             self.version = smg_version()
-            self.smg = SmgRouter(prefill, decode, prefill_policy=self.plan.smg_policies[0],
-                                 decode_policy=self.plan.smg_policies[1], log_path=self.run_dir / "smg.log",
-                                 extra_args=SMG_HEALTH_ARGS)
-            self.smg.start()
-            if self.smg.proc is not None:
-                self.fab.record_process(self.smg.proc.pid, "smg launch")
+            self.proc = SmgRouter(prefill, decode, prefill_policy=self.plan.smg_policies[0],
+                                  decode_policy=self.plan.smg_policies[1], log_path=self.run_dir / "smg.log",
+                                  extra_args=SMG_HEALTH_ARGS)
         else:
-            from hosts.asgi_thread import ServerThread
-            from scheduler.router.netkv_router import NetKVRouter, make_app
+            from scheduler.router.netkv_router import NetKVRouterProcess
 
-            names = {w.url(g): w.name(g) for g in roles.serving}
-            self.netkv = NetKVRouter(prefill, decode, self.plan.policy, names=names, oracle_url=self.oracle_url,
-                                     model=None)
-            self.thread = ServerThread(make_app(self.netkv)).start()
             self.version = "netkv-router"
+            self.proc = NetKVRouterProcess(prefill, decode, self.plan.policy,
+                                           names={w.url(g): w.name(g) for g in roles.serving},
+                                           oracle_url=self.oracle_url, log_path=self.run_dir / "router.log")
+        self.proc.start()
+        if self.proc.proc is not None:
+            self.fab.record_process(self.proc.proc.pid, ROUTER_MARKS[self.plan.router])
         return self
 
     @property
     def url(self) -> str:
-        return self.smg.url if self.smg is not None else self.thread.url
+        return str(self.proc.url)
 
     def alive(self) -> bool:
-        if self.smg is not None:
-            return self.smg.proc is not None and self.smg.proc.poll() is None
-        return self.thread is not None and self.thread._thread.is_alive()
+        return self.proc.proc is not None and self.proc.proc.poll() is None
 
     def health(self) -> dict[str, bool]:
         """Worker URL -> healthy, as the router lists them now."""
-        if self.smg is not None:
-            return {str(w.get("url", "")).rstrip("/"): bool(w.get("is_healthy", True)) for w in self.smg.workers()}
-        return {w.url: w.healthy for w in self.netkv.workers}
+        return {str(w.get("url", "")).rstrip("/"): bool(w.get("is_healthy", True)) for w in self.proc.workers()}
 
     def metrics(self) -> bytes | None:
-        if self.smg is None:
+        url = getattr(self.proc, "metrics_url", None)
+        if url is None:
             return None
         try:
-            return httpx.get(self.smg.metrics_url, timeout=2.0).content
+            return httpx.get(url, timeout=2.0).content
         except httpx.HTTPError:
             return None
 
+    def listing(self) -> dict | None:
+        listing = getattr(self.proc, "listing", None)
+        return listing() if listing is not None else None
+
     def __exit__(self, *exc: object) -> None:
-        if self.smg is not None:
-            pid = self.smg.proc.pid if self.smg.proc is not None else None
-            self.smg.stop()
-            if pid is not None:
-                self.fab.forget_process(pid)
-        if self.thread is not None:
-            uvicorn_log = logging.getLogger("uvicorn.error")
-            level = uvicorn_log.level
-            if exc and exc[0] is not None:  # interrupted: the cut streams' tracebacks are noise
-                uvicorn_log.setLevel(logging.CRITICAL)
-            try:
-                self.thread.stop()
-            finally:
-                uvicorn_log.setLevel(level)
+        pid = self.proc.proc.pid if self.proc is not None and self.proc.proc is not None else None
+        if self.proc is not None:
+            self.proc.stop()
+        if pid is not None:
+            self.fab.forget_process(pid)
 
 
 class _Scenario:
@@ -605,15 +594,22 @@ def _bench_one(exp: Experiment, plan: BenchPlan, fab: Any, workers: _Workers, lo
         rows = join_records(exp, timings, records)
         if fault is not None:
             evidence["sections"]["fault"] = fault.report(timings, rows)
-        if router.netkv is not None:
-            evidence["sections"]["router_state"] = router.netkv.listing()
-            if router.netkv.selector.oracle_failures:
-                warnings.append(f"{router.netkv.selector.oracle_failures} oracle calls failed (cache-load's decode "
-                                "choice was taken instead)")
-        for name in ("smg.log", "oracle-service.log"):
-            if (run_dir / name).exists():
-                files[name] = (run_dir / name).read_bytes()
-                (run_dir / name).unlink()
+        state = router.listing()
+        if state:
+            evidence["sections"]["router_state"] = state
+            if state.get("oracle_failures"):
+                warnings.append(f"{state['oracle_failures']} oracle calls failed (cache-load's decode choice was "
+                                "taken instead)")
+            if state.get("prefill_failures"):
+                warnings.append(f"{state['prefill_failures']} prefill requests failed at the router")
+        unhealthy = sorted(url for url, ok in router.health().items() if not ok)
+        if unhealthy:
+            warnings.append(f"{len(unhealthy)} workers out of the router's rotation at the end: "
+                            f"{', '.join(unhealthy[:5])}")
+    for name in ("smg.log", "router.log", "oracle-service.log"):  # complete now: their writers stopped
+        if (run_dir / name).exists():
+            files[name] = (run_dir / name).read_bytes()
+            (run_dir / name).unlink()
     evidence["sections"]["timings_s"] = {"replay": round(replay_s, 2), "total": round(time.monotonic() - t0, 2)}
     evidence["sections"]["simulate_same_decisions_by_tier"] = simulator_twin(exp, rows, plan.time_scale)
     evidence["sections"]["warnings"] = warnings

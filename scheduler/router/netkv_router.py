@@ -42,9 +42,11 @@ import itertools
 import json
 import logging
 import secrets
+import sys
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,6 +57,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from hosts.worker_api import ENDPOINTS, RequestError, parse_request
 from scheduler.model.prompts import block_keys, count_tokens
 from scheduler.model.trace import BLOCK_TOKENS
+from scheduler.router.smg import RouterProcess
 
 POLICIES = ("round-robin", "least-loaded", "cache-load", "topology-affinity", "netkv")
 """The selection rules this router applies (named as the registry's policies)."""
@@ -418,3 +421,44 @@ def make_app(router: NetKVRouter) -> FastAPI:
                 return JSONResponse({"error": {"message": str(exc), "type": "unavailable"}}, status_code=503)
         app.add_api_route(path, endpoint, methods=["POST"])
     return app
+
+
+class NetKVRouterProcess(RouterProcess):
+    """``netkv router`` in a process of its own (as smg runs), so a bench's client and router do
+    not share an interpreter: workers named by their host (``names``: URL -> host name)."""
+
+    name = "netkv router"
+
+    def __init__(self, prefill: Sequence[tuple[str, int | None]], decode: Sequence[str], policy: str, *,
+                 names: dict[str, str], oracle_url: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                 log_path: str | Path = "netkv-router.log", health_interval: float = HEALTH_INTERVAL_S,
+                 failure_threshold: int = FAILURE_THRESHOLD) -> None:
+        super().__init__(len(prefill) + len(decode), host, port, log_path)
+        Selector([Worker(u, "prefill", b, name=names.get(u)) for u, b in prefill],
+                 [Worker(u, "decode", name=names.get(u)) for u in decode], policy,
+                 oracle=oracle_url)  # refuses what the process would refuse, here
+        self.prefill, self.decode, self.policy, self.names = list(prefill), list(decode), policy, dict(names)
+        self.oracle_url, self.health_interval, self.failure_threshold = oracle_url, health_interval, failure_threshold
+
+    def _named(self, url: str) -> str:
+        return f"{self.names[url]}={url}" if url in self.names else url
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "scripts.netkv", "router", "--policy", self.policy, "--host", self.host,
+               "--port", str(self.port), "--health-interval", str(self.health_interval),
+               "--failure-threshold", str(self.failure_threshold)]
+        for url, bootstrap in self.prefill:
+            cmd += ["--prefill", self._named(url) + (f"@{bootstrap}" if bootstrap is not None else "")]
+        for url in self.decode:
+            cmd += ["--decode", self._named(url)]
+        if self.oracle_url:
+            cmd += ["--oracle", self.oracle_url]
+        return cmd
+
+    def listing(self) -> dict:
+        """Its ``/workers`` answer (policy, failures, workers), empty when it does not answer."""
+        try:
+            r = httpx.get(f"{self.url}/workers", timeout=2.0)
+            return r.json() if r.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            return {}

@@ -1,5 +1,6 @@
 """SGLang's model gateway (PyPI ``smg``, pinned in requirements.txt) in P/D mode, started and
-stopped by the project.
+stopped by the project; :class:`RouterProcess`, what it shares with the NetKV router run as a
+process of its own (``netkv router``, :class:`scheduler.router.netkv_router.NetKVRouterProcess`).
 
 :class:`SmgRouter` runs ``smg launch --pd-disaggregation --prefill URL BOOTSTRAP_PORT ... --decode
 URL ... --prefill-policy P --decode-policy D --host H --port P --prometheus-host H
@@ -22,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -69,9 +71,95 @@ def smg_version() -> str | None:
         return None
 
 
-class SmgRouter:
+class RouterProcess:
+    """A router in its own process group, serving on ``host:port``, ready when its ``/workers``
+    lists every worker; subclasses give the command line. Stop: SIGTERM to the group, SIGKILL
+    after :data:`STOP_GRACE_S`."""
+
+    name = "router"
+    error: type[RuntimeError] = RuntimeError
+
+    def __init__(self, n_workers: int, host: str, port: int, log_path: str | Path) -> None:
+        self.n_workers = n_workers
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> Self:
+        """Start it and wait until it lists every worker; ``error`` otherwise (it is stopped)."""
+        cmd = self.command()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(("$ " + " ".join(cmd) + "\n").encode())
+            log.flush()
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def workers(self) -> list[dict]:
+        """Its ``/workers`` listing (empty when it does not answer)."""
+        try:
+            r = httpx.get(f"{self.url}/workers", timeout=2.0)
+            data = r.json() if r.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            return []
+        items = data.get("workers", []) if isinstance(data, dict) else data
+        return items if isinstance(items, list) else []
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise self.error(f"{self.name} exited with status {self.proc.returncode} (log: {self.log_path})")
+            if len(self.workers()) >= self.n_workers:
+                return
+            time.sleep(0.2)
+        raise self.error(f"{self.name} did not register {self.n_workers} workers within {timeout:g} s "
+                         f"(log: {self.log_path})")
+
+    def stop(self) -> None:
+        """Terminate its process group (SIGTERM, then SIGKILL after the grace period)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything of the group still there
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOP_GRACE_S)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class SmgRouter(RouterProcess):
     """One smg P/D router in front of ``prefill`` (``(url, bootstrap port or None)``) and
     ``decode`` (urls) workers, serving on ``host:port`` (0: a free port)."""
+
+    name = "smg"
+    error = SmgError
 
     def __init__(self, prefill: Sequence[tuple[str, int | None]], decode: Sequence[str], *,
                  prefill_policy: str = "cache_aware", decode_policy: str = "power_of_two",
@@ -83,19 +171,12 @@ class SmgRouter:
                 raise ValueError(f"unknown smg policy {policy!r} (known: {', '.join(POLICIES)}, bucket)")
         if not prefill or not decode:
             raise ValueError("smg P/D mode needs at least one prefill and one decode worker")
+        super().__init__(len(prefill) + len(decode), host, port, log_path)
         self.prefill, self.decode = list(prefill), list(decode)
         self.prefill_policy, self.decode_policy = prefill_policy, decode_policy
-        self.host = host
-        self.port = port or free_port(host)
         self.prometheus_port = prometheus_port or free_port(host)
-        self.log_path = Path(log_path)
         self.extra_args = list(extra_args)
         self.binary = binary or smg_binary()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     @property
     def metrics_url(self) -> str:
@@ -115,63 +196,3 @@ class SmgRouter:
                 "--prometheus-host", self.host, "--prometheus-port", str(self.prometheus_port),
                 "--shutdown-grace-period-secs", str(SHUTDOWN_GRACE_S)]
         return cmd + self.extra_args
-
-    def start(self, timeout: float = START_TIMEOUT_S) -> SmgRouter:
-        """Start smg and wait until it lists every worker; ``SmgError`` otherwise (smg stopped)."""
-        cmd = self.command()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(("$ " + " ".join(cmd) + "\n").encode())
-            log.flush()
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def workers(self) -> list[dict]:
-        """smg's ``/workers`` listing (empty when it does not answer)."""
-        try:
-            r = httpx.get(f"{self.url}/workers", timeout=2.0)
-            data = r.json() if r.status_code == 200 else {}
-        except (httpx.HTTPError, ValueError):
-            return []
-        items = data.get("workers", []) if isinstance(data, dict) else data
-        return items if isinstance(items, list) else []
-
-    def _wait_ready(self, timeout: float) -> None:
-        want = len(self.prefill) + len(self.decode)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise SmgError(f"smg exited with status {self.proc.returncode} (log: {self.log_path})")
-            if len(self.workers()) >= want:
-                return
-            time.sleep(0.2)
-        raise SmgError(f"smg did not register {want} workers within {timeout:g} s (log: {self.log_path})")
-
-    def stop(self) -> None:
-        """Terminate smg's process group (SIGTERM, then SIGKILL after the grace period)."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything of the group still there
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_GRACE_S)
-
-    def __enter__(self) -> SmgRouter:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

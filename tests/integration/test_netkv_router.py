@@ -128,7 +128,7 @@ def test_a_failed_prefill_side_ends_the_decode_stream_with_an_error(workers: Wor
 
     from scheduler.router.smg import free_port
 
-    url, port = workers.prefill_urls[0]
+    _, port = workers.prefill_urls[0]
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the prefill POST is refused
     router = NetKVRouter([(dead, port)], workers.decode_urls[:1], "round-robin", health_interval=30.0)
     with ServerThread(netkv_router.make_app(router)) as srv:
