@@ -462,6 +462,7 @@ class PdWorker:
                         break
                     elif isinstance(msg, Error):
                         raise TransferError(msg.reason)
+            rec["t_first_sent"] = time.time()  # handed to the HTTP stream: t_first plus this worker's lateness
             yield 0
             t_due, k = float(rec["t_first"]), 1  # model times: lateness does not accumulate
             finished: Finished | None = None

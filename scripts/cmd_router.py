@@ -244,7 +244,9 @@ def format_bench(s: dict) -> str:
              f"{s['requests']} requests, {s['errors']} errors",
              f"  client TTFT ms: mean {_ms(t['mean'])}  p50 {_ms(t['p50'])}  p99 {_ms(t['p99'])}",
              f"  workers' TTFT ms: mean {_ms(wk['mean'])}  p50 {_ms(wk['p50'])}  p99 {_ms(wk['p99'])}",
-             f"  router overhead (client - workers) ms: p50 {_ms(o['p50'])}  p99 {_ms(o['p99'])}"]
+             f"  router overhead (client - workers) ms: p50 {_ms(o['p50'])}  p99 {_ms(o['p99'])}",
+             f"  decode workers' own lateness (first token due -> sent) ms: "
+             f"p50 {_ms(s['worker_emit_lag_s']['p50'])}  p99 {_ms(s['worker_emit_lag_s']['p99'])}"]
     sim = s.get("simulate_same_decisions_by_tier") or {}
     for tier, row in sorted(s["by_tier"].items()):
         twin = sim.get(tier)

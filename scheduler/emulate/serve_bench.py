@@ -451,9 +451,10 @@ def join_records(exp: Experiment, timings: Sequence[client_bench.Timing], record
         dec = queues[("decode", t.prompt_digest)].popleft() if queues[("decode", t.prompt_digest)] else {}
         p_name, d_name = pre.get("worker"), dec.get("worker")
         tier = tree.tier(tree.gpu_index(p_name), tree.gpu_index(d_name)) if p_name and d_name else None
-        first = dec.get("t_first")
+        first = dec.get("t_first_sent", dec.get("t_first"))
         start = min((x for x in (pre.get("t_arrival"), dec.get("t_arrival")) if x is not None), default=None)
         worker_ttft = first - start if first is not None and start is not None else None
+        lag = dec["t_first_sent"] - dec["t_first"] if "t_first_sent" in dec and "t_first" in dec else None
         transfer = (pre["t_send_end"] - pre["t_send_start"]) if "t_send_end" in pre else None
         rows.append({
             "index": t.index, "req_id": exp.requests[t.index].req_id, "prompt": t.prompt_digest,
@@ -462,6 +463,7 @@ def join_records(exp: Experiment, timings: Sequence[client_bench.Timing], record
             "bytes": pre.get("bytes"), "transfer_s": transfer, "worker_ttft_s": worker_ttft,
             "client_ttft_s": t.ttft, "overhead_s": (t.ttft - worker_ttft if t.ttft is not None
                                                     and worker_ttft is not None else None),
+            "worker_emit_lag_s": lag,
             "tbt_mean_s": statistics.fmean(t.tbt) if t.tbt else None, "tokens": t.tokens,
             "error": t.error or pre.get("error") or dec.get("error")})
     return rows
@@ -518,6 +520,8 @@ def bench_summary(exp: Experiment, plan: BenchPlan, rows: Sequence[dict], timing
         "ttft_s": _stats([r["client_ttft_s"] / ts for r in ok]),
         "worker_ttft_s": _stats([r["worker_ttft_s"] / ts for r in ok if r["worker_ttft_s"] is not None]),
         "router_overhead_s": _stats(over),
+        "worker_emit_lag_s": _stats([r["worker_emit_lag_s"] / ts for r in ok
+                                     if r.get("worker_emit_lag_s") is not None]),
         "by_tier": by_tier,
         "errors": sum(1 for r in rows if r["error"] or r["client_ttft_s"] is None),
         "units": "virtual (model) seconds: wall seconds / time_scale, except under 'client'",

@@ -97,7 +97,8 @@ def test_join_matches_records_by_prompt_in_send_order_and_computes_overhead():
     tree = exp.tree
     recs = [{"role": "prefill", "prompt": "aa", "worker": tree.gpu_name(0), "t_arrival": 100.01,
              "t_send_start": 100.2, "t_send_end": 100.3, "bytes": 5, "cached_tokens": 0},
-            {"role": "decode", "prompt": "aa", "worker": tree.gpu_name(1), "t_arrival": 100.02, "t_first": 100.4},
+            {"role": "decode", "prompt": "aa", "worker": tree.gpu_name(1), "t_arrival": 100.02, "t_first": 100.4,
+             "t_first_sent": 100.45},
             {"role": "prefill", "prompt": "aa", "worker": tree.gpu_name(2), "t_arrival": 101.01,
              "t_send_start": 101.2, "t_send_end": 101.25, "bytes": 5, "cached_tokens": 0},
             {"role": "decode", "prompt": "aa", "worker": tree.gpu_name(tree.gpt * 4), "t_arrival": 101.02,
@@ -105,8 +106,11 @@ def test_join_matches_records_by_prompt_in_send_order_and_computes_overhead():
     rows = sb.join_records(exp, t, recs)
     assert [r["prefill"] for r in rows] == [tree.gpu_name(0), tree.gpu_name(2), None]
     assert rows[0]["tier"] == 0 and rows[1]["tier"] == tree.tier(2, tree.gpt * 4)
-    assert rows[0]["worker_ttft_s"] == pytest.approx(0.39) and rows[0]["client_ttft_s"] == pytest.approx(0.5)
-    assert rows[0]["overhead_s"] == pytest.approx(0.11) and rows[0]["transfer_s"] == pytest.approx(0.1)
+    # the workers' TTFT ends when the decode worker handed the first token to its stream
+    assert rows[0]["worker_ttft_s"] == pytest.approx(0.44) and rows[0]["client_ttft_s"] == pytest.approx(0.5)
+    assert rows[0]["overhead_s"] == pytest.approx(0.06) and rows[0]["worker_emit_lag_s"] == pytest.approx(0.05)
+    assert rows[0]["transfer_s"] == pytest.approx(0.1)
+    assert rows[1]["worker_ttft_s"] == pytest.approx(0.49) and rows[1]["worker_emit_lag_s"] is None
     assert rows[2]["client_ttft_s"] is None and rows[2]["error"].startswith("APIConnectionError")
 
 
@@ -136,3 +140,37 @@ def test_serve_bench_refuses_bad_input_before_building_anything(tmp_path, args, 
     assert res.returncode == 2, res.stderr[-2000:]
     assert needle in res.stderr, res.stderr[-2000:]
     assert not out.exists() and cleanup.read_state() == before and "serve-bench: fabric" not in res.stderr
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("http://10.0.0.1:30000@8998", ("http://10.0.0.1:30000", 8998, None)),
+    ("p0t0s0g0=http://100.64.0.2:30000@8998", ("http://100.64.0.2:30000", 8998, "p0t0s0g0")),
+    ("p0t0s0g0=http://100.64.0.2:30000", ("http://100.64.0.2:30000", None, "p0t0s0g0")),
+])
+def test_router_prefill_spec_takes_an_optional_host_name(text, want):
+    from scripts.cmd_router import prefill_spec
+
+    assert prefill_spec(text) == want
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1:30000", "p=http://h:1@0", "p=http://h:1@x"])
+def test_router_prefill_spec_refuses_bad_specs(text):
+    import argparse
+
+    from scripts.cmd_router import prefill_spec
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        prefill_spec(text)
+
+
+def test_router_process_command_names_every_worker_and_refuses_a_priced_rule_without_names():
+    from scheduler.router.netkv_router import NetKVRouterProcess
+
+    r = NetKVRouterProcess([("http://a:1", 8998)], ["http://b:2"], "netkv",
+                           names={"http://a:1": "p0t0s0g0", "http://b:2": "p0t1s0g0"}, oracle_url="http://o:3")
+    cmd = r.command()
+    assert cmd[cmd.index("--prefill") + 1] == "p0t0s0g0=http://a:1@8998"
+    assert cmd[cmd.index("--decode") + 1] == "p0t1s0g0=http://b:2"
+    assert cmd[cmd.index("--oracle") + 1] == "http://o:3"
+    with pytest.raises(ValueError, match="host name"):
+        NetKVRouterProcess([("http://a:1", 8998)], ["http://b:2"], "netkv", names={}, oracle_url="http://o:3")
