@@ -31,8 +31,9 @@ cache-load's, decode:
   tokens plus ``load_weight_s`` seconds per request in flight.
 
 Health: every ``health_interval`` s each worker's ``GET /health`` is polled; a worker that fails
-``failure_threshold`` checks in a row (or refuses a request) leaves the rotation, and one that
-answers again comes back. ``GET /workers`` lists them with their state.
+``failure_threshold`` checks in a row (or refuses a connection) leaves the rotation, and one that
+answers again comes back; a request whose decode worker refused the connection is sent to another
+(up to :data:`DECODE_RETRIES`). ``GET /workers`` lists them with their state.
 """
 from __future__ import annotations
 
@@ -83,6 +84,9 @@ FAILURE_THRESHOLD = 2
 """Failed health checks in a row that take a worker out of the rotation."""
 MIRROR_BLOCKS = 65536
 """Block keys remembered per prefill worker (the LRU mirror of its cache)."""
+DECODE_RETRIES = 2
+"""Other decode workers a request is sent to when a decode worker refuses its connection (nothing
+reached it, so the same body and room are safe to send elsewhere; smg retries likewise)."""
 REQUEST_TIMEOUT_S = 600.0
 """Seconds a worker gets to answer a request (a long decode streams for minutes)."""
 
@@ -236,6 +240,7 @@ class NetKVRouter:
                                  affinity_weight=affinity_weight, model=model)
         self.health_interval, self.failure_threshold = health_interval, failure_threshold
         self.prefill_failures = 0
+        self.decode_retries = 0
         self.client: httpx.AsyncClient | None = None
         self._health_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -304,16 +309,29 @@ class NetKVRouter:
         prefill_task = asyncio.create_task(self._prefill(p, path, body, work))
         self._tasks.add(prefill_task)  # held until done (the loop keeps only weak references)
         prefill_task.add_done_callback(self._tasks.discard)
-        try:
-            decode_req = self.client.build_request("POST", f"{d.url}{path}", json=body)
-            resp = await self.client.send(decode_req, stream=True)
-        except httpx.HTTPError as exc:
-            d.inflight -= 1
-            d.failures += 1
-            if d.failures >= self.failure_threshold:
-                d.healthy = False
-            return JSONResponse({"error": {"message": f"decode worker {d.url}: {exc}", "type": "bad_gateway"}},
-                                status_code=502)
+        tried = {d.url}
+        while True:
+            try:
+                decode_req = self.client.build_request("POST", f"{d.url}{path}", json=body)
+                resp = await self.client.send(decode_req, stream=True)
+                break
+            except httpx.HTTPError as exc:
+                d.inflight -= 1
+                d.failures += 1
+                refused = isinstance(exc, httpx.ConnectError)
+                if refused or d.failures >= self.failure_threshold:
+                    d.healthy = False  # a refused connection: out at once, back at its next good check
+                others = [w for w in self.decode if w.healthy and w.url not in tried]
+                if not (refused and others and len(tried) <= DECODE_RETRIES):
+                    return JSONResponse({"error": {"message": f"decode worker {d.url}: {type(exc).__name__}: "
+                                                              f"{exc}", "type": "bad_gateway"}}, status_code=502)
+                # nothing reached the worker: the same body (room) goes to another decode worker,
+                # which registers the room with the prefill worker in its place
+                d = min(others, key=lambda w: (w.inflight, w.sent))
+                tried.add(d.url)
+                d.inflight += 1
+                d.sent += 1
+                self.decode_retries += 1
         if resp.status_code != 200 or not req.stream:
             try:
                 content = await resp.aread()
@@ -370,6 +388,7 @@ class NetKVRouter:
 
     def listing(self) -> dict:
         return {"policy": self.selector.policy, "prefill_failures": self.prefill_failures,
+                "decode_retries": self.decode_retries,
                 "oracle_failures": self.selector.oracle_failures,
                 "workers": [{"url": w.url, "name": w.name, "worker_type": w.role, "bootstrap_port": w.bootstrap_port,
                              "is_healthy": w.healthy, "inflight": w.inflight, "sent": w.sent}

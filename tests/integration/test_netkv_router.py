@@ -137,3 +137,19 @@ def test_a_failed_prefill_side_ends_the_decode_stream_with_an_error(workers: Wor
             stream_completion(srv.url, prompt_text((30,), 100), 2)
         assert time.monotonic() - t0 < 10.0
         assert router.prefill_failures == 1
+
+
+def test_a_refused_decode_connection_is_retried_on_another_decode_worker(workers: Workers) -> None:
+    """Round robin sends the first request to a decode address nothing listens on: the router
+    takes it out of the rotation and sends the same body to the live decode worker."""
+    from scheduler.router.smg import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    router = NetKVRouter(workers.prefill_urls[:1], [dead, workers.decode_urls[0]], "round-robin",
+                         health_interval=30.0)
+    with ServerThread(netkv_router.make_app(router)) as srv:
+        got = stream_completion(srv.url, prompt_text((31,), 100), 3)
+        assert count_tokens(got.text) == 3
+        listing = httpx.get(f"{srv.url}/workers").json()
+    assert listing["decode_retries"] == 1 and listing["prefill_failures"] == 0
+    assert {w["url"]: w["is_healthy"] for w in listing["workers"]}[dead] is False
