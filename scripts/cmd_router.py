@@ -193,9 +193,15 @@ def write_bench(out, results: list, prov: dict):
     import json
 
     from scheduler.results.files import write_files
+    from scheduler.results.serve_bench_plot import result_files
 
     files: dict[str, bytes] = {}
     summaries = []
+    first = results[0][1]
+    caption = (f"serve-bench, scenario {first['scenario']}, {first['requests']} requests, scale {first['scale']:g}, "
+               f"time-scale {first['time_scale']:g}; client = openai streaming client, workers = first token "
+               "handed to the decode worker's stream")
+    files |= result_files({s["router"]: rows for _, s, rows, _ in results}, first["time_scale"], caption)
     for plan, summary, rows, extra in results:
         prefix = f"{plan.slug}-" if len(results) > 1 else ""
         buf = io.StringIO()
