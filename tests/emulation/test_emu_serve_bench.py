@@ -74,7 +74,7 @@ def test_every_router_serves_every_request_on_one_fabric(tmp_path: Path) -> None
         assert len(rows) == 6 and all(r["prefill"] and r["decode"] and float(r["client_ttft_s"]) > 0 for r in rows)
         assert all(int(r["tokens"]) == int(r["output_tokens"]) for r in rows)
     assert summary["routers"][0]["router_version"] not in (None, "netkv-router")  # smg's own version
-    assert (out / "smg-cache_aware-power_of_two-smg.log").exists()
+    assert (out / "smg-cache_aware-power_of_two-smg.log").exists() and (out / "serve_bench.png").exists()
     assert b"smg_" in (out / "smg-cache_aware-power_of_two-smg-metrics.txt").read_bytes()
     assert "router" in res.stdout and "vs first" in res.stdout
     _assert_nothing_left()
