@@ -27,7 +27,7 @@ and netkv:inflight."""
 SWEEP_POLICIES = "cache-load,topology-affinity,netkv:static,netkv,netkv:perfect"
 """Policies of every sweep: the tuned baselines and NetKV on its three oracles."""
 SCENARIOS = ("idle", "decode-flap", "rolling", "incast", "tenant", "background", "bursty", "hotspot",
-             "prefill-egress", "link-failure", "nic-failure")
+             "prefill-egress", "link-failure", "nic-failure", "shared-cluster")
 """Scenarios of the full report's headline matrix."""
 QUICK_SCENARIOS = ("idle", "decode-flap", "rolling", "tenant", "prefill-egress")
 """Scenarios of the ``--quick`` report's headline matrix (a few-minute version)."""
