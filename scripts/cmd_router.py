@@ -131,6 +131,12 @@ def register_serve_bench(sub) -> None:
                    help="smg's prefill and decode policies (default: %(default)s)")
     p.add_argument("--scale", type=float, default=None, metavar="F", help="as emulate's --scale")
     p.add_argument("--time-scale", type=float, default=1.0, metavar="K", help="as emulate's --time-scale")
+    p.add_argument("--telemetry", choices=("ryu", "prometheus"), default="ryu",
+                   help="what the oracle service of the priced rules reads: ryu (the controller's REST) or prometheus "
+                        "(a real Prometheus started for the run scraping the controller every --scrape-interval; "
+                        "default %(default)s)")
+    p.add_argument("--scrape-interval", type=float, default=1.0, metavar="S",
+                   help="Prometheus' scrape interval, wall seconds (with --telemetry prometheus; default %(default)s)")
     p.add_argument("--compare", action="store_true",
                    help="bench, one after the other on the same fabric, scenario and trace window: smg "
                         "(cache_aware/power_of_two, round_robin) and the NetKV router (cache-load, topology-affinity, "
@@ -162,8 +168,10 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
     serve_args = ["--model", args.model] + [a for o in (args.overrides or []) for a in ("--set", o)]
     try:
         fault = WorkerFault.parse(args.fault) if args.fault else None
-        plan = BenchPlan(args.router, args.policy, (smg[0], smg[1]), scale, args.time_scale,
-                         TelemetryPlan(service="start", serve_args=serve_args), fault,
+        if args.telemetry != "prometheus" and args.scrape_interval != 1.0:
+            raise ValueError("--scrape-interval applies to --telemetry prometheus")
+        telemetry = TelemetryPlan(args.telemetry, args.scrape_interval, service="start", serve_args=serve_args)
+        plan = BenchPlan(args.router, args.policy, (smg[0], smg[1]), scale, args.time_scale, telemetry, fault,
                          args.ofp_port or DEFAULT_OFP_PORT, args.rest_port or DEFAULT_REST_PORT)
         if args.compare and fault is not None:
             raise ValueError("--fault and --compare: run the fault with one router at a time")

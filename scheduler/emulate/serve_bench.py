@@ -557,7 +557,7 @@ def _bench_one(exp: Experiment, plan: BenchPlan, fab: Any, workers: _Workers, lo
     with ExitStack() as stack:
         workers.start_all()
         stack.callback(stop_workers, workers)
-        oracle_url = None
+        oracle_url, path = None, None
         if plan.router == "netkv" and plan.policy in ("netkv", "topology-affinity"):
             path = TelemetryPath(plan.telemetry, fab, plan.rest_port, exp.cfg.oracle.poll_interval_s,
                                  plan.scale / plan.time_scale, plan.time_scale, run_dir, log).enter(stack)
@@ -598,6 +598,8 @@ def _bench_one(exp: Experiment, plan: BenchPlan, fab: Any, workers: _Workers, lo
         rows = join_records(exp, timings, records)
         if fault is not None:
             evidence["sections"]["fault"] = fault.report(timings, rows)
+        if path is not None:
+            evidence["sections"]["telemetry_path"] = path.report() | {"plan": plan.telemetry.describe()}
         state = router.listing()
         if state:
             evidence["sections"]["router_state"] = state

@@ -121,6 +121,7 @@ def test_join_matches_records_by_prompt_in_send_order_and_computes_overhead():
     (["--fault", "decode:x"], "expected decode:HOST@T[+D]"),
     (["--compare", "--fault", "FIRST_DECODE@1"], "--fault and --compare"),
     (["--set", "topology.kind=rail"], "rail"),
+    (["--scrape-interval", "5"], "--scrape-interval applies to --telemetry prometheus"),
 ])
 def test_serve_bench_refuses_bad_input_before_building_anything(tmp_path, args, needle):
     pytest.importorskip("mininet", reason="serve-bench lives with the emulator")
