@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -390,6 +391,9 @@ class InflightOracle(TelemetryOracle):
         return latency, inv[paths].max(axis=1)
 
 
+_BY_END = operator.attrgetter("end")
+
+
 def _same(a: tuple, b: tuple | None) -> bool:
     """Whether two of :class:`PredictiveOracle`'s state keys are equal: ``(ledger version, ledger
     size, snapshot, its seconds per byte[, now])``, the snapshot and the array by identity."""
@@ -506,7 +510,7 @@ class PredictiveOracle(InflightOracle):
                     self._state_inv = self._inverse(np.maximum(cap - background, self.floor * cap))
                 else:
                     self._state_inv = inv
-            self._live = sorted((e for e in self._ledger.values() if e.done_at > now), key=lambda e: e.end)
+            self._live = sorted((e for e in self._ledger.values() if e.done_at > now), key=_BY_END)
             self._ends = [e.end for e in self._live]
         assert self._state_inv is not None
         return self._state_inv, bisect.bisect_right(self._ends, start)

@@ -22,9 +22,13 @@ server's decodes, min v_1 over its rack's, min v_2 over its pod's, min v_3 over 
 the bound's minimum over D, since ``v_t`` grows with t and the groups nest. Prefills are then
 priced in increasing bound order (one oracle cost vector each, O(|D|), the oracle's cached cost
 table under deterministic routing), stopping at the first bound above the best score found
-(+ the tie tolerance): no pruned prefill can win or tie. Cost: O(|D| + |P| log |P|) for the
-bounds, plus O(|D|) per prefill priced; the worst case (every bound below the best) is
-|P| x |D|, as brute force."""
+(+ the tie tolerance): no pruned prefill can win or tie. They are priced in chunks of doubling
+size (:data:`FIRST_CHUNK` first), each chunk's cost tables stacked and priced in one numpy
+operation; a chunk may price a prefill a one-by-one search would have pruned after a better
+score earlier in the same chunk, which cannot change the pair (its score is at least its bound,
+above the best + the tolerance) and at most doubles the prefills priced. Cost: O(|D| + |P| log
+|P|) for the bounds, plus O(|D|) per prefill priced; the worst case (every bound below the best)
+is |P| x |D|, as brute force."""
 from __future__ import annotations
 
 import bisect
