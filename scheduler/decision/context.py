@@ -282,14 +282,16 @@ class DecisionContext:
             at: list[int] = []
             latency: list[np.ndarray] = []
             inv: list[np.ndarray] = []
-            req, now, dsts = self.request, self.now, cl.decode_ids
+            now, dsts, gpus, rid, costs = self.now, cl.decode_ids, cl.prefill_gpus, self.request.req_id, self._costs
+            delay = self.transfer_delay_s if cl.layer_wise else self.prefill_estimate_s.item  # the same float
+            table_of, make = oracle.table, OracleQuery._make
             for i, p in enumerate(prefills):
-                hit = self._costs.get(p)
+                hit = costs.get(p)
                 if hit is not None:
                     raw[i] = hit
                     continue
-                query = OracleQuery(cl.prefill_gpus[p], dsts, None, now, req.req_id, now + self.transfer_delay_s(p))
-                table = oracle.table(query)
+                query = make((gpus[p], dsts, None, now, rid, now + delay(p)))
+                table = table_of(query)
                 if table is None:
                     raw[i] = oracle.cost(query._replace(nbytes=self.decode_bytes))
                 else:
@@ -298,18 +300,20 @@ class DecisionContext:
                     inv.append(table[1])
             if at:
                 nbytes = self.decode_bytes
-                with np.errstate(invalid="ignore"):  # 0 bytes x inf on a dead path: zeroed below
-                    cost = np.stack(inv) * nbytes
-                cost += np.stack(latency)
                 moving = nbytes > 0
-                if not moving.all():
+                if moving.all():
+                    cost = np.array(inv) * nbytes
+                    cost += np.array(latency)
+                else:
+                    with np.errstate(invalid="ignore"):  # 0 bytes x inf on a dead path: zeroed below
+                        cost = np.array(inv) * nbytes
+                    cost += np.array(latency)
                     cost[:, ~moving] = 0.0
                 if len(at) == len(prefills):
                     raw = cost
                 else:
                     raw[at] = cost
-            for i, p in enumerate(prefills):
-                self._costs.setdefault(p, raw[i])
+            costs.update(zip(prefills, raw))  # rows already there are replaced by equal ones
         if not cl.layer_wise:
             return raw
         layers = cl.cfg.model.layers
