@@ -393,6 +393,10 @@ class InflightOracle(TelemetryOracle):
 
 _BY_END = operator.attrgetter("end")
 
+PLAN_CACHE_MAX = 64
+"""Pending sets whose :class:`_Plan` :class:`PredictiveOracle` keeps (a decision's queries share
+one or a few; consecutive decisions often see the same set again)."""
+
 
 def _same(a: tuple, b: tuple | None) -> bool:
     """Whether two of :class:`PredictiveOracle`'s state keys are equal: ``(ledger version, ledger
@@ -409,9 +413,11 @@ class _Plan:
     c: from ``grid[c - 1]``; a last row of zeros for the links no pending commitment crosses).
     ``by_src`` caches per source its affected candidates and their seconds per byte per interval."""
 
-    __slots__ = ("by_src", "compact", "grid", "per_link")
+    __slots__ = ("by_src", "compact", "grid", "inv", "pending", "per_link")
 
     def __init__(self, pending: list[Commitment], inv: np.ndarray, pad: int) -> None:
+        self.pending = pending  # kept: the plan is found by their ids
+        self.inv = inv
         self.grid = sorted({t for e in pending for t in (e.start, e.end)})
         paths = [e.path for e in pending]
         links = np.unique(np.concatenate(paths) if len(paths) > 1 else paths[0])
@@ -477,12 +483,14 @@ class PredictiveOracle(InflightOracle):
         super().__init__(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
         self._version = 0  # bumped on every commit and done: the ledger's state (with its size)
         self._state_key: tuple | None = None  # (version, ledger size, snapshot, its inv, now); None: empty ledger
-        self._inv_key: tuple | None = None  # (version, ledger size, snapshot, its inv) of ``_state_inv``
         self._state_inv: np.ndarray | None = None
+        # the background-corrected seconds per byte and what it was computed from: (snapshot, its
+        # inv, the seen commitments (kept, so their ids stay theirs), their ids)
+        self._bg_from: tuple | None = None
         self._found: tuple[OracleQuery, np.ndarray, int] | None = None  # table()'s answer, for cost()
         self._live: list[Commitment] = []  # not done at the state's time, by expected end
         self._ends: list[float] = []
-        self._plans: dict[int, _Plan] = {}  # by the pending suffix's start in ``_live``
+        self._plans: dict[tuple[int, ...], _Plan] = {}  # by the ids of their pending commitments
 
     def _state(self, query: OracleQuery) -> tuple[np.ndarray, int]:
         """(seconds per byte of every link left free by the background, where the pending
@@ -499,17 +507,19 @@ class PredictiveOracle(InflightOracle):
         key = (self._version, len(self._ledger), snap, inv, now)
         if not _same(key, self._state_key):
             self._state_key = key
-            self._plans = {}
-            inv_key = key[:4]
-            if not _same(inv_key, self._inv_key):
-                self._inv_key = inv_key
-                seen_t = snap.time_s if snap is not None else -np.inf
-                seen = [e for e in self._ledger.values() if e.start <= seen_t < min(e.end, e.done_at)]
-                if seen:
+            seen_t = snap.time_s if snap is not None else -np.inf
+            seen = [e for e in self._ledger.values() if e.start <= seen_t < min(e.end, e.done_at)]
+            if not seen:
+                self._state_inv = inv
+            else:
+                ids = tuple(map(id, seen))
+                was = self._bg_from
+                if was is None or was[0] is not snap or was[1] is not inv or was[3] != ids:
                     cap, background = self._background(snap, seen, inv.shape[0])
                     self._state_inv = self._inverse(np.maximum(cap - background, self.floor * cap))
+                    self._bg_from = (snap, inv, seen, ids, self._state_inv)
                 else:
-                    self._state_inv = inv
+                    self._state_inv = was[4]
             self._live = sorted((e for e in self._ledger.values() if e.done_at > now), key=_BY_END)
             self._ends = [e.end for e in self._live]
         assert self._state_inv is not None
@@ -554,7 +564,7 @@ class PredictiveOracle(InflightOracle):
             inv, first = found[1], found[2]
         else:
             inv, first = self._state(query)
-        pending = self._state_key is not None and first < len(self._live)
+        any_pending = self._state_key is not None and first < len(self._live)
         nbytes = np.asarray(query.nbytes, dtype=float)
         if inv is self._inv:
             latency, base = self._cached_table(self._tables, query, self._down, inv)
@@ -562,11 +572,15 @@ class PredictiveOracle(InflightOracle):
             paths, latency = self.paths(query, self._down)
             base = inv[paths].max(axis=1)
         out = self._finish(latency, nbytes, base)
-        if not pending:
+        if not any_pending:
             return out
-        plan = self._plans.get(first)
-        if plan is None:
-            plan = self._plans[first] = _Plan(self._live[first:], inv, self.tree.pad)
+        pending = self._live[first:]
+        ids = tuple(map(id, pending))
+        plan = self._plans.get(ids)
+        if plan is None or plan.inv is not inv:
+            if len(self._plans) >= PLAN_CACHE_MAX:
+                self._plans.clear()
+            plan = self._plans[ids] = _Plan(pending, inv, self.tree.pad)
         start = query.now if query.start is None else query.start
         rows, step, rate = plan.rows(query.src, self.paths(query, self._down)[0], base)
         if rows.size == 0:

@@ -23,7 +23,7 @@ the bound's minimum over D, since ``v_t`` grows with t and the groups nest. Pref
 priced in increasing bound order (one oracle cost vector each, O(|D|), the oracle's cached cost
 table under deterministic routing), stopping at the first bound above the best score found
 (+ the tie tolerance): no pruned prefill can win or tie. They are priced in chunks of doubling
-size (:data:`FIRST_CHUNK` first), each chunk's cost tables stacked and priced in one numpy
+size (:data:`FIRST_CHUNK_PRICES` first), each chunk's cost tables stacked and priced in one numpy
 operation; a chunk may price a prefill a one-by-one search would have pruned after a better
 score earlier in the same chunk, which cannot change the pair (its score is at least its bound,
 above the best + the tolerance) and at most doubles the prefills priced. Cost: O(|D| + |P| log
@@ -45,10 +45,12 @@ ROUNDING_SLACK_S = 1e-9
 """Subtracted from every bound, so floating-point rounding cannot make a bound exceed the score
 it bounds (the scores are seconds; a nanosecond is far below any real difference)."""
 
-FIRST_CHUNK = 16
-"""Prefills priced together in the first step of the search (doubling at every step): pricing a
-few at once pays numpy's per-call cost once for them, at the price of a few prefills the bound
-would have pruned had they been priced one by one (never fewer; the pair is the same)."""
+FIRST_CHUNK_PRICES = 256
+"""Prices (prefills x decode candidates) in the first step of the search, at least one prefill;
+each later step prices twice as many prefills. Pricing several prefills at once pays numpy's
+per-call cost once for them, at the price of a few prefills the bound would have pruned had they
+been priced one by one (never fewer; the pair is the same): at |D| = 16, 16 prefills at once (a
+by-rack cluster's idle prefills tie and are all priced), at |D| = 2,048 one."""
 
 
 def tier_fastest(cluster: Cluster) -> np.ndarray:
@@ -144,7 +146,7 @@ class NetKVJoint(NetKV):
         priced: list[int] = []  # prefills priced, in bound order
         mins: list[float] = []  # each one's best score
         picks: list[int] = []  # and the decode giving it
-        i, chunk, n = 0, FIRST_CHUNK, len(order_list)
+        i, chunk, n = 0, max(1, FIRST_CHUNK_PRICES // ctx.n_decode), len(order_list)
         while i < n and bounds[i] <= best + TIE_TOLERANCE_S:
             # the next prefills in bound order whose bound is within reach of the best so far,
             # priced together (those a better score within the chunk would have pruned cannot tie)
