@@ -432,22 +432,23 @@ class _Plan:
             b = bisect.bisect_right(self.grid, e.end)
             np.add.at(counts[:, a:b], compact[e.path], 1)
         self.per_link = np.append(inv[links], 0.0)[:, None] * (1.0 + counts)
-        self.by_src: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.by_src: dict[int, tuple[np.ndarray, ...]] = {}
 
-    def rows(self, src: int, paths: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def rows(self, src: int, paths: np.ndarray,
+             base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(candidates whose path crosses a pending commitment's link, their seconds per byte per
         grid interval (the bottleneck: the shared links' or ``base``, the path's own), the rate
-        that gives (0 where nothing gets through)), cached per source for the same path table."""
+        that gives (0 where nothing gets through), their positions 0..k-1), cached per source for
+        the same path table."""
         hit = self.by_src.get(src)
         if hit is None or hit[0] is not paths:
             hops = self.compact[paths]
             rows = np.flatnonzero(hops.max(axis=1) >= 0)
             with np.errstate(invalid="ignore"):  # inf x 1 stays inf; no 0 x inf here
                 step = np.maximum(self.per_link[hops[rows]].max(axis=1), base[rows][:, None])
-            rate = np.zeros(step.shape)
-            np.divide(1.0, step, out=rate, where=np.isfinite(step))
-            hit = self.by_src[src] = (paths, rows, step, rate)
-        return hit[1], hit[2], hit[3]
+            rate = 1.0 / step  # 0 where nothing gets through (step +inf)
+            hit = self.by_src[src] = (paths, rows, step, rate, np.arange(rows.size))
+        return hit[1], hit[2], hit[3], hit[4]
 
 
 class PredictiveOracle(InflightOracle):
@@ -582,7 +583,7 @@ class PredictiveOracle(InflightOracle):
                 self._plans.clear()
             plan = self._plans[ids] = _Plan(pending, inv, self.tree.pad)
         start = query.now if query.start is None else query.start
-        rows, step, rate = plan.rows(query.src, self.paths(query, self._down)[0], base)
+        rows, step, rate, k = plan.rows(query.src, self.paths(query, self._down)[0], base)
         if rows.size == 0:
             return out
         want = nbytes[rows]
@@ -596,10 +597,10 @@ class PredictiveOracle(InflightOracle):
             rows, want, step, rate = rows[moving], want[moving], step[moving, c:], rate[moving, c:]
             if rows.size == 0:
                 return out
+            k = k[: rows.size]
         moved = np.zeros(step.shape)  # bytes moved before each interval starts
         np.cumsum(rate[:, :-1] * np.diff(bounds)[None, :], axis=1, out=moved[:, 1:])
         j = (moved < want[:, None]).sum(axis=1) - 1
-        k = np.arange(rows.size)
         with np.errstate(invalid="ignore"):
             finish = bounds[j] + (want - moved[k, j]) * step[k, j]
         out[rows] = latency[rows] + (finish - start)
