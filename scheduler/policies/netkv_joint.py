@@ -31,8 +31,6 @@ above the best + the tolerance) and at most doubles the prefills priced. Cost: O
 is |P| x |D|, as brute force."""
 from __future__ import annotations
 
-import bisect
-
 import numpy as np
 
 from scheduler.decision.context import Decision, DecisionContext
@@ -46,11 +44,12 @@ ROUNDING_SLACK_S = 1e-9
 it bounds (the scores are seconds; a nanosecond is far below any real difference)."""
 
 FIRST_CHUNK_PRICES = 256
-"""Prices (prefills x decode candidates) in the first step of the search, at least one prefill;
-each later step prices twice as many prefills. Pricing several prefills at once pays numpy's
-per-call cost once for them, at the price of a few prefills the bound would have pruned had they
-been priced one by one (never fewer; the pair is the same): at |D| = 16, 16 prefills at once (a
-by-rack cluster's idle prefills tie and are all priced), at |D| = 2,048 one."""
+"""Prices (prefills x decode candidates) in the first step of the search, each later step twice
+as many, every step at least one prefill. Pricing several prefills at once pays numpy's per-call
+cost once for them, at the price of a few prefills the bound would have pruned had they been
+priced one by one (never fewer; the pair is the same): at |D| = 16, 16 prefills, then 32 (a
+by-rack cluster's idle prefills tie and are all priced); at |D| = 2,048, one prefill per step
+until the eighth doubling, where a prefill's row costs more than a step's fixed calls."""
 
 
 def tier_fastest(cluster: Cluster) -> np.ndarray:
@@ -139,26 +138,27 @@ class NetKVJoint(NetKV):
         load = ctx.weighted_load(self.weight)
         bound = prefill_bounds(ctx, load)
         order = np.argsort(bound, kind="stable")
-        bounds = bound[order].tolist()
-        order_list = order.tolist()
-        est = ctx.prefill_estimate_s[order][:, None]
+        bounds = bound[order]
+        est = ctx.prefill_estimate_s
         best = np.inf
         priced: list[int] = []  # prefills priced, in bound order
         mins: list[float] = []  # each one's best score
         picks: list[int] = []  # and the decode giving it
-        i, chunk, n = 0, max(1, FIRST_CHUNK_PRICES // ctx.n_decode), len(order_list)
-        while i < n and bounds[i] <= best + TIE_TOLERANCE_S:
+        i, budget, n = 0, FIRST_CHUNK_PRICES, len(order)
+        while i < n and bounds.item(i) <= best + TIE_TOLERANCE_S:
             # the next prefills in bound order whose bound is within reach of the best so far,
             # priced together (those a better score within the chunk would have pruned cannot tie)
-            j = min(bisect.bisect_right(bounds, best + TIE_TOLERANCE_S, i), i + chunk)
-            ps = order_list[i:j]
-            scores = (ctx.transfer_costs_s(ps) + load) + est[i:j]
+            reach = int(bounds.searchsorted(best + TIE_TOLERANCE_S, side="right"))
+            j = min(reach, i + max(1, budget // ctx.n_decode))
+            chunk = order[i:j]
+            ps = chunk.tolist()
+            scores = (ctx.transfer_costs_s(ps) + load) + est[chunk][:, None]
             row_min = scores.min(axis=1).tolist()  # each row's value at its argmin, exactly
             priced += ps
             mins += row_min
             picks += scores.argmin(axis=1).tolist()
             best = min(best, min(row_min))
-            i, chunk = j, 2 * chunk
+            i, budget = j, 2 * budget
         tied = sorted(p for p, score in zip(priced, mins) if score <= best + TIE_TOLERANCE_S)
         p = tied[ctx.turn % len(tied)]
         return Decision(p, picks[priced.index(p)])

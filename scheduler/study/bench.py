@@ -8,7 +8,9 @@ per call with ``perf_counter_ns`` with the garbage collector paused; p50/p99 in 
 several |D|. Each decision is timed :data:`REPEATS` times, each on a fresh context: ``p50_us`` /
 ``p99_us`` are the first calls, ``min_p99_us`` the p99 of each decision's fastest call (timeit's
 rule), which is what the targets read: on this VM the single-call tail is host jitter, not the
-decision (docs/calibration.md#decision-jitter). The clusters use the ``mixed`` placement without reserved servers
+decision (docs/calibration.md#decision-jitter). An oracle that keeps a ledger is repeated on
+twins booked the same commitments, so no repeat finds what an earlier call of the same decision
+left in the oracle's caches. The clusters use the ``mixed`` placement without reserved servers
 (:data:`PLACEMENT`), so |D| = GPUs / 2 exactly; the figures are keyed by the |D| of the cluster
 actually built. ``netkv:inflight`` commits every decision's transfer to its ledger as the
 simulator does, on a clock advancing 0.25 s per decision (the ledger then holds the last seconds'
@@ -150,10 +152,16 @@ def _bench_oracle(kind: str | None, tree: FatTree, snap: TelemetrySnapshot, rng:
 
 class _Decider:
     """Times one policy's decisions on a warmed cluster and, for an oracle that tracks
-    commitments, books each decision the way the simulator does (untimed there too)."""
+    commitments, books each decision the way the simulator does (untimed there too). With
+    ``twins`` (oracles of the same kind, booked the same commitments), repeat i of a decision asks
+    oracle i: an oracle that keeps what a decision built for the next ones (the predictive
+    kind's plans) would otherwise hand a repeat what the first call of the same decision built,
+    which no real decision gets."""
 
-    def __init__(self, cluster: Cluster, policy: Policy, oracle: NetworkOracle) -> None:
+    def __init__(self, cluster: Cluster, policy: Policy, oracle: NetworkOracle,
+                 twins: tuple[NetworkOracle, ...] = ()) -> None:
         self.cluster, self.policy, self.oracle = cluster, policy, oracle
+        self.oracles = (oracle, *twins)
         self.commits = oracle.tracks_commitments
         self.clock = 1.0
         self.turn = 0
@@ -161,10 +169,11 @@ class _Decider:
     def __call__(self, r, repeats: int = 1) -> list[int]:
         """Nanoseconds of each of ``repeats`` choose() calls on request ``r`` (choose() leaves
         cluster and oracle as they were)."""
-        cluster, oracle, now = self.cluster, self.oracle, self.clock
+        cluster, oracles, now = self.cluster, self.oracles, self.clock
         self.turn += 1
         took = []
-        for _ in range(repeats):
+        for i in range(repeats):
+            oracle = oracles[i % len(oracles)]
             t0 = time.perf_counter_ns()
             ctx = DecisionContext(cluster, r, now, oracle, self.turn)
             dec = self.policy.choose(ctx)
@@ -172,9 +181,10 @@ class _Decider:
         if self.commits:  # the simulator's bookkeeping after a decision (not timed there either)
             start = now + ctx.transfer_delay_s(dec.prefill)
             cost = float(ctx.raw_transfer_cost_s(dec.prefill)[dec.decode])
-            oracle.commit(int(cluster.prefill_ids[dec.prefill]), int(cluster.decode_ids[dec.decode]),
-                          start, start + cost, r.req_id, float(ctx.decode_bytes[dec.decode]), r.req_id)
-            oracle.done(r.req_id, start + cost)  # as the simulator reports its arrival
+            for oracle in oracles:
+                oracle.commit(int(cluster.prefill_ids[dec.prefill]), int(cluster.decode_ids[dec.decode]),
+                              start, start + cost, r.req_id, float(ctx.decode_bytes[dec.decode]), r.req_id)
+                oracle.done(r.req_id, start + cost)  # as the simulator reports its arrival
             self.clock += INFLIGHT_CLOCK_STEP_S
         return took
 
@@ -221,12 +231,15 @@ def config_latency(cfg, requests, calls: int, seed: int = 0,
         snap = TelemetrySnapshot(0.0, np.append(rng.uniform(0, 0.9, tree.n_links), 0.0), np.ones(tree.n_links + 1))
         policy = parse_spec(spec).make(seed=seed)
         oracle = _bench_oracle(policy.oracle_kind, tree, snap, rng)
-        decide = _Decider(cluster, policy, oracle)
+        twins = tuple(_bench_oracle(policy.oracle_kind, tree, snap, rng)
+                      for _ in range(REPEATS - 1)) if oracle.tracks_commitments else ()
+        decide = _Decider(cluster, policy, oracle, twins)
 
         # steady state: per-source path tables are built once per prefill instance and then cached,
         # and warm-up decisions on a disjoint slice of the trace fill the memo of holder sets
-        for p in range(cluster.prefill_ids.size):
-            DecisionContext(cluster, requests[0], 1.0, oracle).transfer_cost_s(p)
+        for o in decide.oracles:
+            for p in range(cluster.prefill_ids.size):
+                DecisionContext(cluster, requests[0], 1.0, o).transfer_cost_s(p)
         for r in requests[calls: 2 * calls]:
             decide(r)
         samples = np.empty((calls, REPEATS))
