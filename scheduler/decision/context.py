@@ -264,6 +264,63 @@ class DecisionContext:
                 cost[idx] = inv[idx] * nbytes + latency[idx] if nbytes > 0 else 0.0
         return cost
 
+    def transfer_costs_s(self, prefills: list[int]) -> np.ndarray:
+        """:meth:`transfer_cost_s` of each of ``prefills``, as the rows of one matrix, each row to
+        the last bit what :meth:`transfer_cost_s` gives (and kept for :meth:`raw_transfer_cost_s`).
+        From the oracle's cost tables, stacked and priced in one multiply-add (each entry as
+        :meth:`NetworkOracle._finish` prices it), so a policy pricing many prefills pays the numpy
+        calls once instead of once per prefill; an oracle without a table for a source, or a
+        striped transfer, is priced row by row as :meth:`raw_transfer_cost_s` does."""
+        cl = self.cluster
+        oracle = self.oracle
+        if oracle is None:
+            raise RuntimeError("this policy needs a network cost oracle but none was configured")
+        if cl.tp > 1:
+            raw = np.array([self.raw_transfer_cost_s(p) for p in prefills])
+        else:
+            raw = np.empty((len(prefills), self.n_decode))
+            at: list[int] = []
+            latency: list[np.ndarray] = []
+            inv: list[np.ndarray] = []
+            now, dsts, gpus, rid, costs = self.now, cl.decode_ids, cl.prefill_gpus, self.request.req_id, self._costs
+            delay = self.transfer_delay_s if cl.layer_wise else self.prefill_estimate_s.item  # the same float
+            table_of, make = oracle.table, OracleQuery._make
+            for i, p in enumerate(prefills):
+                hit = costs.get(p)
+                if hit is not None:
+                    raw[i] = hit
+                    continue
+                query = make((gpus[p], dsts, None, now, rid, now + delay(p)))
+                table = table_of(query)
+                if table is None:
+                    raw[i] = oracle.cost(query._replace(nbytes=self.decode_bytes))
+                else:
+                    at.append(i)
+                    latency.append(table[0])
+                    inv.append(table[1])
+            if at:
+                nbytes = self.decode_bytes
+                moving = nbytes > 0
+                if moving.all():
+                    cost = np.array(inv) * nbytes
+                    cost += np.array(latency)
+                else:
+                    with np.errstate(invalid="ignore"):  # 0 bytes x inf on a dead path: zeroed below
+                        cost = np.array(inv) * nbytes
+                    cost += np.array(latency)
+                    cost[:, ~moving] = 0.0
+                if len(at) == len(prefills):
+                    raw = cost
+                else:
+                    raw[at] = cost
+            costs.update(zip(prefills, raw))  # rows already there are replaced by equal ones
+        if not cl.layer_wise:
+            return raw
+        layers = cl.cfg.model.layers
+        est, queue = self.prefill_estimate_s, self.prefill_queue_s
+        hidden = np.array([float(est[p] - queue[p]) * (layers - 1) / layers for p in prefills])
+        return np.maximum(raw / layers, raw - hidden[:, None])
+
     def transfer_cost_s(self, prefill: int) -> np.ndarray:
         """The part of each candidate's transfer that lands in TTFT: the whole oracle cost after
         the prefill; streamed layer by layer, what the prefill compute cannot hide (at least the

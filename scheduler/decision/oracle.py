@@ -33,7 +33,9 @@ the bytes, so each source's table is built once per state and reused, bit for bi
 """
 from __future__ import annotations
 
+import bisect
 import math
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -389,6 +391,66 @@ class InflightOracle(TelemetryOracle):
         return latency, inv[paths].max(axis=1)
 
 
+_BY_END = operator.attrgetter("end")
+
+PLAN_CACHE_MAX = 64
+"""Pending sets whose :class:`_Plan` :class:`PredictiveOracle` keeps (a decision's queries share
+one or a few; consecutive decisions often see the same set again)."""
+
+
+def _same(a: tuple, b: tuple | None) -> bool:
+    """Whether two of :class:`PredictiveOracle`'s state keys are equal: ``(ledger version, ledger
+    size, snapshot, its seconds per byte[, now])``, the snapshot and the array by identity."""
+    return b is not None and a[:2] == b[:2] and a[2] is b[2] and a[3] is b[3] and a[4:] == b[4:]
+
+
+class _Plan:
+    """What a set of pending commitments makes of the fabric, built once per set and shared by
+    every query that sees that set (every candidate source of a decision, while no commitment
+    changes): the sorted breakpoints ``grid`` (their starts and ends), each crossed link's row in
+    ``per_link`` (``compact``, -1: no pending commitment crosses it), and per row the seconds per
+    byte of the link in each interval of the grid (column 0: before the first breakpoint, column
+    c: from ``grid[c - 1]``; a last row of zeros for the links no pending commitment crosses).
+    ``by_src`` caches per source its affected candidates and their seconds per byte per interval."""
+
+    __slots__ = ("by_src", "compact", "grid", "inv", "pending", "per_link")
+
+    def __init__(self, pending: list[Commitment], inv: np.ndarray, pad: int) -> None:
+        self.pending = pending  # kept: the plan is found by their ids
+        self.inv = inv
+        self.grid = sorted({t for e in pending for t in (e.start, e.end)})
+        paths = [e.path for e in pending]
+        links = np.unique(np.concatenate(paths) if len(paths) > 1 else paths[0])
+        if links.size and links[-1] == pad:  # the padding link is the highest index
+            links = links[:-1]
+        self.compact = compact = np.full(inv.shape[0], -1, dtype=np.int64)
+        compact[links] = np.arange(links.size)
+        counts = np.zeros((links.size + 1, len(self.grid) + 1), dtype=np.int64)
+        for e in pending:
+            # active from the interval its start opens to the one its end closes
+            a = bisect.bisect_right(self.grid, e.start)
+            b = bisect.bisect_right(self.grid, e.end)
+            np.add.at(counts[:, a:b], compact[e.path], 1)
+        self.per_link = np.append(inv[links], 0.0)[:, None] * (1.0 + counts)
+        self.by_src: dict[int, tuple[np.ndarray, ...]] = {}
+
+    def rows(self, src: int, paths: np.ndarray,
+             base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(candidates whose path crosses a pending commitment's link, their seconds per byte per
+        grid interval (the bottleneck: the shared links' or ``base``, the path's own), the rate
+        that gives (0 where nothing gets through), their positions 0..k-1), cached per source for
+        the same path table."""
+        hit = self.by_src.get(src)
+        if hit is None or hit[0] is not paths:
+            hops = self.compact[paths]
+            rows = np.flatnonzero(hops.max(axis=1) >= 0)
+            with np.errstate(invalid="ignore"):  # inf x 1 stays inf; no 0 x inf here
+                step = np.maximum(self.per_link[hops[rows]].max(axis=1), base[rows][:, None])
+            rate = 1.0 / step  # 0 where nothing gets through (step +inf)
+            hit = self.by_src[src] = (paths, rows, step, rate, np.arange(rows.size))
+        return hit[1], hit[2], hit[3], hit[4]
+
+
 class PredictiveOracle(InflightOracle):
     """:class:`InflightOracle`'s ledger and background, priced over the transfer's future.
 
@@ -405,37 +467,70 @@ class PredictiveOracle(InflightOracle):
     finish sooner, a committed transfer raises a later price only on the links it shares and only
     while the windows overlap, and with nothing committed it is the telemetry price.
 
-    Cost: the candidates whose path crosses no link of a pending commitment keep the cached
-    snapshot table (O(|D|) with a gather of the path links to find them); each of the ``k``
-    others is priced over the ``m <= 2 x pending`` breakpoints, O(k x hops x m). :meth:`table`
-    answers only when nothing is pending (the price is then linear in the bytes); otherwise
-    :meth:`cost` integrates."""
+    Cost: the commitments not done are kept sorted by expected end per ledger state, snapshot
+    and decision time, so a query's pending set (those ending after its start) is a suffix found
+    by bisection; the rates that set gives every crossed link over time (:class:`_Plan`) are built
+    once per set, and the affected candidates' rates once per source, so the decision's other
+    queries reuse them. The candidates whose path crosses no link of a pending commitment keep
+    the cached snapshot table (O(|D|) with a gather of the path links to find them); each of the
+    ``k`` others is priced over the ``m <= 2 x pending`` breakpoints, O(k x hops x m).
+    :meth:`table` answers only when nothing is pending (the price is then linear in the bytes);
+    otherwise :meth:`cost` integrates."""
 
     name = "predictive"
 
     def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
                  setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None) -> None:
         super().__init__(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
-        self._found: tuple[OracleQuery, np.ndarray, list[Commitment]] | None = None  # table()'s, for cost()
+        self._version = 0  # bumped on every commit and done: the ledger's state (with its size)
+        self._state_key: tuple | None = None  # (version, ledger size, snapshot, its inv, now); None: empty ledger
+        self._state_inv: np.ndarray | None = None
+        # the background-corrected seconds per byte and what it was computed from: (snapshot, its
+        # inv, the seen commitments (kept, so their ids stay theirs), their ids)
+        self._bg_from: tuple | None = None
+        self._found: tuple[OracleQuery, np.ndarray, int] | None = None  # table()'s answer, for cost()
+        self._live: list[Commitment] = []  # not done at the state's time, by expected end
+        self._ends: list[float] = []
+        self._plans: dict[tuple[int, ...], _Plan] = {}  # by the ids of their pending commitments
 
-    def _pending(self, query: OracleQuery) -> tuple[np.ndarray, list[Commitment]]:
-        """(seconds per byte of every link left free by the background, the commitments not done
-        whose expected window ends after the query's start). Prunes the ledger like
-        :meth:`InflightOracle.table`."""
+    def _state(self, query: OracleQuery) -> tuple[np.ndarray, int]:
+        """(seconds per byte of every link left free by the background, where the pending
+        commitments (not done, expected to end after the query's start) begin in ``_live``).
+        Prunes the ledger like :meth:`InflightOracle.table`."""
         snap = self.snapshot(query.now)
         inv = self._refresh(snap)
         now = query.now
         start = now if query.start is None else query.start
         self._prune(now)
         if not self._ledger:
-            return inv, []
-        seen_t = snap.time_s if snap is not None else -np.inf
-        seen = [e for e in self._ledger.values() if e.start <= seen_t < min(e.end, e.done_at)]
-        pending = [e for e in self._ledger.values() if e.end > start and e.done_at > now]
-        if seen:
-            cap, background = self._background(snap, seen, inv.shape[0])
-            inv = self._inverse(np.maximum(cap - background, self.floor * cap))
-        return inv, pending
+            self._state_key = None
+            return inv, 0
+        key = (self._version, len(self._ledger), snap, inv, now)
+        if not _same(key, self._state_key):
+            self._state_key = key
+            seen_t = snap.time_s if snap is not None else -np.inf
+            seen = [e for e in self._ledger.values() if e.start <= seen_t < min(e.end, e.done_at)]
+            if not seen:
+                self._state_inv = inv
+            else:
+                ids = tuple(map(id, seen))
+                was = self._bg_from
+                if was is None or was[0] is not snap or was[1] is not inv or was[3] != ids:
+                    cap, background = self._background(snap, seen, inv.shape[0])
+                    self._state_inv = self._inverse(np.maximum(cap - background, self.floor * cap))
+                    self._bg_from = (snap, inv, seen, ids, self._state_inv)
+                else:
+                    self._state_inv = was[4]
+            self._live = sorted((e for e in self._ledger.values() if e.done_at > now), key=_BY_END)
+            self._ends = [e.end for e in self._live]
+        assert self._state_inv is not None
+        return self._state_inv, bisect.bisect_right(self._ends, start)
+
+    def _pending(self, query: OracleQuery) -> tuple[np.ndarray, list[Commitment]]:
+        """(seconds per byte of every link left free by the background, the commitments not done
+        whose expected window ends after the query's start)."""
+        inv, first = self._state(query)
+        return inv, (self._live[first:] if self._state_key is not None else [])
 
     # NetworkOracle.table's contract allows None; the telemetry kinds never answer it, this one
     # does whenever a pending commitment makes the price non-linear in the bytes
@@ -443,9 +538,9 @@ class PredictiveOracle(InflightOracle):
         """The linear table when no pending commitment exists (the snapshot's, cached, when the
         background needs no correction either); None otherwise (:meth:`cost` integrates, reusing
         what this call found when it prices the same query next)."""
-        inv, pending = self._pending(query)
-        if pending:
-            self._found = (query, inv, pending)
+        inv, first = self._state(query)
+        if self._state_key is not None and first < len(self._live):
+            self._found = (query, inv, first)
             return None
         if inv is self._inv:
             return self._cached_table(self._tables, query, self._down, inv)
@@ -454,10 +549,12 @@ class PredictiveOracle(InflightOracle):
 
     def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
                nbytes: float = 0.0, key: int | None = None, tp: int = 1) -> None:
+        self._version += 1
         self._found = None
         super().commit(src, dst, start, end, flow_key, nbytes, key, tp)
 
     def done(self, key: int, t: float) -> None:
+        self._version += 1
         self._found = None
         super().done(key, t)
 
@@ -465,9 +562,10 @@ class PredictiveOracle(InflightOracle):
         found, self._found = self._found, None
         if found is not None and (found[0].src, found[0].now, found[0].start, found[0].flow_key) == (
                 query.src, query.now, query.start, query.flow_key) and found[0].dsts is query.dsts:
-            inv, pending = found[1], found[2]
+            inv, first = found[1], found[2]
         else:
-            inv, pending = self._pending(query)
+            inv, first = self._state(query)
+        any_pending = self._state_key is not None and first < len(self._live)
         nbytes = np.asarray(query.nbytes, dtype=float)
         if inv is self._inv:
             latency, base = self._cached_table(self._tables, query, self._down, inv)
@@ -475,47 +573,34 @@ class PredictiveOracle(InflightOracle):
             paths, latency = self.paths(query, self._down)
             base = inv[paths].max(axis=1)
         out = self._finish(latency, nbytes, base)
-        if not pending:
+        if not any_pending:
             return out
+        pending = self._live[first:]
+        ids = tuple(map(id, pending))
+        plan = self._plans.get(ids)
+        if plan is None or plan.inv is not inv:
+            if len(self._plans) >= PLAN_CACHE_MAX:
+                self._plans.clear()
+            plan = self._plans[ids] = _Plan(pending, inv, self.tree.pad)
         start = query.now if query.start is None else query.start
-        paths = self.paths(query, self._down)[0]
-        # compact index of every link a pending commitment crosses (-1: none does)
-        links = np.unique(np.concatenate([e.path for e in pending]))
-        links = links[links != self.tree.pad]
-        compact = np.full(inv.shape[0], -1, dtype=np.int64)
-        compact[links] = np.arange(links.size)
-        hops = compact[paths]
-        rows = np.flatnonzero(((hops >= 0).any(axis=1)) & (nbytes > 0))
+        rows, step, rate, k = plan.rows(query.src, self.paths(query, self._down)[0], base)
         if rows.size == 0:
             return out
-        # breakpoints after the start: the interval j is [bounds[j], bounds[j + 1])
-        starts = np.array([e.start for e in pending])
-        ends = np.array([e.end for e in pending])
-        bounds = np.unique(np.concatenate(([start], starts[starts > start], ends)))
-        j0 = np.searchsorted(bounds, np.maximum(starts, start), side="right") - 1
-        j1 = np.searchsorted(bounds, ends, side="left")
-        # sharers per (crossed link, interval): +1 where a commitment starts, -1 where it ends
-        sizes = [e.path.size for e in pending]
-        on = compact[np.concatenate([e.path for e in pending])]
-        keep = on >= 0
-        on = on[keep]
-        width = bounds.size + 1
-        cells = (links.size + 1) * width
-        delta = (np.bincount(on * width + np.repeat(j0, sizes)[keep], minlength=cells)
-                 - np.bincount(on * width + np.repeat(j1, sizes)[keep], minlength=cells))
-        counts = np.cumsum(delta.reshape(links.size + 1, width), axis=1)[:, :-1]  # last row: no link
-        per_link = np.zeros(counts.shape)
-        per_link[:-1] = inv[links][:, None] * (1.0 + counts[:-1])
-        with np.errstate(invalid="ignore"):  # inf x 1 stays inf; no 0 x inf here
-            step = per_link[hops[rows]].max(axis=1)  # (k, intervals): shared links' seconds per byte
-        step = np.maximum(step, base[rows][:, None])  # the candidate's other links
-        rate = np.zeros(step.shape)
-        np.divide(1.0, step, out=rate, where=np.isfinite(step))
+        want = nbytes[rows]
+        # the intervals after the start: [start, grid[c]), [grid[c], grid[c + 1]), ...
+        c = bisect.bisect_right(plan.grid, start)
+        bounds = np.array([start, *plan.grid[c:]])
+        moving = want > 0
+        if moving.all():
+            step, rate = step[:, c:], rate[:, c:]
+        else:
+            rows, want, step, rate = rows[moving], want[moving], step[moving, c:], rate[moving, c:]
+            if rows.size == 0:
+                return out
+            k = k[: rows.size]
         moved = np.zeros(step.shape)  # bytes moved before each interval starts
         np.cumsum(rate[:, :-1] * np.diff(bounds)[None, :], axis=1, out=moved[:, 1:])
-        want = nbytes[rows]
         j = (moved < want[:, None]).sum(axis=1) - 1
-        k = np.arange(rows.size)
         with np.errstate(invalid="ignore"):
             finish = bounds[j] + (want - moved[k, j]) * step[k, j]
         out[rows] = latency[rows] + (finish - start)

@@ -22,9 +22,13 @@ server's decodes, min v_1 over its rack's, min v_2 over its pod's, min v_3 over 
 the bound's minimum over D, since ``v_t`` grows with t and the groups nest. Prefills are then
 priced in increasing bound order (one oracle cost vector each, O(|D|), the oracle's cached cost
 table under deterministic routing), stopping at the first bound above the best score found
-(+ the tie tolerance): no pruned prefill can win or tie. Cost: O(|D| + |P| log |P|) for the
-bounds, plus O(|D|) per prefill priced; the worst case (every bound below the best) is
-|P| x |D|, as brute force."""
+(+ the tie tolerance): no pruned prefill can win or tie. They are priced in chunks of doubling
+size (:data:`FIRST_CHUNK_PRICES` first), each chunk's cost tables stacked and priced in one numpy
+operation; a chunk may price a prefill a one-by-one search would have pruned after a better
+score earlier in the same chunk, which cannot change the pair (its score is at least its bound,
+above the best + the tolerance) and at most doubles the prefills priced. Cost: O(|D| + |P| log
+|P|) for the bounds, plus O(|D|) per prefill priced; the worst case (every bound below the best)
+is |P| x |D|, as brute force."""
 from __future__ import annotations
 
 import numpy as np
@@ -38,6 +42,14 @@ from scheduler.policies.netkv import NetKV
 ROUNDING_SLACK_S = 1e-9
 """Subtracted from every bound, so floating-point rounding cannot make a bound exceed the score
 it bounds (the scores are seconds; a nanosecond is far below any real difference)."""
+
+FIRST_CHUNK_PRICES = 256
+"""Prices (prefills x decode candidates) in the first step of the search, each later step twice
+as many, every step at least one prefill. Pricing several prefills at once pays numpy's per-call
+cost once for them, at the price of a few prefills the bound would have pruned had they been
+priced one by one (never fewer; the pair is the same): at |D| = 16, 16 prefills, then 32 (a
+by-rack cluster's idle prefills tie and are all priced); at |D| = 2,048, one prefill per step
+until the eighth doubling, where a prefill's row costs more than a step's fixed calls."""
 
 
 def tier_fastest(cluster: Cluster) -> np.ndarray:
@@ -60,10 +72,11 @@ def tier_fastest(cluster: Cluster) -> np.ndarray:
     return hit
 
 
-def _groups(cluster: Cluster) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+def _groups(cluster: Cluster) -> tuple[list[np.ndarray], list[np.ndarray | None], list[np.ndarray]]:
     """Per level (server, rack, pod): the decode instances' group starts (decode ids ascend, so a
     group is contiguous), and each prefill instance's group index at that level (-1: no decode
-    there, pointing at an appended +inf); memoised on the cluster."""
+    there, pointing at an appended +inf; None when no prefill has a decode at that level, which
+    then bounds nothing); memoised on the cluster."""
     key = ("joint_groups",)
     hit = cluster.memo.get(key)
     if hit is None:
@@ -77,26 +90,39 @@ def _groups(cluster: Cluster) -> tuple[list[np.ndarray], list[np.ndarray], list[
             pos = np.minimum(pos, ids.size - 1)
             found = ids[pos] == cluster.prefill_ids // size
             starts.append(first)
-            of_prefill.append(np.where(found, pos, ids.size))
+            of_prefill.append(np.where(found, pos, ids.size) if found.any() else None)
             labels.append(ids)
         hit = cluster.memo[key] = (starts, of_prefill, labels)  # type: ignore[assignment]
     return hit  # type: ignore[return-value]
 
 
+def _bound_terms(cluster: Cluster) -> tuple[float | None, list[tuple[float, np.ndarray, np.ndarray]]]:
+    """The bound's per-tier seconds per byte (tier 3's, None when no pair is that far; then, per
+    level a prefill shares with some decode, its seconds per byte, decode group starts and
+    prefill group indices), scaled for striping and layer-wise streaming; memoised on the cluster."""
+    key = ("joint_bound_terms",)
+    hit = cluster.memo.get(key)
+    if hit is None:
+        fastest = tier_fastest(cluster) / cluster.tp
+        if cluster.layer_wise:  # at least the last layer's share of the transfer lands in TTFT
+            fastest = fastest / cluster.cfg.model.layers
+        starts, of_prefill, _ = _groups(cluster)
+        levels = [(fastest.item(t), first, where) for t, (first, where) in enumerate(zip(starts, of_prefill))
+                  if where is not None and np.isfinite(fastest[t])]
+        hit = cluster.memo[key] = (fastest.item(3) if np.isfinite(fastest[3]) else None,  # type: ignore[assignment]
+                                   levels)
+    return hit  # type: ignore[return-value]
+
+
 def prefill_bounds(ctx: DecisionContext, load: np.ndarray) -> np.ndarray:
     """A lower bound of every prefill's best score (module docstring), O(|D| + |P|)."""
-    cl = ctx.cluster
-    fastest = tier_fastest(cl) / cl.tp
-    if cl.layer_wise:  # at least the last layer's share of the transfer lands in TTFT
-        fastest = fastest / cl.cfg.model.layers
+    farthest, levels = _bound_terms(ctx.cluster)
     nbytes = ctx.decode_bytes
-    starts, of_prefill, _ = _groups(cl)
-    best = np.full(ctx.n_prefill, float(np.min(load + nbytes * fastest[3])) if np.isfinite(fastest[3]) else np.inf)
-    for t, (first, where) in enumerate(zip(starts, of_prefill)):
-        if not np.isfinite(fastest[t]):
-            continue
-        v = load + nbytes * fastest[t]
-        mins = np.append(np.minimum.reduceat(v, first), np.inf)
+    best = np.full(ctx.n_prefill, (load + nbytes * farthest).min() if farthest is not None else np.inf)
+    for per_byte, first, where in levels:
+        mins = np.empty(first.size + 1)
+        mins[-1] = np.inf  # the prefills without a decode at this level
+        np.minimum.reduceat(load + nbytes * per_byte, first, out=mins[:-1])
         np.minimum(best, mins[where], out=best)
     return ctx.prefill_estimate_s + best - ROUNDING_SLACK_S
 
@@ -111,17 +137,28 @@ class NetKVJoint(NetKV):
     def choose(self, ctx: DecisionContext) -> Decision:
         load = ctx.weighted_load(self.weight)
         bound = prefill_bounds(ctx, load)
+        order = np.argsort(bound, kind="stable")
+        bounds = bound[order]
         est = ctx.prefill_estimate_s
         best = np.inf
-        rows: dict[int, tuple[float, int]] = {}  # prefill -> (its best score, its best decode)
-        for p in np.argsort(bound, kind="stable").tolist():
-            if bound.item(p) > best + TIE_TOLERANCE_S:
-                break
-            row = (ctx.transfer_cost_s(p) + load) + est.item(p)
-            d = int(row.argmin())
-            score = row.item(d)
-            rows[p] = (score, d)
-            best = min(best, score)
-        tied = sorted(p for p, (score, _) in rows.items() if score <= best + TIE_TOLERANCE_S)
+        priced: list[int] = []  # prefills priced, in bound order
+        mins: list[float] = []  # each one's best score
+        picks: list[int] = []  # and the decode giving it
+        i, budget, n = 0, FIRST_CHUNK_PRICES, len(order)
+        while i < n and bounds.item(i) <= best + TIE_TOLERANCE_S:
+            # the next prefills in bound order whose bound is within reach of the best so far,
+            # priced together (those a better score within the chunk would have pruned cannot tie)
+            reach = int(bounds.searchsorted(best + TIE_TOLERANCE_S, side="right"))
+            j = min(reach, i + max(1, budget // ctx.n_decode))
+            chunk = order[i:j]
+            ps = chunk.tolist()
+            scores = (ctx.transfer_costs_s(ps) + load) + est[chunk][:, None]
+            row_min = scores.min(axis=1).tolist()  # each row's value at its argmin, exactly
+            priced += ps
+            mins += row_min
+            picks += scores.argmin(axis=1).tolist()
+            best = min(best, min(row_min))
+            i, budget = j, 2 * budget
+        tied = sorted(p for p, score in zip(priced, mins) if score <= best + TIE_TOLERANCE_S)
         p = tied[ctx.turn % len(tied)]
-        return Decision(p, rows[p][1])
+        return Decision(p, picks[priced.index(p)])

@@ -8,7 +8,9 @@ per call with ``perf_counter_ns`` with the garbage collector paused; p50/p99 in 
 several |D|. Each decision is timed :data:`REPEATS` times, each on a fresh context: ``p50_us`` /
 ``p99_us`` are the first calls, ``min_p99_us`` the p99 of each decision's fastest call (timeit's
 rule), which is what the targets read: on this VM the single-call tail is host jitter, not the
-decision (docs/calibration.md#decision-jitter). The clusters use the ``mixed`` placement without reserved servers
+decision (docs/calibration.md#decision-jitter). An oracle that keeps a ledger is repeated on
+twins booked the same commitments, so no repeat finds what an earlier call of the same decision
+left in the oracle's caches. The clusters use the ``mixed`` placement without reserved servers
 (:data:`PLACEMENT`), so |D| = GPUs / 2 exactly; the figures are keyed by the |D| of the cluster
 actually built. ``netkv:inflight`` commits every decision's transfer to its ledger as the
 simulator does, on a clock advancing 0.25 s per decision (the ledger then holds the last seconds'
@@ -78,17 +80,24 @@ JOINT_SHAPES = {
 pools, one reserved server per pod: 32 prefill and 16 decode instances) and 4,096 GPUs in the
 mixed placement without reserved servers."""
 
-JOINT_POLICIES = ("netkv", "netkv-joint")
-"""Policy specs of the joint-selection latency figures (both on the telemetry oracle)."""
+JOINT_POLICIES = {
+    "32x16": ("netkv", "netkv:inflight", "netkv:predictive", "netkv-joint"),
+    "2048x2048": ("netkv", "netkv-joint"),
+}
+"""Policy specs of the joint-selection latency figures per shape (``netkv``: the telemetry oracle):
+on the default cluster also the kinds that keep a ledger of the scheduler's own transfers, whose
+predictive pricing is held to :data:`TARGETS`' ratio against ``netkv``."""
 
 TARGETS = {
     "decision_p99_us": {"netkv": {"32": 50.0, "4096": 300.0}},
     "joint_decision_p99_us": {"netkv-joint": {"32x16": 100.0, "2048x2048": 2000.0}},
+    "predictive_vs_netkv_p99": {"32x16": 2.0},
     "simulator_full_trace_s": 5.0,
 }
 """The targets on the project's 2-core VM: netkv's decision p99 at |D| = 32 and 4096, netkv-joint's
-at |P| x |D| = 32 x 16 and 2048 x 2048 (:data:`JOINT_SHAPES`), and the
-simulator's wall time for the full conversation trace (12,031 requests) under one policy."""
+at |P| x |D| = 32 x 16 and 2048 x 2048 (:data:`JOINT_SHAPES`), netkv:predictive's as a multiple of
+netkv's on the default cluster, and the simulator's wall time for the full conversation trace
+(12,031 requests) under one policy."""
 
 REPEATS = 3
 """Times each benchmarked decision is made (fresh context each, the same inputs and answer)."""
@@ -143,10 +152,16 @@ def _bench_oracle(kind: str | None, tree: FatTree, snap: TelemetrySnapshot, rng:
 
 class _Decider:
     """Times one policy's decisions on a warmed cluster and, for an oracle that tracks
-    commitments, books each decision the way the simulator does (untimed there too)."""
+    commitments, books each decision the way the simulator does (untimed there too). With
+    ``twins`` (oracles of the same kind, booked the same commitments), repeat i of a decision asks
+    oracle i: an oracle that keeps what a decision built for the next ones (the predictive
+    kind's plans) would otherwise hand a repeat what the first call of the same decision built,
+    which no real decision gets."""
 
-    def __init__(self, cluster: Cluster, policy: Policy, oracle: NetworkOracle) -> None:
+    def __init__(self, cluster: Cluster, policy: Policy, oracle: NetworkOracle,
+                 twins: tuple[NetworkOracle, ...] = ()) -> None:
         self.cluster, self.policy, self.oracle = cluster, policy, oracle
+        self.oracles = (oracle, *twins)
         self.commits = oracle.tracks_commitments
         self.clock = 1.0
         self.turn = 0
@@ -154,10 +169,11 @@ class _Decider:
     def __call__(self, r, repeats: int = 1) -> list[int]:
         """Nanoseconds of each of ``repeats`` choose() calls on request ``r`` (choose() leaves
         cluster and oracle as they were)."""
-        cluster, oracle, now = self.cluster, self.oracle, self.clock
+        cluster, oracles, now = self.cluster, self.oracles, self.clock
         self.turn += 1
         took = []
-        for _ in range(repeats):
+        for i in range(repeats):
+            oracle = oracles[i % len(oracles)]
             t0 = time.perf_counter_ns()
             ctx = DecisionContext(cluster, r, now, oracle, self.turn)
             dec = self.policy.choose(ctx)
@@ -165,9 +181,10 @@ class _Decider:
         if self.commits:  # the simulator's bookkeeping after a decision (not timed there either)
             start = now + ctx.transfer_delay_s(dec.prefill)
             cost = float(ctx.raw_transfer_cost_s(dec.prefill)[dec.decode])
-            oracle.commit(int(cluster.prefill_ids[dec.prefill]), int(cluster.decode_ids[dec.decode]),
-                          start, start + cost, r.req_id, float(ctx.decode_bytes[dec.decode]), r.req_id)
-            oracle.done(r.req_id, start + cost)  # as the simulator reports its arrival
+            for oracle in oracles:
+                oracle.commit(int(cluster.prefill_ids[dec.prefill]), int(cluster.decode_ids[dec.decode]),
+                              start, start + cost, r.req_id, float(ctx.decode_bytes[dec.decode]), r.req_id)
+                oracle.done(r.req_id, start + cost)  # as the simulator reports its arrival
             self.clock += INFLIGHT_CLOCK_STEP_S
         return took
 
@@ -184,9 +201,11 @@ def decision_latency(n_decode: int, requests, calls: int, seed: int = 0,
 
 
 def joint_latency(shape: str, requests, calls: int, seed: int = 0,
-                  policies: tuple[str, ...] = JOINT_POLICIES) -> tuple[dict, dict[str, dict]]:
-    """:func:`decision_latency` on the cluster ``JOINT_SHAPES[shape]``."""
-    return config_latency(build_config(overrides=JOINT_SHAPES[shape]), requests, calls, seed, policies)
+                  policies: tuple[str, ...] | None = None) -> tuple[dict, dict[str, dict]]:
+    """:func:`decision_latency` on the cluster ``JOINT_SHAPES[shape]`` (policies: default
+    ``JOINT_POLICIES[shape]``)."""
+    return config_latency(build_config(overrides=JOINT_SHAPES[shape]), requests, calls, seed,
+                          JOINT_POLICIES[shape] if policies is None else policies)
 
 
 def config_latency(cfg, requests, calls: int, seed: int = 0,
@@ -212,12 +231,15 @@ def config_latency(cfg, requests, calls: int, seed: int = 0,
         snap = TelemetrySnapshot(0.0, np.append(rng.uniform(0, 0.9, tree.n_links), 0.0), np.ones(tree.n_links + 1))
         policy = parse_spec(spec).make(seed=seed)
         oracle = _bench_oracle(policy.oracle_kind, tree, snap, rng)
-        decide = _Decider(cluster, policy, oracle)
+        twins = tuple(_bench_oracle(policy.oracle_kind, tree, snap, rng)
+                      for _ in range(REPEATS - 1)) if oracle.tracks_commitments else ()
+        decide = _Decider(cluster, policy, oracle, twins)
 
         # steady state: per-source path tables are built once per prefill instance and then cached,
         # and warm-up decisions on a disjoint slice of the trace fill the memo of holder sets
-        for p in range(cluster.prefill_ids.size):
-            DecisionContext(cluster, requests[0], 1.0, oracle).transfer_cost_s(p)
+        for o in decide.oracles:
+            for p in range(cluster.prefill_ids.size):
+                DecisionContext(cluster, requests[0], 1.0, o).transfer_cost_s(p)
         for r in requests[calls: 2 * calls]:
             decide(r)
         samples = np.empty((calls, REPEATS))
@@ -335,8 +357,14 @@ def format_bench(f: dict) -> str:
                 joint_goal = targets.get("joint_decision_p99_us", {}).get(pol, {}).get(name)
                 verdict = "ok" if joint_goal and v["min_p99_us"] <= joint_goal else "not met"
                 note = f"   target: <= {joint_goal:g} us {verdict}" if joint_goal else ""
-                lines.append(f"  {name:>10} ({sh['gpus']} GPUs, {sh['placement']})  {pol:<14}"
+                lines.append(f"  {name:>10} ({sh['gpus']} GPUs, {sh['placement']})  {pol:<16}"
                              f"{v['p50_us']:>9.1f} / {v['p99_us']:.1f} / {v['min_p99_us']:.1f}{note}")
+            ratio_goal = targets.get("predictive_vs_netkv_p99", {}).get(name)
+            pols = cell["policies"]
+            if ratio_goal and "netkv" in pols and "netkv:predictive" in pols:
+                ratio = pols["netkv:predictive"]["min_p99_us"] / pols["netkv"]["min_p99_us"]
+                lines.append(f"  {name:>10} netkv:predictive / netkv (p99 of fastest): {ratio:.2f}   target: "
+                             f"<= {ratio_goal:g} {'ok' if ratio <= ratio_goal else 'not met'}")
     lines += ["", f"simulator speed (default placement; target: the full trace under one policy in "
                   f"<= {targets['simulator_full_trace_s']:g} s)",
               f"  {'policy':<18}{'scenario':<13}{'requests':>9}{'GPUs':>6}{'|D|':>6}"
