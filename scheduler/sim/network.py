@@ -18,7 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler.sim.maxmin import _progressive_fill, _saturation_threshold, max_min_rates  # noqa: F401 (re-exported)
+from scheduler.sim.maxmin import (  # noqa: F401 (max_min_rates re-exported)
+    COMPACT_BELOW,
+    _compact,
+    _progressive_fill,
+    _saturation_threshold,
+    max_min_rates,
+)
 
 
 class Flow:
@@ -90,6 +96,7 @@ class FlowNetwork:
         self.now = 0.0
         self.link_bytes = np.zeros_like(self.nominal)  # cumulative bytes per link (port counters)
         self._link_rate = np.zeros_like(self.nominal)
+        self._busy: np.ndarray | None = np.zeros(0, dtype=np.int64)  # links with a rate (None: any)
         self._held = False  # recomputations deferred (see hold)
         self._dirty = False  # a deferred recomputation is pending
         self._next_id = 0
@@ -125,7 +132,11 @@ class FlowNetwork:
             raise ValueError(f"time went backwards: {t} < {self.now}")
         if dt > 0 and self._n:
             self._settle()
-            self.link_bytes += self._link_rate * dt
+            busy = self._busy
+            if busy is None:
+                self.link_bytes += self._link_rate * dt
+            else:  # the other links' rates are 0: adding 0 x dt would leave their counters as they are
+                self.link_bytes[busy] += self._link_rate[busy] * dt
             n = self._n
             self._rem[:n] -= self._rate[:n] * dt  # a flow at rate 0 keeps its bytes exactly
         self.now = t
@@ -286,6 +297,7 @@ class FlowNetwork:
         n = self._n
         if not n:
             self._link_rate = np.zeros_like(self.nominal)
+            self._busy = np.zeros(0, dtype=np.int64)
             self._entry = None
             return
         paths = self._paths[:n]
@@ -293,18 +305,32 @@ class FlowNetwork:
         key = (paths.tobytes(), caps.tobytes(), self._cap_key)
         entry = self._memo.get(key)
         if entry is None:
-            rates = _progressive_fill(paths, self.capacity, caps, self.pad, self._sat_threshold)
-            link_rate = np.bincount(paths.reshape(-1), weights=np.repeat(rates, paths.shape[1]),
-                                    minlength=self.nominal.shape[0])
+            n_links = self.nominal.shape[0]
+            busy: np.ndarray | None = None
+            link_rate: np.ndarray
+            if paths.size * COMPACT_BELOW < n_links:  # few flows on a large fabric: their links alone
+                busy, local, at = _compact(paths, self.pad)
+                rates = _progressive_fill(local, self.capacity[busy], caps, at, self._sat_threshold[busy],
+                                          n + n_links)
+                link_rate = np.zeros(n_links)
+                link_rate[busy] = np.bincount(local.reshape(-1), weights=np.repeat(rates, paths.shape[1]),
+                                              minlength=busy.size)
+                busy = np.delete(busy, at)
+            else:
+                rates = _progressive_fill(paths, self.capacity, caps, self.pad, self._sat_threshold)
+                link_rate = np.bincount(paths.reshape(-1), weights=np.repeat(rates, paths.shape[1]),
+                                        minlength=n_links)
             link_rate[self.pad] = 0.0
             rates.flags.writeable = link_rate.flags.writeable = False
             if len(self._memo) >= self._memo_size:
                 self._memo.clear()
-            entry = self._memo[key] = [rates, link_rate, None]  # [2]: entrant shares, on demand
+            # [2]: entrant shares, on demand; [3]: the links with a rate (None: not listed)
+            entry = self._memo[key] = [rates, link_rate, None, busy]
         else:
             self.memo_hits += 1
         self._rate[:n] = entry[0]
         self._link_rate = entry[1]
+        self._busy = entry[3]
         self._entry = entry
 
     def next_completion(self) -> tuple[float, int] | None:

@@ -515,7 +515,7 @@ def scale_plans(gpus: tuple[int, ...] = SCALE_GPUS, requests: tuple[int, ...] | 
     largest size also with :data:`SCALE_TARGET_REQUESTS`, unless ``requests`` names the counts
     (then every size runs each)."""
     path = str(Path(trace) if trace else CONVERSATION_TRACE)
-    plans = []
+    plans: list[ScalePlan] = []
     for g in gpus:
         counts = requests or ((len(load_trace(path)),) + ((SCALE_TARGET_REQUESTS,) if g == max(gpus) else ()))
         for k in counts:
