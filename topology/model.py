@@ -370,7 +370,26 @@ class FatTree:
 
     def _paths_via(self, src: int, d: np.ndarray, k: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Paths from ``src`` to ``d`` whose upward hops take aggregation switch ``k`` and core
-        ``j`` of its group (per destination); tiers 0 and 1 ignore both."""
+        ``j`` of its group (per destination); tiers 0 and 1 ignore both. Every row is first
+        written as the cross-pod path it is for most destinations of a large fabric, then the
+        destinations in the source's own pod get theirs (:meth:`_paths_by_tier`)."""
+        a, cpa = self.config.aggs_per_pod, self.cores_per_agg
+        src_pod = src // self.gpp
+        dst_pod = d // self.gpp
+        out = np.empty((d.size, MAX_HOPS), dtype=np.int64)
+        out[:, 0] = self.b_nic_up + src
+        out[:, 1] = self.b_tor_agg + (src // self.gpt) * a + k
+        out[:, 2] = self.b_agg_core + (src_pod * a + k) * cpa + j
+        out[:, 3] = self.b_core_agg + (dst_pod * a + k) * cpa + j
+        out[:, 4] = self.b_agg_tor + (d // self.gpt) * a + k
+        out[:, 5] = self.b_nic_down + d
+        near = np.flatnonzero(dst_pod == src_pod)
+        if near.size:
+            out[near] = self._paths_by_tier(src, d[near], k[near], j[near])
+        return out
+
+    def _paths_by_tier(self, src: int, d: np.ndarray, k: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """:meth:`_paths_via`, written tier by tier."""
         a, cpa = self.config.aggs_per_pod, self.cores_per_agg
         out = np.full((d.size, MAX_HOPS), self.pad, dtype=np.int64)
         tier = self.tiers(src, d)

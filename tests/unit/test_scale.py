@@ -11,7 +11,7 @@ from scheduler.model.synthetic import SyntheticConfig, synthetic_trace
 from scheduler.sim import maxmin, network
 from scheduler.sim.network import FlowNetwork, max_min_rates
 from scheduler.study.bench import DEFAULT_GPUS, ScalePlan, scale_requests
-from topology.model import FatTree
+from topology.model import FatTree, FatTreeConfig
 
 NEVER, ALWAYS = 10**9, 0
 """Values of ``COMPACT_BELOW`` that switch the filling on the crossed links off and on."""
@@ -121,3 +121,19 @@ def test_scale_requests_repeats_the_trace_as_new_conversations():
         sum(len(set(r.hash_ids) & set(second[0].hash_ids)) for r in second)
     gap = second[0].arrival_s - first[-1].arrival_s
     assert gap == pytest.approx((first[-1].arrival_s - first[0].arrival_s) / 299)
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"intra_server": "nic"}, {"routing": "ecmp"},
+    {"pods": 8, "tors_per_pod": 4, "servers_per_tor": 2, "gpus_per_server": 8, "aggs_per_pod": 4, "cores": 8},
+])
+def test_cross_pod_first_paths_equal_the_paths_written_tier_by_tier(overrides):
+    tree = FatTree(FatTreeConfig(**overrides))
+    rng = np.random.default_rng(5)
+    d = np.arange(tree.n_gpus)
+    for src in rng.choice(tree.n_gpus, 12, replace=False):
+        k, j = tree._up_choice(int(src), d, int(src) * 7)
+        assert np.array_equal(tree._paths_via(int(src), d, k, j), tree._paths_by_tier(int(src), d, k, j))
+        some = rng.choice(tree.n_gpus, 5)
+        kk, jj = rng.integers(tree.config.aggs_per_pod, size=5), rng.integers(tree.cores_per_agg, size=5)
+        assert np.array_equal(tree._paths_via(int(src), some, kk, jj), tree._paths_by_tier(int(src), some, kk, jj))
