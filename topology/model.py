@@ -435,10 +435,42 @@ class FatTree:
         if hit is None:
             if len(self._routes) > ROUTE_CACHE_MAX:  # many failure sets over a long run
                 self._routes.clear()
-            hit = self.paths(src, np.array([dst]), flow_key, down)[0]
+            if not down and type(self).paths is FatTree.paths:  # this class's own routes (a subclass has its own)
+                hit = self._route_up(src, dst)
+            else:
+                hit = self.paths(src, np.array([dst]), flow_key, down)[0]
             hit.flags.writeable = False
             self._routes[key] = hit
         return hit
+
+    def _route_up(self, src: int, dst: int) -> np.ndarray:
+        """``paths(src, [dst])[0]`` under destination-based routing with every link up, in plain
+        integers (one pair: no arrays to build until the row itself)."""
+        self._check_gpu(src)
+        if not 0 <= dst < self.n_gpus:
+            raise TopologyError(f"destination GPU index out of range 0..{self.n_gpus - 1}")
+        c = self.config
+        a = c.aggs_per_pod
+        k, j = dst % a, (dst // a) % self.cores_per_agg
+        pad = self.pad
+        if dst == src:
+            row = [pad] * MAX_HOPS
+        elif dst // self.gps == src // self.gps:
+            nvlink = c.intra_server == "nvlink"
+            row = [(self.b_nv_up if nvlink else self.b_nic_up) + src,
+                   (self.b_nv_down if nvlink else self.b_nic_down) + dst] + [pad] * (MAX_HOPS - 2)
+        elif dst // self.gpt == src // self.gpt:
+            row = [self.b_nic_up + src, self.b_nic_down + dst] + [pad] * (MAX_HOPS - 2)
+        elif dst // self.gpp == src // self.gpp:
+            row = [self.b_nic_up + src, self.b_tor_agg + (src // self.gpt) * a + k,
+                   self.b_agg_tor + (dst // self.gpt) * a + k, self.b_nic_down + dst, pad, pad]
+        else:
+            cpa = self.cores_per_agg
+            row = [self.b_nic_up + src, self.b_tor_agg + (src // self.gpt) * a + k,
+                   self.b_agg_core + ((src // self.gpp) * a + k) * cpa + j,
+                   self.b_core_agg + ((dst // self.gpp) * a + k) * cpa + j,
+                   self.b_agg_tor + (dst // self.gpt) * a + k, self.b_nic_down + dst]
+        return np.array(row, dtype=np.int64)
 
     def path(self, src: int, dst: int, flow_key: int | None = None,
              down: frozenset[int] | set[int] | None = None) -> list[int]:

@@ -48,11 +48,15 @@ def _saturation_threshold(capacity: np.ndarray, pad: int) -> np.ndarray:
 def _compact(paths: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(the links ``paths`` cross and ``pad``, ``paths`` as positions in that list, the position
     of ``pad``). The flows' rows keep their order and every row its links' order."""
-    used, inverse = np.unique(paths, return_inverse=True)
+    flat = np.sort(paths, axis=None)
+    first = np.empty(flat.size, dtype=bool)
+    first[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=first[1:])
+    used = flat[first]
     at = int(np.searchsorted(used, pad))
     if at == used.size or used[at] != pad:
-        used, at = np.append(used, pad), used.size
-    return used, inverse.reshape(paths.shape), at
+        used = np.concatenate((used[:at], [pad], used[at:]))
+    return used, np.searchsorted(used, paths), at
 
 
 def _progressive_fill(paths: np.ndarray, capacity: np.ndarray, caps: np.ndarray, pad: int,

@@ -325,7 +325,8 @@ class FlowNetwork:
                                           n + n_links)
                 per_used = np.bincount(local.reshape(-1), weights=np.repeat(rates, paths.shape[1]),
                                        minlength=used.size)
-                busy, busy_rate = np.delete(used, at), np.delete(per_used, at)
+                busy = np.concatenate((used[:at], used[at + 1:]))
+                busy_rate = np.concatenate((per_used[:at], per_used[at + 1:]))
             else:
                 rates = _progressive_fill(paths, self.capacity, caps, self.pad, self._sat_threshold)
                 link_rate = np.bincount(paths.reshape(-1), weights=np.repeat(rates, paths.shape[1]),

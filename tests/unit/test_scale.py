@@ -137,3 +137,14 @@ def test_cross_pod_first_paths_equal_the_paths_written_tier_by_tier(overrides):
         some = rng.choice(tree.n_gpus, 5)
         kk, jj = rng.integers(tree.config.aggs_per_pod, size=5), rng.integers(tree.cores_per_agg, size=5)
         assert np.array_equal(tree._paths_via(int(src), some, kk, jj), tree._paths_by_tier(int(src), some, kk, jj))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"intra_server": "nic"},
+                                       {"pods": 3, "tors_per_pod": 2, "servers_per_tor": 3, "gpus_per_server": 2,
+                                        "aggs_per_pod": 2, "cores": 6}])
+def test_route_of_one_pair_equals_its_row_of_paths(overrides):
+    tree = FatTree(FatTreeConfig(**overrides))
+    for src in range(tree.n_gpus):
+        every = tree.paths(src, np.arange(tree.n_gpus))
+        for dst in range(tree.n_gpus):
+            assert np.array_equal(tree.route(src, dst), every[dst])
