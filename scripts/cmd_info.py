@@ -13,7 +13,8 @@ COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
     "constants": ("List every model constant (SECTION.FIELD), its default and its source; override any with\n"
                   "--set SECTION.FIELD=VALUE.", ["netkv constants", "netkv constants --json | head"]),
     "bench": ("Scheduler decision latency at |D| = 32, 256, 4096 and simulator speed on the full trace;\n"
-              "figures printed, not asserted.", ["netkv bench", "netkv bench --quick --json"]),
+              "with --scale, the simulator's cost at 1,024-16,384 GPUs; figures printed, not asserted.", ["netkv bench", "netkv bench --quick --json",
+                                                 "netkv bench --scale --scale-gpus 1024,4096"]),
 }
 """Per subcommand: a description and examples for its --help (defaults are shown per option)."""
 
@@ -89,12 +90,22 @@ def _int_list(option: str, text: str) -> tuple[int, ...]:
 
 def cmd_bench_scale(args: argparse.Namespace) -> int:
     """`netkv bench --scale`: the simulator's cost at thousands of GPUs."""
-    from scheduler.study.bench import SCALE_GPUS, SCALE_POLICIES, format_scale, run_scale, scale_plans
+    from scheduler.study.bench import (
+        CONVERSATION_TRACE,
+        SCALE_GPUS,
+        SCALE_POLICIES,
+        format_scale,
+        run_scale,
+        scale_plans,
+    )
 
     if args.service or args.executors:
         raise UsageError("--scale takes no --service or --executors")
     if args.trace and not Path(args.trace).is_file():
         raise UsageError(f"--trace {args.trace}: no such file")
+    if not args.trace and not CONVERSATION_TRACE.is_file():
+        raise UsageError(f"--scale replays the Mooncake conversation trace, not found at {CONVERSATION_TRACE}; "
+                         f"pass --trace PATH")
     gpus = _int_list("--scale-gpus", args.scale_gpus) if args.scale_gpus else SCALE_GPUS
     if any(g % 16 for g in gpus):
         raise UsageError(f"--scale-gpus {args.scale_gpus}: every size must be a multiple of 16 GPUs (one pod)")
