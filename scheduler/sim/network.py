@@ -13,6 +13,9 @@ same floating-point operations as plain progressive filling in the same order (s
 rates of a flow set are memoised on the exact inputs they are a function of (flow sets recur:
 the same background flows plus one transfer on one of a few hundred paths); and a batch of
 changes at one instant may defer the recomputation to the last one (:meth:`FlowNetwork.hold`).
+On a large fabric carrying few flows, the filling, the per-link rates and the port counters'
+advance touch only the links those flows cross (the others carry nothing and would only ever add
+0), so a change costs the flows in flight, not the fabric's size.
 """
 from __future__ import annotations
 
