@@ -468,17 +468,17 @@ def _scale_child(plan_json: str) -> None:
     reqs = scale_requests(load_trace(plan.trace), plan.requests, plan.rate_scale)
     reqs, too_long = split_too_long(reqs, TimingModel(cfg).kv_capacity_tokens)
     load_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     sim = Simulator(cfg, reqs, parse_spec(plan.policy).make())
     records = sim.run()
-    wall = time.perf_counter() - t1
+    wall, cpu = time.perf_counter() - t1, time.process_time() - c1
     decision = np.array([r.decision_us for r in records])
     print(json.dumps({
         "gpus": sim.tree.n_gpus, "prefill": int(sim.cluster.prefill_ids.size),
         "decode": int(sim.cluster.decode_ids.size), "links": int(sim.tree.n_links), "requests": len(reqs),
         "skipped_too_long": len(too_long), "policy": plan.policy, "rate_scale": plan.rate_scale,
         "span_s": round(reqs[-1].arrival_s - reqs[0].arrival_s, 1), "load_s": round(load_s, 2),
-        "wall_s": round(wall, 2), "events": sim.events, "recomputes": sim.net.recomputes,
+        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "events": sim.events, "recomputes": sim.net.recomputes,
         "decision_p50_us": round(float(np.percentile(decision, 50)), 1),
         "decision_p99_us": round(float(np.percentile(decision, 99)), 1)}), flush=True)
 
@@ -486,7 +486,9 @@ def _scale_child(plan_json: str) -> None:
 def scale_run(plan: ScalePlan) -> dict:
     """Run ``plan`` in a fresh subprocess (its own memory, nothing warmed by an earlier run) and
     return its figures plus ``peak_mib``, the child's peak resident memory (from the kernel's
-    rusage of that child: trace, fabric, simulator and records together)."""
+    rusage of that child: trace, fabric, simulator and records together). ``wall_s`` and
+    ``cpu_s`` time building and running the simulator; on a shared machine the CPU time is the
+    steadier of the two."""
     import json
     import os
     import subprocess
@@ -562,15 +564,15 @@ def format_scale(f: dict) -> str:
     t = f["targets"]
     lines = [f"simulator cost of scale (per-GPU load of the default {DEFAULT_GPUS}-GPU fabric; target: "
              f"{t['gpus']} GPUs x {t['requests']} requests in <= {t['wall_s']:g} s and <= {t['peak_mib']:g} MiB)",
-             f"  {'GPUs':>6}{'|P|':>6}{'|D|':>6}{'requests':>9}  {'policy':<12}{'wall s':>8}{'peak MiB':>10}"
-             f"{'decision p50/p99 us':>21}{'events':>9}"]
+             f"  {'GPUs':>6}{'|P|':>6}{'|D|':>6}{'requests':>9}  {'policy':<12}{'wall s':>8}{'CPU s':>8}"
+             f"{'peak MiB':>10}{'decision p50/p99 us':>21}{'events':>9}"]
     for r in f["runs"]:
         mark = ""
         if r["gpus"] == t["gpus"] and r["requests"] >= t["requests"]:
             ok = r["wall_s"] <= t["wall_s"] and r["peak_mib"] <= t["peak_mib"]
             mark = "  ok" if ok else "  over target"
         lines.append(f"  {r['gpus']:>6}{r['prefill']:>6}{r['decode']:>6}{r['requests']:>9}  {r['policy']:<12}"
-                     f"{r['wall_s']:>8}{r['peak_mib']:>10}"
+                     f"{r['wall_s']:>8}{r.get('cpu_s', ''):>8}{r['peak_mib']:>10}"
                      f"{r['decision_p50_us']:>11} / {r['decision_p99_us']:<8}{r['events']:>9}{mark}")
     if f["fits"]:
         lines += ["", "growth (cost ~ x^exponent, least squares on log-log)"]
