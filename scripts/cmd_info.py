@@ -13,8 +13,8 @@ COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
     "constants": ("List every model constant (SECTION.FIELD), its default and its source; override any with\n"
                   "--set SECTION.FIELD=VALUE.", ["netkv constants", "netkv constants --json | head"]),
     "bench": ("Scheduler decision latency at |D| = 32, 256, 4096 and simulator speed on the full trace;\n"
-              "with --scale, the simulator's cost at 1,024-16,384 GPUs; figures printed, not asserted.", ["netkv bench", "netkv bench --quick --json",
-                                                 "netkv bench --scale --scale-gpus 1024,4096"]),
+              "with --scale, the simulator's cost at 1,024-16,384 GPUs; figures printed, not asserted.",
+              ["netkv bench", "netkv bench --quick --json", "netkv bench --scale --scale-gpus 1024,4096"]),
 }
 """Per subcommand: a description and examples for its --help (defaults are shown per option)."""
 
