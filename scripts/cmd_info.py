@@ -13,7 +13,8 @@ COMMAND_HELP: dict[str, tuple[str, list[str]]] = {
     "constants": ("List every model constant (SECTION.FIELD), its default and its source; override any with\n"
                   "--set SECTION.FIELD=VALUE.", ["netkv constants", "netkv constants --json | head"]),
     "bench": ("Scheduler decision latency at |D| = 32, 256, 4096 and simulator speed on the full trace;\n"
-              "figures printed, not asserted.", ["netkv bench", "netkv bench --quick --json"]),
+              "with --scale, the simulator's cost at 1,024-16,384 GPUs; figures printed, not asserted.",
+              ["netkv bench", "netkv bench --quick --json", "netkv bench --scale --scale-gpus 1024,4096"]),
 }
 """Per subcommand: a description and examples for its --help (defaults are shown per option)."""
 
@@ -37,6 +38,15 @@ def register(sub) -> None:
     p.add_argument("--executors", action="store_true",
                    help="instead: the wall time of one sweep on the local process pool and on a local Ray instance "
                         "(the engine's overhead on one machine; needs scripts/setup.sh --ray)")
+    p.add_argument("--scale", action="store_true",
+                   help="instead: the simulator at 1,024, 4,096 and 16,384 GPUs with the default per-GPU load, each "
+                        "size and policy in its own process: wall time, peak memory, decision p99 (docs/scale.md)")
+    p.add_argument("--scale-gpus", metavar="N,N,...", help="with --scale: the fabric sizes (multiples of 16 GPUs; "
+                   "default 1024,4096,16384)")
+    p.add_argument("--scale-requests", metavar="N,N,...", help="with --scale: requests of every size (default: one "
+                   "pass of the trace, and 100000 at the largest size)")
+    p.add_argument("--scale-policies", metavar="SPEC,SPEC,...", help="with --scale: policy specs (default "
+                   "cache-load,netkv)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -68,8 +78,52 @@ def cmd_constants(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _int_list(option: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} takes comma-separated whole numbers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise UsageError(f"{option} takes numbers >= 1, got {text!r}")
+    return values
+
+
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    """`netkv bench --scale`: the simulator's cost at thousands of GPUs."""
+    from scheduler.study.bench import (
+        CONVERSATION_TRACE,
+        SCALE_GPUS,
+        SCALE_POLICIES,
+        format_scale,
+        run_scale,
+        scale_plans,
+    )
+
+    if args.service or args.executors:
+        raise UsageError("--scale takes no --service or --executors")
+    if args.trace and not Path(args.trace).is_file():
+        raise UsageError(f"--trace {args.trace}: no such file")
+    if not args.trace and not CONVERSATION_TRACE.is_file():
+        raise UsageError(f"--scale replays the Mooncake conversation trace, not found at {CONVERSATION_TRACE}; "
+                         f"pass --trace PATH")
+    gpus = _int_list("--scale-gpus", args.scale_gpus) if args.scale_gpus else SCALE_GPUS
+    if any(g % 16 for g in gpus):
+        raise UsageError(f"--scale-gpus {args.scale_gpus}: every size must be a multiple of 16 GPUs (one pod)")
+    requests = _int_list("--scale-requests", args.scale_requests) if args.scale_requests else None
+    policies = tuple(args.scale_policies.split(",")) if args.scale_policies else SCALE_POLICIES
+    plans = scale_plans(gpus, requests, policies, args.trace)
+    figures = run_scale(plans, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(figures, indent=2) if args.json else format_scale(figures))
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from scheduler.study.bench import run_bench
+
+    if args.scale or args.scale_gpus or args.scale_requests or args.scale_policies:
+        if not args.scale:
+            raise UsageError("--scale-gpus, --scale-requests and --scale-policies go with --scale")
+        return cmd_bench_scale(args)
 
     if args.executors:
         from scheduler.study.bench import executor_overhead

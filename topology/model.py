@@ -370,7 +370,26 @@ class FatTree:
 
     def _paths_via(self, src: int, d: np.ndarray, k: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Paths from ``src`` to ``d`` whose upward hops take aggregation switch ``k`` and core
-        ``j`` of its group (per destination); tiers 0 and 1 ignore both."""
+        ``j`` of its group (per destination); tiers 0 and 1 ignore both. Every row is first
+        written as the cross-pod path it is for most destinations of a large fabric, then the
+        destinations in the source's own pod get theirs (:meth:`_paths_by_tier`)."""
+        a, cpa = self.config.aggs_per_pod, self.cores_per_agg
+        src_pod = src // self.gpp
+        dst_pod = d // self.gpp
+        out = np.empty((d.size, MAX_HOPS), dtype=np.int64)
+        out[:, 0] = self.b_nic_up + src
+        out[:, 1] = self.b_tor_agg + (src // self.gpt) * a + k
+        out[:, 2] = self.b_agg_core + (src_pod * a + k) * cpa + j
+        out[:, 3] = self.b_core_agg + (dst_pod * a + k) * cpa + j
+        out[:, 4] = self.b_agg_tor + (d // self.gpt) * a + k
+        out[:, 5] = self.b_nic_down + d
+        near = np.flatnonzero(dst_pod == src_pod)
+        if near.size:
+            out[near] = self._paths_by_tier(src, d[near], k[near], j[near])
+        return out
+
+    def _paths_by_tier(self, src: int, d: np.ndarray, k: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """:meth:`_paths_via`, written tier by tier."""
         a, cpa = self.config.aggs_per_pod, self.cores_per_agg
         out = np.full((d.size, MAX_HOPS), self.pad, dtype=np.int64)
         tier = self.tiers(src, d)
@@ -416,10 +435,42 @@ class FatTree:
         if hit is None:
             if len(self._routes) > ROUTE_CACHE_MAX:  # many failure sets over a long run
                 self._routes.clear()
-            hit = self.paths(src, np.array([dst]), flow_key, down)[0]
+            if not down and type(self).paths is FatTree.paths:  # this class's own routes (a subclass has its own)
+                hit = self._route_up(src, dst)
+            else:
+                hit = self.paths(src, np.array([dst]), flow_key, down)[0]
             hit.flags.writeable = False
             self._routes[key] = hit
         return hit
+
+    def _route_up(self, src: int, dst: int) -> np.ndarray:
+        """``paths(src, [dst])[0]`` under destination-based routing with every link up, in plain
+        integers (one pair: no arrays to build until the row itself)."""
+        self._check_gpu(src)
+        if not 0 <= dst < self.n_gpus:
+            raise TopologyError(f"destination GPU index out of range 0..{self.n_gpus - 1}")
+        c = self.config
+        a = c.aggs_per_pod
+        k, j = dst % a, (dst // a) % self.cores_per_agg
+        pad = self.pad
+        if dst == src:
+            row = [pad] * MAX_HOPS
+        elif dst // self.gps == src // self.gps:
+            nvlink = c.intra_server == "nvlink"
+            row = [(self.b_nv_up if nvlink else self.b_nic_up) + src,
+                   (self.b_nv_down if nvlink else self.b_nic_down) + dst] + [pad] * (MAX_HOPS - 2)
+        elif dst // self.gpt == src // self.gpt:
+            row = [self.b_nic_up + src, self.b_nic_down + dst] + [pad] * (MAX_HOPS - 2)
+        elif dst // self.gpp == src // self.gpp:
+            row = [self.b_nic_up + src, self.b_tor_agg + (src // self.gpt) * a + k,
+                   self.b_agg_tor + (dst // self.gpt) * a + k, self.b_nic_down + dst, pad, pad]
+        else:
+            cpa = self.cores_per_agg
+            row = [self.b_nic_up + src, self.b_tor_agg + (src // self.gpt) * a + k,
+                   self.b_agg_core + ((src // self.gpp) * a + k) * cpa + j,
+                   self.b_core_agg + ((dst // self.gpp) * a + k) * cpa + j,
+                   self.b_agg_tor + (dst // self.gpt) * a + k, self.b_nic_down + dst]
+        return np.array(row, dtype=np.int64)
 
     def path(self, src: int, dst: int, flow_key: int | None = None,
              down: frozenset[int] | set[int] | None = None) -> list[int]:

@@ -13,6 +13,11 @@ import numpy as np
 _ROW_VIEWS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 """Unsigned type as wide as a row of bools of that many links: nonzero iff any link is set."""
 
+COMPACT_BELOW = 4
+"""Progressive filling runs on the crossed links alone when the flows' padded path entries times
+this are fewer than the fabric's links (the renumbering costs a sort of those entries; a round
+then costs the crossed links, not the fabric's)."""
+
 _EPS = 1e-9
 # the ufuncs behind ndarray.min / .any, without the methods' Python-level dispatch
 _min = np.minimum.reduce
@@ -40,8 +45,22 @@ def _saturation_threshold(capacity: np.ndarray, pad: int) -> np.ndarray:
     return threshold
 
 
+def _compact(paths: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(the links ``paths`` cross and ``pad``, ``paths`` as positions in that list, the position
+    of ``pad``). The flows' rows keep their order and every row its links' order."""
+    flat = np.sort(paths, axis=None)
+    first = np.empty(flat.size, dtype=bool)
+    first[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=first[1:])
+    used = flat[first]
+    at = int(np.searchsorted(used, pad))
+    if at == used.size or used[at] != pad:
+        used = np.concatenate((used[:at], [pad], used[at:]))
+    return used, np.searchsorted(used, paths), at
+
+
 def _progressive_fill(paths: np.ndarray, capacity: np.ndarray, caps: np.ndarray, pad: int,
-                      sat_threshold: np.ndarray) -> np.ndarray:
+                      sat_threshold: np.ndarray, rounds: int | None = None) -> np.ndarray:
     """:func:`max_min_rates` for F >= 1 flows; ``sat_threshold`` from :func:`_saturation_threshold`.
 
     Bit-for-bit the textbook loop (raise every active rate by ``inc`` = the smallest link share
@@ -53,9 +72,19 @@ def _progressive_fill(paths: np.ndarray, capacity: np.ndarray, caps: np.ndarray,
     makes its share +inf and keeps it unsaturated without any mask (it never carries an active flow
     again). Every value that reaches a result is computed by the same operations on the same
     operands as before. Paths 1, 2, 4 or 8 links wide (:class:`FlowNetwork` pads its own to 8)
-    test "crosses a saturated link" with one integer view per flow instead of a row reduction."""
+    test "crosses a saturated link" with one integer view per flow instead of a row reduction.
+    When the flows cross few of the fabric's links (:data:`COMPACT_BELOW`), the filling runs on
+    those links alone: a link no flow crosses only ever contributes a share of +inf, which no
+    minimum picks, so every value is the same as over all links (``rounds``: the round limit of
+    the whole fabric, kept)."""
     n_flows, width = paths.shape
     n_links = capacity.shape[0]
+    if rounds is None:  # a whole fabric's call (a call on crossed links passes the fabric's limit)
+        rounds = n_flows + n_links
+        if paths.size * COMPACT_BELOW < n_links:
+            # few flows on a large fabric: fill on the links they cross (and the padding link) alone
+            used, local, at = _compact(paths, pad)
+            return _progressive_fill(local, capacity[used], caps, at, sat_threshold[used], rounds)
     counts = np.bincount(paths.reshape(-1), minlength=n_links).astype(float)
     counts[pad] = 0.0
     idle = counts == 0.0
@@ -72,7 +101,7 @@ def _progressive_fill(paths: np.ndarray, capacity: np.ndarray, caps: np.ndarray,
     share = np.empty(n_links)
     step = np.empty(n_links)
     level = 0.0
-    for _ in range(n_flows + n_links):
+    for _ in range(rounds):
         if act.size == 0:
             break
         np.divide(remaining, counts, out=share)

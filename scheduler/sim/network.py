@@ -13,12 +13,21 @@ same floating-point operations as plain progressive filling in the same order (s
 rates of a flow set are memoised on the exact inputs they are a function of (flow sets recur:
 the same background flows plus one transfer on one of a few hundred paths); and a batch of
 changes at one instant may defer the recomputation to the last one (:meth:`FlowNetwork.hold`).
+On a large fabric carrying few flows, the filling, the per-link rates and the port counters'
+advance touch only the links those flows cross (the others carry nothing and would only ever add
+0), so a change costs the flows in flight, not the fabric's size.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from scheduler.sim.maxmin import _progressive_fill, _saturation_threshold, max_min_rates  # noqa: F401 (re-exported)
+from scheduler.sim.maxmin import (  # noqa: F401 (max_min_rates re-exported)
+    COMPACT_BELOW,
+    _compact,
+    _progressive_fill,
+    _saturation_threshold,
+    max_min_rates,
+)
 
 
 class Flow:
@@ -89,7 +98,10 @@ class FlowNetwork:
         self.flows: dict[int, Flow] = {}
         self.now = 0.0
         self.link_bytes = np.zeros_like(self.nominal)  # cumulative bytes per link (port counters)
-        self._link_rate = np.zeros_like(self.nominal)
+        self._link_rate: np.ndarray | None = np.zeros_like(self.nominal)  # None: build from _busy
+        # the links the flows cross and their rates (None: not listed, any link may carry a rate)
+        self._busy: np.ndarray | None = np.zeros(0, dtype=np.int64)
+        self._busy_rate = np.zeros(0)
         self._held = False  # recomputations deferred (see hold)
         self._dirty = False  # a deferred recomputation is pending
         self._next_id = 0
@@ -125,7 +137,12 @@ class FlowNetwork:
             raise ValueError(f"time went backwards: {t} < {self.now}")
         if dt > 0 and self._n:
             self._settle()
-            self.link_bytes += self._link_rate * dt
+            busy = self._busy
+            if busy is None:
+                assert self._link_rate is not None
+                self.link_bytes += self._link_rate * dt
+            else:  # the other links' rates are 0: adding 0 x dt would leave their counters as they are
+                self.link_bytes[busy] += self._busy_rate * dt
             n = self._n
             self._rem[:n] -= self._rate[:n] * dt  # a flow at rate 0 keeps its bytes exactly
         self.now = t
@@ -251,6 +268,13 @@ class FlowNetwork:
     def link_rate(self) -> np.ndarray:
         """Bytes/s crossing each link now (padding 0)."""
         self._settle()
+        if self._link_rate is None:  # listed per crossed link only: the full array, once per flow set
+            link_rate = np.zeros_like(self.nominal)
+            link_rate[self._busy] = self._busy_rate
+            link_rate.flags.writeable = False
+            self._link_rate = link_rate
+            if self._entry is not None:
+                self._entry[1] = link_rate
         return self._link_rate
 
     def hold(self) -> None:
@@ -286,6 +310,7 @@ class FlowNetwork:
         n = self._n
         if not n:
             self._link_rate = np.zeros_like(self.nominal)
+            self._busy, self._busy_rate = np.zeros(0, dtype=np.int64), np.zeros(0)
             self._entry = None
             return
         paths = self._paths[:n]
@@ -293,18 +318,35 @@ class FlowNetwork:
         key = (paths.tobytes(), caps.tobytes(), self._cap_key)
         entry = self._memo.get(key)
         if entry is None:
-            rates = _progressive_fill(paths, self.capacity, caps, self.pad, self._sat_threshold)
-            link_rate = np.bincount(paths.reshape(-1), weights=np.repeat(rates, paths.shape[1]),
-                                    minlength=self.nominal.shape[0])
-            link_rate[self.pad] = 0.0
-            rates.flags.writeable = link_rate.flags.writeable = False
+            n_links = self.nominal.shape[0]
+            busy: np.ndarray | None = None
+            busy_rate: np.ndarray | None = None
+            link_rate: np.ndarray | None = None
+            if paths.size * COMPACT_BELOW < n_links:  # few flows on a large fabric: their links alone
+                used, local, at = _compact(paths, self.pad)
+                rates = _progressive_fill(local, self.capacity[used], caps, at, self._sat_threshold[used],
+                                          n + n_links)
+                per_used = np.bincount(local.reshape(-1), weights=np.repeat(rates, paths.shape[1]),
+                                       minlength=used.size)
+                busy = np.concatenate((used[:at], used[at + 1:]))
+                busy_rate = np.concatenate((per_used[:at], per_used[at + 1:]))
+            else:
+                rates = _progressive_fill(paths, self.capacity, caps, self.pad, self._sat_threshold)
+                link_rate = np.bincount(paths.reshape(-1), weights=np.repeat(rates, paths.shape[1]),
+                                        minlength=n_links)
+                link_rate[self.pad] = 0.0
+                link_rate.flags.writeable = False
+            rates.flags.writeable = False
             if len(self._memo) >= self._memo_size:
                 self._memo.clear()
-            entry = self._memo[key] = [rates, link_rate, None]  # [2]: entrant shares, on demand
+            # [1]: per-link rates (built on demand from [3] and [4], the crossed links and their
+            # rates, when those are listed); [2]: entrant shares, on demand
+            entry = self._memo[key] = [rates, link_rate, None, busy, busy_rate]
         else:
             self.memo_hits += 1
         self._rate[:n] = entry[0]
         self._link_rate = entry[1]
+        self._busy, self._busy_rate = entry[3], entry[4]
         self._entry = entry
 
     def next_completion(self) -> tuple[float, int] | None:

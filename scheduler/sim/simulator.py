@@ -90,6 +90,7 @@ class Simulator:
         self._down: set[int] = set()  # links at capacity 0 now
         self._routing_down: frozenset[int] = frozenset()  # links the routing avoids now
         self.reroutes = 0
+        self._stalls_open = False  # a transfer's stall clock may run (see _mark_stalls)
         self._batch_scenario = True  # scenario changes at one instant share one rate recomputation
         # (see _superseded_net); tests switch it off to compare with applying them one by one
 
@@ -316,6 +317,8 @@ class Simulator:
         """Start or end the stall clock of every KV transfer by whether a path of its (shards')
         flows crosses a down link."""
         down = self._down
+        if not down and not self._stalls_open:  # nothing is down and no stall clock runs: nothing to do
+            return
         dead_by_req: dict[int, bool] = {}
         for fid, i in self._flow_owner.items():
             dead = bool(down) and any(int(x) in down for x in self.net.flows[fid].path)
@@ -324,9 +327,12 @@ class Simulator:
             s = self.states[i]
             if dead and s.stall_since is None:
                 s.stall_since = t
+                self._stalls_open = True
             elif not dead and s.stall_since is not None:
                 s.stalled += t - s.stall_since
                 s.stall_since = None
+        if not down:  # every stall clock of a transfer in flight stopped just now
+            self._stalls_open = False
 
     def _reroute(self, t: float) -> None:
         """The routing learns the current down links: every flow whose path changes moves."""

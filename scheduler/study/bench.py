@@ -408,3 +408,220 @@ def executor_overhead(jobs: int = 2, quick: bool = False, log=print) -> dict:
         walls[executor] = time.perf_counter() - t0
     return {"points": len(sweep.points()), "requests": n, "jobs": jobs, "local_s": round(walls["local"], 2),
             "ray_s": round(walls["ray"], 2)}
+
+
+# ---------------------------------------------------------------------- the cost of scale
+SCALE_GPUS = (1024, 4096, 16384)
+"""Fabric sizes of the scale figures (``netkv bench --scale``)."""
+SCALE_POLICIES = ("cache-load", "netkv")
+"""Policy specs of the scale figures: the cheapest network-blind policy and netkv on telemetry."""
+SCALE_TARGET_REQUESTS = 100_000
+"""Requests of the largest scale run (the trace repeated back to back, :func:`scale_requests`)."""
+SCALE_TARGETS = {"gpus": 16384, "requests": SCALE_TARGET_REQUESTS, "wall_s": 60.0, "peak_mib": 4096.0}
+"""The target on the project's 2-core VM: 16,384 GPUs and 100,000 requests in <= 60 s and
+<= 4 GiB per policy (printed next to the figures, never asserted)."""
+DEFAULT_GPUS = 64
+"""GPUs of the default fabric, whose per-GPU load the scale runs keep."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalePlan:
+    """One scale run: the default fabric with more pods, the conversation trace's arrival rate
+    x ``gpus / 64`` (so requests per second per GPU stay the default's), repeated back to back up
+    to ``requests``, under ``policy``. Only the pod count grows: each pod keeps the default's
+    ToRs, servers, GPUs, aggregation uplinks and oversubscription, the default placement keeps
+    its share of prefill, decode and reserved GPUs per pod, so per-GPU load and per-GPU bandwidth
+    are the default's and the cost measured is that of size alone."""
+
+    gpus: int
+    requests: int
+    policy: str
+    trace: str
+
+    @property
+    def gpus_per_pod(self) -> int:
+        t = FatTree(build_config().topology)
+        return t.gpp
+
+    @property
+    def pods(self) -> int:
+        per_pod = self.gpus_per_pod
+        if self.gpus % per_pod:
+            raise ValueError(f"--scale-gpus {self.gpus}: not a multiple of the default pod's {per_pod} GPUs")
+        return self.gpus // per_pod
+
+    @property
+    def rate_scale(self) -> float:
+        return self.gpus / DEFAULT_GPUS
+
+    def overrides(self) -> list[str]:
+        return [f"topology.pods={self.pods}"]
+
+    def config(self):
+        return build_config(overrides=self.overrides())
+
+
+def scale_requests(base: list, n: int, k: float) -> list:
+    """``base`` at arrival rate x ``k``, repeated back to back until ``n`` requests: copy ``c``
+    starts one mean inter-arrival gap after copy ``c - 1`` ends, with request ids numbered on and
+    hash ids shifted past every earlier copy's (new conversations: no prefix of one copy is a
+    prefix of another, so cache hit rates stay the trace's own)."""
+    from scheduler.model.transform import rate_scale
+
+    scaled = rate_scale(base, k)
+    if not scaled or n <= len(scaled):
+        return scaled[:n]
+    span = scaled[-1].arrival_s - scaled[0].arrival_s
+    period = span + span / max(len(scaled) - 1, 1)
+    id_step = max((max(r.hash_ids) for r in scaled if r.hash_ids), default=0) + 1
+    out = []
+    for i in range(n):
+        c, r = divmod(i, len(scaled))
+        src = scaled[r]
+        out.append(dataclasses.replace(src, req_id=i, arrival_s=src.arrival_s + c * period,
+                                       hash_ids=tuple(h + c * id_step for h in src.hash_ids)))
+    return out
+
+
+def _scale_child(plan_json: str) -> None:
+    """Body of one scale run's subprocess: prints the run's figures as one JSON line."""
+    import json
+
+    from scheduler.model.timing import TimingModel
+    from scheduler.study.experiment import split_too_long
+
+    plan = ScalePlan(**json.loads(plan_json))
+    t0 = time.perf_counter()
+    cfg = plan.config()
+    reqs = scale_requests(load_trace(plan.trace), plan.requests, plan.rate_scale)
+    reqs, too_long = split_too_long(reqs, TimingModel(cfg).kv_capacity_tokens)
+    load_s = time.perf_counter() - t0
+    policy = parse_spec(plan.policy).make()
+    cpu_ns: list[int] = []
+    choose = policy.choose
+
+    def timed_choose(ctx):  # each decision's own CPU time: what other jobs on the host cannot inflate
+        c0 = time.thread_time_ns()
+        out = choose(ctx)
+        cpu_ns.append(time.thread_time_ns() - c0)
+        return out
+
+    policy.choose = timed_choose  # type: ignore[method-assign]
+    t1, c1 = time.perf_counter(), time.process_time()
+    sim = Simulator(cfg, reqs, policy)
+    records = sim.run()
+    wall, cpu = time.perf_counter() - t1, time.process_time() - c1
+    decision = np.array([r.decision_us for r in records])
+    print(json.dumps({
+        "gpus": sim.tree.n_gpus, "prefill": int(sim.cluster.prefill_ids.size),
+        "decode": int(sim.cluster.decode_ids.size), "links": int(sim.tree.n_links), "requests": len(reqs),
+        "skipped_too_long": len(too_long), "policy": plan.policy, "rate_scale": plan.rate_scale,
+        "span_s": round(reqs[-1].arrival_s - reqs[0].arrival_s, 1), "load_s": round(load_s, 2),
+        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "events": sim.events, "recomputes": sim.net.recomputes,
+        "decision_p50_us": round(float(np.percentile(decision, 50)), 1),
+        "decision_p99_us": round(float(np.percentile(decision, 99)), 1),
+        "decision_cpu_p50_us": round(float(np.percentile(cpu_ns, 50)) / 1e3, 1),
+        "decision_cpu_p99_us": round(float(np.percentile(cpu_ns, 99)) / 1e3, 1)}), flush=True)
+
+
+def scale_run(plan: ScalePlan) -> dict:
+    """Run ``plan`` in a fresh subprocess (its own memory, nothing warmed by an earlier run) and
+    return its figures plus ``peak_mib``, the child's peak resident memory (from the kernel's
+    rusage of that child: trace, fabric, simulator and records together). ``wall_s`` and
+    ``cpu_s`` time building and running the simulator; on a shared machine the CPU time is the
+    steadier of the two. ``decision_p50_us`` / ``decision_p99_us`` are the run's own records (wall
+    clock of a decision, a preemption included); ``decision_cpu_*`` the same decisions' CPU time."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    code = "import sys; from scheduler.study.bench import _scale_child; _scale_child(sys.argv[1])"
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(dataclasses.asdict(plan))],
+                            stdout=subprocess.PIPE, env=env, cwd=root, text=True)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    proc.stdout.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scale run {plan} failed (exit {proc.returncode})")
+    figures = json.loads(out.strip().splitlines()[-1])
+    figures["peak_mib"] = round(usage.ru_maxrss / 1024, 1)  # Linux reports KiB
+    return figures
+
+
+def scale_plans(gpus: tuple[int, ...] = SCALE_GPUS, requests: tuple[int, ...] | None = None,
+                policies: tuple[str, ...] = SCALE_POLICIES, trace: str | None = None) -> list[ScalePlan]:
+    """The scale runs: every size x policy with one pass of the trace (12,031 requests) and the
+    largest size also with :data:`SCALE_TARGET_REQUESTS`, unless ``requests`` names the counts
+    (then every size runs each)."""
+    path = str(Path(trace) if trace else CONVERSATION_TRACE)
+    plans: list[ScalePlan] = []
+    for g in gpus:
+        counts = requests or ((len(load_trace(path)),) + ((SCALE_TARGET_REQUESTS,) if g == max(gpus) else ()))
+        for k in counts:
+            plans.extend(ScalePlan(g, k, p, path) for p in policies)
+    return plans
+
+
+def run_scale(plans: list[ScalePlan], log=print) -> dict:
+    """Every plan in its own subprocess, one after the other; the figures and their fits."""
+    runs = []
+    for plan in plans:
+        log(f"bench scale: {plan.policy}, {plan.gpus} GPUs, {plan.requests} requests "
+            f"(rate x {plan.rate_scale:g})")
+        runs.append(scale_run(plan))
+        log(f"  {runs[-1]['wall_s']} s, {runs[-1]['peak_mib']} MiB")
+    return {"targets": SCALE_TARGETS, "runs": runs, "fits": scale_fits(runs)}
+
+
+def _exponent(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of log y on log x (cost ~ x^slope), None with fewer than two x."""
+    if len(set(xs)) < 2:
+        return None
+    return round(float(np.polyfit(np.log(xs), np.log(ys), 1)[0]), 2)
+
+
+def scale_fits(runs: list[dict]) -> list[dict]:
+    """How wall time and peak memory grow: per policy, the exponent over GPUs at each fixed
+    request count, and over requests at each fixed fabric size."""
+    fits = []
+    for policy in dict.fromkeys(r["policy"] for r in runs):
+        mine = [r for r in runs if r["policy"] == policy]
+        for fixed, varied in (("requests", "gpus"), ("gpus", "requests")):
+            for value in sorted({r[fixed] for r in mine}):
+                pts = sorted((r[varied], r["wall_s"], r["peak_mib"]) for r in mine if r[fixed] == value)
+                wall = _exponent([p[0] for p in pts], [p[1] for p in pts])
+                if wall is not None:
+                    fits.append({"policy": policy, "over": varied, fixed: value,
+                                 "points": [p[0] for p in pts], "wall_exponent": wall,
+                                 "memory_exponent": _exponent([p[0] for p in pts], [p[2] for p in pts])})
+    return fits
+
+
+def format_scale(f: dict) -> str:
+    t = f["targets"]
+    lines = [f"simulator cost of scale (per-GPU load of the default {DEFAULT_GPUS}-GPU fabric; target: "
+             f"{t['gpus']} GPUs x {t['requests']} requests in <= {t['wall_s']:g} s and <= {t['peak_mib']:g} MiB)",
+             f"  {'GPUs':>6}{'|P|':>6}{'|D|':>6}{'requests':>9}  {'policy':<12}{'wall s':>8}{'CPU s':>8}"
+             f"{'peak MiB':>10}{'decision p50/p99 us':>21}{'CPU p50/p99 us':>18}{'events':>9}"]
+    for r in f["runs"]:
+        mark = ""
+        if r["gpus"] == t["gpus"] and r["requests"] >= t["requests"]:
+            ok = r["wall_s"] <= t["wall_s"] and r["peak_mib"] <= t["peak_mib"]
+            mark = "  ok" if ok else "  over target"
+        lines.append(f"  {r['gpus']:>6}{r['prefill']:>6}{r['decode']:>6}{r['requests']:>9}  {r['policy']:<12}"
+                     f"{r['wall_s']:>8}{r.get('cpu_s', ''):>8}{r['peak_mib']:>10}"
+                     f"{r['decision_p50_us']:>11} / {r['decision_p99_us']:<8}"
+                     f"{r.get('decision_cpu_p50_us', ''):>8} / {r.get('decision_cpu_p99_us', ''):<7}"
+                     f"{r['events']:>9}{mark}")
+    if f["fits"]:
+        lines += ["", "growth (cost ~ x^exponent, least squares on log-log)"]
+        for fit in f["fits"]:
+            fixed = "requests" if fit["over"] == "gpus" else "gpus"
+            lines.append(f"  {fit['policy']:<12} over {fit['over']:<8} {fit['points']} at {fixed}={fit[fixed]}: "
+                         f"wall ^{fit['wall_exponent']}, memory ^{fit['memory_exponent']}")
+    return "\n".join(lines)
