@@ -49,7 +49,7 @@ import numpy as np
 
 from topology.model import FatTree
 
-SATURATED_LINK_FLOWS = 4.0
+SATURATED_LINK_FLOWS = 6.0
 """Default of ``oracle.saturated_link_flows``: the flows a telemetry oracle assumes share a busy
 link (see :func:`free_fraction`; scheduler/model/config.py gives the reasoning for the value)."""
 
