@@ -396,11 +396,9 @@ class InflightOracle(TelemetryOracle):
         return cap, background
 
     def _free(self, cap: np.ndarray, background: np.ndarray) -> np.ndarray:
-        """Bytes/s the background leaves a new flow per link: :func:`free_fraction` of the
-        background's share of the capacity (a dead link, capacity 0, leaves nothing)."""
-        load = np.zeros(cap.shape)
-        np.divide(background, cap, out=load, where=cap > 0)
-        return cap * free_fraction(load, self.flows, self.floor)
+        """Bytes/s the background leaves a new flow per link: :func:`free_fraction`'s rule in
+        bytes/s, ``max(capacity - background, capacity / (flows + 1), floor x capacity)``."""
+        return np.maximum(np.maximum(cap - background, cap / (self.flows + 1.0)), self.floor * cap)
 
     def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
         """The snapshot's cached table when none of the scheduler's own transfers counts, else
