@@ -82,11 +82,12 @@ def build_oracles(cfg: ExperimentConfig, tree: FatTree, kind: str | None, source
         return None, None
     c = cfg.oracle
     oracle = make_oracle(kind, tree, source, c.staleness_s, c.min_available_fraction,
-                         cfg.timing.transfer_setup_s, truth=truth, fallback_age_s=c.fallback_polls * c.poll_interval_s)
+                         cfg.timing.transfer_setup_s, truth=truth, fallback_age_s=c.fallback_polls * c.poll_interval_s,
+                         saturated_link_flows=c.saturated_link_flows)
     shadow = None
     if fresh_source is not None:
         shadow = make_oracle("telemetry", tree, fresh_source, 0.0, c.min_available_fraction,
-                             cfg.timing.transfer_setup_s)
+                             cfg.timing.transfer_setup_s, saturated_link_flows=c.saturated_link_flows)
     return oracle, shadow
 
 

@@ -26,6 +26,12 @@ Kinds (:data:`ORACLES`, built by :func:`make_oracle`), from least to most inform
 - ``predictive``: ``inflight``'s information priced over the transfer's future: from its expected
   start to its expected finish against the committed transfers' expected windows.
 
+Saturated links (``telemetry``, ``inflight``, ``predictive``): port counters give a link's load,
+not how many flows make it. A new flow on a link that ``n`` flows share gets, under max-min
+sharing, at least ``max(capacity - load, capacity / (n + 1))`` (exactly that when the ``n`` are
+equal): :func:`free_fraction` prices every link with ``n = oracle.saturated_link_flows``, so a
+saturated link costs a fair share against that many elastic flows, not nothing.
+
 Cost tables: every built-in oracle prices a query as ``latency + bytes x inverse bottleneck
 bandwidth`` per candidate; :meth:`NetworkOracle.table` returns those two vectors. Under
 deterministic routing they depend on the source, the candidates and the oracle's state, not on
@@ -44,6 +50,24 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from topology.model import FatTree
+
+SATURATED_LINK_FLOWS = 6.0
+"""Default of ``oracle.saturated_link_flows``: the flows a telemetry oracle assumes share a busy
+link (see :func:`free_fraction`; scheduler/model/config.py gives the reasoning for the value)."""
+
+
+def free_fraction(load_fraction: np.ndarray, flows: float, floor: float) -> np.ndarray:
+    """Fraction of each link's capacity a new flow gets when the link carries ``load_fraction`` of
+    its capacity in at most ``flows`` other flows: ``max(1 - load, 1 / (flows + 1), floor)``.
+
+    Why: under max-min sharing an entrant gets the capacity the flows leave unused, or its fair
+    share against those that use more than it, whichever is larger; with ``flows`` flows that
+    share is at least ``1 / (flows + 1)`` (exactly, when they are equal and all saturate the
+    link). The price is continuous in the load, unchanged below ``flows / (flows + 1)`` of the
+    capacity, and a saturated link costs ``flows + 1`` times the idle price instead of ``1 /
+    floor``; ``flows = 1 / floor - 1`` gives the floor alone."""
+    free = np.maximum(1.0 - np.clip(load_fraction, 0.0, 1.0), 1.0 / (flows + 1.0))
+    return np.maximum(free, floor)
 
 
 class UnknownOracleError(ValueError):
@@ -214,8 +238,9 @@ def down_links(snap) -> frozenset[int]:
 
 class TelemetryOracle(NetworkOracle):
     """Latency per hop + bytes / available bandwidth of the path bottleneck from a utilisation
-    snapshot. Available = capacity x capacity_factor x max(1 - utilisation, min_available_fraction):
-    a new flow on a saturated link still receives a fair share against the flows already there.
+    snapshot. Available = capacity x capacity_factor x :func:`free_fraction` of the utilisation:
+    a new flow on a saturated link still receives a fair share against ``saturated_link_flows``
+    elastic flows already there (at least ``min_available_fraction`` of the capacity).
     Links the snapshot reports down are priced on the routes that avoid them (the controller's
     rerouting); a candidate with no surviving route costs +inf. Without any snapshot yet it
     answers like :class:`StaticTierOracle`, and so it does while the newest snapshot it may use is
@@ -225,8 +250,12 @@ class TelemetryOracle(NetworkOracle):
     name = "telemetry"
 
     def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
-                 setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None) -> None:
+                 setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None,
+                 saturated_link_flows: float = SATURATED_LINK_FLOWS) -> None:
         super().__init__(tree, setup_s)
+        if not saturated_link_flows > 0:
+            raise ValueError(f"saturated_link_flows must be > 0, got {saturated_link_flows}")
+        self.flows = float(saturated_link_flows)
         if not staleness_s >= 0:
             raise ValueError(f"staleness_s must be >= 0, got {staleness_s}")
         if fallback_age_s is not None and not fallback_age_s > 0:
@@ -266,8 +295,7 @@ class TelemetryOracle(NetworkOracle):
         """Available bytes/s per link under ``snap``."""
         if snap is None:
             return self.tree.capacity
-        free = np.maximum(1.0 - np.clip(snap.utilisation, 0.0, 1.0), self.floor)
-        return self.tree.capacity * snap.capacity_factor * free
+        return self.tree.capacity * snap.capacity_factor * free_fraction(snap.utilisation, self.flows, self.floor)
 
     def _refresh(self, snap) -> np.ndarray:
         """Seconds per byte of every link (returned) and the down set, computed once per snapshot."""
@@ -313,7 +341,8 @@ class InflightOracle(TelemetryOracle):
     (1) subtracts from each link's measured load the rate of its own transfers the snapshot saw
     (moving at the snapshot's time), leaving the background; (2) splits what the background leaves
     free among the new transfer and its own transfers still expected to move when the new one
-    starts: available = max(capacity - background, floor x capacity) / (1 + own transfers).
+    starts: available = free / (1 + own transfers), ``free`` the :func:`free_fraction` of the
+    capacity the background leaves.
     Finished transfers leave the ledger when the backend reports them (:meth:`done`), or at their
     expected end."""
 
@@ -321,8 +350,10 @@ class InflightOracle(TelemetryOracle):
     tracks_commitments = True
 
     def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
-                 setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None) -> None:
-        super().__init__(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
+                 setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None,
+                 saturated_link_flows: float = SATURATED_LINK_FLOWS) -> None:
+        super().__init__(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s,
+                         saturated_link_flows)
         self._ledger: dict[int, Commitment] = {}
 
     def commit(self, src: int, dst: int, start: float, end: float, flow_key: int | None = None,
@@ -366,6 +397,11 @@ class InflightOracle(TelemetryOracle):
         background[-1] = 0.0  # the padding link carries nothing and costs nothing
         return cap, background
 
+    def _free(self, cap: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """Bytes/s the background leaves a new flow per link: :func:`free_fraction`'s rule in
+        bytes/s, ``max(capacity - background, capacity / (flows + 1), floor x capacity)``."""
+        return np.maximum(np.maximum(cap - background, cap / (self.flows + 1.0)), self.floor * cap)
+
     def table(self, query: OracleQuery) -> tuple[np.ndarray, np.ndarray]:
         """The snapshot's cached table when none of the scheduler's own transfers counts, else
         one built for this query."""
@@ -381,7 +417,7 @@ class InflightOracle(TelemetryOracle):
             later = [e.path for e in self._ledger.values() if e.start <= start < e.end and e.done_at > now]
             if seen or later:
                 cap, background = self._background(snap, seen, n)
-                free = np.maximum(cap - background, self.floor * cap)
+                free = self._free(cap, background)
                 sharers = np.bincount(np.concatenate(later), minlength=n).astype(float) if later else np.zeros(n)
                 sharers[-1] = 0.0
                 inv = self._inverse(free / (1.0 + sharers))
@@ -461,7 +497,7 @@ class PredictiveOracle(InflightOracle):
     transfers it shows, as :class:`InflightOracle`) and the committed transfers not yet done,
     each over its own expected window ``[start, end)``: on a link shared with ``n`` of them, the
     new transfer gets ``free / (1 + n)`` while they move and the whole of ``free`` before they
-    start and after they end (``free = max(capacity - background, floor x capacity)``). The
+    start and after they end (``free``: what the background leaves, :meth:`InflightOracle._free`). The
     rate is piecewise constant between the commitments' starts and ends, so the finish time of
     ``B`` bytes is where the integral of the bottleneck rate reaches ``B``: more bytes never
     finish sooner, a committed transfer raises a later price only on the links it shares and only
@@ -480,8 +516,10 @@ class PredictiveOracle(InflightOracle):
     name = "predictive"
 
     def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
-                 setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None) -> None:
-        super().__init__(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
+                 setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None,
+                 saturated_link_flows: float = SATURATED_LINK_FLOWS) -> None:
+        super().__init__(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s,
+                         saturated_link_flows)
         self._version = 0  # bumped on every commit and done: the ledger's state (with its size)
         self._state_key: tuple | None = None  # (version, ledger size, snapshot, its inv, now); None: empty ledger
         self._state_inv: np.ndarray | None = None
@@ -517,7 +555,7 @@ class PredictiveOracle(InflightOracle):
                 was = self._bg_from
                 if was is None or was[0] is not snap or was[1] is not inv or was[3] != ids:
                     cap, background = self._background(snap, seen, inv.shape[0])
-                    self._state_inv = self._inverse(np.maximum(cap - background, self.floor * cap))
+                    self._state_inv = self._inverse(self._free(cap, background))
                     self._bg_from = (snap, inv, seen, ids, self._state_inv)
                 else:
                     self._state_inv = was[4]
@@ -642,23 +680,26 @@ class PerfectOracle(NetworkOracle):
 
 OracleFactory = Callable[..., NetworkOracle]
 """Builds one kind: ``(tree, source, truth, staleness_s, min_available_fraction, setup_s,
-fallback_age_s) -> NetworkOracle`` (keyword arguments), raising :class:`UnknownOracleError` when
+fallback_age_s, saturated_link_flows) -> NetworkOracle`` (keyword arguments), raising :class:`UnknownOracleError` when
 the backend lacks what the kind reads."""
 
 
 def _telemetry_kind(cls: type[TelemetryOracle]) -> OracleFactory:
-    def build(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s):
+    def build(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s,
+              saturated_link_flows):
         if source is None:
             raise UnknownOracleError(f"oracle {cls.name!r} needs a telemetry source")
-        return cls(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s)
+        return cls(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s, saturated_link_flows)
     return build
 
 
-def _static(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s) -> NetworkOracle:
+def _static(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s,
+            saturated_link_flows) -> NetworkOracle:
     return StaticTierOracle(tree, setup_s)
 
 
-def _perfect(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s) -> NetworkOracle:
+def _perfect(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s,
+             saturated_link_flows) -> NetworkOracle:
     if truth is None:
         raise UnknownOracleError("oracle 'perfect' reads the simulator's true network state; "
                                  "this backend has none (a real fabric shows itself only through telemetry)")
@@ -679,7 +720,8 @@ ORACLES = tuple(ORACLE_REGISTRY)
 
 def make_oracle(kind: str, tree: FatTree, source: SnapshotSource | None, staleness_s: float,
                 min_available_fraction: float, setup_s: float, truth: GroundTruth | None = None,
-                fallback_age_s: float | None = None) -> NetworkOracle:
+                fallback_age_s: float | None = None,
+                saturated_link_flows: float = SATURATED_LINK_FLOWS) -> NetworkOracle:
     """Oracle by name (one of :data:`ORACLES`). ``telemetry`` and ``inflight`` need a snapshot
     source (and fall back to static pricing on snapshots older than ``fallback_age_s``),
     ``perfect`` the simulator's ground truth; a backend without it gets
@@ -688,4 +730,5 @@ def make_oracle(kind: str, tree: FatTree, source: SnapshotSource | None, stalene
     if build is None:
         raise UnknownOracleError(f"unknown oracle {kind!r} (known: {', '.join(ORACLES)})")
     return build(tree=tree, source=source, truth=truth, staleness_s=staleness_s,
-                 min_available_fraction=min_available_fraction, setup_s=setup_s, fallback_age_s=fallback_age_s)
+                 min_available_fraction=min_available_fraction, setup_s=setup_s, fallback_age_s=fallback_age_s,
+                 saturated_link_flows=saturated_link_flows)

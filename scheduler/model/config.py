@@ -177,6 +177,12 @@ class OracleConfig:
     staleness_s: float = param(0.0, "age of the telemetry snapshot the oracle answers from, s")
     min_available_fraction: float = param(0.1, "a new flow on a saturated link still gets at least this "
                                           "fraction of its capacity (TCP/RDMA fair share against a few flows)")
+    saturated_link_flows: float = param(6.0, "elastic flows a live oracle assumes share a busy link (telemetry shows "
+                                        "load, not flows): a new flow gets max(1 - utilisation, 1 / (flows + 1)) "
+                                        "of the capacity, its max-min share against that many; 9 gives the "
+                                        "min_available_fraction floor alone (10x the idle price on a saturated "
+                                        "link); 6: of 1, 2, 4, 6 and 9, the one without a loss against netkv:static at "
+                                        "long contexts on the conversation trace (docs/predictive-and-joint.md)")
     fallback_polls: float = param(4.0, "a telemetry oracle whose newest usable snapshot is older than this many poll "
                                   "intervals (telemetry stopped: controller down) prices like the static oracle, "
                                   "counted in the summary, until telemetry returns; 4 polls: one late or lost reply "
@@ -416,6 +422,7 @@ def validate(cfg: ExperimentConfig) -> None:
         ("timing.tp_efficiency", cfg.timing.tp_efficiency),
         ("oracle.poll_interval_s", cfg.oracle.poll_interval_s),
         ("oracle.fallback_polls", cfg.oracle.fallback_polls),
+        ("oracle.saturated_link_flows", cfg.oracle.saturated_link_flows),
     ]
     for name, value in positive:
         if not value > 0:

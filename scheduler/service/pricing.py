@@ -113,7 +113,8 @@ class Pricer:
         self._bottleneck_for: tuple[np.ndarray, frozenset[int]] | None = None  # (inv, down) of _bottleneck_memo
         self._bottleneck_memo: dict[tuple, list[str | None]] = {}
         self._holder = _Holder()
-        oracle = make_oracle("inflight", tree, self._holder, 0.0, cfg.oracle.min_available_fraction, SETUP_S)
+        oracle = make_oracle("inflight", tree, self._holder, 0.0, cfg.oracle.min_available_fraction, SETUP_S,
+                             saturated_link_flows=cfg.oracle.saturated_link_flows)
         assert isinstance(oracle, InflightOracle)
         self.oracle = oracle
         self._next_key = 0

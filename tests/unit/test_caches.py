@@ -15,6 +15,7 @@ import pytest
 
 from scheduler.decision.context import DecisionContext
 from scheduler.decision.oracle import (
+    SATURATED_LINK_FLOWS,
     InflightOracle,
     NetworkOracle,
     OracleQuery,
@@ -69,8 +70,10 @@ def reference_cost(tree, src, dsts, nbytes, inv, down=frozenset(), setup_s=30e-6
     return NetworkOracle._finish(latency, np.asarray(nbytes, dtype=float), inv[paths].max(axis=1))
 
 
-def telemetry_inv(tree, snap, floor=0.1):
-    free = np.maximum(1.0 - np.clip(snap.utilisation, 0.0, 1.0), floor)
+def telemetry_inv(tree, snap, floor=0.1, flows=SATURATED_LINK_FLOWS):
+    """Seconds per byte of every link: a new flow gets what the load leaves, or its max-min share
+    against ``flows`` others, or the floor, whichever is largest."""
+    free = np.maximum(np.maximum(1.0 - np.clip(snap.utilisation, 0.0, 1.0), 1.0 / (flows + 1.0)), floor)
     return NetworkOracle._inverse(tree.capacity * snap.capacity_factor * free)
 
 
@@ -184,7 +187,7 @@ def reference_inflight(oracle: InflightOracle, snap, query: OracleQuery) -> np.n
             with np.errstate(invalid="ignore"):
                 background = np.maximum(util * cap - own, 0.0)
             background[-1] = 0.0  # the padding link
-            free = np.maximum(cap - background, oracle.floor * cap)
+            free = np.maximum(np.maximum(cap - background, cap / (oracle.flows + 1.0)), oracle.floor * cap)
             sharers = np.bincount(np.concatenate(later), minlength=n).astype(float) if later else np.zeros(n)
             sharers[-1] = 0.0
             inv = NetworkOracle._inverse(free / (1.0 + sharers))

@@ -49,7 +49,7 @@ def plain_cost(o: PredictiveOracle, query: OracleQuery) -> np.ndarray:
     pending = [e for e in ledger if e.end > start and e.done_at > now]
     if seen:
         cap, background = o._background(snap, seen, inv.shape[0])
-        inv = o._inverse(np.maximum(cap - background, o.floor * cap))
+        inv = o._inverse(o._free(cap, background))
     paths = o.tree.paths(query.src, query.dsts, query.flow_key if o.tree.config.routing != "dst" else None, down)
     latency = o.tree.latency_s[paths].sum(axis=1) + o.setup_s
     base = inv[paths].max(axis=1)

@@ -156,7 +156,7 @@ def test_down_link_gives_inf_only_where_no_route_survives(tree):
     new_core = tree.path(src, 63, down={core_up})[2]
     util[new_core] = 1.0
     c1 = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, util, factor))).cost(q(src, dsts, GB))
-    assert c1[dsts == 63][0] > 5 * c0[dsts == 63][0]
+    assert c1[dsts == 63][0] > 1.5 * c0[dsts == 63][0]
     # a partially degraded link is between nominal and down (no reroute: it still works)
     factor[core_up] = 0.25
     c2 = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, np.zeros(tree.n_links + 1), factor))).cost(q(src, dsts, GB))
@@ -184,8 +184,8 @@ def test_congested_link_raises_cost_of_paths_crossing_it(tree):
     c = TelemetryOracle(tree, Fixed(snap), min_available_fraction=0.1).cost(q(src, dsts, GB))
     c0 = StaticTierOracle(tree).cost(q(src, dsts, GB))
     crosses = (tree.paths(src, dsts) == link).any(axis=1)
-    # saturated beyond the floor: available = 10% of capacity
-    assert np.all(c[crosses] > c0[crosses] * 5)
+    # saturated: a fair share against oracle.saturated_link_flows elastic flows (at least 2x the idle price)
+    assert np.all(c[crosses] > c0[crosses] * 1.5)
     assert np.allclose(c[~crosses], c0[~crosses])
 
 
@@ -200,7 +200,7 @@ def test_ecmp_oracle_prices_the_flows_own_path():
     util = np.zeros(tree.n_links + 1)
     util[paths_by_key[k2][2]] = 1.0  # the other flow's core uplink is busy
     o = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, util, np.ones(tree.n_links + 1))))
-    assert o.cost(q(src, [dst], GB, flow_key=k2))[0] > 5 * o.cost(q(src, [dst], GB, flow_key=k1))[0]
+    assert o.cost(q(src, [dst], GB, flow_key=k2))[0] > 1.5 * o.cost(q(src, [dst], GB, flow_key=k1))[0]
     # a flow hashed onto a failed link is priced on the route the controller moves it to
     o = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, np.zeros(tree.n_links + 1), factor)))
     assert np.isfinite(o.cost(q(src, [dst], GB, flow_key=k1))[0])
@@ -226,12 +226,12 @@ def test_stale_oracle_answers_from_snapshot_of_now_minus_staleness(tree):
     idle_cost = StaticTierOracle(tree).cost(q(src, [dst], GB))[0]
     # fresh: congested during [1, 2)
     assert fresh.cost(q(src, [dst], GB, now=0.5))[0] == pytest.approx(idle_cost)
-    assert fresh.cost(q(src, [dst], GB, now=1.5))[0] > 5 * idle_cost
+    assert fresh.cost(q(src, [dst], GB, now=1.5))[0] > 1.5 * idle_cost
     assert fresh.cost(q(src, [dst], GB, now=2.5))[0] == pytest.approx(idle_cost)
     # one second stale: congestion seen during [2, 3)
     assert stale.cost(q(src, [dst], GB, now=1.5))[0] == pytest.approx(idle_cost)
-    assert stale.cost(q(src, [dst], GB, now=2.0))[0] > 5 * idle_cost
-    assert stale.cost(q(src, [dst], GB, now=2.9))[0] > 5 * idle_cost
+    assert stale.cost(q(src, [dst], GB, now=2.0))[0] > 1.5 * idle_cost
+    assert stale.cost(q(src, [dst], GB, now=2.9))[0] > 1.5 * idle_cost
     assert stale.cost(q(src, [dst], GB, now=3.0))[0] == pytest.approx(idle_cost)
 
 

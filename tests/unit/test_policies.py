@@ -211,13 +211,14 @@ def test_netkv_avoids_decode_behind_congested_link_when_near_one_is_free():
     _, tree, cl = make()
     p_gpu = int(cl.prefill_ids[0])  # GPU 0; its same-server decode is GPU 1
     util = np.zeros(tree.n_links + 1)
-    # saturate the NVLink into the same-server decode: only 10% of 3600 Gbit/s left, less
-    # than a free 400 Gbit/s NIC path to the same-rack decode (GPU 3)
+    # saturate the NVLink into the same-server decode, priced against 9 elastic flows: 10% of
+    # 3600 Gbit/s left, less than a free 400 Gbit/s NIC path to the same-rack decode (GPU 3)
     same_server = [d for d in cl.decode_ids if tree.tier(p_gpu, int(d)) == 0]
     assert len(same_server) == 1
     for d in same_server:
         util[tree.path(p_gpu, int(d))[-1]] = 1.0
-    oracle = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, util, np.ones(tree.n_links + 1))))
+    oracle = TelemetryOracle(tree, Fixed(TelemetrySnapshot(0.0, util, np.ones(tree.n_links + 1))),
+                             saturated_link_flows=9)
     cl.prefill_busy_until[:] = 10.0  # steer the prefill choice to instance 0
     cl.prefill_busy_until[0] = 0.0
     nk = REGISTRY["netkv"](weight=0.0)
