@@ -143,7 +143,7 @@ def pids_in_netns(ns: str) -> list[int]:
 
 def host_processes(state: dict) -> list[int]:
     """Host shells recorded in ``state`` that are still theirs, plus everything in their netns."""
-    root_ns = netns_id(1)
+    root_ns = netns_id(1) or netns_id(os.getpid())  # pid 1's may be unreadable (a VM's init): ours then
     found: set[int] = set()
     recorded = state.get("host_netns") or {}
     for name, pid in (state.get("host_pids") or {}).items():

@@ -43,6 +43,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from itertools import groupby
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -194,13 +196,20 @@ def names_by_server(place: dict[str, str], names: Sequence[str], owner: Any = No
 
 
 def remote_cleanup_command(bridges: Sequence[str], links: Sequence[str], pids: Sequence[int]) -> str:
-    """Shell command (run as root on a server) removing our host/switch shells there (a pid is
-    signalled only while its command line still names a Mininet node), then our bridges and
-    interfaces; prints what is still present afterwards, one name a line, after ``netkv-left``."""
+    """Shell command (run as root on a server) removing our host and switch shells there and, for a
+    host shell, every process in its network namespace (agents, probes: the namespace goes with
+    them); a pid counts only while its command line still names a Mininet node, and nothing in the
+    namespace of the ssh session running the command (the server's own) but the shell itself is
+    touched; when that namespace cannot be read, no namespace is swept. Then our bridges and interfaces; prints
+    what is still present afterwards, one name a line, after ``netkv-left``."""
     parts = []
     if pids:
-        parts.append("for p in " + " ".join(str(int(p)) for p in pids) +
-                     "; do grep -qa 'mininet:' /proc/$p/cmdline 2>/dev/null && kill -9 $p; done")
+        parts.append(
+            "root=$(readlink /proc/$$/ns/net); for p in " + " ".join(str(int(p)) for p in pids) +
+            "; do grep -qa 'mininet:' /proc/$p/cmdline 2>/dev/null || continue; ns=$(readlink /proc/$p/ns/net);"
+            " if [ -n \"$root\" ] && [ -n \"$ns\" ] && [ \"$ns\" != \"$root\" ]; then for q in /proc/[0-9]*; do"
+            " [ \"$(readlink $q/ns/net 2>/dev/null)\" = \"$ns\" ] && kill -9 ${q#/proc/} 2>/dev/null; done; fi;"
+            " kill -9 $p 2>/dev/null; done")
     if bridges:
         parts.append("ovs-vsctl --timeout=20 " + " ".join(f"-- --if-exists del-br {shlex.quote(b)}" for b in bridges))
     if links:
@@ -264,6 +273,7 @@ def mininet_classes(spec: ClusterSpec) -> dict[str, Any]:
     without sudo (the project runs as root everywhere; Mininet's classes prefix ``sudo``, which a
     root-only server need not have). Imports Mininet's cluster example: root paths only."""
     from mininet.examples.cluster import RemoteHost, RemoteLink, RemoteMixin, RemoteOVSSwitch
+    from mininet.node import Node
 
     base = ssh_base(spec.ssh_config)
     sshbase = [*base, "-q", "-o", "ForwardAgent=no", "-tt"]
@@ -287,9 +297,13 @@ def mininet_classes(spec: ClusterSpec) -> dict[str, Any]:
             self._netkv_sshcmd = value
 
         def _popen(self, cmd: Any, sudo: bool = True, tt: bool = True, **params: Any) -> Any:
-            # remote: root already, no sudo; local: Mininet's default (no sudo for sudo=True)
-            return RemoteMixin._popen(self, cmd, sudo=not getattr(self, "isRemote", False), tt=tt,
-                                      **params)
+            """Remote: over ssh, as root already (no sudo). Here: plain Mininet (``Node._popen``):
+            Mininet's remote mixin would put the child in a process group of its own, and then
+            ``mnexec -d`` forks, so terminating the ``Popen`` would leave the command running
+            (an orphan holding its pipes)."""
+            if not getattr(self, "isRemote", False):
+                return Node._popen(self, cmd, **params)
+            return RemoteMixin._popen(self, cmd, sudo=False, tt=tt, **params)
 
     class ClusterHost(_RootMixin, RemoteHost):
         """A GPU host on its pod's server."""
@@ -298,6 +312,21 @@ def mininet_classes(spec: ClusterSpec) -> dict[str, Any]:
 
     class ClusterSwitch(_RootMixin, RemoteOVSSwitch):
         """An Open vSwitch bridge on its pod's server (cores: on localhost)."""
+
+        @classmethod
+        def batchStartup(cls, switches: Any, **_kwargs: Any) -> Any:  # noqa: N802 -- Mininet's name
+            """One ``ovs-vsctl`` per server, as Mininet's ``RemoteOVSSwitch`` does, but not typed into
+            a node's shell: a shell's terminal cuts lines at 4095 characters, which a few dozen
+            bridges' commands exceed. Here: run directly, or as an ssh command on the other servers."""
+            from mininet.node import OVSSwitch
+
+            for server, group in groupby(sorted(switches, key=attrgetter("server")), attrgetter("server")):
+                nodes = tuple(group)
+                if server == LOCAL_SERVER:
+                    OVSSwitch.batchStartup(nodes)
+                else:
+                    OVSSwitch.batchStartup(nodes, run=lambda c, node=nodes[0], **_kw: node.rcmd(c))
+            return switches
 
     ClusterSwitch.sshbase = sshbase
 
