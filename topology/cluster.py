@@ -297,12 +297,15 @@ def mininet_classes(spec: ClusterSpec) -> dict[str, Any]:
             self._netkv_sshcmd = value
 
         def _popen(self, cmd: Any, sudo: bool = True, tt: bool = True, **params: Any) -> Any:
-            """Remote: over ssh, as root already (no sudo). Here: plain Mininet (``Node._popen``):
-            Mininet's remote mixin would put the child in a process group of its own, and then
-            ``mnexec -d`` forks, so terminating the ``Popen`` would leave the command running
-            (an orphan holding its pipes)."""
+            """Remote: over ssh, as root already (no sudo). Here, a command in a node (``mnexec``):
+            plain Mininet (``Node._popen``), because Mininet's remote mixin puts the child in a
+            process group of its own, and then ``mnexec -d`` forks, so terminating the ``Popen``
+            would leave the command running (an orphan holding its pipes)."""
             if not getattr(self, "isRemote", False):
-                return Node._popen(self, cmd, **params)
+                argv = cmd.split() if isinstance(cmd, str) else list(cmd)
+                if argv[:1] == ["mnexec"]:
+                    return Node._popen(self, argv, **params)
+                return RemoteMixin._popen(self, argv, sudo=True, tt=tt, **params)
             return RemoteMixin._popen(self, cmd, sudo=False, tt=tt, **params)
 
     class ClusterHost(_RootMixin, RemoteHost):
