@@ -4,7 +4,8 @@
 ``localhost`` (it runs the controller, the orchestrator and the core layer). Placement, one cut:
 
 * every pod -- its GPU hosts, server (NVLink) switches, ToRs and aggregation switches -- lives whole on
-  one server; pods go to the servers in contiguous, even blocks (pods 0..k-1 on the first, ...);
+  one server; pods are dealt to the servers in turn (pod p on server p mod n), so pods 0 and 1, the
+  pair the emulator's tier-3 calibration uses, sit on different servers;
 * the core switches live on ``localhost``.
 
 So tiers 0-2 (same server, same rack, same pod) never leave a server, and only cross-pod traffic
@@ -170,18 +171,12 @@ def pod_of(name: str) -> int | None:
 
 
 def placement(tree: FatTree, servers: Sequence[str]) -> dict[str, str]:
-    """Server of every switch and GPU host: pods in contiguous even blocks over ``servers`` (in the
-    order given; earlier servers take one more when they do not divide), cores on ``localhost``."""
-    pods = tree.config.pods
-    n = len(servers)
-    sizes = [pods // n + (1 if i < pods % n else 0) for i in range(n)]
-    pod_server: list[str] = []
-    for server, size in zip(servers, sizes):
-        pod_server += [server] * size
+    """Server of every switch and GPU host: pod ``p`` on ``servers[p % len(servers)]`` (dealt in the
+    order given), cores on ``localhost``."""
     out = {}
     for name in [*tree.switch_names(), *tree.gpu_names]:
         pod = pod_of(name)
-        out[name] = LOCAL_SERVER if pod is None else pod_server[pod]
+        out[name] = LOCAL_SERVER if pod is None else servers[pod % len(servers)]
     return out
 
 

@@ -36,7 +36,7 @@ def test_pods_stay_whole_on_one_server_and_cores_stay_here():
         if pod is None:
             assert server == "localhost", name  # a core switch
         else:
-            assert server == {0: "localhost", 1: "localhost", 2: "b", 3: "c"}[pod], name
+            assert server == {0: "localhost", 1: "b", 2: "c", 3: "localhost"}[pod], name
     assert set(place) == set(tree.switch_names()) | set(tree.gpu_names)
 
 
