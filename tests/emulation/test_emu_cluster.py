@@ -111,17 +111,19 @@ def _netkv(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
                           timeout=timeout, check=False)
 
 
-def _ssh_processes(folder: Path) -> list[str]:
-    """Command lines of ssh clients using the test's config and of sshd sessions still alive."""
+def _ssh_processes(folder: Path, sshd_pid: int | None = None) -> list[str]:
+    """Processes still alive that belong to the test's ssh setup: ssh clients (and the sshd) whose
+    command line names its folder, and the private sshd's session children."""
     out = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == sshd_pid:
             continue
         try:
             line = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if str(folder) in line or line.startswith("sshd: root"):
+        if str(folder) in line or (sshd_pid is not None and ppid == sshd_pid):
             out.append(f"{entry}: {line.strip()}")
     return out
 
@@ -190,8 +192,10 @@ def test_fabric_up_across_two_servers_and_down_leaves_nothing(require_root_ovs, 
         assert cleanup.leftovers([tree], state).empty()
         assert cleanup.read_state() is None
         assert not [n for n in os.listdir("/sys/class/net") if n.startswith("tap7")]
-        time.sleep(0.5)
-        assert _ssh_processes(sshd.folder) == [] or all("sshd -D" in p for p in _ssh_processes(sshd.folder))
+        deadline = time.monotonic() + 5  # sshd reaps its sessions' children as their clients hang up
+        while _ssh_processes(sshd.folder, sshd.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _ssh_processes(sshd.folder, sshd.proc.pid) == []
         folder = sshd.folder
     assert not folder.exists()
     assert _ssh_processes(folder) == []
