@@ -4,10 +4,11 @@ CI has one machine, so the test names it twice: ``localhost`` and an ssh alias f
 test starts on a loopback address with a host key and a client key it makes, through an ssh config
 file it writes (``--ssh-config``); nothing of the system's ssh setup is read or touched. Mininet's
 remote code path runs for real: the alias's pods' shells run over ssh, its switches are configured
-over ssh, and the aggregation-core links between the two "servers" are GRE tunnels. The test builds
+over ssh, and the aggregation-core links between the two "servers" are Ethernet tunnels over ssh. The test builds
 the small fabric with ``netkv fabric up --cluster localhost,ALIAS``, checks every tier answers a
 ping (tier 3 across the tunnels), the controller has every switch, then ``fabric down`` and checks
-nothing is left: bridges, interfaces, host namespaces' shells, ssh processes, the sshd, its folder.
+nothing is left: bridges, interfaces, host namespaces' shells, ssh processes, the sshd, its folder;
+the same after the owner was SIGKILLed; and an unreachable server is refused by name.
 Figures are printed (``-s``).
 """
 from __future__ import annotations
@@ -200,6 +201,35 @@ def test_fabric_up_across_two_servers_and_down_leaves_nothing(require_root_ovs, 
     assert not folder.exists()
     assert _ssh_processes(folder) == []
     assert (sorted(os.listdir(home_ssh)) if home_ssh.exists() else None) == home_ssh_before
+
+
+def test_fabric_down_after_the_owner_was_killed_removes_everything_on_both_servers(require_root_ovs, tmp_path):
+    """SIGKILL leaves no teardown: ``fabric down`` works from the state file alone (the tunnels'
+    ssh processes are recorded there, the remote server is cleaned over ssh)."""
+    from topology import cleanup
+
+    tree = FatTree(SMALL)
+    with private_sshd() as sshd:
+        up = _netkv("fabric", "up", "--topology", json.dumps(SMALL.to_dict()), "--cluster", f"localhost,{ALIAS}",
+                    "--ssh-config", str(sshd.ssh_config), "--ofp-port", str(OFP_PORT), "--rest-port", str(REST_PORT),
+                    "--out", str(tmp_path / "fab"))
+        try:
+            assert up.returncode == 0, up.stdout + up.stderr
+            state = cleanup.read_state()
+            assert state is not None
+            assert any(h["mark"] == "Tunnel=ethernet" for h in state.get("helpers", []))
+            os.kill(int(state["owner_pid"]), signal.SIGKILL)
+            time.sleep(0.5)
+        finally:
+            down = _netkv("fabric", "down", timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert cleanup.leftovers([tree], state).empty()
+        assert cleanup.read_state() is None
+        assert not [n for n in os.listdir("/sys/class/net") if n.startswith("tap7")]
+        deadline = time.monotonic() + 5
+        while _ssh_processes(sshd.folder, sshd.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _ssh_processes(sshd.folder, sshd.proc.pid) == []
 
 
 def test_unreachable_server_is_refused_naming_it(require_root_ovs, tmp_path):
