@@ -157,6 +157,9 @@ def register(sub) -> None:
                    help="price every decision through the oracle service over HTTP: with no URL the run starts "
                         "`netkv oracle serve` on loopback fed by the same telemetry and stops it after; with a URL "
                         "it uses one already running (its config must match the experiment's)")
+    from scripts.cmd_fabric import add_cluster_options
+
+    add_cluster_options(p)
     p.add_argument("--ofp-port", type=int, default=DEFAULT_OFP_PORT, help="controller OpenFlow port on 127.0.0.1")
     p.add_argument("--rest-port", type=int, default=DEFAULT_REST_PORT, help="controller REST port on 127.0.0.1")
     p.set_defaults(func=run, policies=",".join(EMULATE_DEFAULT_POLICIES))
@@ -170,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
     from scheduler.emulate.orchestrator import run_emulation
     from scheduler.emulate.results import write_emulation
     from scheduler.results.tables import format_table
+    from scripts.cmd_fabric import cluster_spec, parse_cluster
+    from topology.cluster import session as cluster_session
 
     scale = emulation_scale(args)
     if args.max_requests is None:
@@ -183,11 +188,19 @@ def run(args: argparse.Namespace) -> int:
     fault_list = [parse_fault(f) for f in args.fault]
     check_faults(fault_list, exp.requests[-1].arrival_s, serving_hosts(exp))
     telemetry = telemetry_plan(args, exp)
+    try:
+        parse_cluster(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     check_root("it builds Open vSwitch bridges, veth links and network namespaces (Mininet) and shapes links "
                "with tc")
-    policies, records, ev = run_emulation(exp, scale, args.time_scale, args.ofp_port, args.rest_port,
-                                          progress=not args.no_progress, log=log, fault_list=fault_list,
-                                          telemetry=telemetry)
+    spec = cluster_spec(args, "emulate")
+    if spec is False:
+        return 1
+    with cluster_session(spec):
+        policies, records, ev = run_emulation(exp, scale, args.time_scale, args.ofp_port, args.rest_port,
+                                              progress=not args.no_progress, log=log, fault_list=fault_list,
+                                              telemetry=telemetry)
     oracle_rows = ev.get("oracle_rows") or {}
     path, summary = write_emulation(out, exp, info, policies, records, ev, scale, args.time_scale, target=target,
                                     provenance=provenance(args), fmt=args.format)

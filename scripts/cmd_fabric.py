@@ -60,6 +60,7 @@ def register(subparsers) -> None:
     up.add_argument("--out", "--run-dir", dest="run_dir", default=None, metavar="DIR",
                     help="folder for logs (default results/fabric/<time>)")
     up.add_argument("--foreground", action="store_true", help="keep the fabric in this process until Ctrl-C")
+    add_cluster_options(up)
     sub.add_parser("status", help="what is running: owner, switches connected, links present")
     sub.add_parser("down", help="tear the fabric down and remove every leftover of ours")
     ex = sub.add_parser("exec", help="run a command inside a GPU host, e.g. exec p0t0s0g0 -- ping -c1 10.1.0.1")
@@ -68,12 +69,46 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """``--cluster`` and ``--ssh-config`` (``fabric up`` and ``emulate``)."""
+    p.add_argument("--cluster", default=None, metavar="SERVER[,SERVER...]",
+                   help="place the fabric over these servers with Mininet's cluster mode: localhost (this machine: "
+                        "controller, core switches) and others reached by root ssh with a key; whole pods per server "
+                        "(docs/distributed.md#the-fabric-across-machines)")
+    p.add_argument("--ssh-config", default=None, metavar="FILE",
+                   help="ssh config file for --cluster's servers (host name, port, key); default ~/.ssh/config")
+
+
+def cluster_spec(args: argparse.Namespace, command: str):
+    """The checked :class:`topology.cluster.ClusterSpec` of ``--cluster``/``--ssh-config`` (None without
+    ``--cluster``); prints the error naming the server and returns False when one cannot be used."""
+    from topology.cluster import ClusterError, check_servers
+
+    if args.cluster is None:
+        return None
+    try:
+        return check_servers(args.cluster_servers, Path(args.ssh_config) if args.ssh_config else None)
+    except ClusterError as exc:
+        print(f"netkv {command}: {exc}", file=sys.stderr)
+        return False
+
+
+def parse_cluster(args: argparse.Namespace) -> None:
+    """Validate ``--cluster``'s names (ValueError naming the problem) into ``args.cluster_servers``."""
+    from topology.cluster import parse_servers
+
+    if args.ssh_config is not None and args.cluster is None:
+        raise ValueError("--ssh-config applies to --cluster")
+    args.cluster_servers = None if args.cluster is None else parse_servers(args.cluster)
+
+
 def run(args: argparse.Namespace) -> int:
     cmd = args.fabric_cmd
     if cmd == "up":  # bad input is refused before anything else, root or not
         try:
             args.topology_cfg = _topology(args)
-        except ValueError as exc:  # JSON, ConfigError, TopologyError
+            parse_cluster(args)
+        except ValueError as exc:  # JSON, ConfigError, TopologyError, --cluster
             print(f"netkv fabric up: error: {exc}", file=sys.stderr)
             return 2
     if cmd != "status" and os.geteuid() != 0:
@@ -108,10 +143,13 @@ def _up(args: argparse.Namespace) -> int:
         print(f"netkv fabric up: a fabric is already running (owner pid {old['owner_pid']}, "
               f"{old.get('rest_url')}); run `netkv fabric down` first", file=sys.stderr)
         return 1
+    spec = cluster_spec(args, "fabric up")
+    if spec is False:
+        return 1
     run_dir = _run_dir(args.run_dir)
     if args.foreground:
         fabric = controlled_fabric(tree, scale, run_dir, args.ofp_port, args.rest_port, args.poll_interval,
-                                   nvlink_cap_mbit=args.nvlink_cap_mbit)
+                                   nvlink_cap_mbit=args.nvlink_cap_mbit, **({"cluster": spec} if spec else {}))
         try:
             with fabric:
                 _print_ready(fabric.state, foreground=True)
@@ -130,11 +168,14 @@ def _up(args: argparse.Namespace) -> int:
            "--rest-port", str(args.rest_port), "--poll-interval", str(args.poll_interval)]
     if args.nvlink_cap_mbit is not None:
         cmd += ["--nvlink-cap-mbit", str(args.nvlink_cap_mbit)]
+    if spec:
+        cmd += ["--cluster-spec", json.dumps(spec.to_dict())]
     t0 = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    print(f"building the fabric ({tree.n_gpus} GPUs, scale {scale:g}); log {log_path}", file=sys.stderr)
+    where = f" over {', '.join(spec.servers)}" if spec else ""
+    print(f"building the fabric ({tree.n_gpus} GPUs, scale {scale:g}{where}); log {log_path}", file=sys.stderr)
     while time.monotonic() - t0 < UP_TIMEOUT_S:
         state = read_state(STATE_FILE)
         if state and state.get("owner_pid") == proc.pid and state.get("status") == "ready":
@@ -305,6 +346,15 @@ def _exec(args: argparse.Namespace) -> int:
     if pid is None or not pid_matches(pid, f"mininet:{args.host}"):
         print(f"netkv fabric exec: unknown host {args.host!r} (hosts look like p0t0s0g0)", file=sys.stderr)
         return 1
+    server = (state.get("cluster") or {}).get("placement", {}).get(args.host, "localhost")
+    if server != "localhost":  # a host on another server: the same command there, over ssh
+        import shlex
+
+        from topology.cluster import ClusterSpec, ssh_argv
+
+        spec = ClusterSpec.from_dict(state["cluster"])
+        argv = ssh_argv(spec.ssh_config, server, shlex.join(["mnexec", "-a", str(pid), *command]))
+        os.execvp(argv[0], argv)
     os.execvp("mnexec", ["mnexec", "-a", str(pid), *command])
     return 0  # not reached
 
@@ -325,10 +375,16 @@ def serve(argv: list[str] | None = None) -> int:
     p.add_argument("--ofp-port", type=int, default=DEFAULT_OFP_PORT)
     p.add_argument("--rest-port", type=int, default=DEFAULT_REST_PORT)
     p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL_S)
+    p.add_argument("--cluster-spec", default=None, help="topology.cluster.ClusterSpec as JSON (checked by up)")
     args = p.parse_args(argv)
     tree = FatTree(FatTreeConfig(**json.loads(args.topology)))
+    options = {}
+    if args.cluster_spec:
+        from topology.cluster import ClusterSpec
+
+        options["cluster"] = ClusterSpec.from_dict(json.loads(args.cluster_spec))
     fabric = controlled_fabric(tree, args.scale, _run_dir(args.run_dir), args.ofp_port, args.rest_port,
-                               args.poll_interval, nvlink_cap_mbit=args.nvlink_cap_mbit)
+                               args.poll_interval, nvlink_cap_mbit=args.nvlink_cap_mbit, **options)
     controller = fabric.controller
     assert isinstance(controller, ControllerProcess)  # what controlled_fabric gives every fabric
     try:

@@ -9,7 +9,7 @@ log() { echo "[setup-emulation] $*" >&2; }
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup_emulation.sh: must run as root: it installs Debian packages (mininet, openvswitch-switch," \
-       "iperf3, ethtool, tcpdump, iproute2, psmisc, iputils-ping) and starts the Open vSwitch daemons." \
+       "iperf3, ethtool, tcpdump, iproute2, psmisc, iputils-ping, openssh-server) and starts the Open vSwitch daemons." \
        "Run: sudo $0" >&2
   exit 1
 fi
@@ -25,9 +25,10 @@ declare -A probe=(
   [psmisc]=/usr/bin/killall
   [iputils-ping]=/usr/bin/ping
   [prometheus]=/usr/bin/prometheus
+  [openssh-server]=/usr/sbin/sshd
 )
 missing=()
-for pkg in mininet openvswitch-switch iperf3 ethtool tcpdump iproute2 psmisc iputils-ping prometheus; do
+for pkg in mininet openvswitch-switch iperf3 ethtool tcpdump iproute2 psmisc iputils-ping prometheus openssh-server; do
   [ -e "${probe[$pkg]}" ] || missing+=("$pkg")
 done
 # Debian's Mininet lives in /usr/bin/python3's dist-packages; the venv sees it via system site packages.
@@ -42,6 +43,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # --no-install-recommends keeps the install small; iperf3's debconf question is pre-answered.
   echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections 2>/dev/null || true
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  # openssh-server is for the cluster-mode test, which runs its own sshd on loopback with its own
+  # config and keys; the system's ssh service it installs is not wanted: stopped and disabled.
+  case " ${missing[*]} " in
+    *" openssh-server "*)
+      if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now ssh.service >/dev/null 2>&1 || true
+      fi ;;
+  esac
 else
   log "Debian packages already installed"
 fi

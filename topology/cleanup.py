@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from topology.model import FatTree, switch_ports
+from topology.model import FatTree, FatTreeConfig, switch_ports
 
 STATE_DIR = Path(os.environ.get("NETKV_STATE_DIR", "/run/netkv"))
 STATE_FILE = STATE_DIR / "fabric.json"
@@ -143,7 +143,7 @@ def pids_in_netns(ns: str) -> list[int]:
 
 def host_processes(state: dict) -> list[int]:
     """Host shells recorded in ``state`` that are still theirs, plus everything in their netns."""
-    root_ns = netns_id(1)
+    root_ns = netns_id(1) or netns_id(os.getpid())  # pid 1's may be unreadable (a VM's init): ours then
     found: set[int] = set()
     recorded = state.get("host_netns") or {}
     for name, pid in (state.get("host_pids") or {}).items():
@@ -297,4 +297,33 @@ def remove_leftovers(trees: list[FatTree], state: dict | None = None) -> Cleanup
         shutil.rmtree(folder, ignore_errors=True)
     delete_bridges(found.bridges)
     delete_links(present_links(found.links))
+    if state and isinstance(state.get("cluster"), dict):
+        remove_remote(state)
     return found
+
+
+def remove_remote(state: dict) -> None:
+    """A cluster-mode fabric (:mod:`topology.cluster`): remove, over ssh, the host and switch shells,
+    bridges and switch-side interfaces the state file places on the other servers. CleanupError
+    naming the server when one cannot be reached or keeps some of them."""
+    from topology import cluster
+
+    raw = state["cluster"]
+    place: dict[str, str] = raw.get("placement", {})
+    topo = state.get("topology")
+    tree = FatTree(FatTreeConfig(**topo)) if isinstance(topo, dict) else FatTree()
+    plan: dict[str, tuple[list[str], list[str], list[int]]] = {}
+    for server in set(place.values()):
+        bridges = [b for b in bridge_names(tree) if place.get(b) == server]
+        links = [switch_intf_name(sw, port) for sw in bridges for port in switch_ports(tree, sw)]
+        pids = [int(pid) for kind in ("host_pids", "switch_pids") for name, pid in (state.get(kind) or {}).items()
+                if place.get(name) == server and pid]
+        plan[server] = (bridges, links, pids)
+    try:
+        left = cluster.remove_remote(cluster.ClusterSpec.from_dict(raw), plan)
+    except cluster.ClusterError as exc:
+        raise CleanupError(str(exc)) from None
+    kept = {server: names for server, names in left.items() if names}
+    if kept:
+        raise CleanupError("still present on other servers: " + "; ".join(
+            f"{server}: {', '.join(names[:5])}" for server, names in kept.items()))

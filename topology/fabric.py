@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from topology import cleanup
+from topology import cluster as cluster_mode
 from topology.cleanup import STATE_FILE, read_state, remove_state, write_state
 from topology.errors import FabricBusyError, FabricError
 from topology.host_setup import configure_hosts, reconfigure_host
@@ -134,11 +135,16 @@ class Fabric:
         state_file: Path = STATE_FILE,
         check_reachability: bool = True,
         handle_signals: bool = True,
+        cluster: cluster_mode.ClusterSpec | None = None,
     ) -> None:
         self.tree = tree
         self.scale = scale
         self.nvlink_cap_mbit = nvlink_cap_mbit
-        self.topo = FatTreeTopo(tree=self.tree, scale=scale, nvlink_cap_mbit=nvlink_cap_mbit)  # validates
+        self.cluster = cluster if cluster is not None else cluster_mode.session_spec()
+        """Servers the fabric is placed over (:mod:`topology.cluster`); None: this machine alone."""
+        self._cluster_classes = cluster_mode.mininet_classes(self.cluster) if self.cluster else None
+        link = {"link_cls": self._cluster_classes["link"]} if self._cluster_classes else {}
+        self.topo = FatTreeTopo(tree=self.tree, scale=scale, nvlink_cap_mbit=nvlink_cap_mbit, **link)  # validates
         self.run_dir = Path(run_dir)
         self.ofp_port = ofp_port
         self.controller = controller
@@ -285,6 +291,9 @@ class Fabric:
             "switch_pids": {},
             "hosts": {},
         }
+        if self.cluster is not None:
+            self.state["cluster"] = {**self.cluster.to_dict(),
+                                     "placement": cluster_mode.placement(self.tree, self.cluster.servers)}
         self._save_state()
 
     def _save_state(self, **updates) -> None:
@@ -319,8 +328,12 @@ class Fabric:
         datapath = self.datapath or default_datapath()
         switch = partial(OVSSwitch, datapath=datapath, batch=True, protocols="OpenFlow13", failMode="secure")
         t0 = time.monotonic()
-        self.net = net = Mininet(topo=self.topo, switch=switch, link=ShapedLink, controller=None, build=False,
-                                 autoSetMacs=False, autoStaticArp=False, waitConnected=False)
+        options = {"topo": self.topo, "switch": switch, "controller": None, "build": False, "autoSetMacs": False,
+                   "autoStaticArp": False, "waitConnected": False}
+        if self.cluster is not None and self._cluster_classes is not None:
+            self.net = net = cluster_mode.cluster_net(self.cluster, self.tree, self._cluster_classes, **options)
+        else:
+            self.net = net = Mininet(link=ShapedLink, **options)
         # Record the shells right after build, so a crash later on is cleanable from the state file.
         net.build()
         self._save_state(
@@ -328,6 +341,9 @@ class Fabric:
             host_pids={h.name: h.pid for h in net.hosts},
             host_netns={h.name: cleanup.netns_id(h.pid) for h in net.hosts},
             switch_pids={s.name: s.pid for s in net.switches},
+            **({"helpers": [*self.state.get("helpers", []),
+                            *({"pid": t.pid, "mark": cluster_mode.TUNNEL_MARK, "folder": None}
+                              for t in cluster_mode.tunnels(net))]} if self.cluster else {}),
             hosts={h.name: {"pid": h.pid, "nic_ip": nic_ip(self.tree, g), "nvlink_ip": nvlink_ip(self.tree, g)}
                    for g, h in enumerate(net.get(*self.tree.gpu_names))},
         )
@@ -440,6 +456,8 @@ class Fabric:
         ovs-vsctl call, the remaining switch-to-switch veths in one ``ip -batch``, and the
         switch shells."""
         net = self._net()
+        if self.cluster is not None:
+            cluster_mode.stop_tunnels(net)
         hosts = cleanup.host_processes(self.state) if self.state.get("host_pids") else []
         cleanup.kill_pids(hosts, grace_s=1.0)
         for host in net.hosts:

@@ -239,9 +239,11 @@ class FatTreeTopo(Topo):
     """Hosts, switches and links of ``tree`` with the model's names, dpids, ports and addresses.
 
     Host ``eth0`` (port 0) is the scale-out NIC to its ToR, ``eth1`` (port 1) the NVLink interface
-    to its server switch. Link options carry ``bw`` (Mbit/s) for :class:`ShapedLink`."""
+    to its server switch. Link options carry ``bw`` (Mbit/s) for :class:`ShapedLink` (or ``link_cls``,
+    e.g. the cluster mode's tunnel-or-veth link, :mod:`topology.cluster`)."""
 
-    def build(self, tree: FatTree, scale: float = DEFAULT_SCALE, nvlink_cap_mbit: float | None = None) -> None:
+    def build(self, tree: FatTree, scale: float = DEFAULT_SCALE, nvlink_cap_mbit: float | None = None,
+              link_cls: type[Link] = ShapedLink) -> None:
         c = tree.config
         if c.kind != "fat-tree" or c.intra_server != "nvlink":
             # the wiring (ports, addresses) and the controller's routes are the fat-tree's, same-server
@@ -269,7 +271,7 @@ class FatTreeTopo(Topo):
                     g = tree.gpu_index(nb)
                     nvlink = tree.switch_names()[sw] == "server"
                     kind = "nvlink" if nvlink else "nic"
-                    opts = {"bw": rates[kind], "cls": ShapedLink, "shape": htb_shape(kind)}
+                    opts = {"bw": rates[kind], "cls": link_cls, "shape": htb_shape(kind)}
                     if nvlink:
                         opts["params1"] = {"ip": f"{nvlink_ip(tree, g)}/{NVLINK_PREFIX}"}
                         opts["addr1"] = gpu_mac(g, nvlink=True)
@@ -277,7 +279,7 @@ class FatTreeTopo(Topo):
                 elif switch_ports(tree, nb) and self._is_lower(tree, sw, nb):
                     kind = "tor_agg" if tree.switch_names()[sw] == "tor" else "agg_core"
                     back = next(p for p, n in switch_ports(tree, nb).items() if n == sw)
-                    self.addLink(sw, nb, port1=port, port2=back, bw=rates[kind], cls=ShapedLink,
+                    self.addLink(sw, nb, port1=port, port2=back, bw=rates[kind], cls=link_cls,
                                  shape=htb_shape(kind))
 
     @staticmethod
