@@ -20,6 +20,8 @@ from topology.model import FatTree
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.emulation
 NETKV = str(ROOT / "scripts" / "netkv")
+SMALL = ["--set", "topology.pods=2"]
+"""Two pods (32 GPUs, 24 workers): every router's workers start faster; the protocol is the same."""
 
 
 def _ours() -> list[str]:
@@ -58,7 +60,7 @@ def test_every_router_serves_every_request_on_one_fabric(tmp_path: Path) -> None
     its tokens to the client through each, with its pair from the workers' records."""
     _no_foreign_fabric()
     out = tmp_path / "sb"
-    res = subprocess.run([NETKV, "serve-bench", "--compare", "--max-requests", "6", "--no-progress",
+    res = subprocess.run([NETKV, "serve-bench", "--compare", "--max-requests", "6", "--no-progress", *SMALL,
                           "--out", str(out), "--ofp-port", "16695", "--rest-port", "18095"],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
@@ -88,13 +90,13 @@ def test_a_decode_worker_killed_mid_run_is_routed_around_and_back(tmp_path: Path
     from scheduler.model.config import build_config
 
     _no_foreign_fabric()
-    cfg = build_config()
+    cfg = build_config(overrides=["topology.pods=2"])
     tree = FatTree(cfg.topology)
     c = cfg.cluster
     victim = tree.gpu_name(int(assign_roles(tree, c.placement, c.prefill_fraction, c.reserved_servers_per_pod)[1][0]))
     out = tmp_path / "fault"
     res = subprocess.run([NETKV, "serve-bench", "--router", "netkv", "--policy", "cache-load",
-                          "--max-requests", "40", "--fault", f"decode:{victim}@2+4", "--no-progress",
+                          "--max-requests", "40", "--fault", f"decode:{victim}@2+4", "--no-progress", *SMALL,
                           "--out", str(out), "--ofp-port", "16696", "--rest-port", "18096"],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
