@@ -1,9 +1,6 @@
 """An emulated GPU instance behind the HTTP face of an SGLang P/D worker, for smg or ``netkv router``.
 
-Run one per emulated GPU host::
-
-    python -m hosts.http_worker --role prefill --host 10.0.0.1 --port 30000 --bootstrap-port 8998
-    python -m hosts.http_worker --role decode --host 10.0.0.2 --port 30000 --kv-port 9470
+Run one per emulated GPU host: ``python -m hosts.http_worker --role prefill|decode --host ADDR ...``.
 
 Compute is the host agent's: a :class:`hosts.compute.ComputeEngine` (the simulator's
 ``InstanceModel`` on the wall clock, ``--time-scale`` wall seconds per model second). Per request
@@ -22,12 +19,8 @@ both workers):
   and the engine's batch produced it; then it streams one token per decode step of the batch the
   request is in (the engine's current step time), the last one when the engine says it finished.
 
-On the emulated fabric (``--fabric-map``) the worker binds ``0.0.0.0`` inside its host's namespace
-and is reached by routers over a management interface; the rendezvous and the KV bytes take the
-fabric: a decode worker resolves ``bootstrap_host`` (the prefill worker's management address) to
-that worker's GPU and registers the room at the fabric address it reaches it by
-(:class:`FabricAddresses`), and advertises the address the prefill reaches it by (NVLink inside a
-server, the NIC otherwise), so the KV bytes cross the shaped links as the agents' streams do.
+On the emulated fabric (``--fabric-map``, :class:`FabricAddresses`) routers reach the worker over
+a management interface, while the rendezvous and the KV bytes take the fabric's addresses.
 
 Endpoints: what smg polls and sends in P/D mode (health, server and model info, models, version,
 loads, Prometheus metrics with SGLang's and vLLM NIXL's names, ``/generate`` and the OpenAI

@@ -8,21 +8,16 @@
   pair the emulator's tier-3 calibration uses, sit on different servers;
 * the core switches live on ``localhost``.
 
-So tiers 0-2 (same server, same rack, same pod) never leave a server, and only cross-pod traffic
-(tier 3) crosses the boundary, on the aggregation-core links, as spine links join racks in a real
-hall: the tunnels between servers are exactly the agg-core links of the pods placed elsewhere
-(pods x aggs-per-pod x cores/aggs-per-pod links), the fewest any cut of a fat-tree that keeps pods
-whole can have, and every pod's traffic pays the tunnel the same way. Cutting inside a pod would
-put NVLink or ToR links, the fastest and most numerous, on tunnels.
+So only cross-pod traffic (tier 3) crosses servers, on the aggregation-core links: the fewest
+crossing links of any cut that keeps pods whole; cutting inside a pod would put the fastest,
+most numerous links (NVLink, ToR) on tunnels.
 
 Other servers are reached with ``ssh`` as root, every call through one ssh config file (``-F``:
 host name, port, key, host-key policy of each server; ``~/.ssh/config`` when none is given).
 Mininet's remote classes run every node's shell over ssh (``RemoteHost``, ``RemoteOVSSwitch``);
 links between servers are Ethernet tunnels over ssh (Mininet's ``RemoteLink``: a tap device on
-each server, ``ssh -w``; the servers' sshd needs ``PermitTunnel ethernet`` or ``yes``). Mininet's
-other tunnel, GRE (``RemoteGRELink``), needs the kernel's ``ip_gre`` module, which containers and
-this CI machine lack; ssh tunnels need only ``/dev/net/tun``, and carry every packet through two
-ssh processes (userspace, encrypted): tier 3 pays that (docs/distributed.md has the figures).
+each server, ``ssh -w``; the servers' sshd needs ``PermitTunnel ethernet`` or ``yes``). GRE
+(``RemoteGRELink``) would need the kernel's ``ip_gre``, which this CI machine lacks.
 
 Switch, link and host names are the model's, distinct across the tree, so servers sharing one
 kernel (the single-machine test) do not clash. Teardown removes every server's bridges and

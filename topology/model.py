@@ -21,11 +21,9 @@ aggregation switch    ``p{P}a{K}``           ``p0a1``
 core switch           ``c{C}``               ``c3``
 ====================  =================  ===================================
 
-Tiers: 0 same server (NVLink; with ``intra_server="nic"`` the NICs through the ToR), 1 same ToR,
-2 same pod, 3 cross-pod. A rail-optimised fabric with the same GPU names and tiers (as placement
-labels) is :class:`topology.rail.RailFabric`; :func:`make_fabric` builds the one ``kind`` names.
-Routing is destination-based by default (``routing="dst"``): a transfer's path follows from
-(src, dst), so the oracle prices it:
+Tiers: 0 same server (NVLink, or the NICs with ``intra_server="nic"``), 1 same ToR, 2 same pod,
+3 cross-pod; :func:`make_fabric` builds this tree or :class:`topology.rail.RailFabric` (``kind``).
+Routing is destination-based by default (``routing="dst"``), so the oracle prices the path:
 upward hops pick aggregation switch ``dst % aggs_per_pod`` and core ``(dst // aggs_per_pod) %
 cores_per_agg`` inside that aggregation switch's group; downward hops are unique in a fat-tree.
 ``routing="ecmp"`` hashes (src, dst, flow key) instead, like a switch's ECMP select group.
@@ -169,6 +167,10 @@ class FatTree:
         agg_core = c.tors_per_pod * tor_agg / (self.cores_per_agg * c.agg_oversubscription)
         return {"nvlink": c.nvlink_gbyte_s * 8, "nic": c.nic_gbit_s, "tor_agg": tor_agg, "agg_core": agg_core}
 
+    def switch_link_bands(self) -> list[tuple[int, int, str]]:
+        """The link-index ranges above the NICs and their :attr:`link_capacity_gbit_s` keys."""
+        return [(self.b_tor_agg, self.b_agg_core, "tor_agg"), (self.b_agg_core, self.n_links, "agg_core")]
+
     @cached_property
     def capacity(self) -> np.ndarray:
         """Directed link capacity in bytes/s, length n_links + 1 (last entry: padding, +inf)."""
@@ -177,8 +179,8 @@ class FatTree:
         n = self.n_gpus
         cap[0 : 2 * n] = g["nvlink"] * GBIT
         cap[2 * n : 4 * n] = g["nic"] * GBIT
-        cap[self.b_tor_agg : self.b_agg_core] = g["tor_agg"] * GBIT
-        cap[self.b_agg_core : self.n_links] = g["agg_core"] * GBIT
+        for start, end, key in self.switch_link_bands():
+            cap[start:end] = g[key] * GBIT
         cap[self.n_links] = np.inf
         return cap
 

@@ -48,7 +48,7 @@ from functools import cached_property
 
 import numpy as np
 
-from topology.model import GBIT, MAX_HOPS, FatTree, FatTreeConfig, TopologyError
+from topology.model import MAX_HOPS, FatTree, FatTreeConfig, TopologyError
 
 RAIL_TIER_NAMES = ("same-server", "same-rail", "cross-rail", "cross-unit")
 """Classes of :meth:`RailFabric.rail_tiers`: 0 one server, 1 one rail switch (same unit, same rail),
@@ -93,16 +93,8 @@ class RailFabric(FatTree):
         rail_spine = self.spu * c.nic_gbit_s / (self.spines * c.tor_oversubscription)
         return {"nvlink": c.nvlink_gbyte_s * 8, "nic": c.nic_gbit_s, "rail_spine": rail_spine}
 
-    @cached_property
-    def capacity(self) -> np.ndarray:
-        cap = np.empty(self.n_links + 1)
-        g = self.link_capacity_gbit_s
-        n = self.n_gpus
-        cap[0:2 * n] = g["nvlink"] * GBIT
-        cap[2 * n:4 * n] = g["nic"] * GBIT
-        cap[self.b_rail_spine:self.n_links] = g["rail_spine"] * GBIT
-        cap[self.n_links] = np.inf
-        return cap
+    def switch_link_bands(self) -> list[tuple[int, int, str]]:
+        return [(self.b_rail_spine, self.n_links, "rail_spine")]
 
     # ----------------------------------------------------------------- names
     def rail_of(self, g: int) -> int:

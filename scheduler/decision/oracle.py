@@ -4,33 +4,24 @@ Contract (stated once, every implementation keeps it):
 - ``cost(query)`` returns seconds, one value per candidate, aligned with ``query.dsts``;
 - lower is better; values are >= 0; +inf means unreachable (a link on the path is down);
 - more bytes or more congestion never cost less; on an idle fat-tree (same-server traffic on NVLink)
-  a higher tier is never cheaper. On a rail fabric the tiers are placement labels (host, rack,
-  zone, region) and do not order cost: a same-rack GPU on another rail crosses the spine, a
-  same-rail GPU in another rack one switch; its rail classes do (``RailFabric.rail_tiers``: the
-  oracle prices the route, whatever label it carries). With ``topology.intra_server = "nic"``
-  same-server transfers leave through the NIC and cost what a fabric route does;
+  a higher tier is never cheaper. On a rail fabric tiers are placement labels that do not order
+  cost (``RailFabric.rail_tiers`` do): the oracle prices the route, whatever its label;
 - zero bytes cost nothing (no transfer is started), whatever the path.
-Implementations are vectorised over candidates with numpy: O(|D|) per query. The kinds and the
-contract they share are kept in one file, to be read together; each kind is one class.
+Implementations are vectorised over candidates with numpy (O(|D|) per query); one class a kind.
 
 Kinds (:data:`ORACLES`, built by :func:`make_oracle`), from least to most information:
-
-- ``static``: topology only (nominal capacities and routes); what a static topology scorer knows.
+- ``static``: topology only (nominal capacities and routes), what a static scorer knows.
 - ``telemetry``: the controller's port-counter snapshot (with ``oracle.staleness_s``): available
   bandwidth per link, links reported down (priced on the routes the controller moves to).
 - ``inflight``: ``telemetry`` plus the KV transfers this scheduler has committed that the snapshot
   cannot show yet (decided after it was taken): each shares its links with the new transfer.
-- ``perfect``: the simulator's true state at the decision instant: current routes, capacities, and
-  the max-min rate a new flow would get on every link. No router has it; it bounds what better
-  telemetry could buy (it still cannot see the future: transfers start after the prefill).
-- ``predictive``: ``inflight``'s information priced over the transfer's future: from its expected
-  start to its expected finish against the committed transfers' expected windows.
+- ``perfect``: the simulator's true state at the decision instant (routes, capacities, max-min
+  rates): no router has it; it bounds what better telemetry could buy.
+- ``predictive``: ``inflight``'s information priced from the transfer's expected start to its
+  finish against the committed transfers' expected windows.
 
-Saturated links (``telemetry``, ``inflight``, ``predictive``): port counters give a link's load,
-not how many flows make it. A new flow on a link that ``n`` flows share gets, under max-min
-sharing, at least ``max(capacity - load, capacity / (n + 1))`` (exactly that when the ``n`` are
-equal): :func:`free_fraction` prices every link with ``n = oracle.saturated_link_flows``, so a
-saturated link costs a fair share against that many elastic flows, not nothing.
+Saturated links (live kinds): :func:`free_fraction` gives a new flow ``max(capacity - load,
+capacity / (n + 1))``, a fair share against ``n = oracle.saturated_link_flows`` elastic flows.
 
 Cost tables: every built-in oracle prices a query as ``latency + bytes x inverse bottleneck
 bandwidth`` per candidate; :meth:`NetworkOracle.table` returns those two vectors. Under

@@ -43,7 +43,7 @@ from scheduler.emulate.replay import Clock, EmulationError
 from scheduler.emulate.scenario_exec import ScenarioExecutor
 from scheduler.emulate.telemetry_path import TelemetryPath, TelemetryPlan
 from scheduler.router import client_bench
-from scheduler.router.netkv_router import FAILURE_THRESHOLD, HEALTH_INTERVAL_S, HEALTH_TIMEOUT_S
+from scheduler.router.netkv_router import FAILURE_THRESHOLD, HEALTH_INTERVAL_S, HEALTH_TIMEOUT_S, PRICED
 from scheduler.sim.simulator import Simulator
 from scheduler.study.experiment import Experiment
 from topology.management import ManagementNet
@@ -298,8 +298,9 @@ class _Router:
             return None
 
     def listing(self) -> dict | None:
-        listing = getattr(self.proc, "listing", None)
-        return listing() if listing is not None else None
+        """The NetKV router's own state (policy, failures, retries, workers); None for smg."""
+        data = self.proc.listing() if self.plan.router == "netkv" else None
+        return data if isinstance(data, dict) else None
 
     def __exit__(self, *exc: object) -> None:
         pid = self.proc.proc.pid if self.proc is not None and self.proc.proc is not None else None
@@ -447,8 +448,7 @@ def join_records(exp: Experiment, timings: Sequence[client_bench.Timing], record
         queues[(rec["role"], rec["prompt"])].append(rec)
     rows = []
     for t in sorted(timings, key=lambda t: t.t_send):
-        pre = queues[("prefill", t.prompt_digest)].popleft() if queues[("prefill", t.prompt_digest)] else {}
-        dec = queues[("decode", t.prompt_digest)].popleft() if queues[("decode", t.prompt_digest)] else {}
+        pre, dec = (q.popleft() if (q := queues[(role, t.prompt_digest)]) else {} for role in ("prefill", "decode"))
         p_name, d_name = pre.get("worker"), dec.get("worker")
         tier = tree.tier(tree.gpu_index(p_name), tree.gpu_index(d_name)) if p_name and d_name else None
         first = dec.get("t_first_sent", dec.get("t_first"))
@@ -558,7 +558,7 @@ def _bench_one(exp: Experiment, plan: BenchPlan, fab: Any, workers: _Workers, lo
         workers.start_all()
         stack.callback(stop_workers, workers)
         oracle_url, path = None, None
-        if plan.router == "netkv" and plan.policy in ("netkv", "topology-affinity"):
+        if plan.router == "netkv" and plan.policy in PRICED:
             path = TelemetryPath(plan.telemetry, fab, plan.rest_port, exp.cfg.oracle.poll_interval_s,
                                  plan.scale / plan.time_scale, plan.time_scale, run_dir, log).enter(stack)
             oracle_url = path.service_url

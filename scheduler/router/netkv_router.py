@@ -9,26 +9,13 @@ once and returns the decode worker's answer (relaying its server-sent events as 
 failed prefill answer is logged and counted, the client sees the decode side's outcome.
 
 What the selection sees (its own bookkeeping, no worker polling on the request path): each
-worker's requests in flight through this router, and for each prefill worker the prompts' block
-keys (:func:`scheduler.model.prompts.block_keys`) it was sent lately, an LRU mirror of its block
-cache. Policies, named as the registry's (``scheduler.policies``) whose rule they apply here:
-
-* ``round-robin``: prefill and decode in turn;
-* ``least-loaded``: fewest requests in flight on each side;
-* ``cache-load``: prefill with the least prefill work ahead of this prompt's end, in tokens
-  (the uncached tokens of the prompts it was sent and has not answered, plus this prompt's tokens
-  past its mirrored cached prefix: the registry's min(queue + cached prefill) in token units),
-  ties in turn; decode with the fewest in flight.
-
-Two rules price the network through the oracle service (``oracle_url``, ``netkv oracle serve``),
-so they need every worker's place in the topology: its emulated host name (``name``); prefill is
-cache-load's, decode:
-
-* ``topology-affinity``: llm-d's static label score (host 1 / rack 0.2 / zone 0.05 / region
-  0.02 of the tier the service reports) x ``affinity_weight`` subtracted from the requests in
-  flight: no bytes, no live congestion;
-* ``netkv``: the service's ``/v1/select``: argmin of the transfer's price for the prompt's KV
-  tokens plus ``load_weight_s`` seconds per request in flight.
+worker's requests in flight through this router, and an LRU mirror of each prefill worker's block
+keys (:func:`scheduler.model.prompts.block_keys`). The rules restate the registry's
+(``scheduler.policies``) on that view: ``round-robin``, ``least-loaded``, ``cache-load`` (prefill
+with the least prefill work ahead, in tokens; decode with the fewest in flight), and two that price
+the network through the oracle service and so need every worker's host name: ``topology-affinity``
+(llm-d's tier score against requests in flight) and ``netkv`` (the service's ``/v1/select``:
+transfer price plus ``load_weight_s`` per request in flight). :class:`Selector` states each.
 
 Health: every ``health_interval`` s each worker's ``GET /health`` is polled; a worker that fails
 ``failure_threshold`` checks in a row (or refuses a connection) leaves the rotation, and one that
@@ -139,7 +126,17 @@ class Worker:
 
 class Selector:
     """Picks (prefill, decode) among the healthy workers by one of :data:`POLICIES`; the priced
-    rules ask ``oracle`` (an :class:`scheduler.service.client.OracleClient`)."""
+    rules ask ``oracle`` (an :class:`scheduler.service.client.OracleClient`).
+
+    * ``round-robin``: prefill and decode in turn; ``least-loaded``: fewest in flight on each side;
+    * ``cache-load``: prefill with the least work ahead of this prompt's end in tokens (the
+      uncached tokens it was sent and has not answered, plus this prompt's past its mirrored cached
+      prefix: min(queue + cached prefill) in token units), ties in turn; decode fewest in flight;
+    * ``topology-affinity``: cache-load's prefill; decode by requests in flight minus
+      ``affinity_weight`` x llm-d's score of the tier the service reports (host 1, rack 0.2,
+      zone 0.05, region 0.02);
+    * ``netkv``: cache-load's prefill; decode by the service's price for the prompt's KV tokens
+      plus ``load_weight_s`` per request in flight."""
 
     def __init__(self, prefill: Sequence[Worker], decode: Sequence[Worker], policy: str, oracle: Any = None,
                  *, load_weight_s: float = LOAD_WEIGHT_S, affinity_weight: float = AFFINITY_WEIGHT,
@@ -473,11 +470,3 @@ class NetKVRouterProcess(RouterProcess):
         if self.oracle_url:
             cmd += ["--oracle", self.oracle_url]
         return cmd
-
-    def listing(self) -> dict:
-        """Its ``/workers`` answer (policy, failures, workers), empty when it does not answer."""
-        try:
-            r = httpx.get(f"{self.url}/workers", timeout=2.0)
-            return r.json() if r.status_code == 200 else {}
-        except (httpx.HTTPError, ValueError):
-            return {}

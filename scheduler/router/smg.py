@@ -109,13 +109,17 @@ class RouterProcess:
             raise
         return self
 
-    def workers(self) -> list[dict]:
-        """Its ``/workers`` listing (empty when it does not answer)."""
+    def listing(self) -> dict | list:
+        """Its ``/workers`` answer as it is (empty when it does not answer)."""
         try:
             r = httpx.get(f"{self.url}/workers", timeout=2.0)
-            data = r.json() if r.status_code == 200 else {}
+            return r.json() if r.status_code == 200 else {}
         except (httpx.HTTPError, ValueError):
-            return []
+            return {}
+
+    def workers(self) -> list[dict]:
+        """Its workers, from :meth:`listing` (empty when it does not answer)."""
+        data = self.listing()
         items = data.get("workers", []) if isinstance(data, dict) else data
         return items if isinstance(items, list) else []
 
