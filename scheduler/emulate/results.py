@@ -23,7 +23,10 @@ def telemetry_links(rows: list, exp: Experiment) -> LinkSeries | None:
     not advance the clock is dropped. None without rows."""
     if not rows:
         return None
-    keep = [r for k, r in enumerate(rows) if k == 0 or r[2] > rows[k - 1][2]]
+    keep = [rows[0]]
+    for r in rows[1:]:
+        if r[2] > keep[-1][2]:  # against the last row kept: a late row must not break the order
+            keep.append(r)
     return LinkSeries(np.array([r[2] - keep[0][2] for r in keep]),
                       [exp.tree.link_name(i) for i in range(exp.tree.n_links)], np.stack([r[3] for r in keep]),
                       TELEMETRY_SOURCE)
