@@ -420,6 +420,11 @@ class InflightOracle(TelemetryOracle):
 
 _BY_END = operator.attrgetter("end")
 
+FEW_PENDING = 8
+"""Pending commitments up to which :class:`PredictiveOracle` integrates in Python floats instead
+of numpy arrays (:meth:`PredictiveOracle._integrate_few`; the same prices): below it a numpy
+call's fixed cost exceeds the arithmetic it vectorises."""
+
 PLAN_CACHE_MAX = 64
 """Pending sets whose :class:`_Plan` :class:`PredictiveOracle` keeps (a decision's queries share
 one or a few; consecutive decisions often see the same set again)."""
@@ -478,6 +483,30 @@ class _Plan:
         return hit[1], hit[2], hit[3], hit[4]
 
 
+PERSISTENCE_S: float | None = None
+"""Default of ``oracle.persistence_s`` (None: off): how long :class:`PredictiveOracle` trusts the
+snapshot's background for a transfer expected to start later (see :func:`background_weight`).
+Off by default, by measurement (docs/mechanisms.md, "NetKV's p99 tail"): 1 s (a couple of the
+controller's polls) shortens decode-flap's tail transfers, whose background swaps every 15 s,
+but loses up to 2.5% mean TTFT in rolling, whose background persists; no one value suits both,
+and one port-counter snapshot does not tell which background a link has."""
+
+
+def background_weight(lead_s: float, persistence_s: float | None) -> float:
+    """Weight of the snapshot's background for a transfer starting ``lead_s`` after the snapshot:
+    1 up to ``persistence_s``, then ``exp(-(lead_s - persistence_s) / persistence_s)``.
+
+    Why: a link's load stays correlated with what a snapshot saw for about the background's
+    persistence time; well beyond it the snapshot says nothing about that link, and the price a
+    router can give without information is the idle one (:class:`StaticTierOracle`'s). Held at 1
+    first, so transfers starting soon keep the live price exactly; the exponential is the
+    correlation of a background whose changes arrive at random, one per ``persistence_s`` on
+    average. None: always 1 (the live price whatever the lead)."""
+    if persistence_s is None or lead_s <= persistence_s:
+        return 1.0
+    return math.exp(-(lead_s - persistence_s) / persistence_s)
+
+
 class PredictiveOracle(InflightOracle):
     """:class:`InflightOracle`'s ledger and background, priced over the transfer's future.
 
@@ -494,6 +523,11 @@ class PredictiveOracle(InflightOracle):
     finish sooner, a committed transfer raises a later price only on the links it shares and only
     while the windows overlap, and with nothing committed it is the telemetry price.
 
+    With ``persistence_s`` set, the background (only it: the commitments are the scheduler's own
+    and stay exact) is scaled by :func:`background_weight` of the transfer's expected start's lead
+    over the snapshot, so a transfer expected to start long after the snapshot is priced toward
+    the idle fabric instead of congestion that will have moved on by then.
+
     Cost: the commitments not done are kept sorted by expected end per ledger state, snapshot
     and decision time, so a query's pending set (those ending after its start) is a suffix found
     by bisection; the rates that set gives every crossed link over time (:class:`_Plan`) are built
@@ -508,9 +542,17 @@ class PredictiveOracle(InflightOracle):
 
     def __init__(self, tree: FatTree, source: SnapshotSource, min_available_fraction: float = 0.1,
                  setup_s: float = 30e-6, staleness_s: float = 0.0, fallback_age_s: float | None = None,
-                 saturated_link_flows: float = SATURATED_LINK_FLOWS) -> None:
+                 saturated_link_flows: float = SATURATED_LINK_FLOWS,
+                 persistence_s: float | None = PERSISTENCE_S) -> None:
         super().__init__(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s,
                          saturated_link_flows)
+        if persistence_s is not None and not persistence_s > 0:
+            raise ValueError(f"persistence_s must be > 0 or None, got {persistence_s}")
+        self.persistence_s = persistence_s
+        # (cap, background) per link of the state's snapshot and seen commitments, by (snapshot,
+        # seen ids); and the last blended seconds per byte: (live seconds per byte, weight, blend)
+        self._parts: tuple | None = None
+        self._blend: tuple | None = None
         self._version = 0  # bumped on every commit and done: the ledger's state (with its size)
         self._state_key: tuple | None = None  # (version, ledger size, snapshot, its inv, now); None: empty ledger
         self._state_inv: np.ndarray | None = None
@@ -519,8 +561,10 @@ class PredictiveOracle(InflightOracle):
         self._bg_from: tuple | None = None
         self._found: tuple[OracleQuery, np.ndarray, int] | None = None  # table()'s answer, for cost()
         self._live: list[Commitment] = []  # not done at the state's time, by expected end
+        self._seen: list[Commitment] = []  # those the state's snapshot shows moving
         self._ends: list[float] = []
-        self._plans: dict[tuple[int, ...], _Plan] = {}  # by the ids of their pending commitments
+        self._hops: dict[int, tuple] = {}  # per source: (path table, its links as lists, link index)
+        self._plans: dict[tuple[int, tuple[int, ...]], _Plan] = {}  # by the ids of their inv and pending set
 
     def _state(self, query: OracleQuery) -> tuple[np.ndarray, int]:
         """(seconds per byte of every link left free by the background, where the pending
@@ -533,7 +577,7 @@ class PredictiveOracle(InflightOracle):
         self._prune(now)
         if not self._ledger:
             self._state_key = None
-            return inv, 0
+            return self._blended(snap, [], inv, start), 0
         key = (self._version, len(self._ledger), snap, inv, now)
         if not _same(key, self._state_key):
             self._state_key = key
@@ -552,8 +596,31 @@ class PredictiveOracle(InflightOracle):
                     self._state_inv = was[4]
             self._live = sorted((e for e in self._ledger.values() if e.done_at > now), key=_BY_END)
             self._ends = [e.end for e in self._live]
+            self._seen = seen
         assert self._state_inv is not None
-        return self._state_inv, bisect.bisect_right(self._ends, start)
+        return self._blended(snap, self._seen, self._state_inv, start), bisect.bisect_right(self._ends, start)
+
+    def _blended(self, snap, seen: list[Commitment], live: np.ndarray, start: float) -> np.ndarray:
+        """Seconds per byte of every link with the background weighted by
+        :func:`background_weight` of ``start``'s lead over ``snap``: ``live`` itself (the same
+        array) at weight 1, else recomputed from the snapshot's capacity and background less our
+        own transfers it saw (``seen``), kept while the query asks the same again."""
+        if snap is None:
+            return live
+        w = background_weight(start - snap.time_s, self.persistence_s)
+        if w == 1.0:
+            return live
+        was = self._blend
+        if was is not None and was[0] is live and was[1] == w:
+            return was[2]
+        ids = tuple(map(id, seen))
+        parts = self._parts
+        if parts is None or parts[0] is not snap or parts[2] != ids:
+            parts = self._parts = (snap, seen, ids, *self._background(snap, seen, live.shape[0]))
+        cap, background = parts[3], parts[4]
+        blend = self._inverse(self._free(cap, w * background))
+        self._blend = (live, w, blend)
+        return blend
 
     def _pending(self, query: OracleQuery) -> tuple[np.ndarray, list[Commitment]]:
         """(seconds per byte of every link left free by the background, the commitments not done
@@ -605,13 +672,17 @@ class PredictiveOracle(InflightOracle):
         if not any_pending:
             return out
         pending = self._live[first:]
+        start = query.now if query.start is None else query.start
+        if len(pending) <= FEW_PENDING:
+            self._integrate_few(pending, inv, query.src, self.paths(query, self._down)[0], base, nbytes,
+                                latency, start, out)
+            return out
         ids = tuple(map(id, pending))
-        plan = self._plans.get(ids)
+        plan = self._plans.get((id(inv), ids))  # a plan keeps its inv: the id stays that array's
         if plan is None or plan.inv is not inv:
             if len(self._plans) >= PLAN_CACHE_MAX:
                 self._plans.clear()
-            plan = self._plans[ids] = _Plan(pending, inv, self.tree.pad)
-        start = query.now if query.start is None else query.start
+            plan = self._plans[(id(inv), ids)] = _Plan(pending, inv, self.tree.pad)
         rows, step, rate, k = plan.rows(query.src, self.paths(query, self._down)[0], base)
         if rows.size == 0:
             return out
@@ -634,6 +705,78 @@ class PredictiveOracle(InflightOracle):
             finish = bounds[j] + (want - moved[k, j]) * step[k, j]
         out[rows] = latency[rows] + (finish - start)
         return out
+
+    def _hop_lists(self, src: int, paths: np.ndarray) -> tuple[list[list[int]], dict[int, list[int]]]:
+        """(each candidate's path links as a list, the candidates crossing each link), cached per
+        source for the same path table."""
+        hit = self._hops.get(src)
+        if hit is None or hit[0] is not paths:
+            pad = self.tree.pad
+            hops = [[link for link in row if link != pad] for row in paths.tolist()]
+            index: dict[int, list[int]] = {}
+            for i, row in enumerate(hops):
+                for link in dict.fromkeys(row):
+                    index.setdefault(link, []).append(i)
+            hit = self._hops[src] = (paths, hops, index)
+        return hit[1], hit[2]
+
+    def _integrate_few(self, pending: list[Commitment], inv: np.ndarray, src: int, paths: np.ndarray,
+                       base: np.ndarray, nbytes: np.ndarray, latency: np.ndarray, start: float,
+                       out: np.ndarray) -> None:
+        """:meth:`cost`'s integration for a few pending commitments, in Python floats: with a
+        handful of intervals and affected candidates a numpy call's overhead exceeds its work.
+        The same IEEE operations in the same order as the :class:`_Plan` path (each interval's
+        seconds per byte the maximum of the path's own and ``inv x (1 + sharers)`` of each
+        shared link, bytes accumulated interval by interval), so every price is the same to the
+        last bit; writes the affected candidates' prices into ``out``."""
+        pad = self.tree.pad
+        grid = sorted({t for e in pending for t in (e.start, e.end)})
+        width = len(grid) + 1
+        counts: dict[int, list[int]] = {}  # sharers per interval of every link a pending one crosses
+        for e in pending:
+            a = bisect.bisect_right(grid, e.start)
+            b = bisect.bisect_right(grid, e.end)
+            for link in e.path.tolist():
+                if link != pad:
+                    row = counts.get(link)
+                    if row is None:
+                        row = counts[link] = [0] * width
+                    for c in range(a, b):
+                        row[c] += 1
+        hops, index = self._hop_lists(src, paths)
+        affected: set[int] = set()
+        for link in counts:
+            crossing = index.get(link)
+            if crossing:
+                affected.update(crossing)
+        if not affected:
+            return
+        c0 = bisect.bisect_right(grid, start)
+        bounds = [start, *grid[c0:]]
+        last = len(bounds) - 1
+        per_link = {link: (float(inv[link]), row) for link, row in counts.items()}
+        for i in affected:
+            want = float(nbytes[i])
+            if not want > 0:
+                continue
+            own = float(base[i])
+            shared = [per_link[link] for link in hops[i] if link in per_link]
+            moved = 0.0  # bytes moved before interval j starts
+            j = 0
+            while True:
+                step = own
+                for v, row in shared:
+                    x = v * (1.0 + row[c0 + j])
+                    if x > step:
+                        step = x
+                if j < last:
+                    after = moved + (1.0 / step if step else math.inf) * (bounds[j + 1] - bounds[j])
+                    if after < want:
+                        moved, j = after, j + 1
+                        continue
+                finish = bounds[j] + (want - moved) * step
+                break
+            out[i] = float(latency[i]) + (finish - start)
 
 
 class PerfectOracle(NetworkOracle):
@@ -671,26 +814,29 @@ class PerfectOracle(NetworkOracle):
 
 OracleFactory = Callable[..., NetworkOracle]
 """Builds one kind: ``(tree, source, truth, staleness_s, min_available_fraction, setup_s,
-fallback_age_s, saturated_link_flows) -> NetworkOracle`` (keyword arguments), raising :class:`UnknownOracleError` when
-the backend lacks what the kind reads."""
+fallback_age_s, saturated_link_flows, persistence_s) -> NetworkOracle`` (keyword arguments),
+raising :class:`UnknownOracleError` when the backend lacks what the kind reads."""
 
 
 def _telemetry_kind(cls: type[TelemetryOracle]) -> OracleFactory:
     def build(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s,
-              saturated_link_flows):
+              saturated_link_flows, persistence_s=PERSISTENCE_S):
         if source is None:
             raise UnknownOracleError(f"oracle {cls.name!r} needs a telemetry source")
+        if cls is PredictiveOracle:
+            return PredictiveOracle(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s,
+                                    saturated_link_flows, persistence_s)
         return cls(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s, saturated_link_flows)
     return build
 
 
 def _static(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s,
-            saturated_link_flows) -> NetworkOracle:
+            saturated_link_flows, persistence_s=PERSISTENCE_S) -> NetworkOracle:
     return StaticTierOracle(tree, setup_s)
 
 
 def _perfect(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s,
-             saturated_link_flows) -> NetworkOracle:
+             saturated_link_flows, persistence_s=PERSISTENCE_S) -> NetworkOracle:
     if truth is None:
         raise UnknownOracleError("oracle 'perfect' reads the simulator's true network state; "
                                  "this backend has none (a real fabric shows itself only through telemetry)")
@@ -712,9 +858,11 @@ ORACLES = tuple(ORACLE_REGISTRY)
 def make_oracle(kind: str, tree: FatTree, source: SnapshotSource | None, staleness_s: float,
                 min_available_fraction: float, setup_s: float, truth: GroundTruth | None = None,
                 fallback_age_s: float | None = None,
-                saturated_link_flows: float = SATURATED_LINK_FLOWS) -> NetworkOracle:
+                saturated_link_flows: float = SATURATED_LINK_FLOWS,
+                persistence_s: float | None = PERSISTENCE_S) -> NetworkOracle:
     """Oracle by name (one of :data:`ORACLES`). ``telemetry`` and ``inflight`` need a snapshot
     source (and fall back to static pricing on snapshots older than ``fallback_age_s``),
+    ``predictive`` too (``persistence_s``: :func:`background_weight`; other kinds ignore it),
     ``perfect`` the simulator's ground truth; a backend without it gets
     :class:`UnknownOracleError` naming what is missing."""
     build = ORACLE_REGISTRY.get(kind)
@@ -722,4 +870,4 @@ def make_oracle(kind: str, tree: FatTree, source: SnapshotSource | None, stalene
         raise UnknownOracleError(f"unknown oracle {kind!r} (known: {', '.join(ORACLES)})")
     return build(tree=tree, source=source, truth=truth, staleness_s=staleness_s,
                  min_available_fraction=min_available_fraction, setup_s=setup_s, fallback_age_s=fallback_age_s,
-                 saturated_link_flows=saturated_link_flows)
+                 saturated_link_flows=saturated_link_flows, persistence_s=persistence_s)

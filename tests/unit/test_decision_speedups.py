@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scheduler.decision import oracle as oracle_module
 from scheduler.decision.context import DecisionContext
 from scheduler.decision.oracle import NetworkOracle, OracleQuery, PredictiveOracle, make_oracle
 from scheduler.decision.telemetry import TelemetrySnapshot
@@ -105,9 +106,12 @@ def random_snapshot(tree: FatTree, rng: np.random.Generator, time_s: float) -> T
     return TelemetrySnapshot(time_s, util, factor)
 
 
+@pytest.mark.parametrize("few", [0, 8, 10_000], ids=["arrays", "default", "floats"])
 @pytest.mark.parametrize("shape", [{}, dict(routing="ecmp")], ids=["dst", "ecmp"])
 @pytest.mark.parametrize("seed", range(6))
-def test_predictive_prices_as_the_plain_computation(shape, seed):
+def test_predictive_prices_as_the_plain_computation(shape, seed, few, monkeypatch):
+    # both integrations (numpy arrays for many pending commitments, Python floats for a few)
+    monkeypatch.setattr(oracle_module, "FEW_PENDING", few)
     rng = np.random.default_rng(seed)
     tree = FatTree(FatTreeConfig(**shape))
     source = Source(random_snapshot(tree, rng, 0.0))

@@ -168,3 +168,59 @@ def test_down_path_costs_inf_unless_nothing_moves(tree):
     c = o.cost(q(0, [62, 63], [GB, GB], start=0.5))
     assert np.isfinite(c[0]) and np.isinf(c[1])
     assert np.all(o.cost(q(0, [62, 63], 0.0, start=0.5)) == 0.0)
+
+
+def saturated(tree, time_s=0.0) -> TelemetrySnapshot:
+    """Every link at full load: the live price is the fair share's, (flows + 1) x the idle one."""
+    return TelemetrySnapshot(time_s, np.append(np.ones(tree.n_links), 0.0), np.ones(tree.n_links + 1))
+
+
+@pytest.mark.parametrize("lead, expect", [
+    (0.0, "live"), (0.5, "live"), (1.0, "live"),  # within the persistence: the snapshot's price
+    (30.0, "static"),  # far beyond it: the idle fabric's
+])
+def test_background_decays_to_the_static_price_beyond_the_persistence(tree, lead, expect):
+    src, dsts = 0, others(tree, 0)
+    query = q(src, dsts, 2 * GB, now=0.0, start=lead)  # the lead over the snapshot (taken at 0)
+    got = PredictiveOracle(tree, Fixed(saturated(tree)), persistence_s=1.0).cost(query)
+    live = PredictiveOracle(tree, Fixed(saturated(tree))).cost(query)
+    static = make_oracle("static", tree, None, 0.0, 0.1, 30e-6).cost(query)
+    assert (live > 2 * static).all()  # the saturated fabric is priced well above the idle one
+    if expect == "live":
+        assert np.array_equal(got, live)
+    else:
+        np.testing.assert_allclose(got, static, rtol=1e-6)
+
+
+def test_background_weight_falls_with_the_lead(tree):
+    src, dsts = 0, others(tree, 0)
+    o = PredictiveOracle(tree, Fixed(saturated(tree)), persistence_s=1.0)
+    prices = [o.cost(q(src, dsts, 2 * GB, start=lead)) for lead in (1.0, 1.5, 2.0, 4.0, 8.0)]
+    for nearer, later in zip(prices, prices[1:]):
+        assert (later < nearer).all()
+
+
+def test_off_by_default_the_live_price_holds_whatever_the_lead(tree):
+    query = q(0, others(tree, 0), 2 * GB, start=60.0)
+    assert np.array_equal(PredictiveOracle(tree, Fixed(saturated(tree))).cost(query),
+                          TelemetryOracle(tree, Fixed(saturated(tree))).cost(query))
+
+
+def test_commitments_stay_exact_when_the_background_decays(tree):
+    # a far-future transfer sharing links with a committed one: only the background fades, so
+    # the price is the one on an idle fabric with that commitment
+    src, dst = 0, 40
+    query = q(src, [dst], 4 * GB, start=30.0)
+    decayed = PredictiveOracle(tree, Fixed(saturated(tree)), persistence_s=1.0)
+    idle = idle_oracle(tree)
+    for o in (decayed, idle):
+        o.commit(1, dst, 29.9, 31.0, None, 20 * GB, 0)
+    alone = idle_oracle(tree).cost(query)
+    assert idle.cost(query)[0] > 1.5 * alone[0]  # the commitment matters here
+    np.testing.assert_allclose(decayed.cost(query), idle.cost(query), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_persistence_must_be_positive(tree, bad):
+    with pytest.raises(ValueError, match="persistence_s"):
+        PredictiveOracle(tree, Fixed(saturated(tree)), persistence_s=bad)
