@@ -1,7 +1,8 @@
 """The decode admission-wait term (``DecisionContext.decode_admission_wait_s``) and the policy that
 prices it, ``netkv-admit`` (scheduler/policies/netkv.py): zero while a request fits beside what is
 already assigned to a decode instance, the overflow's drain time once it does not, and a near
-decode abandoned when its memory, not its load fraction, runs out."""
+decode abandoned when its memory, not its load fraction, runs out (and the wait not priced once
+no decode can admit the request at once)."""
 from __future__ import annotations
 
 import numpy as np
@@ -102,8 +103,8 @@ def idle(tree: FatTree) -> TelemetryOracle:
     return TelemetryOracle(tree, Fixed(TelemetrySnapshot.idle(tree)))
 
 
-# (case, the near decode's assigned tokens as a fraction of capacity or "full - need", load weight,
-#  policy, whether the pick is the near decode). The near decode (same server as prefill 0) is the
+# (case, the near decode's state: the request fits, it is full, or every decode is full, load
+#  weight, policy, whether the pick is the near decode). The near decode (same server as prefill 0) is the
 # cheapest transfer by tens of ms on an idle fabric; every other decode is empty.
 PICK_CASES = [
     ("fits, small weight: both stay near", "fits", 0.01, "netkv", True),
@@ -112,6 +113,8 @@ PICK_CASES = [
     ("overflows, small weight: admit leaves", "full", 0.01, "netkv-admit", False),
     ("fits at a high load, large weight: netkv leaves", "fits", 1.0, "netkv", False),
     ("overflows, no load term: admit leaves", "full", 0.0, "netkv-admit", False),
+    ("every decode overflows, the near one most: netkv stays near", "all full", 0.01, "netkv", True),
+    ("every decode overflows, the near one most: admit decides as netkv", "all full", 0.01, "netkv-admit", True),
 ]
 
 
@@ -124,6 +127,9 @@ def test_near_decode_is_used_until_its_memory_runs_out(case, near_state, weight,
     cap = cl.decode_capacity_tokens
     r = request(0, 16_000)
     cl.decode_assigned_tokens[near[0]] = cap - NEED if near_state == "fits" else cap
+    if near_state == "all full":  # the wait is unavoidable: not priced, though the near one's is longest
+        cl.decode_assigned_tokens[:] = cap
+        cl.decode_assigned_tokens[near[0]] = cap + 2 * NEED
     dec = REGISTRY[policy](weight=weight).choose(DecisionContext(cl, r, 0.0, idle(tree), mean_output_tokens=350.0))
     assert dec.prefill == 0
     assert (dec.decode == near[0]) is stays_near
