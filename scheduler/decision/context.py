@@ -65,12 +65,16 @@ class DecisionContext:
     decision replayed with another oracle (a staleness study's shadow) breaks ties the same way."""
 
     def __init__(self, cluster: Cluster, request: Request, now: float, oracle: NetworkOracle | None,
-                 turn: int = 1) -> None:
+                 turn: int = 1, mean_output_tokens: float | None = None) -> None:
         self.cluster = cluster
         self.request = request
         self.now = now
         self.oracle = oracle
         self.turn = turn
+        self.mean_output_tokens = float(request.output_tokens if mean_output_tokens is None else mean_output_tokens)
+        """Mean output length of the requests decided so far in the run, this one included (the
+        dispatcher's running mean; this request's own when not given): what
+        :attr:`decode_admission_wait_s` assumes of the requests already on a decode instance."""
         self._costs: dict[int, np.ndarray] = {}
 
     @property
@@ -183,6 +187,33 @@ class DecisionContext:
     def decode_load(self) -> np.ndarray:
         """Tokens assigned to each decode instance (running + on their way) / its running capacity."""
         return self.cluster.decode_assigned_tokens / self.cluster.decode_capacity_0d
+
+    @property
+    def decode_turnover_s(self) -> float:
+        """Seconds a full decode batch takes to free its KV memory once: a request of
+        :attr:`mean_output_tokens` output tokens at the step time of a batch holding the instance's
+        whole running capacity (each request frees its prompt + output tokens when it ends, so a
+        full batch frees its capacity at about capacity / this per second)."""
+        cl = self.cluster
+        return self.mean_output_tokens * cl.timing.decode_step_s(cl.decode_capacity_tokens)
+
+    @_Lazy
+    def decode_admission_wait_s(self) -> np.ndarray:
+        """Expected seconds this request would wait for admission on each decode instance (its KV
+        memory, not its link): the tokens by which the instance's assigned tokens (resident and on
+        their way, as :attr:`decode_load` counts them) plus this request's exceed its running
+        capacity, freed at capacity per :attr:`decode_turnover_s`::
+
+            wait(d) = max(0, assigned(d) + min(need, capacity) - capacity) / capacity x turnover
+
+        with need = prompt + output tokens (an instance admits a request alone even over its
+        capacity, hence the ``min``). Zero while the request fits beside everything already
+        assigned: then it cannot wait for memory. From the router's mirror only; O(|D|)."""
+        cl = self.cluster
+        cap = cl.decode_capacity_tokens
+        need = min(self.request.input_tokens + self.request.output_tokens, cap)
+        over = np.maximum(cl.decode_assigned_tokens + float(need - cap), 0.0)
+        return over * (self.decode_turnover_s / cap)
 
     def decode_tiers(self, prefill: int) -> np.ndarray:
         """Tier (0..3) from prefill instance ``prefill`` to every decode instance."""

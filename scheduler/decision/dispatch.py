@@ -107,6 +107,9 @@ class Dispatcher:
         self.states = [RequestState(r) for r in requests]
         self.remaining = len(self.states)
         self.decisions = 0
+        self.output_tokens_decided = 0
+        """Output tokens of every request decided so far (their running mean is the decision
+        context's ``mean_output_tokens``)."""
         self.layer_wise = cfg.timing.kv_streaming == "layer-wise"
         self.agreement: dict[str, float] = {"decisions": 0, "same_tier": 0, "same_instance": 0,
                           "tau_sum": 0.0, "tau_n": 0, "tau_within_sum": 0.0, "tau_within_n": 0}
@@ -141,13 +144,15 @@ class Dispatcher:
         oracle, the transfer it commits to."""
         cl = self.cluster
         self.decisions += 1
+        self.output_tokens_decided += s.req.output_tokens
+        mean_output = self.output_tokens_decided / self.decisions
         t0 = time.perf_counter_ns()
-        ctx = DecisionContext(cl, s.req, t, self.oracle, self.decisions)
+        ctx = DecisionContext(cl, s.req, t, self.oracle, self.decisions, mean_output)
         dec = self.policy.choose(ctx)
         s.decision_us = (time.perf_counter_ns() - t0) / 1e3
         s.p, s.d = dec.prefill, dec.decode
         if self.shadow is not None:  # the same decision (same turn) on fresh telemetry
-            fresh_ctx = DecisionContext(cl, s.req, t, self.shadow, self.decisions)
+            fresh_ctx = DecisionContext(cl, s.req, t, self.shadow, self.decisions, mean_output)
             fresh = self.policy.choose(fresh_ctx).decode
             src = int(cl.prefill_ids[s.p])
             a = self.agreement

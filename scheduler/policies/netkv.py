@@ -4,7 +4,17 @@ Prefill exactly as cache-load. Decode: argmin over D of the oracle's cost (secon
 bytes that candidate needs (its own cached prefix is not moved) from the chosen prefill instance,
 plus ``load_weight_s`` x the candidate's load fraction (tuned on the same grid budget). The oracle
 is a choice (``netkv:static``, ``netkv:inflight``, ``netkv:perfect``; default ``oracle.kind``), so
-the same greedy isolates what each kind of network information buys."""
+the same greedy isolates what each kind of network information buys.
+
+``netkv-admit`` is the same greedy with a second decode term beside the load fraction: each
+candidate's expected wait for decode admission, in seconds
+(:attr:`~scheduler.decision.context.DecisionContext.decode_admission_wait_s`: the KV memory by
+which its assigned requests and this one overflow it, drained at a full batch's turnover). It is
+zero while the request fits, so a candidate's memory, not its load fraction, decides when a cheap
+transfer stops paying; the load weight is tuned on NetKV's grid with the same rule. The wait is
+priced only while some candidate admits the request at once: once every one would make it wait
+(the pool past its memory), the wait is unavoidable, the linear drain estimate of a deep backlog
+is no guide, and pricing it would override the network; the decision is then NetKV's."""
 from __future__ import annotations
 
 from scheduler.decision.context import Decision, DecisionContext
@@ -25,4 +35,18 @@ class NetKV(Policy):
     def choose(self, ctx: DecisionContext) -> Decision:
         p = best_prefill(ctx, ctx.turn)
         score = ctx.transfer_cost_s(p) + ctx.weighted_load(self.weight)
+        return Decision(p, int(score.argmin()))
+
+
+@register
+class NetKVAdmission(NetKV):
+    name = "netkv-admit"
+    description = "netkv + each decode candidate's expected admission wait (its KV memory overflow, s)"
+
+    def choose(self, ctx: DecisionContext) -> Decision:
+        p = best_prefill(ctx, ctx.turn)
+        score = ctx.transfer_cost_s(p) + ctx.weighted_load(self.weight)
+        wait = ctx.decode_admission_wait_s
+        if wait.min() == 0.0:  # some candidate admits it at once: the wait is avoidable, price it
+            score += wait
         return Decision(p, int(score.argmin()))

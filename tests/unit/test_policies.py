@@ -272,7 +272,7 @@ def test_netkv_without_oracle_fails_clearly():
 
 def test_registry_contents_and_resolution():
     assert set(REGISTRY) == {"round-robin", "least-loaded", "cache-load", "topology-filter", "topology-affinity",
-                             "netkv", "netkv-joint"}
+                             "netkv", "netkv-admit", "netkv-joint"}
     assert set(DEFAULT_POLICIES) == {"round-robin", "least-loaded", "cache-load", "topology-affinity",
                                      "netkv:static", "netkv", "netkv:perfect"}
     assert [c.name for c in resolve("netkv, round-robin,netkv")] == ["netkv", "round-robin"]
