@@ -77,13 +77,14 @@ def build_oracles(cfg: ExperimentConfig, tree: FatTree, kind: str | None, source
                   truth: GroundTruth | None,
                   fresh_source: SnapshotSource | None = None) -> tuple[NetworkOracle | None, NetworkOracle | None]:
     """(the oracle of ``kind``, a fresh-telemetry shadow oracle), both None when ``kind`` is None
-    (:func:`oracle_kind`). The shadow (staleness studies) reads ``fresh_source`` with no added age."""
+    (:func:`oracle_kind`). The shadow (staleness studies) reads ``fresh_source`` with no added age.
+    ``oracle.persistence_s`` of 0 is the oracle's None (off); only the predictive kind reads it."""
     if kind is None:
         return None, None
     c = cfg.oracle
     oracle = make_oracle(kind, tree, source, c.staleness_s, c.min_available_fraction,
                          cfg.timing.transfer_setup_s, truth=truth, fallback_age_s=c.fallback_polls * c.poll_interval_s,
-                         saturated_link_flows=c.saturated_link_flows)
+                         saturated_link_flows=c.saturated_link_flows, persistence_s=c.persistence_s or None)
     shadow = None
     if fresh_source is not None:
         shadow = make_oracle("telemetry", tree, fresh_source, 0.0, c.min_available_fraction,

@@ -121,6 +121,8 @@ def test_overrides_change_timing():
     ("cluster.placement=random", "cluster.placement"),
     ("cluster.prefill_fraction=2", "cluster.prefill_fraction"),
     ("oracle.staleness_s=-1", "oracle.staleness_s"),
+    ("oracle.persistence_s=-1", "oracle.persistence_s"),
+    ("oracle.persistence_s=nan", "oracle.persistence_s"),
     ("slo.ttft_s=0", "slo.ttft_s"),
     ("topology.nic_gbit_s", "topology.nic_gbit_s"),  # no '='
     ("nic_gbit_s=200", "nic_gbit_s"),  # no section

@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scheduler.decision.dispatch import build_oracles
 from scheduler.decision.oracle import OracleQuery, PredictiveOracle, TelemetryOracle, make_oracle
 from scheduler.decision.telemetry import TelemetrySnapshot
+from scheduler.model.config import build_config
 from scheduler.policies import parse_spec
+from scripts.netkv import EXIT_BAD_INPUT, main
 from topology.model import FatTree, FatTreeConfig
 
 GB = 1e9
@@ -224,3 +227,32 @@ def test_commitments_stay_exact_when_the_background_decays(tree):
 def test_persistence_must_be_positive(tree, bad):
     with pytest.raises(ValueError, match="persistence_s"):
         PredictiveOracle(tree, Fixed(saturated(tree)), persistence_s=bad)
+
+
+def configured_predictive(tree: FatTree, *overrides: str) -> PredictiveOracle:
+    """The predictive oracle a run builds from its config (``--set`` overrides)."""
+    oracle, _ = build_oracles(build_config(overrides=list(overrides)), tree, "predictive",
+                              Fixed(saturated(tree)), truth=None)
+    assert isinstance(oracle, PredictiveOracle)
+    return oracle
+
+
+def test_config_persistence_reaches_the_run_oracle(tree):
+    # oracle.persistence_s = 0 (the default) is off: the live price at any lead; > 0 decays a
+    # far-future transfer's background toward the idle price, and near-future ones keep it
+    far, near = q(0, others(tree, 0), 2 * GB, start=30.0), q(0, others(tree, 0), 2 * GB, start=0.5)
+    off = configured_predictive(tree)
+    on = configured_predictive(tree, "oracle.persistence_s=1")
+    assert off.persistence_s is None and on.persistence_s == 1.0
+    live = TelemetryOracle(tree, Fixed(saturated(tree))).cost(far)
+    assert np.array_equal(off.cost(far), live)
+    assert (on.cost(far) < 0.5 * live).all()
+    assert np.array_equal(on.cost(near), off.cost(near))
+
+
+def test_cli_refuses_a_negative_persistence_naming_it(tmp_path, capsys):
+    code = main(["simulate", "--max-requests", "10", "--no-tune", "--no-progress", "--policies", "netkv:predictive",
+                 "--set", "oracle.persistence_s=-1", "--out", str(tmp_path / "out")])
+    assert code == EXIT_BAD_INPUT
+    assert "oracle.persistence_s" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
