@@ -202,8 +202,9 @@ def out_folder(args: argparse.Namespace, kind: str) -> Path:
 
 
 def emulation_scale(args: argparse.Namespace) -> float:
-    """``--scale`` (default: the Mininet topology's), with ``--time-scale``, checked > 0."""
-    if not args.time_scale > 0:
+    """``--scale`` (default: the Mininet topology's), with ``--time-scale``, checked > 0 (either may
+    be None where the command derives it: ``emulate``)."""
+    if args.time_scale is not None and not args.time_scale > 0:
         raise UsageError(f"--time-scale must be > 0, got {args.time_scale}")
     if args.scale is not None:
         if not args.scale > 0:

@@ -114,6 +114,34 @@ def telemetry_plan(args: argparse.Namespace, exp):
         raise UsageError(str(exc)) from None
 
 
+def settings_model():
+    """The fidelity model the derived defaults and the run's warnings use."""
+    from scheduler.emulate.defaults import FidelityModel
+
+    return FidelityModel()
+
+
+def emulation_settings(args: argparse.Namespace, exp):
+    """``--time-scale`` and ``--scale`` as given, the rest derived (scheduler.emulate.defaults)."""
+    from scheduler.emulate.defaults import derive
+    from topology.mininet_topo import DEFAULT_SCALE, HTB_MIN_BURST_BYTES, MAX_SHAPED_MBIT
+
+    return derive(exp, args.time_scale, args.scale, default_scale=DEFAULT_SCALE, burst_bytes=HTB_MIN_BURST_BYTES,
+                  max_mbit=MAX_SHAPED_MBIT, model=settings_model())
+
+
+def report_settings(st, exp) -> None:
+    """The derived settings' reasons, any predicted miss, and the replay's expected wall time."""
+    for reason in st.reasons:
+        log(f"emulate: {reason}")
+    for warning in st.warnings:
+        print(f"WARNING: {warning} (docs/calibration.md#faithful-defaults)")
+    n_policies = len(exp.policies)
+    wall_s = exp.requests[-1].arrival_s * st.time_scale * n_policies
+    log(f"emulate: time-scale {st.time_scale:g}, scale {st.scale:g}: about {wall_s / 60:.0f} min of replay "
+        f"({n_policies} polic{'y' if n_policies == 1 else 'ies'} x {exp.requests[-1].arrival_s * st.time_scale:.0f} s)")
+
+
 def register(sub) -> None:
     from scripts.cli_common import add_experiment_options, add_format_option
 
@@ -131,13 +159,15 @@ def register(sub) -> None:
     add_experiment_options(p)
     add_format_option(p)
     p.add_argument("--scale", type=float, default=None, metavar="F",
-                   help="emulated link rate and KV bytes per real unit (default 2.5e-5: 400 Gb/s NIC -> 10 Mbit/s)")
-    p.add_argument("--time-scale", type=float, default=1.0, metavar="K",
+                   help="emulated link rate and KV bytes per real unit (default: derived, 2.5e-5 (400 Gb/s NIC -> 10 "
+                        "Mbit/s) unless HTB's burst floor would exceed 15%% of the window's median transfer)")
+    p.add_argument("--time-scale", type=float, default=None, metavar="K",
                    help="time dilation: links K x slower and compute K x longer; virtual times stay real, the "
-                        "emulator's own per-packet latency weighs 1/K (default %(default)s; make demo uses 2; 8 with "
-                        "--scale 5e-5 to measure the oracle's error against the packets, "
-                        "docs/calibration.md#oracle-time-scale; raise it when the fidelity check says the datapath "
-                        "saturated)")
+                        "emulator's own per-packet latency weighs 1/K (default: derived from the fabric's size and "
+                        "the window's transfers, the smallest K that keeps the emulator's predicted share of every "
+                        "tier's KV transfer within 15%%, printed with the reason: 4 for the idle 64-GPU fabric, 8 "
+                        "at 128 GPUs; docs/calibration.md#faithful-defaults); a smaller K is faster and warns what "
+                        "it costs")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="inject a component fault into every policy's replay at the same virtual time: "
                         "controller@T[+D] kills the Ryu controller T s into the replay and restarts it D s later "
@@ -168,6 +198,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from scheduler.decision import oracle_error
     from scheduler.emulate.calibration import calibration_fits, calibration_misses
+    from scheduler.emulate.defaults import measured_misses
     from scheduler.emulate.emulable import check_emulable
     from scheduler.emulate.faults import check_faults, parse_fault
     from scheduler.emulate.orchestrator import run_emulation
@@ -176,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     from scripts.cmd_fabric import cluster_spec, parse_cluster
     from topology.cluster import session as cluster_session
 
-    scale = emulation_scale(args)
+    emulation_scale(args)  # validates what was given (and that Mininet is installed)
     if args.max_requests is None:
         args.max_requests = EMULATE_DEFAULT_REQUESTS
     out = out_folder(args, "emulate")
@@ -184,7 +215,10 @@ def run(args: argparse.Namespace) -> int:
     # before the root check and before anything is built (scheduler.emulate.emulable).
     target = check_target(args)
     exp, info = prepare_from_args(args)
-    check_emulable(exp, scale, args.time_scale)
+    settings = emulation_settings(args, exp)
+    scale, time_scale = settings.scale, settings.time_scale
+    check_emulable(exp, scale, time_scale)
+    report_settings(settings, exp)
     fault_list = [parse_fault(f) for f in args.fault]
     check_faults(fault_list, exp.requests[-1].arrival_s, serving_hosts(exp))
     telemetry = telemetry_plan(args, exp)
@@ -198,11 +232,15 @@ def run(args: argparse.Namespace) -> int:
     if spec is False:
         return 1
     with cluster_session(spec):
-        policies, records, ev = run_emulation(exp, scale, args.time_scale, args.ofp_port, args.rest_port,
+        policies, records, ev = run_emulation(exp, scale, time_scale, args.ofp_port, args.rest_port,
                                               progress=not args.no_progress, log=log, fault_list=fault_list,
                                               telemetry=telemetry)
     oracle_rows = ev.get("oracle_rows") or {}
-    path, summary = write_emulation(out, exp, info, policies, records, ev, scale, args.time_scale, target=target,
+    ev["settings"] = settings.to_dict()
+    ev["fidelity_misses"] = measured_misses(
+        oracle_error.summarize([r for rows in oracle_rows.values() for r in rows]) if oracle_rows else None,
+        ev.get("calibration"), settings_model().target_error)
+    path, summary = write_emulation(out, exp, info, policies, records, ev, scale, time_scale, target=target,
                                     provenance=provenance(args), fmt=args.format)
     print(format_table(summary, target))
     cal = ev.get("calibration") or {}
@@ -266,5 +304,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {fid['background_note']}")
     if fid.get("warning"):
         print(f"WARNING: {fid['warning']}")
+    for miss in ev["fidelity_misses"]:
+        print(f"WARNING: not faithful at --time-scale {time_scale:g} / --scale {scale:g}: {miss} "
+              "(docs/calibration.md#faithful-defaults)")
     print(f"\nresults: {path}")
     return 0

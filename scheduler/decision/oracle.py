@@ -484,8 +484,9 @@ class _Plan:
 
 
 PERSISTENCE_S: float | None = None
-"""Default of ``oracle.persistence_s`` (None: off): how long :class:`PredictiveOracle` trusts the
-snapshot's background for a transfer expected to start later (see :func:`background_weight`).
+"""The oracle's default persistence (None: off; ``oracle.persistence_s`` = 0 in a config): how
+long :class:`PredictiveOracle` trusts the snapshot's background for a transfer expected to start
+later (see :func:`background_weight`).
 Off by default, by measurement (docs/mechanisms.md, "NetKV's p99 tail"): 1 s (a couple of the
 controller's polls) shortens decode-flap's tail transfers, whose background swaps every 15 s,
 but loses up to 2.5% mean TTFT in rolling, whose background persists; no one value suits both,

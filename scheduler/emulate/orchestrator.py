@@ -60,7 +60,7 @@ from scheduler.emulate.telemetry_path import (
     with_fallback,
 )
 from scheduler.emulate.transport import AgentTransport, TelemetryPoller  # (both also imported from here)
-from scheduler.model.cluster import assign_roles
+from scheduler.model.cluster import assign_roles, kv_tier_pairs
 from scheduler.model.config import ExperimentConfig
 from scheduler.model.records import RequestRecord
 from scheduler.model.scenario import Action
@@ -118,19 +118,6 @@ def _probe_pair(tree: FatTree, prefill: np.ndarray, reserved: np.ndarray | None 
             if len(gs) >= 2:
                 return gs[0], gs[1]
     return int(prefill[0]), int(prefill[1]) if len(prefill) > 1 else int(prefill[0])
-
-
-def kv_tier_pairs(tree: FatTree, prefill: np.ndarray, decode: np.ndarray) -> dict[int, tuple[int, int]]:
-    """One (prefill GPU, decode GPU) pair per tier some KV transfer of this placement can take: the
-    paths calibration measures (``by-rack`` has none on tiers 0 and 1, its prefill racks holding no
-    decode instance). The first prefill GPU that has a decode GPU at that tier, and the first such
-    decode GPU."""
-    out: dict[int, tuple[int, int]] = {}
-    for p in prefill:
-        tiers = tree.tiers(int(p), decode)
-        for tier in np.unique(tiers):
-            out.setdefault(int(tier), (int(p), int(decode[np.flatnonzero(tiers == tier)[0]])))
-    return dict(sorted(out.items()))
 
 
 class _EventRouter:

@@ -42,7 +42,8 @@ def write_emulation(out: Path, exp: Experiment, info: dict, policies: dict, reco
     sections = {
         "fidelity": ev.get("fidelity"), "calibration": ev.get("calibration"),
         "emulation": {"scale": scale, "time_scale": time_scale, "fabric": ev.get("fabric"), "hosts": ev.get("hosts"),
-                      "telemetry_path": ev.get("telemetry_path")},
+                      "telemetry_path": ev.get("telemetry_path"), "settings": ev.get("settings"),
+                      "fidelity_misses": ev.get("fidelity_misses")},
         "simulate_reference": ev.get("simulate_reference"), "agreement": ev.get("agreement"),
         "transfer_agreement": ev.get("transfer_agreement"),
         "paired_transfer_agreement": ev.get("paired_transfer_agreement")}

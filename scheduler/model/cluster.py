@@ -199,3 +199,16 @@ class Cluster:
             "prefill_cache_blocks": self.prefill_cache.capacity,
             "decode_cache_blocks": self.decode_cache.capacity,
         }
+
+
+def kv_tier_pairs(tree: FatTree, prefill: np.ndarray, decode: np.ndarray) -> dict[int, tuple[int, int]]:
+    """One (prefill GPU, decode GPU) pair per tier some KV transfer of this placement can take: the
+    paths calibration measures (``by-rack`` has none on tiers 0 and 1, its prefill racks holding no
+    decode instance). The first prefill GPU that has a decode GPU at that tier, and the first such
+    decode GPU."""
+    out: dict[int, tuple[int, int]] = {}
+    for p in prefill:
+        tiers = tree.tiers(int(p), decode)
+        for tier in np.unique(tiers):
+            out.setdefault(int(tier), (int(p), int(decode[np.flatnonzero(tiers == tier)[0]])))
+    return dict(sorted(out.items()))

@@ -66,6 +66,12 @@ def test_short_emulate_run_writes_every_result_file(tmp_path: Path, goodput_boun
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"] == "emulate"
+    # no --time-scale / --scale: both derived, with the reason, and the run's figures judged by them
+    settings = summary["emulation"]["settings"]
+    assert settings["derived_time_scale"] and settings["derived_scale"]
+    assert summary["emulation"]["time_scale"] == settings["time_scale"] >= 1
+    assert f"emulate: --time-scale {settings['time_scale']:g}: the userspace datapath adds" in res.stderr
+    assert isinstance(summary["emulation"]["fidelity_misses"], list)
     assert summary["config"]["cluster_derived"]["reserved_gpus"] == 16
     assert summary["emulation"]["hosts"] == {"agents": 48, "reserved_without_agent": 16}
     for name in ("cache-load", "netkv:inflight", "netkv"):
@@ -173,7 +179,8 @@ def test_signal_mid_replay_leaves_nothing_behind(tmp_path: Path, sig: int, group
     before = set(Path(tempfile.gettempdir()).glob("netkv-emulate-*"))
     proc = subprocess.Popen(
         [str(ROOT / "scripts" / "netkv"), "emulate", "--max-requests", "60", "--policies", "netkv",
-         "--no-tune", "--no-progress", "--out", str(out), "--ofp-port", "16693", "--rest-port", "18093"],
+         "--time-scale", "1", "--no-tune", "--no-progress", "--out", str(out), "--ofp-port", "16693",
+         "--rest-port", "18093"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     replaying = threading.Event()
@@ -219,7 +226,7 @@ def test_link_failure_and_component_faults_mid_replay(tmp_path: Path) -> None:
     res = subprocess.run(
         [str(ROOT / "scripts" / "netkv"), "emulate", "--max-requests", "40", "--policies", "netkv,cache-load",
          "--scenario", "nic-failure", "--scenario-param", "outage=0.2", "--fault", "controller@7+3",
-         "--fault", "agent:p0t1s0g2@3", "--no-tune", "--no-progress", "--out", str(out),
+         "--fault", "agent:p0t1s0g2@3", "--time-scale", "1", "--no-tune", "--no-progress", "--out", str(out),
          "--ofp-port", "16674", "--rest-port", "18092"],
         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -295,7 +302,7 @@ def test_telemetry_through_prometheus_and_pricing_through_the_oracle_service(tmp
     res = subprocess.run(
         [str(ROOT / "scripts" / "netkv"), "emulate", "--max-requests", "12", "--policies", "netkv:static,netkv",
          "--scenario", "decode-flap", "--scenario-param", "period=3", "--set", "topology.nic_gbit_s=200",
-         "--no-tune", "--telemetry", "prometheus", "--scrape-interval", "0.5", "--oracle-service",
+         "--time-scale", "1", "--no-tune", "--telemetry", "prometheus", "--scrape-interval", "0.5", "--oracle-service",
          "--no-progress", "--out", str(out), "--ofp-port", "16677", "--rest-port", "18095"],
         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
