@@ -159,8 +159,9 @@ def register(sub) -> None:
     add_experiment_options(p)
     add_format_option(p)
     p.add_argument("--scale", type=float, default=None, metavar="F",
-                   help="emulated link rate and KV bytes per real unit (default: derived, 2.5e-5 (400 Gb/s NIC -> 10 "
-                        "Mbit/s) unless HTB's burst floor would exceed 15%% of the window's median transfer)")
+                   help="emulated link rate and KV bytes per real unit (default: derived, the smallest of 2.5e-5 "
+                        "(400 Gb/s NIC -> 10 Mbit/s) x 1, 2, 4 that holds HTB's burst floor to 7.5%% of the "
+                        "window's median transfer: 5e-5 for the default window)")
     p.add_argument("--time-scale", type=float, default=None, metavar="K",
                    help="time dilation: links K x slower and compute K x longer; virtual times stay real, the "
                         "emulator's own per-packet latency weighs 1/K (default: derived from the fabric's size and "

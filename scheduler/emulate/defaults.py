@@ -15,8 +15,9 @@ three terms of it can be priced from the run's window and fabric before anything
 
 :func:`derive` picks the smallest ``K`` of :data:`TIME_SCALE_LADDER` that keeps every tier the
 placement's KV transfers take within the target, and the smallest scale step that keeps the burst
-floor within it. Both are printed with their reason; the run then measures the calibration and
-the oracle's error per tier and warns, naming the figure, where the target was still missed.
+floor within half of it (the transfers below the median pay that term more). Both are printed
+with their reason; the run then measures the calibration and the oracle's error per tier and
+warns, naming the figure, where the target was still missed.
 """
 from __future__ import annotations
 
@@ -56,6 +57,11 @@ class FidelityModel:
     target_error: float = field(default=0.15, metadata={"help": (
         "Largest share of a tier's median KV transfer the emulator may add (the issue's faithful "
         "bound; the calibration's own tolerance is the same x0.85-1.15).")})
+    burst_target: float = field(default=0.075, metadata={"help": (
+        "Largest share of the window's median transfer (emulated bytes) HTB's burst floor may be: "
+        "the smaller half of the transfers leave faster than priced by more (a plain emulate at "
+        "14% read a 17% median oracle error on tier 2, its transfers below the median 35-72% fast), "
+        "so the median transfer's share is held to half the target.")})
     max_load: float = field(default=BACKGROUND_WARN_FRACTION, metadata={"help": (
         "Largest share of the forwarding budget the scenario's background may take.")})
 
@@ -126,7 +132,7 @@ def estimate(exp: Experiment, scale: float, time_scale: float, model: FidelityMo
 
 
 def _fits(rows: list[TierEstimate], model: FidelityModel) -> bool:
-    return all(r.latency_share <= model.target_error and r.burst_share <= model.target_error for r in rows)
+    return all(r.latency_share <= model.target_error and r.burst_share <= model.burst_target for r in rows)
 
 
 def _max_rate_ok(tree: FatTree, scale: float, time_scale: float, max_mbit: float) -> bool:
@@ -181,7 +187,7 @@ def derive(exp: Experiment, time_scale: float | None, scale: float | None, *, de
                 for r in rows if r.latency_share > model.target_error]
     warnings += [f"tier {r.tier}: HTB's burst floor is {100 * r.burst_share:.0f}% of the median transfer's emulated "
                  f"bytes at --scale {s:g}: small transfers leave faster than priced" for r in rows
-                 if r.burst_share > model.target_error]
+                 if r.burst_share > model.burst_target]
     return EmulationSettings(k, s, time_scale is None, scale is None, ports, tuple(rows), load, tuple(reasons),
                              tuple(warnings))
 

@@ -64,7 +64,8 @@ def test_given_settings_are_kept_and_a_predicted_miss_is_warned_with_the_fix():
     st = _derive(exp, time_scale=1.0, scale=SCALE)
     assert (st.time_scale, st.scale, st.derived_time_scale, st.derived_scale) == (1.0, SCALE, False, False)
     assert not st.reasons
-    (tier3,) = [w for w in st.warnings if w.startswith("tier 3")]
+    (tier3,) = [w for w in st.warnings if w.startswith("tier 3: the emulator is predicted to add")]
+    assert any("burst floor" in w for w in st.warnings)  # the default scale's floor, named too
     k = float(tier3.split("--time-scale ")[1].split()[0])
     assert k > 1 and all(r.latency_share <= 0.15 for r in estimate(exp, SCALE, k, FidelityModel(), BURST))
 
@@ -98,3 +99,18 @@ def test_measured_misses_name_the_tier_and_the_figure(cal, err, expected):
     assert len(misses) == len(expected)
     for miss, start in zip(misses, expected):
         assert miss.startswith(start)
+
+
+def test_the_scale_is_raised_until_the_burst_floor_is_a_small_share_of_the_median_transfer():
+    model = FidelityModel()
+    st = _derive(_exp())
+    assert all(r.burst_share <= model.burst_target for r in st.tiers)
+    at_default = estimate(_exp(), SCALE, st.time_scale, model, BURST)
+    if st.scale > SCALE:  # raised only because the default's floor was too large a share
+        assert any(r.burst_share > model.burst_target for r in at_default)
+    assert _derive(_exp(), scale=SCALE).scale == SCALE  # a given scale is kept
+
+
+def test_a_given_time_scale_that_cannot_be_faithful_keeps_the_default_scale():
+    st = _derive(_exp(topology={"pods": 8}), time_scale=1.0)
+    assert st.scale == SCALE and st.warnings

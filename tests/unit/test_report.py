@@ -505,12 +505,14 @@ def test_write_emulation_keeps_the_emulate_sections(tmp_path: Path) -> None:
           "fabric": {"up_s": 1.0}, "hosts": {"agents": 8}, "simulate_reference": policies, "agreement": {},
           "transfer_agreement": {}, "paired_transfer_agreement": {"by_tier": {}}, "telemetry_csv": b"t,link\n",
           "telemetry_rows": [(0, 0, 10.0, np.zeros(n)), (0, 0, 10.0, np.ones(n)), (0, 0, 10.5, np.ones(n))],
-          "oracle_rows": {}, "telemetry_path": {"source": "prometheus", "scrape_interval_s": 1.0}}
+          "oracle_rows": {}, "telemetry_path": {"source": "prometheus", "scrape_interval_s": 1.0},
+          "settings": {"time_scale": 2.0, "derived_time_scale": True}, "fidelity_misses": ["tier 2: oracle error 17%"]}
     path, summary = write_emulation(tmp_path / "emu", exp, info, policies, records, ev, 2.5e-5, 2.0, target="netkv",
                                     provenance=None)
     assert list(summary) == [*SUMMARY_HEAD, *EMULATE_SECTIONS, *SUMMARY_TAIL]
     assert summary["emulation"] == {"scale": 2.5e-5, "time_scale": 2.0, "fabric": {"up_s": 1.0},
-                                    "hosts": {"agents": 8}, "telemetry_path": ev["telemetry_path"]}
+                                    "hosts": {"agents": 8}, "telemetry_path": ev["telemetry_path"],
+                                    "settings": ev["settings"], "fidelity_misses": ev["fidelity_misses"]}
     assert summary["link_utilisation"] == {"source": TELEMETRY_SOURCE, "file": resultfiles.LINK_CSV}
     assert json.loads((path / "calibration.json").read_text()) == ev["calibration"]
     assert (path / "telemetry.csv").read_bytes() == b"t,link\n"
