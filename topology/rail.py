@@ -1,18 +1,12 @@
 """Pure model of a rail-optimised GPU fabric (``topology.kind = "rail"``): links, capacities, paths.
 
-Production GPU fabrics (NVIDIA's DGX SuperPOD reference, Juniper's and Arista's AI data-centre
-designs) are mostly rail-optimised: GPU i of every server in a scalable unit has its NIC on rail
-switch i of that unit, and spine switches join the rail switches. Two GPUs on one rail are one
-switch apart wherever their racks are; two GPUs on different rails are not, even in one rack.
-
-Shape, from the same :class:`topology.model.FatTreeConfig` fields so sweeps and overrides keep
-their names: a pod is a scalable unit of ``tors_per_pod x servers_per_tor`` servers of
-``gpus_per_server`` GPUs; each unit has ``gpus_per_server`` rail switches ``p{P}r{R}``; ``cores``
-spine switches ``sp{K}`` each have one link to every rail switch. GPU names, numbering and
-:meth:`tiers` are the fat-tree's (``p0t1s0g3``; host, rack, zone, region): the ``t`` of a name is
-the server's rack, a placement label with no switch behind it (``aggs_per_pod`` and
-``agg_oversubscription`` have no effect here). Rail-switch oversubscription is
-``tor_oversubscription`` (NIC downlinks : spine uplinks).
+Production GPU fabrics are mostly rail-optimised: GPU i of every server in a scalable unit has its
+NIC on rail switch i of that unit, spine switches join the rail switches (docs/rail.md has the
+sources). Shape, from :class:`topology.model.FatTreeConfig`'s fields so overrides keep their names:
+a pod is a unit of ``tors_per_pod x servers_per_tor`` servers; each unit has ``gpus_per_server``
+rail switches ``p{P}r{R}``; ``cores`` spines ``sp{K}`` link to every rail switch; rail-switch
+oversubscription is ``tor_oversubscription``. GPU names and :meth:`tiers` are the fat-tree's: the
+``t`` of a name is a rack label with no switch behind it (``aggs_per_pod`` has no effect).
 
 Paths (:meth:`RailFabric.paths`), ``k`` the spine (``dst % cores`` under ``routing="dst"``, a hash
 of the flow under ``"ecmp"``):
@@ -29,16 +23,8 @@ different rails              ``cross_rail="spine"``: NIC, rail switch, spine k, 
                              rail, then that GPU's NIC and the same-rail route above
 ===========================  ===================================================================
 
-PXN ("PCI x NVLink") is what NCCL does by default since 2.12 for a peer on another rail: the data
-moves over NVLink to the GPU sharing the destination's rail and leaves through that GPU's NIC, so
-the message stays on one rail (NCCL environment variables ``NCCL_PXN_DISABLE`` and
-``NCCL_P2P_PXN_LEVEL``, https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/env.html; NVIDIA,
-"Doubling all2all Performance with NVIDIA Collective Communication Library 2.12", 2022). A transfer
-library that does not relay (a plain RDMA write from the source GPU's own NIC) takes the spine.
-
-The label tiers do not order cost here: a same-rack GPU on another rail crosses the spine, a
-same-rail GPU in another rack one rail switch. :meth:`RailFabric.rail_tiers` gives the classes
-that do (:data:`RAIL_TIER_NAMES`).
+PXN is NCCL's default since 2.12 (docs/rail.md). Label tiers do not order cost here (a same-rack
+GPU on another rail crosses the spine); :meth:`RailFabric.rail_tiers` gives the classes that do.
 """
 from __future__ import annotations
 
