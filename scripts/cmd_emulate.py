@@ -114,20 +114,13 @@ def telemetry_plan(args: argparse.Namespace, exp):
         raise UsageError(str(exc)) from None
 
 
-def settings_model():
-    """The fidelity model the derived defaults and the run's warnings use."""
-    from scheduler.emulate.defaults import FidelityModel
-
-    return FidelityModel()
-
-
 def emulation_settings(args: argparse.Namespace, exp):
     """``--time-scale`` and ``--scale`` as given, the rest derived (scheduler.emulate.defaults)."""
     from scheduler.emulate.defaults import derive
     from topology.mininet_topo import DEFAULT_SCALE, HTB_MIN_BURST_BYTES, MAX_SHAPED_MBIT
 
     return derive(exp, args.time_scale, args.scale, default_scale=DEFAULT_SCALE, burst_bytes=HTB_MIN_BURST_BYTES,
-                  max_mbit=MAX_SHAPED_MBIT, model=settings_model())
+                  max_mbit=MAX_SHAPED_MBIT)
 
 
 def report_settings(st, exp) -> None:
@@ -136,10 +129,9 @@ def report_settings(st, exp) -> None:
         log(f"emulate: {reason}")
     for warning in st.warnings:
         print(f"WARNING: {warning} (docs/calibration.md#faithful-defaults)")
-    n_policies = len(exp.policies)
-    wall_s = exp.requests[-1].arrival_s * st.time_scale * n_policies
-    log(f"emulate: time-scale {st.time_scale:g}, scale {st.scale:g}: about {wall_s / 60:.0f} min of replay "
-        f"({n_policies} polic{'y' if n_policies == 1 else 'ies'} x {exp.requests[-1].arrival_s * st.time_scale:.0f} s)")
+    n_policies, replay_s = len(exp.policies), exp.requests[-1].arrival_s * st.time_scale
+    log(f"emulate: time-scale {st.time_scale:g}, scale {st.scale:g}: about {replay_s * n_policies / 60:.0f} min of "
+        f"replay ({n_policies} polic{'y' if n_policies == 1 else 'ies'} x {replay_s:.0f} s)")
 
 
 def register(sub) -> None:
@@ -199,7 +191,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from scheduler.decision import oracle_error
     from scheduler.emulate.calibration import calibration_fits, calibration_misses
-    from scheduler.emulate.defaults import measured_misses
+    from scheduler.emulate.defaults import FidelityModel, measured_misses
     from scheduler.emulate.emulable import check_emulable
     from scheduler.emulate.faults import check_faults, parse_fault
     from scheduler.emulate.orchestrator import run_emulation
@@ -240,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     ev["settings"] = settings.to_dict()
     ev["fidelity_misses"] = measured_misses(
         oracle_error.summarize([r for rows in oracle_rows.values() for r in rows]) if oracle_rows else None,
-        ev.get("calibration"), settings_model().target_error)
+        ev.get("calibration"), FidelityModel.target_error)
     path, summary = write_emulation(out, exp, info, policies, records, ev, scale, time_scale, target=target,
                                     provenance=provenance(args), fmt=args.format)
     print(format_table(summary, target))

@@ -819,15 +819,15 @@ fallback_age_s, saturated_link_flows, persistence_s) -> NetworkOracle`` (keyword
 raising :class:`UnknownOracleError` when the backend lacks what the kind reads."""
 
 
-def _telemetry_kind(cls: type[TelemetryOracle]) -> OracleFactory:
+def _telemetry_kind(cls: type[TelemetryOracle], reads_persistence: bool = False) -> OracleFactory:
+    """The factory of a telemetry-fed kind; ``reads_persistence``: its constructor takes ``persistence_s``."""
     def build(tree, source, truth, staleness_s, min_available_fraction, setup_s, fallback_age_s,
               saturated_link_flows, persistence_s=PERSISTENCE_S):
         if source is None:
             raise UnknownOracleError(f"oracle {cls.name!r} needs a telemetry source")
-        if cls is PredictiveOracle:
-            return PredictiveOracle(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s,
-                                    saturated_link_flows, persistence_s)
-        return cls(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s, saturated_link_flows)
+        extra = {"persistence_s": persistence_s} if reads_persistence else {}
+        return cls(tree, source, min_available_fraction, setup_s, staleness_s, fallback_age_s, saturated_link_flows,
+                   **extra)
     return build
 
 
@@ -849,7 +849,7 @@ ORACLE_REGISTRY: dict[str, OracleFactory] = {
     "telemetry": _telemetry_kind(TelemetryOracle),
     "inflight": _telemetry_kind(InflightOracle),
     "perfect": _perfect,
-    "predictive": _telemetry_kind(PredictiveOracle),
+    "predictive": _telemetry_kind(PredictiveOracle, reads_persistence=True),
 }
 """Every oracle kind by name (what ``NAME:ORACLE`` resolves): from least to most information, then
 ``predictive`` (inflight's information, priced over the transfer's future)."""

@@ -22,13 +22,14 @@ warns, naming the figure, where the target was still missed.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from scheduler.emulate.calibration import predicted_seconds
 from scheduler.emulate.emulable import BACKGROUND_WARN_FRACTION, background_load
 from scheduler.model.cluster import assign_roles, kv_tier_pairs
+from scheduler.model.config import param
 from scheduler.study.experiment import Experiment
 from topology.emulated import kind_rates_mbit
 from topology.model import FatTree
@@ -46,24 +47,24 @@ class FidelityModel:
     """What the emulator adds to a transfer on this machine kind, and the target. Every field is
     a measured figure of the 2-core reference VM (docs/calibration.md#faithful-defaults)."""
 
-    port_poll_s: float = field(default=4e-6, metadata={"help": (
+    port_poll_s: float = param(4e-6, (
         "Seconds per OVS port a packet waits at every switch it crosses: the forwarding thread's "
         "pass over every port (64 GPUs, 228 ports: 0.7-0.9 ms per switch; 128 GPUs, 452 ports: "
-        "1.4-2.4 ms; 160 idle ports added to the 64-GPU fabric doubled it).")})
-    rtts_per_transfer: float = field(default=1.25, metadata={"help": (
+        "1.4-2.4 ms; 160 idle ports added to the 64-GPU fabric doubled it)."))
+    rtts_per_transfer: float = param(1.25, (
         "Round trips of that latency one KV transfer pays beyond the fluid model (measured at "
         "time-scale 1 on the idle fabric: 0.8-1.1 at 64 GPUs, 1.4-1.9 at 128, where 96 agents share "
-        "the 2 cores; between the two, so 64 GPUs gets the K=4 measured within 7%).")})
-    target_error: float = field(default=0.15, metadata={"help": (
+        "the 2 cores; between the two, so 64 GPUs gets the K=4 measured within 7%)."))
+    target_error: float = param(0.15, (
         "Largest share of a tier's median KV transfer the emulator may add (the issue's faithful "
-        "bound; the calibration's own tolerance is the same x0.85-1.15).")})
-    burst_target: float = field(default=0.075, metadata={"help": (
+        "bound; the calibration's own tolerance is the same x0.85-1.15)."))
+    burst_target: float = param(0.075, (
         "Largest share of the window's median transfer (emulated bytes) HTB's burst floor may be: "
         "the smaller half of the transfers leave faster than priced by more (a plain emulate at "
         "14% read a 17% median oracle error on tier 2, its transfers below the median 35-72% fast), "
-        "so the median transfer's share is held to half the target.")})
-    max_load: float = field(default=BACKGROUND_WARN_FRACTION, metadata={"help": (
-        "Largest share of the forwarding budget the scenario's background may take.")})
+        "so the median transfer's share is held to half the target."))
+    max_load: float = param(BACKGROUND_WARN_FRACTION, (
+        "Largest share of the forwarding budget the scenario's background may take."))
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,25 @@ def kv_tiers(exp: Experiment) -> dict[int, tuple[int, int]]:
     return kv_tier_pairs(exp.tree, prefill, decode)
 
 
-def estimate(exp: Experiment, scale: float, time_scale: float, model: FidelityModel,
-             burst_bytes: float) -> list[TierEstimate]:
-    """Per tier KV transfers take: the median transfer's idle time and the emulator's predicted share."""
+@dataclass(frozen=True)
+class _TierBase:
+    """A tier's figures that do not depend on the settings: its switches, the median transfer's
+    idle time and bytes, and the emulator's latency per transfer."""
+
+    tier: int
+    switches: int
+    median_transfer_s: float
+    median_bytes: float
+    latency_s: float
+
+    def at(self, scale: float, time_scale: float, burst_bytes: float) -> TierEstimate:
+        t, lat = self.median_transfer_s, self.latency_s
+        share = lat / (time_scale * t + lat) if t > 0 else 1.0
+        burst = min(1.0, burst_bytes / max(1.0, self.median_bytes * scale))
+        return TierEstimate(self.tier, self.switches, t, lat, share, burst)
+
+
+def _tier_bases(exp: Experiment, model: FidelityModel) -> list[_TierBase]:
     tree, ports = exp.tree, ovs_ports(exp.tree)
     nbytes = _median_bytes(exp)
     out = []
@@ -125,10 +142,14 @@ def estimate(exp: Experiment, scale: float, time_scale: float, model: FidelityMo
         t = predicted_seconds(tree, exp.cfg.timing.transfer_setup_s, src, dst, int(nbytes))
         switches = len(tree.path(src, dst)) - 1
         lat = model.rtts_per_transfer * 2 * switches * model.port_poll_s * ports
-        share = lat / (time_scale * t + lat) if t > 0 else 1.0
-        burst = min(1.0, burst_bytes / max(1.0, nbytes * scale))
-        out.append(TierEstimate(tier, switches, t, lat, share, burst))
+        out.append(_TierBase(tier, switches, t, nbytes, lat))
     return out
+
+
+def estimate(exp: Experiment, scale: float, time_scale: float, model: FidelityModel,
+             burst_bytes: float) -> list[TierEstimate]:
+    """Per tier KV transfers take: the median transfer's idle time and the emulator's predicted share."""
+    return [b.at(scale, time_scale, burst_bytes) for b in _tier_bases(exp, model)]
 
 
 def _fits(rows: list[TierEstimate], model: FidelityModel) -> bool:
@@ -144,16 +165,22 @@ def derive(exp: Experiment, time_scale: float | None, scale: float | None, *, de
     """The settings for ``exp``: the given ones where the user chose (None: derived), with the
     predicted share per tier and a warning for every tier the chosen settings leave over target."""
     actions = exp.actions()
+    bases = _tier_bases(exp, model)
+    loads: dict[tuple[float, float], float] = {}
+
+    def load_at(s: float, k: float) -> float:
+        if (s, k) not in loads:
+            loads[(s, k)] = background_load(exp, actions, s, k).fraction
+        return loads[(s, k)]
+
     scales = [default_scale * s for s in SCALE_STEPS] if scale is None else [scale]
     ladder = TIME_SCALE_LADDER if time_scale is None else (time_scale,)
     best: tuple[float, float] | None = None
     for k in ladder:  # the smallest K first: wall time is K x the window
         for s in scales:
-            if not _max_rate_ok(exp.tree, s, k, max_mbit):
+            if not _max_rate_ok(exp.tree, s, k, max_mbit) or load_at(s, k) > model.max_load:
                 continue
-            if background_load(exp, actions, s, k).fraction > model.max_load:
-                continue
-            if _fits(estimate(exp, s, k, model, burst_bytes), model):
+            if _fits([b.at(s, k, burst_bytes) for b in bases], model):
                 best = (k, s)
                 break
         if best:
@@ -163,8 +190,8 @@ def derive(exp: Experiment, time_scale: float | None, scale: float | None, *, de
         s = next((s for s in scales if _max_rate_ok(exp.tree, s, k, max_mbit)), scales[0])
         best = (k, s)
     k, s = best
-    rows = estimate(exp, s, k, model, burst_bytes)
-    load = background_load(exp, actions, s, k).fraction
+    rows = [b.at(s, k, burst_bytes) for b in bases]
+    load = load_at(s, k)
     ports = ovs_ports(exp.tree)
     reasons = []
     if time_scale is None:

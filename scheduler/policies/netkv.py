@@ -34,8 +34,11 @@ class NetKV(Policy):
 
     def choose(self, ctx: DecisionContext) -> Decision:
         p = best_prefill(ctx, ctx.turn)
-        score = ctx.transfer_cost_s(p) + ctx.weighted_load(self.weight)
-        return Decision(p, int(score.argmin()))
+        return Decision(p, int(self.decode_score(ctx, p).argmin()))
+
+    def decode_score(self, ctx: DecisionContext, p: int):
+        """Seconds per decode candidate from prefill instance ``p``: transfer price plus weighted load."""
+        return ctx.transfer_cost_s(p) + ctx.weighted_load(self.weight)
 
 
 @register
@@ -43,10 +46,9 @@ class NetKVAdmission(NetKV):
     name = "netkv-admit"
     description = "netkv + each decode candidate's expected admission wait (its KV memory overflow, s)"
 
-    def choose(self, ctx: DecisionContext) -> Decision:
-        p = best_prefill(ctx, ctx.turn)
-        score = ctx.transfer_cost_s(p) + ctx.weighted_load(self.weight)
+    def decode_score(self, ctx: DecisionContext, p: int):
+        score = super().decode_score(ctx, p)
         wait = ctx.decode_admission_wait_s
         if wait.min() == 0.0:  # some candidate admits it at once: the wait is avoidable, price it
-            score += wait
-        return Decision(p, int(score.argmin()))
+            score = score + wait
+        return score
